@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make demo` runs the product, `make test` runs the suite.
+# Both need only Python 3.11+; PostgreSQL and Redis are embedded unless DATABASE_URL / REDIS_URL
+# are set.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+ENGINES ?= 3
+# Parallel test workers; each gets its own test database and Redis database.
+TEST_WORKERS ?= 2
+
+.PHONY: demo test lint format install clean-data help
+
+help:
+	@echo "make demo   run the control plane with 3 simulated engines (http://localhost:$(PORT)/)"
+	@echo "make test   run the whole test suite"
+	@echo "make lint   ruff check + format check"
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	CONTROLPLANE_ENV=$${CONTROLPLANE_ENV:-demo} $(BIN)/python manage.py up --demo --port $(PORT) --engines $(ENGINES)
+
+test: $(BIN)/.installed
+	CONTROLPLANE_ENV=test $(BIN)/python -m controlplane.embedded run -- \
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean-data:
+	$(BIN)/python -m controlplane.embedded stop
+	rm -rf .data

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from controlplane import services
+from controlplane.audit import audit_record, client_ip
+from controlplane.models import (
+    AccountSnapshot,
+    AuditEvent,
+    Command,
+    CommandBatch,
+    Engine,
+    EngineLog,
+    Fill,
+    Instrument,
+    MetricSample,
+    Order,
+    Position,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Data streamed by engines is evidence: the admin shows it but never edits it."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Engine)
+class EngineAdmin(admin.ModelAdmin):
+    list_display = (
+        "name", "mode", "connected", "reported_state", "desired_state", "equity", "day_pnl",
+        "last_seen_at", "is_active",
+    )  # fmt: skip
+    list_filter = ("mode", "connected", "reported_state", "desired_state", "is_active", "broker")
+    search_fields = ("name", "broker", "account", "strategy_tags")
+    readonly_fields = (
+        "token_hint", "connected", "last_seen_at", "reported_state", "desired_state",
+        "engine_build", "config_hash", "last_seq", "limits_version", "equity", "cash",
+        "session_start_at", "session_start_equity", "high_water_mark", "day_pnl", "drawdown_pct",
+        "created_at",
+    )  # fmt: skip
+    fieldsets = (
+        (None, {"fields": ("name", "mode", "broker", "account", "strategy_tags", "description",
+                           "is_active")}),
+        ("Live", {"fields": readonly_fields}),
+    )  # fmt: skip
+
+    def save_model(self, request: HttpRequest, obj: Engine, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # The token exists in clear text only in this one message.
+        token = services.engine_assign_token(engine=obj)
+        super().save_model(request, obj, form, change)
+        audit_record(
+            action="engine_create", actor=request.user, target=obj, ip_address=client_ip(request)
+        )
+        messages.warning(
+            request,
+            f"Engine token for {obj.name} (shown once, store it in the engine's secrets): {token}",
+        )
+
+
+@admin.register(Instrument)
+class InstrumentAdmin(admin.ModelAdmin):
+    list_display = ("symbol", "sector", "asset_class", "multiplier", "currency")
+    list_filter = ("asset_class", "sector", "currency")
+    search_fields = ("symbol", "sector")
+
+
+@admin.register(Order)
+class OrderAdmin(ReadOnlyAdmin):
+    list_display = (
+        "client_order_id", "engine", "instrument", "side", "order_type", "quantity",
+        "limit_price", "status", "filled_quantity", "updated_at",
+    )  # fmt: skip
+    list_filter = ("status", "side", "order_type", "engine")
+    search_fields = ("client_order_id", "broker_order_id", "instrument__symbol")
+    list_select_related = ("engine", "instrument")
+    date_hierarchy = "updated_at"
+
+
+@admin.register(Fill)
+class FillAdmin(ReadOnlyAdmin):
+    list_display = ("fill_id", "engine", "instrument", "side", "quantity", "price", "fee", "ts")
+    list_filter = ("side", "engine")
+    search_fields = ("fill_id", "order__client_order_id", "instrument__symbol")
+    list_select_related = ("engine", "instrument")
+    date_hierarchy = "ts"
+
+
+@admin.register(Position)
+class PositionAdmin(ReadOnlyAdmin):
+    list_display = (
+        "engine", "instrument", "quantity", "avg_price", "realized_pnl", "reported_quantity",
+        "mismatch_since",
+    )  # fmt: skip
+    list_filter = ("engine", ("mismatch_since", admin.EmptyFieldListFilter))
+    search_fields = ("instrument__symbol",)
+    list_select_related = ("engine", "instrument")
+
+
+@admin.register(AccountSnapshot)
+class AccountSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("engine", "ts", "equity", "cash", "margin_used", "currency")
+    list_filter = ("engine",)
+    list_select_related = ("engine",)
+    date_hierarchy = "ts"
+
+
+@admin.register(MetricSample)
+class MetricSampleAdmin(ReadOnlyAdmin):
+    list_display = ("engine", "name", "value", "ts")
+    list_filter = ("name", "engine")
+    list_select_related = ("engine",)
+    date_hierarchy = "ts"
+
+
+@admin.register(EngineLog)
+class EngineLogAdmin(ReadOnlyAdmin):
+    list_display = ("engine", "ts", "level", "message")
+    list_filter = ("level", "engine")
+    search_fields = ("message",)
+    list_select_related = ("engine",)
+    date_hierarchy = "ts"
+
+
+@admin.register(CommandBatch)
+class CommandBatchAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "selector", "issued_by_label", "created_at")
+    list_filter = ("kind",)
+
+
+@admin.register(Command)
+class CommandAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id", "engine", "kind", "status", "issued_by_label", "created_at", "acknowledged_at",
+        "completed_at",
+    )  # fmt: skip
+    list_filter = ("status", "kind", "engine")
+    search_fields = ("id", "reason", "issued_by_label")
+    list_select_related = ("engine",)
+    date_hierarchy = "created_at"
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "actor", "action", "target_label", "outcome", "ip_address", "reason")
+    list_filter = ("action", "outcome", "target_type")
+    search_fields = ("actor", "target_label", "reason")
+    date_hierarchy = "ts"

@@ -1,0 +1,432 @@
+"""The engines domain: what each engine is, what it did, and what it was told to do."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+
+MONEY = {"max_digits": 24, "decimal_places": 8}
+QTY = {"max_digits": 24, "decimal_places": 8}
+TOKEN_PREFIX = "cpe_"
+
+
+class Mode(models.TextChoices):
+    BACKTEST = "backtest"
+    PAPER = "paper"
+    SHADOW = "shadow"
+    LIVE = "live"
+
+
+class TradingState(models.TextChoices):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class Side(models.TextChoices):
+    BUY = "buy"
+    SELL = "sell"
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256-bit random, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_engine_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class Engine(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.PAPER)
+    broker = models.CharField(max_length=64, blank=True)
+    account = models.CharField(max_length=64, blank=True)
+    strategy_tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    description = models.TextField(blank=True)
+
+    # The state the control plane wants (latched: a kill stays until a person lifts it) beside
+    # the state the engine last said it is in.
+    desired_state = models.CharField(
+        max_length=10, choices=TradingState.choices, default=TradingState.ACTIVE
+    )
+    reported_state = models.CharField(max_length=10, choices=TradingState.choices, blank=True)
+
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField(max_length=12, blank=True, editable=False)
+
+    connected = models.BooleanField(default=False)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    engine_build = models.CharField(max_length=128, blank=True)
+    config_hash = models.CharField(max_length=128, blank=True)
+    last_seq = models.BigIntegerField(default=0, help_text="Highest event seq durably stored.")
+    limits_version = models.IntegerField(null=True, blank=True)
+
+    # Running figures, kept by the gateway as events are stored.
+    equity = models.DecimalField(**MONEY, null=True, blank=True)
+    cash = models.DecimalField(**MONEY, null=True, blank=True)
+    session_start_at = models.DateTimeField(null=True, blank=True)
+    session_start_equity = models.DecimalField(**MONEY, null=True, blank=True)
+    high_water_mark = models.DecimalField(**MONEY, null=True, blank=True)
+    day_pnl = models.DecimalField(**MONEY, default=Decimal(0))
+    drawdown_pct = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            models.Index(fields=["mode", "is_active"]),
+            models.Index(fields=["connected", "last_seen_at"]),
+        ]
+        permissions = [
+            ("issue_pause", "Can pause and resume engines from a pause"),
+            ("issue_reduce", "Can reduce positions and cancel orders"),
+            ("issue_kill", "Can kill engines and flatten the fleet"),
+            ("approve_resume", "Can approve a resume after a kill"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_token(self, token: str) -> None:
+        self.token_hash = hash_token(token)
+        self.token_hint = token[: len(TOKEN_PREFIX) + 4]
+
+
+class Instrument(models.Model):
+    class AssetClass(models.TextChoices):
+        EQUITY = "equity"
+        FUTURE = "future"
+        OPTION = "option"
+        FX = "fx"
+        CRYPTO = "crypto"
+        BOND = "bond"
+        OTHER = "other"
+
+    symbol = models.CharField(max_length=32, unique=True)
+    sector = models.CharField(max_length=64, blank=True, db_index=True)
+    asset_class = models.CharField(
+        max_length=10, choices=AssetClass.choices, default=AssetClass.EQUITY
+    )
+    multiplier = models.DecimalField(max_digits=18, decimal_places=6, default=Decimal(1))
+    currency = models.CharField(max_length=8, default="USD")
+
+    class Meta:
+        ordering = ["symbol"]
+        constraints = [
+            models.CheckConstraint(condition=Q(multiplier__gt=0), name="instrument_multiplier_gt_0")
+        ]
+
+    def __str__(self) -> str:
+        return self.symbol
+
+
+class Order(models.Model):
+    class Status(models.TextChoices):
+        NEW = "new"
+        ACCEPTED = "accepted"
+        PARTIALLY_FILLED = "partially_filled"
+        FILLED = "filled"
+        CANCELLED = "cancelled"
+        REJECTED = "rejected"
+        EXPIRED = "expired"
+
+    WORKING = (Status.NEW, Status.ACCEPTED, Status.PARTIALLY_FILLED)
+
+    class OrderType(models.TextChoices):
+        MARKET = "market"
+        LIMIT = "limit"
+        STOP = "stop"
+        STOP_LIMIT = "stop_limit"
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="orders")
+    client_order_id = models.CharField(max_length=64)
+    broker_order_id = models.CharField(max_length=64, blank=True)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
+    side = models.CharField(max_length=4, choices=Side.choices)
+    order_type = models.CharField(max_length=10, choices=OrderType.choices)
+    quantity = models.DecimalField(**QTY)
+    limit_price = models.DecimalField(**MONEY, null=True, blank=True)
+    stop_price = models.DecimalField(**MONEY, null=True, blank=True)
+    expected_price = models.DecimalField(**MONEY, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    filled_quantity = models.DecimalField(**QTY, default=Decimal(0))
+    avg_fill_price = models.DecimalField(**MONEY, null=True, blank=True)
+    reject_reason = models.CharField(max_length=512, blank=True)
+    created_at = models.DateTimeField(help_text="Engine time of the first report.")
+    updated_at = models.DateTimeField(help_text="Engine time of the latest report.")
+    last_seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "client_order_id"], name="order_unique_id"),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="order_quantity_gt_0"),
+            models.CheckConstraint(
+                condition=Q(filled_quantity__gte=0), name="order_filled_quantity_gte_0"
+            ),
+        ]
+        indexes = [
+            # Working orders of an engine, newest first: the engine page and the fleet counts.
+            models.Index(
+                fields=["engine", "-updated_at"],
+                name="order_working_idx",
+                condition=Q(status__in=["new", "accepted", "partially_filled"]),
+            ),
+            models.Index(fields=["engine", "-created_at"], name="order_engine_recent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client_order_id} {self.side} {self.quantity} {self.instrument_id}"
+
+
+class Fill(models.Model):
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="fills")
+    fill_id = models.CharField(max_length=64)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="fills")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="fills")
+    side = models.CharField(max_length=4, choices=Side.choices)
+    quantity = models.DecimalField(**QTY)
+    price = models.DecimalField(**MONEY)
+    fee = models.DecimalField(**MONEY, default=Decimal(0))
+    expected_price = models.DecimalField(**MONEY, null=True, blank=True)
+    liquidity = models.CharField(max_length=5, blank=True)
+    ts = models.DateTimeField()
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            # A fill counted twice is money counted twice: the database refuses it.
+            models.UniqueConstraint(fields=["engine", "fill_id"], name="fill_unique_id"),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="fill_quantity_gt_0"),
+            models.CheckConstraint(condition=Q(price__gt=0), name="fill_price_gt_0"),
+        ]
+        indexes = [models.Index(fields=["engine", "-ts"], name="fill_engine_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.fill_id} {self.side} {self.quantity}@{self.price}"
+
+
+class Position(models.Model):
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="positions")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="positions")
+    # From our own fill ledger.
+    quantity = models.DecimalField(**QTY, default=Decimal(0))
+    avg_price = models.DecimalField(**MONEY, default=Decimal(0))
+    realized_pnl = models.DecimalField(**MONEY, default=Decimal(0))
+    last_price = models.DecimalField(**MONEY, null=True, blank=True)
+    # As the engine / broker reported it: the broker is the truth when they differ.
+    reported_quantity = models.DecimalField(**QTY, null=True, blank=True)
+    reported_avg_price = models.DecimalField(**MONEY, null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    mismatch_since = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "instrument"], name="position_unique")
+        ]
+        indexes = [
+            models.Index(fields=["engine"], name="position_open_idx", condition=~Q(quantity=0)),
+            models.Index(
+                fields=["mismatch_since"],
+                name="position_mismatch_idx",
+                condition=Q(mismatch_since__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.engine_id}:{self.instrument_id} {self.quantity}"
+
+
+class AccountSnapshot(models.Model):
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="snapshots")
+    ts = models.DateTimeField()
+    equity = models.DecimalField(**MONEY)
+    cash = models.DecimalField(**MONEY)
+    margin_used = models.DecimalField(**MONEY, default=Decimal(0))
+    currency = models.CharField(max_length=8, default="USD")
+    seq = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["engine", "ts"], name="snapshot_engine_ts_idx")]
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "seq"], name="snapshot_unique_seq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.engine_id} {self.ts:%Y-%m-%d %H:%M:%S} equity {self.equity}"
+
+
+class MetricSample(models.Model):
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="metrics")
+    ts = models.DateTimeField()
+    name = models.CharField(max_length=64)
+    value = models.FloatField()
+    seq = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["engine", "name", "ts"], name="metric_engine_name_ts_idx")]
+        constraints = [models.UniqueConstraint(fields=["engine", "seq"], name="metric_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+class EngineLog(models.Model):
+    class Level(models.TextChoices):
+        DEBUG = "debug"
+        INFO = "info"
+        WARNING = "warning"
+        ERROR = "error"
+        CRITICAL = "critical"
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="logs")
+    ts = models.DateTimeField()
+    level = models.CharField(max_length=10, choices=Level.choices)
+    message = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+    seq = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["engine", "-ts"], name="log_engine_recent_idx"),
+            models.Index(
+                fields=["engine", "-ts"],
+                name="log_engine_errors_idx",
+                condition=Q(level__in=["error", "critical"]),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["engine", "seq"], name="log_unique_seq", condition=Q(seq__isnull=False)
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message[:80]}"
+
+
+class CommandKind(models.TextChoices):
+    PAUSE = "pause"
+    RESUME = "resume"
+    REDUCE = "reduce"
+    FLATTEN = "flatten"
+    CANCEL_ALL = "cancel_all"
+    KILL = "kill"
+    SET_LIMITS = "set_limits"
+
+
+class CommandBatch(models.Model):
+    """One operator action aimed at several engines ("kill all live"), tracked together."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=12, choices=CommandKind.choices)
+    selector = models.CharField(max_length=128, help_text="all, live, tag:<tag>, engine:<name>")
+    reason = models.TextField()
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    issued_by_label = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "command batches"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.selector}"
+
+
+class Command(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        ACKNOWLEDGED = "acknowledged"
+        SUCCEEDED = "succeeded"
+        PARTIAL = "partial"
+        FAILED = "failed"
+        EXPIRED = "expired"
+        SUPERSEDED = "superseded"
+
+    OPEN = (Status.PENDING, Status.DELIVERED, Status.ACKNOWLEDGED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="commands")
+    batch = models.ForeignKey(
+        CommandBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="commands"
+    )
+    kind = models.CharField(max_length=12, choices=CommandKind.choices)
+    params = models.JSONField(default=dict, blank=True)
+    reason = models.TextField()
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # "alice", or "limit:12 max_daily_loss" when a risk limit issued it.
+    issued_by_label = models.CharField(max_length=150)
+    status = models.CharField(max_length=14, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    delivery_attempts = models.PositiveIntegerField(default=0)
+    result = models.JSONField(default=dict, blank=True)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(kind="kill") | Q(expires_at__isnull=True),
+                name="command_kill_never_expires",
+            )
+        ]
+        indexes = [
+            # Undelivered / unacknowledged commands of an engine: checked on every heartbeat.
+            models.Index(
+                fields=["engine", "created_at"],
+                name="command_open_idx",
+                condition=Q(status__in=["pending", "delivered"]),
+            ),
+            models.Index(fields=["engine", "-created_at"], name="command_engine_recent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} -> {self.engine_id} ({self.status})"
+
+
+class AuditEvent(models.Model):
+    """Append-only: a trigger in PostgreSQL refuses UPDATE and DELETE on this table."""
+
+    ts = models.DateTimeField(auto_now_add=True, db_index=True)
+    # No foreign key: deleting a user must not rewrite (or be blocked by) the audit trail.
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150, help_text="Username, or the system part that acted.")
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    outcome = models.CharField(max_length=32, default="ok")
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-ts"]
+        indexes = [
+            models.Index(fields=["target_type", "target_id", "-ts"], name="audit_target_idx"),
+            models.Index(fields=["actor", "-ts"], name="audit_actor_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_label}"

@@ -1,0 +1,58 @@
+"""Roles are Django groups. Each role is a list of permission patterns ``app_label.codename``
+(``*`` wildcards), resolved against the permissions that exist, so a later app's permissions
+join the right groups on the next migrate without a hand-written data migration."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any
+
+VIEWER = "viewer"
+OPERATOR = "operator"
+RISK_MANAGER = "risk_manager"
+ADMIN = "admin"
+
+_VIEW = ["controlplane.view_*", "risk.view_*", "alerts.view_*", "dashboard.view_*"]
+_OPERATE = [
+    "controlplane.issue_pause",  # pause, and resume from a pause
+    "controlplane.issue_reduce",  # reduce, cancel working orders
+    "alerts.acknowledge_*",
+    "alerts.add_silence",
+    "alerts.change_silence",
+]
+_RISK = [
+    "controlplane.issue_kill",  # kill, flatten the fleet
+    "controlplane.approve_resume",  # the second person of a resume after a kill
+    "risk.add_*",
+    "risk.change_*",
+]
+
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    VIEWER: _VIEW,
+    OPERATOR: _VIEW + _OPERATE,
+    RISK_MANAGER: _VIEW + _OPERATE + _RISK,
+    ADMIN: ["*.*"],
+}
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+def sync_roles(apps: Any = None) -> None:
+    """Create the role groups and give each exactly the permissions its patterns match."""
+    if apps is None:
+        from django.apps import apps as global_apps
+
+        apps = global_apps
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    permissions = list(permission_model.objects.select_related("content_type"))
+    for role, patterns in ROLE_PERMISSIONS.items():
+        group, _ = group_model.objects.get_or_create(name=role)
+        wanted = [
+            perm
+            for perm in permissions
+            if any(
+                fnmatchcase(f"{perm.content_type.app_label}.{perm.codename}", pattern)
+                for pattern in patterns
+            )
+        ]
+        group.permissions.set(wanted)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.dispatch import receiver
+
+from controlplane.audit import audit_record, client_ip
+
+
+@receiver(user_logged_in)
+def _audit_login(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    audit_record(action="login", actor=user, ip_address=client_ip(request))
+
+
+@receiver(user_logged_out)
+def _audit_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    if user is not None:
+        audit_record(action="logout", actor=user, ip_address=client_ip(request))
+
+
+@receiver(user_login_failed)
+def _audit_login_failed(
+    sender: Any, credentials: dict[str, Any], request: Any = None, **kw: Any
+) -> None:
+    audit_record(
+        action="login_failed",
+        actor_label=str(credentials.get("username", "?"))[:150],
+        ip_address=client_ip(request),
+        outcome="refused",
+    )
+
+
+def sync_roles_after_migrate(sender: Any, **kwargs: Any) -> None:
+    from controlplane.roles import sync_roles
+
+    sync_roles()

@@ -1,0 +1,73 @@
+"""Configuration fails loudly, at start, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from controlplane import env
+
+
+def _load_settings(**environ: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    clean.update(environ)
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=clean, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    done = _load_settings(CONTROLPLANE_ENV="production")
+    assert done.returncode != 0
+    assert "SECRET_KEY is required" in done.stderr
+
+
+def test_production_starts_with_a_secret_key_and_debug_off():
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+         "print(settings.DEBUG)"],
+        env={**os.environ, "CONTROLPLANE_ENV": "production", "SECRET_KEY": "x" * 50},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_a_bad_boolean_names_the_variable():
+    done = _load_settings(CONTROLPLANE_ENV="demo", DEBUG="maybe")
+    assert done.returncode != 0
+    assert "DEBUG='maybe' is not a boolean" in done.stderr
+
+
+def test_an_unknown_environment_is_refused():
+    done = _load_settings(CONTROLPLANE_ENV="staging")
+    assert done.returncode != 0
+    assert "CONTROLPLANE_ENV='staging' must be one of" in done.stderr
+
+
+def test_a_non_postgres_database_url_is_refused():
+    done = _load_settings(CONTROLPLANE_ENV="demo", DATABASE_URL="sqlite:///x.db")
+    assert done.returncode != 0
+    assert "DATABASE_URL must point at PostgreSQL" in done.stderr
+
+
+def test_typed_helpers_fail_on_bad_values(monkeypatch):
+    monkeypatch.setenv("X_INT", "ten")
+    with pytest.raises(ImproperlyConfigured, match="X_INT='ten' is not an integer"):
+        env.env_int("X_INT", 1)
+    monkeypatch.setenv("X_INT", "-3")
+    with pytest.raises(ImproperlyConfigured, match="below the minimum"):
+        env.env_int("X_INT", 1, minimum=0)
+    monkeypatch.setenv("X_FLOAT", "1.5s")
+    with pytest.raises(ImproperlyConfigured, match=r"X_FLOAT='1\.5s' is not a number"):
+        env.env_float("X_FLOAT", 1.0)
+    monkeypatch.delenv("X_REQUIRED", raising=False)
+    with pytest.raises(ImproperlyConfigured, match="X_REQUIRED is required"):
+        env.env_str("X_REQUIRED")
+    monkeypatch.setenv("X_BOOL", "Yes")
+    assert env.env_bool("X_BOOL", False) is True
