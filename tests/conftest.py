@@ -11,6 +11,9 @@ from django.contrib.auth.models import Group, User
 from controlplane import roles, services
 from controlplane.models import Engine
 
+# Fixtures that start real processes (uvicorn against the test database, browsers) live here.
+pytest_plugins = ["tests.servers"]
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -1,0 +1,3 @@
+"""Fixtures that run real server processes for the tests (filled in below)."""
+
+from __future__ import annotations
