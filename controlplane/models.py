@@ -64,6 +64,9 @@ class Engine(models.Model):
     token_hint = models.CharField(max_length=12, blank=True, editable=False)
 
     connected = models.BooleanField(default=False)
+    # Identifies the engine's current socket: a newer connection replaces an older one, and only
+    # the current one may mark the engine disconnected.
+    connection_id = models.UUIDField(null=True, blank=True, editable=False)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     engine_build = models.CharField(max_length=128, blank=True)
     config_hash = models.CharField(max_length=128, blank=True)
@@ -430,3 +433,29 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_label}"
+
+
+class EngineEvent(models.Model):
+    """The raw event log, exactly as the engines sent it, append-only.
+
+    The table is created by a migration as ``PARTITION BY RANGE (received_at)``, one partition a
+    day, so retention drops whole days instead of deleting rows. Django does not manage it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    engine = models.ForeignKey(
+        Engine, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    seq = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    ts = models.DateTimeField()
+    received_at = models.DateTimeField()
+    payload = models.JSONField()
+
+    class Meta:
+        managed = False
+        db_table = "controlplane_engineevent"
+        ordering = ["engine", "seq"]
+
+    def __str__(self) -> str:
+        return f"{self.engine_id}#{self.seq} {self.kind}"

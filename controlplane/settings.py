@@ -90,7 +90,8 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.embedded_database_url(
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        # Tests: no connection may outlive its thread, or the test database cannot be dropped.
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 0 if ENVIRONMENT == "test" else 60, minimum=0),
         conn_health_checks=True,
     )
 }

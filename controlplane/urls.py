@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from controlplane import health
+from controlplane import engine_http, health
 
 admin.site.site_header = "Trading Control Plane"
 admin.site.site_title = "Control Plane admin"
@@ -14,6 +14,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/engine/events", engine_http.post_frame, name="engine-events"),
+    path("api/v1/engine/commands", engine_http.get_commands, name="engine-commands"),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]

@@ -1,0 +1,118 @@
+"""The engine WebSocket: /ws/engine/v1 (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from controlplane import gateway
+from engine_sdk import protocol as p
+
+log = logging.getLogger(__name__)
+
+
+def engine_group(engine_id: int) -> str:
+    return f"engine-{engine_id}"
+
+
+class EngineConsumer(AsyncWebsocketConsumer):
+    engine_id: int | None = None
+    connection_id: uuid.UUID
+    greeted = False
+    _heartbeat_task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        token = gateway.bearer_token(self.scope.get("headers", []))
+        engine = await database_sync_to_async(gateway.engine_by_token)(token)
+        # Accept first: a close code (4401) can only be sent on an accepted socket.
+        await self.accept()
+        if engine is None:
+            await self.close(code=p.CLOSE_UNAUTHORIZED)
+            return
+        self.engine = engine
+        self.engine_id = engine.pk
+        self.connection_id = uuid.uuid4()
+        await self.channel_layer.group_add(engine_group(engine.pk), self.channel_name)
+
+    async def disconnect(self, code: int) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self.engine_id is None:
+            return
+        await self.channel_layer.group_discard(engine_group(self.engine_id), self.channel_name)
+        if self.greeted:
+            await database_sync_to_async(gateway.disconnect)(self.engine_id, self.connection_id)
+
+    async def send_frames(self, frames: list[p.ServerFrame]) -> None:
+        for frame in frames:
+            await self.send(text_data=p.encode(frame).decode())
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.engine_id is None:
+            return
+        data = text_data if text_data is not None else (bytes_data or b"")
+        decoded = gateway.decode_frame(data)
+        if not self.greeted:
+            await self._expect_hello(decoded)
+            return
+        if decoded.events is not None:
+            frames, _ = await database_sync_to_async(gateway.events, thread_sensitive=False)(
+                self.engine_id, decoded
+            )
+            await self.send_frames(frames)
+            return
+        frame = decoded.frame
+        if frame is None:
+            await self.send_frames(decoded.errors)
+        elif isinstance(frame, p.Heartbeat):
+            await database_sync_to_async(gateway.heartbeat)(self.engine_id, frame)
+        elif isinstance(frame, p.Hello):
+            await self.send_frames([p.Error(code="invalid_frame", message="hello was already sent",
+                                            field="type")])  # fmt: skip
+        # command_ack / command_result are handled by the commands service (issue of commands).
+
+    async def _expect_hello(self, decoded: gateway.Decoded) -> None:
+        if not isinstance(decoded.frame, p.Hello):
+            errors = decoded.errors or [p.Error(
+                code="not_hello", message="the first frame on a connection must be hello",
+                field="type",
+            )]  # fmt: skip
+            await self.send_frames(errors)
+            await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
+            return
+        frames = await database_sync_to_async(gateway.hello)(
+            self.engine, decoded.frame, self.connection_id
+        )
+        await self.send_frames(frames)
+        if not isinstance(frames[0], p.Welcome):
+            await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
+            return
+        self.greeted = True
+        # The newest connection of an engine wins; older ones close with 4409.
+        await self.channel_layer.group_send(
+            engine_group(self.engine_id),
+            {"type": "engine.replaced", "connection_id": str(self.connection_id)},
+        )
+        self._heartbeat_task = asyncio.create_task(self._heartbeats())
+
+    async def engine_replaced(self, message: dict[str, Any]) -> None:
+        if not self.greeted or message["connection_id"] == str(self.connection_id):
+            return
+        # The database, not the order in which layer messages arrive, says which is newest.
+        current = await database_sync_to_async(gateway.current_connection)(self.engine_id)
+        if current != self.connection_id:
+            await self.close(code=p.CLOSE_REPLACED)
+
+    async def _heartbeats(self) -> None:
+        interval = settings.ENGINE_HEARTBEAT_INTERVAL_S
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(interval)
+                await self.send_frames([p.ServerHeartbeat(ts=p.utc_now())])

@@ -1,0 +1,208 @@
+"""The engine gateway's protocol logic, shared by the WebSocket consumer and the HTTP endpoints.
+
+Everything here is synchronous and touches the database; the consumer calls it through
+``database_sync_to_async``. Frames are decoded with the msgspec structs of engine_sdk.protocol,
+the same ones the SDK encodes with.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import Q
+
+from controlplane.ingest import IngestResult, ingest_events
+from controlplane.models import Command, Engine, hash_token
+from engine_sdk import protocol as p
+
+log = logging.getLogger(__name__)
+
+
+class _TypeProbe(msgspec.Struct, forbid_unknown_fields=False):
+    type: Any = None
+
+
+_probe = msgspec.json.Decoder(_TypeProbe)
+ENGINE_FRAME_TYPES = frozenset({"hello", "events", "heartbeat", "command_ack", "command_result"})
+
+
+@dataclass
+class Decoded:
+    frame: p.EngineFrame | None
+    events: list[p.Event] | None  # set for an events frame decoded leniently
+    errors: list[p.Error]
+
+
+def decode_frame(data: str | bytes) -> Decoded:
+    """Decode one engine frame. An events frame with bad events still yields its good ones."""
+    if len(data) > p.MAX_FRAME_BYTES:
+        message = (
+            f"frame is {len(data)} bytes; the limit is {p.MAX_FRAME_BYTES}: send smaller batches"
+        )
+        return Decoded(None, None, [p.Error(code="frame_too_large", message=message)])
+    try:
+        frame = p.decode_engine_frame(data)
+    except msgspec.ValidationError as exc:
+        probe_type = _probe_type(data)
+        if probe_type == "events":
+            events, errors = p.decode_events_leniently(data)
+            return Decoded(None, events, errors)
+        if probe_type is not None and probe_type not in ENGINE_FRAME_TYPES:
+            return Decoded(None, None, [p.Error(
+                code="unknown_type", message=f"unknown frame type {probe_type!r}", field="type",
+            )])  # fmt: skip
+        text, field = p.error_field(str(exc))
+        return Decoded(None, None, [p.Error(code="invalid_frame", message=text, field=field)])
+    except msgspec.DecodeError as exc:
+        return Decoded(None, None, [p.Error(code="malformed_json", message=str(exc))])
+    if isinstance(frame, p.Events):
+        return Decoded(frame, list(frame.events), [])
+    return Decoded(frame, None, [])
+
+
+def _probe_type(data: str | bytes) -> Any:
+    try:
+        return _probe.decode(data).type
+    except msgspec.MsgspecError:
+        return None
+
+
+def engine_by_token(token: str | None) -> Engine | None:
+    if not token or not token.startswith("cpe_") or len(token) > 200:
+        return None
+    return Engine.objects.filter(token_hash=hash_token(token), is_active=True).first()
+
+
+def bearer_token(headers: Any) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (ASGI header pairs or a dict)."""
+    if isinstance(headers, dict):
+        value = headers.get("authorization") or headers.get("Authorization") or ""
+    else:
+        value = ""
+        for name, raw in headers:
+            if name.lower() == b"authorization":
+                value = raw.decode("latin-1")
+                break
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def pending_commands(engine_id: int, *, now: datetime | None = None) -> list[p.Command]:
+    """Commands not yet acknowledged and not expired, oldest first; marks them delivered."""
+    now = now or datetime.now(UTC)
+    with transaction.atomic():
+        commands = list(
+            Command.objects.select_for_update(skip_locked=True)
+            .filter(
+                engine_id=engine_id, status__in=[Command.Status.PENDING, Command.Status.DELIVERED]
+            )
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .order_by("created_at")
+        )
+        if commands:
+            Command.objects.filter(pk__in=[c.pk for c in commands]).update(
+                status=Command.Status.DELIVERED, delivered_at=now
+            )
+    return [command_frame(c) for c in commands]
+
+
+def command_frame(command: Command) -> p.Command:
+    return p.Command(
+        command_id=command.pk,
+        kind=command.kind,  # type: ignore[arg-type]
+        params=command.params,
+        reason=command.reason,
+        issued_by=command.issued_by_label,
+        issued_at=command.created_at,
+        expires_at=command.expires_at,
+    )
+
+
+def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> list[p.ServerFrame]:
+    """Register a (re)connection and build the welcome. Refusals come back as error frames."""
+    if frame.protocol != p.PROTOCOL_VERSION:
+        message = (
+            f"protocol {frame.protocol} is not supported; this server speaks {p.PROTOCOL_VERSION}"
+        )
+        return [p.Error(code="protocol_version", message=message, field="protocol")]
+    if frame.mode != engine.mode:
+        return [p.Error(
+            code="engine_mismatch",
+            message=f"this token belongs to {engine.name}, registered as {engine.mode}; "
+                    f"the engine says it runs {frame.mode}",
+            field="mode",
+        )]  # fmt: skip
+    now = datetime.now(UTC)
+    update: dict[str, Any] = {
+        "reported_state": frame.trading_state,
+        "engine_build": frame.engine_build,
+        "config_hash": frame.config_hash,
+        "limits_version": frame.limits_version,
+        "last_seen_at": now,
+    }
+    if connection_id is not None:
+        update |= {"connected": True, "connection_id": connection_id}
+    Engine.objects.filter(pk=engine.pk).update(**update)
+    engine.refresh_from_db(fields=["last_seq", "desired_state"])
+    welcome = p.Welcome(
+        engine_id=engine.pk,
+        engine_name=engine.name,
+        last_seq=engine.last_seq,
+        heartbeat_interval_s=settings.ENGINE_HEARTBEAT_INTERVAL_S,
+        desired_state=engine.desired_state,  # type: ignore[arg-type]
+        limits_version=0,
+        limits=[],
+        commands=pending_commands(engine.pk),
+    )
+    return [welcome]
+
+
+def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], IngestResult | None]:
+    """Store the valid events; answer the errors, then the ack (only after the commit)."""
+    frames: list[p.ServerFrame] = list(decoded.errors)
+    batch = decoded.events or []
+    try:
+        result = ingest_events(engine_id=engine_id, events=batch)
+    except DatabaseError as exc:
+        # Nothing of the batch is stored and nothing is acked: the SDK keeps it and resends.
+        log.warning("engine %s: batch of %d not stored: %s", engine_id, len(batch), exc)
+        message = "the control plane could not store this batch; it was not acknowledged: resend it"
+        frames.append(p.Error(code="internal_error", message=message))
+        return frames, None
+    frames.extend(result.errors)
+    # Events rejected at decoding are acknowledged too (they will never become valid), so the
+    # ack covers the highest seq seen in the frame, stored or refused.
+    refused = [e.seq for e in decoded.errors if e.seq is not None]
+    ack = max([result.ack_seq, *refused]) if refused else result.ack_seq
+    if refused and ack > result.ack_seq:
+        _advance_watermark(engine_id, ack)
+    frames.append(p.Ack(seq=ack))
+    return frames, result
+
+
+def _advance_watermark(engine_id: int, seq: int) -> None:
+    from django.db.models.functions import Greatest
+
+    Engine.objects.filter(pk=engine_id).update(last_seq=Greatest("last_seq", seq))
+
+
+def heartbeat(engine_id: int, frame: p.Heartbeat) -> None:
+    Engine.objects.filter(pk=engine_id).update(
+        last_seen_at=datetime.now(UTC), reported_state=frame.trading_state
+    )
+
+
+def current_connection(engine_id: int) -> uuid.UUID | None:
+    return Engine.objects.filter(pk=engine_id).values_list("connection_id", flat=True).first()
+
+
+def disconnect(engine_id: int, connection_id: uuid.UUID) -> None:
+    # Only the current connection may mark the engine offline: a replaced one must not.
+    Engine.objects.filter(pk=engine_id, connection_id=connection_id).update(connected=False)

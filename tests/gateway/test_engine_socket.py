@@ -1,0 +1,220 @@
+"""The engine WebSocket, driven with Channels' communicator over the real Redis channel layer."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from controlplane.asgi import application
+from controlplane.models import Engine, Fill, Order
+from engine_sdk import protocol as p
+from tests.gateway import factories as f
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def hello_frame(mode: str = "paper", **overrides) -> str:
+    values = dict(
+        engine_build="test-1", config_hash="abc", mode=mode, broker="sim", account="acc-1",
+        trading_state="ACTIVE", last_seq=0,
+    )  # fmt: skip
+    values.update(overrides)
+    return p.encode(p.Hello(**values)).decode()
+
+
+async def open_socket(token: str | None) -> WebsocketCommunicator:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    communicator = WebsocketCommunicator(application, "/ws/engine/v1", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def greeted(token: str) -> tuple[WebsocketCommunicator, dict]:
+    ws = await open_socket(token)
+    await ws.send_to(text_data=hello_frame())
+    welcome = await ws.receive_json_from(timeout=5)
+    assert welcome["type"] == "welcome", welcome
+    return ws, welcome
+
+
+async def send_events(ws: WebsocketCommunicator, *events: p.Event) -> list[dict]:
+    """Send a frame and collect the answers up to and including the ack."""
+    await ws.send_to(text_data=f.events_frame(*events).decode())
+    return await frames_until_ack(ws)
+
+
+FRAME_LEVEL_ERRORS = {
+    "malformed_json", "frame_too_large", "too_many_events", "unknown_type", "invalid_frame",
+    "internal_error",
+}  # fmt: skip
+
+
+async def frames_until_ack(ws: WebsocketCommunicator) -> list[dict]:
+    frames = []
+    while True:
+        frame = await ws.receive_json_from(timeout=5)
+        if frame["type"] == "heartbeat":
+            continue
+        frames.append(frame)
+        # An ack ends the answer to an events frame; so does a frame-level error.
+        if frame["type"] == "ack" or frame.get("code") in FRAME_LEVEL_ERRORS:
+            return frames
+
+
+async def closed_with(ws: WebsocketCommunicator) -> int:
+    while True:
+        output = await ws.receive_output(timeout=5)
+        if output["type"] == "websocket.close":
+            return output.get("code", 1000)
+
+
+@database_sync_to_async
+def db(fn):
+    return fn()
+
+
+async def test_a_bad_token_is_closed_with_4401(engine_and_token):
+    ws = await open_socket("cpe_not-a-real-token")
+    assert await closed_with(ws) == 4401
+
+
+async def test_a_missing_token_is_closed_with_4401(engine_and_token):
+    ws = await open_socket(None)
+    assert await closed_with(ws) == 4401
+
+
+async def test_the_first_frame_must_be_hello(engine_and_token):
+    _, token = engine_and_token
+    ws = await open_socket(token)
+    await ws.send_to(text_data=f.events_frame(f.metric(1)).decode())
+    error = await ws.receive_json_from(timeout=5)
+    assert error["code"] == "not_hello"
+    assert await closed_with(ws) == 4400
+
+
+async def test_a_hello_with_the_wrong_mode_is_refused(engine_and_token):
+    _, token = engine_and_token
+    ws = await open_socket(token)
+    await ws.send_to(text_data=hello_frame(mode="live"))
+    error = await ws.receive_json_from(timeout=5)
+    assert error["code"] == "engine_mismatch"
+    assert error["field"] == "mode"
+    assert await closed_with(ws) == 4400
+
+
+async def test_hello_gets_a_welcome_with_the_last_stored_seq_and_marks_the_engine_online(
+    engine_and_token,
+):
+    engine, token = engine_and_token
+    ws, welcome = await greeted(token)
+    assert welcome["engine_name"] == engine.name
+    assert welcome["last_seq"] == 0
+    assert welcome["desired_state"] == "ACTIVE"
+    await send_events(ws, f.order(1, "o-1"), f.fill(2, "f-1", "o-1"))
+    await ws.disconnect()
+    stored = await db(lambda: Engine.objects.get(pk=engine.pk))
+    assert stored.last_seq == 2
+    assert stored.connected is False
+    ws, welcome = await greeted(token)
+    assert welcome["last_seq"] == 2
+    assert (await db(lambda: Engine.objects.get(pk=engine.pk))).connected is True
+    await ws.disconnect()
+
+
+async def test_events_are_acked_after_storage_and_a_replay_changes_nothing(engine_and_token):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    batch = [f.order(1, "o-1"), f.fill(2, "f-1", "o-1"), f.fill(3, "f-2", "o-1")]
+    assert await send_events(ws, *batch) == [{"type": "ack", "seq": 3}]
+    assert await send_events(ws, *batch) == [{"type": "ack", "seq": 3}]
+    await ws.disconnect()
+    assert await db(lambda: Fill.objects.filter(engine=engine).count()) == 2
+
+
+async def test_bad_events_get_errors_naming_the_field_and_the_rest_is_stored(engine_and_token):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    good = json.loads(f.events_frame(f.order(1, "o-1"), f.fill(5, "f-ok", "o-1")))["events"]
+    negative = json.loads(p.encode(f.fill(2, "f-neg", "o-1")))
+    negative["quantity"] = "-5"
+    missing = json.loads(p.encode(f.fill(3, "f-missing", "o-1")))
+    del missing["price"]
+    ill_typed = json.loads(p.encode(f.metric(4)))
+    ill_typed["value"] = "fast"
+    unknown = {"kind": "teleport", "seq": 6, "ts": "2026-11-23T14:00:00Z"}
+    frame = {"type": "events", "events": [good[0], negative, missing, ill_typed, good[1], unknown]}
+    await ws.send_to(text_data=json.dumps(frame))
+    answers = await frames_until_ack(ws)
+    errors = {e["seq"]: e for e in answers if e["type"] == "error"}
+    assert errors[2]["code"] == "invalid_event" and errors[2]["field"] == "events[1].quantity"
+    assert errors[3]["field"] == "events[2].price"
+    assert errors[4]["field"] == "events[3].value"
+    assert errors[6]["code"] == "unknown_kind"
+    assert answers[-1] == {"type": "ack", "seq": 6}
+    # The socket is still up and the valid events are stored.
+    assert await send_events(ws, f.metric(7)) == [{"type": "ack", "seq": 7}]
+    await ws.disconnect()
+    fills = await db(
+        lambda: list(Fill.objects.filter(engine=engine).values_list("fill_id", flat=True))
+    )
+    assert fills == ["f-ok"]
+
+
+async def test_malformed_json_and_oversized_frames_get_errors_and_the_socket_survives(
+    engine_and_token,
+):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    await send_events(ws, f.order(1, "o-1"))
+    await ws.send_to(text_data='{"type": "events", "events": [')
+    assert (await ws.receive_json_from(timeout=5))["code"] == "malformed_json"
+    await ws.send_to(text_data="x" * (p.MAX_FRAME_BYTES + 1))
+    assert (await ws.receive_json_from(timeout=5))["code"] == "frame_too_large"
+    await ws.send_to(text_data='{"type": "teleport"}')
+    error = await ws.receive_json_from(timeout=5)
+    assert error["code"] == "unknown_type" and error["field"] == "type"
+    assert await send_events(ws, f.fill(2, "f-1", "o-1")) == [{"type": "ack", "seq": 2}]
+    await ws.disconnect()
+    assert await db(lambda: Order.objects.filter(engine=engine).count()) == 1
+
+
+async def test_a_token_for_one_engine_can_never_write_as_another(make_engine):
+    alpha, alpha_token = await db(lambda: make_engine("alpha"))
+    beta, _ = await db(lambda: make_engine("beta"))
+    ws, welcome = await greeted(alpha_token)
+    assert welcome["engine_id"] == alpha.pk
+    # There is no engine field to forge: whatever the frame says, it is stored as the token's.
+    frame = json.loads(f.events_frame(f.order(1, "o-1")))
+    frame["engine_id"] = beta.pk
+    frame["events"][0]["engine"] = beta.name
+    await ws.send_to(text_data=json.dumps(frame))
+    assert (await frames_until_ack(ws))[-1]["seq"] == 1
+    await ws.disconnect()
+    assert await db(lambda: Order.objects.filter(engine=beta).count()) == 0
+    assert await db(lambda: Order.objects.filter(engine=alpha).count()) == 1
+
+
+async def test_a_newer_connection_replaces_the_older_one_with_4409(engine_and_token):
+    engine, token = engine_and_token
+    first, _ = await greeted(token)
+    second, _ = await greeted(token)
+    assert await closed_with(first) == 4409
+    assert await send_events(second, f.metric(1)) == [{"type": "ack", "seq": 1}]
+    await first.disconnect()
+    assert (await db(lambda: Engine.objects.get(pk=engine.pk))).connected is True
+    await second.disconnect()
+
+
+async def test_heartbeats_update_last_seen_and_the_reported_state(engine_and_token):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    beat = p.Heartbeat(ts=datetime.now(UTC), trading_state="PAUSED", last_seq=0)
+    await ws.send_to(text_data=p.encode(beat).decode())
+    await send_events(ws, f.metric(1))  # the ack proves the heartbeat was handled before it
+    await ws.disconnect()
+    assert (await db(lambda: Engine.objects.get(pk=engine.pk))).reported_state == "PAUSED"
