@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,8 +83,8 @@ def engine_by_token(token: str | None) -> Engine | None:
 
 def bearer_token(headers: Any) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header (ASGI header pairs or a dict)."""
-    if isinstance(headers, dict):
-        value = headers.get("authorization") or headers.get("Authorization") or ""
+    if isinstance(headers, Mapping):
+        value = headers.get("Authorization") or ""
     else:
         value = ""
         for name, raw in headers:
@@ -152,6 +153,7 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     Engine.objects.filter(pk=engine.pk).update(**update)
     engine.refresh_from_db(fields=["last_seq", "desired_state"])
     welcome = p.Welcome(
+        protocol=p.PROTOCOL_VERSION,
         engine_id=engine.pk,
         engine_name=engine.name,
         last_seq=engine.last_seq,

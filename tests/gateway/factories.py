@@ -15,31 +15,65 @@ def at(seconds: float) -> datetime:
 
 
 def order(
-    seq: int, coid: str, *, symbol: str = "AAPL", side: str = "buy", qty: str = "100",
-    status: str = "accepted", filled: str = "0", expected: str | None = "190",
-) -> p.OrderEvent:  # fmt: skip
+    seq: int,
+    coid: str,
+    *,
+    symbol: str = "AAPL",
+    side: str = "buy",
+    qty: str = "100",
+    status: str = "accepted",
+    filled: str = "0",
+    expected: str | None = "190",
+) -> p.OrderEvent:
     return p.OrderEvent(
-        seq=seq, ts=at(seq), client_order_id=coid, symbol=symbol, side=side, order_type="limit",
-        quantity=Decimal(qty), limit_price=Decimal("190.50"), status=status,
-        filled_quantity=Decimal(filled), expected_price=Decimal(expected) if expected else None,
-    )  # fmt: skip
+        seq=seq,
+        ts=at(seq),
+        client_order_id=coid,
+        symbol=symbol,
+        side=side,
+        order_type="limit",
+        quantity=Decimal(qty),
+        limit_price=Decimal("190.50"),
+        status=status,
+        filled_quantity=Decimal(filled),
+        expected_price=Decimal(expected) if expected else None,
+    )
 
 
-def fill(seq: int, fill_id: str, coid: str, *, symbol: str = "AAPL", side: str = "buy",
-         qty: str = "10", price: str = "190.25", fee: str = "0") -> p.FillEvent:  # fmt: skip
+def fill(
+    seq: int,
+    fill_id: str,
+    coid: str,
+    *,
+    symbol: str = "AAPL",
+    side: str = "buy",
+    qty: str = "10",
+    price: str = "190.25",
+    fee: str = "0",
+) -> p.FillEvent:
     return p.FillEvent(
-        seq=seq, ts=at(seq), fill_id=fill_id, client_order_id=coid, symbol=symbol, side=side,
-        quantity=Decimal(qty), price=Decimal(price), fee=Decimal(fee),
-    )  # fmt: skip
+        seq=seq,
+        ts=at(seq),
+        fill_id=fill_id,
+        client_order_id=coid,
+        symbol=symbol,
+        side=side,
+        quantity=Decimal(qty),
+        price=Decimal(price),
+        fee=Decimal(fee),
+    )
 
 
 def position(
     seq: int, qty: str, *, symbol: str = "AAPL", avg: str | None = None
 ) -> p.PositionEvent:
     return p.PositionEvent(
-        seq=seq, ts=at(seq), symbol=symbol, quantity=Decimal(qty),
+        seq=seq,
+        ts=at(seq),
+        symbol=symbol,
+        quantity=Decimal(qty),
         avg_price=Decimal(avg) if avg else None,
-    )  # fmt: skip
+    )
 
 
 def account(

@@ -19,9 +19,15 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 def hello_frame(mode: str = "paper", **overrides) -> str:
     values = dict(
-        engine_build="test-1", config_hash="abc", mode=mode, broker="sim", account="acc-1",
-        trading_state="ACTIVE", last_seq=0,
-    )  # fmt: skip
+        protocol=p.PROTOCOL_VERSION,
+        engine_build="test-1",
+        config_hash="abc",
+        mode=mode,
+        broker="sim",
+        account="acc-1",
+        trading_state="ACTIVE",
+        last_seq=0,
+    )
     values.update(overrides)
     return p.encode(p.Hello(**values)).decode()
 
@@ -49,9 +55,13 @@ async def send_events(ws: WebsocketCommunicator, *events: p.Event) -> list[dict]
 
 
 FRAME_LEVEL_ERRORS = {
-    "malformed_json", "frame_too_large", "too_many_events", "unknown_type", "invalid_frame",
+    "malformed_json",
+    "frame_too_large",
+    "too_many_events",
+    "unknown_type",
+    "invalid_frame",
     "internal_error",
-}  # fmt: skip
+}
 
 
 async def frames_until_ack(ws: WebsocketCommunicator) -> list[dict]:

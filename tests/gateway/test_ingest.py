@@ -57,8 +57,13 @@ def test_a_batch_is_projected_into_orders_fills_positions_and_the_event_log(engi
     assert MetricSample.objects.get(engine=engine).value == 1.5
     assert EngineLog.objects.get(engine=engine).message == "started"
     assert list(EngineEvent.objects.filter(engine=engine).values_list("seq", flat=True)) == [
-        1, 2, 3, 4, 5, 6,
-    ]  # fmt: skip
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
     engine.refresh_from_db()
     assert engine.last_seq == 6
 
@@ -67,17 +72,21 @@ def test_a_replayed_batch_changes_nothing(engine):
     batch = [f.order(1, "o-1"), f.fill(2, "f-1", "o-1"), f.account(3, "1000")]
     _ingest(engine, *batch)
     before = (
-        list(Fill.objects.values()), list(Position.objects.values()),
-        list(AccountSnapshot.objects.values()), EngineEvent.objects.count(),
-    )  # fmt: skip
+        list(Fill.objects.values()),
+        list(Position.objects.values()),
+        list(AccountSnapshot.objects.values()),
+        EngineEvent.objects.count(),
+    )
     again = _ingest(engine, *batch)
     assert again.ack_seq == 3
     assert again.stored == 0
     assert again.replayed == 3
     after = (
-        list(Fill.objects.values()), list(Position.objects.values()),
-        list(AccountSnapshot.objects.values()), EngineEvent.objects.count(),
-    )  # fmt: skip
+        list(Fill.objects.values()),
+        list(Position.objects.values()),
+        list(AccountSnapshot.objects.values()),
+        EngineEvent.objects.count(),
+    )
     assert [row for row in after[1]] == [
         {**row, "updated_at": after[1][i]["updated_at"]} for i, row in enumerate(before[1])
     ]
@@ -120,10 +129,22 @@ def test_position_ledger_realises_pnl_and_flips_through_zero(engine):
 
 def test_apply_fill_handles_shorts_and_multipliers():
     pos = _Position(instrument_id=1)
-    apply_fill(pos, side="sell", quantity=Decimal(2), price=Decimal(100), fee=Decimal(0),
-               multiplier=Decimal(50))  # fmt: skip
-    apply_fill(pos, side="buy", quantity=Decimal(1), price=Decimal(90), fee=Decimal(0),
-               multiplier=Decimal(50))  # fmt: skip
+    apply_fill(
+        pos,
+        side="sell",
+        quantity=Decimal(2),
+        price=Decimal(100),
+        fee=Decimal(0),
+        multiplier=Decimal(50),
+    )
+    apply_fill(
+        pos,
+        side="buy",
+        quantity=Decimal(1),
+        price=Decimal(90),
+        fee=Decimal(0),
+        multiplier=Decimal(50),
+    )
     assert pos.quantity == Decimal(-1)
     assert pos.avg_price == Decimal(100)
     assert pos.realized_pnl == Decimal(500)  # 1 contract * 10 points * 50
