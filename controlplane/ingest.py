@@ -246,11 +246,35 @@ def _project(
 
 
 def _copy(
-    cursor: Any, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]
+    cursor: Any, table: str, columns: tuple[str, ...] | None, rows: Iterable[tuple[Any, ...]]
 ) -> None:
-    with cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    target = f"{table} ({', '.join(columns)})" if columns else table
+    with cursor.cursor.copy(f"COPY {target} FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
+
+
+# Staging tables: COPY (formatted in C by psycopg) into a temporary table, then one set-based
+# statement into the real table. Binding thousands of values as array parameters costs far more.
+_STAGING = {
+    "cp_stage_order": """
+        client_order_id text, broker_order_id text, instrument_id bigint, side text,
+        order_type text, quantity numeric, limit_price numeric, stop_price numeric,
+        expected_price numeric, status text, filled_quantity numeric, avg_fill_price numeric,
+        reject_reason text, created_at timestamptz, updated_at timestamptz, last_seq bigint""",
+    "cp_stage_fill": """
+        fill_id text, client_order_id text, instrument_id bigint, side text, quantity numeric,
+        price numeric, fee numeric, liquidity text, ts timestamptz, seq bigint""",
+}
+
+
+def _stage(cursor: Any, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    cursor.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {table} ({_STAGING[table]}) ON COMMIT DELETE ROWS"
+    )
+    # A batch may be retried on the same connection after a failure: start from empty.
+    cursor.execute(f"TRUNCATE {table}")
+    _copy(cursor, table, None, rows)
 
 
 def _upsert_orders(
@@ -267,17 +291,20 @@ def _upsert_orders(
     for order in orders:
         latest[order.client_order_id] = order
         first_ts.setdefault(order.client_order_id, order.ts)
-    rows = list(latest.values())
+    _stage(cursor, "cp_stage_order", (
+        (o.client_order_id, o.broker_order_id or "", instruments[o.symbol][0], o.side,
+         o.order_type, o.quantity, o.limit_price, o.stop_price, o.expected_price, o.status,
+         o.filled_quantity, o.avg_fill_price, o.reject_reason or "", first_ts[o.client_order_id],
+         o.ts, o.seq)
+        for o in latest.values()
+    ))  # fmt: skip
     cursor.execute(
         """
         INSERT INTO controlplane_order AS o (
             engine_id, client_order_id, broker_order_id, instrument_id, side, order_type,
             quantity, limit_price, stop_price, expected_price, status, filled_quantity,
             avg_fill_price, reject_reason, created_at, updated_at, last_seq)
-        SELECT %s, u.* FROM unnest(
-            %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::numeric[],
-            %s::numeric[], %s::numeric[], %s::numeric[], %s::text[], %s::numeric[],
-            %s::numeric[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[]) AS u
+        SELECT %s, s.* FROM cp_stage_order s
         ON CONFLICT (engine_id, client_order_id) DO UPDATE SET
             broker_order_id = COALESCE(NULLIF(EXCLUDED.broker_order_id, ''), o.broker_order_id),
             quantity = EXCLUDED.quantity,
@@ -292,25 +319,7 @@ def _upsert_orders(
             last_seq = EXCLUDED.last_seq
         WHERE o.last_seq < EXCLUDED.last_seq
         """,
-        [
-            engine_id,
-            [o.client_order_id for o in rows],
-            [o.broker_order_id or "" for o in rows],
-            [instruments[o.symbol][0] for o in rows],
-            [o.side for o in rows],
-            [o.order_type for o in rows],
-            [o.quantity for o in rows],
-            [o.limit_price for o in rows],
-            [o.stop_price for o in rows],
-            [o.expected_price for o in rows],
-            [o.status for o in rows],
-            [o.filled_quantity for o in rows],
-            [o.avg_fill_price for o in rows],
-            [o.reject_reason or "" for o in rows],
-            [first_ts[o.client_order_id] for o in rows],
-            [o.ts for o in rows],
-            [o.seq for o in rows],
-        ],
+        [engine_id],
     )
 
 
@@ -322,19 +331,24 @@ def _insert_fills(
     result: IngestResult,
 ) -> set[int]:
     """Insert fills; return the seqs not counted (unknown order, or fill_id already stored)."""
-    wanted = sorted({f.client_order_id for f in fills})
+    _stage(cursor, "cp_stage_fill", (
+        (f.fill_id, f.client_order_id, instruments[f.symbol][0], f.side, f.quantity, f.price,
+         f.fee, f.liquidity or "", f.ts, f.seq)
+        for f in fills
+    ))  # fmt: skip
     cursor.execute(
         """
-        SELECT client_order_id, id, expected_price FROM controlplane_order
-        WHERE engine_id = %s AND client_order_id = ANY(%s)
+        SELECT DISTINCT s.client_order_id FROM cp_stage_fill s
+        WHERE NOT EXISTS (
+            SELECT 1 FROM controlplane_order o
+            WHERE o.engine_id = %s AND o.client_order_id = s.client_order_id)
         """,
-        [engine_id, wanted],
+        [engine_id],
     )
-    order_rows = {coid: (pk, expected) for coid, pk, expected in cursor.fetchall()}
+    unknown = {row[0] for row in cursor.fetchall()}
     rejected: set[int] = set()
-    good: list[p.FillEvent] = []
     for fill in fills:
-        if fill.client_order_id not in order_rows:
+        if fill.client_order_id in unknown:
             rejected.add(fill.seq)
             result.errors.append(
                 _error(
@@ -345,40 +359,24 @@ def _insert_fills(
                     "client_order_id",
                 )
             )
-        else:
-            good.append(fill)
-    if not good:
-        return rejected
     cursor.execute(
         """
         INSERT INTO controlplane_fill (
             engine_id, fill_id, order_id, instrument_id, side, quantity, price, fee,
             expected_price, liquidity, ts, seq)
-        SELECT %s, u.* FROM unnest(
-            %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::numeric[],
-            %s::numeric[], %s::numeric[], %s::text[], %s::timestamptz[], %s::bigint[]) AS u
+        SELECT %s, s.fill_id, o.id, s.instrument_id, s.side, s.quantity, s.price, s.fee,
+               o.expected_price, s.liquidity, s.ts, s.seq
+        FROM cp_stage_fill s
+        JOIN controlplane_order o ON o.engine_id = %s AND o.client_order_id = s.client_order_id
         ON CONFLICT (engine_id, fill_id) DO NOTHING
         RETURNING seq
         """,
-        [
-            engine_id,
-            [f.fill_id for f in good],
-            [order_rows[f.client_order_id][0] for f in good],
-            [instruments[f.symbol][0] for f in good],
-            [f.side for f in good],
-            [f.quantity for f in good],
-            [f.price for f in good],
-            [f.fee for f in good],
-            [order_rows[f.client_order_id][1] for f in good],
-            [f.liquidity or "" for f in good],
-            [f.ts for f in good],
-            [f.seq for f in good],
-        ],
+        [engine_id, engine_id],
     )
     inserted = {row[0] for row in cursor.fetchall()}
     # A fill_id already stored under another seq: counted once, the repeat is only logged.
-    for fill in good:
-        if fill.seq not in inserted:
+    for fill in fills:
+        if fill.seq not in inserted and fill.seq not in rejected:
             rejected.add(fill.seq)
             result.replayed += 1
     return rejected

@@ -15,11 +15,11 @@ CREATE TABLE controlplane_engineevent (
     kind varchar(16) NOT NULL,
     ts timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
-    payload jsonb NOT NULL,
+    -- json, not jsonb: kept as the engine sent it, and cheaper to write; it is read rarely.
+    payload json NOT NULL,
     PRIMARY KEY (engine_id, seq, received_at)
 ) PARTITION BY RANGE (received_at);
 CREATE TABLE controlplane_engineevent_default PARTITION OF controlplane_engineevent DEFAULT;
-CREATE INDEX controlplane_engineevent_received_idx ON controlplane_engineevent (received_at);
 """
 
 

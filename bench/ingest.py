@@ -1,0 +1,255 @@
+"""End-to-end ingest throughput: engines push fills over the real WebSocket path with acks.
+
+    .venv/bin/python bench/ingest.py [--engines 4] [--events 200000] [--batch 2000]
+
+Starts what it needs (embedded PostgreSQL/Redis unless DATABASE_URL / REDIS_URL are set), creates
+a scratch database, runs uvicorn with the product's ASGI app, and has N protocol clients send
+frames of order + fill events, each waiting for the ack (durable commit) before the next frame.
+Baseline, measured in the same run on the same PostgreSQL: a raw psycopg COPY of the same number
+of rows into a table equal to the fill table (same columns, constraints and indexes).
+The last line printed is the JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from controlplane import embedded  # noqa: E402
+
+BENCH_DB = "controlplane_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def recreate_database(admin_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+
+
+def drop_database(admin_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
+def make_frames(n_events: int, batch: int, fills_per_order: int) -> list[bytes]:
+    from engine_sdk import protocol as p
+
+    t0 = datetime(2026, 11, 23, 14, tzinfo=UTC)
+    events: list[p.Event] = []
+    seq = 0
+    order_no = 0
+    while len(events) < n_events:
+        order_no += 1
+        seq += 1
+        coid = f"o-{order_no}"
+        qty = Decimal(fills_per_order * 10)
+        events.append(p.OrderEvent(
+            seq=seq, ts=t0 + timedelta(milliseconds=seq), client_order_id=coid,
+            symbol=f"SYM{order_no % 50}", side="buy" if order_no % 2 else "sell",
+            order_type="limit", quantity=qty, limit_price=Decimal("100.5"), status="accepted",
+            expected_price=Decimal("100.25"),
+        ))  # fmt: skip
+        for k in range(fills_per_order):
+            seq += 1
+            events.append(p.FillEvent(
+                seq=seq, ts=t0 + timedelta(milliseconds=seq), fill_id=f"f-{order_no}-{k}",
+                client_order_id=coid, symbol=f"SYM{order_no % 50}",
+                side="buy" if order_no % 2 else "sell", quantity=Decimal(10),
+                price=Decimal("100.25") + Decimal(k) / 100, fee=Decimal("0.01"),
+            ))  # fmt: skip
+    events = events[:n_events]
+    return [p.encode(p.Events(events=events[i : i + batch])) for i in range(0, len(events), batch)]
+
+
+async def run_engine(
+    ws_url: str, token: str, frames: list[bytes], window: int
+) -> tuple[int, float]:
+    """Send every frame keeping up to ``window`` unacked; return (events acked, seconds)."""
+    import websockets
+
+    from engine_sdk import protocol as p
+
+    hello = p.Hello(
+        protocol=p.PROTOCOL_VERSION, engine_build="bench", config_hash="bench", mode="paper",
+        broker="bench", account="bench", trading_state="ACTIVE", last_seq=0,
+    )  # fmt: skip
+    last_seqs = [p.decode_engine_frame(f).events[-1].seq for f in frames]  # type: ignore[union-attr]
+    async with websockets.connect(
+        ws_url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=16 * 2**20
+    ) as ws:
+        await ws.send(p.encode(hello).decode())
+        welcome = p.decode_server_frame(await ws.recv())
+        assert isinstance(welcome, p.Welcome), welcome
+        started = time.perf_counter()
+        sent = 0
+        acked_frames = 0
+        while acked_frames < len(frames):
+            while sent < len(frames) and sent - acked_frames < window:
+                await ws.send(frames[sent].decode())
+                sent += 1
+            reply = p.decode_server_frame(await ws.recv())
+            if isinstance(reply, p.Ack):
+                while acked_frames < len(frames) and last_seqs[acked_frames] <= reply.seq:
+                    acked_frames += 1
+            elif isinstance(reply, p.Error):
+                raise RuntimeError(f"server error: {reply}")
+        return last_seqs[-1], time.perf_counter() - started
+
+
+def copy_baseline(db_url: str, rows: int) -> float:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute("CREATE TABLE bench_copy (LIKE controlplane_fill INCLUDING ALL)")
+        # Foreign keys are not copied by LIKE; the fill table has them, so add them too.
+        conn.execute(
+            "ALTER TABLE bench_copy ADD FOREIGN KEY (engine_id) REFERENCES controlplane_engine(id),"
+            " ADD FOREIGN KEY (order_id) REFERENCES controlplane_order(id),"
+            " ADD FOREIGN KEY (instrument_id) REFERENCES controlplane_instrument(id)"
+        )
+        engine_id, order_id, instrument_id = conn.execute(
+            "SELECT engine_id, id, instrument_id FROM controlplane_order LIMIT 1"
+        ).fetchone()
+        ts = datetime(2026, 11, 23, 14, tzinfo=UTC)
+        data = [
+            (engine_id, f"c-{i}", order_id, instrument_id, "buy", Decimal(10),
+             Decimal("100.25"), Decimal("0.01"), Decimal("100.25"), "", ts, i + 1)
+            for i in range(rows)
+        ]  # fmt: skip
+        started = time.perf_counter()
+        with (
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY bench_copy (engine_id, fill_id, order_id, instrument_id, side, quantity, "
+                "price, fee, expected_price, liquidity, ts, seq) FROM STDIN"
+            ) as copy,
+        ):
+            for row in data:
+                copy.write_row(row)
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_copy")
+    return rows / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--engines", type=int, default=4)
+    parser.add_argument("--events", type=int, default=200_000, help="in total, over all engines")
+    parser.add_argument("--batch", type=int, default=2000, help="events per frame")
+    parser.add_argument("--fills-per-order", type=int, default=9)
+    parser.add_argument("--window", type=int, default=2, help="unacked frames in flight")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    args = parser.parse_args()
+
+    with embedded.embedded_services(quiet=True) as service_env:
+        env = {**os.environ, **service_env}
+        admin_url = env["DATABASE_URL"]
+        db_url = with_database(admin_url, BENCH_DB)
+        recreate_database(admin_url)
+        server = None
+        try:
+            child_env = {
+                **env, "DATABASE_URL": db_url, "CONTROLPLANE_ENV": "demo", "DEBUG": "0",
+                "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+            }  # fmt: skip
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env,
+                check=True,
+            )  # fmt: skip
+            tokens = json.loads(subprocess.run(
+                [sys.executable, "-c",
+                 "import django, json, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
+                 "'controlplane.settings'); django.setup();"
+                 "from controlplane import services;"
+                 f"print(json.dumps([services.engine_create(name=f'bench-{{i}}')[1] "
+                 f"for i in range({args.engines})]))"],
+                cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
+            ).stdout.strip().splitlines()[-1])  # fmt: skip
+            port = free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host",
+                 "127.0.0.1", "--port", str(port), "--lifespan", "off", "--no-access-log",
+                 "--ws-max-size", str(16 * 2**20), "--workers", str(args.workers)],
+                cwd=ROOT, env=child_env,
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not embedded.port_in_use(port):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("uvicorn did not start")
+                time.sleep(0.05)
+            per_engine = args.events // args.engines
+            frames = make_frames(per_engine, args.batch, args.fills_per_order)
+            ws_url = f"ws://127.0.0.1:{port}/ws/engine/v1"
+
+            async def all_engines() -> list[tuple[int, float]]:
+                return await asyncio.gather(
+                    *(run_engine(ws_url, t, frames, args.window) for t in tokens)
+                )
+
+            started = time.perf_counter()
+            results = asyncio.run(all_engines())
+            elapsed = time.perf_counter() - started
+            total = sum(n for n, _ in results)
+            rate = total / elapsed
+
+            import psycopg
+
+            with psycopg.connect(db_url) as conn:
+                stored = conn.execute("SELECT count(*) FROM controlplane_engineevent").fetchone()[0]
+                fills = conn.execute("SELECT count(*) FROM controlplane_fill").fetchone()[0]
+            if stored != total:
+                raise SystemExit(f"stored {stored} events, expected {total}")
+            baseline = copy_baseline(db_url, min(total, 200_000))
+        finally:
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(15)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+            drop_database(admin_url)
+
+    print(f"engines: {args.engines}, events: {total} ({fills} fills), batch {args.batch}")
+    print(f"end to end over WebSocket with acks: {rate:,.0f} events/s in {elapsed:.2f}s")
+    print(f"raw psycopg COPY into an equal table: {baseline:,.0f} rows/s")
+    print(f"ratio: {rate / baseline:.3f}")
+    print(json.dumps({
+        "metric": "ingest_events_per_s", "value": round(rate), "baseline": round(baseline),
+        "ratio": round(rate / baseline, 3),
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
