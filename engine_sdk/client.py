@@ -1,0 +1,928 @@
+"""The engine side of protocol v1: a reconnecting WebSocket client with a local journal.
+
+An engine creates one EngineClient, calls ``await start()``, then ``emit()``s events as things
+happen. ``emit`` is cheap and never touches the network: it assigns the next seq, encodes the
+event and queues it. A writer task appends queued events to the journal in batches (one fsync
+per batch); only journaled events are sent, so a seq the server has seen can never be handed out
+again after a crash. The server's ``ack`` tells which events may be forgotten; everything not yet
+acked is sent again after a reconnect.
+
+Everything here must run on one asyncio event loop; ``emit`` is not thread-safe (from another
+thread, use ``loop.call_soon_threadsafe(client.emit, event)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import inspect
+import logging
+import os
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from engine_sdk import __version__, protocol
+from engine_sdk.gate import OrderRejected, StateChange, TradingGate
+from engine_sdk.journal import CommandStore, Journal, _write_atomically
+from engine_sdk.protocol import (
+    Command,
+    CommandResult,
+    CommandResultStatus,
+    Event,
+    Mode,
+    Side,
+    TradingState,
+    Welcome,
+    utc_now,
+)
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "BackpressureError",
+    "CommandHandler",
+    "CommandOutcome",
+    "EngineClient",
+    "EngineClientError",
+    "EngineReplaced",
+    "HelloInfo",
+    "OrderRejected",
+    "Unauthorized",
+]
+
+log = logging.getLogger(__name__)
+
+# One event may not take more than this once encoded, so a frame of at least one event always fits.
+MAX_EVENT_BYTES: Final = 256 * 1024
+_FRAME_HEAD: Final = b'{"type":"events","events":['
+_FRAME_TAIL: Final = b"]}"
+_FRAME_BUDGET: Final = protocol.MAX_FRAME_BYTES - len(_FRAME_HEAD) - len(_FRAME_TAIL)
+STATE_FILE: Final = "state.json"
+
+
+class EngineClientError(Exception):
+    pass
+
+
+class Unauthorized(EngineClientError):
+    """The server refused the token (close code 4401 or HTTP 401); retrying would not help."""
+
+
+class EngineReplaced(EngineClientError):
+    """Another connection with this engine's token took over (close code 4409).
+
+    Two processes are running as the same engine; they would hand out the same seqs, so this one
+    stops rather than fight for the connection.
+    """
+
+
+class _ServerTrouble(EngineClientError):
+    """The server could not store what it was sent; reconnect (with backoff) and resend."""
+
+
+class BackpressureError(EngineClientError):
+    """Too many events are waiting for the server; use ``emit_wait`` to wait for room instead."""
+
+
+@dataclass(frozen=True)
+class HelloInfo:
+    engine_build: str
+    config_hash: str
+    mode: Mode
+    broker: str
+    account: str
+
+
+@dataclass
+class CommandOutcome:
+    """What the engine's command handler did.
+
+    ``trading_state``, when set, becomes the client's trading state (the engine decides what a
+    command does to it). For PAUSED, ``paused_until`` sets the automatic resume; when it is left
+    out and the command is a pause with a ``duration`` (seconds) parameter, that is used.
+    """
+
+    status: CommandResultStatus
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    trading_state: TradingState | None = None
+    paused_until: datetime | None = None
+
+
+CommandHandler = Callable[[Command], Awaitable[CommandOutcome]]
+
+
+class _PersistedState(msgspec.Struct, kw_only=True):
+    trading_state: TradingState = "ACTIVE"
+    paused_until: datetime | None = None
+    dead_man: bool = False
+
+
+class _CommandProbe(msgspec.Struct, forbid_unknown_fields=False):
+    type: Any = None
+    command_id: uuid.UUID | None = None
+    kind: Any = None
+
+
+class EngineClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        journal_dir: str | os.PathLike[str],
+        hello: HelloInfo,
+        on_command: CommandHandler | None = None,
+        on_dead_man: Callable[[], Any] | None = None,
+        on_welcome: Callable[[Welcome], Any] | None = None,
+        on_error: Callable[[protocol.Error], None] | None = None,
+        batch_max_events: int = 1000,
+        batch_interval_s: float = 0.02,
+        heartbeat_interval_s: float = 5.0,
+        dead_man_after_s: float = 15.0,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        max_unacked_events: int = 200_000,
+        welcome_timeout_s: float = 10.0,
+        fsync: bool = True,
+        rng: random.Random | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not 1 <= batch_max_events <= protocol.MAX_EVENTS_PER_FRAME:
+            raise ValueError(f"batch_max_events must be 1..{protocol.MAX_EVENTS_PER_FRAME}")
+        self.url = url
+        self._token = token
+        self.hello = hello
+        self.on_command = on_command
+        self.on_dead_man = on_dead_man
+        self.on_welcome = on_welcome
+        self.on_error = on_error
+        self.batch_max_events = batch_max_events
+        self.batch_interval_s = batch_interval_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.dead_man_after_s = dead_man_after_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.max_unacked_events = max_unacked_events
+        self.welcome_timeout_s = welcome_timeout_s
+        self._rng = rng or random.Random()
+        self._connect_kwargs = dict(connect_kwargs or {})
+
+        self.journal_dir = Path(journal_dir)
+        self._journal = Journal(self.journal_dir, fsync=fsync)
+        self._commands = CommandStore(self.journal_dir, fsync=fsync)
+        self._fsync = fsync
+
+        self._next_seq = self._journal.last_seq + 1
+        self._acked_seq = self._journal.acked_seq
+        # Assigned a seq but not yet in the journal; only the writer task empties it.
+        self._pending: list[tuple[int, bytes]] = []
+        # Journaled and not yet acked, in seq order (seqs are contiguous); entries before
+        # _head are acked and trimmed lazily.
+        self._unacked: list[tuple[int, bytes]] = list(self._journal.unacked)
+        self._head = 0
+        # Highest seq sent on the current connection.
+        self._sent_seq = 0
+        # How far renumbering has moved seqs up (see _renumber_after).
+        self._seq_shift = 0
+
+        persisted = self._load_state()
+        self._dead_man_paused = persisted.dead_man
+        self.gate = TradingGate(
+            persisted.trading_state,
+            paused_until=persisted.paused_until,
+            on_change=self._on_state_change,
+        )
+
+        self.engine_id: int | None = None
+        self.engine_name: str | None = None
+        self.desired_state: TradingState | None = None
+        self.limits_version: int | None = None
+        self.limits: list[dict[str, Any]] = []
+
+        self._ws: ClientConnection | None = None
+        self._connected = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._wake_writer = asyncio.Event()
+        self._wake_sender = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._journal_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+        self._command_queue: asyncio.Queue[Command] = asyncio.Queue()
+        self._commands_in_flight: set[uuid.UUID] = set()
+        self._unsent_results: list[CommandResult] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._last_rx = 0.0
+        self._dead_man_tripped = False
+        self._welcomed = False
+
+    # --- public surface ------------------------------------------------------------------------
+
+    @property
+    def trading_state(self) -> TradingState:
+        return self.gate.state
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def acked_seq(self) -> int:
+        return self._acked_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq handed out so far."""
+        return self._next_seq - 1
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the client stopped for good (Unauthorized, EngineReplaced), if it did."""
+        return self._error
+
+    @property
+    def backlog(self) -> int:
+        """Events emitted and not yet acked."""
+        return len(self._pending) + len(self._unacked) - self._head
+
+    async def start(self) -> None:
+        """Start the background tasks; returns at once (see ``wait_connected``)."""
+        if self._tasks:
+            raise EngineClientError("already started")
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
+        self._writer_task = asyncio.create_task(self._writer(), name="engine-sdk-writer")
+        self._tasks = [
+            asyncio.create_task(self._connection_loop(), name="engine-sdk-connection"),
+            asyncio.create_task(self._command_worker(), name="engine-sdk-commands"),
+            asyncio.create_task(self._housekeeping(), name="engine-sdk-housekeeping"),
+        ]
+        if self._pending:
+            self._wake_writer.set()
+
+    # A timeout argument reads better than asyncio.timeout() in an engine's startup code.
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the server has welcomed this engine; raise if the client stopped for good."""
+        async with asyncio.timeout(timeout):
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            connected = asyncio.ensure_future(self._connected.wait())
+            try:
+                await asyncio.wait({stopped, connected}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                connected.cancel()
+        if self._error is not None:
+            raise self._error
+        if not self._connected.is_set():
+            raise EngineClientError("client is closed")
+
+    def emit(self, event: Event) -> int:
+        """Queue an event and return the seq given to it (any seq already on it is replaced).
+
+        Raises BackpressureError when ``max_unacked_events`` are already waiting for the server.
+        """
+        if self._closed:
+            raise EngineClientError("client is closed")
+        if self.backlog >= self.max_unacked_events:
+            raise BackpressureError(
+                f"{self.backlog} events are waiting for the server (max {self.max_unacked_events})"
+            )
+        seq = self._next_seq
+        raw = protocol.encode_event(msgspec.structs.replace(event, seq=seq))
+        if len(raw) > MAX_EVENT_BYTES:
+            raise ValueError(f"event is {len(raw)} bytes encoded, at most {MAX_EVENT_BYTES}")
+        self._next_seq = seq + 1
+        pending = self._pending
+        pending.append((seq, raw))
+        # Waking the writer once per batch, not per event, keeps emit cheap.
+        if len(pending) == 1 or len(pending) >= self.batch_max_events:
+            self._wake_writer.set()
+        return seq
+
+    async def emit_wait(self, event: Event, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Like ``emit``, but wait for room instead of raising BackpressureError."""
+        async with asyncio.timeout(timeout):
+            while self.backlog >= self.max_unacked_events:
+                await self._wait_progress()
+        return self.emit(event)
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the server has acked every event emitted so far."""
+        # Seqs move up together if the journal is renumbered meanwhile; the shift follows them.
+        target = self.last_seq - self._seq_shift
+        async with asyncio.timeout(timeout):
+            while self._acked_seq < target + self._seq_shift:
+                if self._error is not None:
+                    raise self._error
+                if self._closed:
+                    raise EngineClientError("client is closed")
+                await self._wait_progress()
+
+    def check_order(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal | int,
+        current_position: Decimal | int,
+    ) -> None:
+        """The trading-state gate: raise OrderRejected unless this new order is allowed now."""
+        self.gate.check_order(symbol, side, quantity, current_position)
+
+    async def close(self, *, flush_timeout: float | None = None) -> None:
+        """Stop; optionally wait up to ``flush_timeout`` s for the server to ack everything.
+
+        Whatever is not acked stays in the journal and is sent by the next client on it.
+        """
+        if self._closed:
+            return
+        if flush_timeout and self._connected.is_set():
+            with contextlib.suppress(TimeoutError, EngineClientError):
+                await self.flush(flush_timeout)
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._writer_task is not None:
+            # The writer is stopped by a flag rather than cancelled: a cancelled task would let
+            # go of the journal while its thread is still writing.
+            self._wake_writer.set()
+            try:
+                await self._writer_task
+            except Exception:
+                log.exception("engine journal writer failed")
+        # Whatever was emitted while shutting down (a last state event, say) is kept too.
+        if self._pending or self._acked_seq > self._journal.acked_seq:
+            self._write_batch(self._take_pending(), self._acked_seq)
+        self._journal.close()
+        self._closed = True
+        self._connected.clear()
+        self._stopped.set()
+        self._pulse()
+
+    async def __aenter__(self) -> EngineClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- journal writer ------------------------------------------------------------------------
+
+    def _take_pending(self) -> list[tuple[int, bytes]]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _write_batch(self, batch: list[tuple[int, bytes]], ack: int) -> None:
+        self._journal.append(batch, ack=ack if ack > self._journal.acked_seq else None)
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            # Linger a little so that a burst becomes one write and one fsync.
+            deadline = loop.time() + self.batch_interval_s
+            while (
+                0 < len(self._pending) < self.batch_max_events
+                and not self._closing
+                and (remaining := deadline - loop.time()) > 0
+            ):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._wake_writer.wait()
+                self._wake_writer.clear()
+            async with self._journal_lock:
+                batch = self._take_pending()
+                try:
+                    await asyncio.to_thread(self._write_batch, batch, self._acked_seq)
+                except OSError:
+                    log.exception("engine journal: write failed; will retry")
+                    self._pending[:0] = batch
+                    if not self._closing:
+                        await asyncio.sleep(1.0)
+                        self._wake_writer.set()
+                        continue
+                    return
+                if batch:
+                    self._unacked.extend(batch)
+                    self._wake_sender.set()
+            if self._closing and not self._pending:
+                return
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def _backoff_delay(self, attempt: int) -> float:
+        # Full jitter: engines that lost the server together do not come back together.
+        cap = min(self.backoff_max_s, self.backoff_initial_s * (2**attempt))
+        return self._rng.uniform(0, cap)
+
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        while not self._closing:
+            self._welcomed = False
+            trouble = False
+            try:
+                await self._connect_once()
+            except Unauthorized as exc:
+                self._stop_for_good(exc)
+                return
+            except EngineReplaced as exc:
+                self._stop_for_good(exc)
+                return
+            except asyncio.CancelledError:
+                raise
+            except _ServerTrouble as exc:
+                trouble = True
+                log.warning("engine connection to %s: %s", self.url, exc)
+            except Exception as exc:
+                log.warning("engine connection to %s failed: %s", self.url, exc)
+            finally:
+                self._connected.clear()
+                self._ws = None
+            # A server that keeps failing to store does not count as a good connection: the
+            # backoff keeps growing instead of hammering it.
+            if self._welcomed and not trouble:
+                attempt = 0
+            delay = self._backoff_delay(attempt)
+            attempt += 1
+            log.info("engine reconnecting in %.2f s", delay)
+            await asyncio.sleep(delay)
+
+    def _stop_for_good(self, exc: EngineClientError) -> None:
+        log.error("engine client stopped: %s", exc)
+        self._error = exc
+        self._stopped.set()
+        self._pulse()
+
+    async def _connect_once(self) -> None:
+        """One connection's life, from the handshake to its end."""
+        kwargs: dict[str, Any] = {
+            "additional_headers": {"Authorization": f"Bearer {self._token}"},
+            "max_size": 16 * 1024 * 1024,
+            "open_timeout": self.welcome_timeout_s,
+            # Closing must not hang on a server that is gone; the socket is dropped either way.
+            "close_timeout": 2.0,
+            "user_agent_header": f"engine-sdk/{__version__} websockets/{websockets.__version__}",
+        }
+        kwargs.update(self._connect_kwargs)
+        try:
+            ws = await connect(self.url, **kwargs)
+        except InvalidStatus as exc:
+            if exc.response.status_code == 401:
+                raise Unauthorized(
+                    f"server refused the engine token (HTTP 401) at {self.url}"
+                ) from exc
+            raise
+        self._ws = ws
+        try:
+            await self._session(ws)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            if code == protocol.CLOSE_UNAUTHORIZED:
+                raise Unauthorized(f"server refused the engine token: {reason or code}") from exc
+            if code == protocol.CLOSE_REPLACED:
+                raise EngineReplaced(
+                    f"another connection took over this engine: {reason or code}"
+                ) from exc
+            raise
+        finally:
+            await ws.close()
+
+    async def _session(self, ws: ClientConnection) -> None:
+        hello = protocol.Hello(
+            protocol=protocol.PROTOCOL_VERSION,
+            engine_build=self.hello.engine_build,
+            config_hash=self.hello.config_hash,
+            mode=self.hello.mode,
+            broker=self.hello.broker,
+            account=self.hello.account,
+            trading_state=self.gate.state,
+            last_seq=self.last_seq,
+            limits_version=self.limits_version,
+            sdk_version=__version__,
+        )
+        await ws.send(protocol.encode(hello), text=True)
+        async with asyncio.timeout(self.welcome_timeout_s):
+            while True:
+                frame = self._decode(await ws.recv())
+                if isinstance(frame, Welcome):
+                    break
+                if isinstance(frame, protocol.Error):
+                    self._report_error(frame)
+                    raise EngineClientError(f"server refused hello: {frame.code}: {frame.message}")
+        await self._on_welcome(frame)
+        self._welcomed = True
+        self._connected.set()
+        self._pulse()
+        log.info("engine connected as %s (id %s)", frame.engine_name, frame.engine_id)
+
+        # Results the server has not seen yet go first, then the events it lacks. A command the
+        # server sends again is answered from the command store below instead.
+        resent = {command.command_id for command in frame.commands}
+        unsent, self._unsent_results = self._unsent_results, []
+        for result in unsent:
+            if result.command_id not in resent:
+                await self._send(ws, protocol.encode(result))
+        for command in frame.commands:
+            await self._receive_command(ws, command)
+
+        tasks = [
+            asyncio.create_task(self._reader(ws)),
+            asyncio.create_task(self._sender(ws)),
+            asyncio.create_task(self._heartbeat(ws)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    async def _on_welcome(self, welcome: Welcome) -> None:
+        self._last_rx = asyncio.get_running_loop().time()
+        self._dead_man_tripped = False
+        self.engine_id = welcome.engine_id
+        self.engine_name = welcome.engine_name
+        self.desired_state = welcome.desired_state
+        self.limits_version = welcome.limits_version
+        self.limits = list(welcome.limits)
+        self.heartbeat_interval_s = welcome.heartbeat_interval_s
+        if welcome.last_seq > self.last_seq:
+            await self._renumber_after(welcome.last_seq)
+        self._on_ack(welcome.last_seq)
+        self._sent_seq = welcome.last_seq
+        self._wake_sender.set()
+        if self._dead_man_paused and welcome.desired_state == "ACTIVE":
+            self._lift_dead_man_pause()
+        if welcome.last_seq < self._acked_seq:
+            log.error(
+                "server reports seq %d but acked %d before: it lost events this engine can no "
+                "longer resend",
+                welcome.last_seq,
+                self._acked_seq,
+            )
+        if self.on_welcome is not None:
+            try:
+                await _call(self.on_welcome, welcome)
+            except Exception:
+                log.exception("engine: on_welcome callback failed")
+
+    async def _renumber_after(self, server_seq: int) -> None:
+        # The server holds seqs above anything this journal remembers: the journal was lost or
+        # reset. Our unacked events would be taken for replays of the server's and dropped, so
+        # they move above the server's seq.
+        log.warning(
+            "server has seq %d but the journal only reached %d; renumbering %d unacked events",
+            server_seq,
+            self.last_seq,
+            self.backlog,
+        )
+        async with self._journal_lock:
+            self._write_batch(self._take_pending(), self._acked_seq)
+            if len(self._journal):
+                self._seq_shift += server_seq + 1 - self._journal.unacked[0][0]
+            renumbered = self._journal.renumber(server_seq + 1)
+            self._unacked = list(renumbered)
+            self._head = 0
+            self._next_seq = self._journal.last_seq + 1
+
+    async def _send(self, ws: ClientConnection, data: bytes) -> None:
+        async with self._send_lock:
+            await ws.send(data, text=True)
+
+    def _decode(self, message: str | bytes) -> protocol.ServerFrame | None:
+        try:
+            return protocol.decode_server_frame(message)
+        except msgspec.MsgspecError as exc:
+            log.warning("engine: ignoring a server frame it cannot read: %s", exc)
+            return None
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        async for message in ws:
+            self._last_rx = loop.time()
+            if self._dead_man_tripped:
+                self._dead_man_tripped = False
+                if self._dead_man_paused and self.desired_state == "ACTIVE":
+                    self._lift_dead_man_pause()
+            try:
+                frame = protocol.decode_server_frame(message)
+            except msgspec.MsgspecError as exc:
+                await self._unreadable_frame(ws, message, exc)
+                continue
+            if isinstance(frame, protocol.Ack):
+                self._on_ack(frame.seq)
+            elif isinstance(frame, Command):
+                await self._receive_command(ws, frame)
+            elif isinstance(frame, protocol.Error):
+                self._report_error(frame)
+                if frame.code == "internal_error":
+                    # Nothing in that frame was acked and this connection will not retry it;
+                    # a new connection replays from the server's last_seq.
+                    raise _ServerTrouble(f"server could not store events: {frame.message}")
+            elif isinstance(frame, Welcome):
+                log.warning("engine: unexpected welcome in the middle of a session")
+
+    async def _unreadable_frame(
+        self, ws: ClientConnection, message: str | bytes, exc: Exception
+    ) -> None:
+        # A command this SDK cannot read (a kind added later, say) still gets an answer, or it
+        # would be delivered again forever.
+        try:
+            probe = msgspec.json.decode(message, type=_CommandProbe)
+        except msgspec.MsgspecError:
+            probe = None
+        if probe is None or probe.type != "command" or probe.command_id is None:
+            log.warning("engine: ignoring a server frame it cannot read: %s", exc)
+            return
+        await self._send(ws, protocol.encode(protocol.CommandAck(command_id=probe.command_id)))
+        result = CommandResult(
+            command_id=probe.command_id,
+            status="failed",
+            detail=f"command not understood by this engine: {exc}",
+            trading_state=self.gate.state,
+        )
+        await self._send(ws, protocol.encode(result))
+
+    def _report_error(self, error: protocol.Error) -> None:
+        log.warning(
+            "server error %s: %s (field %s, seq %s)",
+            error.code,
+            error.message,
+            error.field,
+            error.seq,
+        )
+        if self.on_error is not None:
+            try:
+                self.on_error(error)
+            except Exception:
+                log.exception("engine: on_error callback failed")
+
+    def _on_ack(self, seq: int) -> None:
+        seq = min(seq, self.last_seq)
+        if seq <= self._acked_seq:
+            return
+        self._acked_seq = seq
+        unacked = self._unacked
+        head = self._head
+        while head < len(unacked) and unacked[head][0] <= seq:
+            head += 1
+        if head > 4096 and head * 2 > len(unacked):
+            del unacked[:head]
+            head = 0
+        self._head = head
+        # The ack marker rides along with the next batch; a lost marker only costs a resend.
+        self._wake_writer.set()
+        self._pulse()
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        while True:
+            await self._wake_sender.wait()
+            self._wake_sender.clear()
+            while True:
+                frame, last = self._next_frame()
+                if frame is None:
+                    break
+                await self._send(ws, frame)
+                self._sent_seq = last
+
+    def _next_frame(self) -> tuple[bytes | None, int]:
+        unacked = self._unacked
+        start = bisect.bisect_right(unacked, self._sent_seq, lo=self._head, key=_seq_of)
+        if start >= len(unacked):
+            return None, 0
+        end = min(len(unacked), start + self.batch_max_events)
+        raws: list[bytes] = []
+        size = 0
+        for i in range(start, end):
+            raw = unacked[i][1]
+            if raws and size + len(raw) + 1 > _FRAME_BUDGET:
+                end = i
+                break
+            raws.append(raw)
+            size += len(raw) + 1
+        return _FRAME_HEAD + b",".join(raws) + _FRAME_TAIL, unacked[end - 1][0]
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            frame = protocol.Heartbeat(
+                ts=utc_now(), trading_state=self.gate.state, last_seq=self.last_seq
+            )
+            await self._send(ws, protocol.encode(frame))
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _receive_command(self, ws: ClientConnection, command: Command) -> None:
+        await self._send(ws, protocol.encode(protocol.CommandAck(command_id=command.command_id)))
+        if command.command_id in self._commands_in_flight:
+            return
+        done = self._commands.result(command.command_id)
+        if done is not None:
+            # Handled before (perhaps before a restart); the server may have missed the result.
+            await self._send(ws, protocol.encode(done))
+            return
+        self._commands_in_flight.add(command.command_id)
+        self._command_queue.put_nowait(command)
+
+    async def _command_worker(self) -> None:
+        # One at a time, in arrival order: a pause followed by a resume must end up resumed.
+        while True:
+            command = await self._command_queue.get()
+            try:
+                result = await self._run_command(command)
+            except Exception:
+                log.exception("engine: command %s could not be completed", command.command_id)
+                self._commands_in_flight.discard(command.command_id)
+                continue
+            try:
+                await asyncio.to_thread(self._commands.record, result)
+            except OSError:
+                # Still answer: a command handled twice after a restart beats one never answered.
+                log.exception("engine: could not record command %s", command.command_id)
+            self._commands_in_flight.discard(command.command_id)
+            await self._deliver_result(result)
+
+    async def _run_command(self, command: Command) -> CommandResult:
+        if command.expires_at is not None and utc_now() >= command.expires_at:
+            outcome = CommandOutcome(status="failed", detail="expired before it was handled")
+        else:
+            handler = self.on_command or self._default_command_handler
+            try:
+                outcome = await handler(command)
+            except Exception as exc:
+                log.exception("engine: command handler failed on %s", command.kind)
+                outcome = CommandOutcome(status="failed", detail=f"handler error: {exc!r}")
+        if command.kind == "set_limits" and outcome.status != "failed":
+            self._apply_limits(command.params)
+        if outcome.trading_state is not None:
+            until = outcome.paused_until
+            duration = command.params.get("duration")
+            if (
+                until is None
+                and outcome.trading_state == "PAUSED"
+                and isinstance(duration, int | float)
+                and duration > 0
+            ):
+                until = utc_now() + timedelta(seconds=duration)
+            reason = f"{command.kind} by {command.issued_by}: {command.reason}".rstrip(": ")
+            self._dead_man_paused = False
+            self.gate.set_state(outcome.trading_state, reason=reason[:1024], until=until)
+        return CommandResult(
+            command_id=command.command_id,
+            status=outcome.status,
+            detail=outcome.detail[:8192],
+            data=outcome.data,
+            trading_state=self.gate.state,
+        )
+
+    def _apply_limits(self, params: Mapping[str, Any]) -> None:
+        version = params.get("limits_version")
+        limits = params.get("limits")
+        if isinstance(version, int):
+            self.limits_version = version
+        if isinstance(limits, list):
+            self.limits = limits
+
+    async def _default_command_handler(self, command: Command) -> CommandOutcome:
+        # Without an engine handler the SDK can change the trading state but cannot touch orders
+        # or positions, and says so rather than pretend.
+        untouched = "no engine command handler: trading state changed, orders untouched"
+        match command.kind:
+            case "pause":
+                return CommandOutcome(status="succeeded", trading_state="PAUSED")
+            case "resume":
+                return CommandOutcome(status="succeeded", trading_state="ACTIVE")
+            case "set_limits":
+                return CommandOutcome(status="succeeded")
+            case "kill":
+                return CommandOutcome(status="partial", detail=untouched, trading_state="HALTED")
+            case "reduce" | "flatten":
+                return CommandOutcome(status="partial", detail=untouched, trading_state="REDUCING")
+            case _:
+                return CommandOutcome(status="failed", detail="no engine command handler")
+
+    async def _deliver_result(self, result: CommandResult) -> None:
+        ws = self._ws
+        if ws is not None and self._connected.is_set():
+            try:
+                await self._send(ws, protocol.encode(result))
+                return
+            except ConnectionClosed:
+                pass
+        self._unsent_results.append(result)
+
+    # --- trading state, dead-man ---------------------------------------------------------------
+
+    def _on_state_change(self, change: StateChange) -> None:
+        self._save_state(change.new, change.paused_until)
+        if self._closed:
+            return
+        with contextlib.suppress(BackpressureError):
+            self.emit(
+                protocol.StateEvent(
+                    ts=change.at, trading_state=change.new, reason=change.reason[:1024]
+                )
+            )
+
+    def _load_state(self) -> _PersistedState:
+        # The trading state survives a restart: a killed engine must not come back ACTIVE before
+        # it has even reached the server.
+        try:
+            return msgspec.json.decode(
+                (self.journal_dir / STATE_FILE).read_bytes(), type=_PersistedState
+            )
+        except FileNotFoundError:
+            return _PersistedState()
+        except msgspec.MsgspecError:
+            log.warning("engine: unreadable %s; starting PAUSED", STATE_FILE)
+            return _PersistedState(trading_state="PAUSED")
+
+    def _save_state(self, trading_state: TradingState, paused_until: datetime | None) -> None:
+        state = _PersistedState(
+            trading_state=trading_state, paused_until=paused_until, dead_man=self._dead_man_paused
+        )
+        _write_atomically(
+            self.journal_dir / STATE_FILE, [msgspec.json.encode(state)], fsync=self._fsync
+        )
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            # Reading the state ends a timed pause that is due (and reports it).
+            _ = self.gate.state
+            now = loop.time()
+            silent_for = now - self._last_rx
+            if silent_for >= self.dead_man_after_s and not self._dead_man_tripped:
+                self._dead_man_tripped = True
+                await self._trip_dead_man(silent_for)
+            wait = 1.0
+            if not self._dead_man_tripped:
+                wait = min(wait, self._last_rx + self.dead_man_after_s - now)
+            until = self.gate.paused_until
+            if until is not None:
+                wait = min(wait, (until - utc_now()).total_seconds())
+            await asyncio.sleep(max(wait, 0.005))
+
+    def _lift_dead_man_pause(self) -> None:
+        # Only a pause the dead-man itself put in place is lifted, and only when the server wants
+        # the engine ACTIVE; any command since then has cleared the flag.
+        self._dead_man_paused = False
+        if self.gate.state == "PAUSED":
+            self.gate.resume(reason="dead-man: server is back")
+        else:
+            self._save_state(self.gate.state, self.gate.paused_until)
+
+    async def _trip_dead_man(self, silent_for: float) -> None:
+        log.error("engine dead-man: nothing from the server for %.1f s; pausing", silent_for)
+        if self.gate.state == "ACTIVE":
+            self._dead_man_paused = True
+            self.gate.pause(reason=f"dead-man: no server for {self.dead_man_after_s:g} s")
+        if self.on_dead_man is not None:
+            try:
+                await _call(self.on_dead_man)
+            except Exception:
+                log.exception("engine: on_dead_man callback failed")
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _pulse(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _wait_progress(self) -> None:
+        await self._progress.wait()
+
+
+def _seq_of(entry: tuple[int, bytes]) -> int:
+    return entry[0]
+
+
+async def _call(callback: Callable[..., Any], *args: Any) -> Any:
+    result = callback(*args)
+    if inspect.isawaitable(result):
+        return await result
+    return result

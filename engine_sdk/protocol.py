@@ -1,0 +1,538 @@
+"""Engine protocol v1: the frames exchanged between a trading engine and the control plane.
+
+The wire format is JSON text frames (docs/protocol.md is the reference). Frames are tagged by
+their ``type`` field, events inside an ``events`` frame by their ``kind`` field. Decimals travel as
+strings ("100.25") so no precision is lost; numbers are accepted too. Timestamps are RFC 3339 and
+must carry a timezone. Unknown fields are ignored so either side can add optional fields without
+breaking the other.
+
+This module is shared by the SDK and the server's gateway, so it imports nothing but msgspec and
+the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal, get_args
+
+import msgspec
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_PROTOCOL_VIOLATION",
+    "CLOSE_REPLACED",
+    "CLOSE_SERVER_ERROR",
+    "CLOSE_UNAUTHORIZED",
+    "ERROR_CODES",
+    "MAX_DECIMAL_ABS",
+    "MAX_EVENTS_PER_FRAME",
+    "MAX_FRAME_BYTES",
+    "METRIC_NAMES",
+    "PROTOCOL_VERSION",
+    "AccountEvent",
+    "Ack",
+    "Command",
+    "CommandAck",
+    "CommandKind",
+    "CommandResult",
+    "CommandResultStatus",
+    "EngineFrame",
+    "Error",
+    "ErrorCode",
+    "Event",
+    "EventKind",
+    "Events",
+    "FillEvent",
+    "Heartbeat",
+    "Hello",
+    "LogEvent",
+    "LogLevel",
+    "MetricEvent",
+    "Mode",
+    "OrderEvent",
+    "OrderStatus",
+    "OrderType",
+    "PositionEvent",
+    "ServerFrame",
+    "ServerHeartbeat",
+    "Side",
+    "StateEvent",
+    "TradingState",
+    "Welcome",
+    "decode_engine_frame",
+    "decode_event",
+    "decode_events_leniently",
+    "decode_server_frame",
+    "encode",
+    "encode_event",
+    "error_field",
+    "utc_now",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME_BYTES: Final = 1_048_576
+MAX_EVENTS_PER_FRAME: Final = 5000
+# Every decimal must be finite and below this in absolute value: it keeps values inside a
+# NUMERIC(24, 8) column, so the server never fails a whole batch on one absurd number.
+MAX_DECIMAL_ABS: Final = Decimal(10) ** 16
+
+CLOSE_UNAUTHORIZED: Final = 4401
+CLOSE_PROTOCOL_VIOLATION: Final = 4400
+CLOSE_REPLACED: Final = 4409
+CLOSE_SERVER_ERROR: Final = 1011
+CLOSE_GOING_AWAY: Final = 1001
+
+Side = Literal["buy", "sell"]
+Mode = Literal["backtest", "paper", "shadow", "live"]
+TradingState = Literal["ACTIVE", "PAUSED", "REDUCING", "HALTED"]
+OrderStatus = Literal[
+    "new", "accepted", "partially_filled", "filled", "cancelled", "rejected", "expired"
+]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+CommandKind = Literal["pause", "resume", "reduce", "flatten", "cancel_all", "kill", "set_limits"]
+CommandResultStatus = Literal["succeeded", "partial", "failed"]
+EventKind = Literal["order", "fill", "position", "account", "metric", "log", "state"]
+ErrorCode = Literal[
+    "malformed_json",
+    "unknown_type",
+    "invalid_frame",
+    "invalid_event",
+    "unknown_kind",
+    "frame_too_large",
+    "too_many_events",
+    "not_hello",
+    "protocol_version",
+    "unknown_order",
+    "engine_mismatch",
+    "internal_error",
+    "stale_command",
+    "unauthorized",
+]
+ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
+
+# Metric names with an agreed meaning; any name matching the pattern is accepted.
+METRIC_NAMES: Final = (
+    "latency_ms",
+    "md_latency_ms",
+    "quote_age_ms",
+    "cpu_pct",
+    "memory_mb",
+    "queue_depth",
+    "error_count",
+)
+
+Seq = Annotated[int, msgspec.Meta(ge=1)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
+Name = Annotated[str, msgspec.Meta(max_length=128)]
+MetricName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+LogMessage = Annotated[str, msgspec.Meta(max_length=8192)]
+Currency = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+
+_ZERO: Final = Decimal(0)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# msgspec cannot put bounds on Decimal, so the structs check their decimals in __post_init__,
+# which msgspec runs both on construction and on decoding. The message mimics msgspec's own
+# (" - at `$.field`") so error_field() can name the field either way.
+def _check_decimal(name: str, value: Decimal | None, *, low: str | None = None) -> None:
+    if value is None:
+        return
+    if not value.is_finite() or abs(value) >= MAX_DECIMAL_ABS:
+        raise ValueError(f"Expected a finite `decimal` with |x| < 1e16 - at `$.{name}`")
+    if low == ">0" and value <= _ZERO:
+        raise ValueError(f"Expected `decimal` > 0 - at `$.{name}`")
+    if low == ">=0" and value < _ZERO:
+        raise ValueError(f"Expected `decimal` >= 0 - at `$.{name}`")
+
+
+class _EventBase(
+    msgspec.Struct, kw_only=True, tag_field="kind", forbid_unknown_fields=False, omit_defaults=True
+):
+    # seq 0 means "not assigned yet": the SDK assigns the real one when the event is emitted, and
+    # the decoders reject an event that arrives without one.
+    seq: Seq = 0
+    ts: Timestamp
+
+
+class OrderEvent(_EventBase, kw_only=True, tag="order"):
+    client_order_id: Id
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    status: OrderStatus
+    filled_quantity: Decimal = _ZERO
+    avg_fill_price: Decimal | None = None
+    # The price the strategy expected when it decided to trade; the server derives slippage.
+    expected_price: Decimal | None = None
+    broker_order_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    reject_reason: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_decimal("quantity", self.quantity, low=">0")
+        _check_decimal("limit_price", self.limit_price, low=">0")
+        _check_decimal("stop_price", self.stop_price, low=">0")
+        _check_decimal("filled_quantity", self.filled_quantity, low=">=0")
+        _check_decimal("avg_fill_price", self.avg_fill_price, low=">0")
+        _check_decimal("expected_price", self.expected_price, low=">0")
+
+
+class FillEvent(_EventBase, kw_only=True, tag="fill"):
+    fill_id: Id
+    client_order_id: Id
+    symbol: Symbol
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    # Negative for a rebate.
+    fee: Decimal = _ZERO
+    liquidity: Literal["maker", "taker"] | None = None
+
+    def __post_init__(self) -> None:
+        _check_decimal("quantity", self.quantity, low=">0")
+        _check_decimal("price", self.price, low=">0")
+        _check_decimal("fee", self.fee)
+
+
+class PositionEvent(_EventBase, kw_only=True, tag="position"):
+    symbol: Symbol
+    # Signed: negative is short.
+    quantity: Decimal
+    avg_price: Decimal | None = None
+    source: Literal["broker", "engine"] = "broker"
+
+    def __post_init__(self) -> None:
+        _check_decimal("quantity", self.quantity)
+        _check_decimal("avg_price", self.avg_price, low=">=0")
+
+
+class AccountEvent(_EventBase, kw_only=True, tag="account"):
+    equity: Decimal
+    cash: Decimal
+    margin_used: Decimal = _ZERO
+    currency: Currency = "USD"
+
+    def __post_init__(self) -> None:
+        _check_decimal("equity", self.equity)
+        _check_decimal("cash", self.cash)
+        _check_decimal("margin_used", self.margin_used, low=">=0")
+
+
+class MetricEvent(_EventBase, kw_only=True, tag="metric"):
+    # The unit is part of the name (latency_ms, cpu_pct), so there is no unit field.
+    name: MetricName
+    value: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):
+            raise ValueError("Expected a finite `float` - at `$.value`")
+
+
+class LogEvent(_EventBase, kw_only=True, tag="log"):
+    level: LogLevel
+    message: LogMessage
+    context: dict[str, Any] = {}
+
+
+class StateEvent(_EventBase, kw_only=True, tag="state"):
+    trading_state: TradingState
+    reason: ShortText = ""
+
+
+Event = OrderEvent | FillEvent | PositionEvent | AccountEvent | MetricEvent | LogEvent | StateEvent
+
+_EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    "order": OrderEvent,
+    "fill": FillEvent,
+    "position": PositionEvent,
+    "account": AccountEvent,
+    "metric": MetricEvent,
+    "log": LogEvent,
+    "state": StateEvent,
+}
+
+
+class _FrameBase(
+    msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=False, omit_defaults=True
+):
+    pass
+
+
+# --- engine -> server -------------------------------------------------------------------------
+
+
+class Hello(_FrameBase, kw_only=True, tag="hello"):
+    # Always sent, never defaulted: a receiver must not assume its own version.
+    protocol: int
+    engine_build: Name
+    config_hash: Name
+    mode: Mode
+    broker: Annotated[str, msgspec.Meta(max_length=64)]
+    account: Annotated[str, msgspec.Meta(max_length=64)]
+    trading_state: TradingState
+    # The highest seq the engine has assigned so far (0 before its first event).
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    # The version of the limits the engine currently enforces, None if it has none.
+    limits_version: int | None = None
+    sdk_version: Annotated[str, msgspec.Meta(max_length=32)] = ""
+
+
+class Events(_FrameBase, kw_only=True, tag="events"):
+    events: Annotated[list[Event], msgspec.Meta(max_length=MAX_EVENTS_PER_FRAME)]
+
+
+class Heartbeat(_FrameBase, kw_only=True, tag="heartbeat"):
+    ts: Timestamp
+    trading_state: TradingState
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class CommandAck(_FrameBase, kw_only=True, tag="command_ack"):
+    command_id: uuid.UUID
+
+
+class CommandResult(_FrameBase, kw_only=True, tag="command_result"):
+    command_id: uuid.UUID
+    status: CommandResultStatus
+    detail: Annotated[str, msgspec.Meta(max_length=8192)] = ""
+    data: dict[str, Any] = {}
+    # The engine's state once the command was handled, when the command changed or checked it.
+    trading_state: TradingState | None = None
+
+
+EngineFrame = Hello | Events | Heartbeat | CommandAck | CommandResult
+
+# --- server -> engine -------------------------------------------------------------------------
+# These carry no length limits: an older SDK must not choke on what a newer server sends.
+
+
+class Command(_FrameBase, kw_only=True, tag="command"):
+    command_id: uuid.UUID
+    kind: CommandKind
+    params: dict[str, Any] = {}
+    reason: str = ""
+    issued_by: str = ""
+    issued_at: Timestamp
+    # None: the command never expires (kill never does).
+    expires_at: Timestamp | None = None
+
+
+class Welcome(_FrameBase, kw_only=True, tag="welcome"):
+    protocol: int
+    engine_id: int
+    engine_name: str
+    # The highest seq the server has stored for this engine; the engine resends everything above.
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)]
+    desired_state: TradingState
+    limits_version: int
+    limits: list[dict[str, Any]] = []
+    # Pending commands, oldest first. The same command may also arrive later as a command frame;
+    # the engine applies each command_id once.
+    commands: list[Command] = []
+
+
+class Ack(_FrameBase, kw_only=True, tag="ack"):
+    # Every seq <= this is durably stored or permanently rejected (and reported with an error).
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Error(_FrameBase, kw_only=True, tag="error"):
+    code: str
+    message: str
+    field: str | None = None
+    seq: int | None = None
+
+
+class ServerHeartbeat(_FrameBase, kw_only=True, tag="heartbeat"):
+    ts: Timestamp
+
+
+ServerFrame = Welcome | Ack | Command | Error | ServerHeartbeat
+
+# --- encoding and decoding --------------------------------------------------------------------
+
+_encoder: Final = msgspec.json.Encoder()
+_engine_frame_decoder: Final = msgspec.json.Decoder(EngineFrame)
+_server_frame_decoder: Final = msgspec.json.Decoder(ServerFrame)
+_event_decoders: Final = {kind: msgspec.json.Decoder(t) for kind, t in _EVENT_TYPES.items()}
+_event_union_decoder: Final = msgspec.json.Decoder(Event)
+
+
+def encode(frame: EngineFrame | ServerFrame | Event) -> bytes:
+    return _encoder.encode(frame)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def _require_seqs(frame: EngineFrame) -> None:
+    if isinstance(frame, Events):
+        for i, event in enumerate(frame.events):
+            if event.seq == 0:
+                raise msgspec.ValidationError(
+                    f"Object missing required field `seq` - at `$.events[{i}]`"
+                )
+
+
+def decode_engine_frame(data: bytes | str) -> EngineFrame:
+    """Decode one engine frame strictly: any invalid event fails the whole frame.
+
+    Raises msgspec.DecodeError for bad JSON and msgspec.ValidationError (a subclass) for a frame
+    that does not match the schema.
+    """
+    frame = _engine_frame_decoder.decode(data)
+    _require_seqs(frame)
+    return frame
+
+
+def decode_server_frame(data: bytes | str) -> ServerFrame:
+    return _server_frame_decoder.decode(data)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Decode one event (as stored in the SDK journal); the event must carry its seq."""
+    event = _event_union_decoder.decode(data)
+    if event.seq == 0:
+        raise msgspec.ValidationError("Object missing required field `seq`")
+    return event
+
+
+_PATH_RE: Final = re.compile(r" - at `\$([^`]*)`")
+_MISSING_RE: Final = re.compile(r"^Object missing required field `([^`]+)`")
+
+
+def error_field(message: str, prefix: str = "") -> tuple[str, str | None]:
+    """Split a msgspec validation message into (message without paths, field path).
+
+    msgspec appends " - at `$.a[1]`" to its messages, and nested failures raised from
+    __post_init__ carry one suffix per level, innermost first; they are joined outermost first.
+    ``prefix`` is prepended, e.g. "events[3]" for an event decoded on its own.
+    """
+    parts = _PATH_RE.findall(message)
+    text = _PATH_RE.sub("", message)
+    path = prefix + "".join(reversed(parts))
+    # A missing field is reported at its parent's path; name the field itself.
+    missing = _MISSING_RE.match(text)
+    if missing:
+        path = f"{path}.{missing.group(1)}"
+    if not path:
+        return text, None
+    return text, path.lstrip(".")
+
+
+class _RawEvents(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    type: Any = None
+    events: list[msgspec.Raw] | None = None
+
+
+class _EventProbe(msgspec.Struct, forbid_unknown_fields=False):
+    kind: Any = None
+    seq: Any = None
+
+
+_ENGINE_FRAME_TYPES: Final = frozenset(
+    {"hello", "events", "heartbeat", "command_ack", "command_result"}
+)
+_raw_events_decoder: Final = msgspec.json.Decoder(_RawEvents)
+_events_frame_decoder: Final = msgspec.json.Decoder(Events)
+_probe_decoder: Final = msgspec.json.Decoder(_EventProbe)
+
+
+def _frame_error(
+    code: str, message: str, field: str | None = None
+) -> tuple[list[Event], list[Error]]:
+    return [], [Error(code=code, message=message, field=field)]
+
+
+def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]]:
+    """Decode an ``events`` frame so that one bad event does not sink the batch.
+
+    Returns the valid events, in frame order, and one Error per rejected event (``field`` names
+    the offending field, ``seq`` is set when it could be read). A frame that is not a usable
+    events frame at all gives no events and a single frame-level Error. Never raises.
+    """
+    if len(data) > MAX_FRAME_BYTES:
+        return _frame_error("frame_too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
+    try:
+        # Fast path: a valid frame is decoded in one pass.
+        frame = _events_frame_decoder.decode(data)
+    except msgspec.MsgspecError:
+        pass
+    else:
+        if all(event.seq != 0 for event in frame.events):
+            return list(frame.events), []
+    try:
+        envelope = _raw_events_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            text, field = error_field(str(exc))
+            return _frame_error("invalid_frame", text, field)
+        return _frame_error("malformed_json", str(exc))
+    if envelope.type != "events":
+        known = isinstance(envelope.type, str) and envelope.type in _ENGINE_FRAME_TYPES
+        code = "invalid_frame" if known else "unknown_type"
+        return _frame_error(code, f"expected an events frame, got {envelope.type!r}", "type")
+    if envelope.events is None:
+        return _frame_error("invalid_frame", "Object missing required field `events`", "events")
+    if len(envelope.events) > MAX_EVENTS_PER_FRAME:
+        return _frame_error(
+            "too_many_events",
+            f"{len(envelope.events)} events in one frame, at most {MAX_EVENTS_PER_FRAME}",
+            "events",
+        )
+    events: list[Event] = []
+    errors: list[Error] = []
+    for i, raw in enumerate(envelope.events):
+        prefix = f"events[{i}]"
+        try:
+            probe = _probe_decoder.decode(raw)
+        except msgspec.MsgspecError as exc:
+            text, _ = error_field(str(exc))
+            errors.append(Error(code="invalid_event", message=text, field=prefix, seq=None))
+            continue
+        seq = probe.seq if type(probe.seq) is int and probe.seq >= 1 else None
+        decoder = _event_decoders.get(probe.kind) if isinstance(probe.kind, str) else None
+        if decoder is None:
+            errors.append(
+                Error(
+                    code="unknown_kind",
+                    message=f"unknown event kind {probe.kind!r}",
+                    field=f"{prefix}.kind",
+                    seq=seq,
+                )
+            )
+            continue
+        try:
+            event = decoder.decode(raw)
+        except msgspec.MsgspecError as exc:
+            text, field = error_field(str(exc), prefix)
+            errors.append(Error(code="invalid_event", message=text, field=field, seq=seq))
+            continue
+        if event.seq == 0:
+            errors.append(
+                Error(
+                    code="invalid_event",
+                    message="Object missing required field `seq`",
+                    field=f"{prefix}.seq",
+                    seq=None,
+                )
+            )
+            continue
+        events.append(event)
+    return events, errors

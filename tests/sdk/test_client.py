@@ -1,0 +1,443 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from engine_sdk import protocol as p
+from engine_sdk.client import (
+    MAX_EVENT_BYTES,
+    BackpressureError,
+    CommandOutcome,
+    EngineClient,
+    EngineReplaced,
+    Unauthorized,
+)
+from engine_sdk.gate import OrderRejected
+from tests.sdk.conftest import FakeControlPlane, a_command
+
+MakeClient = Callable[..., EngineClient]
+
+
+def a_metric(value: float = 1.0) -> p.MetricEvent:
+    return p.MetricEvent(ts=datetime.now(UTC), name="latency_ms", value=value)
+
+
+def a_fill(fill_id: str) -> p.FillEvent:
+    return p.FillEvent(
+        ts=datetime.now(UTC),
+        fill_id=fill_id,
+        client_order_id="o-1",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal("1"),
+        price=Decimal("100.5"),
+    )
+
+
+@pytest.mark.asyncio
+async def test_it_says_hello_then_streams_events_until_acked(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    seqs = [client.emit(a_metric(i)) for i in range(10)]
+    await client.flush(timeout=5)
+
+    assert seqs == list(range(1, 11))
+    assert sorted(control_plane.stored) == seqs
+    hello = control_plane.hellos[0]
+    assert (hello.engine_build, hello.mode, hello.last_seq) == ("test-build", "paper", 0)
+    assert hello.trading_state == "ACTIVE"
+    assert client.acked_seq == 10
+    assert (client.engine_id, client.limits_version) == (7, 3)
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_after_a_disconnect_it_resends_only_what_the_server_lacks(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    for i in range(5):
+        client.emit(a_metric(i))
+    await client.flush(timeout=5)
+
+    # The server receives 6..10 but commits only up to 8 before the connection breaks.
+    control_plane.ack_events = False
+    control_plane.commit_limit = 8
+    for i in range(5):
+        client.emit(a_metric(i))
+    await control_plane.wait_for(lambda: len(control_plane.received_seqs) == 10)
+    control_plane.ack_events = True
+    await control_plane.drop()
+    await client.flush(timeout=5)
+
+    assert control_plane.received_seqs == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 9, 10]
+    assert control_plane.hellos[1].last_seq == 10
+    assert sorted(control_plane.stored) == list(range(1, 11))
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_events_emitted_while_offline_survive_a_restart(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    offline = make_client("ws://127.0.0.1:9/ws/engine/v1")
+    await offline.start()
+    offline.emit(a_fill("f-1"))
+    offline.emit(a_fill("f-2"))
+    await offline.close()
+
+    client = make_client(control_plane.url)
+    assert client.last_seq == 2
+    await client.start()
+    assert client.emit(a_fill("f-3")) == 3
+    await client.flush(timeout=5)
+
+    assert [f.fill_id for f in control_plane.events_of(p.FillEvent)] == ["f-1", "f-2", "f-3"]
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lost_journal_does_not_reuse_seqs_the_server_has(
+    control_plane: FakeControlPlane, make_client: MakeClient, tmp_path: Any
+) -> None:
+    old = make_client(control_plane.url, journal_dir=tmp_path / "old")
+    await old.start()
+    for i in range(4):
+        old.emit(a_metric(i))
+    await old.flush(timeout=5)
+    await old.close()
+
+    fresh = make_client(control_plane.url, journal_dir=tmp_path / "fresh")
+    fresh.emit(a_fill("f-after-reset"))
+    await fresh.start()
+    await fresh.flush(timeout=5)
+
+    assert control_plane.events_of(p.FillEvent)[0].seq == 5
+    assert fresh.emit(a_metric()) == 6
+    await fresh.close()
+
+
+@pytest.mark.asyncio
+async def test_a_large_backlog_is_split_into_frames_within_the_limits(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url, batch_max_events=50)
+    big = "x" * int(MAX_EVENT_BYTES * 0.9)  # four of these fill a frame
+    for _ in range(6):
+        client.emit(
+            p.LogEvent(ts=datetime.now(UTC), level="info", message="big", context={"blob": big})
+        )
+    for i in range(120):
+        client.emit(a_metric(i))
+    await client.start()
+    await client.flush(timeout=5)
+
+    event_frames = [f for f in control_plane.frames if f.startswith(b'{"type":"events"')]
+    assert all(len(f) <= p.MAX_FRAME_BYTES for f in event_frames)
+    assert len(event_frames) >= 4
+    assert sorted(control_plane.stored) == list(range(1, 127))
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_an_oversized_event_is_refused_at_emit(make_client: MakeClient) -> None:
+    client = make_client("ws://127.0.0.1:9/")
+    huge = p.LogEvent(
+        ts=datetime.now(UTC), level="info", message="x", context={"b": "x" * MAX_EVENT_BYTES}
+    )
+    with pytest.raises(ValueError, match="bytes"):
+        client.emit(huge)
+    assert client.emit(a_metric()) == 1
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_refuses_to_queue_beyond_the_backlog_limit_and_emit_wait_waits(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.ack_events = False
+    client = make_client(control_plane.url, max_unacked_events=3)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    for i in range(3):
+        client.emit(a_metric(i))
+    with pytest.raises(BackpressureError):
+        client.emit(a_metric())
+
+    waiting = asyncio.create_task(client.emit_wait(a_metric(), timeout=5))
+    await control_plane.wait_for(lambda: len(control_plane.received_seqs) == 3)
+    assert not waiting.done()
+    await control_plane.send(p.Ack(seq=3))
+    assert await waiting == 4
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_stops_for_good_on_a_bad_token(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url, token="wrong")
+    await client.start()
+
+    with pytest.raises(Unauthorized):
+        await client.wait_connected(timeout=5)
+
+    assert isinstance(client.error, Unauthorized)
+    assert control_plane.connection_attempts == 1
+    # Events are still journaled for a later run with the right token.
+    assert client.emit(a_metric()) == 1
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_stops_when_another_connection_takes_over_the_engine(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    await control_plane.drop(code=p.CLOSE_REPLACED)
+
+    with pytest.raises(EngineReplaced):
+        await client.wait_connected(timeout=5)
+    assert control_plane.connection_attempts == 1
+    await client.close()
+
+
+class _Ceiling(random.Random):
+    """Always picks the top of the jitter range, so the backoff schedule is predictable."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_backoff_uses_full_jitter_under_an_exponential_cap(make_client: MakeClient) -> None:
+    client = make_client("ws://127.0.0.1:9/", backoff_initial_s=0.2, backoff_max_s=10.0)
+    delays = [client._backoff_delay(attempt) for attempt in range(10) for _ in range(20)]
+    caps = [min(10.0, 0.2 * 2**attempt) for attempt in range(10) for _ in range(20)]
+    assert all(0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert max(delays[-20:]) > 5  # the cap is reached, jitter spreads below it
+
+
+@pytest.mark.asyncio
+async def test_it_reconnects_with_growing_delays_while_the_server_refuses(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    # The server refuses the engine (not with 4401) until it is fixed.
+    control_plane.token = "rotated"
+    control_plane.close_code_for_bad_token = 1011
+    client = make_client(
+        control_plane.url, backoff_initial_s=0.02, backoff_max_s=0.08, rng=_Ceiling()
+    )
+    await client.start()
+    await control_plane.wait_for(lambda: control_plane.connection_attempts >= 5)
+
+    gaps = [b - a for a, b in itertools.pairwise(control_plane.connection_times)]
+    for gap, expected in zip(gaps, [0.02, 0.04, 0.08, 0.08], strict=False):
+        assert gap >= expected * 0.9
+    control_plane.token = client._token
+    await client.wait_connected(timeout=5)
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_command_delivered_twice_is_handled_once(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    handled: list[p.Command] = []
+
+    async def on_command(command: p.Command) -> CommandOutcome:
+        handled.append(command)
+        return CommandOutcome(status="succeeded", detail="paused", trading_state="PAUSED")
+
+    client = make_client(control_plane.url, on_command=on_command)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    command = a_command("pause")
+
+    await control_plane.send(command)
+    await control_plane.send(command)
+    await control_plane.wait_for(lambda: len(control_plane.command_results) >= 1)
+    await control_plane.wait_for(lambda: len(control_plane.command_acks) == 2)
+    # Delivered again in the welcome of a later connection.
+    control_plane.welcome_commands = [command]
+    await control_plane.drop()
+    await control_plane.wait_for(lambda: len(control_plane.command_acks) == 3)
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 2)
+
+    assert handled == [command]
+    assert {r.command_id for r in control_plane.command_results} == {command.command_id}
+    assert all(r.status == "succeeded" for r in control_plane.command_results)
+    assert client.trading_state == "PAUSED"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_handled_command_is_not_run_again_after_a_restart(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    handled: list[p.Command] = []
+
+    async def on_command(command: p.Command) -> CommandOutcome:
+        handled.append(command)
+        return CommandOutcome(status="succeeded", trading_state="HALTED")
+
+    command = a_command("kill", flatten=True)
+    first = make_client(control_plane.url, on_command=on_command)
+    await first.start()
+    await first.wait_connected(timeout=5)
+    await control_plane.send(command)
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 1)
+    await first.close()
+
+    control_plane.welcome_commands = [command]
+    second = make_client(control_plane.url, on_command=on_command)
+    assert second.trading_state == "HALTED"  # the kill survives the restart
+    await second.start()
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 2)
+
+    assert handled == [command]
+    assert second.trading_state == "HALTED"
+    assert control_plane.hellos[-1].trading_state == "HALTED"
+    await second.close()
+
+
+@pytest.mark.asyncio
+async def test_the_handler_decides_the_trading_state_and_a_timed_pause_ends_by_itself(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)  # the default handler changes only the state
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    await control_plane.send(a_command("pause", duration=0.2))
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 1)
+    assert control_plane.command_results[0].trading_state == "PAUSED"
+    await control_plane.wait_for(
+        lambda: (
+            [e.trading_state for e in control_plane.events_of(p.StateEvent)] == ["PAUSED", "ACTIVE"]
+        )
+    )
+    assert client.trading_state == "ACTIVE"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_command_of_an_unknown_kind_is_answered_as_failed(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    frame = p.encode(a_command("pause")).replace(b'"kind":"pause"', b'"kind":"hedge"')
+    assert control_plane.connection is not None
+
+    await control_plane.connection.send(frame.decode())
+
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 1)
+    assert control_plane.command_results[0].status == "failed"
+    assert client.trading_state == "ACTIVE"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_the_dead_man_pauses_a_silent_engine_and_the_server_lifts_it(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    tripped = asyncio.Event()
+    control_plane.send_heartbeats = False
+    control_plane.heartbeat_interval_s = 10.0
+    client = make_client(control_plane.url, dead_man_after_s=0.3, on_dead_man=tripped.set)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    await asyncio.wait_for(tripped.wait(), timeout=5)
+
+    assert client.trading_state == "PAUSED"
+    with pytest.raises(OrderRejected, match="PAUSED"):
+        client.check_order("AAPL", "buy", Decimal(1), Decimal(0))
+    await control_plane.wait_for(lambda: bool(control_plane.events_of(p.StateEvent)))
+    state_event = control_plane.events_of(p.StateEvent)[0]
+    assert state_event.reason == "dead-man: no server for 0.3 s"
+
+    await control_plane.send(p.ServerHeartbeat(ts=datetime.now(UTC)))
+    await control_plane.wait_for(lambda: len(control_plane.events_of(p.StateEvent)) == 2)
+    assert client.trading_state == "ACTIVE"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_sends_nothing_at_all_trips_the_dead_man(
+    make_client: MakeClient,
+) -> None:
+    tripped = asyncio.Event()
+    client = make_client("ws://127.0.0.1:9/", dead_man_after_s=0.2, on_dead_man=tripped.set)
+    await client.start()
+    await asyncio.wait_for(tripped.wait(), timeout=5)
+    assert client.trading_state == "PAUSED"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_sends_heartbeats_at_the_interval_the_server_asks_for(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.heartbeat_interval_s = 0.05
+    client = make_client(control_plane.url, heartbeat_interval_s=30)
+    await client.start()
+    client.emit(a_metric())
+    await control_plane.wait_for(lambda: len(control_plane.heartbeats) >= 2)
+    assert control_plane.heartbeats[-1].last_seq == 1
+    assert control_plane.heartbeats[-1].trading_state == "ACTIVE"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_server_errors_reach_the_error_callback(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    errors: list[p.Error] = []
+    client = make_client(control_plane.url, on_error=errors.append)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    await control_plane.send(p.Error(code="invalid_event", message="bad", field="events[0].x"))
+    # Frames arrive in order: once the ack for a later event is in, so is the error.
+    client.emit(a_metric())
+    await client.flush(timeout=5)
+    assert [e.code for e in errors] == ["invalid_event"]
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_after_an_internal_error_it_reconnects_and_resends(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    control_plane.ack_events = False
+    client.emit(a_metric())
+    await control_plane.wait_for(lambda: len(control_plane.received_seqs) == 1)
+    control_plane.stored.clear()  # the server failed to store it
+    control_plane.ack_events = True
+
+    await control_plane.send(p.Error(code="internal_error", message="database unavailable"))
+
+    await client.flush(timeout=5)
+    assert control_plane.received_seqs == [1, 1]
+    assert len(control_plane.hellos) == 2
+    await client.close()

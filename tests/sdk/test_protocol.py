@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine_sdk import protocol as p
+
+TS = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
+
+
+def an_order(**overrides: Any) -> p.OrderEvent:
+    fields: dict[str, Any] = dict(
+        seq=1,
+        ts=TS,
+        client_order_id="o-1",
+        symbol="AAPL",
+        side="buy",
+        order_type="limit",
+        quantity=Decimal("10"),
+        limit_price=Decimal("100.25"),
+        status="accepted",
+    )
+    fields.update(overrides)
+    return p.OrderEvent(**fields)
+
+
+def every_kind_of_event() -> list[p.Event]:
+    return [
+        an_order(seq=1, expected_price=Decimal("100.20")),
+        p.FillEvent(
+            seq=2,
+            ts=TS,
+            fill_id="f-1",
+            client_order_id="o-1",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal("4"),
+            price=Decimal("100.24"),
+            fee=Decimal("-0.01"),
+            liquidity="maker",
+        ),
+        p.PositionEvent(seq=3, ts=TS, symbol="AAPL", quantity=Decimal("-4"), source="engine"),
+        p.AccountEvent(seq=4, ts=TS, equity=Decimal("100000.5"), cash=Decimal("99599.54")),
+        p.MetricEvent(seq=5, ts=TS, name="latency_ms", value=1.25),
+        p.LogEvent(seq=6, ts=TS, level="warning", message="slow quote", context={"age_ms": 800}),
+        p.StateEvent(seq=7, ts=TS, trading_state="PAUSED", reason="operator"),
+    ]
+
+
+def test_every_engine_frame_survives_a_round_trip() -> None:
+    frames: list[p.EngineFrame] = [
+        p.Hello(
+            protocol=p.PROTOCOL_VERSION,
+            engine_build="1.2.3",
+            config_hash="abc",
+            mode="paper",
+            broker="sim",
+            account="acc-1",
+            trading_state="ACTIVE",
+            last_seq=0,
+            sdk_version="1",
+        ),
+        p.Events(events=every_kind_of_event()),
+        p.Heartbeat(ts=TS, trading_state="ACTIVE", last_seq=7),
+        p.CommandAck(command_id=uuid.uuid4()),
+        p.CommandResult(
+            command_id=uuid.uuid4(), status="partial", detail="1 of 2", trading_state="REDUCING"
+        ),
+    ]
+    for frame in frames:
+        assert p.decode_engine_frame(p.encode(frame)) == frame
+
+
+def test_every_server_frame_survives_a_round_trip() -> None:
+    command = p.Command(
+        command_id=uuid.uuid4(),
+        kind="pause",
+        params={"duration": 60},
+        reason="news",
+        issued_by="alice",
+        issued_at=TS,
+    )
+    frames: list[p.ServerFrame] = [
+        p.Welcome(
+            protocol=p.PROTOCOL_VERSION,
+            engine_id=3,
+            engine_name="alpha",
+            last_seq=41,
+            heartbeat_interval_s=5.0,
+            desired_state="ACTIVE",
+            limits_version=2,
+            limits=[{"kind": "max_order_qty", "value": "100"}],
+            commands=[command],
+        ),
+        p.Ack(seq=41),
+        command,
+        p.Error(code="invalid_event", message="bad", field="events[0].quantity", seq=9),
+        p.ServerHeartbeat(ts=TS),
+    ]
+    for frame in frames:
+        assert p.decode_server_frame(p.encode(frame)) == frame
+
+
+def test_decimals_travel_as_strings_and_numbers_are_accepted() -> None:
+    wire = json.loads(p.encode(an_order()))
+    assert wire["quantity"] == "10"
+    assert wire["limit_price"] == "100.25"
+    wire["quantity"] = 2.5
+    decoded = p.decode_engine_frame(json.dumps({"type": "events", "events": [wire]}))
+    assert isinstance(decoded, p.Events)
+    assert decoded.events[0].quantity == Decimal("2.5")  # type: ignore[union-attr]
+
+
+def test_it_ignores_unknown_fields_for_forward_compatibility() -> None:
+    wire = json.loads(p.encode(p.Ack(seq=3)))
+    wire["added_in_v2"] = {"x": 1}
+    assert p.decode_server_frame(json.dumps(wire)) == p.Ack(seq=3)
+
+
+def test_it_rejects_timestamps_without_a_timezone() -> None:
+    wire = json.loads(p.encode(an_order()))
+    wire["ts"] = "2026-01-05T14:30:00"
+    with pytest.raises(msgspec.ValidationError, match="timezone"):
+        p.decode_engine_frame(json.dumps({"type": "events", "events": [wire]}))
+
+
+def test_it_rejects_a_non_positive_quantity_on_construction() -> None:
+    with pytest.raises(ValueError, match="quantity"):
+        an_order(quantity=Decimal("0"))
+
+
+def test_an_event_without_a_seq_is_rejected() -> None:
+    wire = json.loads(p.encode(an_order(seq=0)))
+    assert "seq" not in wire
+    with pytest.raises(msgspec.ValidationError, match="seq"):
+        p.decode_engine_frame(json.dumps({"type": "events", "events": [wire]}))
+
+
+def test_lenient_decoding_keeps_the_good_events_and_names_the_bad_field() -> None:
+    good = [json.loads(p.encode(e)) for e in every_kind_of_event()]
+    bad_quantity = dict(good[0], seq=8, quantity="-3")
+    bad_kind = {"kind": "quote", "seq": 9, "ts": "2026-01-05T14:30:00Z"}
+    missing_ts = {k: v for k, v in good[1].items() if k != "ts"} | {"seq": 10}
+    frame = {"type": "events", "events": [*good[:3], bad_quantity, bad_kind, missing_ts, *good[3:]]}
+
+    events, errors = p.decode_events_leniently(json.dumps(frame))
+
+    assert events == every_kind_of_event()
+    assert [(e.code, e.field, e.seq) for e in errors] == [
+        ("invalid_event", "events[3].quantity", 8),
+        ("unknown_kind", "events[4].kind", 9),
+        ("invalid_event", "events[5].ts", 10),
+    ]
+
+
+def test_lenient_decoding_reports_a_nested_field_path() -> None:
+    wire = json.loads(p.encode(every_kind_of_event()[5]))
+    wire["level"] = "loud"
+    events, errors = p.decode_events_leniently(json.dumps({"type": "events", "events": [wire]}))
+    assert events == []
+    assert errors[0].field == "events[0].level"
+    assert errors[0].seq == 6
+
+
+def test_lenient_decoding_turns_non_json_into_a_single_error() -> None:
+    events, errors = p.decode_events_leniently(b"{not json")
+    assert events == []
+    assert [e.code for e in errors] == ["malformed_json"]
+
+
+def test_lenient_decoding_refuses_too_many_events() -> None:
+    wire = json.loads(p.encode(an_order()))
+    frame = {"type": "events", "events": [wire] * (p.MAX_EVENTS_PER_FRAME + 1)}
+    events, errors = p.decode_events_leniently(json.dumps(frame))
+    assert events == []
+    assert [e.code for e in errors] == ["too_many_events"]
+
+
+def test_lenient_decoding_refuses_an_oversized_frame() -> None:
+    _, errors = p.decode_events_leniently(b" " * (p.MAX_FRAME_BYTES + 1))
+    assert [e.code for e in errors] == ["frame_too_large"]
+
+
+def test_lenient_decoding_of_another_frame_type() -> None:
+    _, errors = p.decode_events_leniently(b'{"type": "hello"}')
+    assert [e.code for e in errors] == ["invalid_frame"]
+    _, errors = p.decode_events_leniently(b'{"type": "gossip"}')
+    assert [e.code for e in errors] == ["unknown_type"]
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+frame_keys = st.sampled_from(
+    ["type", "kind", "seq", "ts", "events", "quantity", "price", "symbol", "name", "value"]
+)
+frame_like = st.dictionaries(
+    frame_keys,
+    json_values
+    | st.sampled_from(["events", "hello", "order", "fill", "metric", "2026-01-05T14:30:00Z"]),
+    max_size=8,
+)
+events_frame_like = st.builds(
+    lambda events: {"type": "events", "events": events},
+    st.lists(frame_like | json_values, max_size=6),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, frame_like, events_frame_like))
+def test_the_strict_decoder_raises_nothing_but_msgspec_errors(value: Any) -> None:
+    with contextlib.suppress(msgspec.MsgspecError):
+        p.decode_engine_frame(json.dumps(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, frame_like, events_frame_like))
+def test_lenient_decoding_never_raises_on_json(value: Any) -> None:
+    events, errors = p.decode_events_leniently(json.dumps(value).encode())
+    assert all(isinstance(e, p.Error) for e in errors)
+    if isinstance(value, dict) and isinstance(value.get("events"), list) and len(errors) != 1:
+        assert len(events) + len(errors) == len(value["events"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_lenient_decoding_never_raises_on_any_bytes(data: bytes) -> None:
+    events, errors = p.decode_events_leniently(data)
+    try:
+        json.loads(data)
+    except ValueError:
+        assert events == []
+        assert len(errors) == 1
