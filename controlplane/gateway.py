@@ -196,9 +196,13 @@ def _advance_watermark(engine_id: int, seq: int) -> None:
 
 
 def heartbeat(engine_id: int, frame: p.Heartbeat) -> None:
-    Engine.objects.filter(pk=engine_id).update(
-        last_seen_at=datetime.now(UTC), reported_state=frame.trading_state
-    )
+    try:
+        Engine.objects.filter(pk=engine_id).update(
+            last_seen_at=datetime.now(UTC), reported_state=frame.trading_state
+        )
+    except DatabaseError as exc:
+        # A heartbeat that cannot be recorded must not drop the engine's connection.
+        log.warning("engine %s: heartbeat not recorded: %s", engine_id, exc)
 
 
 def current_connection(engine_id: int) -> uuid.UUID | None:
