@@ -76,7 +76,10 @@ class EngineConsumer(AsyncWebsocketConsumer):
         elif isinstance(frame, p.Hello):
             await self.send_frames([p.Error(code="invalid_frame", message="hello was already sent",
                                             field="type")])  # fmt: skip
-        # command_ack / command_result are handled by the commands service (issue of commands).
+        elif isinstance(frame, p.CommandAck):
+            await database_sync_to_async(gateway.command_ack)(self.engine_id, frame)
+        elif isinstance(frame, p.CommandResult):
+            await database_sync_to_async(gateway.command_result)(self.engine_id, frame)
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if not isinstance(decoded.frame, p.Hello):

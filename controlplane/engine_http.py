@@ -56,6 +56,10 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     if isinstance(frame, p.Heartbeat):
         gateway.heartbeat(engine.pk, frame)
         return _frames([p.ServerHeartbeat(ts=p.utc_now())])
+    if isinstance(frame, p.CommandAck):
+        gateway.command_ack(engine.pk, frame)
+    elif isinstance(frame, p.CommandResult):
+        gateway.command_result(engine.pk, frame)
     return _frames([])
 
 

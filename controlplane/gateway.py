@@ -96,22 +96,44 @@ def bearer_token(headers: Any) -> str | None:
 
 
 def pending_commands(engine_id: int, *, now: datetime | None = None) -> list[p.Command]:
-    """Commands not yet acknowledged and not expired, oldest first; marks them delivered."""
+    """Commands without a result that have not expired, oldest first.
+
+    An acknowledged command is sent again too: an engine that crashed between its ack and its
+    result must still carry it out (the engine applies each command_id once).
+    """
     now = now or datetime.now(UTC)
     with transaction.atomic():
         commands = list(
             Command.objects.select_for_update(skip_locked=True)
-            .filter(
-                engine_id=engine_id, status__in=[Command.Status.PENDING, Command.Status.DELIVERED]
-            )
+            .filter(engine_id=engine_id, status__in=Command.OPEN)
             .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
             .order_by("created_at")
         )
-        if commands:
-            Command.objects.filter(pk__in=[c.pk for c in commands]).update(
+        fresh = [c.pk for c in commands if c.status == Command.Status.PENDING]
+        if fresh:
+            Command.objects.filter(pk__in=fresh, status=Command.Status.PENDING).update(
                 status=Command.Status.DELIVERED, delivered_at=now
             )
     return [command_frame(c) for c in commands]
+
+
+def command_ack(engine_id: int, frame: p.CommandAck) -> None:
+    # Conditional updates: a repeated or late ack never moves a command backwards, and an
+    # engine can only touch its own commands.
+    Command.objects.filter(
+        pk=frame.command_id,
+        engine_id=engine_id,
+        status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
+    ).update(status=Command.Status.ACKNOWLEDGED, acknowledged_at=datetime.now(UTC))
+
+
+def command_result(engine_id: int, frame: p.CommandResult) -> None:
+    now = datetime.now(UTC)
+    Command.objects.filter(
+        pk=frame.command_id, engine_id=engine_id, status__in=Command.OPEN
+    ).update(status=frame.status, completed_at=now, result=frame.data, detail=frame.detail)
+    if frame.trading_state is not None:
+        Engine.objects.filter(pk=engine_id).update(reported_state=frame.trading_state)
 
 
 def command_frame(command: Command) -> p.Command:

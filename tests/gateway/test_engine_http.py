@@ -151,3 +151,29 @@ def test_random_frames_never_break_the_gateway_or_change_stored_data(
     assert Order.objects.filter(client_order_id="anchor").values().get() == anchor
     assert Fill.objects.filter(fill_id="anchor-fill").values().get() == anchor_fill
     assert EngineEvent.objects.filter(engine=engine, seq__lte=2).count() == 2
+
+
+def test_command_ack_and_result_move_the_command_forward_and_never_back(client, make_engine):
+    alpha, token = make_engine("alpha")
+    _, beta_token = make_engine("beta")
+    command = Command.objects.create(engine=alpha, kind="pause", reason="r", issued_by_label="o")
+    client.get("/api/v1/engine/commands", HTTP_AUTHORIZATION=f"Bearer {token}")
+    # Another engine's token cannot touch it.
+    post(client, beta_token, p.encode(p.CommandAck(command_id=command.pk)))
+    assert Command.objects.get(pk=command.pk).status == "delivered"
+    post(client, token, p.encode(p.CommandAck(command_id=command.pk)))
+    assert Command.objects.get(pk=command.pk).status == "acknowledged"
+    # Acknowledged without a result: delivered again (the engine applies each id once).
+    again = client.get("/api/v1/engine/commands", HTTP_AUTHORIZATION=f"Bearer {token}").json()
+    assert [c["command_id"] for c in again] == [str(command.pk)]
+    result = p.CommandResult(command_id=command.pk, status="succeeded", detail="paused",
+                             data={"cancelled": 2}, trading_state="PAUSED")  # fmt: skip
+    post(client, token, p.encode(result))
+    post(client, token, p.encode(p.CommandAck(command_id=command.pk)))  # a late repeat
+    stored = Command.objects.get(pk=command.pk)
+    assert stored.status == "succeeded"
+    assert stored.result == {"cancelled": 2}
+    assert stored.completed_at is not None
+    alpha.refresh_from_db()
+    assert alpha.reported_state == "PAUSED"
+    assert client.get("/api/v1/engine/commands", HTTP_AUTHORIZATION=f"Bearer {token}").json() == []

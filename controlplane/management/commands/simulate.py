@@ -1,0 +1,231 @@
+"""Run paper engines against a running control plane, for demos and tests.
+
+Engines are registered (or reused) before the event loop starts, because the ORM must not run in
+the loop's thread; a reused engine gets a fresh token, since only hashes are stored. Each engine
+keeps its journal and its paper book under ``<data dir>/sim/<name>/``, so a restart resumes the
+same seqs and positions. SIGINT or SIGTERM stops every engine and flushes what it has not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections, transaction
+
+from controlplane import embedded, services
+from controlplane.models import Engine, Instrument, Mode
+from engine_sdk.client import EngineClient, EngineClientError
+from engine_sdk.protocol import Welcome
+from engine_sdk.simulator import STRATEGIES, UNIVERSE, PaperEngine, Strategy
+
+ACTOR = "manage.py simulate"
+BROKER = "paper-sim"
+FLUSH_TIMEOUT_S = 5.0
+
+
+def engine_ws_url(url: str) -> str:
+    """The engine socket URL of a control plane given by its web URL (http -> ws)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise CommandError(f"--url {url!r} is not an http(s) URL such as http://127.0.0.1:8000")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws/engine/v1"):
+        path += "/ws/engine/v1"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _health_url(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    path = parts.path.rstrip("/").removesuffix("/ws/engine/v1")
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, f"{path}/healthz", "", ""))
+
+
+@dataclass(frozen=True)
+class SimEngine:
+    name: str
+    token: str
+    strategy: Strategy
+    journal_dir: Path
+
+
+class Command(BaseCommand):
+    help = "Run simulated paper engines that connect to the control plane until Ctrl+C."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--engines", type=int, default=3, help="how many engines (default 3)")
+        parser.add_argument("--url", default="http://127.0.0.1:8000",
+                            help="the control plane's web URL")  # fmt: skip
+        parser.add_argument("--wait-for-server", action="store_true",
+                            help="wait until GET /healthz answers before connecting")  # fmt: skip
+        parser.add_argument("--wait-timeout", type=float, default=60.0,
+                            help="seconds --wait-for-server waits (default 60)")  # fmt: skip
+        parser.add_argument("--tick", type=float, default=0.2,
+                            help="seconds per simulated step (default 0.2)")  # fmt: skip
+        parser.add_argument("--seed", type=int, default=None,
+                            help="make the simulation repeatable")  # fmt: skip
+        parser.add_argument("--prefix", default="sim", help="engine names: <prefix>-1..N")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count: int = options["engines"]
+        tick: float = options["tick"]
+        if count < 1:
+            raise CommandError("--engines must be at least 1")
+        if tick <= 0:
+            raise CommandError("--tick must be a positive number of seconds")
+        ws_url = engine_ws_url(options["url"])
+        if options["verbosity"] < 2:
+            # One line per connection comes from this command; the SDK's info lines repeat it.
+            logging.getLogger("engine_sdk").setLevel(logging.WARNING)
+        if options["wait_for_server"]:
+            self._wait_for_server(_health_url(options["url"]), options["wait_timeout"])
+        engines = self._prepare(options["prefix"], count)
+        # The loop below never touches the database; do not hold connections open meanwhile.
+        connections.close_all()
+        failed = asyncio.run(self._run(engines, ws_url, tick, options["seed"]))
+        if failed == len(engines):
+            raise CommandError("every engine stopped with an error (see above)")
+
+    def _wait_for_server(self, health_url: str, timeout: float) -> None:
+        self.stdout.write(f"Waiting for the control plane at {health_url} ...")
+        started = time.monotonic()
+        deadline = started + timeout
+        next_note = started + 10
+        problem = "no answer"
+        while True:
+            try:
+                with urllib.request.urlopen(health_url, timeout=2.0) as response:
+                    if response.status == 200:
+                        self.stdout.write("The control plane is up.")
+                        return
+                    problem = f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:
+                problem = f"HTTP {exc.code}"
+            except OSError as exc:
+                problem = str(getattr(exc, "reason", exc))
+            if time.monotonic() >= deadline:
+                raise CommandError(
+                    f"The control plane at {health_url} did not answer within {timeout:g} s "
+                    f"(last: {problem}). Start it with `python manage.py up`, or pass its "
+                    f"address with --url."
+                )
+            if time.monotonic() >= next_note:
+                waited = time.monotonic() - started
+                self.stdout.write(f"  still waiting after {waited:.0f} s (last: {problem})")
+                next_note += 10
+            # Polling another process: there is nothing to await instead.
+            time.sleep(0.25)
+
+    @transaction.atomic
+    def _prepare(self, prefix: str, count: int) -> list[SimEngine]:
+        self._describe_instruments()
+        data_dir = embedded.data_dir() / "sim"
+        engines = []
+        for number in range(1, count + 1):
+            name = f"{prefix}-{number}"
+            strategy = STRATEGIES[(number - 1) % len(STRATEGIES)]
+            engine = Engine.objects.filter(name=name).first()
+            if engine is None:
+                try:
+                    engine, token = services.engine_create(
+                        name=name, mode=Mode.PAPER, broker=BROKER, account=name,
+                        strategy_tags=[strategy], actor_label=ACTOR,
+                    )  # fmt: skip
+                except ValidationError as exc:
+                    raise CommandError(f"Engine {name} not created: {exc.messages}") from None
+                self.stdout.write(f"Engine {name} created ({strategy}).")
+            else:
+                if engine.mode != Mode.PAPER or not engine.is_active:
+                    state = "inactive" if not engine.is_active else f"a {engine.mode} engine"
+                    raise CommandError(
+                        f"Engine {name} exists and is {state}; the simulator only runs active "
+                        f"paper engines. Choose other names with --prefix."
+                    )
+                token = services.engine_rotate_token(engine=engine, actor_label=ACTOR)
+            engines.append(SimEngine(name, token, strategy, data_dir / name))
+        return engines
+
+    def _describe_instruments(self) -> None:
+        # Sector limits need sectors; a sector a risk manager already set is left as it is.
+        Instrument.objects.bulk_create(
+            [Instrument(symbol=i.symbol, sector=i.sector) for i in UNIVERSE],
+            ignore_conflicts=True,
+        )
+        for instrument in UNIVERSE:
+            Instrument.objects.filter(symbol=instrument.symbol, sector="").update(
+                sector=instrument.sector
+            )
+
+    async def _run(self, specs: list[SimEngine], ws_url: str, tick: float, seed: int | None) -> int:
+        """Run until SIGINT/SIGTERM; return how many engines stopped with an error."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        engines = [self._engine(spec, ws_url, seed) for spec in specs]
+        self.stdout.write(f"Running {len(engines)} paper engines against {ws_url} (Ctrl+C stops).")
+        try:
+            results = await asyncio.gather(
+                *(self._drive(spec.name, engine, client, stop, tick)
+                  for spec, (engine, client) in zip(specs, engines, strict=True))
+            )  # fmt: skip
+        finally:
+            # Whatever is not acked within the timeout stays in the journal for the next run.
+            await asyncio.gather(
+                *(client.close(flush_timeout=FLUSH_TIMEOUT_S) for _, client in engines),
+                return_exceptions=True,
+            )
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        self.stdout.write(f"Stopped {len(engines)} paper engines.")
+        return results.count(False)
+
+    def _engine(
+        self, spec: SimEngine, ws_url: str, seed: int | None
+    ) -> tuple[PaperEngine, EngineClient]:
+        def connected(welcome: Welcome) -> None:
+            self.stdout.write(
+                f"{spec.name} connected to {ws_url} (engine id {welcome.engine_id}, "
+                f"desired state {welcome.desired_state})"
+            )
+
+        engine = PaperEngine.create(
+            ws_url,
+            spec.token,
+            journal_dir=spec.journal_dir,
+            account=spec.name,
+            strategy=spec.strategy,
+            on_welcome=connected,
+            engine_options={"seed": None if seed is None else f"{seed}:{spec.name}"},
+        )
+        assert isinstance(engine.client, EngineClient)
+        return engine, engine.client
+
+    async def _drive(
+        self,
+        name: str,
+        engine: PaperEngine,
+        client: EngineClient,
+        stop: asyncio.Event,
+        tick: float,
+    ) -> bool:
+        await client.start()
+        try:
+            await engine.run(stop, tick_interval_s=tick)
+        except EngineClientError as exc:
+            # A refused token or a second process running as this engine: retrying is no use.
+            self.stderr.write(f"{name} stopped: {exc}")
+            return False
+        return True
