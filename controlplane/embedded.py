@@ -259,7 +259,7 @@ class EmbeddedRedis:
             [
                 str(executable), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--daemonize", "yes", "--pidfile", str(self.pidfile), "--dir", str(self.dir),
-                "--logfile", str(self.log), "--save", "60 1", "--appendonly", "no",
+                "--logfile", str(self.log), "--save", "60", "1", "--appendonly", "no",
                 "--protected-mode", "yes",
             ],
             check=True,

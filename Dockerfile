@@ -1,0 +1,40 @@
+# One image for every process: web (the default command), Celery worker and beat, migrations and
+# simulated engines (see docker-compose.yml for the commands).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --system --gid 10001 controlplane \
+ && useradd --system --uid 10001 --gid controlplane --home-dir /home/controlplane --create-home \
+      --shell /usr/sbin/nologin controlplane
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install --requirement /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+COPY . .
+# Editable, so the code runs from /app: settings find templates/ and static/ beside the packages
+# (BASE_DIR), which a copy into site-packages would leave behind.
+RUN pip install --no-deps --editable . \
+ && CONTROLPLANE_ENV=production \
+    SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 \
+    python manage.py collectstatic --noinput --verbosity 0 \
+ && install --directory --owner=controlplane --group=controlplane /app/.data
+
+# The code stays root's and read-only; the process may write only under /app/.data
+# (CONTROLPLANE_DATA_DIR's default: the simulated engines' journals live there).
+USER controlplane
+
+ENV CONTROLPLANE_ENV=production
+EXPOSE 8000
+CMD ["python", "-m", "uvicorn", "controlplane.asgi:application", \
+     "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", \
+     "--no-access-log", "--ws-max-size", "16777216"]

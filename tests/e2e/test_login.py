@@ -1,0 +1,85 @@
+"""Logging in and out in a real headless Chromium against the app served by uvicorn."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import Page, expect
+
+from tests.conftest import PASSWORD
+from tests.servers import UvicornServer
+
+pytestmark = pytest.mark.e2e
+
+
+def _log_in(page: Page, server: UvicornServer, username: str, password: str) -> None:
+    page.goto(f"{server.url}/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_an_anonymous_visit_to_the_root_lands_on_the_login_page(
+    page: Page, uvicorn_server: UvicornServer
+) -> None:
+    page.goto(f"{uvicorn_server.url}/")
+
+    expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    expect(page.get_by_label("Username")).to_be_focused()
+    expect(page.get_by_role("link", name="Fleet")).to_have_count(0)
+
+
+def test_a_wrong_password_shows_the_error_and_stays_on_the_login_page(
+    page: Page, uvicorn_server: UvicornServer, operator: User
+) -> None:
+    _log_in(page, uvicorn_server, operator.username, "not the password")
+
+    expect(page.get_by_role("alert")).to_have_text(
+        "Your username and password did not match. Please try again."
+    )
+    expect(page).to_have_url(re.compile(r"/login/$"))
+    expect(page.get_by_label("Username")).to_have_value(operator.username)
+    expect(page.get_by_label("Password")).to_have_value("")
+
+
+def test_the_right_password_lands_on_the_fleet_page_with_the_engines_of_the_database(
+    page: Page,
+    uvicorn_server: UvicornServer,
+    operator: User,
+    make_engine: Callable[..., object],
+) -> None:
+    make_engine("alpha", mode="paper", strategy_tags=["momentum"])
+    make_engine("bravo", mode="live", strategy_tags=["mean-reversion", "fx"])
+
+    page.goto(f"{uvicorn_server.url}/")
+    page.get_by_label("Username").fill(operator.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+    expect(page).to_have_url(f"{uvicorn_server.url}/")
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    expect(page.locator(".topbar .user")).to_contain_text(operator.username)
+    rows = page.locator("#fleet-table tbody tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator('tr[data-engine="alpha"]')).to_contain_text("Paper")
+    expect(page.locator('tr[data-engine="bravo"]')).to_contain_text("Live")
+    # An operator is not staff: no link to the admin.
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)
+
+
+def test_logging_out_ends_the_session(
+    page: Page, uvicorn_server: UvicornServer, operator: User
+) -> None:
+    _log_in(page, uvicorn_server, operator.username, PASSWORD)
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+
+    page.get_by_role("button", name="Log out").click()
+
+    expect(page).to_have_url(re.compile(r"/login/$"))
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    page.goto(f"{uvicorn_server.url}/")
+    expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
