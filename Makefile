@@ -8,6 +8,11 @@ PORT ?= 8000
 ENGINES ?= 3
 # Parallel test workers; each gets its own test database and Redis database.
 TEST_WORKERS ?= 2
+# The suite's embedded servers live apart from the demo's (own folder, own ports), so
+# `make test` can run while `make demo` is up.
+TEST_DATA_DIR ?= $(CURDIR)/.data/test
+TEST_PG_PORT ?= 54339
+TEST_REDIS_PORT ?= 63809
 
 .PHONY: demo test lint format install clean-data help
 
@@ -29,7 +34,8 @@ demo: $(BIN)/.installed
 	CONTROLPLANE_ENV=$${CONTROLPLANE_ENV:-demo} $(BIN)/python manage.py up --demo --port $(PORT) --engines $(ENGINES)
 
 test: $(BIN)/.installed
-	CONTROLPLANE_ENV=test $(BIN)/python -m controlplane.embedded run -- \
+	CONTROLPLANE_ENV=test CONTROLPLANE_DATA_DIR=$(TEST_DATA_DIR) EMBEDDED_PG_PORT=$(TEST_PG_PORT) \
+	EMBEDDED_REDIS_PORT=$(TEST_REDIS_PORT) $(BIN)/python -m controlplane.embedded run -- \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
