@@ -40,9 +40,6 @@ class IngestResult:
     stored: int = 0
     replayed: int = 0
     errors: list[p.Error] = field(default_factory=list)
-    # What changed, for live updates and post-trade checks (filled in by the projection).
-    kinds: dict[str, int] = field(default_factory=dict)
-    symbols: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -118,8 +115,7 @@ def ingest_events(
 ) -> IngestResult:
     """Store a batch for one engine. Raises on a database failure (nothing is then stored)."""
     received_at = now or datetime.now(UTC)
-    with transaction.atomic():
-        cursor = connection.cursor()
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT last_seq FROM controlplane_engine WHERE id = %s FOR UPDATE", [engine_id]
         )
@@ -237,12 +233,7 @@ def _project(
             "UPDATE controlplane_engine SET reported_state = %s WHERE id = %s",
             [state.trading_state, engine_id],
         )
-    accepted = [e for e in batch if e.seq not in rejected]
-    for event in accepted:
-        tag = event.__struct_config__.tag
-        result.kinds[tag] = result.kinds.get(tag, 0) + 1
-    result.symbols = symbols
-    return accepted
+    return [e for e in batch if e.seq not in rejected]
 
 
 def _copy(
