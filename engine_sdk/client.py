@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from engine_sdk import __version__, protocol
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
-from engine_sdk.journal import CommandStore, Journal, _write_atomically
+from engine_sdk.journal import CommandStore, Journal, _write_atomically, trim_acked
 from engine_sdk.protocol import (
     Command,
     CommandResult,
@@ -686,14 +686,7 @@ class EngineClient:
         if seq <= self._acked_seq:
             return
         self._acked_seq = seq
-        unacked = self._unacked
-        head = self._head
-        while head < len(unacked) and unacked[head][0] <= seq:
-            head += 1
-        if head > 4096 and head * 2 > len(unacked):
-            del unacked[:head]
-            head = 0
-        self._head = head
+        self._head = trim_acked(self._unacked, self._head, seq)
         # The ack marker rides along with the next batch; a lost marker only costs a resend.
         self._wake_writer.set()
         self._pulse()

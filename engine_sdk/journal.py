@@ -39,6 +39,20 @@ EVENTS_FILE: Final = "events.jsonl"
 COMMANDS_FILE: Final = "commands.jsonl"
 
 
+def trim_acked(unacked: list[tuple[int, bytes]], head: int, seq: int) -> int:
+    """Move ``head`` past the entries acked by ``seq``; return the new head.
+
+    Acked entries are dropped from the front of the list only once they are many and most of
+    it, so each ack costs O(entries acked) instead of a list copy.
+    """
+    while head < len(unacked) and unacked[head][0] <= seq:
+        head += 1
+    if head > 4096 and head * 2 > len(unacked):
+        del unacked[:head]
+        head = 0
+    return head
+
+
 class JournalCorrupt(Exception):
     """The journal cannot be read back; refusing to guess the next seq."""
 
@@ -196,14 +210,7 @@ class Journal:
             return
         self.acked_seq = seq
         self.last_seq = max(self.last_seq, seq)
-        unacked = self._unacked
-        head = self._head
-        while head < len(unacked) and unacked[head][0] <= seq:
-            head += 1
-        if head > 4096 and head * 2 > len(unacked):
-            del unacked[:head]
-            head = 0
-        self._head = head
+        self._head = trim_acked(self._unacked, self._head, seq)
 
     def maybe_compact(self) -> bool:
         # Compact when the file is big and at least half of it is dead weight, so the cost of a
