@@ -71,15 +71,11 @@ class EngineConsumer(AsyncWebsocketConsumer):
         frame = decoded.frame
         if frame is None:
             await self.send_frames(decoded.errors)
-        elif isinstance(frame, p.Heartbeat):
-            await database_sync_to_async(gateway.heartbeat)(self.engine_id, frame)
         elif isinstance(frame, p.Hello):
             await self.send_frames([p.Error(code="invalid_frame", message="hello was already sent",
                                             field="type")])  # fmt: skip
-        elif isinstance(frame, p.CommandAck):
-            await database_sync_to_async(gateway.command_ack)(self.engine_id, frame)
-        elif isinstance(frame, p.CommandResult):
-            await database_sync_to_async(gateway.command_result)(self.engine_id, frame)
+        elif not isinstance(frame, p.Events):
+            await database_sync_to_async(gateway.record)(self.engine_id, frame)
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if not isinstance(decoded.frame, p.Hello):

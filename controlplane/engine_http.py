@@ -53,13 +53,12 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     if isinstance(frame, p.Hello):
         frames = gateway.hello(engine, frame, connection_id=None)
         return _frames(frames, 200 if isinstance(frames[0], p.Welcome) else 400)
+    if isinstance(frame, p.Events):  # decoded.events is set for every events frame
+        return _frames([])
+    gateway.record(engine.pk, frame)
+    # Over HTTP the answer to a heartbeat is the server's liveness signal (the dead-man's).
     if isinstance(frame, p.Heartbeat):
-        gateway.heartbeat(engine.pk, frame)
         return _frames([p.ServerHeartbeat(ts=p.utc_now())])
-    if isinstance(frame, p.CommandAck):
-        gateway.command_ack(engine.pk, frame)
-    elif isinstance(frame, p.CommandResult):
-        gateway.command_result(engine.pk, frame)
     return _frames([])
 
 

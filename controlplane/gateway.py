@@ -227,6 +227,16 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> None:
         log.warning("engine %s: heartbeat not recorded: %s", engine_id, exc)
 
 
+def record(engine_id: int, frame: p.Heartbeat | p.CommandAck | p.CommandResult) -> None:
+    """Store what a heartbeat, command_ack or command_result says; they get no answer."""
+    if isinstance(frame, p.Heartbeat):
+        heartbeat(engine_id, frame)
+    elif isinstance(frame, p.CommandAck):
+        command_ack(engine_id, frame)
+    else:
+        command_result(engine_id, frame)
+
+
 def current_connection(engine_id: int) -> uuid.UUID | None:
     return Engine.objects.filter(pk=engine_id).values_list("connection_id", flat=True).first()
 
