@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from controlplane import gateway
+from controlplane import delivery, gateway
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,9 @@ class EngineConsumer(AsyncWebsocketConsumer):
     connection_id: uuid.UUID
     greeted = False
     _heartbeat_task: asyncio.Task[None] | None = None
+    # Command pushes that arrived while the hello was being answered: sent right after the
+    # welcome (the engine applies each command_id once, so a repeat is harmless).
+    _early_frames: list[str] | None = None
 
     async def connect(self) -> None:
         token = gateway.bearer_token(self.scope.get("headers", []))
@@ -39,7 +42,9 @@ class EngineConsumer(AsyncWebsocketConsumer):
         self.engine = engine
         self.engine_id = engine.pk
         self.connection_id = uuid.uuid4()
+        self._early_frames = []
         await self.channel_layer.group_add(engine_group(engine.pk), self.channel_name)
+        await self.channel_layer.group_add(delivery.COMMANDS_GROUP, self.channel_name)
 
     async def disconnect(self, code: int) -> None:
         if self._heartbeat_task is not None:
@@ -47,6 +52,7 @@ class EngineConsumer(AsyncWebsocketConsumer):
         if self.engine_id is None:
             return
         await self.channel_layer.group_discard(engine_group(self.engine_id), self.channel_name)
+        await self.channel_layer.group_discard(delivery.COMMANDS_GROUP, self.channel_name)
         if self.greeted:
             await database_sync_to_async(gateway.disconnect)(self.engine_id, self.connection_id)
 
@@ -75,7 +81,12 @@ class EngineConsumer(AsyncWebsocketConsumer):
             await self.send_frames([p.Error(code="invalid_frame", message="hello was already sent",
                                             field="type")])  # fmt: skip
         elif not isinstance(frame, p.Events):
-            await database_sync_to_async(gateway.record)(self.engine_id, frame)
+            # Not thread-sensitive: acks from a hundred engines after a fleet kill are written
+            # in parallel instead of queueing on one thread.
+            answer = await database_sync_to_async(gateway.record, thread_sensitive=False)(
+                self.engine_id, frame
+            )
+            await self.send_frames(answer)
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if not isinstance(decoded.frame, p.Hello):
@@ -94,6 +105,9 @@ class EngineConsumer(AsyncWebsocketConsumer):
             await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
             return
         self.greeted = True
+        early, self._early_frames = self._early_frames or [], None
+        for text in early:
+            await self.send(text_data=text)
         # The newest connection of an engine wins; older ones close with 4409.
         await self.channel_layer.group_send(
             engine_group(self.engine_id),
@@ -108,6 +122,22 @@ class EngineConsumer(AsyncWebsocketConsumer):
         current = await database_sync_to_async(gateway.current_connection)(self.engine_id)
         if current != self.connection_id:
             await self.close(code=p.CLOSE_REPLACED)
+
+    async def engine_commands(self, message: dict[str, Any]) -> None:
+        """A command push (controlplane.delivery): send this engine's frames, if any."""
+        entries = message["frames"].get(str(self.engine_id))
+        if not entries:
+            return
+        if not self.greeted:
+            if self._early_frames is not None:
+                self._early_frames.extend(text for _, text in entries)
+            return
+        for _, text in entries:
+            await self.send(text_data=text)
+        ids = [uuid.UUID(command_id) for command_id, _ in entries]
+        await database_sync_to_async(gateway.mark_delivered, thread_sensitive=False)(
+            self.engine_id, ids
+        )
 
     async def _heartbeats(self) -> None:
         interval = settings.ENGINE_HEARTBEAT_INTERVAL_S

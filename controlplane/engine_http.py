@@ -55,10 +55,11 @@ def post_frame(request: HttpRequest) -> HttpResponse:
         return _frames(frames, 200 if isinstance(frames[0], p.Welcome) else 400)
     if isinstance(frame, p.Events):  # decoded.events is set for every events frame
         return _frames([])
-    gateway.record(engine.pk, frame)
-    # Over HTTP the answer to a heartbeat is the server's liveness signal (the dead-man's).
+    commands = gateway.record(engine.pk, frame)
+    # Over HTTP the answer to a heartbeat is the server's liveness signal (the dead-man's),
+    # followed by any command not delivered yet.
     if isinstance(frame, p.Heartbeat):
-        return _frames([p.ServerHeartbeat(ts=p.utc_now())])
+        return _frames([p.ServerHeartbeat(ts=p.utc_now()), *commands])
     return _frames([])
 
 

@@ -17,10 +17,12 @@ from typing import Any
 import msgspec
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 
+from controlplane.audit import audit_record
 from controlplane.ingest import IngestResult, ingest_events
-from controlplane.models import Command, Engine, hash_token
+from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -95,45 +97,102 @@ def bearer_token(headers: Any) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def pending_commands(engine_id: int, *, now: datetime | None = None) -> list[p.Command]:
-    """Commands without a result that have not expired, oldest first.
+def pending_commands(
+    engine_id: int, *, now: datetime | None = None, undelivered_only: bool = False
+) -> list[p.Command]:
+    """Commands without a result that have not expired, oldest first, marked delivered.
 
-    An acknowledged command is sent again too: an engine that crashed between its ack and its
-    result must still carry it out (the engine applies each command_id once).
+    On a (re)connection every open command is sent again, acknowledged ones too: an engine that
+    crashed between its ack and its result must still carry it out (the engine applies each
+    command_id once). On a heartbeat only the undelivered ones are: those a lost push left behind.
     """
     now = now or datetime.now(UTC)
+    statuses = [Command.Status.PENDING] if undelivered_only else list(Command.OPEN)
     with transaction.atomic():
+        _expire(engine_id, now)
         commands = list(
             Command.objects.select_for_update(skip_locked=True)
-            .filter(engine_id=engine_id, status__in=Command.OPEN)
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .filter(engine_id=engine_id, status__in=statuses)
             .order_by("created_at")
         )
-        fresh = [c.pk for c in commands if c.status == Command.Status.PENDING]
-        if fresh:
+        if commands:
+            Command.objects.filter(pk__in=[c.pk for c in commands]).update(
+                delivery_attempts=F("delivery_attempts") + 1
+            )
+            fresh = [c.pk for c in commands if c.status == Command.Status.PENDING]
             Command.objects.filter(pk__in=fresh, status=Command.Status.PENDING).update(
                 status=Command.Status.DELIVERED, delivered_at=now
             )
     return [command_frame(c) for c in commands]
 
 
+def _expire(engine_id: int, now: datetime) -> None:
+    # Only commands the engine has not acknowledged: an acknowledged one is the engine's to
+    # finish, and it reports an expired one as failed itself.
+    Command.objects.filter(
+        engine_id=engine_id,
+        status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
+        expires_at__lte=now,
+    ).update(status=Command.Status.EXPIRED, completed_at=now, detail="expired before delivery")
+
+
+def mark_delivered(engine_id: int, command_ids: list[uuid.UUID]) -> None:
+    """A push reached the engine's socket (the engine may have acknowledged it already)."""
+    now = datetime.now(UTC)
+    Command.objects.filter(
+        pk__in=command_ids, engine_id=engine_id, status=Command.Status.PENDING
+    ).update(status=Command.Status.DELIVERED, delivered_at=now)
+    Command.objects.filter(pk__in=command_ids, engine_id=engine_id).update(
+        delivery_attempts=F("delivery_attempts") + 1
+    )
+
+
 def command_ack(engine_id: int, frame: p.CommandAck) -> None:
     # Conditional updates: a repeated or late ack never moves a command backwards, and an
-    # engine can only touch its own commands.
+    # engine can only touch its own commands. A push acknowledged before it was marked
+    # delivered gets its delivered_at too.
+    now = datetime.now(UTC)
     Command.objects.filter(
         pk=frame.command_id,
         engine_id=engine_id,
         status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
-    ).update(status=Command.Status.ACKNOWLEDGED, acknowledged_at=datetime.now(UTC))
+    ).update(
+        status=Command.Status.ACKNOWLEDGED,
+        acknowledged_at=now,
+        delivered_at=Coalesce("delivered_at", Value(now)),
+    )
 
 
 def command_result(engine_id: int, frame: p.CommandResult) -> None:
     now = datetime.now(UTC)
-    Command.objects.filter(
-        pk=frame.command_id, engine_id=engine_id, status__in=Command.OPEN
-    ).update(status=frame.status, completed_at=now, result=frame.data, detail=frame.detail)
-    if frame.trading_state is not None:
-        Engine.objects.filter(pk=engine_id).update(reported_state=frame.trading_state)
+    with transaction.atomic():
+        command = (
+            Command.objects.select_for_update()
+            .filter(pk=frame.command_id, engine_id=engine_id, status__in=Command.OPEN)
+            .select_related("engine")
+            .first()
+        )
+        if command is not None:
+            command.status = frame.status
+            command.completed_at = now
+            command.acknowledged_at = command.acknowledged_at or now
+            command.delivered_at = command.delivered_at or now
+            command.result = frame.data
+            command.detail = frame.detail
+            command.save(update_fields=[
+                "status", "completed_at", "acknowledged_at", "delivered_at", "result", "detail",
+            ])  # fmt: skip
+            audit_record(
+                action=f"command_{command.kind}_result",
+                actor_label=f"engine:{command.engine.name}",
+                target=command,
+                outcome=frame.status,
+                reason=frame.detail[:2000],
+                data={"data": frame.data, "trading_state": frame.trading_state,
+                      "batch": str(command.batch_id) if command.batch_id else None},
+            )  # fmt: skip
+        if frame.trading_state is not None:
+            Engine.objects.filter(pk=engine_id).update(reported_state=frame.trading_state)
 
 
 def command_frame(command: Command) -> p.Command:
@@ -173,7 +232,13 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     if connection_id is not None:
         update |= {"connected": True, "connection_id": connection_id}
     Engine.objects.filter(pk=engine.pk).update(**update)
-    engine.refresh_from_db(fields=["last_seq", "desired_state"])
+    engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until"])
+    latched = enforce_desired_state(engine, frame.trading_state)
+    commands = pending_commands(engine.pk)
+    if latched is not None:
+        # The latched command goes before anything else, whatever its age among the others.
+        first = [c for c in commands if c.command_id == latched]
+        commands = first + [c for c in commands if c.command_id != latched]
     welcome = p.Welcome(
         protocol=p.PROTOCOL_VERSION,
         engine_id=engine.pk,
@@ -183,7 +248,7 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         desired_state=engine.desired_state,  # type: ignore[arg-type]
         limits_version=0,
         limits=[],
-        commands=pending_commands(engine.pk),
+        commands=commands,
     )
     return [welcome]
 
@@ -217,24 +282,78 @@ def _advance_watermark(engine_id: int, seq: int) -> None:
     Engine.objects.filter(pk=engine_id).update(last_seq=Greatest("last_seq", seq))
 
 
-def heartbeat(engine_id: int, frame: p.Heartbeat) -> None:
+def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
+    """The latch: an engine reporting a looser state than the one it should be in is told again.
+
+    A HALTED engine that says it is anything else gets a kill (its open kill, or a new one when
+    the earlier kill was carried out and then lost, say with the engine's disk); a PAUSED one that
+    says ACTIVE while the pause lasts gets the pause for the rest of its time. Returns the id of
+    the command that does it.
+    """
+    desired = engine.desired_state
+    now = datetime.now(UTC)
+    if desired == TradingState.HALTED and reported != TradingState.HALTED:
+        kind, params, expires_at = CommandKind.KILL, {"flatten": True}, None
+    elif (
+        desired == TradingState.PAUSED
+        and reported == TradingState.ACTIVE
+        and (engine.desired_until is None or engine.desired_until > now)
+    ):
+        params = {"cancel_open": False}
+        if engine.desired_until is not None:
+            params["duration"] = max(1, int((engine.desired_until - now).total_seconds()))
+        kind, expires_at = CommandKind.PAUSE, engine.desired_until
+    else:
+        return None
+    with transaction.atomic():
+        open_command = (
+            Command.objects.filter(engine_id=engine.pk, kind=kind, status__in=Command.OPEN)
+            .order_by("-created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if open_command is not None:
+            return open_command
+        command = Command.objects.create(
+            engine_id=engine.pk, kind=kind, params=params, expires_at=expires_at,
+            reason=f"the engine reported {reported} while the control plane wants it {desired}",
+            issued_by_label="control plane (latched state)",
+        )  # fmt: skip
+        audit_record(
+            action=f"command_{kind}", actor_label="control plane (latched state)", target=command,
+            reason=command.reason, data={"engine": engine.name, "reported": reported},
+        )  # fmt: skip
+    log.warning("engine %s reported %s, wants %s: sent %s again", engine.name, reported,
+                desired, kind)  # fmt: skip
+    return command.pk
+
+
+def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
+    """Record the heartbeat; answer the commands a lost push left undelivered, if any."""
     try:
         Engine.objects.filter(pk=engine_id).update(
             last_seen_at=datetime.now(UTC), reported_state=frame.trading_state
         )
+        engine = Engine.objects.only("name", "desired_state", "desired_until").get(pk=engine_id)
+        enforce_desired_state(engine, frame.trading_state)
+        return list(pending_commands(engine_id, undelivered_only=True))
     except DatabaseError as exc:
         # A heartbeat that cannot be recorded must not drop the engine's connection.
         log.warning("engine %s: heartbeat not recorded: %s", engine_id, exc)
+        return []
 
 
-def record(engine_id: int, frame: p.Heartbeat | p.CommandAck | p.CommandResult) -> None:
-    """Store what a heartbeat, command_ack or command_result says; they get no answer."""
+def record(
+    engine_id: int, frame: p.Heartbeat | p.CommandAck | p.CommandResult
+) -> list[p.ServerFrame]:
+    """Store what a heartbeat, command_ack or command_result says; a heartbeat may get commands."""
     if isinstance(frame, p.Heartbeat):
-        heartbeat(engine_id, frame)
-    elif isinstance(frame, p.CommandAck):
+        return heartbeat(engine_id, frame)
+    if isinstance(frame, p.CommandAck):
         command_ack(engine_id, frame)
     else:
         command_result(engine_id, frame)
+    return []
 
 
 def current_connection(engine_id: int) -> uuid.UUID | None:

@@ -58,6 +58,10 @@ class Engine(models.Model):
     desired_state = models.CharField(
         max_length=10, choices=TradingState.choices, default=TradingState.ACTIVE
     )
+    # Until when a desired PAUSED lasts (None: until resumed), and when the desired state last
+    # changed: an engine that reconnects in another state is sent the command again.
+    desired_until = models.DateTimeField(null=True, blank=True)
+    desired_changed_at = models.DateTimeField(null=True, blank=True)
     reported_state = models.CharField(max_length=10, choices=TradingState.choices, blank=True)
 
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -459,3 +463,82 @@ class EngineEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.engine_id}#{self.seq} {self.kind}"
+
+
+class ResumeRequest(models.Model):
+    """A resume of a killed (HALTED) engine: one person asks, a second one approves (four-eyes)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        WITHDRAWN = "withdrawn"
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="resume_requests")
+    reason = models.TextField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_label = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )  # fmt: skip
+    decided_by_label = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+    command = models.OneToOneField(
+        Command, null=True, blank=True, on_delete=models.SET_NULL, related_name="resume_request"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # At most one open request per engine: a second ask joins the first.
+            models.UniqueConstraint(
+                fields=["engine"], condition=Q(status="open"), name="resume_request_one_open"
+            ),
+            # Four-eyes, enforced by the database too: the approver is never the requester.
+            models.CheckConstraint(
+                condition=~Q(status="approved") | ~Q(decided_by=models.F("requested_by")),
+                name="resume_request_four_eyes",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"resume {self.engine} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A personal token for scripts calling /api/v1/ as the user who owns it."""
+
+    PREFIX = "cpu_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=64)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["user", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="api_token_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token_hint}…)"
+
+    @classmethod
+    def new_token(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+    def set_token(self, token: str) -> None:
+        self.token_hash = hash_token(token)
+        self.token_hint = token[: len(self.PREFIX) + 4]

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, NoReturn
 
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from controlplane import delivery
 from controlplane.audit import audit_record
-from controlplane.models import Engine, Mode, new_engine_token
+from controlplane.models import (
+    Command,
+    CommandBatch,
+    CommandKind,
+    Engine,
+    Mode,
+    ResumeRequest,
+    TradingState,
+    new_engine_token,
+)
 
 
 def engine_assign_token(*, engine: Engine) -> str:
@@ -51,3 +68,411 @@ def engine_rotate_token(
     engine.save(update_fields=["token_hash", "token_hint"])
     audit_record(action="engine_rotate_token", actor=actor, actor_label=actor_label, target=engine)
     return token
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+MAX_PAUSE_S = 7 * 24 * 3600
+MAX_EXPIRY_S = 7 * 24 * 3600
+KILL_ALL_CONFIRMATION = "KILL ALL"
+
+
+class CommandRefused(PermissionDenied):
+    """The actor may not do this. The message says what was refused and why, fit for the UI."""
+
+
+class CommandInvalid(ValidationError):
+    """The request itself is wrong (unknown kind, bad parameter, no engine selected)."""
+
+
+# The permission each kind needs. flatten of every symbol needs issue_kill (see _permission_for).
+_PERMISSION = {
+    CommandKind.PAUSE: "controlplane.issue_pause",
+    CommandKind.RESUME: "controlplane.issue_pause",
+    CommandKind.REDUCE: "controlplane.issue_reduce",
+    CommandKind.CANCEL_ALL: "controlplane.issue_reduce",
+    CommandKind.FLATTEN: "controlplane.issue_reduce",
+    CommandKind.KILL: "controlplane.issue_kill",
+}
+
+# What a new command makes obsolete among an engine's still-undelivered commands.
+_SUPERSEDES = {
+    CommandKind.KILL: (
+        CommandKind.PAUSE, CommandKind.RESUME, CommandKind.REDUCE, CommandKind.FLATTEN,
+        CommandKind.CANCEL_ALL,
+    ),
+    CommandKind.RESUME: (CommandKind.PAUSE,),
+    CommandKind.PAUSE: (CommandKind.RESUME,),
+}  # fmt: skip
+
+_EXPIRES = (CommandKind.PAUSE, CommandKind.REDUCE, CommandKind.FLATTEN, CommandKind.CANCEL_ALL)
+
+
+def _permission_for(kind: str, params: dict[str, Any]) -> str | None:
+    if kind == CommandKind.FLATTEN and not params.get("symbols"):
+        return "controlplane.issue_kill"  # flattening everything is a kill without the halt
+    return _PERMISSION.get(kind)  # type: ignore[call-overload]
+
+
+def _symbols(params: dict[str, Any], errors: dict[str, str]) -> list[str] | None:
+    symbols = params.get("symbols")
+    if symbols is None:
+        return None
+    if (
+        not isinstance(symbols, list)
+        or not symbols
+        or not all(isinstance(s, str) and s.strip() and len(s) <= 32 for s in symbols)
+    ):
+        errors["symbols"] = "symbols must be a non-empty list of instrument symbols"
+        return None
+    return sorted({s.strip() for s in symbols})
+
+
+def command_params_clean(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a command's parameters; the error names each bad field."""
+    params = dict(params or {})
+    errors: dict[str, str] = {}
+    allowed = {
+        CommandKind.PAUSE: {"duration", "cancel_open"},
+        CommandKind.RESUME: set(),
+        CommandKind.REDUCE: {"target_pct", "symbols"},
+        CommandKind.FLATTEN: {"symbols"},
+        CommandKind.CANCEL_ALL: {"symbols"},
+        CommandKind.KILL: {"flatten"},
+        CommandKind.SET_LIMITS: {"limits_version", "limits"},
+    }
+    if kind not in allowed:
+        choices = ", ".join(CommandKind.values)
+        raise CommandInvalid({"kind": f"unknown command {kind!r}; one of {choices}"})
+    unknown = sorted(set(params) - allowed[kind])  # type: ignore[index]
+    for name in unknown:
+        errors[name] = f"{kind} takes no parameter {name!r}"
+    clean: dict[str, Any] = {}
+    if kind == CommandKind.PAUSE:
+        duration = params.get("duration")
+        if duration is not None:
+            if isinstance(duration, bool) or not isinstance(duration, int | float):
+                errors["duration"] = "duration is a number of seconds"
+            elif not 0 < duration <= MAX_PAUSE_S:
+                errors["duration"] = f"duration must be from 1 to {MAX_PAUSE_S} seconds"
+            else:
+                clean["duration"] = int(duration) if float(duration).is_integer() else duration
+        cancel_open = params.get("cancel_open", False)
+        if not isinstance(cancel_open, bool):
+            errors["cancel_open"] = "cancel_open must be true or false"
+        clean["cancel_open"] = bool(cancel_open)
+    elif kind == CommandKind.REDUCE:
+        target = params.get("target_pct")
+        if target is None:
+            errors["target_pct"] = "reduce needs target_pct: the % of each position to keep"
+        elif isinstance(target, bool) or not isinstance(target, int | float):
+            errors["target_pct"] = "target_pct must be a number from 0 to 100"
+        elif not 0 <= target < 100:
+            errors["target_pct"] = "target_pct must be at least 0 and below 100"
+        else:
+            clean["target_pct"] = target
+    elif kind == CommandKind.KILL:
+        flatten = params.get("flatten", True)
+        if not isinstance(flatten, bool):
+            errors["flatten"] = "flatten must be true or false"
+        clean["flatten"] = flatten is not False
+    elif kind == CommandKind.SET_LIMITS:
+        version = params.get("limits_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            errors["limits_version"] = "limits_version must be a whole number"
+        if not isinstance(params.get("limits"), list):
+            errors["limits"] = "limits must be a list"
+        clean = {"limits_version": version, "limits": params.get("limits")}
+    if kind in (CommandKind.REDUCE, CommandKind.FLATTEN, CommandKind.CANCEL_ALL):
+        symbols = _symbols(params, errors)
+        if symbols is not None:
+            clean["symbols"] = symbols
+    if errors:
+        raise CommandInvalid(errors)
+    return clean
+
+
+def engines_select(selector: str) -> QuerySet[Engine]:
+    """Engines named by a selector: ``all``, ``live``, ``tag:<tag>``, ``engine:<name>``."""
+    engines = Engine.objects.filter(is_active=True)
+    if selector == "all":
+        return engines
+    if selector == "live":
+        return engines.filter(mode=Mode.LIVE)
+    prefix, _, value = selector.partition(":")
+    if prefix == "tag" and value:
+        return engines.filter(strategy_tags__contains=[value])
+    if prefix == "engine" and value:
+        return engines.filter(name=value)
+    raise CommandInvalid(
+        {"selector": f"unknown selector {selector!r}: use all, live, tag:<tag> or engine:<name>"}
+    )
+
+
+def kill_confirmation(selector: str) -> str:
+    """What the person must type to confirm a kill: the engine's name, or KILL ALL."""
+    prefix, _, value = selector.partition(":")
+    return value if prefix == "engine" else KILL_ALL_CONFIRMATION
+
+
+def _actor_label(actor: AbstractBaseUser | None, actor_label: str | None) -> str:
+    if actor_label:
+        return actor_label
+    return actor.get_username() if actor is not None else "system"
+
+
+def _refuse(
+    message: str,
+    *,
+    action: str,
+    actor: AbstractBaseUser | None,
+    actor_label: str | None,
+    reason: str,
+    ip_address: str | None,
+    target: Any = None,
+    data: dict[str, Any] | None = None,
+) -> NoReturn:
+    # Written before raising and outside any transaction of the caller's that would roll it back.
+    audit_record(
+        action=action, actor=actor, actor_label=actor_label, target=target, reason=reason,
+        outcome="refused", data={"refusal": message, **(data or {})}, ip_address=ip_address,
+    )  # fmt: skip
+    raise CommandRefused(message)
+
+
+def command_issue(
+    *,
+    kind: str,
+    selector: str,
+    reason: str,
+    params: dict[str, Any] | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
+    ip_address: str | None = None,
+    expires_in: timedelta | None = None,
+    approved_resume: ResumeRequest | None = None,
+) -> CommandBatch:
+    """Issue one command to every engine the selector names, as one batch.
+
+    ``actor`` None is the control plane itself (a risk limit, an alert rule): it passes the
+    permission checks and is labelled by ``actor_label``. Delivery is a push to each engine's
+    socket once the transaction commits; the gateway's heartbeat check covers a lost push, so
+    issuing never depends on Redis or Celery being up.
+    """
+    label = _actor_label(actor, actor_label)
+    reason = (reason or "").strip()
+    audit = {"action": f"command_{kind}", "actor": actor, "actor_label": label,
+             "ip_address": ip_address, "reason": reason}  # fmt: skip
+    if not reason:
+        raise CommandInvalid({"reason": "say why: a command without a reason is refused"})
+    clean = command_params_clean(kind, params)
+    if actor is not None:
+        if kind == CommandKind.SET_LIMITS:
+            _refuse("set_limits is sent by the control plane when limits change; edit the limits "
+                    "in the admin instead", **audit, data={"selector": selector})  # fmt: skip
+        permission = _permission_for(kind, clean)
+        if permission is not None and not actor.has_perm(permission):  # type: ignore[attr-defined]
+            what = "flatten every position" if kind == CommandKind.FLATTEN else kind
+            _refuse(f"{label} may not {what}: that needs the {permission.split('.')[1]} "
+                    f"permission", **audit, data={"selector": selector})  # fmt: skip
+    expires_at = None
+    if expires_in is not None:
+        if kind not in _EXPIRES:
+            raise CommandInvalid({"expires_in": f"a {kind} never expires"})
+        if not timedelta(0) < expires_in <= timedelta(seconds=MAX_EXPIRY_S):
+            raise CommandInvalid({"expires_in": f"expiry must be from 1 to {MAX_EXPIRY_S} s"})
+    if approved_resume is not None:
+        # The engine checks these: a resume out of HALTED without an approver is refused there too.
+        clean = {"approved_by": label, "requested_by": approved_resume.requested_by_label,
+                 "resume_request": approved_resume.pk}  # fmt: skip
+    engine_query = engines_select(selector)
+
+    with transaction.atomic():
+        # The engine rows are locked so that two batches to the same engine are ordered and its
+        # desired state follows the last one.
+        engines = list(engine_query.select_for_update().order_by("pk"))
+        if not engines:
+            raise CommandInvalid({"selector": f"no active engine matches {selector!r}"})
+        refusal = ""
+        if kind == CommandKind.RESUME and approved_resume is None:
+            halted = [e.name for e in engines if e.desired_state == TradingState.HALTED]
+            if halted:
+                refusal = (f"{', '.join(halted)} {'is' if len(halted) == 1 else 'are'} HALTED by "
+                           "a kill: a resume needs a resume request approved by a second "
+                           "person")  # fmt: skip
+        if not refusal:
+            now = timezone.now()
+            if expires_in is not None:
+                expires_at = now + expires_in
+            batch = CommandBatch.objects.create(
+                kind=kind, selector=selector, reason=reason, issued_by=actor, issued_by_label=label
+            )
+            commands = [
+                Command(
+                    engine=engine, batch=batch, kind=kind, params=clean, reason=reason,
+                    issued_by=actor, issued_by_label=label, expires_at=expires_at,
+                )
+                for engine in engines
+            ]  # fmt: skip
+            Command.objects.bulk_create(commands)
+            _supersede(kind, engines, commands)
+            _set_desired_states(kind, clean, engines, now)
+            audit_record(
+                target=batch, outcome="ok",
+                data={"kind": kind, "params": clean, "selector": selector,
+                      "engines": [e.name for e in engines],
+                      "expires_at": expires_at.isoformat() if expires_at else None},
+                **audit,
+            )  # fmt: skip
+            transaction.on_commit(partial(delivery.push, commands))
+    if refusal:
+        _refuse(refusal, **audit, data={"selector": selector})
+    return batch
+
+
+def _supersede(kind: str, engines: list[Engine], commands: list[Command]) -> None:
+    obsolete = _SUPERSEDES.get(kind)  # type: ignore[call-overload]
+    if not obsolete:
+        return
+    for command in commands:
+        Command.objects.filter(
+            engine_id=command.engine_id, kind__in=obsolete, status=Command.Status.PENDING,
+            created_at__lt=command.created_at,
+        ).update(
+            status=Command.Status.SUPERSEDED, completed_at=command.created_at,
+            detail=f"superseded by {kind} {command.pk} before it was delivered",
+        )  # fmt: skip
+
+
+def _set_desired_states(
+    kind: str, params: dict[str, Any], engines: list[Engine], now: datetime
+) -> None:
+    for engine in engines:
+        desired, until = engine.desired_state, engine.desired_until
+        if kind == CommandKind.KILL:
+            desired, until = TradingState.HALTED, None
+        elif kind == CommandKind.RESUME:
+            desired, until = TradingState.ACTIVE, None
+        elif kind == CommandKind.PAUSE and desired in (TradingState.ACTIVE, TradingState.PAUSED):
+            duration = params.get("duration")
+            desired = TradingState.PAUSED
+            until = now + timedelta(seconds=duration) if duration else None
+        elif kind in (CommandKind.REDUCE, CommandKind.FLATTEN) and desired != TradingState.HALTED:
+            desired, until = TradingState.REDUCING, None
+        if (desired, until) != (engine.desired_state, engine.desired_until):
+            Engine.objects.filter(pk=engine.pk).update(
+                desired_state=desired, desired_until=until, desired_changed_at=now
+            )
+            engine.desired_state, engine.desired_until = desired, until
+
+
+# --- resume after a kill: four-eyes ---------------------------------------------------------------
+
+
+def resume_request_create(
+    *,
+    engine: Engine,
+    reason: str,
+    actor: AbstractBaseUser,
+    ip_address: str | None = None,
+) -> ResumeRequest:
+    """Ask for a HALTED engine to be resumed; a second person approves or rejects."""
+    reason = (reason or "").strip()
+    label = actor.get_username()
+    audit = {"action": "resume_request", "actor": actor, "ip_address": ip_address,
+             "reason": reason, "target": engine, "actor_label": label}  # fmt: skip
+    if not reason:
+        raise CommandInvalid({"reason": "say why the engine may trade again"})
+    if not actor.has_perm("controlplane.issue_pause"):  # type: ignore[attr-defined]
+        _refuse(f"{label} may not ask for a resume", **audit)
+    with transaction.atomic():
+        locked = Engine.objects.select_for_update().get(pk=engine.pk)
+        if locked.desired_state != TradingState.HALTED:
+            raise CommandInvalid(
+                {"engine": f"{engine.name} is not HALTED ({locked.desired_state}); resume it "
+                           "directly"}
+            )  # fmt: skip
+        existing = ResumeRequest.objects.filter(engine=engine, status="open").first()
+        if existing is not None:
+            raise CommandInvalid(
+                {"engine": f"a resume of {engine.name} was already asked for by "
+                           f"{existing.requested_by_label}; it awaits approval"}
+            )  # fmt: skip
+        request = ResumeRequest.objects.create(
+            engine=engine, reason=reason, requested_by=actor, requested_by_label=label
+        )
+        audit_record(**audit | {"target": request}, data={"engine": engine.name})
+    return request
+
+
+def resume_request_approve(
+    *,
+    resume_request: ResumeRequest,
+    actor: AbstractBaseUser,
+    reason: str = "",
+    ip_address: str | None = None,
+) -> Command:
+    """The second person's approval: issues the resume that lifts the kill."""
+    label = actor.get_username()
+    audit = {"action": "resume_approve", "actor": actor, "actor_label": label,
+             "ip_address": ip_address, "reason": reason, "target": resume_request}  # fmt: skip
+    if not actor.has_perm("controlplane.approve_resume"):  # type: ignore[attr-defined]
+        _refuse(f"{label} may not approve a resume after a kill: only risk managers may", **audit)
+    if resume_request.requested_by_id == actor.pk:
+        _refuse(
+            f"{label} asked for this resume and cannot also approve it: a second person must",
+            **audit,
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        # Claimed with a conditional update: two approvers clicking at once make one resume.
+        claimed = ResumeRequest.objects.filter(pk=resume_request.pk, status="open").update(
+            status=ResumeRequest.Status.APPROVED, decided_by=actor, decided_by_label=label,
+            decided_at=now, decision_reason=reason,
+        )  # fmt: skip
+        if claimed != 1:
+            raise CommandInvalid({"resume_request": "this request was already decided"})
+        resume_request.refresh_from_db()
+        batch = command_issue(
+            kind=CommandKind.RESUME,
+            selector=f"engine:{resume_request.engine.name}",
+            reason=f"{resume_request.reason} (asked by {resume_request.requested_by_label}, "
+                   f"approved by {label})",
+            actor=actor,
+            ip_address=ip_address,
+            approved_resume=resume_request,
+        )  # fmt: skip
+        command = batch.commands.get()
+        ResumeRequest.objects.filter(pk=resume_request.pk).update(command=command)
+        audit_record(**audit, data={"engine": resume_request.engine.name,
+                                    "requested_by": resume_request.requested_by_label,
+                                    "command": str(command.pk)})  # fmt: skip
+    return command
+
+
+def resume_request_reject(
+    *,
+    resume_request: ResumeRequest,
+    actor: AbstractBaseUser,
+    reason: str,
+    ip_address: str | None = None,
+) -> ResumeRequest:
+    """A risk manager turns a request down, or its requester withdraws it."""
+    label = actor.get_username()
+    withdraw = resume_request.requested_by_id == actor.pk
+    action = "resume_withdraw" if withdraw else "resume_reject"
+    audit = {"action": action, "actor": actor, "actor_label": label, "ip_address": ip_address,
+             "reason": reason, "target": resume_request}  # fmt: skip
+    if not withdraw and not actor.has_perm("controlplane.approve_resume"):  # type: ignore[attr-defined]
+        _refuse(f"{label} may not reject a resume request: only risk managers may", **audit)
+    status = ResumeRequest.Status.WITHDRAWN if withdraw else ResumeRequest.Status.REJECTED
+    with transaction.atomic():
+        claimed = ResumeRequest.objects.filter(pk=resume_request.pk, status="open").update(
+            status=status, decided_by=actor, decided_by_label=label, decided_at=timezone.now(),
+            decision_reason=reason,
+        )  # fmt: skip
+        if claimed != 1:
+            raise CommandInvalid({"resume_request": "this request was already decided"})
+        audit_record(**audit, data={"engine": resume_request.engine.name})
+    resume_request.refresh_from_db()
+    return resume_request

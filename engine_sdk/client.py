@@ -127,6 +127,8 @@ class _PersistedState(msgspec.Struct, kw_only=True):
     trading_state: TradingState = "ACTIVE"
     paused_until: datetime | None = None
     dead_man: bool = False
+    # When the newest kill this engine obeyed was issued: a resume issued before it is stale.
+    halted_at: datetime | None = None
 
 
 class _CommandProbe(msgspec.Struct, forbid_unknown_fields=False):
@@ -199,6 +201,7 @@ class EngineClient:
 
         persisted = self._load_state()
         self._dead_man_paused = persisted.dead_man
+        self._halted_at = persisted.halted_at
         self.gate = TradingGate(
             persisted.trading_state,
             paused_until=persisted.paused_until,
@@ -339,9 +342,15 @@ class EngineClient:
         side: Side,
         quantity: Decimal | int,
         current_position: Decimal | int,
+        *,
+        liquidating: bool = False,
     ) -> None:
-        """The trading-state gate: raise OrderRejected unless this new order is allowed now."""
-        self.gate.check_order(symbol, side, quantity, current_position)
+        """The trading-state gate: raise OrderRejected unless this new order is allowed now.
+
+        ``liquidating`` is for the orders a kill or flatten command itself sends to close
+        positions: HALTED lets those through (and only those).
+        """
+        self.gate.check_order(symbol, side, quantity, current_position, liquidating=liquidating)
 
     async def close(self, *, flush_timeout: float | None = None) -> None:
         """Stop; optionally wait up to ``flush_timeout`` s for the server to ack everything.
@@ -577,6 +586,11 @@ class EngineClient:
         self._wake_sender.set()
         if self._dead_man_paused and welcome.desired_state == "ACTIVE":
             self._lift_dead_man_pause()
+        if welcome.desired_state == "HALTED" and self.gate.state != "HALTED":
+            # Latched on the server: stop at once; the kill that comes with the welcome then
+            # cancels and flattens.
+            self._dead_man_paused = False
+            self.gate.halt(reason="the control plane holds this engine HALTED")
         if welcome.last_seq < self._acked_seq:
             log.error(
                 "server reports seq %d but acked %d before: it lost events this engine can no "
@@ -730,16 +744,45 @@ class EngineClient:
     # --- commands ------------------------------------------------------------------------------
 
     async def _receive_command(self, ws: ClientConnection, command: Command) -> None:
-        await self._send(ws, protocol.encode(protocol.CommandAck(command_id=command.command_id)))
+        ack = protocol.encode(protocol.CommandAck(command_id=command.command_id))
         if command.command_id in self._commands_in_flight:
+            await self._send(ws, ack)
             return
         done = self._commands.result(command.command_id)
         if done is not None:
             # Handled before (perhaps before a restart); the server may have missed the result.
+            await self._send(ws, ack)
             await self._send(ws, protocol.encode(done))
             return
+        if command.kind == "kill" and not self._expired(command):
+            # A kill stops new orders before it is even acknowledged: no order passes the gate
+            # once the server has the ack. Cancelling and flattening follow in the handler.
+            self._halt(command)
+        await self._send(ws, ack)
         self._commands_in_flight.add(command.command_id)
         self._command_queue.put_nowait(command)
+
+    @staticmethod
+    def _expired(command: Command) -> bool:
+        return command.expires_at is not None and utc_now() >= command.expires_at
+
+    def _halt(self, command: Command) -> None:
+        if self._halted_at is None or command.issued_at > self._halted_at:
+            self._halted_at = command.issued_at
+        self._dead_man_paused = False
+        reason = f"kill by {command.issued_by}: {command.reason}".rstrip(": ")
+        if not self.gate.halt(reason=reason[:1024]):
+            self._save_state(self.gate.state, self.gate.paused_until)
+
+    def _refuse_resume(self, command: Command) -> str | None:
+        """Why a resume may not lift a kill, or None. Checked here, whatever the handler says."""
+        if command.kind != "resume" or self.gate.state != "HALTED":
+            return None
+        if self._halted_at is not None and command.issued_at < self._halted_at:
+            return "stale resume: issued before the kill that halted this engine"
+        if not command.params.get("approved_by"):
+            return "a resume out of HALTED needs a second person's approval (approved_by)"
+        return None
 
     async def _command_worker(self) -> None:
         # One at a time, in arrival order: a pause followed by a resume must end up resumed.
@@ -760,8 +803,12 @@ class EngineClient:
             await self._deliver_result(result)
 
     async def _run_command(self, command: Command) -> CommandResult:
-        if command.expires_at is not None and utc_now() >= command.expires_at:
+        refusal = self._refuse_resume(command)
+        if self._expired(command):
             outcome = CommandOutcome(status="failed", detail="expired before it was handled")
+        elif refusal is not None:
+            log.warning("engine: refused %s %s: %s", command.kind, command.command_id, refusal)
+            outcome = CommandOutcome(status="failed", detail=refusal)
         else:
             handler = self.on_command or self._default_command_handler
             try:
@@ -856,7 +903,10 @@ class EngineClient:
 
     def _save_state(self, trading_state: TradingState, paused_until: datetime | None) -> None:
         state = _PersistedState(
-            trading_state=trading_state, paused_until=paused_until, dead_man=self._dead_man_paused
+            trading_state=trading_state,
+            paused_until=paused_until,
+            dead_man=self._dead_man_paused,
+            halted_at=self._halted_at,
         )
         _write_atomically(
             self.journal_dir / STATE_FILE, [msgspec.json.encode(state)], fsync=self._fsync

@@ -7,6 +7,9 @@
 | REDUCING | only orders that shrink a position without crossing zero    | yes     |
 | HALTED   | none (latched: only an explicit state change lifts it)      | yes     |
 
+Under HALTED, the orders a kill itself sends to flatten (``liquidating=True``) follow the REDUCING
+rule: they may shrink a position without crossing zero.
+
 PAUSED may carry an end time, after which the gate goes back to ACTIVE by itself. REDUCING is
 what reduce and flatten leave behind: the engine is working positions down. HALTED is what kill
 leaves behind; nothing inside the engine (pause timers, the dead-man) moves it out of HALTED.
@@ -129,11 +132,15 @@ class TradingGate:
         side: Side,
         quantity: Decimal | int,
         current_position: Decimal | int,
+        *,
+        liquidating: bool = False,
     ) -> None:
         """Raise OrderRejected unless the current state allows this new order.
 
         ``current_position`` is signed (negative is short). To stay strict when several reducing
         orders are working at once, pass the position net of those working orders.
+        ``liquidating`` marks an order sent by a kill or flatten command to close a position:
+        HALTED lets it through when it shrinks the position without crossing zero.
         """
         if quantity <= 0:
             raise OrderRejected(f"{symbol}: quantity must be positive, got {quantity}")
@@ -142,7 +149,7 @@ class TradingGate:
         state = self.state
         if state == "ACTIVE":
             return
-        if state == "HALTED":
+        if state == "HALTED" and not liquidating:
             raise OrderRejected(f"{symbol}: trading is HALTED; only cancels are allowed")
         signed = quantity if side == "buy" else -quantity
         after = current_position + signed

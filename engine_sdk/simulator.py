@@ -115,7 +115,13 @@ class SimClient(Protocol):
     def emit(self, event: p.Event) -> int: ...
 
     def check_order(
-        self, symbol: str, side: Side, quantity: Decimal | int, current_position: Decimal | int
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal | int,
+        current_position: Decimal | int,
+        *,
+        liquidating: bool = False,
     ) -> None: ...
 
 
@@ -213,6 +219,8 @@ class PaperEngine:
         self._trend = {s: float(price) for s, price in self.prices.items()}
         # Added to what the engine reports (never to its book): a mismatch for demos and tests.
         self._position_skew: dict[str, Decimal] = {}
+        # Working orders the simulated broker refuses to cancel (see inject_stuck_orders).
+        self.stuck_orders: set[str] = set()
         self.blocked_orders = 0
         self._blocked_in_state: TradingState | None = None
         self._memory_mb = 240.0
@@ -284,6 +292,15 @@ class PaperEngine:
         """Report ``symbol`` off by ``quantity`` from now on, as a broken engine would."""
         self._position_skew[symbol] = Decimal(quantity)
         self._report_positions(self._clock(), {symbol})
+
+    def inject_stuck_orders(self, count: int) -> list[str]:
+        """Make up to ``count`` working orders uncancellable, as a broker that lost them would.
+
+        Commands that cancel them then report them as still working (a partial result).
+        """
+        stuck = sorted(self.working)[:count]
+        self.stuck_orders.update(stuck)
+        return stuck
 
     # --- stepping ------------------------------------------------------------------------------
 
@@ -629,8 +646,13 @@ class PaperEngine:
                 return CommandOutcome("succeeded", trading_state="ACTIVE")
             case "cancel_all":
                 cancelled = self._cancel_all(wanted, now)
-                return CommandOutcome("succeeded", f"{len(cancelled)} cancelled",
-                                      {"cancelled": cancelled})  # fmt: skip
+                working = self._still_working(wanted)
+                data = {"cancelled": cancelled, "working": working}
+                if working:
+                    return CommandOutcome(
+                        "partial", f"{len(cancelled)} cancelled, {len(working)} still working", data
+                    )
+                return CommandOutcome("succeeded", f"{len(cancelled)} cancelled", data)
             case "reduce" | "flatten":
                 target = params.get("target_pct", 0) if kind == "reduce" else 0
                 if isinstance(target, bool) or not isinstance(target, int | float):
@@ -655,9 +677,19 @@ class PaperEngine:
         cancelled = []
         for order in list(self.working.values()):
             if symbols is None or order.symbol in symbols:
+                if order.client_order_id in self.stuck_orders:
+                    self._log(now, "error", f"broker refused to cancel {order.client_order_id}")
+                    continue
                 self._cancel(order, now)
                 cancelled.append(order.client_order_id)
         return cancelled
+
+    def _still_working(self, symbols: set[str] | None) -> list[str]:
+        return sorted(
+            order.client_order_id
+            for order in self.working.values()
+            if symbols is None or order.symbol in symbols
+        )
 
     def _reduce(
         self, symbols: set[str] | None, target_pct: Decimal, now: datetime, *, flatten: bool = True
@@ -676,7 +708,7 @@ class PaperEngine:
                 continue
             side = _reducing_side(position)
             try:
-                self.client.check_order(symbol, side, quantity, position)
+                self.client.check_order(symbol, side, quantity, position, liquidating=True)
             except OrderRejected as exc:
                 left[symbol] = str(position)
                 problems.append(exc.reason)
@@ -685,10 +717,16 @@ class PaperEngine:
             traded[symbol] = str(_signed(side, quantity))
         self._report_positions(now, set(traded))
         self._report_account(now)
-        data: dict[str, Any] = {"cancelled": cancelled, "traded": traded, "left": left}
+        working = self._still_working(symbols)
+        data: dict[str, Any] = {
+            "cancelled": cancelled, "traded": traded, "left": left, "working": working,
+        }  # fmt: skip
         detail = f"{len(cancelled)} orders cancelled, {len(traded)} positions reduced"
+        if working:
+            detail += f", {len(working)} orders still working"
         if left:
             detail += f", {len(left)} left: " + "; ".join(problems)
+        if working or left:
             return CommandOutcome("partial", detail, data)
         return CommandOutcome("succeeded", detail, data)
 

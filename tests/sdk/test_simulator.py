@@ -15,7 +15,7 @@ import pytest
 
 from engine_sdk import protocol as p
 from engine_sdk.client import CommandOutcome, EngineClient
-from engine_sdk.gate import StateChange, TradingGate
+from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.simulator import UNIVERSE, PaperEngine
 from tests.sdk.conftest import TOKEN, FakeControlPlane, a_command
 
@@ -51,9 +51,15 @@ class RecordingClient:
         return seq
 
     def check_order(
-        self, symbol: str, side: p.Side, quantity: Decimal | int, current_position: Decimal | int
+        self,
+        symbol: str,
+        side: p.Side,
+        quantity: Decimal | int,
+        current_position: Decimal | int,
+        *,
+        liquidating: bool = False,
     ) -> None:
-        self.gate.check_order(symbol, side, quantity, current_position)
+        self.gate.check_order(symbol, side, quantity, current_position, liquidating=liquidating)
 
     def _state_changed(self, change: StateChange) -> None:
         self.emit(p.StateEvent(ts=change.at, trading_state=change.new, reason=change.reason))
@@ -272,19 +278,36 @@ async def test_reduce_trades_each_position_down_to_its_target_and_leaves_the_eng
 
 
 @pytest.mark.asyncio
-async def test_a_flatten_while_halted_is_refused_by_the_gate_and_reported_as_partial() -> None:
+async def test_a_flatten_after_a_kill_without_flatten_closes_positions_and_stays_halted() -> None:
     engine, client = paper_engine()
     tick_until(engine, lambda: holding_and_working(engine))
     await command(engine, client, "kill", flatten=False)
-    held = dict(engine.positions)
-    assert held and engine.working == {}
+    assert engine.positions and engine.working == {}
 
     outcome = await command(engine, client, "flatten")
 
+    assert outcome.status == "succeeded"
+    assert engine.positions == {}
+    assert client.trading_state == "HALTED"
+    # The strategy itself still cannot trade: only the command's own orders passed the gate.
+    with pytest.raises(OrderRejected):
+        client.check_order("AAPL", "buy", 1, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_kill_with_orders_the_broker_will_not_cancel_reports_what_is_still_working() -> (
+    None
+):
+    engine, client = paper_engine()
+    tick_until(engine, lambda: len(engine.working) >= 2)
+    stuck = engine.inject_stuck_orders(2)
+
+    outcome = await command(engine, client, "kill")
+
     assert outcome.status == "partial"
-    assert "HALTED" in outcome.detail
-    assert outcome.data["left"] == {s: str(q) for s, q in held.items()}
-    assert engine.positions == held
+    assert outcome.data["working"] == stuck
+    assert "2 orders still working" in outcome.detail
+    assert sorted(engine.working) == stuck
     assert client.trading_state == "HALTED"
 
 
@@ -389,7 +412,10 @@ async def test_a_running_engine_obeys_a_kill_sent_by_the_server(
     last_status = {e.client_order_id: e.status for e in orders}
     assert set(last_status.values()) <= TERMINAL
     assert {e.client_order_id for e in orders if e.status == "new"} == set(last_status)
-    assert not [e for e in orders if e.seq > kill_seq]
+    # After the halt, the only new orders are the kill's own flattening ones.
+    new_after_halt = [e for e in orders if e.seq > kill_seq and e.status == "new"]
+    assert len(new_after_halt) == len(result.data["traded"])
+    assert {e.symbol for e in new_after_halt} == set(result.data["traded"])
     states = [e.trading_state for e in control_plane.events_of(p.StateEvent)]
     assert states == ["HALTED"]
     ledger: dict[str, Decimal] = defaultdict(Decimal)
