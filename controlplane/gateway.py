@@ -179,8 +179,10 @@ def command_result(engine_id: int, frame: p.CommandResult) -> None:
             command.delivered_at = command.delivered_at or now
             command.result = frame.data
             command.detail = frame.detail
+            command.state_after = frame.trading_state or ""
             command.save(update_fields=[
                 "status", "completed_at", "acknowledged_at", "delivered_at", "result", "detail",
+                "state_after",
             ])  # fmt: skip
             audit_record(
                 action=f"command_{command.kind}_result",

@@ -389,6 +389,8 @@ class Command(models.Model):
     delivery_attempts = models.PositiveIntegerField(default=0)
     result = models.JSONField(default=dict, blank=True)
     detail = models.TextField(blank=True)
+    # The trading state the engine said it was in once the command was handled.
+    state_after = models.CharField(max_length=10, choices=TradingState.choices, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -410,6 +412,23 @@ class Command(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} -> {self.engine_id} ({self.status})"
+
+    @property
+    def shortfall(self) -> str:
+        """What a partial or failed command left undone, in the words the UI shows."""
+        if self.status not in (Command.Status.PARTIAL, Command.Status.FAILED):
+            return ""
+        result = self.result if isinstance(self.result, dict) else {}
+        parts = []
+        working = result.get("working")
+        if isinstance(working, list) and working:
+            parts.append(f"{len(working)} order{'s' if len(working) != 1 else ''} still working")
+        left = result.get("left")
+        if isinstance(left, dict) and left:
+            parts.append(f"{len(left)} position{'s' if len(left) != 1 else ''} still open")
+        if not parts:
+            return self.detail or str(self.status)
+        return f"{self.kind} incomplete: " + ", ".join(parts)
 
 
 class AuditEvent(models.Model):

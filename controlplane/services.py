@@ -15,6 +15,7 @@ from django.utils import timezone
 from controlplane import delivery
 from controlplane.audit import audit_record
 from controlplane.models import (
+    ApiToken,
     Command,
     CommandBatch,
     CommandKind,
@@ -22,6 +23,7 @@ from controlplane.models import (
     Mode,
     ResumeRequest,
     TradingState,
+    hash_token,
     new_engine_token,
 )
 
@@ -476,3 +478,35 @@ def resume_request_reject(
         audit_record(**audit, data={"engine": resume_request.engine.name})
     resume_request.refresh_from_db()
     return resume_request
+
+
+# --- personal API tokens --------------------------------------------------------------------------
+
+
+@transaction.atomic
+def api_token_create(
+    *, user: AbstractBaseUser, name: str, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
+    """A token for scripts acting as ``user``; returned in clear text this once only."""
+    token = ApiToken.new_token()
+    api_token = ApiToken(user=user, name=name, expires_at=expires_at)
+    api_token.set_token(token)
+    api_token.full_clean()
+    api_token.save()
+    audit_record(action="api_token_create", actor=user, target=api_token, data={"name": name})
+    return api_token, token
+
+
+def api_token_user(token: str | None) -> AbstractBaseUser | None:
+    """The active user a personal API token belongs to, or None."""
+    if not token or not token.startswith(ApiToken.PREFIX) or len(token) > 200:
+        return None
+    api_token = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
+    now = timezone.now()
+    if api_token is None or not api_token.user.is_active:
+        return None
+    if api_token.expires_at is not None and api_token.expires_at <= now:
+        return None
+    if api_token.last_used_at is None or now - api_token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
+    return api_token.user

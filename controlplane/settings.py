@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "django_celery_beat",
+    "ninja",  # only so its API docs page uses the static files it ships, not a CDN
     "controlplane",
     "risk",
     "alerts",

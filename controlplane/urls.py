@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from controlplane import engine_http, health
+from controlplane import api, engine_http, health
 
 admin.site.site_header = "Trading Control Plane"
 admin.site.site_title = "Control Plane admin"
@@ -16,6 +16,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/engine/events", engine_http.post_frame, name="engine-events"),
     path("api/v1/engine/commands", engine_http.get_commands, name="engine-commands"),
+    path("api/v1/", api.urls()),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]
