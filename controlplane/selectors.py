@@ -69,7 +69,7 @@ class BatchProgress:
 
 def batch_progress(batch: CommandBatch, commands: list[Command] | None = None) -> BatchProgress:
     if commands is None:
-        commands = list(batch.commands.select_related("engine"))
+        commands = list(batch.commands.select_related("engine").order_by("engine__name"))
     verb, test = _ACHIEVED[batch.kind]
     by_status: dict[str, int] = {}
     for command in commands:

@@ -1,0 +1,321 @@
+"""Issuing commands through the services: guards, batches, desired state, four-eyes, audit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from controlplane import selectors, services
+from controlplane.models import AuditEvent, Command, CommandBatch, Engine, ResumeRequest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def fleet(make_engine):
+    engines = [
+        make_engine("alpha", mode="live", strategy_tags=["momentum"])[0],
+        make_engine("beta", mode="live", strategy_tags=["meanrev"])[0],
+        make_engine("gamma", mode="paper", strategy_tags=["momentum"])[0],
+    ]
+    return {e.name: e for e in engines}
+
+
+def kill(actor, selector="all", **kwargs):
+    return services.command_issue(
+        kind="kill", selector=selector, reason="desk says stop", actor=actor, **kwargs
+    )
+
+
+def test_a_kill_of_the_fleet_is_one_batch_with_one_command_per_engine(fleet, risk_manager):
+    batch = kill(risk_manager, ip_address="10.0.0.7")
+
+    commands = list(batch.commands.order_by("engine__name"))
+    assert [c.engine.name for c in commands] == ["alpha", "beta", "gamma"]
+    assert {c.status for c in commands} == {Command.Status.PENDING}
+    assert {c.params["flatten"] for c in commands} == {True}
+    assert all(c.expires_at is None for c in commands)
+    assert set(Engine.objects.values_list("desired_state", flat=True)) == {"HALTED"}
+    event = AuditEvent.objects.get(action="command_kill")
+    assert (event.actor, event.outcome, event.ip_address) == ("rita-risk", "ok", "10.0.0.7")
+    assert event.reason == "desk says stop"
+    assert event.data["engines"] == ["alpha", "beta", "gamma"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "names"),
+    [
+        ("all", {"alpha", "beta", "gamma"}),
+        ("live", {"alpha", "beta"}),
+        ("tag:momentum", {"alpha", "gamma"}),
+        ("engine:beta", {"beta"}),
+    ],
+)
+def test_a_selector_names_the_engines_of_the_batch(fleet, operator, selector, names):
+    batch = services.command_issue(kind="pause", selector=selector, reason="news", actor=operator)
+
+    assert {c.engine.name for c in batch.commands.all()} == names
+
+
+def test_a_selector_that_matches_nothing_is_refused_and_issues_nothing(fleet, operator):
+    with pytest.raises(services.CommandInvalid, match="no active engine matches 'tag:nope'"):
+        services.command_issue(kind="pause", selector="tag:nope", reason="x", actor=operator)
+    with pytest.raises(services.CommandInvalid, match="unknown selector 'everything'"):
+        services.command_issue(kind="pause", selector="everything", reason="x", actor=operator)
+
+    assert not Command.objects.exists() and not CommandBatch.objects.exists()
+
+
+@pytest.mark.parametrize("persona", ["viewer", "operator", "outsider"])
+def test_only_risk_managers_may_kill_and_a_refusal_is_audited(fleet, persona, request):
+    user = request.getfixturevalue(persona)
+
+    with pytest.raises(services.CommandRefused, match="may not kill"):
+        kill(user, ip_address="10.0.0.9")
+
+    assert not Command.objects.exists()
+    assert set(Engine.objects.values_list("desired_state", flat=True)) == {"ACTIVE"}
+    event = AuditEvent.objects.get(action="command_kill")
+    assert (event.actor, event.outcome, event.ip_address) == (user.username, "refused", "10.0.0.9")
+    assert "issue_kill" in event.data["refusal"]
+
+
+def test_a_viewer_may_not_pause(fleet, viewer):
+    with pytest.raises(services.CommandRefused, match="vera-viewer may not pause"):
+        services.command_issue(kind="pause", selector="all", reason="x", actor=viewer)
+
+
+def test_an_operator_may_flatten_named_symbols_but_not_everything(fleet, operator):
+    batch = services.command_issue(
+        kind="flatten", selector="engine:alpha", reason="earnings", actor=operator,
+        params={"symbols": ["AAPL"]},
+    )  # fmt: skip
+    assert batch.commands.get().params == {"symbols": ["AAPL"]}
+
+    with pytest.raises(services.CommandRefused, match="may not flatten every position"):
+        services.command_issue(kind="flatten", selector="all", reason="x", actor=operator)
+
+
+def test_set_limits_is_never_issued_by_a_person(fleet, admin_user):
+    with pytest.raises(services.CommandRefused, match="edit the limits in the admin"):
+        services.command_issue(
+            kind="set_limits", selector="all", reason="x", actor=admin_user,
+            params={"limits_version": 2, "limits": []},
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field", "message"),
+    [
+        ("reduce", {}, "target_pct", "reduce needs target_pct"),
+        ("reduce", {"target_pct": 150}, "target_pct", "below 100"),
+        ("reduce", {"target_pct": "half"}, "target_pct", "a number"),
+        ("pause", {"duration": -5}, "duration", "from 1 to"),
+        ("pause", {"cancel_open": "yes"}, "cancel_open", "true or false"),
+        ("cancel_all", {"symbols": []}, "symbols", "non-empty list"),
+        ("kill", {"flatten": "no"}, "flatten", "true or false"),
+        ("resume", {"force": True}, "force", "takes no parameter 'force'"),
+        ("explode", {}, "kind", "unknown command 'explode'"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_field(
+    fleet, risk_manager, kind, params, field, message
+):
+    with pytest.raises(services.CommandInvalid) as caught:
+        services.command_issue(
+            kind=kind, selector="all", reason="x", actor=risk_manager, params=params
+        )
+
+    assert message in caught.value.message_dict[field][0]
+    assert not Command.objects.exists()
+
+
+def test_a_command_needs_a_reason(fleet, risk_manager):
+    with pytest.raises(services.CommandInvalid, match="without a reason"):
+        services.command_issue(kind="kill", selector="all", reason="  ", actor=risk_manager)
+
+
+def test_a_kill_never_expires_and_a_pause_may(fleet, risk_manager):
+    with pytest.raises(services.CommandInvalid, match="a kill never expires"):
+        kill(risk_manager, expires_in=timedelta(minutes=5))
+    # The database holds the line too.
+    engine = fleet["alpha"]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Command.objects.create(
+            engine=engine, kind="kill", reason="x", issued_by_label="x",
+            expires_at=timezone.now() + timedelta(minutes=1),
+        )  # fmt: skip
+
+    batch = services.command_issue(
+        kind="pause", selector="engine:alpha", reason="x", actor=risk_manager,
+        expires_in=timedelta(minutes=5),
+    )  # fmt: skip
+    assert batch.commands.get().expires_at is not None
+
+
+def test_a_timed_pause_sets_the_desired_state_until_its_end(fleet, operator):
+    before = timezone.now()
+    services.command_issue(
+        kind="pause", selector="engine:alpha", reason="fomc", actor=operator,
+        params={"duration": 600, "cancel_open": True},
+    )  # fmt: skip
+
+    alpha = Engine.objects.get(name="alpha")
+    assert alpha.desired_state == "PAUSED"
+    assert (
+        before + timedelta(seconds=599)
+        < alpha.desired_until
+        < timezone.now() + timedelta(seconds=601)
+    )
+
+
+def test_a_kill_supersedes_undelivered_pauses_but_not_delivered_ones(fleet, operator, risk_manager):
+    first = services.command_issue(
+        kind="pause", selector="engine:alpha", reason="a", actor=operator
+    )
+    second = services.command_issue(
+        kind="pause", selector="engine:beta", reason="b", actor=operator
+    )
+    Command.objects.filter(batch=second).update(status=Command.Status.DELIVERED)
+
+    kill(risk_manager)
+
+    assert first.commands.get().status == Command.Status.SUPERSEDED
+    assert "superseded by kill" in first.commands.get().detail
+    assert second.commands.get().status == Command.Status.DELIVERED
+
+
+def test_a_halted_engine_cannot_be_resumed_directly_even_by_an_admin(
+    fleet, risk_manager, admin_user
+):
+    kill(risk_manager, selector="engine:alpha")
+
+    with pytest.raises(services.CommandRefused, match="alpha is HALTED by a kill"):
+        services.command_issue(kind="resume", selector="all", reason="ok", actor=admin_user)
+
+    assert not Command.objects.filter(kind="resume").exists()
+    assert Engine.objects.get(name="alpha").desired_state == "HALTED"
+    assert AuditEvent.objects.get(action="command_resume").outcome == "refused"
+
+
+def test_a_paused_engine_is_resumed_by_an_operator(fleet, operator):
+    services.command_issue(kind="pause", selector="engine:beta", reason="a", actor=operator)
+
+    services.command_issue(kind="resume", selector="engine:beta", reason="b", actor=operator)
+
+    assert Engine.objects.get(name="beta").desired_state == "ACTIVE"
+
+
+# --- four-eyes ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def halted(fleet, risk_manager):
+    kill(risk_manager, selector="engine:alpha")
+    return Engine.objects.get(name="alpha")
+
+
+def test_a_resume_after_a_kill_is_asked_by_one_person_and_approved_by_another(
+    halted, operator, risk_manager
+):
+    request = services.resume_request_create(engine=halted, reason="bug fixed", actor=operator)
+
+    command = services.resume_request_approve(
+        resume_request=request, actor=risk_manager, reason="checked", ip_address="10.1.1.1"
+    )
+
+    assert command.kind == "resume" and command.status == Command.Status.PENDING
+    assert command.params == {
+        "approved_by": "rita-risk", "requested_by": "otto-operator", "resume_request": request.pk,
+    }  # fmt: skip
+    request.refresh_from_db()
+    assert (request.status, request.decided_by, request.command) == (
+        "approved", risk_manager, command,
+    )  # fmt: skip
+    assert Engine.objects.get(pk=halted.pk).desired_state == "ACTIVE"
+    actions = set(AuditEvent.objects.values_list("action", "outcome"))
+    assert {("resume_request", "ok"), ("resume_approve", "ok"), ("command_resume", "ok")} <= actions
+
+
+def test_four_eyes_cannot_be_satisfied_by_one_person(halted, risk_manager):
+    request = services.resume_request_create(engine=halted, reason="mine", actor=risk_manager)
+
+    with pytest.raises(services.CommandRefused, match="cannot also approve it"):
+        services.resume_request_approve(resume_request=request, actor=risk_manager)
+
+    request.refresh_from_db()
+    assert request.status == "open"
+    assert not Command.objects.filter(kind="resume").exists()
+    assert Engine.objects.get(pk=halted.pk).desired_state == "HALTED"
+    refusal = AuditEvent.objects.get(action="resume_approve")
+    assert refusal.outcome == "refused"
+    # Not even a direct write gets past the database's own check.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ResumeRequest.objects.filter(pk=request.pk).update(
+            status="approved", decided_by=risk_manager
+        )
+
+
+def test_an_operator_may_ask_but_not_approve(halted, operator, second_risk_manager):
+    request = services.resume_request_create(engine=halted, reason="x", actor=second_risk_manager)
+
+    with pytest.raises(services.CommandRefused, match="only risk managers may"):
+        services.resume_request_approve(resume_request=request, actor=operator)
+
+
+def test_a_request_is_approved_once(halted, operator, risk_manager, second_risk_manager):
+    request = services.resume_request_create(engine=halted, reason="x", actor=operator)
+    services.resume_request_approve(resume_request=request, actor=risk_manager)
+
+    with pytest.raises(services.CommandInvalid, match="already decided"):
+        services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+
+    assert Command.objects.filter(kind="resume").count() == 1
+
+
+def test_a_resume_request_needs_a_halted_engine_and_only_one_is_open(
+    fleet, halted, operator, second_risk_manager
+):
+    with pytest.raises(services.CommandInvalid, match="beta is not HALTED"):
+        services.resume_request_create(engine=fleet["beta"], reason="x", actor=operator)
+    services.resume_request_create(engine=halted, reason="x", actor=operator)
+    with pytest.raises(services.CommandInvalid, match="already asked for by otto-operator"):
+        services.resume_request_create(engine=halted, reason="y", actor=second_risk_manager)
+
+
+def test_a_rejected_request_lifts_nothing_and_the_requester_may_withdraw(
+    halted, operator, risk_manager
+):
+    request = services.resume_request_create(engine=halted, reason="x", actor=operator)
+    services.resume_request_reject(resume_request=request, actor=risk_manager, reason="not yet")
+    again = services.resume_request_create(engine=halted, reason="now?", actor=operator)
+    withdrawn = services.resume_request_reject(resume_request=again, actor=operator, reason="oops")
+
+    request.refresh_from_db()
+    assert (request.status, withdrawn.status) == ("rejected", "withdrawn")
+    assert Engine.objects.get(pk=halted.pk).desired_state == "HALTED"
+
+
+# --- progress -------------------------------------------------------------------------------------
+
+
+def test_batch_progress_counts_the_engines_that_reached_the_state(fleet, risk_manager):
+    batch = kill(risk_manager)
+    alpha, beta, gamma = batch.commands.order_by("engine__name")
+    Command.objects.filter(pk=alpha.pk).update(status="succeeded", state_after="HALTED")
+    Command.objects.filter(pk=beta.pk).update(
+        status="partial", state_after="HALTED", result={"working": ["o-1", "o-2"], "left": {}}
+    )
+
+    progress = selectors.batch_progress(batch)
+
+    assert progress.summary == "2 of 3 engines halted"
+    assert not progress.finished
+    assert progress.incomplete == ["beta: kill incomplete: 2 orders still working"]
+    Command.objects.filter(pk=gamma.pk).update(status="failed", detail="broker down")
+    progress = selectors.batch_progress(batch)
+    assert progress.finished
+    assert progress.incomplete[1] == "gamma: broker down"
