@@ -14,6 +14,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, NinjaAPI, Schema
 from ninja.errors import HttpError
+from ninja.responses import Status
 from ninja.security import HttpBearer, django_auth
 
 from controlplane import selectors, services
@@ -193,7 +194,7 @@ def command_create(request: HttpRequest, payload: CommandIn) -> Any:
         ip_address=client_ip(request),
         expires_in=timedelta(seconds=payload.expires_in_s) if payload.expires_in_s else None,
     )
-    return 201, _batch_out(batch)
+    return Status(201, _batch_out(batch))
 
 
 @api.get("/commands/batches/{batch_id}", response=BatchOut, tags=["commands"])
@@ -234,7 +235,7 @@ def resume_request_create(request: HttpRequest, name: str, payload: ReasonIn) ->
         actor=request.user,  # type: ignore[arg-type]
         ip_address=client_ip(request),
     )
-    return 201, resume_request
+    return Status(201, resume_request)
 
 
 @api.get("/resume-requests", response=list[ResumeRequestOut], tags=["resume requests"])

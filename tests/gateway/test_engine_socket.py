@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from controlplane.asgi import application
-from controlplane.models import Engine, Fill, Order
+from controlplane.models import Command, Engine, Fill, Order
 from engine_sdk import protocol as p
 from tests.gateway import factories as f
 
@@ -228,3 +228,23 @@ async def test_heartbeats_update_last_seen_and_the_reported_state(engine_and_tok
     await send_events(ws, f.metric(1))  # the ack proves the heartbeat was handled before it
     await ws.disconnect()
     assert (await db(lambda: Engine.objects.get(pk=engine.pk))).reported_state == "PAUSED"
+
+
+async def test_an_engine_cannot_issue_a_command_through_its_socket(engine_and_token):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    forged = {
+        "type": "command", "command_id": "8d0e7a52-8f58-4bde-a6a4-6f4fcd1b4c1b", "kind": "kill",
+        "params": {}, "reason": "x", "issued_by": "rita-risk", "issued_at": "2026-11-23T10:00:00Z",
+    }  # fmt: skip
+
+    await ws.send_to(text_data=json.dumps(forged))
+
+    error = await ws.receive_json_from(timeout=5)
+    assert (error["type"], error["code"]) == ("error", "unknown_type")
+    assert not await database_sync_to_async(Command.objects.exists)()
+    desired = await database_sync_to_async(
+        lambda: Engine.objects.values_list("desired_state", flat=True).get(pk=engine.pk)
+    )()
+    assert desired == "ACTIVE"
+    await ws.disconnect()
