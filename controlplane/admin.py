@@ -9,6 +9,7 @@ from controlplane import services
 from controlplane.audit import audit_record, client_ip
 from controlplane.models import (
     AccountSnapshot,
+    ApiToken,
     AuditEvent,
     Command,
     CommandBatch,
@@ -19,6 +20,7 @@ from controlplane.models import (
     MetricSample,
     Order,
     Position,
+    ResumeRequest,
 )
 
 
@@ -159,3 +161,34 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ("action", "outcome", "target_type")
     search_fields = ("actor", "target_label", "reason")
     date_hierarchy = "ts"
+
+
+@admin.register(ResumeRequest)
+class ResumeRequestAdmin(ReadOnlyAdmin):
+    """Decided in the app (Resume requests page or API), where the four-eyes rule is applied."""
+
+    list_display = (
+        "engine", "status", "requested_by_label", "created_at", "decided_by_label", "decided_at",
+    )  # fmt: skip
+    list_filter = ("status",)
+    list_select_related = ("engine",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created with `manage.py create_api_token` (shown once); revoke by deleting."""
+
+    list_display = ("name", "user", "token_hint", "created_at", "last_used_at", "expires_at")
+    list_select_related = ("user",)
+    readonly_fields = ("user", "name", "token_hint", "created_at", "last_used_at")
+    fields = ("user", "name", "token_hint", "created_at", "last_used_at", "expires_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
+        audit_record(
+            action="api_token_revoke", actor=request.user, target=obj,
+            ip_address=client_ip(request), data={"user": obj.user.get_username()},
+        )  # fmt: skip
+        super().delete_model(request, obj)
