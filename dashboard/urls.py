@@ -8,4 +8,24 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", views.fleet, name="fleet"),
+    path("commands/", views.command_issue, name="command_issue"),
+    path("commands/batches/<uuid:batch_id>/", views.batch, name="batch"),
+    path("commands/resume-requests/", views.resume_requests, name="resume_requests"),
+    path(
+        "commands/resume-requests/<int:request_id>/approve/",
+        views.resume_request_approve,
+        name="resume_request_approve",
+    ),
+    path(
+        "commands/resume-requests/<int:request_id>/reject/",
+        views.resume_request_reject,
+        name="resume_request_reject",
+    ),
+    path("engines/<slug:name>/commands/", views.engine_commands, name="engine_commands"),
+    path(
+        "engines/<slug:name>/resume-requests/",
+        views.resume_request_create,
+        name="resume_request_create",
+    ),
+    path("audit/", views.audit, name="audit"),
 ]

@@ -1,20 +1,240 @@
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
 
-from controlplane.models import Mode
-from controlplane.selectors import engine_list
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from controlplane import selectors, services
+from controlplane.audit import client_ip
+from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
+from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
+from dashboard.selectors import audit_actions, audit_event_list
+
+AUDIT_PAGE_SIZE = 50
+
+
+def _back(request: HttpRequest) -> HttpResponseRedirect:
+    """Back to the page the form was on (its ``next`` field), or the fleet."""
+    target = request.POST.get("next") or ""
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        target = reverse("dashboard:fleet")
+    return redirect(target)
+
+
+def _error_messages(request: HttpRequest, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            for error in errors:
+                messages.error(request, f"{field}: {error}")
+    else:
+        for error in exc.messages:
+            messages.error(request, error)
+
+
+def _form_errors(request: HttpRequest, form: CommandForm | ReasonForm) -> None:
+    for field, errors in form.errors.items():
+        for error in errors:
+            messages.error(request, f"{field}: {error}")
 
 
 @require_GET
 def fleet(request: HttpRequest) -> HttpResponse:
     mode = request.GET.get("mode") or None
     tag = request.GET.get("tag") or None
-    engines = list(engine_list(mode=mode, tag=tag))
+    engines = list(selectors.engine_list(mode=mode, tag=tag))
+    tags = sorted({t for e in engines for t in e.strategy_tags})
     return render(
         request,
         "dashboard/fleet.html",
-        {"engines": engines, "modes": Mode.choices, "mode": mode, "tag": tag},
+        {"engines": engines, "modes": Mode.choices, "mode": mode, "tag": tag, "tags": tags},
+    )
+
+
+@require_POST
+def command_issue(request: HttpRequest) -> HttpResponse:
+    """Every command dialog posts here; success lands on the batch page."""
+    form = CommandForm(request.POST)
+    if not form.is_valid():
+        _form_errors(request, form)
+        return _back(request)
+    kind, selector = form.cleaned_data["kind"], form.cleaned_data["selector"]
+    if kind == CommandKind.KILL:
+        expected = services.kill_confirmation(selector)
+        if form.cleaned_data["confirm"] != expected:
+            messages.error(
+                request,
+                f"Kill not issued: type {expected} exactly to confirm a kill of {selector}.",
+            )
+            return _back(request)
+    try:
+        batch = services.command_issue(
+            kind=kind,
+            selector=selector,
+            reason=form.cleaned_data["reason"],
+            params=form.params(),
+            actor=request.user,  # type: ignore[arg-type]
+            ip_address=client_ip(request),
+        )
+    except services.CommandRefused as exc:
+        messages.error(request, str(exc))
+        return _back(request)
+    except services.CommandInvalid as exc:
+        _error_messages(request, exc)
+        return _back(request)
+    messages.success(request, f"{kind} issued to {selector}.")
+    return redirect("dashboard:batch", batch_id=batch.pk)
+
+
+def _ms_after(moment: datetime | None, start: datetime) -> int | None:
+    if moment is None:
+        return None
+    # Both cut to the millisecond, as the page's script does, so a live update never jitters.
+    a = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    b = start.replace(microsecond=start.microsecond // 1000 * 1000)
+    return (a - b) // timedelta(milliseconds=1)
+
+
+def _command_rows(commands: Iterable[Command]) -> list[dict[str, Any]]:
+    return [
+        {
+            "command": c,
+            "params": ", ".join(f"{key}={value}" for key, value in sorted(c.params.items())),
+            "delivered_ms": _ms_after(c.delivered_at, c.created_at),
+            "acknowledged_ms": _ms_after(c.acknowledged_at, c.created_at),
+            "completed_ms": _ms_after(c.completed_at, c.created_at),
+        }
+        for c in commands
+    ]
+
+
+@require_GET
+@permission_required("controlplane.view_command", raise_exception=True)
+def batch(request: HttpRequest, batch_id: uuid.UUID) -> HttpResponse:
+    command_batch = get_object_or_404(CommandBatch, pk=batch_id)
+    commands = list(command_batch.commands.select_related("engine").order_by("engine__name"))
+    return render(
+        request,
+        "dashboard/batch.html",
+        {
+            "batch": command_batch,
+            "progress": selectors.batch_progress(command_batch, commands),
+            "rows": _command_rows(commands),
+        },
+    )
+
+
+@require_GET
+@permission_required("controlplane.view_command", raise_exception=True)
+def engine_commands(request: HttpRequest, name: str) -> HttpResponse:
+    engine = get_object_or_404(Engine, name=name)
+    commands = list(selectors.command_list(engine=engine, limit=200))
+    return render(
+        request,
+        "dashboard/engine_commands.html",
+        {"engine": engine, "rows": _command_rows(commands)},
+    )
+
+
+@require_GET
+@permission_required("controlplane.view_resumerequest", raise_exception=True)
+def resume_requests(request: HttpRequest) -> HttpResponse:
+    open_requests = list(selectors.resume_requests_open().order_by("created_at"))
+    return render(request, "dashboard/resume_requests.html", {"requests": open_requests})
+
+
+@require_POST
+def resume_request_create(request: HttpRequest, name: str) -> HttpResponse:
+    engine = get_object_or_404(Engine, name=name)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        _form_errors(request, form)
+        return _back(request)
+    try:
+        services.resume_request_create(
+            engine=engine,
+            reason=form.cleaned_data["reason"],
+            actor=request.user,  # type: ignore[arg-type]
+            ip_address=client_ip(request),
+        )
+    except services.CommandRefused as exc:
+        messages.error(request, str(exc))
+        return _back(request)
+    except services.CommandInvalid as exc:
+        _error_messages(request, exc)
+        return _back(request)
+    messages.success(request, f"Resume of {engine.name} asked for: a second person must approve.")
+    return redirect("dashboard:resume_requests")
+
+
+def _decide(request: HttpRequest, request_id: int, *, approve: bool) -> HttpResponse:
+    resume_request = get_object_or_404(
+        ResumeRequest.objects.select_related("engine"), pk=request_id
+    )
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        _form_errors(request, form)
+        return redirect("dashboard:resume_requests")
+    decide = services.resume_request_approve if approve else services.resume_request_reject
+    try:
+        result = decide(
+            resume_request=resume_request,
+            actor=request.user,  # type: ignore[arg-type]
+            reason=form.cleaned_data["reason"],
+            ip_address=client_ip(request),
+        )
+    except services.CommandRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard:resume_requests")
+    except services.CommandInvalid as exc:
+        _error_messages(request, exc)
+        return redirect("dashboard:resume_requests")
+    engine = resume_request.engine.name
+    if approve:
+        messages.success(request, f"Resume of {engine} approved and issued.")
+        return redirect("dashboard:batch", batch_id=result.batch_id)  # type: ignore[union-attr]
+    messages.success(request, f"Resume request for {engine} {result.status}.")  # type: ignore[union-attr]
+    return redirect("dashboard:resume_requests")
+
+
+@require_POST
+def resume_request_approve(request: HttpRequest, request_id: int) -> HttpResponse:
+    return _decide(request, request_id, approve=True)
+
+
+@require_POST
+def resume_request_reject(request: HttpRequest, request_id: int) -> HttpResponse:
+    return _decide(request, request_id, approve=False)
+
+
+@require_GET
+@permission_required("controlplane.view_auditevent", raise_exception=True)
+def audit(request: HttpRequest) -> HttpResponse:
+    form = AuditFilterForm(request.GET or None, actions=audit_actions())
+    filters: dict[str, Any] | None = {}
+    if form.is_bound:
+        # A bad filter shows its error and no rows, rather than every row.
+        filters = form.filters() if form.is_valid() else None
+    page = None
+    if filters is not None:
+        paginator = Paginator(audit_event_list(**filters), AUDIT_PAGE_SIZE)
+        page = paginator.get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "dashboard/audit.html",
+        {"form": form, "page": page, "query": query.urlencode()},
     )
