@@ -97,6 +97,19 @@ def test_a_risk_manager_kills_all_through_the_guarded_dialog_and_sees_the_shortf
     ]
     _log_in(page, uvicorn_server, risk_manager)
 
+    # A row's kill asks for the engine's name; cancelling it issues nothing.
+    page.locator('tr[data-engine="charlie"]').get_by_role("button", name="Kill").click()
+    engine_dialog = page.locator("#kill-dialog")
+    expect(engine_dialog.get_by_role("heading")).to_have_text("Kill charlie")
+    engine_submit = engine_dialog.get_by_role("button", name="Kill", exact=True)
+    engine_dialog.get_by_label("Type charlie to confirm").fill("KILL ALL")
+    expect(engine_submit).to_be_disabled()
+    engine_dialog.get_by_label("Type charlie to confirm").fill("charlie")
+    expect(engine_submit).to_be_enabled()
+    engine_dialog.get_by_role("button", name="Cancel").click()
+    expect(engine_dialog).to_be_hidden()
+    assert not CommandBatch.objects.exists()
+
     page.locator(".topbar").get_by_role("button", name="Kill all").click()
     dialog = page.locator("#kill-all-dialog")
     expect(dialog).to_be_visible()
