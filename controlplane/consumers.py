@@ -13,6 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from controlplane import delivery, gateway
+from dashboard.live import publisher
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class EngineConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_discard(delivery.COMMANDS_GROUP, self.channel_name)
         if self.greeted:
             await database_sync_to_async(gateway.disconnect)(self.engine_id, self.connection_id)
+            publisher.mark(self.engine_id)
 
     async def send_frames(self, frames: list[p.ServerFrame]) -> None:
         for frame in frames:
@@ -69,10 +71,12 @@ class EngineConsumer(AsyncWebsocketConsumer):
             await self._expect_hello(decoded)
             return
         if decoded.events is not None:
-            frames, _ = await database_sync_to_async(gateway.events, thread_sensitive=False)(
+            frames, result = await database_sync_to_async(gateway.events, thread_sensitive=False)(
                 self.engine_id, decoded
             )
             await self.send_frames(frames)
+            if result is not None and result.stored:
+                publisher.mark(self.engine_id)
             return
         frame = decoded.frame
         if frame is None:
@@ -87,6 +91,8 @@ class EngineConsumer(AsyncWebsocketConsumer):
                 self.engine_id, frame
             )
             await self.send_frames(answer)
+            if isinstance(frame, p.CommandResult):
+                publisher.mark(self.engine_id)
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if not isinstance(decoded.frame, p.Hello):
@@ -105,6 +111,7 @@ class EngineConsumer(AsyncWebsocketConsumer):
             await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
             return
         self.greeted = True
+        publisher.mark(self.engine_id)
         early, self._early_frames = self._early_frames or [], None
         for text in early:
             await self.send(text_data=text)

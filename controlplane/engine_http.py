@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import gateway
 from controlplane.models import Engine
+from dashboard.live import publisher
 from engine_sdk import protocol as p
 
 JSON = "application/json"
@@ -45,6 +46,8 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     decoded = gateway.decode_frame(request.body)
     if decoded.events is not None:
         frames, result = gateway.events(engine.pk, decoded)
+        if result is not None and result.stored:
+            publisher.mark_soon(engine.pk)
         status = 503 if result is None else 200
         return _frames(frames, status)
     frame = decoded.frame

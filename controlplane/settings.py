@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -175,7 +176,13 @@ STATIC_URL = "/static/"
 STATIC_ROOT: Path | None = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 if not IS_PRODUCTION and not STATIC_ROOT.exists():
     STATIC_ROOT = None  # demo and tests serve straight from static/ through the finders
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Plotly.js comes from the plotly wheel (its package_data), served as /static/vendor/plotly/.
+_plotly_spec = importlib.util.find_spec("plotly")
+assert _plotly_spec is not None and _plotly_spec.origin is not None
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/plotly", Path(_plotly_spec.origin).parent / "package_data"),
+]
 WHITENOISE_USE_FINDERS = True  # serve straight from static/ in demo and tests, no collectstatic
 
 # --- Email ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from controlplane import api, engine_http, health
+from dashboard import live_views
 
 admin.site.site_header = "Trading Control Plane"
 admin.site.site_title = "Control Plane admin"
@@ -17,6 +18,8 @@ urlpatterns = [
     path("api/v1/engine/events", engine_http.post_frame, name="engine-events"),
     path("api/v1/engine/commands", engine_http.get_commands, name="engine-commands"),
     path("api/v1/", api.urls()),
+    path("live/fleet.json", live_views.fleet_snapshot, name="live-fleet"),
+    path("live/engines/<slug:name>.json", live_views.engine_snapshot, name="live-engine"),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]

@@ -1,0 +1,88 @@
+"""Plotly figures of the engine page, built in Python and drawn by the Plotly.js we serve.
+
+Each function returns the figure as JSON text for the page to hand to ``Plotly.newPlot``. Live
+updates then append points with ``Plotly.extendTraces`` in the trace order fixed here: the
+``TRACES`` constants say which trace index is which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+BACKGROUND = "#11161d"
+GRID = "#253040"
+TEXT = "#c9d3df"
+GREEN = "#3fb950"
+RED = "#f85149"
+BLUE = "#58a6ff"
+AMBER = "#d29922"
+
+# Trace order of each figure, for extendTraces.
+EQUITY_TRACES = {"equity": 0, "drawdown": 1}
+LATENCY_TRACES = {"latency": 0}
+REJECTION_TRACES = {"rejection": 0}
+
+CONFIG = {
+    "displaylogo": False,
+    "responsive": True,
+    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+}
+
+
+def _layout(fig: go.Figure, *, height: int) -> go.Figure:
+    fig.update_layout(
+        template="plotly_dark",
+        height=height,
+        margin={"l": 56, "r": 16, "t": 28, "b": 32},
+        paper_bgcolor=BACKGROUND,
+        plot_bgcolor=BACKGROUND,
+        font={"color": TEXT, "size": 12},
+        showlegend=False,
+        hovermode="x unified",
+        uirevision="keep",  # live updates keep the operator's zoom
+    )
+    fig.update_xaxes(gridcolor=GRID, type="date")
+    fig.update_yaxes(gridcolor=GRID, zerolinecolor=GRID)
+    return fig
+
+
+def equity_figure(series: dict[str, list[Any]]) -> str:
+    """Equity on top, drawdown from the high-water mark (%) below, sharing the time axis."""
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06,
+        subplot_titles=("Equity", "Drawdown from high-water mark (%)"),
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=series["ts"], y=series["equity"], name="equity", mode="lines",
+                   line={"color": BLUE, "width": 1.6}),
+        row=1, col=1,
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=series["ts"], y=series["drawdown_pct"], name="drawdown", mode="lines",
+                   fill="tozeroy", line={"color": RED, "width": 1}),
+        row=2, col=1,
+    )  # fmt: skip
+    return pio.to_json(_layout(fig, height=380))
+
+
+def latency_figure(series: dict[str, list[Any]]) -> str:
+    fig = go.Figure(
+        go.Scatter(x=series["ts"], y=series["value"], name="latency", mode="lines",
+                   line={"color": AMBER, "width": 1.2})
+    )  # fmt: skip
+    fig.update_layout(title={"text": "Order latency (ms)", "font": {"size": 13}})
+    return pio.to_json(_layout(fig, height=220))
+
+
+def rejection_figure(series: dict[str, list[Any]]) -> str:
+    fig = go.Figure(
+        go.Bar(x=series["ts"], y=series["rejection_pct"], name="rejections",
+               marker={"color": RED})
+    )  # fmt: skip
+    fig.update_layout(title={"text": "Rejected orders per minute (%)", "font": {"size": 13}})
+    fig.update_yaxes(range=[0, 100])
+    return pio.to_json(_layout(fig, height=220))

@@ -1,0 +1,143 @@
+"""The browsers' live socket: /ws/live/v1 (session-authenticated, origin-checked in routing).
+
+A browser subscribes to topics (``fleet``, ``engine:<name>``). Updates from the publishers
+(dashboard.live) are merged per topic and sent at most ``MAX_SENDS_PER_S`` times a second. Every
+message to the browser carries a sequence number that grows by one; the browser fetches a fresh
+snapshot when one is missing, when it reconnects, or when this consumer says ``resync`` because a
+publisher's own sequence skipped (a message the channel layer dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from controlplane.models import Engine
+from dashboard import live
+
+MAX_SENDS_PER_S = 10
+CLOSE_FORBIDDEN = 4403
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    seq = 0
+    _flush_task: asyncio.Task[None] | None = None
+    _watch_task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        await self.accept()
+        allowed = (
+            user is not None
+            and user.is_authenticated
+            and await database_sync_to_async(user.has_perm)("controlplane.view_engine")
+        )
+        if not allowed:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.groups_joined: set[str] = set()
+        self.watching: set[int] = set()
+        self.last_seq: dict[tuple[str, str], int] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.resync: set[str] = set()
+        self.last_sent = 0.0
+        await self._send({"type": "hello"})
+
+    async def disconnect(self, code: int) -> None:
+        for task in (self._flush_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+        for group in getattr(self, "groups_joined", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        topics = content.get("subscribe") if isinstance(content, dict) else None
+        if not isinstance(topics, list):
+            await self._send({"type": "error", "message": 'send {"subscribe": [topics]}'})
+            return
+        for topic in topics:
+            group = await self._group_for(topic)
+            if group is None:
+                await self._send({"type": "error", "message": f"unknown topic {topic!r}"})
+                continue
+            if group not in self.groups_joined:
+                await self.channel_layer.group_add(group, self.channel_name)
+                self.groups_joined.add(group)
+        await self._send({"type": "subscribed", "topics": topics})
+
+    async def _group_for(self, topic: Any) -> str | None:
+        if topic == "fleet":
+            return live.FLEET_GROUP
+        if isinstance(topic, str) and topic.startswith("engine:"):
+            name = topic.removeprefix("engine:")
+            engine_id = await database_sync_to_async(
+                lambda: Engine.objects.filter(name=name).values_list("pk", flat=True).first()
+            )()
+            if engine_id is None:
+                return None
+            self.watching.add(engine_id)
+            await live.watch(engine_id)
+            if self._watch_task is None:
+                self._watch_task = asyncio.create_task(self._keep_watching())
+            return live.engine_group(engine_id)
+        return None
+
+    async def _keep_watching(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(live.WATCH_TTL_S / 3)
+                for engine_id in self.watching:
+                    await live.watch(engine_id)
+
+    # --- from the publishers ------------------------------------------------------------------
+
+    async def live_update(self, message: dict[str, Any]) -> None:
+        topic, source, seq = message["topic"], message["source"], message["seq"]
+        key = (source, topic)
+        last = self.last_seq.get(key)
+        if last is not None and seq != last + 1:
+            self.resync.add(topic)
+        self.last_seq[key] = seq
+        self._merge(topic, message)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_soon())
+
+    def _merge(self, topic: str, message: dict[str, Any]) -> None:
+        pending = self.pending.setdefault(topic, {"topic": topic})
+        if topic == "fleet":
+            rows = pending.setdefault("rows", {})
+            for row in message["rows"]:
+                rows[row["id"]] = row  # the newest row of an engine wins
+            return
+        if message.get("row") is not None:
+            pending["row"] = message["row"]
+        for name in ("positions", "orders", "rejections"):
+            pending[name] = message[name]  # whole lists: the newest wins
+        pending.setdefault("fills", [])[:0] = message["fills"]  # newest first, as on the page
+        for name in ("equity", "latency"):
+            series = pending.setdefault(name, {})
+            for column, values in message[name].items():
+                series.setdefault(column, []).extend(values)
+
+    async def _flush_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.last_sent + 1 / MAX_SENDS_PER_S - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pending, self.pending = self.pending, {}
+        resync, self.resync = self.resync, set()
+        updates = []
+        for topic, update in pending.items():
+            if topic == "fleet":
+                update = {**update, "rows": list(update["rows"].values())}
+            updates.append(update)
+        self.last_sent = loop.time()
+        await self._send({"type": "update", "updates": updates, "resync": sorted(resync)})
+
+    async def _send(self, content: dict[str, Any]) -> None:
+        self.seq += 1
+        await self.send_json({**content, "seq": self.seq})

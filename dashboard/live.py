@@ -1,0 +1,203 @@
+"""Live updates for the operators' browsers: what changed, coalesced, published per topic.
+
+The web process that holds an engine's socket marks the engine dirty as each batch is stored.
+Every ``INTERVAL_S`` one flush reads the dirty engines' fleet rows in one go (the same reads as
+the page) and publishes them on the ``fleet`` topic; for the engines someone has open on the
+engine page it also publishes what is new there (fills, equity and latency points, positions,
+working orders). So the database work is per flush, not per event or per browser.
+
+Every message carries its publisher's id and a sequence number per topic. The channel layer
+drops messages silently when it must; a browser consumer that sees a gap tells the browser to
+fetch a fresh snapshot, so a lost message never leaves a stale screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+
+from controlplane.models import Engine
+from dashboard import overview
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 0.1
+FLEET_GROUP = "live-fleet"
+WATCH_TTL_S = 30.0
+
+
+def engine_group(engine_id: int) -> str:
+    return f"live-engine-{engine_id}"
+
+
+def watch_key() -> str:
+    return f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'cp')}:live:watched"
+
+
+class _Cursor:
+    """How far the engine page's streams were published, per engine (this process only)."""
+
+    def __init__(self) -> None:
+        self.fill_id: int | None = None
+        self.equity_ts: datetime | None = None
+        self.latency_ts: datetime | None = None
+
+
+def engine_delta(engine_id: int, cursor: _Cursor) -> dict[str, Any] | None:
+    """What is new on the engine page since ``cursor`` (moved forward); None if it is gone."""
+    engine = Engine.objects.filter(pk=engine_id).first()
+    if engine is None:
+        return None
+    now = datetime.now(UTC)
+    fills = overview.engine_fills(engine, after_id=cursor.fill_id, limit=100)
+    if fills:
+        cursor.fill_id = fills[0]["id"]
+    equity = overview.equity_series(engine, since=cursor.equity_ts, limit=500)
+    if equity["ts"]:
+        cursor.equity_ts = datetime.fromisoformat(equity["ts"][-1])
+    latency = overview.metric_series(engine, "latency_ms", since=cursor.latency_ts, limit=500)
+    if latency["ts"]:
+        cursor.latency_ts = datetime.fromisoformat(latency["ts"][-1])
+    return {
+        "positions": overview.engine_positions(engine),
+        "orders": overview.engine_working_orders(engine),
+        "fills": fills,
+        "equity": equity,
+        "latency": latency,
+        "rejections": overview.rejection_series(engine, minutes=5, now=now),
+    }
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.source = uuid.uuid4().hex
+        self._dirty: set[int] = set()
+        self._seq: dict[str, int] = defaultdict(int)
+        self._cursors: dict[int, _Cursor] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.published = 0
+
+    def mark(self, engine_id: int) -> None:
+        """Note that an engine changed; call from the web process's event loop."""
+        self._dirty.add(engine_id)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop = loop
+            self._task = loop.create_task(self._run(), name="live-publisher")
+
+    def mark_soon(self, engine_id: int) -> None:
+        """The same from any thread (the HTTP engine endpoints run in worker threads)."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            self.mark(engine_id)
+        elif loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self.mark, engine_id)
+
+    async def _run(self) -> None:
+        # Runs while there is something to publish, then ends; the next mark starts it again.
+        while self._dirty:
+            started = time.monotonic()
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self.flush(dirty)
+            except Exception:
+                # A failed flush must not stop live updates for good; browsers resync on the
+                # next sequence gap or reconnect.
+                log.exception("live: publishing %d engines failed", len(dirty))
+            await asyncio.sleep(max(INTERVAL_S - (time.monotonic() - started), 0.0))
+
+    def _next(self, topic: str) -> int:
+        self._seq[topic] += 1
+        return self._seq[topic]
+
+    async def flush(self, engine_ids: set[int]) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        watched = await self._watched(layer, engine_ids)
+        rows, deltas = await database_sync_to_async(self._read, thread_sensitive=False)(
+            engine_ids, watched
+        )
+        message = {"type": "live.update", "topic": "fleet", "source": self.source,
+                   "seq": self._next("fleet"), "rows": [r.as_dict() for r in rows]}  # fmt: skip
+        await layer.group_send(FLEET_GROUP, _jsonable(message))
+        for engine_id, delta in deltas.items():
+            topic = f"engine:{engine_id}"
+            row = next((r.as_dict() for r in rows if r.id == engine_id), None)
+            message = {"type": "live.update", "topic": topic, "source": self.source,
+                       "seq": self._next(topic), "row": row, **delta}  # fmt: skip
+            await layer.group_send(engine_group(engine_id), _jsonable(message))
+        self.published += 1
+
+    def _read(
+        self, engine_ids: set[int], watched: set[int]
+    ) -> tuple[list[overview.FleetRow], dict[int, dict[str, Any]]]:
+        rows = overview.fleet_rows(engine_ids=engine_ids)
+        deltas = {}
+        for engine_id in watched:
+            delta = engine_delta(engine_id, self._cursors.setdefault(engine_id, _Cursor()))
+            if delta is not None:
+                deltas[engine_id] = delta
+        return rows, deltas
+
+    async def _watched(self, layer: Any, engine_ids: set[int]) -> set[int]:
+        """The engines among ``engine_ids`` that a browser has open (any web process)."""
+        redis = _redis()
+        if redis is None:
+            return set(engine_ids)
+        try:
+            members = await redis.zrangebyscore(watch_key(), time.time(), "+inf")
+        except Exception:  # Redis trouble: publish for every engine rather than for none
+            return set(engine_ids)
+        return {int(m) for m in members} & engine_ids
+
+
+_redis_clients: dict[int, Any] = {}
+
+
+def _redis() -> Any:
+    # One client per event loop: an asyncio Redis connection belongs to the loop that opened it.
+    from redis import asyncio as aioredis
+
+    loop = asyncio.get_running_loop()
+    client = _redis_clients.get(id(loop))
+    if client is None:
+        client = _redis_clients[id(loop)] = aioredis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
+        )
+    return client
+
+
+async def watch(engine_id: int) -> None:
+    """Say that a browser has this engine's page open, for the next WATCH_TTL_S seconds."""
+    redis = _redis()
+    with contextlib.suppress(Exception):
+        now = time.time()
+        await redis.zadd(watch_key(), {str(engine_id): now + WATCH_TTL_S})
+        await redis.zremrangebyscore(watch_key(), "-inf", now)
+
+
+def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
+    # The layer packs with msgpack: decimals and datetimes become JSON-ready values first.
+    import json
+
+    return json.loads(json.dumps(message, cls=DjangoJSONEncoder))
+
+
+publisher = Publisher()

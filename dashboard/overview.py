@@ -1,0 +1,367 @@
+"""Reads behind the fleet overview, the engine page and their live updates.
+
+The fleet overview is a constant number of queries whatever the number of engines or positions:
+one for the engines (with the latest latency as a per-engine index lookup), one aggregate each for
+positions, working orders and today's orders. The live publisher calls the same functions for
+the engines that changed, so the first render and the updates cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import (
+    Count,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
+from django.db.models.functions import Abs, Coalesce, TruncMinute
+
+from controlplane.models import (
+    AccountSnapshot,
+    Command,
+    Engine,
+    EngineLog,
+    Fill,
+    MetricSample,
+    Order,
+    Position,
+)
+
+ZERO = Decimal(0)
+
+
+def session_start(now: datetime | None = None) -> datetime:
+    """Day P&L and today's counts start at 00:00 UTC, as the gateway's day P&L does."""
+    now = now or datetime.now(UTC)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def connection_status(engine: Engine, now: datetime) -> str:
+    if not engine.connected:
+        return "offline"
+    if engine.last_seen_at is None:
+        return "stale"
+    age = (now - engine.last_seen_at).total_seconds()
+    return "online" if age <= settings.ENGINE_STALE_AFTER_S else "stale"
+
+
+@dataclass
+class FleetRow:
+    id: int
+    name: str
+    mode: str
+    strategy_tags: list[str]
+    connection: str
+    last_seen_at: str | None
+    desired_state: str
+    reported_state: str
+    equity: float | None
+    day_pnl: float
+    drawdown_pct: float
+    gross_exposure: float
+    open_positions: int
+    working_orders: int
+    mismatches: int
+    orders_today: int
+    rejected_today: int
+    rejection_rate: float | None
+    latency_ms: float | None
+    firing_alerts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FleetTotals:
+    engines: int = 0
+    online: int = 0
+    equity: float = 0.0
+    day_pnl: float = 0.0
+    gross_exposure: float = 0.0
+    open_positions: int = 0
+    working_orders: int = 0
+    mismatches: int = 0
+    halted: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _engines(
+    *, mode: str | None, tag: str | None, engine_ids: Iterable[int] | None
+) -> QuerySet[Engine]:
+    engines = Engine.objects.filter(is_active=True)
+    if mode:
+        engines = engines.filter(mode=mode)
+    if tag:
+        engines = engines.filter(strategy_tags__contains=[tag])
+    if engine_ids is not None:
+        engines = engines.filter(pk__in=list(engine_ids))
+    latest_latency = (
+        MetricSample.objects.filter(engine=OuterRef("pk"), name="latency_ms")
+        .order_by("-ts")
+        .values("value")[:1]
+    )
+    return engines.annotate(latency_ms=Subquery(latest_latency)).order_by("name")
+
+
+def fleet_rows(
+    *,
+    mode: str | None = None,
+    tag: str | None = None,
+    engine_ids: Iterable[int] | None = None,
+    now: datetime | None = None,
+) -> list[FleetRow]:
+    now = now or datetime.now(UTC)
+    engines = list(_engines(mode=mode, tag=tag, engine_ids=engine_ids))
+    if not engines:
+        return []
+    ids = [e.pk for e in engines]
+    exposure = ExpressionWrapper(
+        Abs(F("quantity")) * Coalesce(F("last_price"), F("avg_price")),
+        output_field=DecimalField(max_digits=36, decimal_places=8),
+    )
+    positions = {
+        row["engine_id"]: row
+        for row in Position.objects.filter(engine_id__in=ids)
+        .values("engine_id")
+        .annotate(
+            open=Count("pk", filter=~Q(quantity=0)),
+            gross=Sum(exposure),
+            mismatches=Count("pk", filter=Q(mismatch_since__isnull=False)),
+        )
+    }
+    working = dict(
+        Order.objects.filter(engine_id__in=ids, status__in=Order.WORKING)
+        .values("engine_id")
+        .annotate(n=Count("pk"))
+        .values_list("engine_id", "n")
+    )
+    today = {
+        row["engine_id"]: row
+        for row in Order.objects.filter(engine_id__in=ids, created_at__gte=session_start(now))
+        .values("engine_id")
+        .annotate(n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected")))
+    }
+    rows = []
+    for engine in engines:
+        pos = positions.get(engine.pk, {})
+        day = today.get(engine.pk, {})
+        orders_today = day.get("n", 0)
+        rejected = day.get("rejected", 0)
+        rows.append(
+            FleetRow(
+                id=engine.pk,
+                name=engine.name,
+                mode=engine.mode,
+                strategy_tags=list(engine.strategy_tags),
+                connection=connection_status(engine, now),
+                last_seen_at=engine.last_seen_at.isoformat() if engine.last_seen_at else None,
+                desired_state=engine.desired_state,
+                reported_state=engine.reported_state,
+                equity=float(engine.equity) if engine.equity is not None else None,
+                day_pnl=float(engine.day_pnl),
+                drawdown_pct=float(engine.drawdown_pct),
+                gross_exposure=float(pos.get("gross") or ZERO),
+                open_positions=pos.get("open", 0),
+                working_orders=working.get(engine.pk, 0),
+                mismatches=pos.get("mismatches", 0),
+                orders_today=orders_today,
+                rejected_today=rejected,
+                rejection_rate=rejected / orders_today if orders_today else None,
+                latency_ms=engine.latency_ms,  # type: ignore[attr-defined]
+            )
+        )
+    return rows
+
+
+def fleet_totals(rows: Iterable[FleetRow]) -> FleetTotals:
+    totals = FleetTotals()
+    for row in rows:
+        totals.engines += 1
+        totals.online += row.connection == "online"
+        totals.equity += row.equity or 0.0
+        totals.day_pnl += row.day_pnl
+        totals.gross_exposure += row.gross_exposure
+        totals.open_positions += row.open_positions
+        totals.working_orders += row.working_orders
+        totals.mismatches += row.mismatches
+        state = row.reported_state or "UNKNOWN"
+        totals.by_state[state] = totals.by_state.get(state, 0) + 1
+        totals.halted += state == "HALTED"
+    return totals
+
+
+# --- one engine -----------------------------------------------------------------------------------
+
+
+def slippage_bps(side: str, price: Decimal, expected: Decimal | None) -> float | None:
+    """Positive is worse than expected: paid more on a buy, got less on a sell."""
+    if expected is None or expected == 0:
+        return None
+    signed = (price - expected) if side == "buy" else (expected - price)
+    return float(signed / expected * 10_000)
+
+
+def engine_positions(engine: Engine) -> list[dict[str, Any]]:
+    rows = []
+    for pos in (
+        Position.objects.filter(engine=engine)
+        .filter(~Q(quantity=0) | Q(reported_quantity__isnull=False) & ~Q(reported_quantity=0))
+        .select_related("instrument")
+        .order_by("instrument__symbol")
+    ):
+        price = pos.last_price if pos.last_price is not None else pos.avg_price
+        rows.append(
+            {
+                "symbol": pos.instrument.symbol,
+                "sector": pos.instrument.sector,
+                "quantity": float(pos.quantity),
+                "avg_price": float(pos.avg_price),
+                "last_price": float(price),
+                "market_value": float(pos.quantity * price),
+                "unrealized_pnl": float((price - pos.avg_price) * pos.quantity),
+                "realized_pnl": float(pos.realized_pnl),
+                "reported_quantity": (
+                    float(pos.reported_quantity) if pos.reported_quantity is not None else None
+                ),
+                "mismatch_since": pos.mismatch_since.isoformat() if pos.mismatch_since else None,
+            }
+        )
+    return rows
+
+
+def engine_working_orders(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
+    return [
+        {
+            "client_order_id": o.client_order_id,
+            "symbol": o.instrument.symbol,
+            "side": o.side,
+            "order_type": o.order_type,
+            "quantity": float(o.quantity),
+            "filled_quantity": float(o.filled_quantity),
+            "limit_price": float(o.limit_price) if o.limit_price is not None else None,
+            "status": o.status,
+            "updated_at": o.updated_at.isoformat(),
+        }
+        for o in Order.objects.filter(engine=engine, status__in=Order.WORKING)
+        .select_related("instrument")
+        .order_by("-updated_at")[:limit]
+    ]
+
+
+def engine_fills(
+    engine: Engine, *, after_id: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    fills = Fill.objects.filter(engine=engine).select_related("instrument")
+    if after_id is not None:
+        fills = fills.filter(pk__gt=after_id)
+    return [
+        {
+            "id": f.pk,
+            "fill_id": f.fill_id,
+            "symbol": f.instrument.symbol,
+            "side": f.side,
+            "quantity": float(f.quantity),
+            "price": float(f.price),
+            "expected_price": float(f.expected_price) if f.expected_price is not None else None,
+            "slippage_bps": slippage_bps(f.side, f.price, f.expected_price),
+            "ts": f.ts.isoformat(),
+        }
+        for f in fills.order_by("-pk")[:limit]
+    ]
+
+
+def equity_series(engine: Engine, *, since: datetime | None = None, limit: int = 2000) -> dict:
+    """Equity points and the drawdown from the running high-water mark at each, oldest first."""
+    snapshots = AccountSnapshot.objects.filter(engine=engine)
+    if since is not None:
+        snapshots = snapshots.filter(ts__gt=since)
+    points = list(snapshots.order_by("-ts").values_list("ts", "equity")[:limit])[::-1]
+    peak = float(engine.high_water_mark) if engine.high_water_mark is not None else None
+    ts, equity, drawdown = [], [], []
+    for at, value in points:
+        v = float(value)
+        peak = v if peak is None else max(peak, v)
+        ts.append(at.isoformat())
+        equity.append(v)
+        drawdown.append(-100.0 * (peak - v) / peak if peak else 0.0)
+    return {"ts": ts, "equity": equity, "drawdown_pct": drawdown}
+
+
+def metric_series(
+    engine: Engine, name: str, *, since: datetime | None = None, limit: int = 2000
+) -> dict:
+    samples = MetricSample.objects.filter(engine=engine, name=name)
+    if since is not None:
+        samples = samples.filter(ts__gt=since)
+    points = list(samples.order_by("-ts").values_list("ts", "value")[:limit])[::-1]
+    return {"ts": [t.isoformat() for t, _ in points], "value": [v for _, v in points]}
+
+
+def rejection_series(engine: Engine, *, minutes: int = 120, now: datetime | None = None) -> dict:
+    """Orders and rejections per minute over the last ``minutes``."""
+    now = now or datetime.now(UTC)
+    buckets = (
+        Order.objects.filter(engine=engine, created_at__gte=now - timedelta(minutes=minutes))
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected")))
+        .order_by("minute")
+    )
+    ts, rate = [], []
+    for bucket in buckets:
+        ts.append(bucket["minute"].isoformat())
+        rate.append(100.0 * bucket["rejected"] / bucket["n"])
+    return {"ts": ts, "rejection_pct": rate}
+
+
+def engine_logs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    return [
+        {"ts": log.ts.isoformat(), "level": log.level, "message": log.message}
+        for log in EngineLog.objects.filter(engine=engine).order_by("-ts")[:limit]
+    ]
+
+
+def engine_commands(engine: Engine, limit: int = 20) -> list[Command]:
+    return list(Command.objects.filter(engine=engine).order_by("-created_at")[:limit])
+
+
+def engine_snapshot(engine: Engine) -> dict[str, Any]:
+    """Everything the engine page shows, as the live updates extend it."""
+    rows = fleet_rows(engine_ids=[engine.pk])
+    return {
+        "row": rows[0].as_dict() if rows else None,
+        "positions": engine_positions(engine),
+        "orders": engine_working_orders(engine),
+        "fills": engine_fills(engine),
+        "equity": equity_series(engine),
+        "latency": metric_series(engine, "latency_ms"),
+        "rejections": rejection_series(engine),
+        "logs": engine_logs(engine),
+        "commands": [
+            {
+                "id": str(c.pk),
+                "kind": c.kind,
+                "status": c.status,
+                "issued_by": c.issued_by_label,
+                "created_at": c.created_at.isoformat(),
+                "shortfall": c.shortfall,
+            }
+            for c in engine_commands(engine)
+        ],
+    }

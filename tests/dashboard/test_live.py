@@ -1,0 +1,203 @@
+"""The browsers' live socket and the snapshots behind it, over the real Redis channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import Client, override_settings
+
+from controlplane.asgi import application
+from controlplane.models import Instrument, Position
+from dashboard import live
+from dashboard.consumers import CLOSE_FORBIDDEN
+from engine_sdk import protocol as p
+from tests.gateway.test_engine_socket import greeted, send_events
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def browser(user=None, origin: bytes = b"http://testserver") -> WebsocketCommunicator:
+    headers = [(b"origin", origin), (b"host", b"testserver")]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+    ws = WebsocketCommunicator(application, "/ws/live/v1", headers=headers)
+    connected, _ = await ws.connect()
+    assert connected
+    return ws
+
+
+async def subscribed(user, *topics: str) -> WebsocketCommunicator:
+    ws = await browser(user)
+    assert (await ws.receive_json_from(5))["type"] == "hello"
+    await ws.send_json_to({"subscribe": list(topics)})
+    answer = await ws.receive_json_from(5)
+    assert answer["type"] == "subscribed", answer
+    return ws
+
+
+def order_with_fill(symbol: str, quantity: int) -> list[p.Event]:
+    """An order and its full fill, stamped now (today's counts start at midnight UTC)."""
+    now = p.utc_now()
+    return [
+        p.OrderEvent(
+            seq=1, ts=now, client_order_id="o-1", symbol=symbol, side="buy",
+            order_type="market", quantity=Decimal(quantity), status="accepted",
+            expected_price=Decimal("100"),
+        ),
+        p.FillEvent(
+            seq=2, ts=now, fill_id="f-1", client_order_id="o-1", symbol=symbol, side="buy",
+            quantity=Decimal(quantity), price=Decimal("100.05"),
+        ),
+    ]  # fmt: skip
+
+
+async def next_update(ws: WebsocketCommunicator) -> dict:
+    while True:
+        message = await ws.receive_json_from(5)
+        if message["type"] == "update":
+            return message
+
+
+async def test_a_browser_without_a_session_is_refused(engine_and_token):
+    ws = await browser(None)
+    assert (await ws.receive_output(5))["code"] == CLOSE_FORBIDDEN
+
+
+async def test_a_browser_from_a_foreign_origin_is_refused(viewer):
+    with override_settings(ALLOWED_HOSTS=["desk.example"]):
+        ws = WebsocketCommunicator(
+            application, "/ws/live/v1",
+            headers=[(b"origin", b"https://evil.example"), (b"host", b"desk.example")],
+        )  # fmt: skip
+        connected, _ = await ws.connect()
+    assert not connected
+
+
+async def test_a_stored_fill_reaches_the_fleet_subscribers_without_a_reload(
+    engine_and_token, viewer
+):
+    _, token = engine_and_token
+    screen = await subscribed(viewer, "fleet")
+    socket, _ = await greeted(token)
+    first = await next_update(screen)  # the connection itself is news on the fleet page
+    assert first["updates"][0]["rows"][0]["connection"] == "online"
+
+    await send_events(socket, *order_with_fill("AAPL", 10))
+
+    update = await next_update(screen)
+    (fleet,) = update["updates"]
+    (row,) = fleet["rows"]
+    assert (row["name"], row["open_positions"], row["orders_today"]) == ("alpha", 1, 1)
+    assert update["seq"] > first["seq"]
+    await socket.disconnect()
+    await screen.disconnect()
+
+
+async def test_updates_are_coalesced_to_at_most_ten_a_second(engine_and_token, viewer):
+    engine, _ = engine_and_token
+    screen = await subscribed(viewer, "fleet")
+    layer = get_channel_layer()
+    row = {"id": engine.pk, "name": "alpha", "day_pnl": 0.0}
+
+    for n in range(1, 51):
+        await layer.group_send(live.FLEET_GROUP, {
+            "type": "live.update", "topic": "fleet", "source": "s1", "seq": n,
+            "rows": [{**row, "day_pnl": float(n)}],
+        })  # fmt: skip
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    updates = []
+    while True:
+        update = await next_update(screen)
+        updates.append(update)
+        if update["updates"][0]["rows"][0]["day_pnl"] == 50.0:
+            break
+
+    # 50 publications, a handful of messages: the newest row of the engine wins.
+    assert len(updates) <= 2 + (loop.time() - started) * 10
+    assert [u["seq"] for u in updates] == sorted({u["seq"] for u in updates})
+    assert all(len(u["updates"][0]["rows"]) == 1 for u in updates)
+    await screen.disconnect()
+
+
+async def test_a_dropped_publication_makes_the_browser_resync(engine_and_token, viewer):
+    engine, _ = engine_and_token
+    screen = await subscribed(viewer, "fleet")
+    layer = get_channel_layer()
+    for seq in (1, 3):  # 2 was lost on the way
+        await layer.group_send(live.FLEET_GROUP, {
+            "type": "live.update", "topic": "fleet", "source": "s1", "seq": seq,
+            "rows": [{"id": engine.pk, "name": "alpha"}],
+        })  # fmt: skip
+        update = await next_update(screen)
+
+    assert update["resync"] == ["fleet"]
+    await screen.disconnect()
+
+
+async def test_the_engine_page_topic_carries_new_fills_and_equity(engine_and_token, viewer):
+    engine, token = engine_and_token
+    screen = await subscribed(viewer, "engine:alpha")
+    socket, _ = await greeted(token)
+
+    await send_events(
+        socket,
+        *order_with_fill("MSFT", 5),
+        p.AccountEvent(seq=3, ts=p.utc_now(), equity=Decimal("100500"), cash=Decimal("90000")),
+    )
+
+    found: dict = {}
+    while not (found.get("fills") and found.get("equity", {}).get("equity")):
+        update = await next_update(screen)
+        for part in update["updates"]:
+            found.update({k: v for k, v in part.items() if v})
+    assert found["topic"] == f"engine:{engine.pk}"
+    assert found["fills"][0]["symbol"] == "MSFT"
+    assert found["equity"]["equity"] == [100500.0]
+    assert found["positions"][0]["quantity"] == 5.0
+    await socket.disconnect()
+    await screen.disconnect()
+
+
+async def test_an_unknown_topic_gets_an_error_naming_it(viewer):
+    ws = await browser(viewer)
+    await ws.receive_json_from(5)
+    await ws.send_json_to({"subscribe": ["engine:nope"]})
+    error = await ws.receive_json_from(5)
+    assert error == {"type": "error", "message": "unknown topic 'engine:nope'", "seq": error["seq"]}
+    await ws.disconnect()
+
+
+@pytest.mark.django_db
+def test_the_fleet_snapshot_of_50_engines_and_5000_positions_takes_a_fixed_number_of_queries(
+    make_engine, viewer, django_assert_max_num_queries
+):
+    instruments = Instrument.objects.bulk_create(
+        [Instrument(symbol=f"S{n:03d}", sector="tech") for n in range(100)]
+    )
+    engines = [make_engine(f"e-{n:02d}")[0] for n in range(50)]
+    Position.objects.bulk_create(
+        Position(engine=e, instrument=i, quantity=Decimal(10), avg_price=Decimal(100))
+        for e in engines
+        for i in instruments
+    )
+    client = Client()
+    client.force_login(viewer)
+
+    with django_assert_max_num_queries(10):
+        body = client.get("/live/fleet.json").json()
+
+    assert len(body["rows"]) == 50
+    assert body["totals"]["open_positions"] == 5000
+    assert body["totals"]["gross_exposure"] == 50 * 100 * 10 * 100
