@@ -24,6 +24,7 @@ from controlplane.audit import audit_record
 from controlplane.ingest import IngestResult, ingest_events
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
 from engine_sdk import protocol as p
+from risk.selectors import pretrade_limits_for
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,18 @@ def command_result(engine_id: int, frame: p.CommandResult) -> None:
                 data={"data": frame.data, "trading_state": frame.trading_state,
                       "batch": str(command.batch_id) if command.batch_id else None},
             )  # fmt: skip
+        update: dict[str, Any] = {}
         if frame.trading_state is not None:
-            Engine.objects.filter(pk=engine_id).update(reported_state=frame.trading_state)
+            update["reported_state"] = frame.trading_state
+        version = frame.data.get("limits_version") if isinstance(frame.data, dict) else None
+        if (
+            command is not None
+            and command.kind == CommandKind.SET_LIMITS
+            and (isinstance(version, int) and frame.status == "succeeded")
+        ):
+            update["limits_version"] = version  # the revision the engine now enforces
+        if update:
+            Engine.objects.filter(pk=engine_id).update(**update)
 
 
 def command_frame(command: Command) -> p.Command:
@@ -234,7 +245,16 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     if connection_id is not None:
         update |= {"connected": True, "connection_id": connection_id}
     Engine.objects.filter(pk=engine.pk).update(**update)
-    engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until"])
+    engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until", "strategy_tags"])
+    # The welcome carries the current limits: set_limits not yet delivered are obsolete.
+    Command.objects.filter(
+        engine_id=engine.pk, kind=CommandKind.SET_LIMITS,
+        status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
+    ).update(
+        status=Command.Status.SUPERSEDED, completed_at=now,
+        detail="superseded by the limits sent in the welcome",
+    )  # fmt: skip
+    limits_version, limits = pretrade_limits_for(engine)
     latched = enforce_desired_state(engine, frame.trading_state)
     commands = pending_commands(engine.pk)
     if latched is not None:
@@ -248,8 +268,8 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         last_seq=engine.last_seq,
         heartbeat_interval_s=settings.ENGINE_HEARTBEAT_INTERVAL_S,
         desired_state=engine.desired_state,  # type: ignore[arg-type]
-        limits_version=0,
-        limits=[],
+        limits_version=limits_version,
+        limits=limits,
         commands=commands,
     )
     return [welcome]
@@ -268,6 +288,8 @@ def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], Inges
         frames.append(p.Error(code="internal_error", message=message))
         return frames, None
     frames.extend(result.errors)
+    if result.stored:
+        _evaluate_risk(engine_id)
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
     refused = [e.seq for e in decoded.errors if e.seq is not None]
@@ -276,6 +298,16 @@ def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], Inges
         _advance_watermark(engine_id, ack)
     frames.append(p.Ack(seq=ack))
     return frames, result
+
+
+def _evaluate_risk(engine_id: int) -> None:
+    from risk.evaluation import evaluate_engine
+
+    try:
+        evaluate_engine(engine_id)
+    except Exception:
+        # The batch is stored and must be acked; the next batch evaluates again.
+        log.exception("engine %s: post-trade risk evaluation failed", engine_id)
 
 
 def _advance_watermark(engine_id: int, seq: int) -> None:

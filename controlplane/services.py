@@ -105,6 +105,7 @@ _SUPERSEDES = {
     ),
     CommandKind.RESUME: (CommandKind.PAUSE,),
     CommandKind.PAUSE: (CommandKind.RESUME,),
+    CommandKind.SET_LIMITS: (CommandKind.SET_LIMITS,),
 }  # fmt: skip
 
 _EXPIRES = (CommandKind.PAUSE, CommandKind.REDUCE, CommandKind.FLATTEN, CommandKind.CANCEL_ALL)

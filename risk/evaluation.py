@@ -1,0 +1,253 @@
+"""Post-trade limits, evaluated as each batch of an engine is stored (not on a schedule).
+
+For each enabled post-trade limit that applies to the engine: measure the value (docs/risk.md),
+its utilisation (% of the threshold), and move the engine's LimitState: a warning when a warning
+level is crossed upwards, a breach at 100 % with the limit's action issued as a command through
+the commands service (issued by the limit), and "cleared" when the value falls back. Each move is
+claimed with a conditional update, so a batch evaluated twice never issues the action twice.
+Leaving a level needs the value to fall HYSTERESIS points below it: a value hovering at the
+threshold does not flap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Q
+
+from controlplane import services as engine_services
+from controlplane.models import CommandKind, Engine, Fill, Order, Position, TradingState
+from risk import selectors
+from risk.models import POST_TRADE, Action, Level, LimitKind, LimitState, RiskEvent, RiskLimit
+
+log = logging.getLogger(__name__)
+
+HYSTERESIS = 5.0  # points of utilisation below a level before it is left
+MIN_ORDERS_FOR_REJECTION_RATE = 20
+_CACHE_S = 1.0
+
+
+@dataclass
+class _Cache:
+    revision: int = -1
+    limits: list[RiskLimit] = field(default_factory=list)
+    checked_at: float = 0.0
+
+
+_cache = _Cache()
+
+
+def _post_trade_limits() -> list[RiskLimit]:
+    # The revision check is one cheap query; it runs at most once a second per process.
+    now = time.monotonic()
+    if now - _cache.checked_at > _CACHE_S:
+        revision = selectors.limits_revision()
+        if revision != _cache.revision:
+            _cache.limits = list(RiskLimit.objects.filter(enabled=True, kind__in=POST_TRADE))
+            _cache.revision = revision
+        _cache.checked_at = now
+    return _cache.limits
+
+
+def forget_cached_limits() -> None:
+    _cache.checked_at = 0.0
+    _cache.revision = -1
+
+
+@dataclass
+class _Book:
+    equity: Decimal | None
+    exposures: list[tuple[str, str, Decimal]]  # symbol, sector, |quantity x price|
+    day_pnl: Decimal
+    session_equity: Decimal | None
+    drawdown_pct: Decimal
+    trades_today: int | None = None
+    orders_today: tuple[int, int] | None = None  # orders, rejected
+
+
+def _book(engine: Engine, kinds: set[str]) -> _Book:
+    exposures = [
+        (symbol, sector, abs(quantity) * (last if last is not None else avg))
+        for symbol, sector, quantity, last, avg in Position.objects.filter(engine=engine)
+        .exclude(quantity=0)
+        .values_list(
+            "instrument__symbol", "instrument__sector", "quantity", "last_price", "avg_price"
+        )
+    ]
+    book = _Book(
+        equity=engine.equity, exposures=exposures, day_pnl=engine.day_pnl,
+        session_equity=engine.session_start_equity, drawdown_pct=engine.drawdown_pct,
+    )  # fmt: skip
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if LimitKind.MAX_TRADES_PER_DAY in kinds:
+        book.trades_today = Fill.objects.filter(engine=engine, ts__gte=midnight).count()
+    if LimitKind.MAX_REJECTION_RATE_PCT in kinds:
+        counts = Order.objects.filter(engine=engine, created_at__gte=midnight).aggregate(
+            n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected"))
+        )
+        book.orders_today = (counts["n"], counts["rejected"])
+    return book
+
+
+def measure(limit: RiskLimit, book: _Book) -> tuple[Decimal, str] | None:
+    """The limit's value for this engine and what it is about; None when it cannot be known."""
+    kind, scoped = limit.kind, limit.scope_value
+    equity = book.equity if book.equity and book.equity > 0 else None
+    if kind == LimitKind.MAX_POSITION_PCT:
+        rows = [(s, e) for s, _, e in book.exposures if limit.scope != "symbol" or s == scoped]
+        if equity is None:
+            return None
+        symbol, exposure = max(rows, key=lambda r: r[1], default=(scoped or "-", Decimal(0)))
+        return exposure / equity * 100, symbol
+    if kind == LimitKind.MAX_SECTOR_PCT:
+        if equity is None:
+            return None
+        sectors: dict[str, Decimal] = {}
+        for _, sector, exposure in book.exposures:
+            sectors[sector] = sectors.get(sector, Decimal(0)) + exposure
+        if limit.scope == "sector":
+            sectors = {scoped: sectors.get(scoped, Decimal(0))}
+        sector, exposure = max(sectors.items(), key=lambda r: r[1], default=("-", Decimal(0)))
+        return exposure / equity * 100, f"sector {sector or '(none)'}"
+    if kind == LimitKind.MAX_GROSS_EXPOSURE_PCT:
+        if equity is None:
+            return None
+        return sum((e for _, _, e in book.exposures), Decimal(0)) / equity * 100, "gross"
+    if kind == LimitKind.MAX_DAILY_LOSS_PCT:
+        if not book.session_equity:
+            return None
+        return max(-book.day_pnl, Decimal(0)) / book.session_equity * 100, "day loss"
+    if kind == LimitKind.MAX_DAILY_LOSS:
+        return max(-book.day_pnl, Decimal(0)), "day loss"
+    if kind == LimitKind.MAX_DRAWDOWN_PCT:
+        return book.drawdown_pct, "drawdown"
+    if kind == LimitKind.MAX_TRADES_PER_DAY and book.trades_today is not None:
+        return Decimal(book.trades_today), "trades today"
+    if kind == LimitKind.MAX_REJECTION_RATE_PCT and book.orders_today is not None:
+        orders, rejected = book.orders_today
+        if orders < MIN_ORDERS_FOR_REJECTION_RATE:
+            return Decimal(0), f"rejections ({orders} orders so far)"
+        return Decimal(rejected) / orders * 100, "rejections"
+    return None
+
+
+def evaluate_engine(engine_id: int) -> list[RiskEvent]:
+    """Evaluate the post-trade limits of one engine; returns the events it raised."""
+    limits = _post_trade_limits()
+    if not limits:
+        return []
+    engine = Engine.objects.filter(pk=engine_id).first()
+    if engine is None:
+        return []
+    applicable = [limit for limit in limits if selectors.applies_to(limit, engine)]
+    if not applicable:
+        return []
+    book = _book(engine, {limit.kind for limit in applicable})
+    events: list[RiskEvent] = []
+    for limit in applicable:
+        measured = measure(limit, book)
+        if measured is None:
+            continue
+        value, about = measured
+        utilisation = float(value / limit.threshold * 100)
+        events.extend(_move(limit, engine, value, utilisation, about))
+    return events
+
+
+def _move(
+    limit: RiskLimit, engine: Engine, value: Decimal, utilisation: float, about: str
+) -> list[RiskEvent]:
+    state, _ = LimitState.objects.get_or_create(limit=limit, engine=engine)
+    levels = sorted(limit.warning_levels or [])
+    level, warned, breached_at = state.level, state.warned_at_level, state.breached_at
+    events: list[tuple[str, int]] = []
+    if utilisation >= 100:
+        if level != Level.BREACHED:
+            level, breached_at = Level.BREACHED, datetime.now(UTC)
+            warned = max(levels, default=0)  # its warnings are passed too: none on the way back
+            events.append((RiskEvent.Kind.BREACH, 100))
+    else:
+        if level == Level.BREACHED and utilisation < 100 - HYSTERESIS:
+            level, breached_at = Level.WARNING, None
+            events.append((RiskEvent.Kind.CLEARED, 100))
+        crossed = max((lv for lv in levels if utilisation >= lv), default=0)
+        if level != Level.BREACHED and crossed > warned:
+            warned, level = crossed, Level.WARNING
+            events.append((RiskEvent.Kind.WARNING, crossed))
+        elif level != Level.BREACHED:
+            # Levels are left only HYSTERESIS points below them.
+            while warned and utilisation < warned - HYSTERESIS:
+                lower = [lv for lv in levels if lv < warned]
+                warned = lower[-1] if lower else 0
+            if warned == 0:
+                level = Level.OK
+    quantum = Decimal("0.00000001")
+    changed = (level, warned) != (state.level, state.warned_at_level)
+    if not changed and abs(utilisation - state.utilisation) < 0.5:
+        return []
+    # Claimed with a conditional update: only the evaluation that moves the state acts on it.
+    claimed = LimitState.objects.filter(
+        pk=state.pk, level=state.level, warned_at_level=state.warned_at_level
+    ).update(
+        value=value.quantize(quantum), utilisation=utilisation, level=level,
+        warned_at_level=warned, breached_at=breached_at,
+    )  # fmt: skip
+    if claimed != 1 or not changed:
+        return []
+    return [_raise(limit, engine, kind, at, value, utilisation, about) for kind, at in events]
+
+
+def _raise(
+    limit: RiskLimit, engine: Engine, kind: str, level: int, value: Decimal, utilisation: float,
+    about: str,
+) -> RiskEvent:  # fmt: skip
+    what = limit.get_kind_display()
+    if kind == RiskEvent.Kind.BREACH:
+        message = (f"{engine.name}: {what} breached ({about}: {value:.2f} against "
+                   f"{limit.threshold:.2f}); action: {limit.get_action_display()}")  # fmt: skip
+    elif kind == RiskEvent.Kind.WARNING:
+        message = (f"{engine.name}: {what} at {utilisation:.0f}% of its limit ({about}: "
+                   f"{value:.2f} of {limit.threshold:.2f})")  # fmt: skip
+    else:
+        message = f"{engine.name}: {what} back under its limit ({utilisation:.0f}%)"
+    command = None
+    if kind == RiskEvent.Kind.BREACH and limit.action != Action.ALERT:
+        command = _act(limit, engine, message)
+    event = RiskEvent.objects.create(
+        limit=limit, engine=engine, kind=kind, level=level, threshold=limit.threshold,
+        value=value.quantize(Decimal("0.00000001")), utilisation=utilisation, message=message,
+        command=command,
+    )  # fmt: skip
+    log.warning("risk: %s", message)
+    transaction.on_commit(lambda: _announce(event.pk))
+    return event
+
+
+def _act(limit: RiskLimit, engine: Engine, message: str) -> Any:
+    if engine.desired_state == TradingState.HALTED:
+        return None  # already killed, latched: nothing a limit does can loosen or repeat it
+    kind, params = {
+        Action.PAUSE: (CommandKind.PAUSE, {"cancel_open": True}),
+        Action.REDUCE: (CommandKind.REDUCE, {"target_pct": float(limit.reduce_to_pct or 0)}),
+        Action.KILL: (CommandKind.KILL, {"flatten": True}),
+    }[limit.action]  # type: ignore[index]
+    batch = engine_services.command_issue(
+        kind=kind, selector=f"engine:{engine.name}", reason=message, params=params,
+        actor=None, actor_label=f"limit #{limit.pk} {limit.kind}",
+    )  # fmt: skip
+    return batch.commands.get()
+
+
+def _announce(event_id: int) -> None:
+    """Hand the event to the alerting side, when there is one (alerts.hooks)."""
+    try:
+        from alerts import hooks
+    except ImportError:
+        return
+    hooks.risk_event(event_id)
