@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 from decimal import Decimal
 
+import msgspec
 import pytest
 from django.db import connection
 
@@ -99,6 +100,65 @@ def test_a_fill_id_resent_under_a_new_seq_is_counted_once(engine):
     assert result.ack_seq == 3
     assert Fill.objects.filter(engine=engine).count() == 1
     assert Position.objects.get(engine=engine).quantity == Decimal("10")
+
+
+def test_a_fill_id_repeated_inside_one_batch_is_counted_once(engine):
+    result = _ingest(
+        engine,
+        f.order(1, "o-1"),
+        f.fill(2, "f-1", "o-1", qty="10"),
+        f.fill(3, "f-1", "o-1", qty="10"),
+    )
+    assert result.ack_seq == 3
+    assert result.replayed == 1
+    assert list(Fill.objects.values_list("seq", flat=True)) == [2]
+    assert Position.objects.get(engine=engine).quantity == Decimal("10")
+
+
+def test_a_batch_mixing_a_stored_fill_id_with_new_fills_stores_the_new_ones(engine):
+    _ingest(engine, f.order(1, "o-1"), f.fill(2, "f-1", "o-1", qty="10"))
+    result = _ingest(
+        engine,
+        f.fill(3, "f-2", "o-1", qty="5"),
+        f.fill(4, "f-1", "o-1", qty="10"),
+        f.fill(5, "f-3", "o-1", qty="1"),
+        f.metric(6),
+    )
+    assert result.ack_seq == 6
+    assert result.stored == 3
+    assert result.replayed == 1
+    assert result.errors == []
+    assert sorted(Fill.objects.values_list("fill_id", "seq")) == [
+        ("f-1", 2),
+        ("f-2", 3),
+        ("f-3", 5),
+    ]
+    assert Position.objects.get(engine=engine).quantity == Decimal("16")
+    assert list(EngineEvent.objects.order_by("seq").values_list("seq", flat=True)) == [
+        1,
+        2,
+        3,
+        5,
+        6,
+    ]
+
+
+def test_fills_keep_their_exact_decimals_times_and_the_order_expected_price(engine):
+    ts = f.at(2).astimezone(timezone(timedelta(hours=-5)))
+    fill = msgspec.structs.replace(
+        f.fill(2, "f-1", "o-1", qty="0.00000001", price="12345678.12345678", fee="-0.5"), ts=ts
+    )
+    _ingest(engine, f.order(1, "o-1", expected="190.125"), fill)
+    stored = Fill.objects.get(engine=engine)
+    assert stored.quantity == Decimal("0.00000001")
+    assert stored.price == Decimal("12345678.12345678")
+    assert stored.fee == Decimal("-0.5")
+    assert stored.expected_price == Decimal("190.125")
+    assert stored.ts == f.at(2)
+    assert stored.order.client_order_id == "o-1"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT ts, payload->>'price' FROM controlplane_engineevent WHERE seq = 2")
+        assert cursor.fetchall() == [(f.at(2), "12345678.12345678")]
 
 
 def test_a_fill_for_an_unknown_order_is_refused_by_name_and_the_rest_is_stored(engine):
