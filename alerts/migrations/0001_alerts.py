@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("controlplane", "0004_ingest_speed"),
+        ("controlplane", "0005_ingest_speed"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
