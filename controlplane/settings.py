@@ -194,11 +194,15 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "controlplane@localhost")
 EMAIL_ENABLED = env_bool("EMAIL_ENABLED", True)
+# Alert evaluation runs in Celery; off, stored data schedules no evaluation (the sweep still runs).
+ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 
 # --- Engine gateway ------------------------------------------------------------------------------
 ENGINE_HEARTBEAT_INTERVAL_S = env_float("ENGINE_HEARTBEAT_INTERVAL_S", 2.0, minimum=0.1)
 # An engine whose last frame is older than this is shown (and alerted) as stale.
 ENGINE_STALE_AFTER_S = env_float("ENGINE_STALE_AFTER_S", 10.0, minimum=0.5)
+# Days of the raw event log kept; older days' partitions are dropped whole, once a day.
+EVENT_LOG_RETENTION_DAYS = env_int("EVENT_LOG_RETENTION_DAYS", 30, minimum=1)
 
 LOGGING = {
     "version": 1,

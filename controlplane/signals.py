@@ -35,3 +35,13 @@ def sync_roles_after_migrate(sender: Any, **kwargs: Any) -> None:
     from controlplane.roles import sync_roles
 
     sync_roles()
+
+
+def sync_periodic_tasks_after_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    from django.db import connections
+
+    from controlplane.schedules import sync_periodic_tasks
+
+    # A partial migrate (say, back to an old migration) may leave the scheduler's tables out.
+    if "django_celery_beat_periodictask" in connections[using].introspection.table_names():
+        sync_periodic_tasks()

@@ -1,0 +1,79 @@
+"""Every periodic task, in one place, written to django_celery_beat's tables after each migrate.
+
+Each entry: the task's dotted name, its schedule (seconds between runs, or a crontab in UTC) and
+``expires`` (seconds): a run that waited longer than that in the queue is dropped, so a worker
+that was down does not run a backlog of them at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from celery.schedules import crontab
+from django.db import transaction
+
+
+class PeriodicTaskSpec(TypedDict):
+    task: str
+    schedule: float | crontab
+    expires: int
+
+
+PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
+    "event log: create the coming days' partitions": {
+        "task": "controlplane.tasks.ensure_event_partitions",
+        "schedule": crontab(minute="15", hour="*/6"),
+        "expires": 3 * 3600,
+    },
+    "event log: drop days past the retention": {
+        "task": "controlplane.tasks.drop_old_event_partitions",
+        "schedule": crontab(minute="30", hour="3"),
+        "expires": 12 * 3600,
+    },
+}
+
+
+def _schedule_fields(schedule: float | crontab) -> dict[str, Any]:
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule
+
+    if isinstance(schedule, crontab):
+        row = CrontabSchedule.from_schedule(schedule)
+        if row.pk is None:
+            row.save()
+        return {"crontab": row, "interval": None}
+    interval, _ = IntervalSchedule.objects.get_or_create(
+        every=int(schedule), period=IntervalSchedule.SECONDS
+    )
+    return {"interval": interval, "crontab": None}
+
+
+def sync_periodic_tasks() -> list[str]:
+    """Create or update the PeriodicTask row of every entry; returns the names written.
+
+    Task, schedule and expiry follow the code; whether a task is enabled is left to whoever
+    manages the rows in the admin.
+    """
+    from django_celery_beat.models import PeriodicTask
+
+    written = []
+    with transaction.atomic():
+        for name, spec in PERIODIC_TASKS.items():
+            fields = {
+                "task": spec["task"],
+                "expire_seconds": spec["expires"],
+                "expires": None,
+                "clocked": None,
+                "solar": None,
+                "one_off": False,
+                **_schedule_fields(spec["schedule"]),
+            }
+            task = PeriodicTask.objects.filter(name=name).first() or PeriodicTask(name=name)
+            if task.pk is not None and all(
+                getattr(task, key) == value for key, value in fields.items()
+            ):
+                continue
+            for key, value in fields.items():
+                setattr(task, key, value)
+            task.save()
+            written.append(name)
+    return written

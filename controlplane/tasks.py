@@ -1,0 +1,23 @@
+"""Celery tasks of the engines domain. Their schedules live in controlplane.schedules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from celery import shared_task
+from django.conf import settings
+
+from controlplane import partitions
+
+
+@shared_task
+def ensure_event_partitions() -> list[str]:
+    """Create today's and the next days' event log partitions before the first event needs them."""
+    return partitions.ensure_partitions()
+
+
+@shared_task
+def drop_old_event_partitions() -> list[str]:
+    """Drop the event log's days older than EVENT_LOG_RETENTION_DAYS; returns the tables dropped."""
+    cutoff = datetime.now(UTC).date() - timedelta(days=settings.EVENT_LOG_RETENTION_DAYS)
+    return partitions.drop_partitions_before(cutoff)
