@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from engine_sdk import __version__, protocol
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.journal import CommandStore, Journal, _write_atomically, trim_acked
+from engine_sdk.limits import LimitRejected, PreTradeLimits
 from engine_sdk.protocol import (
     Command,
     CommandResult,
@@ -57,6 +60,7 @@ __all__ = [
     "EngineClientError",
     "EngineReplaced",
     "HelloInfo",
+    "LimitRejected",
     "OrderRejected",
     "Unauthorized",
 ]
@@ -69,6 +73,7 @@ _FRAME_HEAD: Final = b'{"type":"events","events":['
 _FRAME_TAIL: Final = b"]}"
 _FRAME_BUDGET: Final = protocol.MAX_FRAME_BYTES - len(_FRAME_HEAD) - len(_FRAME_TAIL)
 STATE_FILE: Final = "state.json"
+LIMITS_FILE: Final = "limits.json"
 
 
 class EngineClientError(Exception):
@@ -213,6 +218,14 @@ class EngineClient:
         self.desired_state: TradingState | None = None
         self.limits_version: int | None = None
         self.limits: list[dict[str, Any]] = []
+        # The pre-trade limits enforced by check_order: the last ones received, kept on disk so
+        # that a restarted engine enforces them before it reaches the server.
+        self.pretrade: PreTradeLimits | None = None
+        # Why the limits are unknown (limits.json unreadable): new orders are refused until the
+        # server sends limits.
+        self._limits_unknown: str | None = None
+        self._saved_limits: bytes | None = None
+        self._load_limits()
 
         self._ws: ClientConnection | None = None
         self._connected = asyncio.Event()
@@ -343,14 +356,33 @@ class EngineClient:
         quantity: Decimal | int,
         current_position: Decimal | int,
         *,
+        price: Decimal | int | None = None,
+        reference_price: Decimal | int | None = None,
+        sector: str | None = None,
         liquidating: bool = False,
     ) -> None:
-        """The trading-state gate: raise OrderRejected unless this new order is allowed now.
+        """Raise OrderRejected unless this new order is allowed now.
 
+        First the trading-state gate, then (unless ``liquidating``) the pre-trade limits, which
+        raise LimitRejected (a subclass) naming the limit. An order that passes is counted in the
+        limits' rate and duplicate windows, so call this once per order actually sent.
+
+        ``price`` is the order's limit price (None for a market order), ``reference_price`` the
+        symbol's last or reference price, ``sector`` the sector sector-scoped limits match.
         ``liquidating`` is for the orders a kill or flatten command itself sends to close
-        positions: HALTED lets those through (and only those).
+        positions: HALTED lets those through (and only those), and limits do not stop them.
         """
         self.gate.check_order(symbol, side, quantity, current_position, liquidating=liquidating)
+        if liquidating:
+            return
+        if self._limits_unknown is not None:
+            raise LimitRejected(self._limits_unknown, limit_id=None, limit_kind="limits_unknown")
+        pretrade = self.pretrade
+        if pretrade is None:
+            return
+        now = time.monotonic()
+        pretrade.check(symbol, side, quantity, price, reference_price, sector, now)
+        pretrade.record(symbol, side, quantity, price, sector, now)
 
     async def close(self, *, flush_timeout: float | None = None) -> None:
         """Stop; optionally wait up to ``flush_timeout`` s for the server to ack everything.
@@ -526,7 +558,7 @@ class EngineClient:
             account=self.hello.account,
             trading_state=self.gate.state,
             last_seq=self.last_seq,
-            limits_version=self.limits_version,
+            limits_version=self.pretrade.version if self.pretrade is not None else None,
             sdk_version=__version__,
         )
         await ws.send(protocol.encode(hello), text=True)
@@ -578,6 +610,8 @@ class EngineClient:
         self.desired_state = welcome.desired_state
         self.limits_version = welcome.limits_version
         self.limits = list(welcome.limits)
+        # The server's limits replace whatever this engine had, older version or not.
+        self._enforce_limits(PreTradeLimits(welcome.limits_version, self.limits), self.limits)
         self.heartbeat_interval_s = welcome.heartbeat_interval_s
         if welcome.last_seq > self.last_seq:
             await self._renumber_after(welcome.last_seq)
@@ -803,7 +837,7 @@ class EngineClient:
             await self._deliver_result(result)
 
     async def _run_command(self, command: Command) -> CommandResult:
-        refusal = self._refuse_resume(command)
+        refusal = self._refuse_resume(command) or self._refuse_limits(command)
         if self._expired(command):
             outcome = CommandOutcome(status="failed", detail="expired before it was handled")
         elif refusal is not None:
@@ -817,7 +851,10 @@ class EngineClient:
                 log.exception("engine: command handler failed on %s", command.kind)
                 outcome = CommandOutcome(status="failed", detail=f"handler error: {exc!r}")
         if command.kind == "set_limits" and outcome.status != "failed":
-            self._apply_limits(command.params)
+            version, note = self._apply_limits(command.params)
+            detail = "; ".join(text for text in (outcome.detail, note) if text)
+            data = {**outcome.data, "limits_version": version}
+            outcome = dataclasses.replace(outcome, detail=detail, data=data)
         if outcome.trading_state is not None:
             until = outcome.paused_until
             duration = command.params.get("duration")
@@ -839,13 +876,78 @@ class EngineClient:
             trading_state=self.gate.state,
         )
 
-    def _apply_limits(self, params: Mapping[str, Any]) -> None:
-        version = params.get("limits_version")
-        limits = params.get("limits")
-        if isinstance(version, int):
-            self.limits_version = version
-        if isinstance(limits, list):
-            self.limits = limits
+    @staticmethod
+    def _refuse_limits(command: Command) -> str | None:
+        """Why a set_limits cannot be applied at all, or None (single bad limits are skipped)."""
+        if command.kind != "set_limits":
+            return None
+        try:
+            PreTradeLimits.from_wire(command.params)
+        except ValueError as exc:
+            return f"set_limits not applied: {exc}"
+        return None
+
+    def _apply_limits(self, params: Mapping[str, Any]) -> tuple[int, str]:
+        """Enforce the limits of a set_limits; return the version enforced and a note."""
+        limits = PreTradeLimits.from_wire(params)
+        current = self.pretrade
+        if current is not None and limits.version < current.version:
+            # A set_limits delivered late (say, pending across a reconnect whose welcome already
+            # carried a newer version) must not roll the limits back.
+            note = f"limits version {limits.version} is older than {current.version}; not applied"
+            log.warning("engine: %s", note)
+            return current.version, note
+        self.limits_version = limits.version
+        self.limits = list(params["limits"])
+        self._enforce_limits(limits, self.limits)
+        return limits.version, ""
+
+    def _enforce_limits(self, limits: PreTradeLimits, raw: list[Any]) -> None:
+        if self.pretrade is not None:
+            limits.take_history_from(self.pretrade)
+        self.pretrade = limits
+        if self._limits_unknown is not None:
+            log.info("engine: pre-trade limits version %d received", limits.version)
+            self._limits_unknown = None
+        self._save_limits(limits.version, raw)
+        log.info(
+            "engine: enforcing pre-trade limits version %d (%d limits)", limits.version, len(limits)
+        )
+
+    def _load_limits(self) -> None:
+        path = self.journal_dir / LIMITS_FILE
+        try:
+            data = path.read_bytes()
+            saved = msgspec.json.decode(data)
+            self.pretrade = PreTradeLimits.from_wire(saved)
+        except FileNotFoundError:
+            return
+        except (OSError, msgspec.MsgspecError, ValueError) as exc:
+            # Fail closed: trading on no limits when there were some would defeat them.
+            self._limits_unknown = (
+                f"pre-trade limits unknown ({LIMITS_FILE} unreadable: {exc}); new orders are "
+                "refused until the control plane sends limits"
+            )
+            log.error("engine: %s", self._limits_unknown)
+            return
+        self.limits_version = self.pretrade.version
+        self.limits = list(saved["limits"])
+        self._saved_limits = data
+
+    def _save_limits(self, version: int, raw: list[Any]) -> None:
+        try:
+            data = msgspec.json.encode({"limits_version": version, "limits": raw})
+        except (msgspec.EncodeError, TypeError) as exc:
+            log.error("engine: cannot keep pre-trade limits in %s: %s", LIMITS_FILE, exc)
+            return
+        if data == self._saved_limits:
+            return
+        try:
+            _write_atomically(self.journal_dir / LIMITS_FILE, [data], fsync=self._fsync)
+        except OSError:
+            log.exception("engine: could not write %s", LIMITS_FILE)
+            return
+        self._saved_limits = data
 
     async def _default_command_handler(self, command: Command) -> CommandOutcome:
         # Without an engine handler the SDK can change the trading state but cannot touch orders

@@ -33,6 +33,9 @@ class FakeControlPlane:
         self.send_heartbeats = True
         self.ack_events = True
         self.desired_state: p.TradingState = "ACTIVE"
+        # What the next welcome carries.
+        self.limits_version = 3
+        self.limits: list[dict[str, Any]] = []
         # Events above this seq are "lost" on disconnect, as if never committed.
         self.commit_limit: int | None = None
         self.stored: dict[int, p.Event] = {}
@@ -91,8 +94,8 @@ class FakeControlPlane:
             last_seq=self.last_seq,
             heartbeat_interval_s=self.heartbeat_interval_s,
             desired_state=self.desired_state,
-            limits_version=3,
-            limits=[{"kind": "max_order_qty", "value": "100"}],
+            limits_version=self.limits_version,
+            limits=list(self.limits),
             commands=list(self.welcome_commands),
         )
         await ws.send(p.encode(welcome).decode())

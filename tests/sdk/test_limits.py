@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from engine_sdk import limits as limits_module
+from engine_sdk import protocol as p
+from engine_sdk.client import LIMITS_FILE, EngineClient
 from engine_sdk.gate import OrderRejected
 from engine_sdk.limits import LimitRejected, PreTradeLimits
+from tests.sdk.conftest import FakeControlPlane, a_command
+
+MakeClient = Callable[..., EngineClient]
 
 
 def limit(
@@ -274,3 +282,188 @@ def test_a_new_version_keeps_counting_the_orders_the_old_one_saw() -> None:
     assert rejection(new, "MSFT", "buy", 10, None, None, None, 100.5).limit_kind == (
         "max_order_rate"
     )
+
+
+# --- over the socket -----------------------------------------------------------------------------
+
+
+async def connected(make_client: MakeClient, url: str, **options: Any) -> EngineClient:
+    client = make_client(url, **options)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    return client
+
+
+async def set_limits(control_plane: FakeControlPlane, version: Any, limits: Any) -> p.CommandResult:
+    command = a_command("set_limits", limits_version=version, limits=limits)
+    await control_plane.send(command)
+    await control_plane.wait_for(
+        lambda: any(r.command_id == command.command_id for r in control_plane.command_results)
+    )
+    return next(r for r in control_plane.command_results if r.command_id == command.command_id)
+
+
+@pytest.mark.asyncio
+async def test_the_limits_of_the_welcome_are_enforced_by_the_next_order(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.limits_version = 12
+    control_plane.limits = [limit("max_order_qty", "5000", id=12)]
+    client = await connected(make_client, control_plane.url)
+
+    client.check_order("AAPL", "buy", Decimal(5000), Decimal(0))
+    with pytest.raises(LimitRejected) as info:
+        client.check_order("AAPL", "buy", Decimal(250000), Decimal(0))
+
+    assert info.value.reason == "pre-trade limit max_order_qty (#12): quantity 250000 exceeds 5000"
+    assert client.pretrade is not None and client.pretrade.version == 12
+    assert (client.limits_version, client.limits) == (12, control_plane.limits)
+    # A first start had nothing to enforce yet.
+    assert control_plane.hellos[0].limits_version is None
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_check_order_passes_the_gate_first_and_lets_liquidating_orders_through(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.limits = [limit("max_order_qty", "10"), limit("max_order_rate", "1", id=13)]
+    client = await connected(make_client, control_plane.url)
+
+    client.gate.halt(reason="test")
+    with pytest.raises(OrderRejected) as info:
+        client.check_order("AAPL", "buy", Decimal(100), Decimal(0))
+    assert not isinstance(info.value, LimitRejected)
+    # A kill's own closing order is not stopped by a limit (nor counted by one).
+    client.check_order("AAPL", "sell", Decimal(500), Decimal(500), liquidating=True)
+    client.gate.resume(reason="test")
+    client.check_order("AAPL", "buy", Decimal(5), Decimal(0), price=Decimal("190"))
+    with pytest.raises(LimitRejected, match="max_order_rate"):
+        client.check_order("MSFT", "buy", Decimal(5), Decimal(0))
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_the_windows_survive_the_limits_being_sent_again(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.limits = [limit("duplicate_order", "60", id=14)]
+    client = await connected(make_client, control_plane.url)
+    client.check_order("AAPL", "buy", Decimal(10), Decimal(0), price=Decimal("190"))
+
+    # Every reconnect's welcome carries the limits again; a set_limits may resend them too.
+    await control_plane.drop()
+    await control_plane.wait_for(
+        lambda: len(control_plane.hellos) == 2 and control_plane.connection is not None
+    )
+    await client.wait_connected(timeout=5)
+    await set_limits(control_plane, 3, control_plane.limits)
+
+    with pytest.raises(LimitRejected, match="duplicate_order"):
+        client.check_order("AAPL", "buy", Decimal(10), Decimal(0), price=Decimal("190"))
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_set_limits_command_replaces_the_limits_for_the_next_order(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.limits = [limit("max_order_qty", "5000", id=12)]
+    client = await connected(make_client, control_plane.url)
+    client.check_order("AAPL", "buy", Decimal(100), Decimal(0))
+
+    new_limits = [
+        limit("max_order_qty", "50", id=20),
+        limit("max_order_notional", "1000", id=21, scope="sector", scope_value="Energy"),
+    ]
+    result = await set_limits(control_plane, 4, new_limits)
+
+    assert (result.status, result.data) == ("succeeded", {"limits_version": 4})
+    assert (client.limits_version, client.limits) == (4, new_limits)
+    with pytest.raises(LimitRejected) as info:
+        client.check_order("AAPL", "buy", Decimal(100), Decimal(0))
+    assert info.value.limit_id == 20
+    with pytest.raises(LimitRejected, match=r"max_order_notional \(#21\)"):
+        client.check_order(
+            "XOM", "buy", Decimal(10), Decimal(0), price=Decimal("115"), sector="Energy"
+        )
+    client.check_order("XOM", "buy", Decimal(5), Decimal(0), price=Decimal("115"), sector="Energy")
+
+    # The next connection says which version this engine enforces.
+    await control_plane.drop()
+    await control_plane.wait_for(lambda: len(control_plane.hellos) == 2)
+    assert control_plane.hellos[1].limits_version == 4
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_an_older_or_unreadable_set_limits_leaves_the_limits_alone(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.limits_version = 7
+    control_plane.limits = [limit("max_order_qty", "10", id=1)]
+    client = await connected(make_client, control_plane.url)
+
+    stale = await set_limits(control_plane, 6, [])
+    unreadable = await set_limits(control_plane, "8", [])
+    not_a_list = await set_limits(control_plane, 8, {"id": 1})
+
+    assert stale.status == "succeeded"
+    assert stale.data == {"limits_version": 7}
+    assert "older than 7; not applied" in stale.detail
+    assert unreadable.status == not_a_list.status == "failed"
+    assert "limits_version must be an integer" in unreadable.detail
+    assert "limits must be a list" in not_a_list.detail
+    assert client.pretrade is not None and client.pretrade.version == 7
+    with pytest.raises(LimitRejected):
+        client.check_order("AAPL", "buy", Decimal(11), Decimal(0))
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_engine_enforces_its_last_limits_before_it_reaches_the_server(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.limits_version = 5
+    control_plane.limits = [limit("max_order_qty", "100", id=12), {"id": 3, "kind": "later"}]
+    first = await connected(make_client, control_plane.url)
+    await first.close()
+
+    # Nothing listens here: the engine has only its journal directory to go by.
+    offline = make_client("ws://127.0.0.1:9/ws/engine/v1")
+    assert offline.pretrade is not None and offline.pretrade.version == 5
+    assert (offline.limits_version, offline.limits) == (5, control_plane.limits)
+    with pytest.raises(LimitRejected, match=r"max_order_qty \(#12\)"):
+        offline.check_order("AAPL", "buy", Decimal(101), Decimal(0))
+    offline.check_order("AAPL", "buy", Decimal(100), Decimal(0))
+
+    # Back with the server: hello reports version 5, the welcome's version 6 takes over.
+    control_plane.limits_version = 6
+    control_plane.limits = [limit("max_order_qty", "1000", id=12)]
+    second = await connected(make_client, control_plane.url)
+    assert control_plane.hellos[-1].limits_version == 5
+    second.check_order("AAPL", "buy", Decimal(1000), Decimal(0))
+    saved = msgspec.json.decode((second.journal_dir / LIMITS_FILE).read_bytes())
+    assert saved == {"limits_version": 6, "limits": control_plane.limits}
+    await second.close()
+
+
+@pytest.mark.asyncio
+async def test_unreadable_saved_limits_refuse_new_orders_until_the_server_sends_limits(
+    control_plane: FakeControlPlane, make_client: MakeClient, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / LIMITS_FILE).write_text('{"limits_version": 5, "limits": [')
+    client = make_client(control_plane.url)
+
+    with pytest.raises(LimitRejected, match="pre-trade limits unknown") as info:
+        client.check_order("AAPL", "buy", Decimal(1), Decimal(0))
+    assert (info.value.limit_id, info.value.limit_kind) == (None, "limits_unknown")
+    client.check_order("AAPL", "sell", Decimal(1), Decimal(1), liquidating=True)
+
+    await client.start()
+    await client.wait_connected(timeout=5)
+    assert control_plane.hellos[0].limits_version is None
+    client.check_order("AAPL", "buy", Decimal(1), Decimal(0))
+    await client.close()
