@@ -2,9 +2,10 @@
 
 ``PaperEngine`` trades a small equity universe through an ``EngineClient`` and reports what a real
 engine reports: orders and their status changes, fills, its own positions, account equity, health
-metrics, logs. Every order passes the client's trading-state gate first; an order the gate refuses
-never reaches the simulated broker. Commands (pause, reduce, flatten, cancel_all, kill...) act on
-the simulated book for real.
+metrics, logs. Every order passes the client's trading-state gate and pre-trade limits first; an
+order they refuse never reaches the simulated broker, and one a limit refuses is reported as a
+rejected order. ``submit_manual`` places an order by hand through the same path. Commands (pause,
+reduce, flatten, cancel_all, kill...) act on the simulated book for real.
 
 One ``tick()`` is one simulated step; with a seed (and a fixed clock) the events it emits are the
 same on every run. ``run()`` ticks on a timer until told to stop.
@@ -37,6 +38,7 @@ from engine_sdk import __version__
 from engine_sdk import protocol as p
 from engine_sdk.client import CommandOutcome, EngineClient, HelloInfo
 from engine_sdk.gate import OrderRejected
+from engine_sdk.limits import LimitRejected
 from engine_sdk.protocol import Command, Side, TradingState, utc_now
 
 __all__ = [
@@ -121,6 +123,9 @@ class SimClient(Protocol):
         quantity: Decimal | int,
         current_position: Decimal | int,
         *,
+        price: Decimal | int | None = None,
+        reference_price: Decimal | int | None = None,
+        sector: str | None = None,
         liquidating: bool = False,
     ) -> None: ...
 
@@ -222,6 +227,7 @@ class PaperEngine:
         # Working orders the simulated broker refuses to cancel (see inject_stuck_orders).
         self.stuck_orders: set[str] = set()
         self.blocked_orders = 0
+        self.limit_rejected_orders = 0
         self._blocked_in_state: TradingState | None = None
         self._memory_mb = 240.0
         self._started = False
@@ -405,17 +411,105 @@ class PaperEngine:
         state = self.client.trading_state
         if state == "ACTIVE":
             self._blocked_in_state = None
+        order = self._place(symbol, side, quantity, order_type, limit_price, now)
+        if isinstance(order, str):
+            return set()
+        return {symbol} if order.filled else set()
+
+    def submit_manual(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal | int,
+        *,
+        order_type: Literal["market", "limit"] = "market",
+        limit_price: Decimal | None = None,
+    ) -> SimOrder | str:
+        """Place an order by hand, through the same gate and pre-trade limits as the strategy's.
+
+        Returns the order sent to the simulated broker (which may still reject it), or the
+        reason the engine refused it. A limit's refusal is also reported as a rejected order.
+        """
+        if symbol not in self.prices:
+            raise ValueError(f"{symbol!r} is not in this engine's universe")
+        if order_type == "limit" and limit_price is None:
+            raise ValueError("a limit order needs a limit_price")
+        if order_type == "market" and limit_price is not None:
+            raise ValueError("a market order has no limit_price")
+        now = self._clock()
+        order = self._place(symbol, side, Decimal(quantity), order_type, limit_price, now)
+        if not isinstance(order, str):
+            self._report_positions(now, {order.symbol} if order.filled else set())
+        self._save_book()
+        return order
+
+    def _place(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal,
+        order_type: Literal["market", "limit"],
+        limit_price: Decimal | None,
+        now: datetime,
+    ) -> SimOrder | str:
+        """Check a new order with the client, then send it; the refusal's reason if refused."""
+        state = self.client.trading_state
         try:
-            self.client.check_order(symbol, side, quantity, self._gate_position(symbol))
+            self.client.check_order(
+                symbol,
+                side,
+                quantity,
+                self._gate_position(symbol),
+                price=limit_price,
+                reference_price=self.prices[symbol],
+                sector=self.sectors.get(symbol),
+            )
+        except LimitRejected as exc:
+            self._reject_by_limit(symbol, side, quantity, order_type, limit_price, now, exc)
+            return exc.reason
         except OrderRejected as exc:
             self.blocked_orders += 1
             if self._blocked_in_state != state:
                 # Once per spell in a state, or a paused engine would log on every tick.
                 self._blocked_in_state = state
                 self._log(now, "info", f"order held back by the gate: {exc.reason}", state=state)
-            return set()
-        order = self._submit(symbol, side, quantity, order_type, limit_price, now)
-        return {symbol} if order.filled else set()
+            return exc.reason
+        return self._submit(symbol, side, quantity, order_type, limit_price, now)
+
+    def _reject_by_limit(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal,
+        order_type: Literal["market", "limit"],
+        limit_price: Decimal | None,
+        now: datetime,
+        exc: LimitRejected,
+    ) -> None:
+        # Reported like any rejected order (it never reached the broker), so the server counts it.
+        self.limit_rejected_orders += 1
+        number = self._next_order_no
+        self._next_order_no += 1
+        order = SimOrder(
+            client_order_id=f"{self.id_prefix}-{number}",
+            symbol=symbol,
+            side=side,
+            order_type=order_type,
+            quantity=quantity,
+            limit_price=limit_price,
+            expected_price=self.prices[symbol],
+            status="rejected",
+            reject_reason=exc.reason[:1024],
+            placed_tick=self.ticks,
+        )
+        self._emit_order(order, now)
+        self._log(
+            now,
+            "warning",
+            f"order {order.client_order_id} rejected by a pre-trade limit: {exc.reason}",
+            limit_id=exc.limit_id,
+            limit_kind=exc.limit_kind,
+        )
 
     def _gate_position(self, symbol: str) -> Decimal:
         # The gate wants the position net of working orders that already reduce it, so that two

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,9 @@ from engine_sdk import protocol as p
 from engine_sdk.client import LIMITS_FILE, EngineClient
 from engine_sdk.gate import OrderRejected
 from engine_sdk.limits import LimitRejected, PreTradeLimits
-from tests.sdk.conftest import FakeControlPlane, a_command
+from engine_sdk.simulator import PaperEngine, SimOrder
+from tests.sdk.conftest import TOKEN, FakeControlPlane, a_command
+from tests.sdk.test_simulator import paper_engine
 
 MakeClient = Callable[..., EngineClient]
 
@@ -466,4 +469,98 @@ async def test_unreadable_saved_limits_refuse_new_orders_until_the_server_sends_
     await client.wait_connected(timeout=5)
     assert control_plane.hellos[0].limits_version is None
     client.check_order("AAPL", "buy", Decimal(1), Decimal(0))
+    await client.close()
+
+
+# --- the simulator -------------------------------------------------------------------------------
+
+
+def test_the_simulator_reports_a_limit_rejected_order_as_a_rejected_order() -> None:
+    engine, client = paper_engine()
+    client.pretrade = PreTradeLimits(1, [limit("max_order_notional", "50000", id=31)])
+    before = len(client.events)
+
+    result = engine.submit_manual("AAPL", "buy", 300)  # about 57,000 at 190
+
+    assert isinstance(result, str) and result.startswith("pre-trade limit max_order_notional (#31)")
+    orders = client.of(p.OrderEvent, since=before)
+    assert [(o.status, o.reject_reason) for o in orders] == [("rejected", result)]
+    assert (orders[0].quantity, orders[0].symbol, orders[0].order_type) == (300, "AAPL", "market")
+    warnings = [e for e in client.of(p.LogEvent, since=before) if e.level == "warning"]
+    assert len(warnings) == 1 and result in warnings[0].message
+    assert warnings[0].context["limit_id"] == 31
+    assert client.of(p.FillEvent, since=before) == []
+    assert engine.limit_rejected_orders == 1
+
+    # A limit order is checked at its limit price; the collar sees the current price.
+    client.pretrade = PreTradeLimits(2, [limit("price_collar_pct", "1", id=32)])
+    far = engine.prices["AAPL"] * Decimal("0.9")
+    assert "price_collar_pct" in str(
+        engine.submit_manual(
+            "AAPL", "buy", 10, order_type="limit", limit_price=far.quantize(Decimal("0.01"))
+        )
+    )
+    near = engine.submit_manual(
+        "AAPL", "buy", 10, order_type="limit", limit_price=engine.prices["AAPL"]
+    )
+    assert isinstance(near, SimOrder)
+
+
+def test_sector_limits_see_the_instruments_sector_in_the_simulator() -> None:
+    engine, client = paper_engine()
+    client.pretrade = PreTradeLimits(
+        1, [limit("max_order_qty", "5", id=40, scope="sector", scope_value="Energy")]
+    )
+
+    assert "max_order_qty (#40)" in str(engine.submit_manual("XOM", "buy", 6))
+    assert isinstance(engine.submit_manual("AAPL", "buy", 6), SimOrder)
+
+
+def test_a_fat_finger_order_1000_times_normal_size_is_rejected_while_normal_orders_pass() -> None:
+    engine, client = paper_engine(seed=5)
+    client.pretrade = PreTradeLimits(1, [limit("max_order_qty", "5000", id=12)])
+
+    for _ in range(500):
+        engine.tick()
+    normal = [o.quantity for o in client.of(p.OrderEvent) if o.status == "new"]
+    assert len(normal) > 50
+    assert all("pre-trade" not in (o.reject_reason or "") for o in client.of(p.OrderEvent))
+    assert engine.limit_rejected_orders == 0
+
+    typical = Decimal(int(statistics.median(normal)))
+    fat_finger = engine.submit_manual("AAPL", "buy", typical * 1000)
+    assert fat_finger == (
+        f"pre-trade limit max_order_qty (#12): quantity {typical * 1000} exceeds 5000"
+    )
+    assert client.of(p.OrderEvent)[-1].status == "rejected"
+    assert isinstance(engine.submit_manual("AAPL", "buy", typical), SimOrder)
+
+
+@pytest.mark.asyncio
+async def test_a_limit_rejected_order_reaches_the_server_as_a_rejected_order(
+    control_plane: FakeControlPlane, tmp_path: Path
+) -> None:
+    control_plane.limits = [limit("max_order_qty", "5000", id=12)]
+    engine = PaperEngine.create(
+        control_plane.url,
+        TOKEN,
+        journal_dir=tmp_path / "journal",
+        engine_options={"seed": 3},
+        batch_interval_s=0.005,
+        backoff_initial_s=0.01,
+        fsync=False,
+    )
+    client = engine.client
+    assert isinstance(client, EngineClient)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    passed = engine.submit_manual("JPM", "buy", 40)
+    refused = engine.submit_manual("JPM", "buy", 40_000)
+    await client.flush(timeout=5)
+
+    assert isinstance(passed, SimOrder)
+    rejected = [o for o in control_plane.events_of(p.OrderEvent) if o.status == "rejected"]
+    assert [o.reject_reason for o in rejected if o.quantity == 40_000] == [refused]
+    assert refused == "pre-trade limit max_order_qty (#12): quantity 40000 exceeds 5000"
     await client.close()

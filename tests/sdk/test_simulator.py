@@ -16,6 +16,7 @@ import pytest
 from engine_sdk import protocol as p
 from engine_sdk.client import CommandOutcome, EngineClient
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
+from engine_sdk.limits import PreTradeLimits
 from engine_sdk.simulator import UNIVERSE, PaperEngine
 from tests.sdk.conftest import TOKEN, FakeControlPlane, a_command
 
@@ -40,6 +41,7 @@ class RecordingClient:
     def __init__(self) -> None:
         self.events: list[p.Event] = []
         self.gate = TradingGate(on_change=self._state_changed)
+        self.pretrade: PreTradeLimits | None = None
 
     @property
     def trading_state(self) -> p.TradingState:
@@ -57,9 +59,15 @@ class RecordingClient:
         quantity: Decimal | int,
         current_position: Decimal | int,
         *,
+        price: Decimal | int | None = None,
+        reference_price: Decimal | int | None = None,
+        sector: str | None = None,
         liquidating: bool = False,
     ) -> None:
         self.gate.check_order(symbol, side, quantity, current_position, liquidating=liquidating)
+        if self.pretrade is not None and not liquidating:
+            self.pretrade.check(symbol, side, quantity, price, reference_price, sector)
+            self.pretrade.record(symbol, side, quantity, price, sector)
 
     def _state_changed(self, change: StateChange) -> None:
         self.emit(p.StateEvent(ts=change.at, trading_state=change.new, reason=change.reason))
