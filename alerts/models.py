@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 def _fernet() -> Fernet:
@@ -148,7 +149,7 @@ class Alert(models.Model):
     severity = models.CharField(max_length=8, choices=Severity.choices)
     summary = models.CharField(max_length=300)
     value = models.FloatField(null=True, blank=True)
-    started_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(default=timezone.now)
     fired_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     last_notified_at = models.DateTimeField(null=True, blank=True)
@@ -188,7 +189,7 @@ class Silence(models.Model):
         help_text="Empty: every engine.",
     )  # fmt: skip
     tag = models.CharField(max_length=64, blank=True, help_text="Engines with this strategy tag.")
-    starts_at = models.DateTimeField(auto_now_add=True)
+    starts_at = models.DateTimeField(default=timezone.now)
     ends_at = models.DateTimeField()
     reason = models.TextField()
     created_by = models.ForeignKey(

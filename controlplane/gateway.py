@@ -20,6 +20,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 
+from alerts import hooks as alert_hooks
 from controlplane.audit import audit_record
 from controlplane.ingest import IngestResult, ingest_events
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
@@ -290,6 +291,7 @@ def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], Inges
     frames.extend(result.errors)
     if result.stored:
         _evaluate_risk(engine_id)
+        alert_hooks.engine_data(engine_id)
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
     refused = [e.seq for e in decoded.errors if e.seq is not None]

@@ -197,6 +197,10 @@ EMAIL_ENABLED = env_bool("EMAIL_ENABLED", True)
 # Alert evaluation runs in Celery; off, stored data schedules no evaluation (the sweep still runs).
 ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 
+# --- Prometheus ----------------------------------------------------------------------------------
+# When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>"; empty: open to the network.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
 # --- Engine gateway ------------------------------------------------------------------------------
 ENGINE_HEARTBEAT_INTERVAL_S = env_float("ENGINE_HEARTBEAT_INTERVAL_S", 2.0, minimum=0.1)
 # An engine whose last frame is older than this is shown (and alerted) as stale.

@@ -21,6 +21,7 @@ urlpatterns = [
     path("live/fleet.json", live_views.fleet_snapshot, name="live-fleet"),
     path("live/engines/<slug:name>.json", live_views.engine_snapshot, name="live-engine"),
     path("risk/", include("risk.urls")),
+    path("alerts/", include("alerts.ui_urls")),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]

@@ -20,6 +20,7 @@ from controlplane.models import Engine
 from dashboard import live
 
 MAX_SENDS_PER_S = 10
+ALERTS_GROUP = "live-alerts"  # alerts.live sends here
 CLOSE_FORBIDDEN = 4403
 
 
@@ -45,6 +46,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.pending: dict[str, dict[str, Any]] = {}
         self.resync: set[str] = set()
         self.last_sent = 0.0
+        # Alerts reach every page (a toast and the badge), whatever it subscribed to.
+        await self.channel_layer.group_add(ALERTS_GROUP, self.channel_name)
+        self.groups_joined.add(ALERTS_GROUP)
         await self._send({"type": "hello"})
 
     async def disconnect(self, code: int) -> None:
@@ -92,6 +96,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await asyncio.sleep(live.WATCH_TTL_S / 3)
                 for engine_id in self.watching:
                     await live.watch(engine_id)
+
+    async def live_alert(self, message: dict[str, Any]) -> None:
+        # Rare and urgent: sent at once, not coalesced.
+        await self._send({"type": "alert", "alert": message["alert"]})
 
     # --- from the publishers ------------------------------------------------------------------
 

@@ -201,3 +201,22 @@ def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
 
 
 publisher = Publisher()
+
+# Processes without an event loop of their own (Celery workers) publish fleet rows at once, under
+# a source id of their own so browsers' gap detection stays per publisher.
+_SYNC_SOURCE = uuid.uuid4().hex
+_sync_seq = 0
+
+
+def publish_rows_now(engine_ids: list[int]) -> None:
+    from asgiref.sync import async_to_sync
+
+    global _sync_seq
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    rows = overview.fleet_rows(engine_ids=engine_ids)
+    _sync_seq += 1
+    message = {"type": "live.update", "topic": "fleet", "source": _SYNC_SOURCE,
+               "seq": _sync_seq, "rows": [r.as_dict() for r in rows]}  # fmt: skip
+    async_to_sync(layer.group_send)(FLEET_GROUP, _jsonable(message))

@@ -157,6 +157,14 @@ def fleet_rows(
         .values("engine_id")
         .annotate(n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected")))
     }
+    from alerts.models import Alert
+
+    firing = dict(
+        Alert.objects.filter(engine_id__in=ids, state=Alert.State.FIRING)
+        .values("engine_id")
+        .annotate(n=Count("pk"))
+        .values_list("engine_id", "n")
+    )
     rows = []
     for engine in engines:
         pos = positions.get(engine.pk, {})
@@ -184,6 +192,7 @@ def fleet_rows(
                 rejected_today=rejected,
                 rejection_rate=rejected / orders_today if orders_today else None,
                 latency_ms=engine.latency_ms,  # type: ignore[attr-defined]
+                firing_alerts=firing.get(engine.pk, 0),
             )
         )
     return rows

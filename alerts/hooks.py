@@ -1,0 +1,108 @@
+"""Where the rest of the control plane hands work to the alerts side."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from alerts import evaluation
+from alerts.models import Alert, AlertRule, Notification, Severity
+from alerts.registry import RISK_LIMIT_METRIC
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_S = 0.5
+
+
+class _Debouncer:
+    """Collects engines with new data and schedules one evaluation each per DEBOUNCE_S.
+
+    A thread of its own talks to the broker, so the ingest path (which acks engines) never waits
+    on Redis, even when Redis is slow or away; the beat sweep catches up on anything lost.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, engine_id: int) -> None:
+        with self._lock:
+            self._dirty.add(engine_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="alerts-debounce", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        from alerts.jobs import evaluate_engine_task
+
+        while True:
+            self._wake.wait()
+            time.sleep(DEBOUNCE_S)  # gather the window's batches into one evaluation
+            self._wake.clear()
+            with self._lock:
+                dirty, self._dirty = self._dirty, set()
+            for engine_id in dirty:
+                try:
+                    evaluate_engine_task.apply_async(args=[engine_id], expires=30, retry=False)
+                except Exception:
+                    log.warning("engine %s: alert evaluation not scheduled", engine_id,
+                                exc_info=True)  # fmt: skip
+
+
+_debouncer = _Debouncer()
+
+
+def engine_data(engine_id: int) -> None:
+    """An engine's batch was stored: evaluate its rules soon, once per DEBOUNCE_S at most."""
+    if settings.ALERTS_ENABLED:
+        _debouncer.add(engine_id)
+
+
+def risk_event(event_id: int) -> None:
+    """A risk limit's warning or breach is an alert (through the risk-limit rule's channels);
+    its clearing resolves it."""
+    from risk.models import RiskEvent
+
+    event = RiskEvent.objects.select_related("engine", "limit").filter(pk=event_id).first()
+    if event is None:
+        return
+    rule = AlertRule.objects.filter(metric=RISK_LIMIT_METRIC, enabled=True).first()
+    source = f"limit#{event.limit_id}"
+    now = datetime.now(UTC)
+    open_alert = Alert.objects.filter(
+        source=source, engine=event.engine, rule=rule, state__in=Alert.OPEN
+    ).first()
+    if event.kind == RiskEvent.Kind.CLEARED:
+        if open_alert is not None:
+            evaluation.resolve(open_alert, now=now)
+        return
+    severity = Severity.CRITICAL if event.kind == RiskEvent.Kind.BREACH else Severity.WARNING
+    if open_alert is not None:
+        # Escalating from a warning to a breach is news: tell again under the new severity.
+        Alert.objects.filter(pk=open_alert.pk).update(
+            severity=severity, summary=event.message[:300], value=event.utilisation
+        )
+        open_alert.refresh_from_db()
+        if evaluation._notify(open_alert, Notification.Event.FIRING, sequence=event.pk, now=now):
+            Alert.objects.filter(pk=open_alert.pk).update(last_notified_at=now)
+        evaluation._publish(open_alert)
+        return
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                rule=rule, source=source, engine=event.engine, state=Alert.State.PENDING,
+                severity=severity, summary=event.message[:300], value=event.utilisation,
+            )  # fmt: skip
+    except IntegrityError:
+        return
+    evaluation.fire(alert, now=now)

@@ -1,0 +1,41 @@
+"""Alert changes to the open browsers: a toast on every page, the badge and the fleet row."""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from alerts.models import Alert
+from dashboard import live as dashboard_live
+
+log = logging.getLogger(__name__)
+
+ALERTS_GROUP = "live-alerts"
+
+
+def alert_payload(alert: Alert) -> dict[str, object]:
+    return {
+        "id": alert.pk,
+        "state": alert.state,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "engine": alert.engine.name if alert.engine else None,
+        "acknowledged_by": alert.acknowledged_by_label or None,
+    }
+
+
+def alert_changed(alert_id: int) -> None:
+    alert = Alert.objects.select_related("engine").filter(pk=alert_id).first()
+    layer = get_channel_layer()
+    if alert is None or layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            ALERTS_GROUP, {"type": "live.alert", "alert": alert_payload(alert)}
+        )
+        if alert.engine_id is not None:
+            dashboard_live.publish_rows_now([alert.engine_id])
+    except Exception:  # the alert is stored; a browser that misses this resyncs later
+        log.exception("alert %s: live update failed", alert_id)

@@ -1,0 +1,222 @@
+"""The metrics alert rules can watch, each measured for one engine (docs/alerts.md).
+
+Each function reads what it needs for one engine and returns a number, or None when it cannot be
+known yet (no equity reported, too few orders): a rule on an unknown value neither fires nor
+resolves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Avg, Count, F, Q
+
+from controlplane.models import Engine, EngineLog, Fill, MetricSample, Order, Position
+
+WINDOW = timedelta(minutes=15)
+ERROR_WINDOW = timedelta(minutes=5)
+MIN_ORDERS = 10
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    description: str
+    measure: Callable[[Engine, datetime], float | None]
+    # Measured from time passing, not only from new data: the beat sweep evaluates these.
+    time_based: bool = False
+
+
+def _latest(engine: Engine, name: str) -> float | None:
+    return (
+        MetricSample.objects.filter(engine=engine, name=name)
+        .order_by("-ts")
+        .values_list("value", flat=True)
+        .first()
+    )
+
+
+def daily_pnl_pct(engine: Engine, now: datetime) -> float | None:
+    if not engine.session_start_equity:
+        return None
+    return float(engine.day_pnl / engine.session_start_equity * 100)
+
+
+def drawdown_pct(engine: Engine, now: datetime) -> float | None:
+    return float(engine.drawdown_pct) if engine.high_water_mark is not None else None
+
+
+def error_count(engine: Engine, now: datetime) -> float | None:
+    return float(
+        EngineLog.objects.filter(
+            engine=engine, level__in=["error", "critical"], ts__gte=now - ERROR_WINDOW
+        ).count()
+    )
+
+
+def rejection_rate_pct(engine: Engine, now: datetime) -> float | None:
+    counts = Order.objects.filter(engine=engine, created_at__gte=now - WINDOW).aggregate(
+        n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected"))
+    )
+    if counts["n"] < MIN_ORDERS:
+        return None
+    return 100.0 * counts["rejected"] / counts["n"]
+
+
+def slippage_bps(engine: Engine, now: datetime) -> float | None:
+    """Mean slippage of the window's fills against their expected price; positive is worse."""
+    fills = Fill.objects.filter(engine=engine, ts__gte=now - WINDOW, expected_price__gt=0)
+    buys = fills.filter(side="buy").aggregate(
+        v=Avg((F("price") - F("expected_price")) / F("expected_price")), n=Count("pk")
+    )
+    sells = fills.filter(side="sell").aggregate(
+        v=Avg((F("expected_price") - F("price")) / F("expected_price")), n=Count("pk")
+    )
+    n = (buys["n"] or 0) + (sells["n"] or 0)
+    if n == 0:
+        return None
+    total = float(buys["v"] or 0) * (buys["n"] or 0) + float(sells["v"] or 0) * (sells["n"] or 0)
+    return total / n * 10_000
+
+
+def fill_rate_pct(engine: Engine, now: datetime) -> float | None:
+    counts = Order.objects.filter(
+        engine=engine, updated_at__gte=now - WINDOW,
+        status__in=["filled", "cancelled", "rejected", "expired"],
+    ).aggregate(n=Count("pk"), filled=Count("pk", filter=Q(status="filled")))  # fmt: skip
+    if counts["n"] < MIN_ORDERS:
+        return None
+    return 100.0 * counts["filled"] / counts["n"]
+
+
+def heartbeat_age_s(engine: Engine, now: datetime) -> float | None:
+    if engine.last_seen_at is None:
+        return None
+    return (now - engine.last_seen_at).total_seconds()
+
+
+def position_mismatch_s(engine: Engine, now: datetime) -> float | None:
+    oldest = (
+        Position.objects.filter(engine=engine, mismatch_since__isnull=False)
+        .order_by("mismatch_since")
+        .values_list("mismatch_since", flat=True)
+        .first()
+    )
+    return (now - oldest).total_seconds() if oldest else 0.0
+
+
+def position_pct(engine: Engine, now: datetime) -> float | None:
+    if not engine.equity or engine.equity <= 0:
+        return None
+    largest = 0.0
+    for quantity, last, avg in (
+        Position.objects.filter(engine=engine)
+        .exclude(quantity=0)
+        .values_list("quantity", "last_price", "avg_price")
+    ):
+        largest = max(largest, float(abs(quantity) * (last if last is not None else avg)))
+    return largest / float(engine.equity) * 100
+
+
+def backtest_divergence_pct(engine: Engine, now: datetime) -> float | None:
+    # Filled in once engines carry a backtest baseline (the analytics issue); unknown until then.
+    from alerts import baselines
+
+    return baselines.divergence_pct(engine, now)
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric(
+            "daily_pnl_pct",
+            "%",
+            "Day P&L as % of the session start equity (a loss is negative)",
+            daily_pnl_pct,
+        ),
+        Metric("drawdown_pct", "%", "Drawdown from the equity high-water mark", drawdown_pct),
+        Metric(
+            "error_count",
+            "count",
+            "Error and critical log lines in the last 5 minutes",
+            error_count,
+            time_based=True,
+        ),
+        Metric(
+            "rejection_rate_pct",
+            "%",
+            "Rejected orders of those placed in the last 15 minutes (from 10 orders)",
+            rejection_rate_pct,
+        ),
+        Metric(
+            "slippage_bps",
+            "bps",
+            "Mean slippage of the last 15 minutes' fills; positive is worse",
+            slippage_bps,
+        ),
+        Metric(
+            "fill_rate_pct",
+            "%",
+            "Filled orders of those finished in the last 15 minutes (from 10 orders)",
+            fill_rate_pct,
+        ),
+        Metric(
+            "heartbeat_age_s",
+            "s",
+            "Seconds since the engine was last heard from (engine down)",
+            heartbeat_age_s,
+            time_based=True,
+        ),
+        Metric(
+            "md_latency_ms",
+            "ms",
+            "Latest market-data latency the engine reported",
+            lambda e, n: _latest(e, "md_latency_ms"),
+        ),
+        Metric(
+            "quote_age_ms",
+            "ms",
+            "Age of the newest quote the engine reported",
+            lambda e, n: _latest(e, "quote_age_ms"),
+        ),
+        Metric(
+            "order_latency_ms",
+            "ms",
+            "Latest order latency the engine reported",
+            lambda e, n: _latest(e, "latency_ms"),
+        ),
+        Metric(
+            "position_mismatch_s",
+            "s",
+            "How long the oldest ledger/broker position mismatch has lasted",
+            position_mismatch_s,
+            time_based=True,
+        ),
+        Metric("position_pct", "%", "Largest position as % of equity", position_pct),
+        Metric(
+            "cpu_pct",
+            "%",
+            "CPU of the engine's host, as reported",
+            lambda e, n: _latest(e, "cpu_pct"),
+        ),
+        Metric(
+            "memory_mb",
+            "MB",
+            "Memory of the engine process, as reported",
+            lambda e, n: _latest(e, "memory_mb"),
+        ),
+        Metric(
+            "backtest_divergence_pct",
+            "%",
+            "Divergence of live return from the engine's backtest baseline",
+            backtest_divergence_pct,
+        ),
+    ]
+}
+
+# Risk limits raise alerts through the rule with this metric (its channels, its severity).
+RISK_LIMIT_METRIC = "risk_limit"
+ENGINE_DOWN_METRIC = "heartbeat_age_s"

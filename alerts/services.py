@@ -1,0 +1,72 @@
+"""Writes of the alerts: acknowledging, silencing. Both audited."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from alerts import evaluation
+from alerts.models import Alert, AlertRule, Silence
+from controlplane.audit import audit_record
+from controlplane.models import Engine
+
+MAX_SILENCE = timedelta(days=7)
+
+
+def alert_acknowledge(
+    *, alert: Alert, actor: AbstractBaseUser, ip_address: str | None = None
+) -> bool:
+    """Stop repeats and escalation of a firing alert. False if it was already acknowledged."""
+    if not actor.has_perm("alerts.acknowledge_alert"):  # type: ignore[attr-defined]
+        raise PermissionDenied(f"{actor.get_username()} may not acknowledge alerts")
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = Alert.objects.filter(
+            pk=alert.pk, acknowledged_at__isnull=True, state__in=Alert.OPEN
+        ).update(acknowledged_at=now, acknowledged_by=actor,
+                 acknowledged_by_label=actor.get_username())  # fmt: skip
+        if claimed:
+            audit_record(action="alert_acknowledge", actor=actor, target=alert,
+                         ip_address=ip_address, data={"summary": alert.summary})  # fmt: skip
+            evaluation._publish(alert)
+    return bool(claimed)
+
+
+def silence_create(
+    *,
+    actor: AbstractBaseUser,
+    reason: str,
+    ends_at: datetime,
+    rule: AlertRule | None = None,
+    engine: Engine | None = None,
+    tag: str = "",
+    ip_address: str | None = None,
+) -> Silence:
+    if not actor.has_perm("alerts.add_silence"):  # type: ignore[attr-defined]
+        raise PermissionDenied(f"{actor.get_username()} may not silence alerts")
+    reason = (reason or "").strip()
+    errors = {}
+    if not reason:
+        errors["reason"] = "Say why the alerts are silenced."
+    now = timezone.now()
+    if ends_at <= now:
+        errors["ends_at"] = "A silence must end in the future."
+    elif ends_at - now > MAX_SILENCE:
+        errors["ends_at"] = "A silence lasts at most 7 days; set a new one after that."
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        silence = Silence.objects.create(
+            rule=rule, engine=engine, tag=tag.strip(), ends_at=ends_at, reason=reason,
+            created_by=actor, created_by_label=actor.get_username(),
+        )  # fmt: skip
+        audit_record(action="alert_silence", actor=actor, target=silence, reason=reason,
+                     ip_address=ip_address,
+                     data={"rule": rule.name if rule else None,
+                           "engine": engine.name if engine else None, "tag": tag,
+                           "ends_at": ends_at.isoformat()})  # fmt: skip
+    return silence

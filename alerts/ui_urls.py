@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from alerts import views
+
+app_name = "alerts"
+
+urlpatterns = [
+    path("", views.alert_list, name="list"),
+    path("<int:alert_id>/acknowledge/", views.acknowledge, name="acknowledge"),
+    path("silences/", views.silence, name="silence"),
+]

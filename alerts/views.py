@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from alerts import services
+from alerts.models import Alert, AlertRule, Silence
+from controlplane.audit import client_ip
+from controlplane.models import Engine
+
+
+@require_GET
+@permission_required("alerts.view_alert", raise_exception=True)
+def alert_list(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    return render(request, "alerts/list.html", {
+        "open_alerts": Alert.objects.filter(state__in=Alert.OPEN)
+        .select_related("engine", "rule").order_by("-severity", "-started_at"),
+        "resolved": Alert.objects.filter(state=Alert.State.RESOLVED)
+        .select_related("engine", "rule").order_by("-resolved_at")[:50],
+        "silences": Silence.objects.filter(ends_at__gt=now).select_related("rule", "engine"),
+        "rules": AlertRule.objects.order_by("name"),
+        "engines": Engine.objects.filter(is_active=True).order_by("name"),
+        "can_ack": request.user.has_perm("alerts.acknowledge_alert"),
+        "can_silence": request.user.has_perm("alerts.add_silence"),
+    })  # fmt: skip
+
+
+@require_POST
+def acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
+    alert = get_object_or_404(Alert, pk=alert_id)
+    try:
+        done = services.alert_acknowledge(
+            alert=alert, actor=request.user, ip_address=client_ip(request)
+        )
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+        return redirect("alerts:list")
+    if done:
+        messages.success(request, f"Acknowledged: {alert.summary}")
+    else:
+        messages.info(request, "That alert was already acknowledged or is over.")
+    return redirect("alerts:list")
+
+
+@require_POST
+def silence(request: HttpRequest) -> HttpResponse:
+    data = request.POST
+    rule = AlertRule.objects.filter(pk=data.get("rule") or None).first()
+    engine = Engine.objects.filter(pk=data.get("engine") or None).first()
+    try:
+        minutes = int(data.get("minutes") or 0)
+    except ValueError:
+        minutes = 0
+    try:
+        services.silence_create(
+            actor=request.user, reason=data.get("reason", ""),
+            ends_at=timezone.now() + timedelta(minutes=minutes), rule=rule, engine=engine,
+            tag=data.get("tag", ""), ip_address=client_ip(request),
+        )  # fmt: skip
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    except ValidationError as exc:
+        for field, problems in exc.message_dict.items():
+            label = "duration" if field == "ends_at" else field
+            messages.error(request, f"{label}: {' '.join(problems)}")
+    else:
+        messages.success(request, f"Silenced for {minutes} minutes.")
+    return redirect("alerts:list")
