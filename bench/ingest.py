@@ -4,9 +4,13 @@
 
 Starts what it needs (embedded PostgreSQL/Redis unless DATABASE_URL / REDIS_URL are set), creates
 a scratch database, runs uvicorn with the product's ASGI app, and has N protocol clients send
-frames of order + fill events, each waiting for the ack (durable commit) before the next frame.
+frames of order + fill events (pre-encoded, uncompressed), each waiting for the ack (durable
+commit) before the next frame, with --window frames in flight.
 Baseline, measured in the same run on the same PostgreSQL: a raw psycopg COPY of the same number
 of rows into a table equal to the fill table (same columns, constraints and indexes).
+Also printed: the CPU time each part spent per event (uvicorn with its children, the embedded
+PostgreSQL's processes, the bench's own clients), which says more than the rate when other work
+shares the machine, and the machine's load average before the run.
 The last line printed is the JSON result.
 """
 
@@ -60,6 +64,46 @@ def drop_database(admin_url: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
+def tree_cpu(root: int | None) -> dict[int, float]:
+    """CPU seconds (user + system) of a process and its descendants, by pid; Linux only."""
+    if root is None or not Path("/proc", str(root)).exists():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree = {root}
+    grew = True
+    while grew:
+        found = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        grew = bool(found)
+        tree |= found
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def postmaster_pid() -> int | None:
+    """The embedded PostgreSQL's postmaster, when this machine runs it (else no figure)."""
+    if os.environ.get("DATABASE_URL"):
+        return None
+    try:
+        return int((embedded.data_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def make_frames(n_events: int, batch: int, fills_per_order: int) -> list[bytes]:
     from engine_sdk import protocol as p
 
@@ -103,8 +147,14 @@ async def run_engine(
         broker="bench", account="bench", trading_state="ACTIVE", last_seq=0,
     )  # fmt: skip
     last_seqs = [p.decode_engine_frame(f).events[-1].seq for f in frames]  # type: ignore[union-attr]
+    # No permessage-deflate: a client compressing on this same 2-core machine would spend the
+    # server's CPU (about 3 us an event). Inflating costs the server about 0.5 us an event when an
+    # SDK engine negotiates it (its default).
     async with websockets.connect(
-        ws_url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=16 * 2**20
+        ws_url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=16 * 2**20,
+        compression=None,
     ) as ws:
         await ws.send(p.encode(hello).decode())
         welcome = p.decode_server_frame(await ws.recv())
@@ -114,7 +164,7 @@ async def run_engine(
         acked_frames = 0
         while acked_frames < len(frames):
             while sent < len(frames) and sent - acked_frames < window:
-                await ws.send(frames[sent].decode())
+                await ws.send(frames[sent], text=True)  # pre-encoded UTF-8, sent as is
                 sent += 1
             reply = p.decode_server_frame(await ws.recv())
             if isinstance(reply, p.Ack):
@@ -126,17 +176,18 @@ async def run_engine(
 
 
 def copy_baseline(db_url: str, rows: int) -> float:
+    import msgspec
     import psycopg
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_copy")
         conn.execute("CREATE TABLE bench_copy (LIKE controlplane_fill INCLUDING ALL)")
-        # Foreign keys are not copied by LIKE; the fill table has them, so add them too.
-        conn.execute(
-            "ALTER TABLE bench_copy ADD FOREIGN KEY (engine_id) REFERENCES controlplane_engine(id),"
-            " ADD FOREIGN KEY (order_id) REFERENCES controlplane_order(id),"
-            " ADD FOREIGN KEY (instrument_id) REFERENCES controlplane_instrument(id)"
-        )
+        # LIKE does not copy foreign keys: add whichever the fill table has.
+        for (definition,) in conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'controlplane_fill'::regclass AND contype = 'f'"
+        ).fetchall():
+            conn.execute(f"ALTER TABLE bench_copy ADD {definition}")
         engine_id, order_id, instrument_id = conn.execute(
             "SELECT engine_id, id, instrument_id FROM controlplane_order LIMIT 1"
         ).fetchone()
@@ -147,6 +198,9 @@ def copy_baseline(db_url: str, rows: int) -> float:
             for i in range(rows)
         ]  # fmt: skip
         started = time.perf_counter()
+        # Decimals and datetimes to text in one pass, as the ingest does: psycopg's own dumper
+        # for an aware datetime costs more than the rest of the row.
+        text_rows = msgspec.to_builtins(data)
         with (
             conn.transaction(),
             conn.cursor() as cur,
@@ -155,7 +209,7 @@ def copy_baseline(db_url: str, rows: int) -> float:
                 "price, fee, expected_price, liquidity, ts, seq) FROM STDIN"
             ) as copy,
         ):
-            for row in data:
+            for row in text_rows:
                 copy.write_row(row)
         elapsed = time.perf_counter() - started
         conn.execute("DROP TABLE bench_copy")
@@ -217,9 +271,16 @@ def main() -> int:
                     *(run_engine(ws_url, t, frames, args.window) for t in tokens)
                 )
 
+            load_before = os.getloadavg()[0]
+            pg_root = postmaster_pid()
+            web_before, pg_before = tree_cpu(server.pid), tree_cpu(pg_root)
+            client_before = time.process_time()
             started = time.perf_counter()
             results = asyncio.run(all_engines())
             elapsed = time.perf_counter() - started
+            client_cpu = time.process_time() - client_before
+            web_cpu = cpu_used(web_before, tree_cpu(server.pid))
+            pg_cpu = cpu_used(pg_before, tree_cpu(pg_root)) if pg_root else None
             total = sum(n for n, _ in results)
             rate = total / elapsed
 
@@ -242,6 +303,12 @@ def main() -> int:
 
     print(f"engines: {args.engines}, events: {total} ({fills} fills), batch {args.batch}")
     print(f"end to end over WebSocket with acks: {rate:,.0f} events/s in {elapsed:.2f}s")
+    per_event = 1e6 / total
+    pg_part = f"PostgreSQL {pg_cpu * per_event:.1f}" if pg_cpu is not None else "PostgreSQL ?"
+    print(f"CPU per event: web {web_cpu * per_event:.1f} us, {pg_part} us, bench clients "
+          f"{client_cpu * per_event:.1f} us (on {os.cpu_count()} cores, 50,000 events/s leaves "
+          f"{os.cpu_count() * 20:.0f} us)")  # fmt: skip
+    print(f"load average of the machine (1 min) before the run: {load_before:.1f}")
     print(f"raw psycopg COPY into an equal table: {baseline:,.0f} rows/s")
     print(f"ratio: {rate / baseline:.3f}")
     print(json.dumps({
