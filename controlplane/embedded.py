@@ -32,6 +32,18 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PG_PORT = 54329
 DEFAULT_REDIS_PORT = 63799
 PG_DATABASE = "controlplane"
+# Durability stays whole: every commit is flushed to disk before it returns. The rest sizes the
+# server for the ingest's bulk writes (engine event batches): WAL written in a few large pieces
+# instead of many small ones, and no checkpoint (with its full-page images) every few seconds.
+PG_SETTINGS = (
+    "fsync=on",
+    "synchronous_commit=on",
+    "full_page_writes=on",
+    "shared_buffers=256MB",
+    "wal_buffers=32MB",
+    "max_wal_size=4GB",
+    "checkpoint_timeout=15min",
+)
 
 
 class EmbeddedError(RuntimeError):
@@ -184,7 +196,7 @@ class EmbeddedPostgres:
                 raise EmbeddedError(f"initdb failed:\n{done.stdout}")
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.pgdata} "
-            "-c max_connections=200 -c fsync=on"
+            f"-c max_connections=200 {' '.join(f'-c {s}' for s in PG_SETTINGS)}"
         )
         done = self._run(
             "pg_ctl", "-D", str(self.pgdata), "-o", options, "-l", str(self.log), "-w", "-t", "60",
