@@ -30,6 +30,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": crontab(minute="30", hour="3"),
         "expires": 12 * 3600,
     },
+    "alerts: resend notifications a lost task or a killed worker left behind": {
+        "task": "alerts.resend_stuck_notifications",
+        "schedule": 15.0,
+        "expires": 15,
+    },
 }
 
 
