@@ -34,6 +34,7 @@ def alert_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@permission_required("alerts.acknowledge_alert", raise_exception=True)
 def acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
     alert = get_object_or_404(Alert, pk=alert_id)
     try:
@@ -51,6 +52,7 @@ def acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
 
 
 @require_POST
+@permission_required("alerts.add_silence", raise_exception=True)
 def silence(request: HttpRequest) -> HttpResponse:
     data = request.POST
     rule = AlertRule.objects.filter(pk=data.get("rule") or None).first()

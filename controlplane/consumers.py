@@ -8,6 +8,7 @@ import logging
 import uuid
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -31,6 +32,20 @@ class EngineConsumer(AsyncWebsocketConsumer):
     # Command pushes that arrived while the hello was being answered: sent right after the
     # welcome (the engine applies each command_id once, so a repeat is harmless).
     _early_frames: list[str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' own dispatch first runs close_old_connections through asgiref's single
+        # shared thread for every message, which makes a hundred sockets queue behind each
+        # other (a fleet kill's fan-out took a second). Every database call here goes through
+        # database_sync_to_async, which closes stale connections in its own thread anyway.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         token = gateway.bearer_token(self.scope.get("headers", []))
@@ -142,9 +157,15 @@ class EngineConsumer(AsyncWebsocketConsumer):
         for _, text in entries:
             await self.send(text_data=text)
         ids = [uuid.UUID(command_id) for command_id, _ in entries]
-        await database_sync_to_async(gateway.mark_delivered, thread_sensitive=False)(
-            self.engine_id, ids
+        # Not awaited: the engine's ack (which may already be on its way) must not queue behind
+        # this bookkeeping; the ack fills in delivered_at too if it wins.
+        task = asyncio.create_task(
+            database_sync_to_async(gateway.mark_delivered, thread_sensitive=False)(
+                self.engine_id, ids
+            )
         )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _heartbeats(self) -> None:
         interval = settings.ENGINE_HEARTBEAT_INTERVAL_S

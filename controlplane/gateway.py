@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 
@@ -364,15 +364,33 @@ def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
     return command.pk
 
 
+_HEARTBEAT_SQL = """
+    UPDATE controlplane_engine SET last_seen_at = %s, reported_state = %s WHERE id = %s
+    RETURNING name, desired_state, desired_until,
+        EXISTS (SELECT 1 FROM controlplane_command
+                WHERE engine_id = %s AND status = 'pending')
+"""
+
+
 def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
-    """Record the heartbeat; answer the commands a lost push left undelivered, if any."""
+    """Record the heartbeat; answer the commands a lost push left undelivered, if any.
+
+    One statement in the usual case (a hundred engines send one every two seconds): the update
+    returns what the latch check needs and whether anything waits for delivery.
+    """
     try:
-        Engine.objects.filter(pk=engine_id).update(
-            last_seen_at=datetime.now(UTC), reported_state=frame.trading_state
-        )
-        engine = Engine.objects.only("name", "desired_state", "desired_until").get(pk=engine_id)
-        enforce_desired_state(engine, frame.trading_state)
-        return list(pending_commands(engine_id, undelivered_only=True))
+        with connection.cursor() as cursor:
+            cursor.execute(_HEARTBEAT_SQL, [datetime.now(UTC), frame.trading_state, engine_id,
+                                            engine_id])  # fmt: skip
+            row = cursor.fetchone()
+        if row is None:
+            return []
+        name, desired, desired_until, waiting = row
+        engine = Engine(pk=engine_id, name=name, desired_state=desired,
+                        desired_until=desired_until)  # fmt: skip
+        if desired != frame.trading_state and enforce_desired_state(engine, frame.trading_state):
+            waiting = True
+        return list(pending_commands(engine_id, undelivered_only=True)) if waiting else []
     except DatabaseError as exc:
         # A heartbeat that cannot be recorded must not drop the engine's connection.
         log.warning("engine %s: heartbeat not recorded: %s", engine_id, exc)

@@ -22,6 +22,8 @@ urlpatterns = [
     path("live/engines/<slug:name>.json", live_views.engine_snapshot, name="live-engine"),
     path("risk/", include("risk.urls")),
     path("alerts/", include("alerts.ui_urls")),
+    path("reports/", include("dashboard.report_urls")),
+    path("", include("alerts.urls")),  # /metrics
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]

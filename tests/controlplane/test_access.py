@@ -7,7 +7,8 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-PUBLIC = {"/healthz", "/readyz", "/login/", "/admin/login/"}
+# /metrics is for Prometheus: open unless METRICS_TOKEN is set (tests/alerts/test_metrics.py).
+PUBLIC = {"/healthz", "/readyz", "/login/", "/admin/login/", "/metrics"}
 
 
 def _walk(patterns, prefix: str = ""):
