@@ -30,6 +30,16 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": crontab(minute="30", hour="3"),
         "expires": 12 * 3600,
     },
+    "alerts: time-based rules, repeats and escalations": {
+        "task": "alerts.sweep",
+        "schedule": 5.0,
+        "expires": 5,
+    },
+    "commands: expire undelivered commands past their expiry": {
+        "task": "controlplane.tasks.expire_commands",
+        "schedule": 30.0,
+        "expires": 30,
+    },
     "alerts: resend notifications a lost task or a killed worker left behind": {
         "task": "alerts.resend_stuck_notifications",
         "schedule": 15.0,

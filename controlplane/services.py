@@ -515,3 +515,11 @@ def api_token_user(token: str | None) -> AbstractBaseUser | None:
     if api_token.last_used_at is None or now - api_token.last_used_at > timedelta(minutes=1):
         ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
     return api_token.user
+
+
+def commands_expire(*, now: datetime | None = None) -> int:
+    """Undelivered or unacknowledged commands past their expiry become ``expired``."""
+    now = now or timezone.now()
+    return Command.objects.filter(
+        status__in=[Command.Status.PENDING, Command.Status.DELIVERED], expires_at__lte=now
+    ).update(status=Command.Status.EXPIRED, completed_at=now, detail="expired before delivery")

@@ -21,3 +21,12 @@ def drop_old_event_partitions() -> list[str]:
     """Drop the event log's days older than EVENT_LOG_RETENTION_DAYS; returns the tables dropped."""
     cutoff = datetime.now(UTC).date() - timedelta(days=settings.EVENT_LOG_RETENTION_DAYS)
     return partitions.drop_partitions_before(cutoff)
+
+
+@shared_task
+def expire_commands() -> int:
+    """Mark commands whose expiry passed before any engine acknowledged them (an engine that is
+    offline does not do it at its next connection until then); returns how many."""
+    from controlplane.services import commands_expire
+
+    return commands_expire()

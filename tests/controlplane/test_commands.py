@@ -319,3 +319,18 @@ def test_batch_progress_counts_the_engines_that_reached_the_state(fleet, risk_ma
     progress = selectors.batch_progress(batch)
     assert progress.finished
     assert progress.incomplete[1] == "gamma: broker down"
+
+
+def test_commands_past_their_expiry_expire_and_kills_never_do(fleet, operator, risk_manager):
+    pause = services.command_issue(
+        kind="pause", selector="engine:alpha", reason="x", actor=operator,
+        expires_in=timedelta(seconds=30),
+    ).commands.get()  # fmt: skip
+    kill(risk_manager, selector="engine:beta")
+
+    assert services.commands_expire(now=timezone.now() + timedelta(seconds=29)) == 0
+    assert services.commands_expire(now=timezone.now() + timedelta(seconds=31)) == 1
+
+    pause.refresh_from_db()
+    assert pause.status == "expired"
+    assert Command.objects.get(kind="kill").status == "pending"
