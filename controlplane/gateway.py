@@ -365,7 +365,9 @@ def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
 
 
 _HEARTBEAT_SQL = """
-    UPDATE controlplane_engine SET last_seen_at = %s, reported_state = %s WHERE id = %s
+    UPDATE controlplane_engine SET last_seen_at = %s, reported_state = %s,
+        limits_version = COALESCE(%s, limits_version)
+    WHERE id = %s
     RETURNING name, desired_state, desired_until,
         EXISTS (SELECT 1 FROM controlplane_command
                 WHERE engine_id = %s AND status = 'pending')
@@ -380,8 +382,8 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
     """
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_HEARTBEAT_SQL, [datetime.now(UTC), frame.trading_state, engine_id,
-                                            engine_id])  # fmt: skip
+            values = [datetime.now(UTC), frame.trading_state, frame.limits_version, engine_id]
+            cursor.execute(_HEARTBEAT_SQL, [*values, engine_id])
             row = cursor.fetchone()
         if row is None:
             return []

@@ -771,7 +771,10 @@ class EngineClient:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             frame = protocol.Heartbeat(
-                ts=utc_now(), trading_state=self.gate.state, last_seq=self.last_seq
+                ts=utc_now(),
+                trading_state=self.gate.state,
+                last_seq=self.last_seq,
+                limits_version=self.pretrade.version if self.pretrade is not None else None,
             )
             await self._send(ws, protocol.encode(frame))
 

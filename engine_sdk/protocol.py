@@ -299,6 +299,8 @@ class Heartbeat(_FrameBase, kw_only=True, tag="heartbeat"):
     ts: Timestamp
     trading_state: TradingState
     last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    # The pre-trade limits version the engine enforces right now (None: none yet).
+    limits_version: int | None = None
 
 
 class CommandAck(_FrameBase, kw_only=True, tag="command_ack"):

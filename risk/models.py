@@ -160,9 +160,14 @@ class RiskLimit(models.Model):
         """The limit as engines receive it (docs/protocol.md, pre-trade limits)."""
         scope = {Scope.SYMBOL: "symbol", Scope.SECTOR: "sector"}.get(self.scope, "all")  # type: ignore[call-overload]
         return {
-            "id": self.pk, "kind": self.kind, "threshold": str(self.threshold), "scope": scope,
+            "id": self.pk, "kind": self.kind, "threshold": _plain(self.threshold), "scope": scope,
             "scope_value": self.scope_value if scope != "all" else None,
         }  # fmt: skip
+
+
+def _plain(value: Decimal) -> str:
+    """5000, 0.25: no trailing zeros and no exponent, as engines and people read them."""
+    return format(value.normalize(), "f")
 
 
 class RiskLimitChange(models.Model):

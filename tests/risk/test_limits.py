@@ -133,7 +133,7 @@ def test_an_engine_gets_the_pretrade_limits_that_apply_to_it(make_engine, risk_m
 
     assert revision == RiskLimitChange.objects.latest("pk").pk
     assert [limit["kind"] for limit in limits] == ["max_order_qty", "price_collar_pct"]
-    assert limits[1] == {"id": collar.pk, "kind": "price_collar_pct", "threshold": "5.00000000",
+    assert limits[1] == {"id": collar.pk, "kind": "price_collar_pct", "threshold": "5",
                          "scope": "symbol", "scope_value": "AAPL"}  # fmt: skip
 
 
