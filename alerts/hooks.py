@@ -16,7 +16,7 @@ from alerts.registry import RISK_LIMIT_METRIC
 
 log = logging.getLogger(__name__)
 
-DEBOUNCE_S = 0.5
+DEBOUNCE_S = 0.2
 
 
 class _Debouncer:
