@@ -820,7 +820,7 @@ def main() -> int:
     if not row_ms:
         raise SystemExit("no row reached a browser in the measured seconds")
     print(json.dumps({
-        "metric": "fanout_event_to_browser_p99_ms",
+        "metric": "fanout_p99_ms",
         "value": round(pct(row_ms, 99), 1),
         "p50": round(pct(row_ms, 50), 1),
         "max": round(max(row_ms), 1),

@@ -94,7 +94,10 @@ DATABASES = {
         DATABASE_URL,
         # Tests: no connection may outlive its thread, or the test database cannot be dropped.
         conn_max_age=env_int("DB_CONN_MAX_AGE", 0 if ENVIRONMENT == "test" else 60, minimum=0),
-        conn_health_checks=True,
+        # No SELECT 1 before every reuse: the engine sockets' database calls are the hot path
+        # (a profiled frame spent 14 % of its time on it). A connection that died fails its
+        # next statement once; the batch is not acked and the engine resends it.
+        conn_health_checks=False,
     )
 }
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
@@ -194,6 +197,7 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "controlplane@localhost")
 EMAIL_ENABLED = env_bool("EMAIL_ENABLED", True)
+REPORT_TIMEZONE = env_str("REPORT_TIMEZONE", "UTC")  # weekly report: Monday 07:00 here
 # Alert evaluation runs in Celery; off, stored data schedules no evaluation (the sweep still runs).
 ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 

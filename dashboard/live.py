@@ -19,13 +19,14 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import close_old_connections
 
 from controlplane.models import Engine
 from dashboard import overview
@@ -87,6 +88,7 @@ class Publisher:
         self._cursors: dict[int, _Cursor] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-publisher")
         self.published = 0
 
     def mark(self, engine_id: int) -> None:
@@ -111,6 +113,7 @@ class Publisher:
 
     async def _run(self) -> None:
         # Runs while there is something to publish, then ends; the next mark starts it again.
+        # The first change is published at once; later ones wait for the rest of the interval.
         while self._dirty:
             started = time.monotonic()
             dirty, self._dirty = self._dirty, set()
@@ -131,8 +134,11 @@ class Publisher:
         if layer is None:
             return
         watched = await self._watched(layer, engine_ids)
-        rows, deltas = await database_sync_to_async(self._read, thread_sensitive=False)(
-            engine_ids, watched
+        # A thread of its own: the engines' writes fill the shared pool, and the live view must
+        # not queue behind them.
+        loop = asyncio.get_running_loop()
+        rows, deltas = await loop.run_in_executor(
+            self._executor, self._read_closing, engine_ids, watched
         )
         message = {"type": "live.update", "topic": "fleet", "source": self.source,
                    "seq": self._next("fleet"), "rows": [r.as_dict() for r in rows]}  # fmt: skip
@@ -144,6 +150,15 @@ class Publisher:
                        "seq": self._next(topic), "row": row, **delta}  # fmt: skip
             await layer.group_send(engine_group(engine_id), _jsonable(message))
         self.published += 1
+
+    def _read_closing(
+        self, engine_ids: set[int], watched: set[int]
+    ) -> tuple[list[overview.FleetRow], dict[int, dict[str, Any]]]:
+        close_old_connections()
+        try:
+            return self._read(engine_ids, watched)
+        finally:
+            close_old_connections()
 
     def _read(
         self, engine_ids: set[int], watched: set[int]
