@@ -251,7 +251,7 @@ def test_the_alerts_page_lists_and_acknowledges(alpha, loss_rule, operator, view
     client.force_login(viewer)
     page = client.get("/alerts/").content.decode()
     assert "alpha: Daily loss" in page and ">Acknowledge</button>" not in page
-    assert client.post(f"/alerts/{alert.pk}/acknowledge/").status_code == 302
+    assert client.post(f"/alerts/{alert.pk}/acknowledge/").status_code == 403
     assert Alert.objects.get().acknowledged_at is None
 
     client.force_login(operator)
