@@ -1,7 +1,8 @@
 """Live against backtest: the divergence alert rules can watch.
 
-Engines carry no backtest baseline yet (the performance-analytics feature adds them), so the
-divergence is unknown and a rule on it neither fires nor resolves.
+The largest relative divergence (%) of the engine's last 30 days from its backtest baseline
+(return, trade count, win rate; docs/analytics.md). Without a baseline it is unknown, and a rule
+on it neither fires nor resolves.
 """
 
 from __future__ import annotations
@@ -12,4 +13,6 @@ from controlplane.models import Engine
 
 
 def divergence_pct(engine: Engine, now: datetime) -> float | None:
-    return None
+    from dashboard import baselines
+
+    return baselines.divergence_pct(engine, now)

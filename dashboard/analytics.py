@@ -1,0 +1,465 @@
+"""Performance analytics over the stored data, for one engine, a strategy tag or the fleet, for any
+period [start, end). Every figure is defined in docs/analytics.md; the names here follow it.
+
+The data of all the engines asked for is read in a fixed number of queries (``collect``), then
+summarised per engine, per tag and for the fleet without going back to the database
+(``summarise``), so a report over the whole fleet costs the same few queries as one engine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.db import connection
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+
+from alerts.models import Alert
+from controlplane.models import AccountSnapshot, Command, Engine, Fill, MetricSample, Order
+from dashboard.overview import slippage_bps
+
+TRADING_DAYS_PER_YEAR = 252
+ZERO = Decimal(0)
+FILL_FIELDS = (
+    "engine_id", "instrument_id", "side", "quantity", "price", "fee", "expected_price", "ts",
+    "instrument__multiplier",
+)  # fmt: skip
+FINAL_ORDER_STATUSES = ("filled", "cancelled", "rejected", "expired")
+_WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+# --- Periods -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+    tz: ZoneInfo
+    label: str = ""
+
+    @property
+    def days(self) -> list[date]:
+        """The calendar dates (in ``tz``) the period touches."""
+        first = self.start.astimezone(self.tz).date()
+        last = (self.end - timedelta(microseconds=1)).astimezone(self.tz).date()
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+class BadWeek(ValueError):
+    """A week string that is not an ISO week such as 2026-W47."""
+
+
+def iso_week(week: str, tz: ZoneInfo) -> Period:
+    """The ISO week "YYYY-Www": Monday 00:00 to the next Monday 00:00 in ``tz``."""
+    match = _WEEK_RE.match(week)
+    if not match:
+        raise BadWeek(f"{week!r} is not an ISO week: write it as YYYY-Www, e.g. 2026-W47.")
+    year, number = int(match[1]), int(match[2])
+    try:
+        monday = date.fromisocalendar(year, number, 1)
+    except ValueError:
+        raise BadWeek(f"{year} has no ISO week {number}.") from None
+    start = datetime(monday.year, monday.month, monday.day, tzinfo=tz)
+    end_day = monday + timedelta(days=7)
+    end = datetime(end_day.year, end_day.month, end_day.day, tzinfo=tz)
+    return Period(start=start, end=end, tz=tz, label=f"{year}-W{number:02d}")
+
+
+def week_label(day: date) -> str:
+    year, number, _ = day.isocalendar()
+    return f"{year}-W{number:02d}"
+
+
+def previous_iso_week(now: datetime, tz: ZoneInfo) -> str:
+    """The last complete ISO week before ``now`` in ``tz``."""
+    return week_label(now.astimezone(tz).date() - timedelta(days=7))
+
+
+def weekdays_between(start: datetime, end: datetime, tz: ZoneInfo) -> int:
+    """Dates Monday to Friday (in ``tz``) that [start, end) touches, partly or whole."""
+    if end <= start:
+        return 0
+    period = Period(start=start, end=end, tz=tz)
+    return sum(1 for d in period.days if d.weekday() < 5)
+
+
+# --- What is read from the database --------------------------------------------------------------
+
+
+@dataclass
+class EngineData:
+    """One engine's raw ingredients for a period."""
+
+    engine_id: int
+    start_equity: Decimal | None = None  # last equity before the period, if any
+    points: list[tuple[datetime, Decimal]] = field(default_factory=list)  # in the period
+    trips: list[Decimal] = field(default_factory=list)  # round trips closed in the period
+    fills: int = 0
+    slippages: list[float] = field(default_factory=list)
+    orders: int = 0
+    orders_rejected: int = 0
+    orders_final: int = 0
+    orders_filled: int = 0
+    minutes_up: int = 0
+    minutes_total: int = 0
+    alerts: int = 0
+    commands: int = 0
+    first_data_at: datetime | None = None
+
+    @property
+    def has_trading(self) -> bool:
+        return self.fills > 0 or self.orders > 0
+
+
+def _flow(side: str, quantity: Decimal, price: Decimal, multiplier: Decimal) -> Decimal:
+    """Cash a fill moves: a sell brings money in, a buy pays it out (before fees)."""
+    value = quantity * price * multiplier
+    return value if side == "sell" else -value
+
+
+def round_trips(fills: Iterable[tuple], start: datetime, end: datetime) -> list[Decimal]:
+    """P&L of the round trips that close in [start, end), from one instrument's fills in order.
+
+    ``fills``: (side, quantity, price, fee, multiplier, ts). A round trip opens when the position
+    leaves zero and closes when it returns to zero; its P&L is the cash its fills moved, fees
+    included. A fill that crosses zero is split by quantity, its fee pro rata: the part that
+    brings the position to zero closes the trip, the rest opens the next one.
+    """
+    trips: list[Decimal] = []
+    position = ZERO
+    cash = ZERO
+    for side, quantity, price, fee, multiplier, ts in fills:
+        signed = quantity if side == "buy" else -quantity
+        closing = ZERO
+        if position != 0 and (position > 0) != (signed > 0):
+            closing = min(quantity, abs(position))
+        if closing:
+            share = closing / quantity
+            cash += _flow(side, closing, price, multiplier) - fee * share
+            position += closing if signed > 0 else -closing
+            if position == 0:
+                if start <= ts < end:
+                    trips.append(cash)
+                cash = ZERO
+            rest = quantity - closing
+            if rest:
+                cash += _flow(side, rest, price, multiplier) - fee * (1 - share)
+                position += rest if signed > 0 else -rest
+        else:
+            cash += _flow(side, quantity, price, multiplier) - fee
+            position += signed
+    return trips
+
+
+def _uptime_minutes(engine_ids: list[int], start: datetime, end: datetime) -> dict[int, int]:
+    snapshots = AccountSnapshot._meta.db_table
+    metrics = MetricSample._meta.db_table
+    sql = f"""
+        SELECT engine_id, count(DISTINCT date_trunc('minute', ts)) FROM (
+            SELECT engine_id, ts FROM {snapshots}
+             WHERE engine_id = ANY(%(ids)s) AND ts >= %(start)s AND ts < %(end)s
+            UNION ALL
+            SELECT engine_id, ts FROM {metrics}
+             WHERE engine_id = ANY(%(ids)s) AND ts >= %(start)s AND ts < %(end)s
+        ) AS seen GROUP BY engine_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"ids": engine_ids, "start": start, "end": end})
+        return dict(cursor.fetchall())
+
+
+def collect(
+    engine_ids: Sequence[int], start: datetime, end: datetime, *, now: datetime | None = None
+) -> dict[int, EngineData]:
+    """Read everything the analytics of these engines need, in a fixed number of queries."""
+    now = now or timezone.now()
+    ids = list(engine_ids)
+    data = {engine_id: EngineData(engine_id) for engine_id in ids}
+    if not ids:
+        return data
+
+    for engine_id, equity in (
+        AccountSnapshot.objects.filter(engine_id__in=ids, ts__lt=start)
+        .order_by("engine_id", "-ts", "-seq")
+        .distinct("engine_id")
+        .values_list("engine_id", "equity")
+    ):
+        data[engine_id].start_equity = equity
+    for engine_id, ts, equity in (
+        AccountSnapshot.objects.filter(engine_id__in=ids, ts__gte=start, ts__lt=end)
+        .order_by("ts", "engine_id", "seq")
+        .values_list("engine_id", "ts", "equity")
+    ):
+        data[engine_id].points.append((ts, equity))
+
+    # Every fill before the end: a round trip closing this week may have opened long before.
+    by_instrument: dict[tuple[int, int], list[tuple]] = defaultdict(list)
+    for engine_id, instrument_id, side, qty, price, fee, expected, ts, multiplier in (
+        Fill.objects.filter(engine_id__in=ids, ts__lt=end)
+        .order_by("engine_id", "instrument_id", "ts", "seq")
+        .values_list(*FILL_FIELDS)
+        .iterator(chunk_size=5000)
+    ):
+        by_instrument[(engine_id, instrument_id)].append((side, qty, price, fee, multiplier, ts))
+        if ts >= start:
+            item = data[engine_id]
+            item.fills += 1
+            slip = slippage_bps(side, price, expected)
+            if slip is not None:
+                item.slippages.append(slip)
+    for (engine_id, _), fills in by_instrument.items():
+        data[engine_id].trips.extend(round_trips(fills, start, end))
+
+    for row in (
+        Order.objects.filter(engine_id__in=ids, created_at__gte=start, created_at__lt=end)
+        .values("engine_id")
+        .annotate(
+            n=Count("pk"),
+            rejected=Count("pk", filter=Q(status="rejected")),
+            final=Count("pk", filter=Q(status__in=FINAL_ORDER_STATUSES)),
+            filled=Count("pk", filter=Q(status="filled")),
+        )
+    ):
+        item = data[row["engine_id"]]
+        item.orders, item.orders_rejected = row["n"], row["rejected"]
+        item.orders_final, item.orders_filled = row["final"], row["filled"]
+
+    firsts: dict[int, datetime] = {}
+    for model in (AccountSnapshot, Fill):
+        earliest = model.objects.filter(engine_id__in=ids).values("engine_id").annotate(t=Min("ts"))
+        for row in earliest:
+            seen = firsts.get(row["engine_id"])
+            firsts[row["engine_id"]] = row["t"] if seen is None else min(seen, row["t"])
+    up = _uptime_minutes(ids, start, end)
+    horizon = min(end, now)
+    for engine_id, first in firsts.items():
+        item = data[engine_id]
+        item.first_data_at = first
+        low = max(start, first.replace(second=0, microsecond=0))
+        item.minutes_total = max(0, math.ceil((horizon - low).total_seconds() / 60))
+        item.minutes_up = up.get(engine_id, 0)
+
+    for row in (
+        Alert.objects.filter(engine_id__in=ids, fired_at__gte=start, fired_at__lt=end)
+        .values("engine_id")
+        .annotate(n=Count("pk"))
+    ):
+        data[row["engine_id"]].alerts = row["n"]
+    for row in (
+        Command.objects.filter(engine_id__in=ids, created_at__gte=start, created_at__lt=end)
+        .values("engine_id")
+        .annotate(n=Count("pk"))
+    ):
+        data[row["engine_id"]].commands = row["n"]
+    return data
+
+
+# --- Figures -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Day:
+    day: date
+    equity: Decimal  # end of day
+    pnl: Decimal
+    return_pct: float | None
+
+
+@dataclass(frozen=True)
+class Analytics:
+    start: datetime
+    end: datetime
+    engines: int
+    start_equity: Decimal | None
+    end_equity: Decimal | None
+    pnl: Decimal | None
+    return_pct: float | None
+    sharpe: float | None
+    sortino: float | None
+    max_drawdown_pct: float | None
+    round_trips: int
+    wins: int
+    losses: int
+    win_rate_pct: float | None
+    profit_factor: float | None
+    round_trip_pnl: Decimal
+    trades: int
+    avg_slippage_bps: float | None
+    worst_slippage_bps: float | None
+    orders: int
+    rejection_rate_pct: float | None
+    fill_rate_pct: float | None
+    uptime_pct: float | None
+    alerts_fired: int
+    commands_issued: int
+    first_data_at: datetime | None
+    days: list[Day]
+    # (ts, combined equity, drawdown % from the running peak, <= 0)
+    curve: list[tuple[datetime, Decimal, float]]
+
+    @property
+    def has_trading(self) -> bool:
+        return self.trades > 0 or self.orders > 0
+
+
+def _pct(part: float, whole: float) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def sharpe_ratio(returns: Sequence[float]) -> float | None:
+    """Mean daily return over its sample standard deviation, times sqrt(252); risk-free 0."""
+    if len(returns) < 2:
+        return None
+    deviation = statistics.stdev(returns)
+    if deviation == 0:
+        return None
+    return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
+
+
+def sortino_ratio(returns: Sequence[float]) -> float | None:
+    """Mean daily return over the downside deviation (target 0, over all days), times sqrt(252)."""
+    if len(returns) < 2:
+        return None
+    downside = math.sqrt(sum(min(r, 0.0) ** 2 for r in returns) / len(returns))
+    if downside == 0:
+        return None
+    return statistics.fmean(returns) / downside * math.sqrt(TRADING_DAYS_PER_YEAR)
+
+
+def _equity(items: Sequence[EngineData], period: Period) -> tuple[Decimal | None, list, list[Day]]:
+    """The scope's combined equity: its value at the start, the curve, and the days."""
+    current: dict[int, Decimal] = {}
+    for item in items:
+        first = item.start_equity
+        if first is None and item.points:
+            first = item.points[0][1]
+        if first is not None:
+            current[item.engine_id] = first
+    if not current:
+        return None, [], []
+    total = sum(current.values(), ZERO)
+    opening = total
+    merged = sorted(
+        ((ts, item.engine_id, equity) for item in items for ts, equity in item.points),
+        key=lambda p: p[0],
+    )
+    curve: list[tuple[datetime, Decimal, float]] = []
+    end_of_day: dict[date, Decimal] = {}
+    peak = opening
+    index = 0
+    while index < len(merged):
+        ts = merged[index][0]
+        # Engines reporting at the same instant move the total together.
+        while index < len(merged) and merged[index][0] == ts:
+            _, engine_id, equity = merged[index]
+            total += equity - current[engine_id]
+            current[engine_id] = equity
+            index += 1
+        peak = max(peak, total)
+        drawdown = -float((peak - total) / peak * 100) if peak > 0 else 0.0
+        curve.append((ts, total, drawdown))
+        end_of_day[ts.astimezone(period.tz).date()] = total
+    days = []
+    previous = opening
+    for day in sorted(end_of_day):
+        value = end_of_day[day]
+        days.append(
+            Day(day, value, value - previous, float(value / previous - 1) if previous else None)
+        )
+        previous = value
+    return opening, curve, days
+
+
+def summarise(items: Sequence[EngineData], period: Period) -> Analytics:
+    opening, curve, days = _equity(items, period)
+    closing = curve[-1][1] if curve else opening
+    pnl = closing - opening if opening is not None and closing is not None else None
+    returns = [d.return_pct for d in days if d.return_pct is not None]
+    trips = [t for item in items for t in item.trips]
+    wins = [t for t in trips if t > 0]
+    losses = [t for t in trips if t < 0]
+    gross_loss = -sum(losses, ZERO)
+    slippages = [s for item in items for s in item.slippages]
+    orders = sum(i.orders for i in items)
+    final = sum(i.orders_final for i in items)
+    minutes_total = sum(i.minutes_total for i in items)
+    firsts = [i.first_data_at for i in items if i.first_data_at is not None]
+    return Analytics(
+        start=period.start,
+        end=period.end,
+        engines=len(items),
+        start_equity=opening,
+        end_equity=closing,
+        pnl=pnl,
+        return_pct=float(pnl / opening * 100) if pnl is not None and opening else None,
+        sharpe=sharpe_ratio(returns),
+        sortino=sortino_ratio(returns),
+        max_drawdown_pct=-min((p[2] for p in curve), default=0.0) if curve else None,
+        round_trips=len(trips),
+        wins=len(wins),
+        losses=len(losses),
+        win_rate_pct=_pct(len(wins), len(trips)),
+        profit_factor=float(sum(wins, ZERO) / gross_loss) if gross_loss else None,
+        round_trip_pnl=sum(trips, ZERO),
+        trades=sum(i.fills for i in items),
+        avg_slippage_bps=statistics.fmean(slippages) if slippages else None,
+        worst_slippage_bps=max(slippages) if slippages else None,
+        orders=orders,
+        rejection_rate_pct=_pct(sum(i.orders_rejected for i in items), orders),
+        fill_rate_pct=_pct(sum(i.orders_filled for i in items), final),
+        uptime_pct=_pct(sum(i.minutes_up for i in items), minutes_total),
+        alerts_fired=sum(i.alerts for i in items),
+        commands_issued=sum(i.commands for i in items),
+        first_data_at=min(firsts) if firsts else None,
+        days=days,
+        curve=curve,
+    )
+
+
+# --- Scopes --------------------------------------------------------------------------------------
+
+
+def _period(start: datetime, end: datetime, tz: ZoneInfo | None) -> Period:
+    if end <= start:
+        raise ValueError("the period must end after it starts")
+    return Period(start=start, end=end, tz=tz or ZoneInfo("UTC"))
+
+
+def engines_analytics(
+    engines: Sequence[Engine], start: datetime, end: datetime, *,
+    tz: ZoneInfo | None = None, now: datetime | None = None,
+) -> Analytics:  # fmt: skip
+    period = _period(start, end, tz)
+    data = collect([e.pk for e in engines], period.start, period.end, now=now)
+    return summarise(list(data.values()), period)
+
+
+def engine_analytics(engine: Engine, start: datetime, end: datetime, **kw: object) -> Analytics:
+    return engines_analytics([engine], start, end, **kw)  # type: ignore[arg-type]
+
+
+def tag_analytics(tag: str, start: datetime, end: datetime, **kw: object) -> Analytics:
+    engines = list(Engine.objects.filter(strategy_tags__contains=[tag]))
+    return engines_analytics(engines, start, end, **kw)  # type: ignore[arg-type]
+
+
+def fleet_analytics(start: datetime, end: datetime, **kw: object) -> Analytics:
+    """Every engine, active or not (a retired engine may have traded in the period).
+
+    Alerts not tied to an engine count for the fleet only."""
+    result = engines_analytics(list(Engine.objects.all()), start, end, **kw)  # type: ignore[arg-type]
+    unassigned = Alert.objects.filter(
+        engine__isnull=True, fired_at__gte=start, fired_at__lt=end
+    ).count()
+    if not unassigned:
+        return result
+    return replace(result, alerts_fired=result.alerts_fired + unassigned)

@@ -1,0 +1,288 @@
+"""The weekly report: its figures (fleet, per engine, per tag, live against baseline), its CSV, its
+e-mail, and the delivery of that e-mail to each subscribed user exactly once per ISO week.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import smtplib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from email.mime.image import MIMEImage
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import EmailMultiAlternatives
+from django.db.models import F, Q
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from controlplane.models import Engine
+from dashboard import analytics, report_charts
+from dashboard.analytics import Analytics, Period
+from dashboard.baselines import Comparison, compare
+from dashboard.models import Baseline, Profile, ReportDelivery, profile_for
+
+MAX_ATTEMPTS = 6
+# A "sending" claim older than this was left by a worker that died mid-send: take it over.
+STALE_CLAIM = timedelta(minutes=15)
+VIEW_PERMISSION = "controlplane.view_engine"
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    engine: Engine
+    figures: Analytics
+    comparison: Comparison | None
+
+
+@dataclass(frozen=True)
+class WeeklyReport:
+    period: Period
+    fleet: Analytics
+    engines: list[EngineRow]
+    tags: list[tuple[str, Analytics]]
+
+    @property
+    def week(self) -> str:
+        return self.period.label
+
+    @property
+    def has_trading(self) -> bool:
+        return self.fleet.has_trading
+
+    @property
+    def compared(self) -> list[EngineRow]:
+        return [row for row in self.engines if row.comparison is not None]
+
+    @property
+    def flagged(self) -> list[EngineRow]:
+        return [row for row in self.engines if row.comparison and row.comparison.flagged]
+
+
+def weekly_report(week: str, tz: ZoneInfo, *, now: datetime | None = None) -> WeeklyReport:
+    """The report of an ISO week in ``tz`` (raises analytics.BadWeek for a malformed week)."""
+    period = analytics.iso_week(week, tz)
+    engines = list(Engine.objects.all())
+    data = analytics.collect([e.pk for e in engines], period.start, period.end, now=now)
+    baselines = {b.engine_id: b for b in Baseline.objects.filter(engine__in=engines)}
+    rows = []
+    for engine in engines:
+        item = data[engine.pk]
+        expected = engine.pk in baselines and engine.is_active
+        if not (item.points or item.has_trading or expected):
+            continue  # nothing to say about an engine that neither ran nor is expected to
+        figures = analytics.summarise([item], period)
+        baseline = baselines.get(engine.pk)
+        comparison = compare(baseline, figures, tz) if baseline else None
+        rows.append(EngineRow(engine, figures, comparison))
+    tags = sorted({tag for row in rows for tag in row.engine.strategy_tags})
+    by_tag = [
+        (
+            tag,
+            analytics.summarise(
+                [data[r.engine.pk] for r in rows if tag in r.engine.strategy_tags], period
+            ),
+        )
+        for tag in tags
+    ]
+    fleet = analytics.fleet_analytics(period.start, period.end, tz=tz, now=now)
+    return WeeklyReport(period=period, fleet=fleet, engines=rows, tags=by_tag)
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+CSV_COLUMNS = [
+    ("return_pct", "return_pct"), ("pnl", "pnl"), ("start_equity", "start_equity"),
+    ("end_equity", "end_equity"), ("sharpe", "sharpe"), ("sortino", "sortino"),
+    ("max_drawdown_pct", "max_drawdown_pct"), ("trades", "trades"),
+    ("round_trips", "round_trips"), ("win_rate_pct", "win_rate_pct"),
+    ("profit_factor", "profit_factor"), ("avg_slippage_bps", "avg_slippage_bps"),
+    ("worst_slippage_bps", "worst_slippage_bps"), ("rejection_rate_pct", "rejection_rate_pct"),
+    ("fill_rate_pct", "fill_rate_pct"), ("uptime_pct", "uptime_pct"),
+    ("alerts_fired", "alerts_fired"), ("commands_issued", "commands_issued"),
+]  # fmt: skip
+COMPARISON_COLUMNS = [
+    "expected_return_pct", "return_diff_pp", "trade_ratio", "win_rate_diff_pp",
+    "divergence_pct", "flagged",
+]  # fmt: skip
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+def report_csv(report: WeeklyReport) -> str:
+    """One row for the fleet, one per tag, one per engine; blank where a figure is undefined."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["week", "scope", "name", *[c for c, _ in CSV_COLUMNS], *COMPARISON_COLUMNS])
+    empty = [""] * len(COMPARISON_COLUMNS)
+
+    def row(scope: str, name: str, figures: Analytics, comparison: Comparison | None) -> None:
+        values = [_cell(getattr(figures, attr)) for _, attr in CSV_COLUMNS]
+        extra = empty
+        if comparison is not None:
+            extra = [
+                _cell(comparison.expected_return_pct), _cell(comparison.return_diff_pp),
+                _cell(comparison.trade_ratio), _cell(comparison.win_rate_diff_pp),
+                _cell(comparison.divergence_pct), _cell(comparison.flagged),
+            ]  # fmt: skip
+        writer.writerow([report.week, scope, name, *values, *extra])
+
+    row("fleet", "fleet", report.fleet, None)
+    for tag, figures in report.tags:
+        row("tag", tag, figures, None)
+    for item in report.engines:
+        row("engine", item.engine.name, item.figures, item.comparison)
+    return out.getvalue()
+
+
+# --- E-mail --------------------------------------------------------------------------------------
+
+EQUITY_CID = "equity-drawdown"
+PNL_CID = "daily-pnl"
+
+
+def report_email(report: WeeklyReport, user: object) -> EmailMultiAlternatives:
+    """A multipart/related message: text and HTML alternatives, then the HTML's inline PNGs."""
+    context = {
+        "report": report,
+        "user": user,
+        "site_name": settings.SITE_NAME,
+        "report_path": f"/reports/{report.week}/",
+        "equity_cid": EQUITY_CID,
+        "pnl_cid": PNL_CID,
+    }
+    subject = " ".join(render_to_string("reports/weekly_email_subject.txt", context).split())
+    text = render_to_string("reports/weekly_email.txt", context)
+    html = render_to_string("reports/weekly_email.html", context)
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[user.email],  # type: ignore[attr-defined]
+    )
+    message.attach_alternative(html, "text/html")
+    if report.fleet.curve:
+        pngs = report_charts.render_pngs(
+            [
+                report_charts.equity_drawdown_figure(report.fleet, theme="email"),
+                report_charts.daily_pnl_figure(report.fleet, theme="email"),
+            ]
+        )
+        message.mixed_subtype = "related"
+        for cid, png in zip((EQUITY_CID, PNL_CID), pngs, strict=True):
+            image = MIMEImage(png, "png")
+            image.add_header("Content-ID", f"<{cid}>")
+            image.add_header("Content-Disposition", "inline", filename=f"{cid}.png")
+            message.attach(image)
+    return message
+
+
+# --- Delivery ------------------------------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    ALREADY_SENT = "already_sent"
+    BUSY = "busy"  # another worker holds the claim
+    RETRY = "retry"
+    GAVE_UP = "gave_up"
+    SKIPPED = "skipped"  # not subscribed any more, no address, no permission
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    retry_in_s: int = 0
+
+
+def retry_delay_s(attempts: int) -> int:
+    """1, 2, 4, 8 ... minutes after each failed attempt, at most an hour."""
+    return min(3600, 60 * 2 ** max(0, attempts - 1))
+
+
+def subscribers() -> list[tuple[int, str]]:
+    """(user id, timezone) of each active user who wants the report, has an address and may see
+    the engines."""
+    User = get_user_model()
+    users = (
+        User.objects.filter(is_active=True, report_profile__weekly_report=True)
+        .exclude(email="")
+        .filter(
+            Q(is_superuser=True)
+            | Q(user_permissions__codename="view_engine")
+            | Q(groups__permissions__codename="view_engine")
+        )
+        .distinct()
+        .values_list("pk", "report_profile__timezone")
+    )
+    return list(users)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, smtplib.SMTPException | OSError)
+
+
+def weekly_report_deliver(*, user_id: int, week: str, now: datetime | None = None) -> Result:
+    """Send ``week``'s report to the user once: the delivery row is claimed by a conditional
+    update, so the task run twice (or by two workers) sends one e-mail."""
+    now = now or timezone.now()
+    User = get_user_model()
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return Result(Outcome.SKIPPED)
+    profile: Profile = profile_for(user)
+    if not (profile.weekly_report and user.email and user.has_perm(VIEW_PERMISSION)):
+        return Result(Outcome.SKIPPED)
+    tz = ZoneInfo(profile.timezone)
+    analytics.iso_week(week, tz)  # a malformed week is a bug of the caller: fail before the row
+
+    row, _ = ReportDelivery.objects.get_or_create(user=user, week=week)
+    if row.status == ReportDelivery.Status.SENT:
+        return Result(Outcome.ALREADY_SENT)
+    claimable = Q(status__in=[ReportDelivery.Status.PENDING, ReportDelivery.Status.FAILED]) | Q(
+        status=ReportDelivery.Status.SENDING, claimed_at__lt=now - STALE_CLAIM
+    )
+    claimed = (
+        ReportDelivery.objects.filter(pk=row.pk, attempts__lt=MAX_ATTEMPTS)
+        .filter(claimable)
+        .update(status=ReportDelivery.Status.SENDING, attempts=F("attempts") + 1, claimed_at=now)
+    )
+    if claimed != 1:
+        row.refresh_from_db()
+        if row.status == ReportDelivery.Status.SENT:
+            return Result(Outcome.ALREADY_SENT)
+        if row.attempts >= MAX_ATTEMPTS and row.status == ReportDelivery.Status.FAILED:
+            return Result(Outcome.GAVE_UP)
+        return Result(Outcome.BUSY)
+    row.refresh_from_db()
+    try:
+        report_email(weekly_report(week, tz, now=now), user).send(fail_silently=False)
+    except Exception as exc:
+        ReportDelivery.objects.filter(pk=row.pk, status=ReportDelivery.Status.SENDING).update(
+            status=ReportDelivery.Status.FAILED,
+            error=f"attempt {row.attempts}: {type(exc).__name__}: {exc}"[:2000],
+        )
+        if not _transient(exc):
+            raise
+        if row.attempts >= MAX_ATTEMPTS:
+            return Result(Outcome.GAVE_UP)
+        return Result(Outcome.RETRY, retry_delay_s(row.attempts))
+    ReportDelivery.objects.filter(pk=row.pk, status=ReportDelivery.Status.SENDING).update(
+        status=ReportDelivery.Status.SENT, sent_at=timezone.now()
+    )
+    return Result(Outcome.SENT)
