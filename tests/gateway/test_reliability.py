@@ -100,9 +100,13 @@ def assert_everything_stored_once(engine: Engine, orders: int) -> None:
     assert len(fills) == orders * FILLS_PER_ORDER
     assert len(set(fills)) == len(fills)
     total = orders * (1 + FILLS_PER_ORDER)
-    assert EngineEvent.objects.filter(engine=engine).count() == total
+    assert EngineEvent.objects.filter(engine=engine, kind__in=["order", "fill"]).count() == total
+    # Anything else is the SDK's own state events: on a slow machine a restart can outlast the
+    # dead-man's 15 s, which pauses the engine and resumes it when the server is back.
+    others = EngineEvent.objects.filter(engine=engine).exclude(kind__in=["order", "fill"])
+    assert set(others.values_list("kind", flat=True)) <= {"state"}
     engine.refresh_from_db()
-    assert engine.last_seq == total
+    assert engine.last_seq == total + others.count()
     assert engine.positions.get().quantity == Decimal(orders * FILLS_PER_ORDER)
 
 
