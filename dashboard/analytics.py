@@ -452,14 +452,17 @@ def tag_analytics(tag: str, start: datetime, end: datetime, **kw: object) -> Ana
     return engines_analytics(engines, start, end, **kw)  # type: ignore[arg-type]
 
 
-def fleet_analytics(start: datetime, end: datetime, **kw: object) -> Analytics:
-    """Every engine, active or not (a retired engine may have traded in the period).
+def unassigned_alerts(start: datetime, end: datetime) -> int:
+    """Alerts fired in the period that are not tied to an engine: they count for the fleet."""
+    return Alert.objects.filter(engine__isnull=True, fired_at__gte=start, fired_at__lt=end).count()
 
-    Alerts not tied to an engine count for the fleet only."""
+
+def with_unassigned_alerts(fleet: Analytics) -> Analytics:
+    extra = unassigned_alerts(fleet.start, fleet.end)
+    return replace(fleet, alerts_fired=fleet.alerts_fired + extra) if extra else fleet
+
+
+def fleet_analytics(start: datetime, end: datetime, **kw: object) -> Analytics:
+    """Every engine, active or not (a retired engine may have traded in the period)."""
     result = engines_analytics(list(Engine.objects.all()), start, end, **kw)  # type: ignore[arg-type]
-    unassigned = Alert.objects.filter(
-        engine__isnull=True, fired_at__gte=start, fired_at__lt=end
-    ).count()
-    if not unassigned:
-        return result
-    return replace(result, alerts_fired=result.alerts_fired + unassigned)
+    return with_unassigned_alerts(result)

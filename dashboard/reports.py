@@ -90,7 +90,7 @@ def weekly_report(week: str, tz: ZoneInfo, *, now: datetime | None = None) -> We
         )
         for tag in tags
     ]
-    fleet = analytics.fleet_analytics(period.start, period.end, tz=tz, now=now)
+    fleet = analytics.with_unassigned_alerts(analytics.summarise(list(data.values()), period))
     return WeeklyReport(period=period, fleet=fleet, engines=rows, tags=by_tag)
 
 
