@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -458,6 +459,15 @@ class AuditEvent(models.Model):
         return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_label}"
 
 
+class _StoredJSONField(models.JSONField):
+    """The event log's column is ``json``, which psycopg already parses: take its value as is."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        if isinstance(value, dict | list):
+            return value
+        return super().from_db_value(value, expression, connection)
+
+
 class EngineEvent(models.Model):
     """The raw event log, exactly as the engines sent it, append-only.
 
@@ -473,7 +483,7 @@ class EngineEvent(models.Model):
     kind = models.CharField(max_length=16)
     ts = models.DateTimeField()
     received_at = models.DateTimeField()
-    payload = models.JSONField()
+    payload = _StoredJSONField()
 
     class Meta:
         managed = False

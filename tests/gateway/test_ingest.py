@@ -259,6 +259,15 @@ def test_the_event_log_is_partitioned_by_day(engine):
     assert partition != "controlplane_engineevent_default"
 
 
+def test_the_event_log_reads_back_through_the_orm_as_sent(engine):
+    _ingest(engine, f.metric(1, value=2.5))
+
+    (event,) = EngineEvent.objects.filter(engine=engine)
+
+    assert (event.kind, event.seq) == ("metric", 1)
+    assert event.payload["name"] == "latency_ms" and event.payload["value"] == 2.5
+
+
 def test_an_unknown_symbol_gets_an_instrument_row(engine):
     _ingest(engine, f.order(1, "o-1", symbol="NEWCO"))
     from controlplane.models import Instrument
