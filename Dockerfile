@@ -11,6 +11,12 @@ RUN groupadd --system --gid 10001 controlplane \
  && useradd --system --uid 10001 --gid controlplane --home-dir /home/controlplane --create-home \
       --shell /usr/sbin/nologin controlplane
 
+# Chromium renders the weekly report's charts to PNG (kaleido drives the system browser).
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends chromium \
+ && rm -rf /var/lib/apt/lists/*
+ENV CHROMIUM_PATH=/usr/bin/chromium
+
 WORKDIR /app
 
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
