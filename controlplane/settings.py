@@ -204,6 +204,8 @@ ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 # --- Prometheus ----------------------------------------------------------------------------------
 # When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>"; empty: open to the network.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Encrypts notification channel targets (Apprise URLs carry credentials); SECRET_KEY when empty.
+CHANNEL_SECRET_KEY = env_str("CHANNEL_SECRET_KEY", "")
 
 # --- Engine gateway ------------------------------------------------------------------------------
 ENGINE_HEARTBEAT_INTERVAL_S = env_float("ENGINE_HEARTBEAT_INTERVAL_S", 2.0, minimum=0.1)
