@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Func, Q, QuerySet
 
-from controlplane.models import AuditEvent
+from controlplane.models import AuditEvent, Engine
 
 
 def audit_actions() -> list[str]:
@@ -41,3 +41,15 @@ def audit_event_list(
     if until is not None:
         events = events.filter(ts__lt=until)
     return events.order_by("-ts", "-pk")
+
+
+def strategy_tags() -> list[str]:
+    """Every strategy tag of the active engines, for the fleet's filter and selection menus."""
+    tags = (
+        Engine.objects.filter(is_active=True)
+        .annotate(tag=Func(F("strategy_tags"), function="unnest"))
+        .values_list("tag", flat=True)
+        .distinct()
+        .order_by("tag")
+    )
+    return list(tags)

@@ -21,6 +21,7 @@ urlpatterns = [
         views.resume_request_reject,
         name="resume_request_reject",
     ),
+    path("engines/<slug:name>/", views.engine, name="engine"),
     path("engines/<slug:name>/commands/", views.engine_commands, name="engine_commands"),
     path(
         "engines/<slug:name>/resume-requests/",

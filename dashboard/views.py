@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
@@ -12,14 +14,16 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import selectors, services
 from controlplane.audit import client_ip
 from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
+from dashboard import charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
-from dashboard.selectors import audit_actions, audit_event_list
+from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 
 AUDIT_PAGE_SIZE = 50
 
@@ -51,15 +55,68 @@ def _form_errors(request: HttpRequest, form: CommandForm | ReasonForm) -> None:
 
 
 @require_GET
+@permission_required("controlplane.view_engine", raise_exception=True)
 def fleet(request: HttpRequest) -> HttpResponse:
     mode = request.GET.get("mode") or None
     tag = request.GET.get("tag") or None
-    engines = list(selectors.engine_list(mode=mode, tag=tag))
-    tags = sorted({t for e in engines for t in e.strategy_tags})
+    rows = overview.fleet_rows(mode=mode, tag=tag)
+    user = request.user
     return render(
         request,
         "dashboard/fleet.html",
-        {"engines": engines, "modes": Mode.choices, "mode": mode, "tag": tag, "tags": tags},
+        {
+            "rows": rows,
+            "totals": overview.fleet_totals(rows),
+            "firing_alerts_total": sum(r.firing_alerts for r in rows),
+            "modes": Mode.choices,
+            "mode": mode,
+            "tag": tag,
+            "tags": strategy_tags(),
+            "stale_after_s": settings.ENGINE_STALE_AFTER_S,
+            "now": timezone.now(),
+            # Asked once, not once per row.
+            "can_pause": user.has_perm("controlplane.issue_pause"),
+            "can_reduce": user.has_perm("controlplane.issue_reduce"),
+            "can_kill": user.has_perm("controlplane.issue_kill"),
+        },
+    )
+
+
+def _figure(text: str) -> Any:
+    # json_script escapes what it embeds; it takes objects, so the figure's text is parsed once.
+    return json.loads(text)
+
+
+@require_GET
+@permission_required("controlplane.view_engine", raise_exception=True)
+def engine(request: HttpRequest, name: str) -> HttpResponse:
+    """The engine page, drawn from the same snapshot the live updates then extend."""
+    engine = get_object_or_404(Engine, name=name)
+    snapshot = overview.engine_snapshot(engine)
+    logs = snapshot["logs"]
+    return render(
+        request,
+        "dashboard/engine.html",
+        {
+            "engine": engine,
+            "row": snapshot["row"],
+            "snapshot": snapshot,
+            "errors": [log for log in logs if log["level"] in ("error", "critical")][:10],
+            "figures": {
+                "equity": _figure(charts.equity_figure(snapshot["equity"])),
+                "latency": _figure(charts.latency_figure(snapshot["latency"])),
+                "rejections": _figure(charts.rejection_figure(snapshot["rejections"])),
+                "config": charts.CONFIG,
+                "traces": {
+                    "equity": charts.EQUITY_TRACES,
+                    "latency": charts.LATENCY_TRACES,
+                    "rejections": charts.REJECTION_TRACES,
+                },
+            },
+            "stale_after_s": settings.ENGINE_STALE_AFTER_S,
+            "return_here": True,
+            "now": timezone.now(),
+        },
     )
 
 
@@ -95,6 +152,9 @@ def command_issue(request: HttpRequest) -> HttpResponse:
         _error_messages(request, exc)
         return _back(request)
     messages.success(request, f"{kind} issued to {selector}.")
+    if request.POST.get("return_here"):
+        # Issued from an engine's page: stay there and watch it obey; the batch is linked there.
+        return _back(request)
     return redirect("dashboard:batch", batch_id=batch.pk)
 
 
