@@ -47,7 +47,6 @@ class _Debouncer:
 
         while True:
             self._wake.wait()
-            time.sleep(DEBOUNCE_S)  # gather the window's batches into one evaluation
             self._wake.clear()
             with self._lock:
                 dirty, self._dirty = self._dirty, set()
@@ -57,6 +56,9 @@ class _Debouncer:
                 except Exception:
                     log.warning("engine %s: alert evaluation not scheduled", engine_id,
                                 exc_info=True)  # fmt: skip
+            # The first batch after a quiet spell is evaluated at once; what arrives in the next
+            # DEBOUNCE_S is gathered into one more evaluation per engine.
+            time.sleep(DEBOUNCE_S)
 
 
 _debouncer = _Debouncer()

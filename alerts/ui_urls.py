@@ -8,6 +8,7 @@ app_name = "alerts"
 
 urlpatterns = [
     path("", views.alert_list, name="list"),
+    path("firing.json", views.firing, name="firing"),
     path("<int:alert_id>/acknowledge/", views.acknowledge, name="acknowledge"),
     path("silences/", views.silence, name="silence"),
 ]

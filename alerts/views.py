@@ -5,7 +5,8 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -31,6 +32,16 @@ def alert_list(request: HttpRequest) -> HttpResponse:
         "can_ack": request.user.has_perm("alerts.acknowledge_alert"),
         "can_silence": request.user.has_perm("alerts.add_silence"),
     })  # fmt: skip
+
+
+@require_GET
+@permission_required("alerts.view_alert", raise_exception=True)
+def firing(request: HttpRequest) -> JsonResponse:
+    """The header's badge: how many alerts fire now, and how many of them are critical."""
+    counts = Alert.objects.filter(state=Alert.State.FIRING).aggregate(
+        firing=Count("pk"), critical=Count("pk", filter=Q(severity="critical"))
+    )
+    return JsonResponse(counts)
 
 
 @require_POST

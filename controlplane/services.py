@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn
@@ -26,6 +27,8 @@ from controlplane.models import (
     hash_token,
     new_engine_token,
 )
+
+log = logging.getLogger(__name__)
 
 
 def engine_assign_token(*, engine: Engine) -> str:
@@ -328,9 +331,20 @@ def command_issue(
                 **audit,
             )  # fmt: skip
             transaction.on_commit(partial(delivery.push, commands))
+            transaction.on_commit(partial(_publish_rows, [e.pk for e in engines]))
     if refusal:
         _refuse(refusal, **audit, data={"selector": selector})
     return batch
+
+
+def _publish_rows(engine_ids: list[int]) -> None:
+    """The new desired states on the operators' screens at once, not when the engines answer."""
+    from dashboard import live
+
+    try:
+        live.publish_rows_now(engine_ids)
+    except Exception as exc:  # the screens catch up on the engines' next report
+        log.warning("live update of %d engines after a command failed: %s", len(engine_ids), exc)
 
 
 def _supersede(kind: str, batch: CommandBatch, engines: list[Engine], now: datetime) -> None:

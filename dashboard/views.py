@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,9 +19,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import selectors, services
-from controlplane.audit import client_ip
+from controlplane.audit import audit_record, client_ip
 from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
-from dashboard import charts, overview
+from dashboard import baselines, charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 
@@ -94,6 +94,9 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
     engine = get_object_or_404(Engine, name=name)
     snapshot = overview.engine_snapshot(engine)
     logs = snapshot["logs"]
+    # Live against its backtest baseline over the last 30 days, when it has one.
+    now = timezone.now()
+    comparison = baselines.engine_comparison(engine, now - timedelta(days=30), now)
     return render(
         request,
         "dashboard/engine.html",
@@ -115,14 +118,30 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
             },
             "stale_after_s": settings.ENGINE_STALE_AFTER_S,
             "return_here": True,
-            "now": timezone.now(),
+            "now": now,
+            "report": {"compared": [{"engine": engine, "comparison": comparison}]}
+            if comparison is not None
+            else None,
         },
     )
+
+
+COMMAND_PERMISSIONS = (
+    "controlplane.issue_pause", "controlplane.issue_reduce", "controlplane.issue_kill",
+)  # fmt: skip
 
 
 @require_POST
 def command_issue(request: HttpRequest) -> HttpResponse:
     """Every command dialog posts here; success lands on the batch page."""
+    if not any(request.user.has_perm(perm) for perm in COMMAND_PERMISSIONS):
+        # Someone who may issue no command at all is refused outright (and it is recorded).
+        audit_record(
+            action=f"command_{request.POST.get('kind', '')}".rstrip("_"), actor=request.user,
+            outcome="refused", ip_address=client_ip(request), reason=request.POST.get("reason", ""),
+            data={"refusal": "may not issue commands", "selector": request.POST.get("selector")},
+        )  # fmt: skip
+        raise PermissionDenied(f"{request.user.get_username()} may not issue commands")
     form = CommandForm(request.POST)
     if not form.is_valid():
         _form_errors(request, form)
