@@ -35,6 +35,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
         await handler(message)
+
     _flush_task: asyncio.Task[None] | None = None
     _watch_task: asyncio.Task[None] | None = None
 
