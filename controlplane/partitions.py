@@ -21,6 +21,15 @@ def partition_name(day: date) -> str:
 def ensure_partition(day: date) -> None:
     if day in _known:
         return
+    name = partition_name(day)
+    with connection.cursor() as cursor:
+        # A catalogue lookup takes no lock. CREATE TABLE .. PARTITION OF locks the parent table
+        # exclusively until commit, which would queue every engine's batch behind each other
+        # (and can deadlock them): it runs only when the day's partition is really missing.
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        if cursor.fetchone()[0]:
+            _known.add(day)
+            return
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
     try:
@@ -28,12 +37,14 @@ def ensure_partition(day: date) -> None:
         # day's partition fails; the rows keep going to DEFAULT and the batch must not fail.
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF {PARENT} "
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {PARENT} "
                 f"FOR VALUES FROM (%s) TO (%s)",
                 [start, end],
             )
     except DatabaseError:
         log.warning("event log partition for %s not created; rows go to the default one", day)
+        # Not retried on every batch: the periodic task creates the coming days' ahead of time.
+        _known.add(day)
         return
     # Remember it only once committed: a rolled-back creation must be retried.
     transaction.on_commit(lambda: _known.add(day))
