@@ -28,7 +28,8 @@ def ensure_partition(day: date) -> None:
         # (and can deadlock them): it runs only when the day's partition is really missing.
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
         if cursor.fetchone()[0]:
-            _known.add(day)
+            # Once committed: the table may have been created earlier in this same transaction.
+            transaction.on_commit(lambda: _known.add(day))
             return
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
