@@ -118,13 +118,22 @@ if ENVIRONMENT == "test" and os.environ.get("PYTEST_XDIST_WORKER"):
     _parts = urlsplit(REDIS_URL)
     REDIS_URL = urlunsplit(_parts._replace(path=f"/{1 + _worker % 15}"))
 
+
+def _redis_db(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path.strip("/") or "0"
+
+
 CHANNEL_LAYERS = {
     "default": {
         # The pub/sub layer delivers ~9x more group messages per second than the list-based one
         # on this hardware (see DESIGN.md); both are at-most-once, so correctness on screens
         # comes from sequence numbers and snapshot resync, not from the layer.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"cp-{ENVIRONMENT}"},
+        # Redis pub/sub channels ignore the database number: the prefix carries it, so parallel
+        # test workers (each on its own database) and their servers cannot hear each other.
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"cp-{ENVIRONMENT}-{_redis_db(REDIS_URL)}"},
     }
 }
 
