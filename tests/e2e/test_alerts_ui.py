@@ -35,7 +35,13 @@ def test_a_firing_alert_shows_a_toast_and_the_count_then_its_resolution(
     make_engine: Callable[..., tuple[Engine, str]],
 ) -> None:
     engine, _ = make_engine("alpha")
+    # Made here: tests that flush the database (as this one's server needs) drop shipped rows.
     AlertRule.objects.exclude(name="Daily loss").update(enabled=False)
+    AlertRule.objects.update_or_create(
+        name="Daily loss",
+        defaults={"metric": "daily_pnl_pct", "comparator": "<", "threshold": -3,
+                  "hysteresis": 0.5, "severity": "critical", "enabled": True},
+    )  # fmt: skip
     _log_in(page, uvicorn_server, operator)
     page.goto(f"{uvicorn_server.url}/risk/")  # any page: alerts reach them all
     badge = page.locator("#alerts-badge")
