@@ -20,14 +20,17 @@ DEBOUNCE_S = 0.2
 
 
 class _Debouncer:
-    """Collects engines with new data and schedules one evaluation each per DEBOUNCE_S.
+    """Schedules one evaluation per engine at most every DEBOUNCE_S.
 
-    A thread of its own talks to the broker, so the ingest path (which acks engines) never waits
-    on Redis, even when Redis is slow or away; the beat sweep catches up on anything lost.
+    An engine quiet for DEBOUNCE_S is evaluated at once; batches that follow within the window
+    are gathered into one more evaluation at its end. A thread of its own talks to the broker, so
+    the ingest path (which acks engines) never waits on Redis, even when Redis is slow or away;
+    the beat sweep catches up on anything lost.
     """
 
     def __init__(self) -> None:
         self._dirty: set[int] = set()
+        self._last: dict[int, float] = {}  # when each engine's evaluation was last queued
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,23 +45,30 @@ class _Debouncer:
                 self._thread.start()
         self._wake.set()
 
+    def _due(self, now: float) -> tuple[list[int], float | None]:
+        """The engines to evaluate now, and how long until the next one is due."""
+        with self._lock:
+            ready = [e for e in self._dirty if now - self._last.get(e, 0.0) >= DEBOUNCE_S]
+            self._dirty.difference_update(ready)
+            for engine_id in ready:
+                self._last[engine_id] = now
+            waits = [self._last[e] + DEBOUNCE_S - now for e in self._dirty]
+        return ready, min(waits) if waits else None
+
     def _run(self) -> None:
         from alerts.jobs import evaluate_engine_task
 
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                dirty, self._dirty = self._dirty, set()
-            for engine_id in dirty:
+            ready, wait = self._due(time.monotonic())
+            for engine_id in ready:
                 try:
                     evaluate_engine_task.apply_async(args=[engine_id], expires=30, retry=False)
                 except Exception:
                     log.warning("engine %s: alert evaluation not scheduled", engine_id,
                                 exc_info=True)  # fmt: skip
-            # The first batch after a quiet spell is evaluated at once; what arrives in the next
-            # DEBOUNCE_S is gathered into one more evaluation per engine.
-            time.sleep(DEBOUNCE_S)
+            # Wake for new data, or when a gathered engine's window ends.
+            self._wake.wait(timeout=wait)
+            self._wake.clear()
 
 
 _debouncer = _Debouncer()

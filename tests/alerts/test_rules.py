@@ -257,3 +257,14 @@ def test_the_alerts_page_lists_and_acknowledges(alpha, loss_rule, operator, view
     client.force_login(operator)
     client.post(f"/alerts/{alert.pk}/acknowledge/")
     assert Alert.objects.get().acknowledged_by_label == "otto-operator"
+
+
+def test_an_engine_is_evaluated_at_once_then_at_most_once_per_window():
+    debouncer = hooks._Debouncer()
+    debouncer._dirty = {1, 2}
+
+    assert sorted(debouncer._due(100.0)[0]) == [1, 2]  # quiet engines: at once
+    debouncer._dirty = {1}
+    ready, wait = debouncer._due(100.05)
+    assert ready == [] and wait == pytest.approx(hooks.DEBOUNCE_S - 0.05)
+    assert debouncer._due(100.0 + hooks.DEBOUNCE_S)[0] == [1]  # its window's end gathers it
