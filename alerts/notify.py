@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -30,9 +31,8 @@ from alerts.transports import TransportError, transport_for
 
 logger = logging.getLogger(__name__)
 
-# A send must finish within the lease (SMTP and Apprise time out well before), or another worker
-# may take the row over and send it a second time.
-LEASE = timedelta(seconds=60)
+# A send must finish within the lease (settings.NOTIFICATION_LEASE_S; SMTP and Apprise time out
+# well before), or another worker may take the row over and send it a second time.
 MAX_ATTEMPTS = 5
 # A pending row this long past due (created, or its retry due) lost its task: enqueue it again.
 STUCK_AFTER = timedelta(seconds=30)
@@ -180,7 +180,9 @@ def _claim(notification_id: int, now: datetime) -> int | None:
         status=Notification.Status.SENDING, claimed_until__lt=now
     )
     claimed = Notification.objects.filter(claimable, pk=notification_id).update(
-        status=Notification.Status.SENDING, claimed_until=now + LEASE, attempts=F("attempts") + 1
+        status=Notification.Status.SENDING,
+        claimed_until=now + timedelta(seconds=settings.NOTIFICATION_LEASE_S),
+        attempts=F("attempts") + 1,
     )
     if claimed != 1:
         return None

@@ -215,6 +215,9 @@ ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # Encrypts notification channel targets (Apprise URLs carry credentials); SECRET_KEY when empty.
 CHANNEL_SECRET_KEY = env_str("CHANNEL_SECRET_KEY", "")
+# How long a worker holds a notification it is sending; after that (a worker killed mid-send)
+# the sweep sends it again. SMTP and Apprise time out well before.
+NOTIFICATION_LEASE_S = env_float("NOTIFICATION_LEASE_S", 60.0, minimum=1.0)
 
 # --- Engine gateway ------------------------------------------------------------------------------
 ENGINE_HEARTBEAT_INTERVAL_S = env_float("ENGINE_HEARTBEAT_INTERVAL_S", 2.0, minimum=0.1)
