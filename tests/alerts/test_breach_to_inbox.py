@@ -10,7 +10,6 @@ import pytest
 from alerts import evaluation
 from alerts.models import AlertRule, NotificationChannel
 from controlplane.models import Engine
-from tests.alerts.test_notifications import eager_celery, smtp, webhook  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,7 +18,7 @@ def test_a_breach_reaches_mail_and_webhook_once_and_its_resolution_once(
     smtp,
     webhook,
     eager_celery,
-    make_engine,  # noqa: F811
+    make_engine,
 ):
     engine, _ = make_engine("alpha")
     mail = NotificationChannel(name="desk-mail", kind="email")
