@@ -331,7 +331,12 @@ def command_issue(
                 **audit,
             )  # fmt: skip
             transaction.on_commit(partial(delivery.push, commands))
-            transaction.on_commit(partial(_publish_rows, [e.pk for e in engines]))
+            # Connected engines show their new state when they answer, within milliseconds; the
+            # screens hear of the others now. (Reading and sending a hundred rows here competes
+            # with the push to the engines for the same process.)
+            offline = [e.pk for e in engines if not e.connected]
+            if offline:
+                transaction.on_commit(partial(_publish_rows, offline))
     if refusal:
         _refuse(refusal, **audit, data={"selector": selector})
     return batch
