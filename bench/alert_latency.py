@@ -39,9 +39,6 @@ import json
 import math
 import os
 import random
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,10 +49,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import (  # noqa: E402 - bench/ is first on the path
+    drop_database,
+    free_port,
+    own_redis,
+    patched_environ,
+    pct,
+    recreate_database,
+    stop_process,
+    with_database,
+)
 
 from controlplane import embedded  # noqa: E402
 
@@ -70,77 +77,6 @@ TRACE_ENV = "ALERT_BENCH_TRACE_FILE"
 
 
 # --- servers and the scratch database ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def recreate_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-@contextlib.contextmanager
-def own_redis() -> Iterator[dict[str, str]]:
-    """A Redis of this run's own (embedded, on a free port) unless REDIS_URL is set: on a shared
-    Redis another worker would take this run's tasks from the default queue."""
-    if os.environ.get("REDIS_URL"):
-        yield {}
-        return
-    port = free_port()
-    while port in (5432, 6379):
-        port = free_port()
-    root = Path(tempfile.mkdtemp(prefix="cp-bench-redis-"))
-    redis = embedded.EmbeddedRedis(root, port)
-    try:
-        redis.start()
-        yield {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    finally:
-        redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def setup_data(n_engines: int, hook_url: str) -> None:
@@ -513,12 +449,6 @@ def print_stages(
 # --- figures -----------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def row(what: str, values: list[float]) -> str:
     if not values:
         return f"  {what:<36} {0:>7} {'-':>8}"
@@ -576,7 +506,7 @@ def main() -> int:
         env = {**os.environ, **service_env}
         admin_url = env["DATABASE_URL"]
         db_url = with_database(admin_url, BENCH_DB)
-        recreate_database(admin_url)
+        recreate_database(admin_url, BENCH_DB)
         server = worker = None
         try:
             child_env = {
@@ -638,9 +568,9 @@ def main() -> int:
             time.sleep(0.5)  # a late duplicate would show up here
             rows = product_rows(db_url)
         finally:
-            stop_process(worker)
-            stop_process(server)
-            drop_database(admin_url)
+            stop_process(worker, wait_s=20)
+            stop_process(server, wait_s=20)
+            drop_database(admin_url, BENCH_DB)
             loop.close()
         notes = read_trace(trace_file)
     stage("cleanup")

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -48,10 +47,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import (  # noqa: E402 - bench/ is first on the path
+    drop_database,
+    free_port,
+    own_redis,
+    patched_environ,
+    pct,
+    recreate_database,
+    stop_process,
+    with_database,
+)
 
 from controlplane import embedded  # noqa: E402
 
@@ -62,43 +71,6 @@ MIN_ROUNDS = 3  # fleet rounds counted whatever the time budget: 300 samples wit
 
 
 # --- servers and the scratch database ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def recreate_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def setup_data(n_fleet: int) -> None:
@@ -681,12 +653,6 @@ def print_breakdown(title: str, phase: Phase, notes: list[tuple[str, float, floa
 # --- figures -----------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def row(what: str, values: list[float]) -> str:
     if not values:
         return f"  {what:<34} {'-':>8}"
@@ -713,44 +679,6 @@ def print_phase(title: str, phase: Phase) -> None:
 
 
 # --- main --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def own_redis() -> Iterator[dict[str, str]]:
-    """A Redis of this run's own (embedded, on a free port) unless REDIS_URL is set.
-
-    The channel layer's group names depend only on CONTROLPLANE_ENV, so two benchmarks on one
-    Redis would hear each other's command pushes: engine ids start at 1 in every scratch
-    database, and one run's kill would reach the other's engines.
-    """
-    if os.environ.get("REDIS_URL"):
-        yield {}
-        return
-    port = free_port()
-    while port in (5432, 6379):
-        port = free_port()
-    root = Path(tempfile.mkdtemp(prefix="cp-bench-redis-"))
-    redis = embedded.EmbeddedRedis(root, port)
-    try:
-        redis.start()
-        yield {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    finally:
-        redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -803,7 +731,7 @@ def main() -> int:
         env = {**os.environ, **service_env}
         admin_url = env["DATABASE_URL"]
         db_url = with_database(admin_url, BENCH_DB)
-        recreate_database(admin_url)
+        recreate_database(admin_url, BENCH_DB)
         server = None
         try:
             child_env = {
@@ -863,7 +791,7 @@ def main() -> int:
                 ).fetchone()[0]
         finally:
             stop_process(server)
-            drop_database(admin_url)
+            drop_database(admin_url, BENCH_DB)
             notes = read_trace(trace_file) if trace_file is not None else []
             if trace_file is not None:
                 trace_file.unlink(missing_ok=True)

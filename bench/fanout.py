@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,10 +46,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import (  # noqa: E402 - bench/ is first on the path
+    cpu_used,
+    drop_database,
+    free_port,
+    pct,
+    postmaster_pid,
+    recreate_database,
+    stop_process,
+    tree_cpu,
+    with_database,
+)
 
 from controlplane import embedded  # noqa: E402
 
@@ -60,83 +70,6 @@ SYMBOLS = 50
 
 
 # --- servers and the scratch database ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def recreate_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def tree_cpu(root: int | None) -> dict[int, float]:
-    """CPU seconds (user + system) of a process and its descendants, by pid; Linux only."""
-    if root is None or not Path("/proc", str(root)).exists():
-        return {}
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    tree = {root}
-    grew = True
-    while grew:
-        found = {pid for pid, ppid in parent.items() if ppid in tree} - tree
-        grew = bool(found)
-        tree |= found
-    return {pid: cpu[pid] for pid in tree if pid in cpu}
-
-
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
-
-
-def postmaster_pid() -> int | None:
-    """The embedded PostgreSQL's postmaster, when this machine runs it (else no figure)."""
-    if os.environ.get("DATABASE_URL"):
-        return None
-    try:
-        return int((embedded.data_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def setup_data(n_engines: int, n_browsers: int, prefix: str) -> None:
@@ -637,12 +570,6 @@ def print_breakdown(notes: list[tuple[str, float, float, Any]], window: list[flo
 # --- figures -----------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def row(what: str, values: list[float], width: int = 34) -> str:
     if not values:
         return f"  {what:<{width}} {0:>7} {'-':>8}"
@@ -698,7 +625,7 @@ def main() -> int:
         env = {**os.environ, **service_env}
         admin_url = env["DATABASE_URL"]
         db_url = with_database(admin_url, BENCH_DB)
-        recreate_database(admin_url)
+        recreate_database(admin_url, BENCH_DB)
         server = spy = None
         try:
             child_env = {
@@ -753,7 +680,7 @@ def main() -> int:
         finally:
             stop_process(spy, signal.SIGINT)
             stop_process(server)
-            drop_database(admin_url)
+            drop_database(admin_url, BENCH_DB)
             notes = read_trace(trace_file) if trace_file is not None else []
             if trace_file is not None:
                 trace_file.unlink(missing_ok=True)

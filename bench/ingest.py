@@ -21,87 +21,29 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import (  # noqa: E402 - bench/ is first on the path
+    cpu_used,
+    drop_database,
+    free_port,
+    postmaster_pid,
+    recreate_database,
+    tree_cpu,
+    with_database,
+)
+
 from controlplane import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def recreate_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def tree_cpu(root: int | None) -> dict[int, float]:
-    """CPU seconds (user + system) of a process and its descendants, by pid; Linux only."""
-    if root is None or not Path("/proc", str(root)).exists():
-        return {}
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    tree = {root}
-    grew = True
-    while grew:
-        found = {pid for pid, ppid in parent.items() if ppid in tree} - tree
-        grew = bool(found)
-        tree |= found
-    return {pid: cpu[pid] for pid in tree if pid in cpu}
-
-
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
-
-
-def postmaster_pid() -> int | None:
-    """The embedded PostgreSQL's postmaster, when this machine runs it (else no figure)."""
-    if os.environ.get("DATABASE_URL"):
-        return None
-    try:
-        return int((embedded.data_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def make_frames(n_events: int, batch: int, fills_per_order: int) -> list[bytes]:
@@ -230,7 +172,7 @@ def main() -> int:
         env = {**os.environ, **service_env}
         admin_url = env["DATABASE_URL"]
         db_url = with_database(admin_url, BENCH_DB)
-        recreate_database(admin_url)
+        recreate_database(admin_url, BENCH_DB)
         server = None
         try:
             child_env = {
@@ -299,7 +241,7 @@ def main() -> int:
                     server.wait(15)
                 except subprocess.TimeoutExpired:
                     server.kill()
-            drop_database(admin_url)
+            drop_database(admin_url, BENCH_DB)
 
     print(f"engines: {args.engines}, events: {total} ({fills} fills), batch {args.batch}")
     print(f"end to end over WebSocket with acks: {rate:,.0f} events/s in {elapsed:.2f}s")

@@ -27,41 +27,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import (  # noqa: E402 - bench/ is first on the path
+    drop_database,
+    pct,
+    recreate_database,
+    with_database,
+)
 
 from controlplane import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench_overview"
 TARGET_MS = 150.0
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def recreate_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(admin_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def seed(n_engines: int, n_positions: int) -> Any:
@@ -191,7 +171,7 @@ def main() -> int:
         env = {**os.environ, **service_env}
         admin_url = env["DATABASE_URL"]
         db_url = with_database(admin_url, BENCH_DB)
-        recreate_database(admin_url)
+        recreate_database(admin_url, BENCH_DB)
         try:
             settings_env = {
                 "DATABASE_URL": db_url, "REDIS_URL": env["REDIS_URL"],
@@ -229,7 +209,7 @@ def main() -> int:
                 from django.db import connections
 
                 connections.close_all()
-            drop_database(admin_url)
+            drop_database(admin_url, BENCH_DB)
 
     wall, queries, sql, response = page
     p50, p99 = pct(wall, 50), pct(wall, 99)

@@ -1,0 +1,144 @@
+"""What every bench script needs: scratch databases, free ports, its own Redis, process control,
+percentiles and CPU accounting. Imported as ``_common`` (the scripts run as ``bench/NAME.py``, so
+this folder is first on the path)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from controlplane import embedded  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def recreate_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_database(admin_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def stop_process(
+    proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, wait_s: float = 15
+) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def own_redis() -> Iterator[dict[str, str]]:
+    """A Redis of this run's own (embedded, on a free port) unless REDIS_URL is set: on a shared
+    Redis another run would take this run's Celery tasks from the default queue."""
+    if os.environ.get("REDIS_URL"):
+        yield {}
+        return
+    port = free_port()
+    while port in (5432, 6379):
+        port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="cp-bench-redis-"))
+    redis = embedded.EmbeddedRedis(root, port)
+    try:
+        redis.start()
+        yield {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    finally:
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def tree_cpu(root: int | None) -> dict[int, float]:
+    """CPU seconds (user + system) of a process and its descendants, by pid; Linux only."""
+    if root is None or not Path("/proc", str(root)).exists():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree = {root}
+    grew = True
+    while grew:
+        found = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        grew = bool(found)
+        tree |= found
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def postmaster_pid() -> int | None:
+    """The embedded PostgreSQL's postmaster, when this machine runs it (else no figure)."""
+    if os.environ.get("DATABASE_URL"):
+        return None
+    try:
+        return int((embedded.data_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
