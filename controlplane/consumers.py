@@ -24,7 +24,23 @@ def engine_group(engine_id: int) -> str:
     return f"engine-{engine_id}"
 
 
-class EngineConsumer(AsyncWebsocketConsumer):
+class DirectDispatch:
+    """Consumers' dispatch without Channels' per-message close_old_connections.
+
+    Channels runs it through asgiref's single shared thread for every message, which makes a
+    hundred sockets queue behind each other (a fleet kill's fan-out took a second). The
+    consumers here touch the database only through database_sync_to_async, which closes stale
+    connections in its own thread anyway.
+    """
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+
+class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     engine_id: int | None = None
     connection_id: uuid.UUID
     greeted = False
@@ -36,16 +52,6 @@ class EngineConsumer(AsyncWebsocketConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._background: set[asyncio.Task[Any]] = set()
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels' own dispatch first runs close_old_connections through asgiref's single
-        # shared thread for every message, which makes a hundred sockets queue behind each
-        # other (a fleet kill's fan-out took a second). Every database call here goes through
-        # database_sync_to_async, which closes stale connections in its own thread anyway.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
     async def connect(self) -> None:
         token = gateway.bearer_token(self.scope.get("headers", []))

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from controlplane.consumers import DirectDispatch
 from controlplane.models import Engine
 from dashboard import live
 
@@ -25,16 +25,8 @@ ALERTS_GROUP = "live-alerts"  # alerts.live sends here
 CLOSE_FORBIDDEN = 4403
 
 
-class LiveConsumer(AsyncJsonWebsocketConsumer):
+class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
     seq = 0
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # As EngineConsumer.dispatch: no close_old_connections hop through one shared thread
-        # per message; database calls close stale connections in their own threads.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
     _flush_task: asyncio.Task[None] | None = None
     _watch_task: asyncio.Task[None] | None = None
