@@ -101,6 +101,9 @@ _PERMISSION = {
 }
 
 # What a new command makes obsolete among an engine's still-undelivered commands.
+# Whoever has none of these may issue no command at all.
+COMMAND_PERMISSIONS = frozenset(_PERMISSION.values())
+
 _SUPERSEDES = {
     CommandKind.KILL: (
         CommandKind.PAUSE, CommandKind.RESUME, CommandKind.REDUCE, CommandKind.FLATTEN,
@@ -227,7 +230,7 @@ def _actor_label(actor: AbstractBaseUser | None, actor_label: str | None) -> str
     return actor.get_username() if actor is not None else "system"
 
 
-def _refuse(
+def command_refuse(
     message: str,
     *,
     action: str,
@@ -238,6 +241,7 @@ def _refuse(
     target: Any = None,
     data: dict[str, Any] | None = None,
 ) -> NoReturn:
+    """Record the refusal in the audit log, then raise CommandRefused (a 403) with ``message``."""
     # Written before raising and outside any transaction of the caller's that would roll it back.
     audit_record(
         action=action, actor=actor, actor_label=actor_label, target=target, reason=reason,
@@ -274,12 +278,16 @@ def command_issue(
     clean = command_params_clean(kind, params)
     if actor is not None:
         if kind == CommandKind.SET_LIMITS:
-            _refuse("set_limits is sent by the control plane when limits change; edit the limits "
-                    "in the admin instead", **audit, data={"selector": selector})  # fmt: skip
+            command_refuse(
+                "set_limits is sent by the control plane when limits change; edit the limits in "
+                "the admin instead",
+                **audit,
+                data={"selector": selector},
+            )
         permission = _permission_for(kind, clean)
         if permission is not None and not actor.has_perm(permission):  # type: ignore[attr-defined]
             what = "flatten every position" if kind == CommandKind.FLATTEN else kind
-            _refuse(f"{label} may not {what}: that needs the {permission.split('.')[1]} "
+            command_refuse(f"{label} may not {what}: that needs the {permission.split('.')[1]} "
                     f"permission", **audit, data={"selector": selector})  # fmt: skip
     expires_at = None
     if expires_in is not None:
@@ -338,7 +346,7 @@ def command_issue(
             if offline:
                 transaction.on_commit(partial(_publish_rows, offline))
     if refusal:
-        _refuse(refusal, **audit, data={"selector": selector})
+        command_refuse(refusal, **audit, data={"selector": selector})
     return batch
 
 
@@ -410,7 +418,7 @@ def resume_request_create(
     if not reason:
         raise CommandInvalid({"reason": "say why the engine may trade again"})
     if not actor.has_perm("controlplane.issue_pause"):  # type: ignore[attr-defined]
-        _refuse(f"{label} may not ask for a resume", **audit)
+        command_refuse(f"{label} may not ask for a resume", **audit)
     with transaction.atomic():
         locked = Engine.objects.select_for_update().get(pk=engine.pk)
         if locked.desired_state != TradingState.HALTED:
@@ -443,9 +451,11 @@ def resume_request_approve(
     audit = {"action": "resume_approve", "actor": actor, "actor_label": label,
              "ip_address": ip_address, "reason": reason, "target": resume_request}  # fmt: skip
     if not actor.has_perm("controlplane.approve_resume"):  # type: ignore[attr-defined]
-        _refuse(f"{label} may not approve a resume after a kill: only risk managers may", **audit)
+        command_refuse(
+            f"{label} may not approve a resume after a kill: only risk managers may", **audit
+        )
     if resume_request.requested_by_id == actor.pk:
-        _refuse(
+        command_refuse(
             f"{label} asked for this resume and cannot also approve it: a second person must",
             **audit,
         )
@@ -490,7 +500,7 @@ def resume_request_reject(
     audit = {"action": action, "actor": actor, "actor_label": label, "ip_address": ip_address,
              "reason": reason, "target": resume_request}  # fmt: skip
     if not withdraw and not actor.has_perm("controlplane.approve_resume"):  # type: ignore[attr-defined]
-        _refuse(f"{label} may not reject a resume request: only risk managers may", **audit)
+        command_refuse(f"{label} may not reject a resume request: only risk managers may", **audit)
     status = ResumeRequest.Status.WITHDRAWN if withdraw else ResumeRequest.Status.REJECTED
     with transaction.atomic():
         claimed = ResumeRequest.objects.filter(pk=resume_request.pk, status="open").update(

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import selectors, services
-from controlplane.audit import audit_record, client_ip
+from controlplane.audit import client_ip
 from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
 from dashboard import baselines, charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
@@ -126,22 +126,17 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
-COMMAND_PERMISSIONS = (
-    "controlplane.issue_pause", "controlplane.issue_reduce", "controlplane.issue_kill",
-)  # fmt: skip
-
-
 @require_POST
 def command_issue(request: HttpRequest) -> HttpResponse:
     """Every command dialog posts here; success lands on the batch page."""
-    if not any(request.user.has_perm(perm) for perm in COMMAND_PERMISSIONS):
-        # Someone who may issue no command at all is refused outright (and it is recorded).
-        audit_record(
+    if not any(request.user.has_perm(perm) for perm in services.COMMAND_PERMISSIONS):
+        # Someone who may issue no command at all is refused outright (a 403), and it is recorded.
+        services.command_refuse(
+            f"{request.user.get_username()} may not issue commands",
             action=f"command_{request.POST.get('kind', '')}".rstrip("_"), actor=request.user,
-            outcome="refused", ip_address=client_ip(request), reason=request.POST.get("reason", ""),
-            data={"refusal": "may not issue commands", "selector": request.POST.get("selector")},
+            actor_label=None, reason=request.POST.get("reason", ""),
+            ip_address=client_ip(request), data={"selector": request.POST.get("selector")},
         )  # fmt: skip
-        raise PermissionDenied(f"{request.user.get_username()} may not issue commands")
     form = CommandForm(request.POST)
     if not form.is_valid():
         _form_errors(request, form)
