@@ -140,9 +140,7 @@ class Publisher:
         rows, deltas = await loop.run_in_executor(
             self._executor, self._read_closing, engine_ids, watched
         )
-        message = {"type": "live.update", "topic": "fleet", "source": self.source,
-                   "seq": self._next("fleet"), "rows": [r.as_dict() for r in rows]}  # fmt: skip
-        await layer.group_send(FLEET_GROUP, _jsonable(message))
+        await layer.group_send(FLEET_GROUP, fleet_message(self.source, self._next("fleet"), rows))
         for engine_id, delta in deltas.items():
             topic = f"engine:{engine_id}"
             row = next((r.as_dict() for r in rows if r.id == engine_id), None)
@@ -208,6 +206,13 @@ async def watch(engine_id: int) -> None:
         await redis.zremrangebyscore(watch_key(), "-inf", now)
 
 
+def fleet_message(source: str, seq: int, rows: list[overview.FleetRow]) -> dict[str, Any]:
+    """A ``fleet`` topic update, as every publisher (web process or worker) sends it."""
+    message = {"type": "live.update", "topic": "fleet", "source": source, "seq": seq,
+               "rows": [r.as_dict() for r in rows]}  # fmt: skip
+    return _jsonable(message)
+
+
 def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
     # The layer packs with msgpack: decimals and datetimes become JSON-ready values first.
     import json
@@ -232,6 +237,4 @@ def publish_rows_now(engine_ids: list[int]) -> None:
         return
     rows = overview.fleet_rows(engine_ids=engine_ids)
     _sync_seq += 1
-    message = {"type": "live.update", "topic": "fleet", "source": _SYNC_SOURCE,
-               "seq": _sync_seq, "rows": [r.as_dict() for r in rows]}  # fmt: skip
-    async_to_sync(layer.group_send)(FLEET_GROUP, _jsonable(message))
+    async_to_sync(layer.group_send)(FLEET_GROUP, fleet_message(_SYNC_SOURCE, _sync_seq, rows))
