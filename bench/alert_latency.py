@@ -65,6 +65,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
 )
 
 from controlplane import embedded  # noqa: E402
+from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench_alerts"
 RULE_NAME = "bench daily loss"
@@ -541,7 +542,7 @@ def main() -> int:
                 app = ["--factory", "bench.alert_latency:traced_application"]
             server = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port",
-                 str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning"],
+                 str(port), *UVICORN_OPTIONS, "--log-level", "warning"],
                 cwd=ROOT, env=child_env,
             )  # fmt: skip
             deadline = time.monotonic() + 30

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/ too: uvicorn imports this module by name for --trace, without the script's path.
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _common import (  # noqa: E402 - bench/ is first on the path
     cpu_used,
@@ -63,6 +64,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
 )
 
 from controlplane import embedded  # noqa: E402
+from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench_fanout"
 EQUITY_BASE = 1_000_000
@@ -648,8 +650,7 @@ def main() -> int:
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)
             server = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port",
-                 str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
-                 "--ws-max-size", str(16 * 2**20)],
+                 str(port), *UVICORN_OPTIONS, "--log-level", "warning"],
                 cwd=ROOT, env=child_env,
             )  # fmt: skip
             deadline = time.monotonic() + 30

@@ -42,6 +42,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
 )
 
 from controlplane import embedded  # noqa: E402
+from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench"
 
@@ -195,8 +196,8 @@ def main() -> int:
             port = free_port()
             server = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host",
-                 "127.0.0.1", "--port", str(port), "--lifespan", "off", "--no-access-log",
-                 "--ws-max-size", str(16 * 2**20), "--workers", str(args.workers)],
+                 "127.0.0.1", "--port", str(port), *UVICORN_OPTIONS,
+                 "--workers", str(args.workers)],
                 cwd=ROOT, env=child_env,
             )  # fmt: skip
             deadline = time.monotonic() + 30

@@ -29,6 +29,8 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
+from controlplane.serving import UVICORN_OPTIONS
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
@@ -149,7 +151,7 @@ class UvicornServer:
             raise ServerError(f"uvicorn is already running on port {self.port}")
         command = [
             sys.executable, "-m", "uvicorn", "controlplane.asgi:application",
-            "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off",
+            "--host", "127.0.0.1", "--port", str(self.port), *UVICORN_OPTIONS,
         ]  # fmt: skip
         env = server_env(
             **{"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url, **self.extra_env}

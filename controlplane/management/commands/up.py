@@ -19,6 +19,7 @@ from django.db import connections
 
 from controlplane import embedded
 from controlplane.roles import ADMIN
+from controlplane.serving import UVICORN_OPTIONS
 
 
 class Command(BaseCommand):
@@ -79,7 +80,7 @@ class Command(BaseCommand):
         manager.add_process(
             "web",
             f"{python} -m uvicorn controlplane.asgi:application --host {shlex.quote(host)} "
-            f"--port {port} --lifespan off --no-access-log --ws-max-size 16777216",
+            f"--port {port} {shlex.join(UVICORN_OPTIONS)}",
             env=env,
             cwd=str(settings.BASE_DIR),
         )

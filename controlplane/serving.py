@@ -1,0 +1,14 @@
+"""How the web process is run: the uvicorn options every launcher uses (``manage.py up``, the
+tests' servers, bench/; the Dockerfile repeats them, as it cannot import this)."""
+
+from __future__ import annotations
+
+UVICORN_OPTIONS: tuple[str, ...] = (
+    "--lifespan", "off",
+    "--no-access-log",
+    # Frames of 2,000 engine events fit (docs/protocol.md: MAX_FRAME_BYTES).
+    "--ws-max-size", "16777216",
+    # No permessage-deflate: compressing every fleet update once per browser took a third of the
+    # event loop with a hundred browsers (bench/fanout.py), and the sockets are on a desk's LAN.
+    "--ws-per-message-deflate", "false",
+)  # fmt: skip
