@@ -22,7 +22,7 @@ connections and is not counted; on a slow machine the fleet stops after ``--budg
 
 ``--trace`` runs the server with its stages wrapped in timers (see ``traced_application``) and
 prints where the time goes: the HTTP request until the service is called, the transaction, the
-push and its group_send, the fan-out to the consumers, the database writes and their queueing.
+push and its Redis publish, the fan-out to the consumers, the database writes and their queueing.
 ``--profile DIR`` records the uvicorn process with py-spy during the fleet rounds (py-spy must be
 installed in the venv). The last line printed is the JSON result.
 """
@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/ too: uvicorn imports this module by name for --trace, without the script's path.
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _common import (  # noqa: E402 - bench/ is first on the path
     drop_database,
@@ -63,6 +64,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
 )
 
 from controlplane import embedded  # noqa: E402
+from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench_commands"
 FLEET_TAG = "bench-fleet"
@@ -482,9 +484,8 @@ def traced_application() -> Any:
     import threading
 
     from channels import consumer as channels_consumer
-    from channels_redis.pubsub import RedisPubSubLoopLayer
 
-    from controlplane import asgi, consumers, delivery, gateway, services
+    from controlplane import asgi, consumers, delivery, gateway, hub, services
 
     out = open(os.environ["BENCH_TRACE_FILE"], "a", buffering=1)  # noqa: SIM115
     notes: list[tuple[Any, ...]] = []
@@ -537,7 +538,11 @@ def traced_application() -> Any:
         def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
             nonlocal queries
             queries += 1
-            return execute(sql, params, many, context)
+            start = now()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                notes.append(("issue_sql", start, now(), " ".join(sql.split())[:70]))
 
         try:
             with connection.execute_wrapper(count):
@@ -547,7 +552,7 @@ def traced_application() -> Any:
 
     services.command_issue = sync_span("command_issue", counted_issue)
     delivery.push = sync_span("push", delivery.push)
-    RedisPubSubLoopLayer.group_send = async_span("group_send", RedisPubSubLoopLayer.group_send)
+    hub.publish = sync_span("publish", hub.publish)
     channels_consumer.aclose_old_connections = async_span(
         "dispatch_hop", channels_consumer.aclose_old_connections
     )
@@ -555,8 +560,8 @@ def traced_application() -> Any:
     gateway.mark_delivered = sync_span("mark_delivered", gateway.mark_delivered)
     gateway.events = sync_span("events", gateway.events)
     engine_consumer = consumers.EngineConsumer
-    engine_consumer.engine_commands = async_span(
-        "consumer", engine_consumer.engine_commands, lambda self, message: self.engine_id
+    engine_consumer.push_commands = async_span(
+        "consumer", engine_consumer.push_commands, lambda self, entries: self.engine_id
     )
     receive = engine_consumer.receive
 
@@ -594,14 +599,14 @@ def print_breakdown(title: str, phase: Phase, notes: list[tuple[str, float, floa
         def first(name: str, within: list[tuple[str, float, float, Any]] = mine) -> Any:
             return next((n for n in within if n[0] == name), None)
 
-        issue, push, group_send = first("command_issue"), first("push"), first("group_send")
+        issue, push, publish = first("command_issue"), first("push"), first("publish")
         consumers_ = sorted((n for n in mine if n[0] == "consumer"), key=lambda n: n[1])
-        if not (issue and push and group_send and consumers_):
+        if not (issue and push and publish and consumers_):
             continue
         add("POST sent -> service called (HTTP, auth, parsing)", (issue[1] - t_send) * ms)
         add("service: transaction until commit", (push[1] - issue[1]) * ms)
-        add("on commit: push (encode + group_send)", (push[2] - push[1]) * ms)
-        add("  of which group_send on the loop", (group_send[2] - group_send[1]) * ms)
+        add("on commit: push (encode + publish)", (push[2] - push[1]) * ms)
+        add("  of which the Redis publish", (publish[2] - publish[1]) * ms)
         add("push done -> 1st consumer handler", (consumers_[0][1] - push[2]) * ms)
         add("push done -> last consumer handler", (consumers_[-1][1] - push[2]) * ms)
         add(
@@ -631,6 +636,10 @@ def print_breakdown(title: str, phase: Phase, notes: list[tuple[str, float, floa
             if n[0] == "record" and n[3][0] == "CommandAck" and n[3][1] in ack_in
         ]
         durations.setdefault("ack: frame handled -> its write starts", []).extend(waits)
+        # Each statement of the service call, by its first words: where the transaction waits.
+        for n in mine:
+            if n[0] == "issue_sql":
+                durations.setdefault(f"SQL: {n[3][:44]}", []).append((n[2] - n[1]) * ms)
         queries = first("issue_queries")
         if queries:
             durations.setdefault("SQL statements in the service call", []).append(queries[3])
@@ -755,7 +764,7 @@ def main() -> int:
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)
             server = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port",
-                 str(port), "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+                 str(port), *UVICORN_OPTIONS, "--log-level", "warning",
                  "--workers", str(args.workers)],
                 cwd=ROOT, env=child_env,
             )  # fmt: skip

@@ -49,10 +49,6 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     # welcome (the engine applies each command_id once, so a repeat is harmless).
     _early_frames: list[str] | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._background: set[asyncio.Task[Any]] = set()
-
     async def connect(self) -> None:
         token = gateway.bearer_token(self.scope.get("headers", []))
         engine = await database_sync_to_async(gateway.engine_by_token)(token)
@@ -66,15 +62,15 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         self.connection_id = uuid.uuid4()
         self._early_frames = []
         await self.channel_layer.group_add(engine_group(engine.pk), self.channel_name)
-        await self.channel_layer.group_add(delivery.COMMANDS_GROUP, self.channel_name)
+        await delivery.listen(engine.pk, self)
 
     async def disconnect(self, code: int) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self.engine_id is None:
             return
+        delivery.stop_listening(self.engine_id, self)
         await self.channel_layer.group_discard(engine_group(self.engine_id), self.channel_name)
-        await self.channel_layer.group_discard(delivery.COMMANDS_GROUP, self.channel_name)
         if self.greeted:
             await database_sync_to_async(gateway.disconnect)(self.engine_id, self.connection_id)
             publisher.mark(self.engine_id)
@@ -151,27 +147,19 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         if current != self.connection_id:
             await self.close(code=p.CLOSE_REPLACED)
 
-    async def engine_commands(self, message: dict[str, Any]) -> None:
-        """A command push (controlplane.delivery): send this engine's frames, if any."""
-        entries = message["frames"].get(str(self.engine_id))
-        if not entries:
-            return
+    async def push_commands(self, entries: list[tuple[str, str]]) -> list[uuid.UUID]:
+        """A command push (controlplane.delivery): send this engine its frames.
+
+        Returns the ids sent, which the push marks delivered; before the hello is answered the
+        frames wait and go out right after the welcome (the engine's ack marks them).
+        """
         if not self.greeted:
             if self._early_frames is not None:
                 self._early_frames.extend(text for _, text in entries)
-            return
+            return []
         for _, text in entries:
             await self.send(text_data=text)
-        ids = [uuid.UUID(command_id) for command_id, _ in entries]
-        # Not awaited: the engine's ack (which may already be on its way) must not queue behind
-        # this bookkeeping; the ack fills in delivered_at too if it wins.
-        task = asyncio.create_task(
-            database_sync_to_async(gateway.mark_delivered, thread_sensitive=False)(
-                self.engine_id, ids
-            )
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        return [uuid.UUID(command_id) for command_id, _ in entries]
 
     async def _heartbeats(self) -> None:
         interval = settings.ENGINE_HEARTBEAT_INTERVAL_S

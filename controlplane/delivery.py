@@ -1,54 +1,116 @@
-"""Pushing commands to the engines' sockets through the channel layer.
+"""Pushing commands to the engines' sockets.
 
-One message to one group that every engine consumer of every web process joins, carrying the
-encoded frames keyed by engine id: a kill of 100 engines is one publish, not 100. Each consumer
-sends its own frames and ignores the rest. The push is best effort: a message the layer loses
-(Redis down, a full channel) is picked up by the gateway's check on the engine's next heartbeat.
+One Redis message per push, whatever the number of engines: a kill of 100 engines is one publish.
+Every web process holds one subscription (controlplane.hub), decodes the message once and hands
+each engine connected to it its own frames; the delivered commands of a push are then marked in
+one statement. The push is best effort: a message lost on the way (Redis down, a process
+resubscribing) is picked up by the gateway's check on the engine's next heartbeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Protocol
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+import msgspec
+from channels.db import database_sync_to_async
 
-from controlplane.models import Command
+from controlplane import hub
+from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
 
-COMMANDS_GROUP = "engine-commands"
-MESSAGE_TYPE = "engine.commands"
+HUB = "engine-commands"
+
+# {engine id (a string: JSON object keys are strings): [[command id, encoded frame], ...]}
+Frames = dict[str, list[tuple[str, str]]]
+_decode = msgspec.json.Decoder(Frames)
+_background: set[asyncio.Task[Any]] = set()
 
 
-def command_frames(commands: Iterable[Command]) -> dict[str, list[list[str]]]:
-    """Per engine id (a string: the layer's msgpack wants string keys), [command id, frame]."""
-    from controlplane.gateway import command_frame
-    from engine_sdk import protocol as p
+class CommandListener(Protocol):
+    async def push_commands(self, entries: list[tuple[str, str]]) -> list[uuid.UUID]:
+        """Send the frames to the engine; the ids of those sent (none before its hello)."""
 
-    frames: dict[str, list[list[str]]] = defaultdict(list)
-    for command in commands:
-        text = p.encode(command_frame(command)).decode()
-        frames[str(command.engine_id)].append([str(command.pk), text])
+
+def frames_for(
+    targets: Iterable[tuple[int, uuid.UUID]],
+    *,
+    kind: str,
+    params: dict[str, Any],
+    reason: str,
+    issued_by: str,
+    issued_at: datetime,
+    expires_at: datetime | None,
+) -> Frames:
+    """The frames of one batch's commands, (engine id, command id) each, without model rows."""
+    frames: Frames = defaultdict(list)
+    for engine_id, command_id in targets:
+        frame = p.Command(
+            command_id=command_id, kind=kind, params=params, reason=reason,  # type: ignore[arg-type]
+            issued_by=issued_by, issued_at=issued_at, expires_at=expires_at,
+        )  # fmt: skip
+        frames[str(engine_id)].append((str(command_id), p.encode(frame).decode()))
     return dict(frames)
 
 
-def push(commands: Iterable[Command]) -> bool:
-    """Send the commands to the engines connected now; False when the layer could not take it."""
-    frames = command_frames(commands)
+def push(frames: Frames) -> bool:
+    """Send the frames to the engines connected now; False when Redis could not take it."""
     if not frames:
         return True
-    layer = get_channel_layer()
-    if layer is None:
-        return False
     try:
-        async_to_sync(layer.group_send)(COMMANDS_GROUP, {"type": MESSAGE_TYPE, "frames": frames})
-    except Exception as exc:  # any layer failure only delays delivery
+        hub.publish(HUB, msgspec.json.encode(frames))
+    except Exception as exc:  # any Redis failure only delays delivery
         log.warning(
             "command push to %d engines failed (%s); they get it on their next heartbeat",
             len(frames), exc,
         )  # fmt: skip
         return False
     return True
+
+
+def commands_hub() -> hub.Hub:
+    """This process's subscription to command pushes (call it on the event loop)."""
+    return hub.hub(HUB, _dispatch)
+
+
+async def listen(engine_id: int, listener: CommandListener) -> None:
+    await commands_hub().add(engine_id, listener)
+
+
+def stop_listening(engine_id: int, listener: CommandListener) -> None:
+    commands_hub().discard(engine_id, listener)
+
+
+async def _dispatch(commands_hub: hub.Hub, data: bytes) -> None:
+    frames = _decode.decode(data)
+    sends = []
+    for key, entries in frames.items():
+        engine_id = int(key)
+        for listener in commands_hub.listeners.get(engine_id, ()):
+            sends.append((engine_id, listener.push_commands(entries)))
+    if not sends:
+        return
+    # Concurrently: an engine whose socket is slow to drain must not hold up the others.
+    results = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
+    delivered: list[tuple[int, uuid.UUID]] = []
+    for (engine_id, _), result in zip(sends, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("command push to engine %s failed: %s", engine_id, result)
+        else:
+            delivered.extend((engine_id, command_id) for command_id in result)
+    if delivered:
+        from controlplane.gateway import mark_delivered
+
+        # Not awaited: the engines' acks (already on their way) must not queue behind this
+        # bookkeeping; an ack that wins fills in delivered_at itself.
+        task = asyncio.create_task(
+            database_sync_to_async(mark_delivered, thread_sensitive=False)(delivered)
+        )
+        _background.add(task)
+        task.add_done_callback(_background.discard)

@@ -138,15 +138,33 @@ def _expire(engine_id: int, now: datetime) -> None:
     ).update(status=Command.Status.EXPIRED, completed_at=now, detail="expired before delivery")
 
 
-def mark_delivered(engine_id: int, command_ids: list[uuid.UUID]) -> None:
-    """A push reached the engine's socket (the engine may have acknowledged it already)."""
-    now = datetime.now(UTC)
-    Command.objects.filter(
-        pk__in=command_ids, engine_id=engine_id, status=Command.Status.PENDING
-    ).update(status=Command.Status.DELIVERED, delivered_at=now)
-    Command.objects.filter(pk__in=command_ids, engine_id=engine_id).update(
-        delivery_attempts=F("delivery_attempts") + 1
-    )
+def mark_delivered(delivered: list[tuple[int, uuid.UUID]]) -> None:
+    """Pushes reached these engines' sockets: (engine id, command id) pairs, in one statement.
+
+    The engine may have acknowledged already; then only the attempt is counted. The engine id
+    is matched too, so a command is only ever marked for the engine it belongs to.
+    """
+    if not delivered:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE controlplane_command AS c
+               SET status = CASE WHEN c.status = %(pending)s THEN %(delivered)s ELSE c.status END,
+                   delivered_at = CASE WHEN c.status = %(pending)s THEN %(now)s
+                                       ELSE c.delivered_at END,
+                   delivery_attempts = c.delivery_attempts + 1
+              FROM unnest(%(engines)s::bigint[], %(ids)s::uuid[]) AS d(engine_id, id)
+             WHERE c.id = d.id AND c.engine_id = d.engine_id
+            """,
+            {
+                "pending": Command.Status.PENDING.value,
+                "delivered": Command.Status.DELIVERED.value,
+                "now": datetime.now(UTC),
+                "engines": [engine_id for engine_id, _ in delivered],
+                "ids": [command_id for _, command_id in delivered],
+            },
+        )
 
 
 def command_ack(engine_id: int, frame: p.CommandAck) -> None:

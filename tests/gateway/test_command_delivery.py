@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from channels.layers import channel_layers
 from django.conf import settings
 from django.test import override_settings
 
-from controlplane import services
+from controlplane import delivery, services
 from controlplane.models import AuditEvent, Command, Order
 from engine_sdk import protocol as p
 from engine_sdk.client import CommandOutcome, EngineClient, HelloInfo
@@ -318,20 +317,14 @@ def test_with_redis_down_at_issue_time_the_kill_arrives_within_a_heartbeat(
         started(plain_client(fast_server, token, tmp_path / "j", on_command=handler))
     )
     # The issuing side's Redis is unreachable: the push fails, the issue must not.
-    dead_redis = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
-        }
-    }
-    with override_settings(CHANNEL_LAYERS=dead_redis):
-        channel_layers.backends.clear()
-        try:
-            batch = services.command_issue(
-                kind="kill", selector="all", reason="x", actor=risk_manager
-            )
-        finally:
-            channel_layers.backends.clear()
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        batch = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+        command = batch.commands.get()
+        frames = delivery.frames_for(
+            [(command.engine_id, command.pk)], kind="kill", params=command.params, reason="x",
+            issued_by="x", issued_at=command.created_at, expires_at=None,
+        )  # fmt: skip
+        assert not delivery.push(frames)
     command = batch.commands.get()
 
     done = wait_for(lambda: finished(command), "killed through the heartbeat check")
