@@ -17,6 +17,10 @@ from alerts.registry import RISK_LIMIT_METRIC
 log = logging.getLogger(__name__)
 
 DEBOUNCE_S = 0.2
+# A burst of due engines is spread over at most this many tasks: as many as a worker runs at once
+# (``--concurrency 8``), so they are still evaluated in parallel, for a few broker messages where
+# there were a hundred (each costs the web process about a millisecond of Python in kombu).
+MAX_TASKS_PER_BURST = 8
 
 
 class _Debouncer:
@@ -56,19 +60,25 @@ class _Debouncer:
         return ready, min(waits) if waits else None
 
     def _run(self) -> None:
-        from alerts.jobs import evaluate_engine_task
+        from alerts.jobs import evaluate_engines_task
 
         while True:
             ready, wait = self._due(time.monotonic())
-            for engine_id in ready:
+            for chunk in spread(ready, MAX_TASKS_PER_BURST):
                 try:
-                    evaluate_engine_task.apply_async(args=[engine_id], expires=30, retry=False)
+                    evaluate_engines_task.apply_async(args=[chunk], expires=30, retry=False)
                 except Exception:
-                    log.warning("engine %s: alert evaluation not scheduled", engine_id,
+                    log.warning("engines %s: alert evaluation not scheduled", chunk,
                                 exc_info=True)  # fmt: skip
             # Wake for new data, or when a gathered engine's window ends.
             self._wake.wait(timeout=wait)
             self._wake.clear()
+
+
+def spread(items: list[int], parts: int) -> list[list[int]]:
+    """``items`` in at most ``parts`` lists of nearly equal length, none empty."""
+    count = min(parts, len(items))
+    return [items[i::count] for i in range(count)]
 
 
 _debouncer = _Debouncer()

@@ -405,6 +405,9 @@ def print_stages(
     for stage, task, arg, wall in notes:
         if task == "alerts.evaluate_engine":
             evaluations.setdefault(arg, []).append((stage, wall))
+        elif task == "alerts.evaluate_engines":  # several engines in one task
+            for engine_id in arg or ():
+                evaluations.setdefault(engine_id, []).append((stage, wall))
         elif task == "alerts.send_notification":
             sends.setdefault(arg, {}).setdefault(stage, wall)
     for b in breaches:

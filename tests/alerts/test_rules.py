@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
-from alerts import evaluation, hooks, services
+from alerts import evaluation, hooks, jobs, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
 from controlplane.models import Command, Engine
 
@@ -268,3 +268,24 @@ def test_an_engine_is_evaluated_at_once_then_at_most_once_per_window():
     ready, wait = debouncer._due(100.05)
     assert ready == [] and wait == pytest.approx(hooks.DEBOUNCE_S - 0.05)
     assert debouncer._due(100.0 + hooks.DEBOUNCE_S)[0] == [1]  # its window's end gathers it
+
+
+def test_a_burst_of_due_engines_is_spread_over_a_few_tasks_each_engine_once():
+    chunks = hooks.spread(list(range(100)), hooks.MAX_TASKS_PER_BURST)
+
+    assert len(chunks) == hooks.MAX_TASKS_PER_BURST
+    assert sorted(e for chunk in chunks for e in chunk) == list(range(100))
+    assert {len(chunk) for chunk in chunks} <= {12, 13}
+    assert hooks.spread([7], hooks.MAX_TASKS_PER_BURST) == [[7]]
+    assert hooks.spread([], hooks.MAX_TASKS_PER_BURST) == []
+
+
+def test_one_task_evaluates_every_engine_it_carries(make_engine, loss_rule):
+    only_rules("Daily loss")
+    engines = [set_pnl(make_engine(f"e{i}")[0], -3.5 if i % 2 else -1.0) for i in range(4)]
+
+    fired = jobs.evaluate_engines_task([e.pk for e in engines])
+
+    assert fired == 2
+    firing = Alert.objects.filter(state="firing").values_list("engine__name", flat=True)
+    assert sorted(firing) == ["e1", "e3"]
