@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
 from alerts.models import Alert
+from controlplane import hub
 from dashboard import live as dashboard_live
 
 log = logging.getLogger(__name__)
-
-ALERTS_GROUP = "live-alerts"
 
 
 def alert_payload(alert: Alert) -> dict[str, object]:
@@ -28,13 +24,11 @@ def alert_payload(alert: Alert) -> dict[str, object]:
 
 def alert_changed(alert_id: int) -> None:
     alert = Alert.objects.select_related("engine").filter(pk=alert_id).first()
-    layer = get_channel_layer()
-    if alert is None or layer is None:
+    if alert is None:
         return
+    update = {"type": "live.alert", "topic": dashboard_live.ALERTS, "alert": alert_payload(alert)}
     try:
-        async_to_sync(layer.group_send)(
-            ALERTS_GROUP, {"type": "live.alert", "alert": alert_payload(alert)}
-        )
+        hub.publish(dashboard_live.HUB, dashboard_live.encode([update]))
         if alert.engine_id is not None:
             dashboard_live.publish_rows_now([alert.engine_id])
     except Exception:  # the alert is stored; a browser that misses this resyncs later

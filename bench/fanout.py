@@ -1,4 +1,4 @@
-"""Live fan-out latency: engine events -> stored -> publisher -> channel layer -> browser sockets.
+"""Live fan-out latency: engine events -> stored -> publisher -> Redis hub -> browser sockets.
 
     .venv/bin/python bench/fanout.py [--browsers 100] [--engines 10] [--rate 500]
                                      [--batch-interval 0.02] [--seconds 20] [--trace]
@@ -417,8 +417,6 @@ def traced_application() -> Any:
     import atexit
     import threading
 
-    from channels_redis.pubsub import RedisPubSubLoopLayer
-
     from controlplane import asgi, gateway
     from dashboard import consumers as live_consumers
     from dashboard import live
@@ -479,23 +477,22 @@ def traced_application() -> Any:
             notes.append(("read", start, now(), None))
 
     publisher_cls._read = traced_read
-    group_send = RedisPubSubLoopLayer.group_send
+    encode = live.encode
 
-    async def traced_group_send(self: Any, group: str, message: dict[str, Any]) -> None:
-        start = now()
-        try:
-            await group_send(self, group, message)
-        finally:
-            if group == live.FLEET_GROUP:
-                notes.append(("group_send", start, now(), message.get("seq")))
+    def traced_encode(updates: list[dict[str, Any]]) -> bytes:
+        # The flush encodes its message just before it publishes it on the hub.
+        fleet = next((u["seq"] for u in updates if u.get("topic") == live.FLEET), None)
+        if fleet is not None:
+            notes.append(("publish", now(), now(), fleet))
+        return encode(updates)
 
-    RedisPubSubLoopLayer.group_send = traced_group_send
+    live.encode = traced_encode
     consumer_cls = live_consumers.LiveConsumer
     live_update = consumer_cls.live_update
 
-    async def traced_live_update(self: Any, message: dict[str, Any]) -> None:
+    def traced_live_update(self: Any, message: dict[str, Any]) -> None:
         notes.append(("arrive", now(), now(), [id(self), message["seq"]]))
-        await live_update(self, message)
+        live_update(self, message)
 
     consumer_cls.live_update = traced_live_update
     send = consumer_cls._send
@@ -543,10 +540,9 @@ def print_breakdown(notes: list[tuple[str, float, float, Any]], window: list[flo
             queued.append((n[1] - starts[i]) * ms)
     stages["flush starts -> its read starts"] = queued
     stages["flush: read fleet rows (db thread)"] = [(n[2] - n[1]) * ms for n in by["read"]]
-    stages["flush: group_send to live-fleet"] = [(n[2] - n[1]) * ms for n in by["group_send"]]
     stages["flush: whole"] = [(n[2] - n[1]) * ms for n in flushes]
-    sent_by_seq = {n[3]: n[1] for n in by["group_send"]}
-    stages["group_send starts -> consumer gets it"] = [
+    sent_by_seq = {n[3]: n[1] for n in by["publish"]}
+    stages["hub publish -> consumer gets it"] = [
         (n[1] - sent_by_seq[n[3][1]]) * ms for n in by["arrive"] if n[3][1] in sent_by_seq
     ]
     # Per consumer: how long each arrival waits for the consumer's next send (the 10/s limit).

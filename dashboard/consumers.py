@@ -1,7 +1,9 @@
 """The browsers' live socket: /ws/live/v1 (session-authenticated, origin-checked in routing).
 
 A browser subscribes to topics (``fleet``, ``engine:<name>``). Updates from the publishers
-(dashboard.live) are merged per topic and sent at most ``MAX_SENDS_PER_S`` times a second. Every
+(dashboard.live) reach every socket of the process through one subscription (the ``live`` hub,
+decoded once per process); each socket merges them per topic and sends at most
+``MAX_SENDS_PER_S`` times a second. Every
 message to the browser carries a sequence number that grows by one; the browser fetches a fresh
 snapshot when one is missing, when it reconnects, or when this consumer says ``resync`` because a
 publisher's own sequence skipped (a message the channel layer dropped).
@@ -11,18 +13,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from typing import Any
 
+import msgspec
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from controlplane import hub
 from controlplane.consumers import DirectDispatch
 from controlplane.models import Engine
 from dashboard import live
 
+log = logging.getLogger(__name__)
+
 MAX_SENDS_PER_S = 10
-ALERTS_GROUP = "live-alerts"  # alerts.live sends here
 CLOSE_FORBIDDEN = 4403
+
+
+def live_hub() -> hub.Hub:
+    """This process's subscription to the live updates (call it on the event loop)."""
+    return hub.hub(live.HUB, _dispatch)
+
+
+async def _dispatch(live_hub: hub.Hub, data: bytes) -> None:
+    alerts = []
+    for update in json.loads(data)["updates"]:
+        for consumer in list(live_hub.listeners.get(update["topic"], ())):
+            if update["type"] == "live.alert":
+                alerts.append(consumer.live_alert(update))
+            else:
+                consumer.live_update(update)
+    if alerts:
+        for failed in await asyncio.gather(*alerts, return_exceptions=True):
+            if isinstance(failed, Exception):
+                log.warning("live alert not sent to a browser: %s", failed)
 
 
 class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
@@ -42,23 +68,29 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
         if not allowed:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.groups_joined: set[str] = set()
+        self.topics: set[str] = set()
         self.watching: set[int] = set()
         self.last_seq: dict[tuple[str, str], int] = {}
         self.pending: dict[str, dict[str, Any]] = {}
         self.resync: set[str] = set()
         self.last_sent = 0.0
         # Alerts reach every page (a toast and the badge), whatever it subscribed to.
-        await self.channel_layer.group_add(ALERTS_GROUP, self.channel_name)
-        self.groups_joined.add(ALERTS_GROUP)
+        await self._listen(live.ALERTS)
         await self._send({"type": "hello"})
 
     async def disconnect(self, code: int) -> None:
         for task in (self._flush_task, self._watch_task):
             if task is not None:
                 task.cancel()
-        for group in getattr(self, "groups_joined", ()):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        if getattr(self, "topics", None):
+            listeners = live_hub()
+            for topic in self.topics:
+                listeners.discard(topic, self)
+
+    async def _listen(self, topic: str) -> None:
+        if topic not in self.topics:
+            self.topics.add(topic)
+            await live_hub().add(topic, self)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         topics = content.get("subscribe") if isinstance(content, dict) else None
@@ -66,18 +98,17 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             await self._send({"type": "error", "message": 'send {"subscribe": [topics]}'})
             return
         for topic in topics:
-            group = await self._group_for(topic)
-            if group is None:
+            key = await self._key_for(topic)
+            if key is None:
                 await self._send({"type": "error", "message": f"unknown topic {topic!r}"})
                 continue
-            if group not in self.groups_joined:
-                await self.channel_layer.group_add(group, self.channel_name)
-                self.groups_joined.add(group)
+            await self._listen(key)
         await self._send({"type": "subscribed", "topics": topics})
 
-    async def _group_for(self, topic: Any) -> str | None:
-        if topic == "fleet":
-            return live.FLEET_GROUP
+    async def _key_for(self, topic: Any) -> str | None:
+        """What the publishers call a browser's topic: engines by id, not by name."""
+        if topic == live.FLEET:
+            return live.FLEET
         if isinstance(topic, str) and topic.startswith("engine:"):
             name = topic.removeprefix("engine:")
             engine_id = await database_sync_to_async(
@@ -89,7 +120,7 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
             await live.watch(engine_id)
             if self._watch_task is None:
                 self._watch_task = asyncio.create_task(self._keep_watching())
-            return live.engine_group(engine_id)
+            return live.engine_topic(engine_id)
         return None
 
     async def _keep_watching(self) -> None:
@@ -100,12 +131,14 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
                     await live.watch(engine_id)
 
     async def live_alert(self, message: dict[str, Any]) -> None:
+        """An alert changed (from the hub)."""
         # Rare and urgent: sent at once, not coalesced.
         await self._send({"type": "alert", "alert": message["alert"]})
 
     # --- from the publishers ------------------------------------------------------------------
 
-    async def live_update(self, message: dict[str, Any]) -> None:
+    def live_update(self, message: dict[str, Any]) -> None:
+        """An update of a topic this socket listens to (from the hub): merged, sent soon."""
         topic, source, seq = message["topic"], message["source"], message["seq"]
         key = (source, topic)
         last = self.last_seq.get(key)
@@ -150,4 +183,8 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
 
     async def _send(self, content: dict[str, Any]) -> None:
         self.seq += 1
-        await self.send_json({**content, "seq": self.seq})
+        # msgspec, not the json module: a hundred browsers each encode every fleet update.
+        await self.send(text_data=_encoder.encode({**content, "seq": self.seq}).decode())
+
+
+_encoder = msgspec.json.Encoder()

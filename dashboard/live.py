@@ -6,15 +6,20 @@ the page) and publishes them on the ``fleet`` topic; for the engines someone has
 engine page it also publishes what is new there (fills, equity and latency points, positions,
 working orders). So the database work is per flush, not per event or per browser.
 
-Every message carries its publisher's id and a sequence number per topic. The channel layer
-drops messages silently when it must; a browser consumer that sees a gap tells the browser to
-fetch a fresh snapshot, so a lost message never leaves a stale screen.
+A flush is one Redis message on the ``live`` hub (controlplane.hub): each web process decodes it
+once and hands each update to its browser sockets that listen to the topic (dashboard.consumers).
+When no web process listens, a flush reads nothing.
+
+Every update carries its publisher's id and a sequence number per topic. Pub/sub drops messages
+silently when it must; a browser consumer that sees a gap tells the browser to fetch a fresh
+snapshot, so a lost message never leaves a stale screen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -23,23 +28,31 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections
 
+from controlplane import hub
 from controlplane.models import Engine
 from dashboard import overview
 
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 0.1
-FLEET_GROUP = "live-fleet"
+HUB = "live"
+FLEET = "fleet"
+ALERTS = "alerts"  # alerts.live publishes here
 WATCH_TTL_S = 30.0
 
 
-def engine_group(engine_id: int) -> str:
-    return f"live-engine-{engine_id}"
+def engine_topic(engine_id: int) -> str:
+    return f"engine:{engine_id}"
+
+
+def encode(updates: list[dict[str, Any]]) -> bytes:
+    """One hub message: JSON-ready already (decimals and datetimes as DjangoJSONEncoder writes
+    them), so each web process decodes it once and its sockets send the values as they are."""
+    return json.dumps({"updates": updates}, cls=DjangoJSONEncoder).encode()
 
 
 def watch_key() -> str:
@@ -130,23 +143,25 @@ class Publisher:
         return self._seq[topic]
 
     async def flush(self, engine_ids: set[int]) -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        watched = await self._watched(layer, engine_ids)
+        redis = _redis()
+        channel = hub.channel_name(HUB)
+        with contextlib.suppress(Exception):  # Redis trouble: try to publish all the same
+            if not dict(await redis.pubsub_numsub(channel)).get(channel.encode()):
+                return  # no browser anywhere: nothing to read
+        watched = await self._watched(engine_ids)
         # A thread of its own: the engines' writes fill the shared pool, and the live view must
         # not queue behind them.
         loop = asyncio.get_running_loop()
         rows, deltas = await loop.run_in_executor(
             self._executor, self._read_closing, engine_ids, watched
         )
-        await layer.group_send(FLEET_GROUP, fleet_message(self.source, self._next("fleet"), rows))
+        updates = [fleet_update(self.source, self._next(FLEET), rows)]
         for engine_id, delta in deltas.items():
-            topic = f"engine:{engine_id}"
+            topic = engine_topic(engine_id)
             row = next((r.as_dict() for r in rows if r.id == engine_id), None)
-            message = {"type": "live.update", "topic": topic, "source": self.source,
-                       "seq": self._next(topic), "row": row, **delta}  # fmt: skip
-            await layer.group_send(engine_group(engine_id), _jsonable(message))
+            updates.append({"type": "live.update", "topic": topic, "source": self.source,
+                            "seq": self._next(topic), "row": row, **delta})  # fmt: skip
+        await redis.publish(channel, encode(updates))
         self.published += 1
 
     def _read_closing(
@@ -169,7 +184,7 @@ class Publisher:
                 deltas[engine_id] = delta
         return rows, deltas
 
-    async def _watched(self, layer: Any, engine_ids: set[int]) -> set[int]:
+    async def _watched(self, engine_ids: set[int]) -> set[int]:
         """The engines among ``engine_ids`` that a browser has open (any web process)."""
         redis = _redis()
         if redis is None:
@@ -206,18 +221,10 @@ async def watch(engine_id: int) -> None:
         await redis.zremrangebyscore(watch_key(), "-inf", now)
 
 
-def fleet_message(source: str, seq: int, rows: list[overview.FleetRow]) -> dict[str, Any]:
+def fleet_update(source: str, seq: int, rows: list[overview.FleetRow]) -> dict[str, Any]:
     """A ``fleet`` topic update, as every publisher (web process or worker) sends it."""
-    message = {"type": "live.update", "topic": "fleet", "source": source, "seq": seq,
-               "rows": [r.as_dict() for r in rows]}  # fmt: skip
-    return _jsonable(message)
-
-
-def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
-    # The layer packs with msgpack: decimals and datetimes become JSON-ready values first.
-    import json
-
-    return json.loads(json.dumps(message, cls=DjangoJSONEncoder))
+    return {"type": "live.update", "topic": FLEET, "source": source, "seq": seq,
+            "rows": [r.as_dict() for r in rows]}  # fmt: skip
 
 
 publisher = Publisher()
@@ -229,12 +236,7 @@ _sync_seq = 0
 
 
 def publish_rows_now(engine_ids: list[int]) -> None:
-    from asgiref.sync import async_to_sync
-
     global _sync_seq
-    layer = get_channel_layer()
-    if layer is None:
-        return
     rows = overview.fleet_rows(engine_ids=engine_ids)
     _sync_seq += 1
-    async_to_sync(layer.group_send)(FLEET_GROUP, fleet_message(_SYNC_SOURCE, _sync_seq, rows))
+    hub.publish(HUB, encode([fleet_update(_SYNC_SOURCE, _sync_seq, rows)]))

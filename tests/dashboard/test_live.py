@@ -6,11 +6,13 @@ import asyncio
 from decimal import Decimal
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.test import Client, override_settings
 
+from controlplane import hub
 from controlplane.asgi import application
 from controlplane.models import Instrument, Position
 from dashboard import live
@@ -44,6 +46,11 @@ async def subscribed(user, *topics: str) -> WebsocketCommunicator:
     answer = await ws.receive_json_from(5)
     assert answer["type"] == "subscribed", answer
     return ws
+
+
+def publish(update: dict) -> None:
+    """As a publisher in any process does: one message on the live hub."""
+    assert hub.publish(live.HUB, live.encode([update])) >= 1
 
 
 def order_with_fill(symbol: str, quantity: int) -> list[p.Event]:
@@ -107,11 +114,10 @@ async def test_a_stored_fill_reaches_the_fleet_subscribers_without_a_reload(
 async def test_updates_are_coalesced_to_at_most_ten_a_second(engine_and_token, viewer):
     engine, _ = engine_and_token
     screen = await subscribed(viewer, "fleet")
-    layer = get_channel_layer()
     row = {"id": engine.pk, "name": "alpha", "day_pnl": 0.0}
 
     for n in range(1, 51):
-        await layer.group_send(live.FLEET_GROUP, {
+        publish({
             "type": "live.update", "topic": "fleet", "source": "s1", "seq": n,
             "rows": [{**row, "day_pnl": float(n)}],
         })  # fmt: skip
@@ -134,9 +140,8 @@ async def test_updates_are_coalesced_to_at_most_ten_a_second(engine_and_token, v
 async def test_a_dropped_publication_makes_the_browser_resync(engine_and_token, viewer):
     engine, _ = engine_and_token
     screen = await subscribed(viewer, "fleet")
-    layer = get_channel_layer()
     for seq in (1, 3):  # 2 was lost on the way
-        await layer.group_send(live.FLEET_GROUP, {
+        publish({
             "type": "live.update", "topic": "fleet", "source": "s1", "seq": seq,
             "rows": [{"id": engine.pk, "name": "alpha"}],
         })  # fmt: skip
@@ -201,3 +206,40 @@ def test_the_fleet_snapshot_of_50_engines_and_5000_positions_takes_a_fixed_numbe
     assert len(body["rows"]) == 50
     assert body["totals"]["open_positions"] == 5000
     assert body["totals"]["gross_exposure"] == 50 * 100 * 10 * 100
+
+
+async def test_with_no_browser_anywhere_a_flush_reads_and_publishes_nothing(
+    engine_and_token, viewer
+):
+    engine, _ = engine_and_token
+    publisher = live.Publisher()
+
+    await publisher.flush({engine.pk})
+    assert publisher.published == 0
+
+    screen = await subscribed(viewer, "fleet")  # one browser, any process: the hub is listened to
+    await publisher.flush({engine.pk})
+    assert publisher.published == 1
+    (fleet,) = (await next_update(screen))["updates"]
+    assert [row["name"] for row in fleet["rows"]] == [engine.name]
+    await screen.disconnect()
+
+
+def live_subscribers() -> int:
+    channel = hub.channel_name(live.HUB)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        return int(dict(client.pubsub_numsub(channel))[channel.encode()])
+    finally:
+        client.close()
+
+
+async def test_many_browsers_of_a_process_share_one_subscription(viewer):
+    assert live_subscribers() == 0
+    screens = [await subscribed(viewer, "fleet") for _ in range(3)]
+
+    assert live_subscribers() == 1
+    publish({"type": "live.update", "topic": "fleet", "source": "s9", "seq": 1, "rows": []})
+    for screen in screens:
+        assert (await next_update(screen))["updates"][0]["rows"] == []
+        await screen.disconnect()

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from channels.layers import channel_layers
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
@@ -48,8 +47,6 @@ def test_a_firing_alert_shows_a_toast_and_the_count_then_its_resolution(
     expect(badge).to_be_hidden()
 
     def day(pnl: int) -> None:
-        # A layer of this thread's own: one cached by an earlier test may be tied to its loop.
-        channel_layers.backends.clear()
         Engine.objects.filter(pk=engine.pk).update(
             session_start_equity=Decimal(100000), day_pnl=Decimal(pnl),
             equity=Decimal(100000 + pnl),
