@@ -243,3 +243,33 @@ async def test_many_browsers_of_a_process_share_one_subscription(viewer):
     for screen in screens:
         assert (await next_update(screen))["updates"][0]["rows"] == []
         await screen.disconnect()
+
+
+async def test_a_steady_stream_is_sent_promptly_but_never_more_than_ten_in_a_second(
+    engine_and_token, viewer
+):
+    engine, _ = engine_and_token
+    screen = await subscribed(viewer, "fleet")
+    loop = asyncio.get_running_loop()
+    row = {"id": engine.pk, "name": "alpha"}
+    received: list[tuple[float, float]] = []  # (when, the day_pnl it shows)
+
+    async def read() -> None:
+        while not received or received[-1][1] != 25.0:
+            update = await next_update(screen)
+            received.append((loop.time(), update["updates"][0]["rows"][0]["day_pnl"]))
+
+    reader = asyncio.create_task(read())
+    for n in range(1, 26):  # every 30 ms: faster than ten a second
+        publish({"type": "live.update", "topic": "fleet", "source": "s2", "seq": n,
+                 "rows": [{**row, "day_pnl": float(n)}]})  # fmt: skip
+        await asyncio.sleep(0.03)
+    await asyncio.wait_for(reader, 5)
+
+    times = [t for t, _ in received]
+    # Any eleven messages span at least a second (a little slack for delivery jitter).
+    assert all(later - first >= 0.95 for first, later in zip(times, times[10:], strict=False))
+    # Well under the ten-a-second pace at first: nothing was held for a full 100 ms gap.
+    assert len([t for t in times if t - times[0] < 0.5]) >= 7  # a strict 100 ms gap: 5
+    assert [v for _, v in received] == sorted(v for _, v in received)
+    await screen.disconnect()
