@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,24 +18,28 @@ from alerts.registry import RISK_LIMIT_METRIC
 log = logging.getLogger(__name__)
 
 DEBOUNCE_S = 0.2
-# A burst of due engines is spread over at most this many tasks: as many as a worker runs at once
-# (``--concurrency 8``), so they are still evaluated in parallel, for a few broker messages where
-# there were a hundred (each costs the web process about a millisecond of Python in kombu).
+# A tick's engines are spread over at most this many tasks: as many as a worker runs at once
+# (``--concurrency 8``), so a fleet is still evaluated in parallel, for a few broker messages where
+# there were a hundred (each costs the web process about a millisecond of Python in kombu) ...
 MAX_TASKS_PER_BURST = 8
+# ... and a task carries at least this many engines when there are that many.
+MIN_ENGINES_PER_TASK = 4
 
 
 class _Debouncer:
     """Schedules one evaluation per engine at most every DEBOUNCE_S.
 
-    An engine quiet for DEBOUNCE_S is evaluated at once; batches that follow within the window
-    are gathered into one more evaluation at its end. A thread of its own talks to the broker, so
-    the ingest path (which acks engines) never waits on Redis, even when Redis is slow or away;
-    the beat sweep catches up on anything lost.
+    Evaluations are queued on ticks at least DEBOUNCE_S apart, each for every engine with new
+    data since the last: after a quiet spell the first batch is evaluated at once, and a busy
+    fleet's engines share a few tasks per tick instead of each sending its own at its own moment
+    (a broker message costs the web process about as much as storing a small batch). A thread of
+    its own talks to the broker, so the ingest path (which acks engines) never waits on Redis,
+    even when Redis is slow or away; the beat sweep catches up on anything lost.
     """
 
     def __init__(self) -> None:
         self._dirty: set[int] = set()
-        self._last: dict[int, float] = {}  # when each engine's evaluation was last queued
+        self._last_tick = -DEBOUNCE_S
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -50,21 +55,24 @@ class _Debouncer:
         self._wake.set()
 
     def _due(self, now: float) -> tuple[list[int], float | None]:
-        """The engines to evaluate now, and how long until the next one is due."""
+        """The engines to evaluate now, and how long until the next tick (None: nothing waits)."""
         with self._lock:
-            ready = [e for e in self._dirty if now - self._last.get(e, 0.0) >= DEBOUNCE_S]
-            self._dirty.difference_update(ready)
-            for engine_id in ready:
-                self._last[engine_id] = now
-            waits = [self._last[e] + DEBOUNCE_S - now for e in self._dirty]
-        return ready, min(waits) if waits else None
+            if not self._dirty:
+                return [], None
+            wait = self._last_tick + DEBOUNCE_S - now
+            if wait > 0:
+                return [], wait
+            ready, self._dirty = sorted(self._dirty), set()
+            self._last_tick = now
+        return ready, None
 
     def _run(self) -> None:
         from alerts.jobs import evaluate_engines_task
 
         while True:
             ready, wait = self._due(time.monotonic())
-            for chunk in spread(ready, MAX_TASKS_PER_BURST):
+            parts = min(MAX_TASKS_PER_BURST, math.ceil(len(ready) / MIN_ENGINES_PER_TASK))
+            for chunk in spread(ready, parts):
                 try:
                     evaluate_engines_task.apply_async(args=[chunk], expires=30, retry=False)
                 except Exception:

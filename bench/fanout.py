@@ -5,7 +5,8 @@
                                      [--profile DIR]
 
 Starts what it needs (embedded PostgreSQL/Redis unless DATABASE_URL / REDIS_URL are set), creates
-a scratch database, runs one uvicorn process with the product's ASGI app, logs a viewer in
+a scratch database, runs uvicorn (``--workers`` processes, one by default) with the product's
+ASGI app, logs a viewer in
 (one session per browser, made with the session store on the same database) and connects
 ``--browsers`` sockets to /ws/live/v1 subscribed to ``fleet``. ``--engines`` engines then stream
 ``--rate`` events/s each over /ws/engine/v1 (pre-encoded frames of order, fill, metric and account
@@ -582,7 +583,8 @@ def start_profiler(directory: Path, pid: int) -> subprocess.Popen[bytes] | None:
         return None
     directory.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--rate", "250", "--threads", "--idle",
+        [py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250", "--threads",
+         "--idle",
          "--format", "raw", "--output", str(directory / "uvicorn.txt"), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -600,6 +602,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="streamed before measuring")
     parser.add_argument("--window", type=int, default=50, help="unacked frames per engine")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--profile", type=Path, help="py-spy the server into this folder")
     parser.add_argument(
         "--trace", action="store_true", help="time the server's stages (adds a little overhead)"
@@ -646,7 +649,8 @@ def main() -> int:
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)
             server = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port",
-                 str(port), *UVICORN_OPTIONS, "--log-level", "warning"],
+                 str(port), *UVICORN_OPTIONS, "--log-level", "warning",
+                 "--workers", str(args.workers)],
                 cwd=ROOT, env=child_env,
             )  # fmt: skip
             deadline = time.monotonic() + 30
@@ -712,7 +716,8 @@ def main() -> int:
 
     print(f"{len(browsers)} browsers on /ws/live/v1 (fleet), {len(runs)} engines x "
           f"{args.rate} events/s in frames of {per_batch} every {args.batch_interval * 1000:.0f} "
-          f"ms; one uvicorn process; {os.cpu_count()} CPUs, load average {load_before:.1f} "
+          f"ms; uvicorn workers: {args.workers}; {os.cpu_count()} CPUs, load average "
+          f"{load_before:.1f} "
           f"before, {load_after:.1f} after")  # fmt: skip
     print(f"{time.monotonic() - began:.0f}s in all; browsers connected in "
           f"{outcome.connect_s:.1f}s; measured {measured:.0f}s after {args.warmup:.0f}s of "
@@ -750,6 +755,7 @@ def main() -> int:
         "max": round(max(row_ms), 1),
         "every_batch_p99_ms": round(pct(batch_ms, 99), 1),
         "browsers": len(browsers),
+        "workers": args.workers,
         "events_per_s": round(events_per_s),
         "updates_per_browser_per_s_max": round(max(rates), 2),
     }))  # fmt: skip

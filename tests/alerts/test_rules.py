@@ -289,3 +289,14 @@ def test_one_task_evaluates_every_engine_it_carries(make_engine, loss_rule):
     assert fired == 2
     firing = Alert.objects.filter(state="firing").values_list("engine__name", flat=True)
     assert sorted(firing) == ["e1", "e3"]
+
+
+def test_engines_with_data_in_one_window_share_the_next_tick():
+    debouncer = hooks._Debouncer()
+    debouncer._dirty = {3}
+    assert debouncer._due(10.0) == ([3], None)  # quiet before: at once
+
+    debouncer._dirty = {1, 2}  # both arrive within the window
+    assert debouncer._due(10.1)[0] == []
+    assert debouncer._due(10.0 + hooks.DEBOUNCE_S) == ([1, 2], None)  # one tick for both
+    assert debouncer._due(11.0) == ([], None)  # nothing new: nothing queued
