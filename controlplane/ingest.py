@@ -9,14 +9,25 @@ seq processed (``Engine.last_seq``, updated under a row lock in the same transac
 or below that watermark is a replay and changes nothing. Fills are also unique by
 (engine, fill_id) in the database, so a fill re-sent under a new seq is not counted twice either.
 
-The hot path never makes an ORM call per event: rows go in with COPY (append-only tables) or one
-``INSERT .. SELECT FROM unnest(...)`` statement per table.
+Engines send small frames most of the time (ten events every 20 ms), so what a batch costs is
+mostly round trips and the Python that builds each statement, not rows. A batch therefore takes
+two round trips between BEGIN and COMMIT, whatever its size:
+
+1. one script that locks the engine row and reads everything the batch needs: the watermark and
+   session figures, the instruments, the positions its fills and reports touch, which of its
+   orders and fill ids are already stored;
+2. after the ledger is worked out in Python, one script of set-based writes (only the ones with
+   something to write) ending with the engine row's update.
+
+Rows travel as one JSON document per table, encoded in C by msgspec and unpacked by PostgreSQL's
+``json_to_recordset``: no per-value adaptation in Python, no COPY set-up and finish per small
+table, and large batches pay per row about what COPY does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,15 +35,20 @@ from typing import Any
 
 import msgspec
 from django.db import connection, transaction
-from psycopg.errors import UniqueViolation
+from psycopg.pq import Escaping
 
 from controlplane import partitions
+from controlplane.models import Engine
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
 PRICE_PLACES = Decimal("0.00000001")
+
+# The kinds of event whose storage can move a post-trade risk measure (positions and prices,
+# equity and P&L, trade and order counts). Metrics, logs, reported positions and states cannot.
+RISK_KINDS = frozenset({"order", "fill", "account"})
 
 
 @dataclass
@@ -41,6 +57,11 @@ class IngestResult:
     stored: int = 0
     replayed: int = 0
     errors: list[p.Error] = field(default_factory=list)
+    # The kinds of the events stored, and the engine row as the batch left it (with the fields of
+    # ENGINE_FIELDS; the others load on access): the post-trade evaluation that follows the batch
+    # reads them instead of querying again.
+    kinds: frozenset[str] = frozenset()
+    engine: Engine | None = None
 
 
 @dataclass
@@ -86,29 +107,255 @@ def apply_fill(
     pos.last_price = price
 
 
-def _instrument_ids(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[int, Decimal]]:
-    wanted = sorted(set(symbols))
-    if not wanted:
-        return {}
-    # Symbols an engine trades before anyone described them get a bare instrument row that a
-    # risk manager can complete (sector, multiplier) in the admin.
-    cursor.execute(
-        """
-        INSERT INTO controlplane_instrument (symbol, sector, asset_class, multiplier, currency)
-        SELECT s, '', 'equity', 1, 'USD' FROM unnest(%s::text[]) AS s
-        ON CONFLICT (symbol) DO NOTHING
-        """,
-        [wanted],
-    )
-    cursor.execute(
-        "SELECT symbol, id, multiplier FROM controlplane_instrument WHERE symbol = ANY(%s)",
-        [wanted],
-    )
-    return {symbol: (pk, mult) for symbol, pk, mult in cursor.fetchall()}
-
-
 def _error(code: str, message: str, event: p.Event, field_name: str | None = None) -> p.Error:
     return p.Error(code=code, message=message, field=field_name, seq=event.seq)
+
+
+_json = msgspec.json.Encoder()
+
+
+def _doc(value: Any) -> str:
+    """One statement parameter holding many values: JSON text (Decimals and datetimes become
+    exact strings, in C). The client-side cursor quotes one string instead of adapting each value.
+    """
+    return _json.encode(value).decode()
+
+
+def _texts(values: Iterable[str]) -> str:
+    """A ``text[]`` literal, for ``= ANY(%s::text[])``: the parser makes it a constant, so the
+    planner sees how many values there are and, whatever plan it picks with statistics that may be
+    stale, matches them through a hash, never once per row and value. Written here, it costs a
+    fraction of psycopg's adaptation of a list, value by value."""
+    quoted = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
+    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
+
+
+def _literal(value: Any, escape: Callable[[bytes], bytes]) -> str:
+    """SQL text for a parameter of the types the ingest uses; strings are quoted by libpq."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return escape(value.encode()).decode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, Decimal):
+        return f"'{value}'::numeric"  # digits, sign, point, exponent: nothing to escape
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
+class _Script:
+    """Statements sent as one query: the simple protocol runs them in order, in the current
+    transaction, for one round trip. Keeps the rows of those that return some.
+
+    Parameters are written into the statements here (``_literal``): what psycopg's client-side
+    cursor would do, which for a dozen statements a batch cost more than the rest of the ingest.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.results: dict[str, Any] = {}
+        self._escape = Escaping(cursor.connection.pgconn).escape_literal
+        self._sql: list[str] = []
+        self._fetch: dict[int, str] = {}
+        self._count: dict[int, str] = {}
+
+    def add(
+        self, sql: str, params: Iterable[Any], *, fetch: str | None = None, count: str | None = None
+    ) -> None:
+        """Queue a statement; ``fetch`` names its rows in ``results``, ``count`` its row count."""
+        if fetch is not None:
+            self._fetch[len(self._sql)] = fetch
+        if count is not None:
+            self._count[len(self._sql)] = count
+        self._sql.append(sql % tuple(_literal(value, self._escape) for value in params))
+
+    def run(self) -> dict[str, Any]:
+        """Send what is queued (if anything); return every result named so far."""
+        if self._sql:
+            cursor = self.cursor
+            cursor.execute(";\n".join(self._sql))
+            for index in range(len(self._sql)):
+                if index:
+                    cursor.nextset()
+                if index in self._fetch:
+                    self.results[self._fetch[index]] = cursor.fetchall()
+                if index in self._count:
+                    self.results[self._count[index]] = cursor.rowcount
+            self._sql, self._fetch, self._count = [], {}, {}
+        return self.results
+
+
+def _names(columns: str) -> list[str]:
+    return [column.split()[0] for column in columns.split(",")]
+
+
+def _rows(columns: str, lead: str = "%s", staged: str | None = None) -> str:
+    """``SELECT <lead>, <each column>`` from a JSON array of objects (one parameter after the
+    ``lead`` ones), the objects' keys named and typed by ``columns`` ("name type, ..."), or
+    from the ``staged`` table of those columns."""
+    names = ", ".join(f"r.{name}" for name in _names(columns))
+    source = f"{staged} AS r" if staged else f"json_to_recordset(%s::json) AS r({columns})"
+    return f"SELECT {lead}, {names} FROM {source}"
+
+
+# From this many rows on, a table's rows go in with COPY, in a round trip of their own. A JSON
+# parameter is text that PostgreSQL scans (about 10 ns a byte) and then unpacks, which costs more
+# than COPY's format for a large batch; below this, COPY's round trip, set-up and finish cost more.
+COPY_MIN_ROWS = 100
+
+
+def _copy(
+    cursor: Any, table: str, columns: Iterable[str] | None, rows: Iterable[tuple[Any, ...]]
+) -> None:
+    target = f"{table} ({', '.join(columns)})" if columns else table
+    # Decimals and datetimes become text in one pass in C (msgspec): psycopg's own dumpers pick
+    # a dumper per value for them, which cost more than the rest of the ingest's Python put
+    # together. PostgreSQL parses the ISO 8601 text ("...Z" or "+02:00") exactly.
+    rows = msgspec.to_builtins(rows if isinstance(rows, list) else list(rows))
+    with cursor.cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _stage(script: _Script, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """COPY ``rows`` into a temporary table of ``columns``, for a set-based statement to read."""
+    script.add(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS", [])
+    # The table empties itself at each commit; rows are left over only when batches share an
+    # outer transaction. DELETE on an empty table costs nothing, where TRUNCATE would give the
+    # table a new file every batch.
+    script.add(f"DELETE FROM {table}", [])
+    script.run()
+    _copy(script.cursor, table, None, rows)
+
+
+def _json_rows(columns: str, rows: list[tuple[Any, ...]]) -> str:
+    """``rows`` as the JSON array of objects that ``_rows(columns)`` reads."""
+    names = _names(columns)
+    return _doc([dict(zip(names, row, strict=True)) for row in rows])
+
+
+def _append(
+    script: _Script,
+    table: str,
+    lead: dict[str, Any],
+    columns: str,
+    rows: list[tuple[Any, ...]],
+    json_column: str | None = None,
+) -> None:
+    """Insert into an append-only table: ``lead`` columns take one value for every row, the
+    others come from ``rows`` (ordered as ``columns``); ``json_column`` holds objects."""
+    if len(rows) < COPY_MIN_ROWS:
+        names = ", ".join([*lead, *_names(columns)])
+        placeholders = ", ".join(["%s"] * len(lead))
+        script.add(
+            f"INSERT INTO {table} ({names}) {_rows(columns, lead=placeholders)}",
+            [*lead.values(), _json_rows(columns, rows)],
+        )
+        return
+    first = tuple(lead.values())
+    if json_column is None:
+        rows = [first + row for row in rows]
+    else:
+        # COPY takes a JSON column as its text.
+        at = _names(columns).index(json_column)
+        encode = _json.encode
+        rows = [(*first, *row[:at], encode(row[at]).decode(), *row[at + 1 :]) for row in rows]
+    _copy(script.cursor, table, [*lead, *_names(columns)], rows)
+
+
+# The engine fields the ingest returns to the post-trade evaluation (IngestResult.engine), in the
+# model's order, as Model.from_db wants them.
+ENGINE_FIELDS = tuple(
+    f.attname
+    for f in Engine._meta.concrete_fields
+    if f.attname
+    in {"id", "name", "strategy_tags", "desired_state", "equity", "session_start_equity",
+        "day_pnl", "drawdown_pct"}
+)  # fmt: skip
+
+
+@dataclass
+class _Read:
+    """What the first round trip found, under the engine's row lock."""
+
+    last_seq: int | None = None
+    session_at: datetime | None = None
+    session_equity: Decimal | None = None
+    high_water_mark: Decimal | None = None
+    instruments: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    positions: dict[int, _Position] = field(default_factory=dict)
+    stored_orders: set[str] = field(default_factory=set)
+    stored_fill_ids: set[str] = field(default_factory=set)
+
+
+# The row lock that serialises an engine's batches. An UPDATE takes it as SELECT .. FOR UPDATE
+# would, and every batch (a replayed one too) records when the engine was last heard from anyway.
+_LOCK_ENGINE = """
+    UPDATE controlplane_engine SET last_seen_at = %s WHERE id = %s
+    RETURNING last_seq, session_start_at, session_start_equity, high_water_mark"""
+# Lists of symbols and ids are text[] literals (_texts).
+_READ_INSTRUMENTS = (
+    "SELECT symbol, id, multiplier FROM controlplane_instrument WHERE symbol = ANY(%s::text[])"
+)
+_READ_POSITIONS = """
+    SELECT p.instrument_id, p.quantity, p.avg_price, p.realized_pnl, p.last_price,
+           p.reported_quantity, p.reported_avg_price, p.reported_at, p.mismatch_since
+    FROM controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id
+    WHERE p.engine_id = %s AND i.symbol = ANY(%s::text[])"""
+_READ_ORDERS = """
+    SELECT client_order_id FROM controlplane_order
+    WHERE engine_id = %s AND client_order_id = ANY(%s::text[])"""
+_READ_FILL_IDS = """
+    SELECT fill_id FROM controlplane_fill WHERE engine_id = %s AND fill_id = ANY(%s::text[])"""
+
+
+def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> _Read:
+    """Lock the engine row and read what the batch needs, in one round trip.
+
+    The watermark is not known before the lock, so this reads for every event of the batch,
+    replays included; the caller keeps what concerns the fresh ones. Each statement runs after
+    the lock is held and sees everything the engine's earlier batches committed.
+    """
+    symbols: set[str] = set()
+    ledger_symbols: set[str] = set()
+    coids: set[str] = set()
+    fill_ids: set[str] = set()
+    for event in events:
+        kind = type(event)
+        if kind is p.FillEvent:
+            ledger_symbols.add(event.symbol)  # type: ignore[union-attr]
+            coids.add(event.client_order_id)  # type: ignore[union-attr]
+            fill_ids.add(event.fill_id)  # type: ignore[union-attr]
+        elif kind is p.PositionEvent:
+            ledger_symbols.add(event.symbol)  # type: ignore[union-attr]
+        elif kind is p.OrderEvent:
+            symbols.add(event.symbol)  # type: ignore[union-attr]
+    symbols |= ledger_symbols
+    script = _Script(cursor)
+    script.add(_LOCK_ENGINE, [now, engine_id], fetch="engine")
+    if symbols:
+        script.add(_READ_INSTRUMENTS, [_texts(symbols)], fetch="instruments")
+    if ledger_symbols:
+        script.add(_READ_POSITIONS, [engine_id, _texts(ledger_symbols)], fetch="positions")
+    if fill_ids:
+        script.add(_READ_ORDERS, [engine_id, _texts(coids)], fetch="orders")
+        script.add(_READ_FILL_IDS, [engine_id, _texts(fill_ids)], fetch="fill_ids")
+    rows = script.run()
+    if not rows["engine"]:
+        return _Read()
+    ((last_seq, session_at, session_equity, hwm),) = rows["engine"]
+    return _Read(
+        last_seq=last_seq,
+        session_at=session_at,
+        session_equity=session_equity,
+        high_water_mark=hwm,
+        instruments={symbol: (pk, mult) for symbol, pk, mult in rows.get("instruments", ())},
+        positions={row[0]: _Position(*row) for row in rows.get("positions", ())},
+        stored_orders={row[0] for row in rows.get("orders", ())},
+        stored_fill_ids={row[0] for row in rows.get("fill_ids", ())},
+    )
 
 
 def ingest_events(
@@ -117,13 +364,10 @@ def ingest_events(
     """Store a batch for one engine. Raises on a database failure (nothing is then stored)."""
     received_at = now or datetime.now(UTC)
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT last_seq FROM controlplane_engine WHERE id = %s FOR UPDATE", [engine_id]
-        )
-        row = cursor.fetchone()
-        if row is None:
+        read = _read(cursor, engine_id, events, received_at)
+        if read.last_seq is None:
             raise LookupError(f"engine {engine_id} does not exist")
-        last_seq: int = row[0]
+        last_seq = read.last_seq
 
         fresh: dict[int, p.Event] = {}
         replayed = 0
@@ -134,50 +378,64 @@ def ingest_events(
                 fresh[event.seq] = event
         result = IngestResult(ack_seq=last_seq, replayed=replayed)
         if not fresh:
-            _touch_engine(cursor, engine_id, received_at)
-            return result
+            return result  # taking the lock recorded last_seen_at: nothing else to write
         batch = [fresh[seq] for seq in sorted(fresh)]
         result.ack_seq = batch[-1].seq
 
-        accepted = _project(cursor, engine_id, batch, result, received_at)
-        _append_event_log(cursor, engine_id, accepted, received_at)
+        script = _Script(cursor)
+        accepted, engine_update = _project(script, engine_id, batch, read, result, received_at)
+        if accepted:
+            _append_event_log(script, engine_id, accepted, received_at)
         result.stored = len(accepted)
-        cursor.execute(
-            """
-            UPDATE controlplane_engine
-            SET last_seq = GREATEST(last_seq, %s), last_seen_at = %s
-            WHERE id = %s
-            """,
-            [result.ack_seq, received_at, engine_id],
-        )
+        result.kinds = frozenset(e.__struct_config__.tag for e in accepted)  # type: ignore[misc]
+        engine_update["last_seq"] = result.ack_seq
+        _update_engine(script, engine_id, engine_update)
+        written = script.run()
+        fills = sum(1 for e in accepted if type(e) is p.FillEvent)
+        if written.get("fills", fills) != fills:
+            # Each fill's order was found above under the engine's lock, so this cannot happen;
+            # were it to, the fill would be lost silently: the batch fails and is sent again.
+            raise RuntimeError(f"engine {engine_id}: {fills} fills, {written['fills']} stored")
+        (row,) = written["engine"]
+        result.engine = Engine.from_db(connection.alias, ENGINE_FIELDS, row)
     return result
 
 
-def _touch_engine(cursor: Any, engine_id: int, at: datetime) -> None:
-    cursor.execute(
-        "UPDATE controlplane_engine SET last_seen_at = %s WHERE id = %s", [at, engine_id]
+def _update_engine(script: _Script, engine_id: int, values: dict[str, Any]) -> None:
+    """The engine row's one update of the batch: its watermark, figures and reported state."""
+    sets = ", ".join(
+        "last_seq = GREATEST(last_seq, %s)" if column == "last_seq" else f"{column} = %s"
+        for column in values
+    )
+    script.add(
+        f"UPDATE controlplane_engine SET {sets} WHERE id = %s RETURNING {', '.join(ENGINE_FIELDS)}",
+        [*values.values(), engine_id],
+        fetch="engine",
     )
 
 
-_json = msgspec.json.Encoder()
-
-
 def _append_event_log(
-    cursor: Any, engine_id: int, events: list[p.Event], received_at: datetime
+    script: _Script, engine_id: int, events: list[p.Event], received_at: datetime
 ) -> None:
-    if not events:
-        return
     partitions.ensure_partition(received_at.date())
-    _copy(cursor, "controlplane_engineevent",
-          ("engine_id", "seq", "kind", "ts", "received_at", "payload"),
-          [(engine_id, event.seq, event.__struct_config__.tag, event.ts, received_at,
-            _json.encode(event).decode()) for event in events])  # fmt: skip
+    # payload is a json column: it keeps each event's text as msgspec encoded it.
+    _append(script, "controlplane_engineevent",
+            {"engine_id": engine_id, "received_at": received_at},
+            "seq bigint, kind text, ts timestamptz, payload json",
+            [(e.seq, e.__struct_config__.tag, e.ts, e) for e in events],
+            json_column="payload")  # fmt: skip
 
 
 def _project(
-    cursor: Any, engine_id: int, batch: list[p.Event], result: IngestResult, now: datetime
-) -> list[p.Event]:
-    """Write the projections; return the events accepted (rejected ones get an error)."""
+    script: _Script,
+    engine_id: int,
+    batch: list[p.Event],
+    read: _Read,
+    result: IngestResult,
+    now: datetime,
+) -> tuple[list[p.Event], dict[str, Any]]:
+    """Add the projections' writes to ``script``; return the events accepted (rejected ones get
+    an error) and the engine row's new values."""
     orders: list[p.OrderEvent] = []
     fills: list[p.FillEvent] = []
     reports: list[p.PositionEvent] = []
@@ -205,70 +463,84 @@ def _project(
             logs.append(event)  # type: ignore[arg-type]
         elif kind is p.StateEvent:
             state = event  # type: ignore[assignment]
-    instruments = _instrument_ids(cursor, symbols)
+    instruments = read.instruments
+    missing = symbols - instruments.keys()
+    if missing:
+        instruments = {**instruments, **_create_instruments(script.cursor, missing)}
+    engine_update: dict[str, Any] = {}
     rejected: set[int] = set()
 
-    _upsert_orders(cursor, engine_id, orders, instruments)
+    _upsert_orders(script, engine_id, orders, instruments)
     if fills:
-        # After the order upsert, so a fill may arrive in the same batch as its order.
-        rejected |= _insert_fills(cursor, engine_id, fills, instruments, result)
+        rejected = _insert_fills(script, engine_id, fills, orders, read, instruments, result)
     if fills or reports:
-        _update_positions(cursor, engine_id, fills, rejected, reports, instruments, now)
+        _update_positions(script, engine_id, fills, rejected, reports, read, instruments, now)
     if accounts:
-        _store_accounts(cursor, engine_id, accounts)
+        engine_update |= _store_accounts(script, engine_id, accounts, read)
     if metrics:
-        _copy(cursor, "controlplane_metricsample", ("engine_id", "ts", "name", "value", "seq"),
-              ((engine_id, m.ts, m.name, m.value, m.seq) for m in metrics))  # fmt: skip
+        _append(script, "controlplane_metricsample", {"engine_id": engine_id},
+                "ts timestamptz, name text, value float8, seq bigint",
+                [(m.ts, m.name, m.value, m.seq) for m in metrics])  # fmt: skip
     if logs:
-        _copy(cursor, "controlplane_enginelog",
-              ("engine_id", "ts", "level", "message", "context", "seq"),
-              ((engine_id, e.ts, e.level, e.message, _json.encode(e.context).decode(), e.seq)
-               for e in logs))  # fmt: skip
+        _append(script, "controlplane_enginelog", {"engine_id": engine_id},
+                "ts timestamptz, level text, message text, context jsonb, seq bigint",
+                [(e.ts, e.level, e.message, e.context, e.seq) for e in logs],
+                json_column="context")  # fmt: skip
     if state is not None:
-        cursor.execute(
-            "UPDATE controlplane_engine SET reported_state = %s WHERE id = %s",
-            [state.trading_state, engine_id],
-        )
-    return [e for e in batch if e.seq not in rejected]
+        engine_update["reported_state"] = state.trading_state
+    return [e for e in batch if e.seq not in rejected], engine_update
 
 
-def _copy(
-    cursor: Any, table: str, columns: tuple[str, ...] | None, rows: Iterable[tuple[Any, ...]]
-) -> None:
-    target = f"{table} ({', '.join(columns)})" if columns else table
-    # Decimals and datetimes become text in one pass in C (msgspec): psycopg's own dumpers pick
-    # a dumper per value for them, which cost more than the rest of the ingest's Python put
-    # together. PostgreSQL parses the ISO 8601 text ("...Z" or "+02:00") exactly.
-    rows = msgspec.to_builtins(rows if isinstance(rows, list) else list(rows))
-    with cursor.cursor.copy(f"COPY {target} FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-# Staging tables: COPY (formatted in C by psycopg) into a temporary table, then one set-based
-# statement into the real table. Binding thousands of values as array parameters costs far more.
-_STAGING = {
-    "cp_stage_order": """
-        client_order_id text, broker_order_id text, instrument_id bigint, side text,
-        order_type text, quantity numeric, limit_price numeric, stop_price numeric,
-        expected_price numeric, status text, filled_quantity numeric, avg_fill_price numeric,
-        reject_reason text, created_at timestamptz, updated_at timestamptz, last_seq bigint""",
-}
-
-
-def _stage(cursor: Any, table: str, rows: Iterable[tuple[Any, ...]]) -> None:
-    cursor.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {table} ({_STAGING[table]}) ON COMMIT DELETE ROWS"
+def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[int, Decimal]]:
+    # Symbols an engine trades before anyone described them get a bare instrument row that a
+    # risk manager can complete (sector, multiplier) in the admin. Rare: one round trip more.
+    wanted = _texts(symbols)
+    script = _Script(cursor)
+    script.add(
+        """
+        INSERT INTO controlplane_instrument (symbol, sector, asset_class, multiplier, currency)
+        SELECT s, '', 'equity', 1, 'USD' FROM unnest(%s::text[]) AS s
+        ON CONFLICT (symbol) DO NOTHING
+        """,
+        [wanted],
     )
-    # The table empties itself at each commit; rows are left over only when batches share an
-    # outer transaction. DELETE on an empty table costs nothing, where TRUNCATE would give the
-    # table a new file every batch.
-    cursor.execute(f"DELETE FROM {table}")
-    _copy(cursor, table, None, rows)
+    script.add(_READ_INSTRUMENTS, [wanted], fetch="instruments")
+    rows = script.run()["instruments"]
+    return {symbol: (pk, mult) for symbol, pk, mult in rows}
+
+
+_ORDER_COLUMNS = """client_order_id text, broker_order_id text, instrument_id bigint, side text,
+    order_type text, quantity numeric, limit_price numeric, stop_price numeric,
+    expected_price numeric, status text, filled_quantity numeric, avg_fill_price numeric,
+    reject_reason text, created_at timestamptz, updated_at timestamptz, last_seq bigint"""
+
+_UPSERT_ORDERS = """
+    INSERT INTO controlplane_order AS o (
+        engine_id, client_order_id, broker_order_id, instrument_id, side, order_type,
+        quantity, limit_price, stop_price, expected_price, status, filled_quantity,
+        avg_fill_price, reject_reason, created_at, updated_at, last_seq)
+    {rows}
+    ON CONFLICT (engine_id, client_order_id) DO UPDATE SET
+        broker_order_id = COALESCE(NULLIF(EXCLUDED.broker_order_id, ''), o.broker_order_id),
+        quantity = EXCLUDED.quantity,
+        limit_price = EXCLUDED.limit_price,
+        stop_price = EXCLUDED.stop_price,
+        expected_price = COALESCE(EXCLUDED.expected_price, o.expected_price),
+        status = EXCLUDED.status,
+        filled_quantity = EXCLUDED.filled_quantity,
+        avg_fill_price = EXCLUDED.avg_fill_price,
+        reject_reason = EXCLUDED.reject_reason,
+        updated_at = EXCLUDED.updated_at,
+        last_seq = EXCLUDED.last_seq
+    WHERE o.last_seq < EXCLUDED.last_seq"""
+_UPSERT_ORDERS_JSON = _UPSERT_ORDERS.replace("{rows}", _rows(_ORDER_COLUMNS))
+_UPSERT_ORDERS_STAGED = _UPSERT_ORDERS.replace(
+    "{rows}", _rows(_ORDER_COLUMNS, staged="cp_stage_order")
+)
 
 
 def _upsert_orders(
-    cursor: Any,
+    script: _Script,
     engine_id: int,
     orders: list[p.OrderEvent],
     instruments: dict[str, tuple[int, Decimal]],
@@ -281,65 +553,59 @@ def _upsert_orders(
     for order in orders:
         latest[order.client_order_id] = order
         first_ts.setdefault(order.client_order_id, order.ts)
-    _stage(cursor, "cp_stage_order", (
+    rows = [
         (o.client_order_id, o.broker_order_id or "", instruments[o.symbol][0], o.side,
          o.order_type, o.quantity, o.limit_price, o.stop_price, o.expected_price, o.status,
          o.filled_quantity, o.avg_fill_price, o.reject_reason or "", first_ts[o.client_order_id],
          o.ts, o.seq)
         for o in latest.values()
-    ))  # fmt: skip
-    cursor.execute(
-        """
-        INSERT INTO controlplane_order AS o (
-            engine_id, client_order_id, broker_order_id, instrument_id, side, order_type,
-            quantity, limit_price, stop_price, expected_price, status, filled_quantity,
-            avg_fill_price, reject_reason, created_at, updated_at, last_seq)
-        SELECT %s, s.* FROM cp_stage_order s
-        ON CONFLICT (engine_id, client_order_id) DO UPDATE SET
-            broker_order_id = COALESCE(NULLIF(EXCLUDED.broker_order_id, ''), o.broker_order_id),
-            quantity = EXCLUDED.quantity,
-            limit_price = EXCLUDED.limit_price,
-            stop_price = EXCLUDED.stop_price,
-            expected_price = COALESCE(EXCLUDED.expected_price, o.expected_price),
-            status = EXCLUDED.status,
-            filled_quantity = EXCLUDED.filled_quantity,
-            avg_fill_price = EXCLUDED.avg_fill_price,
-            reject_reason = EXCLUDED.reject_reason,
-            updated_at = EXCLUDED.updated_at,
-            last_seq = EXCLUDED.last_seq
-        WHERE o.last_seq < EXCLUDED.last_seq
-        """,
-        [engine_id],
+    ]  # fmt: skip
+    if len(rows) < COPY_MIN_ROWS:
+        script.add(_UPSERT_ORDERS_JSON, [engine_id, _json_rows(_ORDER_COLUMNS, rows)])
+    else:
+        _stage(script, "cp_stage_order", _ORDER_COLUMNS, rows)
+        script.add(_UPSERT_ORDERS_STAGED, [engine_id])
+
+
+# Runs after the orders' upsert in the same script, so a fill finds an order reported in its own
+# batch, and takes the order's expected price as that upsert left it.
+_INSERT_FILLS = """
+    WITH f AS (
+        SELECT * FROM json_to_recordset(%s::json) AS r(fill_id text, client_order_id text,
+            instrument_id bigint, side text, quantity numeric, price numeric, fee numeric,
+            liquidity text, ts timestamptz, seq bigint)
+    ), o AS (
+        SELECT client_order_id, id, expected_price FROM controlplane_order
+        WHERE engine_id = %s AND client_order_id = ANY(%s::text[])
     )
+    INSERT INTO controlplane_fill (engine_id, fill_id, order_id, instrument_id, side, quantity,
+        price, fee, expected_price, liquidity, ts, seq)
+    SELECT %s, f.fill_id, o.id, f.instrument_id, f.side, f.quantity, f.price, f.fee,
+        o.expected_price, f.liquidity, f.ts, f.seq
+    FROM f JOIN o USING (client_order_id)"""
 
 
 def _insert_fills(
-    cursor: Any,
+    script: _Script,
     engine_id: int,
     fills: list[p.FillEvent],
+    orders: list[p.OrderEvent],
+    read: _Read,
     instruments: dict[str, tuple[int, Decimal]],
     result: IngestResult,
 ) -> set[int]:
     """Insert fills; return the seqs not counted (unknown order, or fill_id already stored).
 
-    The fills go straight into the table with COPY. A fill_id stored before under another seq is
-    rare, so it is not looked up first: the unique (engine, fill_id) key refuses the COPY, which
-    is then rolled back to its savepoint and done again without the fills already stored.
+    Under the engine's lock, what is stored is known before writing: the orders stored before
+    plus those of this batch, and the fill ids stored before plus those met earlier in the batch
+    (of a fill_id repeated in a batch, the lowest seq is the one counted).
     """
-    cursor.execute(
-        """
-        SELECT client_order_id, id, expected_price FROM controlplane_order
-        WHERE engine_id = %s AND client_order_id = ANY(%s)
-        """,
-        [engine_id, list({fill.client_order_id for fill in fills})],
-    )
-    orders = {coid: (pk, expected) for coid, pk, expected in cursor.fetchall()}
+    known_orders = read.stored_orders | {order.client_order_id for order in orders}
+    seen = set(read.stored_fill_ids)
     rejected: set[int] = set()
-    known: list[p.FillEvent] = []
+    fresh: list[p.FillEvent] = []
     for fill in fills:
-        if fill.client_order_id in orders:
-            known.append(fill)
-        else:
+        if fill.client_order_id not in known_orders:
             rejected.add(fill.seq)
             result.errors.append(
                 _error(
@@ -350,63 +616,75 @@ def _insert_fills(
                     "client_order_id",
                 )
             )
-    if not known:
-        return rejected
-    if len({fill.fill_id for fill in known}) == len(known):
-        try:
-            with transaction.atomic():
-                _copy(cursor, "controlplane_fill", _FILL_COLUMNS,
-                      _fill_rows(engine_id, known, orders, instruments))  # fmt: skip
-            return rejected
-        except UniqueViolation as exc:
-            if exc.diag.constraint_name != "fill_unique_id":
-                raise
-            # A fill_id stored before: sort them out below.
-    cursor.execute(
-        "SELECT fill_id FROM controlplane_fill WHERE engine_id = %s AND fill_id = ANY(%s)",
-        [engine_id, [fill.fill_id for fill in known]],
-    )
-    seen = {row[0] for row in cursor.fetchall()}
-    fresh = []
-    for fill in known:
-        if fill.fill_id in seen:
+        elif fill.fill_id in seen:
             # Already stored under another seq: counted once, the repeat is only logged.
             rejected.add(fill.seq)
             result.replayed += 1
         else:
             seen.add(fill.fill_id)
             fresh.append(fill)
-    if fresh:
-        _copy(cursor, "controlplane_fill", _FILL_COLUMNS,
-              _fill_rows(engine_id, fresh, orders, instruments))  # fmt: skip
+    if not fresh:
+        pass
+    elif len(fresh) < COPY_MIN_ROWS:
+        script.add(_INSERT_FILLS, [_doc([
+            {"fill_id": f.fill_id, "client_order_id": f.client_order_id,
+             "instrument_id": instruments[f.symbol][0], "side": f.side, "quantity": f.quantity,
+             "price": f.price, "fee": f.fee, "liquidity": f.liquidity or "", "ts": f.ts,
+             "seq": f.seq}
+            for f in fresh
+        ]), engine_id, _texts({f.client_order_id for f in fresh}), engine_id],
+            count="fills")  # fmt: skip
+    else:
+        # Many fills: COPY them, with their orders' ids and expected prices read after the
+        # orders' upsert (queued before this, so it runs first).
+        coids = {f.client_order_id for f in fresh}
+        script.add(_READ_ORDER_IDS, [engine_id, _texts(coids)], fetch="order_ids")
+        ids = {coid: (pk, expected) for coid, pk, expected in script.run()["order_ids"]}
+        if len(ids) != len(coids):
+            raise RuntimeError(f"engine {engine_id}: fills without their order row")
+        _copy(script.cursor, "controlplane_fill", _FILL_COLUMNS, [
+            (engine_id, f.fill_id, ids[f.client_order_id][0], instruments[f.symbol][0], f.side,
+             f.quantity, f.price, f.fee, ids[f.client_order_id][1], f.liquidity or "", f.ts,
+             f.seq)
+            for f in fresh
+        ])  # fmt: skip
     return rejected
 
 
-def _fill_rows(
-    engine_id: int,
-    fills: list[p.FillEvent],
-    orders: dict[str, tuple[int, Decimal | None]],
-    instruments: dict[str, tuple[int, Decimal]],
-) -> list[tuple[Any, ...]]:
-    return [
-        (engine_id, f.fill_id, orders[f.client_order_id][0], instruments[f.symbol][0], f.side,
-         f.quantity, f.price, f.fee, orders[f.client_order_id][1], f.liquidity or "", f.ts, f.seq)
-        for f in fills
-    ]  # fmt: skip
-
-
+_READ_ORDER_IDS = """
+    SELECT client_order_id, id, expected_price FROM controlplane_order
+    WHERE engine_id = %s AND client_order_id = ANY(%s::text[])"""
 _FILL_COLUMNS = (
     "engine_id", "fill_id", "order_id", "instrument_id", "side", "quantity", "price", "fee",
     "expected_price", "liquidity", "ts", "seq",
 )  # fmt: skip
 
 
+_POSITION_COLUMNS = """instrument_id bigint, quantity numeric, avg_price numeric,
+    realized_pnl numeric, last_price numeric, reported_quantity numeric,
+    reported_avg_price numeric, reported_at timestamptz, mismatch_since timestamptz"""
+
+_UPSERT_POSITIONS = f"""
+    INSERT INTO controlplane_position AS p (
+        engine_id, updated_at, instrument_id, quantity, avg_price, realized_pnl, last_price,
+        reported_quantity, reported_avg_price, reported_at, mismatch_since)
+    {_rows(_POSITION_COLUMNS, lead="%s, %s")}
+    ON CONFLICT (engine_id, instrument_id) DO UPDATE SET
+        quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price,
+        realized_pnl = EXCLUDED.realized_pnl, last_price = EXCLUDED.last_price,
+        reported_quantity = EXCLUDED.reported_quantity,
+        reported_avg_price = EXCLUDED.reported_avg_price,
+        reported_at = EXCLUDED.reported_at, mismatch_since = EXCLUDED.mismatch_since,
+        updated_at = EXCLUDED.updated_at"""
+
+
 def _update_positions(
-    cursor: Any,
+    script: _Script,
     engine_id: int,
     fills: list[p.FillEvent],
     skipped: set[int],
     reports: list[p.PositionEvent],
+    read: _Read,
     instruments: dict[str, tuple[int, Decimal]],
     now: datetime,
 ) -> None:
@@ -414,17 +692,12 @@ def _update_positions(
     touched |= {instruments[r.symbol][0] for r in reports}
     if not touched:
         return
-    cursor.execute(
-        """
-        SELECT instrument_id, quantity, avg_price, realized_pnl, last_price, reported_quantity,
-               reported_avg_price, reported_at, mismatch_since
-        FROM controlplane_position WHERE engine_id = %s AND instrument_id = ANY(%s)
-        """,
-        [engine_id, sorted(touched)],
-    )
-    positions = {row[0]: _Position(*row) for row in cursor.fetchall()}
-    for instrument_id in touched:
-        positions.setdefault(instrument_id, _Position(instrument_id))
+    # The first round trip read the positions of every symbol the batch's fills and reports
+    # name; only those an accepted event touches are written back.
+    positions = {
+        instrument_id: read.positions.get(instrument_id) or _Position(instrument_id)
+        for instrument_id in touched
+    }
     # Fills and reports interleave in seq order: a report reflects the fills before it.
     merged: list[p.FillEvent | p.PositionEvent] = sorted(
         [f for f in fills if f.seq not in skipped] + list(reports), key=lambda e: e.seq
@@ -447,52 +720,25 @@ def _update_positions(
             pos.mismatch_since = None
         elif pos.mismatch_since is None:
             pos.mismatch_since = now
-    rows = list(positions.values())
-    cursor.execute(
-        """
-        INSERT INTO controlplane_position AS p (
-            engine_id, instrument_id, quantity, avg_price, realized_pnl, last_price,
-            reported_quantity, reported_avg_price, reported_at, mismatch_since, updated_at)
-        SELECT %s, u.*, %s FROM unnest(
-            %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[], %s::numeric[],
-            %s::numeric[], %s::numeric[], %s::timestamptz[], %s::timestamptz[]) AS u
-        ON CONFLICT (engine_id, instrument_id) DO UPDATE SET
-            quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price,
-            realized_pnl = EXCLUDED.realized_pnl, last_price = EXCLUDED.last_price,
-            reported_quantity = EXCLUDED.reported_quantity,
-            reported_avg_price = EXCLUDED.reported_avg_price,
-            reported_at = EXCLUDED.reported_at, mismatch_since = EXCLUDED.mismatch_since,
-            updated_at = EXCLUDED.updated_at
-        """,
-        [
-            engine_id,
-            now,
-            [r.instrument_id for r in rows],
-            [r.quantity for r in rows],
-            [r.avg_price for r in rows],
-            [r.realized_pnl for r in rows],
-            [r.last_price for r in rows],
-            [r.reported_quantity for r in rows],
-            [r.reported_avg_price for r in rows],
-            [r.reported_at for r in rows],
-            [r.mismatch_since for r in rows],
-        ],
-    )
+    script.add(_UPSERT_POSITIONS, [engine_id, now, _doc([
+        {"instrument_id": r.instrument_id, "quantity": r.quantity, "avg_price": r.avg_price,
+         "realized_pnl": r.realized_pnl, "last_price": r.last_price,
+         "reported_quantity": r.reported_quantity, "reported_avg_price": r.reported_avg_price,
+         "reported_at": r.reported_at, "mismatch_since": r.mismatch_since}
+        for r in positions.values()
+    ])])  # fmt: skip
 
 
-def _store_accounts(cursor: Any, engine_id: int, accounts: list[p.AccountEvent]) -> None:
-    _copy(cursor, "controlplane_accountsnapshot",
-          ("engine_id", "ts", "equity", "cash", "margin_used", "currency", "seq"),
-          ((engine_id, a.ts, a.equity, a.cash, a.margin_used, a.currency, a.seq)
-           for a in accounts))  # fmt: skip
-    cursor.execute(
-        """
-        SELECT session_start_at, session_start_equity, high_water_mark
-        FROM controlplane_engine WHERE id = %s
-        """,
-        [engine_id],
-    )
-    session_at, session_equity, hwm = cursor.fetchone()
+def _store_accounts(
+    script: _Script, engine_id: int, accounts: list[p.AccountEvent], read: _Read
+) -> dict[str, Any]:
+    """Insert the snapshots; return the engine's new equity, session and drawdown figures."""
+    _append(script, "controlplane_accountsnapshot", {"engine_id": engine_id},
+            "ts timestamptz, equity numeric, cash numeric, margin_used numeric, currency text, "
+            "seq bigint",
+            [(a.ts, a.equity, a.cash, a.margin_used, a.currency, a.seq)
+             for a in accounts])  # fmt: skip
+    session_at, session_equity, hwm = read.session_at, read.session_equity, read.high_water_mark
     for account in accounts:
         # The trading session starts at 00:00 UTC: the first equity of a new day is its base.
         if (
@@ -505,12 +751,8 @@ def _store_accounts(cursor: Any, engine_id: int, accounts: list[p.AccountEvent])
     last = accounts[-1]
     day_pnl = last.equity - session_equity
     drawdown = (hwm - last.equity) / hwm * 100 if hwm and hwm > 0 else ZERO
-    cursor.execute(
-        """
-        UPDATE controlplane_engine SET equity = %s, cash = %s, session_start_at = %s,
-            session_start_equity = %s, high_water_mark = %s, day_pnl = %s, drawdown_pct = %s
-        WHERE id = %s
-        """,
-        [last.equity, last.cash, session_at, session_equity, hwm, day_pnl,
-         drawdown.quantize(Decimal("0.000001")), engine_id],
-    )  # fmt: skip
+    return {
+        "equity": last.equity, "cash": last.cash, "session_start_at": session_at,
+        "session_start_equity": session_equity, "high_water_mark": hwm, "day_pnl": day_pnl,
+        "drawdown_pct": drawdown.quantize(Decimal("0.000001")),
+    }  # fmt: skip
