@@ -20,6 +20,10 @@ from engine_sdk import protocol as p
 log = logging.getLogger(__name__)
 
 
+# Events waiting for this connection's writer beyond which the socket is not read.
+MAX_QUEUED_EVENTS = 4 * p.MAX_EVENTS_PER_FRAME
+
+
 def engine_group(engine_id: int) -> str:
     return f"engine-{engine_id}"
 
@@ -48,6 +52,13 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     # Command pushes that arrived while the hello was being answered: sent right after the
     # welcome (the engine applies each command_id once, so a repeat is harmless).
     _early_frames: list[str] | None = None
+    _writer: asyncio.Task[None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queued: list[gateway.Decoded] = []
+        self._queued_events = 0
+        self._written = asyncio.Event()
 
     async def connect(self) -> None:
         token = gateway.bearer_token(self.scope.get("headers", []))
@@ -88,12 +99,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self._expect_hello(decoded)
             return
         if decoded.events is not None:
-            frames, result = await database_sync_to_async(gateway.events, thread_sensitive=False)(
-                self.engine_id, decoded
-            )
-            await self.send_frames(frames)
-            if result is not None and result.stored:
-                publisher.mark(self.engine_id)
+            await self._queue_events(decoded)
             return
         frame = decoded.frame
         if frame is None:
@@ -110,6 +116,61 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.send_frames(answer)
             if isinstance(frame, p.CommandResult):
                 publisher.mark(self.engine_id)
+
+    # --- events: stored in order, the frames that queue behind a write stored together ----------
+
+    async def _queue_events(self, decoded: gateway.Decoded) -> None:
+        """Queue an events frame for this connection's writer.
+
+        One write at a time per engine, in arrival order. Frames that arrive while a write is in
+        flight are stored together by the next one, in one transaction with one (cumulative) ack:
+        an engine sending small frames faster than single transactions commit gets larger
+        transactions instead of a growing backlog. The socket is not read further while more
+        than MAX_QUEUED_EVENTS wait, so TCP slows the engine down.
+        """
+        self._queued.append(decoded)
+        self._queued_events += len(decoded.events or ())
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_events())
+        while self._queued_events > MAX_QUEUED_EVENTS and not self._writer.done():
+            self._written.clear()
+            await self._written.wait()
+
+    async def _write_events(self) -> None:
+        while self._queued:
+            take, count = 0, 0
+            for decoded in self._queued:
+                size = len(decoded.events or ())
+                if take and count + size > p.MAX_EVENTS_PER_FRAME:
+                    break
+                take, count = take + 1, count + size
+            batch, self._queued = self._queued[:take], self._queued[take:]
+            self._queued_events -= count
+            merged = batch[0] if take == 1 else gateway.Decoded(
+                None,
+                [event for decoded in batch for event in decoded.events or ()],
+                [error for decoded in batch for error in decoded.errors],
+            )  # fmt: skip
+            try:
+                frames, result = await database_sync_to_async(
+                    gateway.events, thread_sensitive=False
+                )(self.engine_id, merged)
+            except Exception:
+                # Not stored, not acked: the engine reconnects and replays it.
+                log.exception("engine %s: a batch could not be stored", self.engine_id)
+                self._queued.clear()
+                self._written.set()
+                await self.close(code=1011)
+                return
+            self._written.set()
+            if result is not None and result.stored:
+                publisher.mark(self.engine_id)
+            try:
+                await self.send_frames(frames)
+            except Exception:  # the engine went away: it replays what was not acked
+                log.info("engine %s: answer to a stored batch not sent", self.engine_id)
+                self._queued.clear()
+                return
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if not isinstance(decoded.frame, p.Hello):

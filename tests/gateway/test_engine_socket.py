@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -13,6 +16,7 @@ from controlplane.asgi import application
 from controlplane.models import Command, Engine, Fill, Order
 from engine_sdk import protocol as p
 from tests.gateway import factories as f
+from tests.servers import current_database_url
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -248,3 +252,47 @@ async def test_an_engine_cannot_issue_a_command_through_its_socket(engine_and_to
     )()
     assert desired == "ACTIVE"
     await ws.disconnect()
+
+
+async def test_frames_that_queue_behind_a_write_are_stored_together_and_acked_once(
+    engine_and_token,
+):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    # Another session holds the engine's row, so the first frame's write waits for it.
+    blocker = await asyncio.to_thread(psycopg.connect, current_database_url())
+    await asyncio.to_thread(
+        blocker.execute, "SELECT 1 FROM controlplane_engine WHERE id = %s FOR UPDATE", [engine.pk]
+    )
+    await ws.send_to(text_data=f.events_frame(f.order(1, "o-1")).decode())
+    await asyncio.to_thread(wait_for_a_lock_wait)
+    for seq in (2, 4, 6, 8):  # these arrive while the first write waits
+        await ws.send_to(text_data=f.events_frame(
+            f.order(seq, f"o-{seq}"), f.fill(seq + 1, f"f-{seq}", "o-1"),
+        ).decode())  # fmt: skip
+    await asyncio.to_thread(blocker.rollback)
+    await asyncio.to_thread(blocker.close)
+
+    first = await frames_until_ack(ws)
+    second = await frames_until_ack(ws)
+
+    assert first == [{"type": "ack", "seq": 1}]
+    assert second == [{"type": "ack", "seq": 9}]  # four frames, one transaction, one ack
+    stored = await database_sync_to_async(lambda: (
+        Order.objects.filter(engine=engine).count(), Fill.objects.filter(engine=engine).count()
+    ))()  # fmt: skip
+    assert stored == (5, 4)
+    await ws.disconnect()
+
+
+def wait_for_a_lock_wait() -> None:
+    with psycopg.connect(current_database_url(), autocommit=True) as conn:
+        for _ in range(200):
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ).fetchone()[0]
+            if waiting:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the first write never waited for the engine's row")
