@@ -471,9 +471,21 @@ def traced_application() -> Any:
     read = publisher_cls._read
 
     def traced_read(self: Any, engine_ids: set[int], watched: set[int]) -> Any:
+        from django.db import connection
+
+        def timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            begun = now()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                # The statement by the table it reads first: where a flush's read goes.
+                table = sql.split(" FROM ", 1)[-1].split()[0].strip('"')
+                notes.append(("read_sql", begun, now(), table))
+
         start = now()
         try:
-            return read(self, engine_ids, watched)
+            with connection.execute_wrapper(timed):
+                return read(self, engine_ids, watched)
         finally:
             notes.append(("read", start, now(), None))
 
@@ -541,6 +553,8 @@ def print_breakdown(notes: list[tuple[str, float, float, Any]], window: list[flo
             queued.append((n[1] - starts[i]) * ms)
     stages["flush starts -> its read starts"] = queued
     stages["flush: read fleet rows (db thread)"] = [(n[2] - n[1]) * ms for n in by["read"]]
+    for n in by["read_sql"]:
+        stages.setdefault(f"  read: FROM {n[3][:34]}", []).append((n[2] - n[1]) * ms)
     stages["flush: whole"] = [(n[2] - n[1]) * ms for n in flushes]
     sent_by_seq = {n[3]: n[1] for n in by["publish"]}
     stages["hub publish -> consumer gets it"] = [

@@ -171,6 +171,13 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 log.info("engine %s: answer to a stored batch not sent", self.engine_id)
                 self._queued.clear()
                 return
+            if result is None:
+                # Nothing of it was stored (internal_error). Storing the frames behind it would
+                # ack their higher seqs, and an ack covers every seq below it: close instead, so
+                # the engine reconnects and replays from the last ack.
+                self._queued.clear()
+                await self.close(code=1011)
+                return
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if not isinstance(decoded.frame, p.Hello):

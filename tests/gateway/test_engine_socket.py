@@ -296,3 +296,36 @@ def wait_for_a_lock_wait() -> None:
                 return
             time.sleep(0.01)
     raise AssertionError("the first write never waited for the engine's row")
+
+
+def set_read_only(on: bool) -> None:
+    """New connections to the test database refuse writes (on) or take them again (off)."""
+    action = "SET" if on else "RESET"
+    setting = " = on" if on else ""
+    with psycopg.connect(current_database_url(), autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{name}" {action} default_transaction_read_only{setting}')
+
+
+async def test_after_a_batch_fails_to_store_nothing_behind_it_is_stored_and_the_socket_closes(
+    engine_and_token,
+):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    await asyncio.to_thread(set_read_only, True)
+    try:
+        for seq in (1, 2, 3):  # the server opens a connection per batch in tests: all refused
+            await ws.send_to(text_data=f.events_frame(f.order(seq, f"o-{seq}")).decode())
+        answers = []
+        while (output := await ws.receive_output(timeout=5))["type"] != "websocket.close":
+            answers.append(json.loads(output["text"]))
+    finally:
+        await asyncio.to_thread(set_read_only, False)
+
+    # One refusal, then the close: nothing behind the failed batch is tried, let alone acked
+    # (an ack for 2 or 3 would cover 1, which was never stored).
+    answers = [a for a in answers if a["type"] != "heartbeat"]
+    assert [(a["type"], a.get("code")) for a in answers] == [("error", "internal_error")]
+    assert output["code"] == 1011
+    assert not await database_sync_to_async(Order.objects.filter(engine=engine).exists)()
