@@ -308,7 +308,7 @@ def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], Inges
         return frames, None
     frames.extend(result.errors)
     if result.stored:
-        _evaluate_risk(engine_id)
+        _evaluate_risk(engine_id, result)
         alert_hooks.engine_data(engine_id)
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
@@ -320,11 +320,12 @@ def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], Inges
     return frames, result
 
 
-def _evaluate_risk(engine_id: int) -> None:
+def _evaluate_risk(engine_id: int, result: IngestResult) -> None:
     from risk.evaluation import evaluate_engine
 
     try:
-        evaluate_engine(engine_id)
+        # The engine row as the batch left it saves the evaluation reading it again.
+        evaluate_engine(engine_id, engine=result.engine, stored=result.kinds)
     except Exception:
         # The batch is stored and must be acked; the next batch evaluates again.
         log.exception("engine %s: post-trade risk evaluation failed", engine_id)

@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 PRICE_PLACES = Decimal("0.00000001")
 
-# The kinds of event whose storage can move a post-trade risk measure (positions and prices,
-# equity and P&L, trade and order counts). Metrics, logs, reported positions and states cannot.
-RISK_KINDS = frozenset({"order", "fill", "account"})
-
 
 @dataclass
 class IngestResult:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Q
 
 from controlplane import services as engine_services
-from controlplane.models import CommandKind, Engine, Fill, Order, Position, TradingState
+from controlplane.models import CommandKind, Engine, TradingState
 from risk import selectors
 from risk.models import POST_TRADE, Action, Level, LimitKind, LimitState, RiskEvent, RiskLimit
 
@@ -42,6 +42,17 @@ class _Cache:
 
 _cache = _Cache()
 
+# The kinds of event whose storage can move a measure: positions and prices (fills), equity, P&L
+# and drawdown (account), trades and orders of the day. Metrics, logs, reported positions and
+# trading states move none.
+MEASURED_KINDS = frozenset({"fill", "account", "order"})
+# engine id -> (limits revision, UTC day) of its last complete evaluation in this process.
+_evaluated: dict[int, tuple[int, date]] = {}
+# The limit kinds measured on the open positions.
+_EXPOSURE_KINDS = frozenset({
+    LimitKind.MAX_POSITION_PCT, LimitKind.MAX_SECTOR_PCT, LimitKind.MAX_GROSS_EXPOSURE_PCT,
+})  # fmt: skip
+
 
 def _post_trade_limits() -> list[RiskLimit]:
     # The revision check is one cheap query; it runs at most once a second per process.
@@ -58,6 +69,7 @@ def _post_trade_limits() -> list[RiskLimit]:
 def forget_cached_limits() -> None:
     _cache.checked_at = 0.0
     _cache.revision = -1
+    _evaluated.clear()
 
 
 @dataclass
@@ -71,28 +83,27 @@ class _Book:
     orders_today: tuple[int, int] | None = None  # orders, rejected
 
 
-def _book(engine: Engine, kinds: set[str]) -> _Book:
+def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, LimitState]]:
+    """The engine's figures the limits measure, and its state of each limit (one round trip)."""
+    kinds = {limit.kind for limit in limits}
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    inputs = selectors.post_trade_inputs(
+        engine_id=engine.pk,
+        limit_ids=[limit.pk for limit in limits],
+        positions=bool(kinds & _EXPOSURE_KINDS),
+        fills_since=midnight if LimitKind.MAX_TRADES_PER_DAY in kinds else None,
+        orders_since=midnight if LimitKind.MAX_REJECTION_RATE_PCT in kinds else None,
+    )
     exposures = [
         (symbol, sector, abs(quantity) * (last if last is not None else avg))
-        for symbol, sector, quantity, last, avg in Position.objects.filter(engine=engine)
-        .exclude(quantity=0)
-        .values_list(
-            "instrument__symbol", "instrument__sector", "quantity", "last_price", "avg_price"
-        )
+        for symbol, sector, quantity, last, avg in inputs.positions
     ]
     book = _Book(
         equity=engine.equity, exposures=exposures, day_pnl=engine.day_pnl,
         session_equity=engine.session_start_equity, drawdown_pct=engine.drawdown_pct,
+        trades_today=inputs.fills_since, orders_today=inputs.orders_since,
     )  # fmt: skip
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if LimitKind.MAX_TRADES_PER_DAY in kinds:
-        book.trades_today = Fill.objects.filter(engine=engine, ts__gte=midnight).count()
-    if LimitKind.MAX_REJECTION_RATE_PCT in kinds:
-        counts = Order.objects.filter(engine=engine, created_at__gte=midnight).aggregate(
-            n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected"))
-        )
-        book.orders_today = (counts["n"], counts["rejected"])
-    return book
+    return book, inputs.states
 
 
 def measure(limit: RiskLimit, book: _Book) -> tuple[Decimal, str] | None:
@@ -137,33 +148,53 @@ def measure(limit: RiskLimit, book: _Book) -> tuple[Decimal, str] | None:
     return None
 
 
-def evaluate_engine(engine_id: int) -> list[RiskEvent]:
-    """Evaluate the post-trade limits of one engine; returns the events it raised."""
+def evaluate_engine(
+    engine_id: int, *, engine: Engine | None = None, stored: Collection[str] | None = None
+) -> list[RiskEvent]:
+    """Evaluate the post-trade limits of one engine; returns the events it raised.
+
+    After a batch, the gateway passes the engine row as the batch left it (``engine``, with at
+    least the figures the limits read) and the kinds of the events it stored (``stored``). A
+    batch that stored nothing a limit measures is not evaluated again, unless the limits have
+    changed or a UTC day has begun since this process last evaluated the engine.
+    """
     limits = _post_trade_limits()
     if not limits:
         return []
-    engine = Engine.objects.filter(pk=engine_id).first()
+    mark = (_cache.revision, datetime.now(UTC).date())
+    unchanged = stored is not None and not MEASURED_KINDS.intersection(stored)
+    if unchanged and _evaluated.get(engine_id) == mark:
+        return []
     if engine is None:
-        return []
+        engine = Engine.objects.filter(pk=engine_id).first()
+        if engine is None:
+            return []
     applicable = [limit for limit in limits if selectors.applies_to(limit, engine)]
-    if not applicable:
-        return []
-    book = _book(engine, {limit.kind for limit in applicable})
     events: list[RiskEvent] = []
-    for limit in applicable:
-        measured = measure(limit, book)
-        if measured is None:
-            continue
-        value, about = measured
-        utilisation = float(value / limit.threshold * 100)
-        events.extend(_move(limit, engine, value, utilisation, about))
+    if applicable:
+        book, states = _book(engine, applicable)
+        for limit in applicable:
+            measured = measure(limit, book)
+            if measured is None:
+                continue
+            value, about = measured
+            utilisation = float(value / limit.threshold * 100)
+            state = states.get(limit.pk)
+            events.extend(_move(limit, engine, state, value, utilisation, about))
+    _evaluated[engine_id] = mark
     return events
 
 
 def _move(
-    limit: RiskLimit, engine: Engine, value: Decimal, utilisation: float, about: str
+    limit: RiskLimit,
+    engine: Engine,
+    state: LimitState | None,
+    value: Decimal,
+    utilisation: float,
+    about: str,
 ) -> list[RiskEvent]:
-    state, _ = LimitState.objects.get_or_create(limit=limit, engine=engine)
+    if state is None:  # the engine's first evaluation against this limit
+        state, _ = LimitState.objects.get_or_create(limit=limit, engine_id=engine.pk)
     levels = sorted(limit.warning_levels or [])
     level, warned, breached_at = state.level, state.warned_at_level, state.breached_at
     events: list[tuple[str, int]] = []
@@ -230,6 +261,8 @@ def _raise(
 
 
 def _act(limit: RiskLimit, engine: Engine, message: str) -> Any:
+    # Read now, not with the figures: the engine row may come from the batch's own transaction.
+    engine.refresh_from_db(fields=["desired_state"])
     if engine.desired_state == TradingState.HALTED:
         return None  # already killed, latched: nothing a limit does can loosen or repeat it
     kind, params = {

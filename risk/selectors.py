@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Max
 
 from controlplane.models import Engine
@@ -44,3 +48,74 @@ def engines_on_old_limits() -> list[Engine]:
     revision = limits_revision()
     engines = Engine.objects.filter(is_active=True, connected=True).order_by("name")
     return [e for e in engines if (e.limits_version or 0) != revision]
+
+
+@dataclass
+class PostTradeInputs:
+    """What the post-trade limits of one engine are measured on, and where they stand."""
+
+    # symbol, sector, quantity, last price, average price of each open position
+    positions: list[tuple[str, str, Decimal, Decimal | None, Decimal]] = field(default_factory=list)
+    fills_since: int | None = None
+    orders_since: tuple[int, int] | None = None  # orders, of which rejected
+    states: dict[int, LimitState] = field(default_factory=dict)  # by limit id
+
+
+_STATE_FIELDS = list(LimitState._meta.concrete_fields)
+_STATE_SELECT = (
+    f"SELECT {', '.join(f.column for f in _STATE_FIELDS)} FROM risk_limitstate "
+    "WHERE engine_id = %s AND limit_id = ANY(%s)"
+)
+
+
+def post_trade_inputs(
+    *,
+    engine_id: int,
+    limit_ids: list[int],
+    positions: bool,
+    fills_since: datetime | None = None,
+    orders_since: datetime | None = None,
+) -> PostTradeInputs:
+    """The engine's open positions (when ``positions``), its fills and orders since the given
+    moments (when given), and its states of the given limits: one round trip, as it follows
+    every stored batch."""
+    statements: list[tuple[str, list[Any], str]] = []
+    if positions:
+        statements.append((
+            "SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price "
+            "FROM controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id "
+            "WHERE p.engine_id = %s AND NOT p.quantity = 0",
+            [engine_id], "positions",
+        ))  # fmt: skip
+    if fills_since is not None:
+        statements.append((
+            "SELECT count(*) FROM controlplane_fill WHERE engine_id = %s AND ts >= %s",
+            [engine_id, fills_since], "fills",
+        ))  # fmt: skip
+    if orders_since is not None:
+        statements.append((
+            "SELECT count(*), count(*) FILTER (WHERE status = 'rejected') FROM controlplane_order "
+            "WHERE engine_id = %s AND created_at >= %s",
+            [engine_id, orders_since], "orders",
+        ))  # fmt: skip
+    statements.append((_STATE_SELECT, [engine_id, limit_ids], "states"))
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    with connection.cursor() as cursor:
+        # Several statements in one query (the client-side cursor sends them with the simple
+        # protocol); each result in turn.
+        cursor.execute(
+            ";\n".join(sql for sql, _, _ in statements),
+            [param for _, params, _ in statements for param in params],
+        )
+        for index, (_, _, name) in enumerate(statements):
+            if index:
+                cursor.nextset()
+            rows[name] = cursor.fetchall()
+    names = [f.attname for f in _STATE_FIELDS]
+    states = [LimitState.from_db(connection.alias, names, row) for row in rows["states"]]
+    return PostTradeInputs(
+        positions=rows.get("positions", []),  # type: ignore[arg-type]
+        fills_since=rows["fills"][0][0] if "fills" in rows else None,
+        orders_since=tuple(rows["orders"][0]) if "orders" in rows else None,  # type: ignore[arg-type]
+        states={state.limit_id: state for state in states},
+    )
