@@ -10,8 +10,8 @@ or below that watermark is a replay and changes nothing. Fills are also unique b
 (engine, fill_id) in the database, so a fill re-sent under a new seq is not counted twice either.
 
 Engines send small frames most of the time (ten events every 20 ms), so what a batch costs is
-mostly round trips and the Python that builds each statement, not rows. A batch therefore takes
-two round trips between BEGIN and COMMIT, whatever its size:
+mostly round trips and the Python that builds each statement, not rows. A small batch therefore
+takes two round trips between BEGIN and COMMIT:
 
 1. one script that locks the engine row and reads everything the batch needs: the watermark and
    session figures, the instruments, the positions its fills and reports touch, which of its
@@ -21,7 +21,8 @@ two round trips between BEGIN and COMMIT, whatever its size:
 
 Rows travel as one JSON document per table, encoded in C by msgspec and unpacked by PostgreSQL's
 ``json_to_recordset``: no per-value adaptation in Python, no COPY set-up and finish per small
-table, and large batches pay per row about what COPY does.
+table. A table with COPY_MIN_ROWS rows or more in a batch still goes in with COPY (a round trip
+of its own), whose format costs PostgreSQL less per row than JSON text.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -170,8 +172,10 @@ class _Script:
     def run(self) -> dict[str, Any]:
         """Send what is queued (if anything); return every result named so far."""
         if self._sql:
-            cursor = self.cursor
-            cursor.execute(";\n".join(self._sql))
+            self.cursor.execute(";\n".join(self._sql))
+            # Any error came with the execute, through Django's wrapper: the results are read
+            # from psycopg's cursor directly.
+            cursor = self.cursor.cursor
             for index in range(len(self._sql)):
                 if index:
                     cursor.nextset()
@@ -183,10 +187,12 @@ class _Script:
         return self.results
 
 
-def _names(columns: str) -> list[str]:
-    return [column.split()[0] for column in columns.split(",")]
+@cache
+def _names(columns: str) -> tuple[str, ...]:
+    return tuple(column.split()[0] for column in columns.split(","))
 
 
+@cache
 def _rows(columns: str, lead: str = "%s", staged: str | None = None) -> str:
     """``SELECT <lead>, <each column>`` from a JSON array of objects (one parameter after the
     ``lead`` ones), the objects' keys named and typed by ``columns`` ("name type, ..."), or
