@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 from django.db import connection, transaction
+from psycopg.errors import UniqueViolation
 from psycopg.pq import Escaping
 
 from controlplane import partitions
@@ -292,6 +293,8 @@ class _Read:
     positions: dict[int, _Position] = field(default_factory=dict)
     stored_orders: set[str] = field(default_factory=set)
     stored_fill_ids: set[str] = field(default_factory=set)
+    # False when the batch has too many fills to look their ids up first (see _insert_fills).
+    fill_ids_read: bool = True
 
 
 # The row lock that serialises an engine's batches. An UPDATE takes it as SELECT .. FOR UPDATE
@@ -345,7 +348,8 @@ def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> 
         script.add(_READ_POSITIONS, [engine_id, _texts(ledger_symbols)], fetch="positions")
     if fill_ids:
         script.add(_READ_ORDERS, [engine_id, _texts(coids)], fetch="orders")
-        script.add(_READ_FILL_IDS, [engine_id, _texts(fill_ids)], fetch="fill_ids")
+        if len(fill_ids) < COPY_MIN_ROWS:
+            script.add(_READ_FILL_IDS, [engine_id, _texts(fill_ids)], fetch="fill_ids")
     rows = script.run()
     if not rows["engine"]:
         return _Read()
@@ -359,6 +363,7 @@ def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> 
         positions={row[0]: _Position(*row) for row in rows.get("positions", ())},
         stored_orders={row[0] for row in rows.get("orders", ())},
         stored_fill_ids={row[0] for row in rows.get("fill_ids", ())},
+        fill_ids_read=len(fill_ids) < COPY_MIN_ROWS,
     )
 
 
@@ -600,9 +605,11 @@ def _insert_fills(
 ) -> set[int]:
     """Insert fills; return the seqs not counted (unknown order, or fill_id already stored).
 
-    Under the engine's lock, what is stored is known before writing: the orders stored before
-    plus those of this batch, and the fill ids stored before plus those met earlier in the batch
-    (of a fill_id repeated in a batch, the lowest seq is the one counted).
+    Under the engine's lock, the orders stored before plus those of this batch are known. So are
+    the fill ids stored before, for a batch of fewer than COPY_MIN_ROWS fills: the others are
+    COPYed without that lookup (a fill_id stored before under another seq is rare), and should
+    the unique key refuse the COPY, it is rolled back to its savepoint and done again without the
+    fills already stored. Of a fill_id repeated in a batch, the lowest seq is the one counted.
     """
     known_orders = read.stored_orders | {order.client_order_id for order in orders}
     seen = set(read.stored_fill_ids)
@@ -628,8 +635,8 @@ def _insert_fills(
             seen.add(fill.fill_id)
             fresh.append(fill)
     if not fresh:
-        pass
-    elif len(fresh) < COPY_MIN_ROWS:
+        return rejected
+    if read.fill_ids_read and len(fresh) < COPY_MIN_ROWS:
         script.add(_INSERT_FILLS, [_doc([
             {"fill_id": f.fill_id, "client_order_id": f.client_order_id,
              "instrument_id": instruments[f.symbol][0], "side": f.side, "quantity": f.quantity,
@@ -638,20 +645,43 @@ def _insert_fills(
             for f in fresh
         ]), engine_id, _texts({f.client_order_id for f in fresh}), engine_id],
             count="fills")  # fmt: skip
-    else:
-        # Many fills: COPY them, with their orders' ids and expected prices read after the
-        # orders' upsert (queued before this, so it runs first).
-        coids = {f.client_order_id for f in fresh}
-        script.add(_READ_ORDER_IDS, [engine_id, _texts(coids)], fetch="order_ids")
-        ids = {coid: (pk, expected) for coid, pk, expected in script.run()["order_ids"]}
-        if len(ids) != len(coids):
-            raise RuntimeError(f"engine {engine_id}: fills without their order row")
+        return rejected
+    # COPY, with the orders' ids and expected prices read after the orders' upsert (queued
+    # before this, so it runs first).
+    coids = {f.client_order_id for f in fresh}
+    script.add(_READ_ORDER_IDS, [engine_id, _texts(coids)], fetch="order_ids")
+    orders_by_id = {coid: (pk, expected) for coid, pk, expected in script.run()["order_ids"]}
+    if len(orders_by_id) != len(coids):
+        raise RuntimeError(f"engine {engine_id}: fills without their order row")
+
+    def copy(fills: list[p.FillEvent]) -> None:
         _copy(script.cursor, "controlplane_fill", _FILL_COLUMNS, [
-            (engine_id, f.fill_id, ids[f.client_order_id][0], instruments[f.symbol][0], f.side,
-             f.quantity, f.price, f.fee, ids[f.client_order_id][1], f.liquidity or "", f.ts,
-             f.seq)
-            for f in fresh
+            (engine_id, f.fill_id, orders_by_id[f.client_order_id][0],
+             instruments[f.symbol][0], f.side, f.quantity, f.price, f.fee,
+             orders_by_id[f.client_order_id][1], f.liquidity or "", f.ts, f.seq)
+            for f in fills
         ])  # fmt: skip
+
+    if read.fill_ids_read:
+        copy(fresh)
+        return rejected
+    try:
+        with transaction.atomic():
+            copy(fresh)
+        return rejected
+    except UniqueViolation as exc:
+        if exc.diag.constraint_name != "fill_unique_id":
+            raise
+    # A fill_id stored before: sort them out.
+    script.add(_READ_FILL_IDS, [engine_id, _texts(f.fill_id for f in fresh)], fetch="fill_ids")
+    stored = {row[0] for row in script.run()["fill_ids"]}
+    for fill in fresh:
+        if fill.fill_id in stored:
+            rejected.add(fill.seq)
+            result.replayed += 1
+    rest = [fill for fill in fresh if fill.fill_id not in stored]
+    if rest:
+        copy(rest)
     return rejected
 
 

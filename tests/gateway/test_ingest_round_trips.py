@@ -162,7 +162,8 @@ def _ingest_in_frames(engine: Engine, events: list[p.Event], size: int) -> list[
 
 
 def test_small_frames_and_one_large_frame_store_exactly_the_same(make_engine):
-    events = _stream(orders=2 * COPY_MIN_ROWS)
+    orders = COPY_MIN_ROWS + 20  # every table of the large frame goes in with COPY
+    events = _stream(orders=orders)
     small, large = make_engine("small")[0], make_engine("large")[0]
 
     small_errors = _ingest_in_frames(small, events, size=9)
@@ -172,7 +173,7 @@ def test_small_frames_and_one_large_frame_store_exactly_the_same(make_engine):
     assert {e.code for e in large_errors} == {"unknown_order"}
     assert _stored(small) == _stored(large)
     stored = _stored(large)
-    assert len(stored["fills"]) == 4 * COPY_MIN_ROWS  # the repeats and the orphans are not
+    assert len(stored["fills"]) == 2 * orders  # the repeats and the orphans are not
     assert stored["logs"][0][2:4] == (f"{ODD} #0", {"n": 0, "why": ODD})
     assert any(row[0].endswith(ODD) for row in stored["orders"])
     assert stored["engine"][-1] == "PAUSED"
@@ -242,3 +243,23 @@ def test_the_result_carries_what_the_batch_stored_and_the_engine_row_it_left(eng
     assert result.engine.equity == Decimal("1500")
     assert result.engine.strategy_tags == ["momentum"]
     assert result.engine.desired_state == "ACTIVE"
+
+
+def test_a_large_batch_resending_a_stored_fill_id_under_a_new_seq_stores_the_others(
+    engine_and_token,
+):
+    engine = engine_and_token[0]
+    ingest_events(engine_id=engine.pk, events=[f.order(1, "o-1"), f.fill(2, "f-7", "o-1")])
+    fills = [f.fill(3 + n, f"f-{n}", "o-1", qty="1") for n in range(COPY_MIN_ROWS + 5)]
+
+    result = ingest_events(engine_id=engine.pk, events=fills)
+
+    assert (result.ack_seq, result.stored, result.replayed) == (fills[-1].seq, len(fills) - 1, 1)
+    assert Fill.objects.filter(engine=engine).count() == len(fills)  # f-7 once, under seq 2
+    assert Fill.objects.get(engine=engine, fill_id="f-7").seq == 2
+    position = Position.objects.get(engine=engine)
+    assert position.quantity == Decimal(10 + len(fills) - 1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM controlplane_engineevent WHERE engine_id = %s",
+                       [engine.pk])  # fmt: skip
+        assert cursor.fetchone() == (2 + len(fills) - 1,)
