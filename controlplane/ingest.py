@@ -503,7 +503,9 @@ def _project(
 def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[int, Decimal]]:
     # Symbols an engine trades before anyone described them get a bare instrument row that a
     # risk manager can complete (sector, multiplier) in the admin. Rare: one round trip more.
-    wanted = _texts(symbols)
+    # Sorted: engines that meet the same new symbols at once insert them in one order, so their
+    # transactions queue on the unique index instead of deadlocking (seen with ten engines).
+    wanted = _texts(sorted(symbols))
     script = _Script(cursor)
     script.add(
         """
