@@ -127,9 +127,10 @@ def _redis_db(url: str) -> str:
 
 CHANNEL_LAYERS = {
     "default": {
-        # The pub/sub layer delivers ~9x more group messages per second than the list-based one
-        # on this hardware (see DESIGN.md); both are at-most-once, so correctness on screens
-        # comes from sequence numbers and snapshot resync, not from the layer.
+        # Only "replaced by a newer connection" messages to engine sockets go through the layer;
+        # command pushes and live updates use one subscription per process (controlplane.hub),
+        # whose channels take this prefix too. The pub/sub layer delivers ~9x more group messages
+        # per second than the list-based one on this hardware (see DESIGN.md).
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         # Redis pub/sub channels ignore the database number: the prefix carries it, so parallel
         # test workers (each on its own database) and their servers cannot hear each other.

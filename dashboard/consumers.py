@@ -6,7 +6,7 @@ decoded once per process); each socket merges them per topic and sends at most
 ``MAX_SENDS_PER_S`` times in any second, at least ``MIN_GAP_S`` apart. Every
 message to the browser carries a sequence number that grows by one; the browser fetches a fresh
 snapshot when one is missing, when it reconnects, or when this consumer says ``resync`` because a
-publisher's own sequence skipped (a message the channel layer dropped).
+publisher's own sequence skipped (a message Redis pub/sub dropped).
 """
 
 from __future__ import annotations
