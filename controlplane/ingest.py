@@ -28,7 +28,7 @@ of its own), whose format costs PostgreSQL less per row than JSON text.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,10 +38,10 @@ from typing import Any
 import msgspec
 from django.db import connection, transaction
 from psycopg.errors import UniqueViolation
-from psycopg.pq import Escaping
 
 from controlplane import partitions
 from controlplane.models import Engine
+from controlplane.sqlscript import Script, text_array
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -120,74 +120,6 @@ def _doc(value: Any) -> str:
     return _json.encode(value).decode()
 
 
-def _texts(values: Iterable[str]) -> str:
-    """A ``text[]`` literal, for ``= ANY(%s::text[])``: the parser makes it a constant, so the
-    planner sees how many values there are and, whatever plan it picks with statistics that may be
-    stale, matches them through a hash, never once per row and value. Written here, it costs a
-    fraction of psycopg's adaptation of a list, value by value."""
-    quoted = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
-    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
-
-
-def _literal(value: Any, escape: Callable[[bytes], bytes]) -> str:
-    """SQL text for a parameter of the types the ingest uses; strings are quoted by libpq."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        return escape(value.encode()).decode()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, Decimal):
-        return f"'{value}'::numeric"  # digits, sign, point, exponent: nothing to escape
-    if isinstance(value, datetime):
-        return f"'{value.isoformat()}'::timestamptz"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
-
-
-class _Script:
-    """Statements sent as one query: the simple protocol runs them in order, in the current
-    transaction, for one round trip. Keeps the rows of those that return some.
-
-    Parameters are written into the statements here (``_literal``): what psycopg's client-side
-    cursor would do, which for a dozen statements a batch cost more than the rest of the ingest.
-    """
-
-    def __init__(self, cursor: Any) -> None:
-        self.cursor = cursor
-        self.results: dict[str, Any] = {}
-        self._escape = Escaping(cursor.connection.pgconn).escape_literal
-        self._sql: list[str] = []
-        self._fetch: dict[int, str] = {}
-        self._count: dict[int, str] = {}
-
-    def add(
-        self, sql: str, params: Iterable[Any], *, fetch: str | None = None, count: str | None = None
-    ) -> None:
-        """Queue a statement; ``fetch`` names its rows in ``results``, ``count`` its row count."""
-        if fetch is not None:
-            self._fetch[len(self._sql)] = fetch
-        if count is not None:
-            self._count[len(self._sql)] = count
-        self._sql.append(sql % tuple(_literal(value, self._escape) for value in params))
-
-    def run(self) -> dict[str, Any]:
-        """Send what is queued (if anything); return every result named so far."""
-        if self._sql:
-            self.cursor.execute(";\n".join(self._sql))
-            # Any error came with the execute, through Django's wrapper: the results are read
-            # from psycopg's cursor directly.
-            cursor = self.cursor.cursor
-            for index in range(len(self._sql)):
-                if index:
-                    cursor.nextset()
-                if index in self._fetch:
-                    self.results[self._fetch[index]] = cursor.fetchall()
-                if index in self._count:
-                    self.results[self._count[index]] = cursor.rowcount
-            self._sql, self._fetch, self._count = [], {}, {}
-        return self.results
-
-
 @cache
 def _names(columns: str) -> tuple[str, ...]:
     return tuple(column.split()[0] for column in columns.split(","))
@@ -224,7 +156,7 @@ def _copy(
             copy.write_row(row)
 
 
-def _stage(script: _Script, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+def _stage(script: Script, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
     """COPY ``rows`` into a temporary table of ``columns``, for a set-based statement to read."""
     script.add(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS", [])
     # The table empties itself at each commit; rows are left over only when batches share an
@@ -242,7 +174,7 @@ def _json_rows(columns: str, rows: list[tuple[Any, ...]]) -> str:
 
 
 def _append(
-    script: _Script,
+    script: Script,
     table: str,
     lead: dict[str, Any],
     columns: str,
@@ -302,7 +234,7 @@ class _Read:
 _LOCK_ENGINE = """
     UPDATE controlplane_engine SET last_seen_at = %s WHERE id = %s
     RETURNING last_seq, session_start_at, session_start_equity, high_water_mark"""
-# Lists of symbols and ids are text[] literals (_texts).
+# Lists of symbols and ids are text[] literals (text_array).
 _READ_INSTRUMENTS = (
     "SELECT symbol, id, multiplier FROM controlplane_instrument WHERE symbol = ANY(%s::text[])"
 )
@@ -340,16 +272,16 @@ def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> 
         elif kind is p.OrderEvent:
             symbols.add(event.symbol)  # type: ignore[union-attr]
     symbols |= ledger_symbols
-    script = _Script(cursor)
+    script = Script(cursor)
     script.add(_LOCK_ENGINE, [now, engine_id], fetch="engine")
     if symbols:
-        script.add(_READ_INSTRUMENTS, [_texts(symbols)], fetch="instruments")
+        script.add(_READ_INSTRUMENTS, [text_array(symbols)], fetch="instruments")
     if ledger_symbols:
-        script.add(_READ_POSITIONS, [engine_id, _texts(ledger_symbols)], fetch="positions")
+        script.add(_READ_POSITIONS, [engine_id, text_array(ledger_symbols)], fetch="positions")
     if fill_ids:
-        script.add(_READ_ORDERS, [engine_id, _texts(coids)], fetch="orders")
+        script.add(_READ_ORDERS, [engine_id, text_array(coids)], fetch="orders")
         if len(fill_ids) < COPY_MIN_ROWS:
-            script.add(_READ_FILL_IDS, [engine_id, _texts(fill_ids)], fetch="fill_ids")
+            script.add(_READ_FILL_IDS, [engine_id, text_array(fill_ids)], fetch="fill_ids")
     rows = script.run()
     if not rows["engine"]:
         return _Read()
@@ -391,7 +323,7 @@ def ingest_events(
         batch = [fresh[seq] for seq in sorted(fresh)]
         result.ack_seq = batch[-1].seq
 
-        script = _Script(cursor)
+        script = Script(cursor)
         accepted, engine_update = _project(script, engine_id, batch, read, result, received_at)
         if accepted:
             _append_event_log(script, engine_id, accepted, received_at)
@@ -410,7 +342,7 @@ def ingest_events(
     return result
 
 
-def _update_engine(script: _Script, engine_id: int, values: dict[str, Any]) -> None:
+def _update_engine(script: Script, engine_id: int, values: dict[str, Any]) -> None:
     """The engine row's one update of the batch: its watermark, figures and reported state."""
     sets = ", ".join(
         "last_seq = GREATEST(last_seq, %s)" if column == "last_seq" else f"{column} = %s"
@@ -424,7 +356,7 @@ def _update_engine(script: _Script, engine_id: int, values: dict[str, Any]) -> N
 
 
 def _append_event_log(
-    script: _Script, engine_id: int, events: list[p.Event], received_at: datetime
+    script: Script, engine_id: int, events: list[p.Event], received_at: datetime
 ) -> None:
     partitions.ensure_partition(received_at.date())
     # payload is a json column: it keeps each event's text as msgspec encoded it.
@@ -436,7 +368,7 @@ def _append_event_log(
 
 
 def _project(
-    script: _Script,
+    script: Script,
     engine_id: int,
     batch: list[p.Event],
     read: _Read,
@@ -505,8 +437,8 @@ def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[
     # risk manager can complete (sector, multiplier) in the admin. Rare: one round trip more.
     # Sorted: engines that meet the same new symbols at once insert them in one order, so their
     # transactions queue on the unique index instead of deadlocking (seen with ten engines).
-    wanted = _texts(sorted(symbols))
-    script = _Script(cursor)
+    wanted = text_array(sorted(symbols))
+    script = Script(cursor)
     script.add(
         """
         INSERT INTO controlplane_instrument (symbol, sector, asset_class, multiplier, currency)
@@ -551,7 +483,7 @@ _UPSERT_ORDERS_STAGED = _UPSERT_ORDERS.replace(
 
 
 def _upsert_orders(
-    script: _Script,
+    script: Script,
     engine_id: int,
     orders: list[p.OrderEvent],
     instruments: dict[str, tuple[int, Decimal]],
@@ -597,7 +529,7 @@ _INSERT_FILLS = """
 
 
 def _insert_fills(
-    script: _Script,
+    script: Script,
     engine_id: int,
     fills: list[p.FillEvent],
     orders: list[p.OrderEvent],
@@ -645,13 +577,13 @@ def _insert_fills(
              "price": f.price, "fee": f.fee, "liquidity": f.liquidity or "", "ts": f.ts,
              "seq": f.seq}
             for f in fresh
-        ]), engine_id, _texts({f.client_order_id for f in fresh}), engine_id],
+        ]), engine_id, text_array({f.client_order_id for f in fresh}), engine_id],
             count="fills")  # fmt: skip
         return rejected
     # COPY, with the orders' ids and expected prices read after the orders' upsert (queued
     # before this, so it runs first).
     coids = {f.client_order_id for f in fresh}
-    script.add(_READ_ORDER_IDS, [engine_id, _texts(coids)], fetch="order_ids")
+    script.add(_READ_ORDER_IDS, [engine_id, text_array(coids)], fetch="order_ids")
     orders_by_id = {coid: (pk, expected) for coid, pk, expected in script.run()["order_ids"]}
     if len(orders_by_id) != len(coids):
         raise RuntimeError(f"engine {engine_id}: fills without their order row")
@@ -675,7 +607,7 @@ def _insert_fills(
         if exc.diag.constraint_name != "fill_unique_id":
             raise
     # A fill_id stored before: sort them out.
-    script.add(_READ_FILL_IDS, [engine_id, _texts(f.fill_id for f in fresh)], fetch="fill_ids")
+    script.add(_READ_FILL_IDS, [engine_id, text_array(f.fill_id for f in fresh)], fetch="fill_ids")
     stored = {row[0] for row in script.run()["fill_ids"]}
     for fill in fresh:
         if fill.fill_id in stored:
@@ -715,7 +647,7 @@ _UPSERT_POSITIONS = f"""
 
 
 def _update_positions(
-    script: _Script,
+    script: Script,
     engine_id: int,
     fills: list[p.FillEvent],
     skipped: set[int],
@@ -766,7 +698,7 @@ def _update_positions(
 
 
 def _store_accounts(
-    script: _Script, engine_id: int, accounts: list[p.AccountEvent], read: _Read
+    script: Script, engine_id: int, accounts: list[p.AccountEvent], read: _Read
 ) -> dict[str, Any]:
     """Insert the snapshots; return the engine's new equity, session and drawdown figures."""
     _append(script, "controlplane_accountsnapshot", {"engine_id": engine_id},

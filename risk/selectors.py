@@ -11,6 +11,7 @@ from django.db import connection
 from django.db.models import Max
 
 from controlplane.models import Engine
+from controlplane.sqlscript import Script
 from risk.models import PRE_TRADE, LimitState, RiskLimit, RiskLimitChange, Scope
 
 
@@ -64,7 +65,7 @@ class PostTradeInputs:
 _STATE_FIELDS = list(LimitState._meta.concrete_fields)
 _STATE_SELECT = (
     f"SELECT {', '.join(f.column for f in _STATE_FIELDS)} FROM risk_limitstate "
-    "WHERE engine_id = %s AND limit_id = ANY(%s)"
+    "WHERE engine_id = %s AND limit_id = ANY(%s::bigint[])"
 )
 
 
@@ -79,38 +80,29 @@ def post_trade_inputs(
     """The engine's open positions (when ``positions``), its fills and orders since the given
     moments (when given), and its states of the given limits: one round trip, as it follows
     every stored batch."""
-    statements: list[tuple[str, list[Any], str]] = []
-    if positions:
-        statements.append((
-            "SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price "
-            "FROM controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id "
-            "WHERE p.engine_id = %s AND NOT p.quantity = 0",
-            [engine_id], "positions",
-        ))  # fmt: skip
-    if fills_since is not None:
-        statements.append((
-            "SELECT count(*) FROM controlplane_fill WHERE engine_id = %s AND ts >= %s",
-            [engine_id, fills_since], "fills",
-        ))  # fmt: skip
-    if orders_since is not None:
-        statements.append((
-            "SELECT count(*), count(*) FILTER (WHERE status = 'rejected') FROM controlplane_order "
-            "WHERE engine_id = %s AND created_at >= %s",
-            [engine_id, orders_since], "orders",
-        ))  # fmt: skip
-    statements.append((_STATE_SELECT, [engine_id, limit_ids], "states"))
-    rows: dict[str, list[tuple[Any, ...]]] = {}
     with connection.cursor() as cursor:
-        # Several statements in one query (the client-side cursor sends them with the simple
-        # protocol); each result in turn.
-        cursor.execute(
-            ";\n".join(sql for sql, _, _ in statements),
-            [param for _, params, _ in statements for param in params],
-        )
-        for index, (_, _, name) in enumerate(statements):
-            if index:
-                cursor.nextset()
-            rows[name] = cursor.fetchall()
+        script = Script(cursor)
+        if positions:
+            script.add(
+                "SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price FROM "
+                "controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id "
+                "WHERE p.engine_id = %s AND NOT p.quantity = 0",
+                [engine_id], fetch="positions",
+            )  # fmt: skip
+        if fills_since is not None:
+            script.add(
+                "SELECT count(*) FROM controlplane_fill WHERE engine_id = %s AND ts >= %s",
+                [engine_id, fills_since], fetch="fills",
+            )  # fmt: skip
+        if orders_since is not None:
+            script.add(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'rejected') "
+                "FROM controlplane_order WHERE engine_id = %s AND created_at >= %s",
+                [engine_id, orders_since], fetch="orders",
+            )  # fmt: skip
+        ids = "{" + ",".join(str(int(limit_id)) for limit_id in limit_ids) + "}"
+        script.add(_STATE_SELECT, [engine_id, ids], fetch="states")
+        rows = script.run()
     names = [f.attname for f in _STATE_FIELDS]
     states = [LimitState.from_db(connection.alias, names, row) for row in rows["states"]]
     return PostTradeInputs(
