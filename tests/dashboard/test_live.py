@@ -6,10 +6,8 @@ import asyncio
 from decimal import Decimal
 
 import pytest
-import redis
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.test import Client, override_settings
 
 from controlplane import hub
@@ -19,6 +17,7 @@ from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN
 from engine_sdk import protocol as p
 from tests.gateway.test_engine_socket import greeted, send_events
+from tests.gateway.test_hub import subscribers
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -225,20 +224,11 @@ async def test_with_no_browser_anywhere_a_flush_reads_and_publishes_nothing(
     await screen.disconnect()
 
 
-def live_subscribers() -> int:
-    channel = hub.channel_name(live.HUB)
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    try:
-        return int(dict(client.pubsub_numsub(channel))[channel.encode()])
-    finally:
-        client.close()
-
-
 async def test_many_browsers_of_a_process_share_one_subscription(viewer):
-    assert live_subscribers() == 0
+    assert subscribers(live.HUB) == 0
     screens = [await subscribed(viewer, "fleet") for _ in range(3)]
 
-    assert live_subscribers() == 1
+    assert subscribers(live.HUB) == 1
     publish({"type": "live.update", "topic": "fleet", "source": "s9", "seq": 1, "rows": []})
     for screen in screens:
         assert (await next_update(screen))["updates"][0]["rows"] == []

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def subscribers(name: str) -> int:
+    """How many processes listen to the hub ``name`` (PUBSUB NUMSUB)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
         channel = hub.channel_name(name)
