@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,38 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from controlplane import embedded  # noqa: E402
+from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_uvicorn(
+    port: int,
+    env: dict[str, str],
+    *,
+    app: list[str] | None = None,
+    workers: int = 1,
+    quiet: bool = True,
+) -> subprocess.Popen[bytes]:
+    """uvicorn with the product's options (or ``app``: another application, ``--factory ..``)
+    on 127.0.0.1:``port``; returns once it listens."""
+    command = [
+        sys.executable, "-m", "uvicorn", *(app or ["controlplane.asgi:application"]),
+        "--host", "127.0.0.1", "--port", str(port), *UVICORN_OPTIONS,
+        *(["--log-level", "warning"] if quiet else []), "--workers", str(workers),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 30
+    while not embedded.port_in_use(port):
+        if time.monotonic() > deadline or server.poll() is not None:
+            stop_process(server)
+            raise SystemExit("uvicorn did not start")
+        time.sleep(0.05)
+    return server
 
 
 def with_database(url: str, name: str) -> str:

@@ -60,12 +60,12 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     patched_environ,
     pct,
     recreate_database,
+    start_uvicorn,
     stop_process,
     with_database,
 )
 
 from controlplane import embedded  # noqa: E402
-from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench_alerts"
 RULE_NAME = "bench daily loss"
@@ -543,16 +543,7 @@ def main() -> int:
             app = ["controlplane.asgi:application"]
             if trace_file is not None:
                 app = ["--factory", "bench.alert_latency:traced_application"]
-            server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port",
-                 str(port), *UVICORN_OPTIONS, "--log-level", "warning"],
-                cwd=ROOT, env=child_env,
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not embedded.port_in_use(port):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("uvicorn did not start")
-                time.sleep(0.05)
+            server = start_uvicorn(port, child_env, app=app)
             wait_for_log(worker_log, " ready.", worker, 60)
             stage("uvicorn and worker")
             load_before = os.getloadavg()[0]

@@ -59,12 +59,12 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     patched_environ,
     pct,
     recreate_database,
+    start_uvicorn,
     stop_process,
     with_database,
 )
 
 from controlplane import embedded  # noqa: E402
-from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench_commands"
 FLEET_TAG = "bench-fleet"
@@ -762,17 +762,7 @@ def main() -> int:
             if trace_file is not None:
                 app = ["--factory", "bench.command_latency:traced_application"]
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)
-            server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port",
-                 str(port), *UVICORN_OPTIONS, "--log-level", "warning",
-                 "--workers", str(args.workers)],
-                cwd=ROOT, env=child_env,
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not embedded.port_in_use(port):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("uvicorn did not start")
-                time.sleep(0.05)
+            server = start_uvicorn(port, child_env, app=app, workers=args.workers)
             common = {
                 "ws_url": f"ws://127.0.0.1:{port}/ws/engine/v1", "port": port,
                 "api_token": data["api_token"], "db_url": db_url,

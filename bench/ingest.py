@@ -37,12 +37,12 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     free_port,
     postmaster_pid,
     recreate_database,
+    start_uvicorn,
     tree_cpu,
     with_database,
 )
 
 from controlplane import embedded  # noqa: E402
-from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
 
 BENCH_DB = "controlplane_bench"
 
@@ -194,17 +194,7 @@ def main() -> int:
                 cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
             ).stdout.strip().splitlines()[-1])  # fmt: skip
             port = free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host",
-                 "127.0.0.1", "--port", str(port), *UVICORN_OPTIONS,
-                 "--workers", str(args.workers)],
-                cwd=ROOT, env=child_env,
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not embedded.port_in_use(port):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("uvicorn did not start")
-                time.sleep(0.05)
+            server = start_uvicorn(port, child_env, workers=args.workers, quiet=False)
             per_engine = args.events // args.engines
             frames = make_frames(per_engine, args.batch, args.fills_per_order)
             ws_url = f"ws://127.0.0.1:{port}/ws/engine/v1"
