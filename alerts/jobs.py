@@ -11,6 +11,8 @@ from controlplane.models import Engine
 
 @shared_task(name="alerts.evaluate_engine", ignore_result=True)
 def evaluate_engine_task(engine_id: int) -> int:
+    # The web process queues evaluate_engines now; this one stays for tasks an older web process
+    # queued before an upgrade, which a new worker must still run.
     return len(evaluation.evaluate_engine(engine_id))
 
 

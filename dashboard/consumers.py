@@ -157,7 +157,7 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
 
     def _merge(self, topic: str, message: dict[str, Any]) -> None:
         pending = self.pending.setdefault(topic, {"topic": topic})
-        if topic == "fleet":
+        if topic == live.FLEET:
             rows = pending.setdefault("rows", {})
             for row in message["rows"]:
                 rows[row["id"]] = row  # the newest row of an engine wins
@@ -186,7 +186,7 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
         resync, self.resync = self.resync, set()
         updates = []
         for topic, update in pending.items():
-            if topic == "fleet":
+            if topic == live.FLEET:
                 update = {**update, "rows": list(update["rows"].values())}
             updates.append(update)
         self.sent_at.append(loop.time())
