@@ -162,9 +162,18 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 def postmaster_pid() -> int | None:
-    """The embedded PostgreSQL's postmaster, when this machine runs it (else no figure)."""
-    if os.environ.get("DATABASE_URL"):
-        return None
+    """The PostgreSQL postmaster, when it runs on this machine (else no figure): the embedded
+    one's, or for a DATABASE_URL the parent of a backend of ours, when /proc shows it."""
+    if url := os.environ.get("DATABASE_URL"):
+        import psycopg
+
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                stat = Path("/proc", str(backend), "stat").read_text()
+            return int(stat.rsplit(")", 1)[1].split()[1])
+        except (psycopg.Error, OSError, ValueError, IndexError):
+            return None
     try:
         return int((embedded.data_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):

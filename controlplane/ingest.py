@@ -277,11 +277,18 @@ def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> 
     if symbols:
         script.add(_READ_INSTRUMENTS, [text_array(symbols)], fetch="instruments")
     if ledger_symbols:
-        script.add(_READ_POSITIONS, [engine_id, text_array(ledger_symbols)], fetch="positions")
+        script.add(
+            _READ_POSITIONS,
+            [engine_id, text_array(ledger_symbols)],
+            fetch="positions",
+            prepare=False,
+        )
     if fill_ids:
-        script.add(_READ_ORDERS, [engine_id, text_array(coids)], fetch="orders")
+        script.add(_READ_ORDERS, [engine_id, text_array(coids)], fetch="orders", prepare=False)
         if len(fill_ids) < COPY_MIN_ROWS:
-            script.add(_READ_FILL_IDS, [engine_id, text_array(fill_ids)], fetch="fill_ids")
+            script.add(
+                _READ_FILL_IDS, [engine_id, text_array(fill_ids)], fetch="fill_ids", prepare=False
+            )
     rows = script.run()
     if not rows["engine"]:
         return _Read()
@@ -578,12 +585,12 @@ def _insert_fills(
              "seq": f.seq}
             for f in fresh
         ]), engine_id, text_array({f.client_order_id for f in fresh}), engine_id],
-            count="fills")  # fmt: skip
+            count="fills", prepare=False)  # fmt: skip
         return rejected
     # COPY, with the orders' ids and expected prices read after the orders' upsert (queued
     # before this, so it runs first).
     coids = {f.client_order_id for f in fresh}
-    script.add(_READ_ORDER_IDS, [engine_id, text_array(coids)], fetch="order_ids")
+    script.add(_READ_ORDER_IDS, [engine_id, text_array(coids)], fetch="order_ids", prepare=False)
     orders_by_id = {coid: (pk, expected) for coid, pk, expected in script.run()["order_ids"]}
     if len(orders_by_id) != len(coids):
         raise RuntimeError(f"engine {engine_id}: fills without their order row")
@@ -607,7 +614,12 @@ def _insert_fills(
         if exc.diag.constraint_name != "fill_unique_id":
             raise
     # A fill_id stored before: sort them out.
-    script.add(_READ_FILL_IDS, [engine_id, text_array(f.fill_id for f in fresh)], fetch="fill_ids")
+    script.add(
+        _READ_FILL_IDS,
+        [engine_id, text_array(f.fill_id for f in fresh)],
+        fetch="fill_ids",
+        prepare=False,
+    )
     stored = {row[0] for row in script.run()["fill_ids"]}
     for fill in fresh:
         if fill.fill_id in stored:

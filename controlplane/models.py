@@ -157,7 +157,11 @@ class Order(models.Model):
         STOP = "stop"
         STOP_LIMIT = "stop_limit"
 
-    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="orders")
+    # No index of its own: order_unique_id and order_engine_recent_idx both start with it, and
+    # every index is one more write for each order the engines report.
+    engine = models.ForeignKey(
+        Engine, on_delete=models.CASCADE, related_name="orders", db_index=False
+    )
     client_order_id = models.CharField(max_length=64)
     broker_order_id = models.CharField(max_length=64, blank=True)
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")

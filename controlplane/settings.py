@@ -105,6 +105,12 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int(
     "DB_CONNECT_TIMEOUT", 5, minimum=1
 )
+# The statements that follow every engine batch are prepared once per connection
+# (controlplane.sqlscript), and their plans made once too (generic), not again for each batch's
+# values: they look rows up by engine and key, which one plan serves whatever the values. The
+# ORM's client-side cursors prepare nothing, so this setting touches only those. It needs a
+# connection of its own per session (no pooler that shares one between clients' transactions).
+DATABASES["default"]["OPTIONS"]["options"] = "-c plan_cache_mode=force_generic_plan"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Channels layer, Celery broker, cache --------------------------------------------------

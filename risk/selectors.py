@@ -79,7 +79,8 @@ def post_trade_inputs(
 ) -> PostTradeInputs:
     """The engine's open positions (when ``positions``), its fills and orders since the given
     moments (when given), and its states of the given limits: one round trip, as it follows
-    every stored batch."""
+    every stored batch. The counts and positions are planned each time (their tables grow all
+    day); the limits' states are prepared."""
     with connection.cursor() as cursor:
         script = Script(cursor)
         if positions:
@@ -87,18 +88,18 @@ def post_trade_inputs(
                 "SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price FROM "
                 "controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id "
                 "WHERE p.engine_id = %s AND NOT p.quantity = 0",
-                [engine_id], fetch="positions",
+                [engine_id], fetch="positions", prepare=False,
             )  # fmt: skip
         if fills_since is not None:
             script.add(
                 "SELECT count(*) FROM controlplane_fill WHERE engine_id = %s AND ts >= %s",
-                [engine_id, fills_since], fetch="fills",
+                [engine_id, fills_since], fetch="fills", prepare=False,
             )  # fmt: skip
         if orders_since is not None:
             script.add(
                 "SELECT count(*), count(*) FILTER (WHERE status = 'rejected') "
                 "FROM controlplane_order WHERE engine_id = %s AND created_at >= %s",
-                [engine_id, orders_since], fetch="orders",
+                [engine_id, orders_since], fetch="orders", prepare=False,
             )  # fmt: skip
         ids = "{" + ",".join(str(int(limit_id)) for limit_id in limit_ids) + "}"
         script.add(_STATE_SELECT, [engine_id, ids], fetch="states")
