@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -209,8 +209,20 @@ ENGINE_FIELDS = tuple(
     for f in Engine._meta.concrete_fields
     if f.attname
     in {"id", "name", "strategy_tags", "desired_state", "equity", "session_start_equity",
-        "day_pnl", "drawdown_pct"}
+        "day_pnl", "drawdown_pct", "counts_day", "orders_today", "rejected_today",
+        "fills_today", "working_orders"}
 )  # fmt: skip
+
+
+@dataclass
+class _Counts:
+    """The engine row's counts (see Engine.counts_day), as a batch finds and leaves them."""
+
+    day: date | None
+    orders: int
+    rejected: int
+    fills: int
+    working: int
 
 
 @dataclass
@@ -221,9 +233,11 @@ class _Read:
     session_at: datetime | None = None
     session_equity: Decimal | None = None
     high_water_mark: Decimal | None = None
+    counts: _Counts | None = None
     instruments: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     positions: dict[int, _Position] = field(default_factory=dict)
-    stored_orders: set[str] = field(default_factory=set)
+    # The batch's orders stored before: client_order_id -> (status, last_seq, created_at).
+    stored_orders: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
     stored_fill_ids: set[str] = field(default_factory=set)
     # False when the batch has too many fills to look their ids up first (see _insert_fills).
     fill_ids_read: bool = True
@@ -233,7 +247,8 @@ class _Read:
 # would, and every batch (a replayed one too) records when the engine was last heard from anyway.
 _LOCK_ENGINE = """
     UPDATE controlplane_engine SET last_seen_at = %s WHERE id = %s
-    RETURNING last_seq, session_start_at, session_start_equity, high_water_mark"""
+    RETURNING last_seq, session_start_at, session_start_equity, high_water_mark,
+        counts_day, orders_today, rejected_today, fills_today, working_orders"""
 # Lists of symbols and ids are text[] literals (text_array).
 _READ_INSTRUMENTS = (
     "SELECT symbol, id, multiplier FROM controlplane_instrument WHERE symbol = ANY(%s::text[])"
@@ -244,7 +259,7 @@ _READ_POSITIONS = """
     FROM controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id
     WHERE p.engine_id = %s AND i.symbol = ANY(%s::text[])"""
 _READ_ORDERS = """
-    SELECT client_order_id FROM controlplane_order
+    SELECT client_order_id, status, last_seq, created_at FROM controlplane_order
     WHERE engine_id = %s AND client_order_id = ANY(%s::text[])"""
 _READ_FILL_IDS = """
     SELECT fill_id FROM controlplane_fill WHERE engine_id = %s AND fill_id = ANY(%s::text[])"""
@@ -271,6 +286,7 @@ def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> 
             ledger_symbols.add(event.symbol)  # type: ignore[union-attr]
         elif kind is p.OrderEvent:
             symbols.add(event.symbol)  # type: ignore[union-attr]
+            coids.add(event.client_order_id)  # type: ignore[union-attr]
     symbols |= ledger_symbols
     script = Script(cursor)
     script.add(_LOCK_ENGINE, [now, engine_id], fetch="engine")
@@ -283,24 +299,26 @@ def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> 
             fetch="positions",
             prepare=False,
         )
-    if fill_ids:
+    if coids:
+        # Whether each order is new and what it was: for the fills' orders and the counts.
         script.add(_READ_ORDERS, [engine_id, text_array(coids)], fetch="orders", prepare=False)
-        if len(fill_ids) < COPY_MIN_ROWS:
-            script.add(
-                _READ_FILL_IDS, [engine_id, text_array(fill_ids)], fetch="fill_ids", prepare=False
-            )
+    if fill_ids and len(fill_ids) < COPY_MIN_ROWS:
+        script.add(
+            _READ_FILL_IDS, [engine_id, text_array(fill_ids)], fetch="fill_ids", prepare=False
+        )
     rows = script.run()
     if not rows["engine"]:
         return _Read()
-    ((last_seq, session_at, session_equity, hwm),) = rows["engine"]
+    ((last_seq, session_at, session_equity, hwm, *counts),) = rows["engine"]
     return _Read(
         last_seq=last_seq,
         session_at=session_at,
         session_equity=session_equity,
         high_water_mark=hwm,
+        counts=_Counts(*counts),
         instruments={symbol: (pk, mult) for symbol, pk, mult in rows.get("instruments", ())},
         positions={row[0]: _Position(*row) for row in rows.get("positions", ())},
-        stored_orders={row[0] for row in rows.get("orders", ())},
+        stored_orders={row[0]: row[1:] for row in rows.get("orders", ())},
         stored_fill_ids={row[0] for row in rows.get("fill_ids", ())},
         fill_ids_read=len(fill_ids) < COPY_MIN_ROWS,
     )
@@ -418,9 +436,12 @@ def _project(
     engine_update: dict[str, Any] = {}
     rejected: set[int] = set()
 
-    _upsert_orders(script, engine_id, orders, instruments)
+    latest, first_ts = _upsert_orders(script, engine_id, orders, instruments)
     if fills:
         rejected = _insert_fills(script, engine_id, fills, orders, read, instruments, result)
+    if orders or fills:
+        stored_fills = [f for f in fills if f.seq not in rejected]
+        engine_update |= _count(read, latest, first_ts, stored_fills, now)
     if fills or reports:
         _update_positions(script, engine_id, fills, rejected, reports, read, instruments, now)
     if accounts:
@@ -494,9 +515,10 @@ def _upsert_orders(
     engine_id: int,
     orders: list[p.OrderEvent],
     instruments: dict[str, tuple[int, Decimal]],
-) -> None:
+) -> tuple[dict[str, p.OrderEvent], dict[str, datetime]]:
+    """Insert or update the orders; return each one's latest report and its first one's time."""
     if not orders:
-        return
+        return {}, {}
     # Several reports of one order in a batch: the latest wins, the first gives created_at.
     latest: dict[str, p.OrderEvent] = {}
     first_ts: dict[str, datetime] = {}
@@ -515,6 +537,54 @@ def _upsert_orders(
     else:
         _stage(script, "cp_stage_order", _ORDER_COLUMNS, rows)
         script.add(_UPSERT_ORDERS_STAGED, [engine_id])
+    return latest, first_ts
+
+
+_WORKING = frozenset({"new", "accepted", "partially_filled"})  # Order.WORKING
+
+
+def _count(
+    read: _Read,
+    latest: dict[str, p.OrderEvent],
+    first_ts: dict[str, datetime],
+    fills: list[p.FillEvent],
+    now: datetime,
+) -> dict[str, Any]:
+    """The engine row's counts after this batch's orders and stored fills, worked out from what
+    the orders were before it (read under the engine's lock) exactly as the upsert changes them:
+    a new order is inserted; a stored one changes only when the report is newer than the one it
+    holds (last_seq). Today is the UTC day of ``now``; the day's counts start again at zero on
+    the first batch of a new day, as the old way of counting did (created_at, ts >= midnight)."""
+    before = read.counts
+    assert before is not None
+    today = now.astimezone(UTC).date()
+    midnight = datetime.combine(today, datetime.min.time(), UTC)
+    fresh_day = before.day != today
+    orders = 0 if fresh_day else before.orders
+    rejected = 0 if fresh_day else before.rejected
+    fills_today = 0 if fresh_day else before.fills
+    working = before.working
+    for coid, order in latest.items():
+        status = order.status
+        stored = read.stored_orders.get(coid)
+        if stored is None:
+            created = first_ts[coid]
+            working += status in _WORKING
+            if created >= midnight:
+                orders += 1
+                rejected += status == "rejected"
+            continue
+        old_status, old_seq, created = stored
+        if old_seq >= order.seq:
+            continue  # the stored report is as new: the upsert leaves the row as it is
+        working += (status in _WORKING) - (old_status in _WORKING)
+        if created >= midnight:
+            rejected += (status == "rejected") - (old_status == "rejected")
+    fills_today += sum(1 for fill in fills if fill.ts >= midnight)
+    return {
+        "counts_day": today, "orders_today": orders, "rejected_today": rejected,
+        "fills_today": fills_today, "working_orders": working,
+    }  # fmt: skip
 
 
 # Runs after the orders' upsert in the same script, so a fill finds an order reported in its own
@@ -552,7 +622,7 @@ def _insert_fills(
     the unique key refuse the COPY, it is rolled back to its savepoint and done again without the
     fills already stored. Of a fill_id repeated in a batch, the lowest seq is the one counted.
     """
-    known_orders = read.stored_orders | {order.client_order_id for order in orders}
+    known_orders = read.stored_orders.keys() | {order.client_order_id for order in orders}
     seen = set(read.stored_fill_ids)
     rejected: set[int] = set()
     fresh: list[p.FillEvent] = []

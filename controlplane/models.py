@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +87,16 @@ class Engine(models.Model):
     high_water_mark = models.DecimalField(**MONEY, null=True, blank=True)
     day_pnl = models.DecimalField(**MONEY, default=Decimal(0))
     drawdown_pct = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    # Counts kept by the gateway as it stores orders and fills, under the engine's row lock, so
+    # that the fleet view and the risk limits read them instead of counting the day's orders
+    # again each time (a count that grows all day). The day's counts are those of counts_day
+    # (UTC): orders created that day, of them rejected, fills that day. A row whose counts_day
+    # is not today has none today yet (Engine.day_counts).
+    counts_day = models.DateField(null=True, blank=True, editable=False)
+    orders_today = models.IntegerField(default=0, editable=False)
+    rejected_today = models.IntegerField(default=0, editable=False)
+    fills_today = models.IntegerField(default=0, editable=False)
+    working_orders = models.IntegerField(default=0, editable=False)
 
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -109,6 +120,13 @@ class Engine(models.Model):
     def set_token(self, token: str) -> None:
         self.token_hash = hash_token(token)
         self.token_hint = token[: len(TOKEN_PREFIX) + 4]
+
+    def day_counts(self, now: datetime | None = None) -> tuple[int, int, int]:
+        """Orders created today (UTC), of them rejected, and fills today."""
+        today = (now or datetime.now(UTC)).astimezone(UTC).date()
+        if self.counts_day != today:
+            return 0, 0, 0
+        return self.orders_today, self.rejected_today, self.fills_today
 
 
 class Instrument(models.Model):

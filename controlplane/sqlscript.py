@@ -21,7 +21,7 @@ import hashlib
 import re
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -48,12 +48,16 @@ def literal(value: Any, escape: Callable[[bytes], bytes]) -> str:
         return f"'{value}'::numeric"  # digits, sign, point, exponent: nothing to escape
     if isinstance(value, datetime):
         return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, date):
+        return f"'{value.isoformat()}'::date"
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 # A prepared statement's parameter types, from the first values it runs with. A string is text
 # (a statement that wants json or an array casts it), and None leaves the type to the context.
-_TYPES = {str: "text", int: "bigint", Decimal: "numeric", datetime: "timestamptz"}
+_TYPES = {
+    str: "text", int: "bigint", Decimal: "numeric", datetime: "timestamptz", date: "date",
+}  # fmt: skip
 
 
 @cache

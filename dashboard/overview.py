@@ -145,18 +145,8 @@ def fleet_rows(
             mismatches=Count("pk", filter=Q(mismatch_since__isnull=False)),
         )
     }
-    working = dict(
-        Order.objects.filter(engine_id__in=ids, status__in=Order.WORKING)
-        .values("engine_id")
-        .annotate(n=Count("pk"))
-        .values_list("engine_id", "n")
-    )
-    today = {
-        row["engine_id"]: row
-        for row in Order.objects.filter(engine_id__in=ids, created_at__gte=session_start(now))
-        .values("engine_id")
-        .annotate(n=Count("pk"), rejected=Count("pk", filter=Q(status="rejected")))
-    }
+    # Working orders and today's orders are counts the gateway keeps on the engine row
+    # (Engine.counts_day): counting the day's orders here grew all day, on every live update.
     from alerts.models import Alert
 
     firing = dict(
@@ -168,9 +158,7 @@ def fleet_rows(
     rows = []
     for engine in engines:
         pos = positions.get(engine.pk, {})
-        day = today.get(engine.pk, {})
-        orders_today = day.get("n", 0)
-        rejected = day.get("rejected", 0)
+        orders_today, rejected, _ = engine.day_counts(now)
         rows.append(
             FleetRow(
                 id=engine.pk,
@@ -186,7 +174,7 @@ def fleet_rows(
                 drawdown_pct=float(engine.drawdown_pct),
                 gross_exposure=float(pos.get("gross") or ZERO),
                 open_positions=pos.get("open", 0),
-                working_orders=working.get(engine.pk, 0),
+                working_orders=engine.working_orders,
                 mismatches=pos.get("mismatches", 0),
                 orders_today=orders_today,
                 rejected_today=rejected,

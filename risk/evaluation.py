@@ -86,14 +86,13 @@ class _Book:
 def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, LimitState]]:
     """The engine's figures the limits measure, and its state of each limit (one round trip)."""
     kinds = {limit.kind for limit in limits}
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     inputs = selectors.post_trade_inputs(
         engine_id=engine.pk,
         limit_ids=[limit.pk for limit in limits],
         positions=bool(kinds & _EXPOSURE_KINDS),
-        fills_since=midnight if LimitKind.MAX_TRADES_PER_DAY in kinds else None,
-        orders_since=midnight if LimitKind.MAX_REJECTION_RATE_PCT in kinds else None,
     )
+    # Today's orders and fills: the counts the gateway keeps on the engine row.
+    orders, rejected, fills = engine.day_counts()
     exposures = [
         (symbol, sector, abs(quantity) * (last if last is not None else avg))
         for symbol, sector, quantity, last, avg in inputs.positions
@@ -101,7 +100,7 @@ def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, Lim
     book = _Book(
         equity=engine.equity, exposures=exposures, day_pnl=engine.day_pnl,
         session_equity=engine.session_start_equity, drawdown_pct=engine.drawdown_pct,
-        trades_today=inputs.fills_since, orders_today=inputs.orders_since,
+        trades_today=fills, orders_today=(orders, rejected),
     )  # fmt: skip
     return book, inputs.states
 

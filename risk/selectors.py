@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -57,8 +56,6 @@ class PostTradeInputs:
 
     # symbol, sector, quantity, last price, average price of each open position
     positions: list[tuple[str, str, Decimal, Decimal | None, Decimal]] = field(default_factory=list)
-    fills_since: int | None = None
-    orders_since: tuple[int, int] | None = None  # orders, of which rejected
     states: dict[int, LimitState] = field(default_factory=dict)  # by limit id
 
 
@@ -74,13 +71,11 @@ def post_trade_inputs(
     engine_id: int,
     limit_ids: list[int],
     positions: bool,
-    fills_since: datetime | None = None,
-    orders_since: datetime | None = None,
 ) -> PostTradeInputs:
-    """The engine's open positions (when ``positions``), its fills and orders since the given
-    moments (when given), and its states of the given limits: one round trip, as it follows
-    every stored batch. The counts and positions are planned each time (their tables grow all
-    day); the limits' states are prepared."""
+    """The engine's open positions (when ``positions``) and its states of the given limits: one
+    round trip, as it follows every stored batch. Today's counts of orders and fills are on the
+    engine row (Engine.day_counts). The positions are planned each time (the table grows); the
+    limits' states are prepared."""
     with connection.cursor() as cursor:
         script = Script(cursor)
         if positions:
@@ -90,17 +85,6 @@ def post_trade_inputs(
                 "WHERE p.engine_id = %s AND NOT p.quantity = 0",
                 [engine_id], fetch="positions", prepare=False,
             )  # fmt: skip
-        if fills_since is not None:
-            script.add(
-                "SELECT count(*) FROM controlplane_fill WHERE engine_id = %s AND ts >= %s",
-                [engine_id, fills_since], fetch="fills", prepare=False,
-            )  # fmt: skip
-        if orders_since is not None:
-            script.add(
-                "SELECT count(*), count(*) FILTER (WHERE status = 'rejected') "
-                "FROM controlplane_order WHERE engine_id = %s AND created_at >= %s",
-                [engine_id, orders_since], fetch="orders", prepare=False,
-            )  # fmt: skip
         ids = "{" + ",".join(str(int(limit_id)) for limit_id in limit_ids) + "}"
         script.add(_STATE_SELECT, [engine_id, ids], fetch="states")
         rows = script.run()
@@ -108,7 +92,5 @@ def post_trade_inputs(
     states = [LimitState.from_db(connection.alias, names, row) for row in rows["states"]]
     return PostTradeInputs(
         positions=rows.get("positions", []),  # type: ignore[arg-type]
-        fills_since=rows["fills"][0][0] if "fills" in rows else None,
-        orders_since=tuple(rows["orders"][0]) if "orders" in rows else None,  # type: ignore[arg-type]
         states={state.limit_id: state for state in states},
     )
