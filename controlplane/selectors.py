@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import QuerySet
 
 from controlplane.models import (
     Command,
     CommandBatch,
     CommandKind,
     Engine,
-    Order,
     Position,
     ResumeRequest,
     TradingState,
@@ -25,10 +24,7 @@ def engine_list(*, mode: str | None = None, tag: str | None = None) -> QuerySet[
         engines = engines.filter(mode=mode)
     if tag:
         engines = engines.filter(strategy_tags__contains=[tag])
-    return engines.annotate(
-        open_positions=Count("positions", filter=~Q(positions__quantity=0), distinct=True),
-        working_orders=Count("orders", filter=Q(orders__status__in=Order.WORKING), distinct=True),
-    ).order_by("name")
+    return engines.order_by("name")
 
 
 def engine_positions(*, engine: Engine) -> QuerySet[Position]:
