@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from controlplane import services
 from controlplane.models import AuditEvent, Command, Engine, ResumeRequest
@@ -159,3 +163,26 @@ def test_the_openapi_schema_and_docs_are_served_without_a_cdn(fleet, viewer):
     assert "/api/v1/commands" in schema["paths"]
     assert "/static/ninja/swagger-ui-bundle.js" in docs
     assert "cdn" not in docs.lower()
+
+
+def _statements(queries: CaptureQueriesContext) -> list[str]:
+    # The test's own transaction makes the service's atomic block a savepoint: not a round trip
+    # a request pays outside the tests.
+    return [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+
+
+@pytest.mark.parametrize("persona", ["risk_manager", "operator", "viewer", "outsider"])
+def test_a_token_brings_exactly_the_permissions_of_its_user_and_groups(persona, request):
+    user = request.getfixturevalue(persona)
+    user.user_permissions.add(Permission.objects.get(codename="add_silence"))
+    _, token = services.api_token_create(user=user, name="script")
+
+    with CaptureQueriesContext(connection) as queries:
+        by_token = services.api_token_user(token)
+        prefilled = by_token.get_all_permissions()
+        checks = [by_token.has_perm(p) for p in sorted(services.COMMAND_PERMISSIONS)]
+    fresh = User.objects.get(pk=user.pk)
+
+    assert prefilled == ModelBackend().get_all_permissions(fresh)
+    assert checks == [fresh.has_perm(p) for p in sorted(services.COMMAND_PERMISSIONS)]
+    assert len(_statements(queries)) == 2  # the token (with the permissions), its last use
