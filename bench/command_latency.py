@@ -528,7 +528,8 @@ def traced_application() -> Any:
     def frame_type(engine_id: int, frame: Any) -> list[Any]:
         return [type(frame).__name__, engine_id]
 
-    issue = services.command_issue
+    # The API's entry (command_issue calls it too).
+    issue = services.command_batch_issue
 
     def counted_issue(*args: Any, **kwargs: Any) -> Any:
         from django.db import connection
@@ -550,7 +551,7 @@ def traced_application() -> Any:
         finally:
             notes.append(("issue_queries", now(), now(), queries))
 
-    services.command_issue = sync_span("command_issue", counted_issue)
+    services.command_batch_issue = sync_span("command_issue", counted_issue)
     delivery.push = sync_span("push", delivery.push)
     hub.publish = sync_span("publish", hub.publish)
     channels_consumer.aclose_old_connections = async_span(

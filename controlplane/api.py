@@ -146,8 +146,9 @@ class ResumeRequestOut(Schema):
     command_id: uuid.UUID | None
 
 
-def _batch_out(batch: CommandBatch) -> dict[str, Any]:
-    commands = list(batch.commands.select_related("engine").order_by("engine__name"))
+def _batch_out(batch: CommandBatch, commands: list[Command] | None = None) -> dict[str, Any]:
+    if commands is None:
+        commands = list(batch.commands.select_related("engine").order_by("engine__name"))
     progress = selectors.batch_progress(batch, commands)
     return {
         "id": batch.pk,
@@ -191,7 +192,7 @@ def command_create(request: HttpRequest, payload: CommandIn) -> Any:
             raise services.CommandInvalid(
                 {"confirm": f"type {expected!r} to confirm a kill of {payload.selector}"}
             )
-    batch = services.command_issue(
+    batch, issued = services.command_batch_issue(
         kind=payload.kind,
         selector=payload.selector,
         reason=payload.reason,
@@ -200,7 +201,9 @@ def command_create(request: HttpRequest, payload: CommandIn) -> Any:
         ip_address=client_ip(request),
         expires_in=timedelta(seconds=payload.expires_in_s) if payload.expires_in_s else None,
     )
-    return Status(201, _batch_out(batch))
+    # The commands as issued, not read back: building the answer runs while the engines are
+    # being told, in the same process.
+    return Status(201, _batch_out(batch, sorted(issued, key=lambda c: c.engine.name)))
 
 
 @api.get("/commands/batches/{batch_id}", response=BatchOut, tags=["commands"])

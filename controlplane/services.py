@@ -31,6 +31,7 @@ from controlplane.models import (
     hash_token,
     new_engine_token,
 )
+from controlplane.sqlscript import Script, text_array
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,29 @@ def command_issue(
     socket once the transaction commits; the gateway's heartbeat check covers a lost push, so
     issuing never depends on Redis or Celery being up.
     """
+    batch, _ = command_batch_issue(
+        kind=kind, selector=selector, reason=reason, params=params, actor=actor,
+        actor_label=actor_label, ip_address=ip_address, expires_in=expires_in,
+        approved_resume=approved_resume,
+    )  # fmt: skip
+    return batch
+
+
+def command_batch_issue(
+    *,
+    kind: str,
+    selector: str,
+    reason: str,
+    params: dict[str, Any] | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
+    ip_address: str | None = None,
+    expires_in: timedelta | None = None,
+    approved_resume: ResumeRequest | None = None,
+) -> tuple[CommandBatch, list[Command]]:
+    """``command_issue``, also returning the batch's commands as they were written (ordered by
+    engine id): the API answers with them instead of reading back the rows it has just written,
+    which would compete with the push to the engines for the CPU."""
     label = _actor_label(actor, actor_label)
     reason = (reason or "").strip()
     audit = {"action": f"command_{kind}", "actor": actor, "actor_label": label,
@@ -305,7 +329,7 @@ def command_issue(
                  "resume_request": approved_resume.pk}  # fmt: skip
     engine_query = engines_select(selector)
 
-    with transaction.atomic():
+    with transaction.atomic(), connection.cursor() as cursor:
         # The engine rows are locked so that two batches to the same engine are ordered and its
         # desired state follows the last one.
         engines = list(
@@ -326,21 +350,34 @@ def command_issue(
             now = timezone.now()
             if expires_in is not None:
                 expires_at = now + expires_in
-            batch = CommandBatch.objects.create(
-                kind=kind, selector=selector, reason=reason, issued_by=actor, issued_by_label=label
-            )
-            frames = _commands_insert(
-                batch, engines, kind=kind, params=clean, reason=reason, actor=actor, label=label,
-                now=now, expires_at=expires_at,
+            batch = CommandBatch(
+                id=uuid.uuid4(), kind=kind, selector=selector, reason=reason, issued_by=actor,
+                issued_by_label=label, created_at=now,
             )  # fmt: skip
-            _supersede(kind, batch, engines, now)
-            _set_desired_states(kind, clean, engines, now)
-            audit_record(
-                target=batch, outcome="ok",
+            # Every write of the batch in one round trip: a fleet kill is on the critical path
+            # of each engine it stops, and each statement sent on its own cost a round trip.
+            script = Script(cursor)
+            script.add(_INSERT_BATCH, [str(batch.pk), str(kind), selector, reason,
+                                       getattr(actor, "pk", None), label, now])  # fmt: skip
+            commands = _commands_insert(
+                script, batch, engines, kind=kind, params=clean, reason=reason, actor=actor,
+                label=label, now=now, expires_at=expires_at,
+            )  # fmt: skip
+            _supersede(script, kind, batch, engines, now)
+            _set_desired_states(script, kind, clean, engines, now)
+            _audit_add(
+                script, now=now, target=batch, outcome="ok",
                 data={"kind": kind, "params": clean, "selector": selector,
                       "engines": [e.name for e in engines],
                       "expires_at": expires_at.isoformat() if expires_at else None},
                 **audit,
+            )  # fmt: skip
+            script.run()
+            batch._state.adding = False
+            batch._state.db = connection.alias
+            frames = delivery.frames_for(
+                [(c.engine_id, c.pk) for c in commands], kind=kind, params=clean, reason=reason,
+                issued_by=label, issued_at=now, expires_at=expires_at,
             )  # fmt: skip
             transaction.on_commit(partial(delivery.push, frames))
             # Connected engines show their new state when they answer, within milliseconds; the
@@ -351,10 +388,49 @@ def command_issue(
                 transaction.on_commit(partial(_publish_rows, offline))
     if refusal:
         command_refuse(refusal, **audit, data={"selector": selector})
-    return batch
+    return batch, commands
+
+
+_INSERT_BATCH = """
+    INSERT INTO controlplane_commandbatch
+        (id, kind, selector, reason, issued_by_id, issued_by_label, created_at)
+    VALUES (%s::uuid, %s, %s, %s, %s::integer, %s, %s)
+"""
+
+_INSERT_COMMANDS = f"""
+    INSERT INTO controlplane_command
+        (id, engine_id, batch_id, kind, params, reason, issued_by_id, issued_by_label, status,
+         created_at, expires_at, delivery_attempts, result, detail, state_after)
+    SELECT c.id, c.engine_id, %s::uuid, %s, %s::jsonb, %s, %s::integer, %s,
+           '{Command.Status.PENDING.value}', %s, %s::timestamptz, 0, '{{}}', '', ''
+      FROM unnest(%s::uuid[], %s::bigint[]) AS c(id, engine_id)
+"""
+
+# Not prepared: the command table grows all day, and this lookup's plan must see how big it is.
+_SUPERSEDE = f"""
+    UPDATE controlplane_command
+       SET status = '{Command.Status.SUPERSEDED.value}', completed_at = %s, detail = %s
+     WHERE engine_id = ANY(%s::bigint[]) AND kind = ANY(%s::text[])
+       AND status = '{Command.Status.PENDING.value}' AND created_at <= %s
+       AND batch_id IS DISTINCT FROM %s::uuid
+"""
+
+_SET_DESIRED_STATE = """
+    UPDATE controlplane_engine
+       SET desired_state = %s, desired_until = %s::timestamptz, desired_changed_at = %s
+     WHERE id = ANY(%s::bigint[])
+"""
+
+_INSERT_AUDIT = """
+    INSERT INTO controlplane_auditevent
+        (ts, actor_id, actor, action, target_type, target_id, target_label, ip_address, reason,
+         outcome, data)
+    VALUES (%s, %s::bigint, %s, %s, %s, %s, %s, %s::inet, %s, %s, %s::jsonb)
+"""
 
 
 def _commands_insert(
+    script: Script,
     batch: CommandBatch,
     engines: list[Engine],
     *,
@@ -365,34 +441,50 @@ def _commands_insert(
     label: str,
     now: datetime,
     expires_at: datetime | None,
-) -> delivery.Frames:
-    """The batch's commands in one statement, and the frames that push them.
+) -> list[Command]:
+    """The batch's commands in one statement, and the commands as written.
 
     A fleet kill is on the critical path of every engine it stops: building and saving a hundred
     model instances took longer than everything else the transaction does (bench/).
     """
     ids = [uuid.uuid4() for _ in engines]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO controlplane_command
-                (id, engine_id, batch_id, kind, params, reason, issued_by_id, issued_by_label,
-                 status, created_at, expires_at, delivery_attempts, result, detail, state_after)
-            SELECT c.id, c.engine_id, %(batch)s, %(kind)s, %(params)s::jsonb, %(reason)s,
-                   %(actor)s, %(label)s, %(pending)s, %(now)s, %(expires_at)s, 0, '{}', '', ''
-              FROM unnest(%(ids)s::uuid[], %(engines)s::bigint[]) AS c(id, engine_id)
-            """,
-            {
-                "batch": batch.pk, "kind": kind, "params": json.dumps(params), "reason": reason,
-                "actor": getattr(actor, "pk", None), "label": label,
-                "pending": Command.Status.PENDING.value, "now": now, "expires_at": expires_at,
-                "ids": ids, "engines": [engine.pk for engine in engines],
-            },
+    script.add(
+        _INSERT_COMMANDS,
+        [str(batch.pk), str(kind), json.dumps(params), reason, getattr(actor, "pk", None), label,
+         now, expires_at, text_array(map(str, ids)), text_array(str(e.pk) for e in engines)],
+    )  # fmt: skip
+    commands = []
+    for engine, command_id in zip(engines, ids, strict=True):
+        command = Command(
+            id=command_id, engine=engine, batch=batch, kind=kind, params=params, reason=reason,
+            issued_by=actor, issued_by_label=label, status=Command.Status.PENDING,
+            created_at=now, expires_at=expires_at,
         )  # fmt: skip
-    return delivery.frames_for(
-        [(engine.pk, command_id) for engine, command_id in zip(engines, ids, strict=True)],
-        kind=kind, params=params, reason=reason, issued_by=label, issued_at=now,
-        expires_at=expires_at,
+        command._state.adding = False
+        command._state.db = batch._state.db
+        commands.append(command)
+    return commands
+
+
+def _audit_add(
+    script: Script,
+    *,
+    now: datetime,
+    action: str,
+    actor: AbstractBaseUser | None,
+    actor_label: str,
+    target: Any,
+    reason: str,
+    outcome: str,
+    data: dict[str, Any],
+    ip_address: str | None,
+) -> None:
+    """``audit_record``'s row, written by the script instead of a statement of its own."""
+    script.add(
+        _INSERT_AUDIT,
+        [now, getattr(actor, "pk", None), actor_label[:150], action, target._meta.model_name,
+         str(target.pk), str(target)[:200], ip_address, reason, outcome,
+         json.dumps(data)],
     )  # fmt: skip
 
 
@@ -406,22 +498,23 @@ def _publish_rows(engine_ids: list[int]) -> None:
         log.warning("live update of %d engines after a command failed: %s", len(engine_ids), exc)
 
 
-def _supersede(kind: str, batch: CommandBatch, engines: list[Engine], now: datetime) -> None:
+def _supersede(
+    script: Script, kind: str, batch: CommandBatch, engines: list[Engine], now: datetime
+) -> None:
     obsolete = _SUPERSEDES.get(kind)  # type: ignore[call-overload]
     if not obsolete:
         return
     # One statement for the whole batch: a fleet kill must not pay a round trip per engine.
-    Command.objects.filter(
-        engine_id__in=[e.pk for e in engines], kind__in=obsolete, status=Command.Status.PENDING,
-        created_at__lte=now,
-    ).exclude(batch=batch).update(
-        status=Command.Status.SUPERSEDED, completed_at=now,
-        detail=f"superseded by {kind} (batch {batch.pk}) before it was delivered",
+    script.add(
+        _SUPERSEDE,
+        [now, f"superseded by {kind} (batch {batch.pk}) before it was delivered",
+         text_array(str(e.pk) for e in engines), text_array(obsolete), now, str(batch.pk)],
+        prepare=False,
     )  # fmt: skip
 
 
 def _set_desired_states(
-    kind: str, params: dict[str, Any], engines: list[Engine], now: datetime
+    script: Script, kind: str, params: dict[str, Any], engines: list[Engine], now: datetime
 ) -> None:
     # Engines that end in the same desired state are updated by one statement.
     groups: dict[tuple[str, datetime | None], list[int]] = {}
@@ -441,9 +534,7 @@ def _set_desired_states(
             groups.setdefault((desired, until), []).append(engine.pk)
             engine.desired_state, engine.desired_until = desired, until
     for (desired, until), ids in groups.items():
-        Engine.objects.filter(pk__in=ids).update(
-            desired_state=desired, desired_until=until, desired_changed_at=now
-        )
+        script.add(_SET_DESIRED_STATE, [str(desired), until, now, text_array(map(str, ids))])
 
 
 # --- resume after a kill: four-eyes ---------------------------------------------------------------

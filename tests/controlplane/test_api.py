@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from controlplane import services
 from controlplane.models import AuditEvent, Command, Engine, ResumeRequest
+from controlplane.sqlscript import readable
 
 pytestmark = pytest.mark.django_db
 
@@ -169,6 +170,34 @@ def _statements(queries: CaptureQueriesContext) -> list[str]:
     # The test's own transaction makes the service's atomic block a savepoint: not a round trip
     # a request pays outside the tests.
     return [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+
+
+def test_a_fleet_kill_through_the_api_takes_three_round_trips(make_engine, risk_manager):
+    for i in range(20):
+        make_engine(f"fleet-{i:02d}")
+    client = token_client(risk_manager)
+    client.get("/api/v1/engines")  # the token's last use is now recorded: no write in the kill
+
+    with CaptureQueriesContext(connection) as queries:
+        status, body = post(client, "/api/v1/commands", KILL_ALL)
+
+    assert status == 201, body
+    assert len(body["commands"]) == 20
+    # The token with its user's permissions, the engines locked, then every write at once.
+    token, lock, script = _statements(queries)
+    assert "controlplane_apitoken" in token and "auth_permission" in token
+    assert "FOR UPDATE" in lock
+    for table in ("commandbatch", "command", "engine", "auditevent"):
+        assert f"controlplane_{table}" in readable(script)
+
+
+def test_the_answer_to_a_kill_is_the_batch_as_stored(fleet, risk_manager, viewer):
+    status, issued = post(token_client(risk_manager), "/api/v1/commands", KILL_ALL)
+    assert status == 201
+
+    stored = token_client(viewer).get(f"/api/v1/commands/batches/{issued['id']}").json()
+
+    assert issued == stored
 
 
 @pytest.mark.parametrize("persona", ["risk_manager", "operator", "viewer", "outsider"])
