@@ -71,3 +71,16 @@ def test_typed_helpers_fail_on_bad_values(monkeypatch):
         env.env_str("X_REQUIRED")
     monkeypatch.setenv("X_BOOL", "Yes")
     assert env.env_bool("X_BOOL", False) is True
+
+
+def test_outside_the_tests_each_process_keeps_its_connections_in_a_pool():
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+         "db = settings.DATABASES['default']; "
+         "print(db['CONN_MAX_AGE'], db['OPTIONS']['pool']['max_size'], db['OPTIONS']['options'])"],
+        env={**os.environ, "CONTROLPLANE_ENV": "demo", "DB_POOL_MAX_SIZE": "7"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # The pool's connections keep the generic plans the prepared statements rely on.
+    assert done.stdout.split() == ["0", "7", "-c", "plan_cache_mode=force_generic_plan"]
