@@ -359,7 +359,7 @@ def command_batch_issue(
             script = Script(cursor)
             script.add(_INSERT_BATCH, [str(batch.pk), str(kind), selector, reason,
                                        getattr(actor, "pk", None), label, now])  # fmt: skip
-            commands = _commands_insert(
+            ids = _commands_insert(
                 script, batch, engines, kind=kind, params=clean, reason=reason, actor=actor,
                 label=label, now=now, expires_at=expires_at,
             )  # fmt: skip
@@ -376,8 +376,9 @@ def command_batch_issue(
             batch._state.adding = False
             batch._state.db = connection.alias
             frames = delivery.frames_for(
-                [(c.engine_id, c.pk) for c in commands], kind=kind, params=clean, reason=reason,
-                issued_by=label, issued_at=now, expires_at=expires_at,
+                [(e.pk, command_id) for e, command_id in zip(engines, ids, strict=True)],
+                kind=kind, params=clean, reason=reason, issued_by=label, issued_at=now,
+                expires_at=expires_at,
             )  # fmt: skip
             transaction.on_commit(partial(delivery.push, frames))
             # Connected engines show their new state when they answer, within milliseconds; the
@@ -388,6 +389,18 @@ def command_batch_issue(
                 transaction.on_commit(partial(_publish_rows, offline))
     if refusal:
         command_refuse(refusal, **audit, data={"selector": selector})
+    # Built once the push is out (on commit), not before it: a hundred model instances take a
+    # few milliseconds that no engine should wait for.
+    commands = []
+    for engine, command_id in zip(engines, ids, strict=True):
+        command = Command(
+            id=command_id, engine=engine, batch=batch, kind=kind, params=clean, reason=reason,
+            issued_by=actor, issued_by_label=label, status=Command.Status.PENDING,
+            created_at=now, expires_at=expires_at,
+        )  # fmt: skip
+        command._state.adding = False
+        command._state.db = batch._state.db
+        commands.append(command)
     return batch, commands
 
 
@@ -441,8 +454,8 @@ def _commands_insert(
     label: str,
     now: datetime,
     expires_at: datetime | None,
-) -> list[Command]:
-    """The batch's commands in one statement, and the commands as written.
+) -> list[uuid.UUID]:
+    """The batch's commands in one statement; returns their ids, in the order of ``engines``.
 
     A fleet kill is on the critical path of every engine it stops: building and saving a hundred
     model instances took longer than everything else the transaction does (bench/).
@@ -453,17 +466,7 @@ def _commands_insert(
         [str(batch.pk), str(kind), json.dumps(params), reason, getattr(actor, "pk", None), label,
          now, expires_at, text_array(map(str, ids)), text_array(str(e.pk) for e in engines)],
     )  # fmt: skip
-    commands = []
-    for engine, command_id in zip(engines, ids, strict=True):
-        command = Command(
-            id=command_id, engine=engine, batch=batch, kind=kind, params=params, reason=reason,
-            issued_by=actor, issued_by_label=label, status=Command.Status.PENDING,
-            created_at=now, expires_at=expires_at,
-        )  # fmt: skip
-        command._state.adding = False
-        command._state.db = batch._state.db
-        commands.append(command)
-    return commands
+    return ids
 
 
 def _audit_add(
