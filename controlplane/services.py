@@ -6,15 +6,14 @@ import json
 import logging
 import uuid
 from datetime import datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any, NoReturn
 
-from django.contrib.auth.models import AbstractBaseUser, Permission
-from django.contrib.postgres.expressions import ArraySubquery
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import OuterRef, Q, QuerySet, Value
-from django.db.models.functions import Concat
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane import delivery
@@ -671,38 +670,63 @@ def api_token_create(
     return api_token, token
 
 
-def _permission_names(user_id: OuterRef) -> ArraySubquery:
-    """The user's permissions, their own and their groups', as ModelBackend names them
-    (``app_label.codename``)."""
-    return ArraySubquery(
-        Permission.objects.filter(Q(user=user_id) | Q(group__user=user_id))
-        .annotate(perm=Concat("content_type__app_label", Value("."), "codename"))
-        .values("perm")
-    )
+@cache
+def _token_user_sql() -> tuple[str, list[str]]:
+    """The token, its user's row and the user's permissions (their own and their groups', named
+    as ModelBackend names them) in one statement, and the user's field names in its order."""
+    user_model = get_user_model()
+    meta = user_model._meta
+    fields = meta.concrete_fields
+    columns = ", ".join(f"u.{connection.ops.quote_name(f.column)}" for f in fields)
+    pk = meta.pk.column  # type: ignore[union-attr]
+    own = user_model.user_permissions.through._meta.db_table  # type: ignore[attr-defined]
+    groups = user_model.groups.through._meta.db_table  # type: ignore[attr-defined]
+    sql = f"""
+        SELECT t.id, t.expires_at, t.last_used_at,
+               ARRAY(SELECT ct.app_label || '.' || p.codename
+                       FROM auth_permission p
+                       JOIN django_content_type ct ON ct.id = p.content_type_id
+                      WHERE p.id IN (SELECT permission_id FROM {own} WHERE user_id = u.{pk})
+                         OR p.id IN (SELECT gp.permission_id FROM auth_group_permissions gp
+                                       JOIN {groups} ug ON ug.group_id = gp.group_id
+                                      WHERE ug.user_id = u.{pk})),
+               {columns}
+          FROM controlplane_apitoken t
+          JOIN {meta.db_table} u ON u.{pk} = t.user_id
+         WHERE t.token_hash = %s
+    """
+    return sql, [f.attname for f in fields]
 
 
 def api_token_user(token: str | None) -> AbstractBaseUser | None:
-    """The active user a personal API token belongs to, or None."""
+    """The active user a personal API token belongs to, or None.
+
+    Every API call starts here, a kill among them: one prepared statement, without the ORM's
+    query building, which took longer than the database did.
+    """
     if not token or not token.startswith(ApiToken.PREFIX) or len(token) > 200:
         return None
-    api_token = (
-        ApiToken.objects.select_related("user")
-        .annotate(permission_names=_permission_names(OuterRef("user_id")))
-        .filter(token_hash=hash_token(token))
-        .first()
-    )
-    now = timezone.now()
-    if api_token is None or not api_token.user.is_active:
+    sql, attnames = _token_user_sql()
+    with connection.cursor() as cursor:
+        script = Script(cursor)
+        script.add(sql, [hash_token(token)], fetch="token")
+        rows = script.run()["token"]
+    if not rows:
         return None
-    if not api_token.user.is_superuser:  # (has_perm asks no backend for a superuser)
+    token_id, expires_at, last_used_at, permissions, *values = rows[0]
+    user = get_user_model().from_db(connection.alias, attnames, values)
+    now = timezone.now()
+    if not user.is_active:
+        return None
+    if not user.is_superuser:  # (has_perm asks no backend for a superuser)
         # ModelBackend's own cache of the user's permissions, filled by the query that found
         # the token: the request's permission checks then cost no round trip of their own.
-        api_token.user._perm_cache = set(api_token.permission_names)  # type: ignore[attr-defined]
-    if api_token.expires_at is not None and api_token.expires_at <= now:
+        user._perm_cache = set(permissions)  # type: ignore[attr-defined]
+    if expires_at is not None and expires_at <= now:
         return None
-    if api_token.last_used_at is None or now - api_token.last_used_at > timedelta(minutes=1):
-        ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
-    return api_token.user
+    if last_used_at is None or now - last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
+    return user
 
 
 def commands_expire(*, now: datetime | None = None) -> int:

@@ -185,7 +185,7 @@ def test_a_fleet_kill_through_the_api_takes_three_round_trips(make_engine, risk_
     assert len(body["commands"]) == 20
     # The token with its user's permissions, the engines locked, then every write at once.
     token, lock, script = _statements(queries)
-    assert "controlplane_apitoken" in token and "auth_permission" in token
+    assert "controlplane_apitoken" in readable(token) and "auth_permission" in readable(token)
     assert "FOR UPDATE" in lock
     for table in ("commandbatch", "command", "engine", "auditevent"):
         assert f"controlplane_{table}" in readable(script)
