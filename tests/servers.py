@@ -78,10 +78,18 @@ def current_database_url() -> str:
     return f"postgresql://{credentials}{host}{port}/{quote(params['NAME'], safe='')}"
 
 
+SERVER_APPLICATION_NAME = "controlplane-test-server"
+
+
 def server_env(**overrides: str) -> dict[str, str]:
     """The environment for a server process of the test suite: test settings, unbuffered output."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-    env.update(CONTROLPLANE_ENV="test", PYTHONUNBUFFERED="1")
+    # With the connection pool, as outside the tests; PGAPPNAME names the servers' connections
+    # to PostgreSQL (pg_stat_activity.application_name), for tests that cut them.
+    env.update(
+        CONTROLPLANE_ENV="test", PYTHONUNBUFFERED="1", DB_POOL_ENABLED="true",
+        PGAPPNAME=SERVER_APPLICATION_NAME,
+    )  # fmt: skip
     env.update(overrides)
     return env
 

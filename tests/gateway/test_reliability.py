@@ -15,7 +15,7 @@ from django.db import connection
 from controlplane.models import Engine, EngineEvent, Fill
 from engine_sdk import protocol as p
 from engine_sdk.client import EngineClient, HelloInfo
-from tests.servers import UvicornServer
+from tests.servers import SERVER_APPLICATION_NAME, UvicornServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -200,6 +200,14 @@ def test_postgresql_refusing_writes_stops_the_acks_and_the_sdk_replays_afterward
                 # A connection opened while the database refuses writes is read-only too.
                 cursor.execute("SET default_transaction_read_only = off")
                 cursor.execute(f'ALTER DATABASE "{database}" {action}')
+                # The setting reaches new connections only: the server's pooled ones are cut
+                # (as a failover would), and it opens new ones, which refuse writes, and
+                # afterwards take them again.
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name = %s",
+                    [database, SERVER_APPLICATION_NAME],
+                )
         finally:
             connection.close()  # this thread's own connection must not outlive the test
 
@@ -209,7 +217,6 @@ def test_postgresql_refusing_writes_stops_the_acks_and_the_sdk_replays_afterward
             emit_orders(client, 0, 10)
             await client.flush(timeout=30)
             acked_before = client.acked_seq
-            # The server opens a connection per batch in tests, so it sees the change at once.
             await asyncio.to_thread(set_read_only, True)
             try:
                 emit_orders(client, 10, ORDERS)
