@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -196,7 +197,11 @@ class Publisher:
         return {int(m) for m in members} & engine_ids
 
 
-_redis_clients: dict[int, Any] = {}
+# By the loop itself, not its id(): a new loop (each test has one) can get the id of one that
+# is gone, and was handed that loop's client, whose every call then failed: a flush lost.
+_redis_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _redis() -> Any:
@@ -204,9 +209,9 @@ def _redis() -> Any:
     from redis import asyncio as aioredis
 
     loop = asyncio.get_running_loop()
-    client = _redis_clients.get(id(loop))
+    client = _redis_clients.get(loop)
     if client is None:
-        client = _redis_clients[id(loop)] = aioredis.from_url(
+        client = _redis_clients[loop] = aioredis.from_url(
             settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
         )
     return client
