@@ -12,7 +12,6 @@ from django.test import Client, override_settings
 
 from controlplane import hub
 from controlplane.asgi import application
-from controlplane.models import Instrument, Position
 from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN
 from engine_sdk import protocol as p
@@ -187,30 +186,6 @@ async def test_an_unknown_topic_gets_an_error_naming_it(viewer):
     error = await ws.receive_json_from(5)
     assert error == {"type": "error", "message": "unknown topic 'engine:nope'", "seq": error["seq"]}
     await ws.disconnect()
-
-
-@pytest.mark.django_db
-def test_the_fleet_snapshot_of_50_engines_and_5000_positions_takes_a_fixed_number_of_queries(
-    make_engine, viewer, django_assert_max_num_queries
-):
-    instruments = Instrument.objects.bulk_create(
-        [Instrument(symbol=f"S{n:03d}", sector="tech") for n in range(100)]
-    )
-    engines = [make_engine(f"e-{n:02d}")[0] for n in range(50)]
-    Position.objects.bulk_create(
-        Position(engine=e, instrument=i, quantity=Decimal(10), avg_price=Decimal(100))
-        for e in engines
-        for i in instruments
-    )
-    client = Client()
-    client.force_login(viewer)
-
-    with django_assert_max_num_queries(10):
-        body = client.get("/live/fleet.json").json()
-
-    assert len(body["rows"]) == 50
-    assert body["totals"]["open_positions"] == 5000
-    assert body["totals"]["gross_exposure"] == 50 * 100 * 10 * 100
 
 
 async def test_with_no_browser_anywhere_a_flush_reads_and_publishes_nothing(

@@ -295,3 +295,26 @@ def test_a_command_issued_from_the_engine_page_comes_back_to_it(
 
     assert response.redirect_chain == [("/engines/alpha/", 302)]  # type: ignore[attr-defined]
     assert "pause issued to engine:alpha." in text(response)
+
+
+def test_the_fleet_snapshot_of_50_engines_and_5000_positions_takes_a_fixed_number_of_queries(
+    make_engine, viewer, django_assert_max_num_queries
+):
+    instruments = Instrument.objects.bulk_create(
+        [Instrument(symbol=f"S{n:03d}", sector="tech") for n in range(100)]
+    )
+    engines = [make_engine(f"e-{n:02d}")[0] for n in range(50)]
+    Position.objects.bulk_create(
+        Position(engine=e, instrument=i, quantity=Decimal(10), avg_price=Decimal(100))
+        for e in engines
+        for i in instruments
+    )
+    client = Client()
+    client.force_login(viewer)
+
+    with django_assert_max_num_queries(10):
+        body = client.get("/live/fleet.json").json()
+
+    assert len(body["rows"]) == 50
+    assert body["totals"]["open_positions"] == 5000
+    assert body["totals"]["gross_exposure"] == 50 * 100 * 10 * 100
