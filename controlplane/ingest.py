@@ -14,10 +14,14 @@ mostly round trips and the Python that builds each statement, not rows. A small 
 takes two round trips between BEGIN and COMMIT:
 
 1. one script that locks the engine row and reads everything the batch needs: the watermark and
-   session figures, the instruments, the positions its fills and reports touch, which of its
-   orders and fill ids are already stored;
+   session figures and counts, the instruments, the positions its fills and reports touch, its
+   orders as stored (status, last report, creation) and which of its fill ids are stored;
 2. after the ledger is worked out in Python, one script of set-based writes (only the ones with
-   something to write) ending with the engine row's update.
+   something to write) ending with the engine row's update, with the counts it keeps
+   (Engine.counts_day).
+
+The scripts' statements are prepared once per connection (controlplane.sqlscript), but for the
+lookups in tables that grow all day, which are planned each time.
 
 Rows travel as one JSON document per table, encoded in C by msgspec and unpacked by PostgreSQL's
 ``json_to_recordset``: no per-value adaptation in Python, no COPY set-up and finish per small
@@ -115,7 +119,7 @@ _json = msgspec.json.Encoder()
 
 def _doc(value: Any) -> str:
     """One statement parameter holding many values: JSON text (Decimals and datetimes become
-    exact strings, in C). The client-side cursor quotes one string instead of adapting each value.
+    exact strings, in C). The script quotes one string instead of adapting each value.
     """
     return _json.encode(value).decode()
 
