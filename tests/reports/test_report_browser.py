@@ -15,6 +15,8 @@ from tests.servers import ARTIFACTS_DIR, UvicornServer
 
 pytestmark = pytest.mark.e2e
 
+CHART_TIMEOUT_MS = 30_000
+
 
 def test_the_report_page_draws_its_charts(
     page: Page, uvicorn_server: UvicornServer, viewer: User, week_data: dict[str, Any]
@@ -30,7 +32,11 @@ def test_the_report_page_draws_its_charts(
 
     expect(page.get_by_role("heading", name=f"Weekly report {WEEK}")).to_be_visible()
     for chart in ("#chart-equity", "#chart-pnl", "#chart-engines"):
-        expect(page.locator(f"{chart}[data-drawn='1'] .main-svg").first).to_be_visible()
+        # Plotly.js is nearly 5 MB to parse: on a machine busy with the rest of the suite, drawing took
+        # longer than expect()'s default 5 s once in CI.
+        expect(page.locator(f"{chart}[data-drawn='1'] .main-svg").first).to_be_visible(
+            timeout=CHART_TIMEOUT_MS
+        )
     # Four daily P&L bars, one per day with data.
     expect(page.locator("#chart-pnl .bars .point")).to_have_count(4)
     expect(page.locator('#baseline-table tr[data-engine="alpha"]')).to_contain_text(
