@@ -20,7 +20,7 @@ def client_ip(request: HttpRequest | None) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def audit_record(
+def audit_event(
     *,
     action: str,
     actor: AbstractBaseUser | AnonymousUser | None = None,
@@ -31,9 +31,11 @@ def audit_record(
     data: dict[str, Any] | None = None,
     ip_address: str | None = None,
 ) -> AuditEvent:
+    """An audit row, not saved yet: ``audit_record`` saves it; a command batch writes it in the
+    same round trip as its other statements (controlplane.services)."""
     user_id = getattr(actor, "pk", None) if actor is not None else None
     label = actor_label or (actor.get_username() if user_id is not None else "system")
-    return AuditEvent.objects.create(
+    return AuditEvent(
         actor_id=user_id,
         actor=label[:150],
         action=action,
@@ -45,3 +47,22 @@ def audit_record(
         outcome=outcome,
         data=data or {},
     )
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: AbstractBaseUser | AnonymousUser | None = None,
+    actor_label: str | None = None,
+    target: Any = None,
+    reason: str = "",
+    outcome: str = "ok",
+    data: dict[str, Any] | None = None,
+    ip_address: str | None = None,
+) -> AuditEvent:
+    event = audit_event(
+        action=action, actor=actor, actor_label=actor_label, target=target, reason=reason,
+        outcome=outcome, data=data, ip_address=ip_address,
+    )  # fmt: skip
+    event.save(force_insert=True)
+    return event

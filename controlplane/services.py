@@ -17,9 +17,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane import delivery
-from controlplane.audit import audit_record
+from controlplane.audit import audit_event, audit_record
 from controlplane.models import (
     ApiToken,
+    AuditEvent,
     Command,
     CommandBatch,
     CommandKind,
@@ -364,13 +365,15 @@ def command_batch_issue(
             )  # fmt: skip
             _supersede(script, kind, batch, engines, now)
             _set_desired_states(script, kind, clean, engines, now)
-            _audit_add(
-                script, now=now, target=batch, outcome="ok",
+            event = audit_event(
+                target=batch, outcome="ok",
                 data={"kind": kind, "params": clean, "selector": selector,
                       "engines": [e.name for e in engines],
                       "expires_at": expires_at.isoformat() if expires_at else None},
                 **audit,
             )  # fmt: skip
+            event.ts = now
+            _audit_add(script, event)
             script.run()
             batch._state.adding = False
             batch._state.db = connection.alias
@@ -468,25 +471,14 @@ def _commands_insert(
     return ids
 
 
-def _audit_add(
-    script: Script,
-    *,
-    now: datetime,
-    action: str,
-    actor: AbstractBaseUser | None,
-    actor_label: str,
-    target: Any,
-    reason: str,
-    outcome: str,
-    data: dict[str, Any],
-    ip_address: str | None,
-) -> None:
-    """``audit_record``'s row, written by the script instead of a statement of its own."""
+def _audit_add(script: Script, event: AuditEvent) -> None:
+    """An unsaved audit row (``audit_event``), written by the script instead of a statement of
+    its own."""
     script.add(
         _INSERT_AUDIT,
-        [now, getattr(actor, "pk", None), actor_label[:150], action, target._meta.model_name,
-         str(target.pk), str(target)[:200], ip_address, reason, outcome,
-         json.dumps(data)],
+        [event.ts, event.actor_id, event.actor, event.action, event.target_type, event.target_id,
+         event.target_label, event.ip_address, event.reason, event.outcome,
+         json.dumps(event.data)],
     )  # fmt: skip
 
 
