@@ -44,7 +44,7 @@ from django.db import connection, transaction
 from psycopg.errors import UniqueViolation
 
 from controlplane import partitions
-from controlplane.models import Engine
+from controlplane.models import Engine, Order
 from controlplane.sqlscript import Script, text_array
 from engine_sdk import protocol as p
 
@@ -544,7 +544,7 @@ def _upsert_orders(
     return latest, first_ts
 
 
-_WORKING = frozenset({"new", "accepted", "partially_filled"})  # Order.WORKING
+_WORKING = frozenset(Order.WORKING)
 
 
 def _count(

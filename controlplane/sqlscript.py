@@ -124,9 +124,9 @@ class Script:
             # Also run as it is: a statement PREPARE does not take (CREATE TABLE, ...).
             self._queued.append(("", "", sql % tuple(literal(v, self._escape) for v in values)))
             return
-        name, prepare = _prepare(sql, tuple(_TYPES.get(type(v), "unknown") for v in values))
+        name, prepare_sql = _prepare(sql, tuple(_TYPES.get(type(v), "unknown") for v in values))
         args = ", ".join(literal(value, self._escape) for value in values)
-        self._queued.append((name, prepare, f"EXECUTE {name}({args})"))
+        self._queued.append((name, prepare_sql, f"EXECUTE {name}({args})"))
 
     def run(self) -> dict[str, Any]:
         """Send what is queued (if anything); return every result named so far."""
@@ -143,9 +143,9 @@ class Script:
             prepared = set()
         new: set[str] = set()
         executes: list[int] = []  # which result is each statement's
-        for name, prepare, execute in queued:
+        for name, prepare_sql, execute in queued:
             if name and name not in prepared and name not in new:
-                sql.append(prepare)
+                sql.append(prepare_sql)
                 new.add(name)
             executes.append(len(sql))
             sql.append(execute)

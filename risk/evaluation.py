@@ -79,8 +79,8 @@ class _Book:
     day_pnl: Decimal
     session_equity: Decimal | None
     drawdown_pct: Decimal
-    trades_today: int | None = None
-    orders_today: tuple[int, int] | None = None  # orders, rejected
+    trades_today: int
+    orders_today: tuple[int, int]  # orders, rejected
 
 
 def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, LimitState]]:
@@ -137,9 +137,9 @@ def measure(limit: RiskLimit, book: _Book) -> tuple[Decimal, str] | None:
         return max(-book.day_pnl, Decimal(0)), "day loss"
     if kind == LimitKind.MAX_DRAWDOWN_PCT:
         return book.drawdown_pct, "drawdown"
-    if kind == LimitKind.MAX_TRADES_PER_DAY and book.trades_today is not None:
+    if kind == LimitKind.MAX_TRADES_PER_DAY:
         return Decimal(book.trades_today), "trades today"
-    if kind == LimitKind.MAX_REJECTION_RATE_PCT and book.orders_today is not None:
+    if kind == LimitKind.MAX_REJECTION_RATE_PCT:
         orders, rejected = book.orders_today
         if orders < MIN_ORDERS_FOR_REJECTION_RATE:
             return Decimal(0), f"rejections ({orders} orders so far)"
