@@ -32,8 +32,8 @@ def test_the_report_page_draws_its_charts(
 
     expect(page.get_by_role("heading", name=f"Weekly report {WEEK}")).to_be_visible()
     for chart in ("#chart-equity", "#chart-pnl", "#chart-engines"):
-        # Plotly.js is nearly 5 MB to parse: on a machine busy with the rest of the suite, drawing took
-        # longer than expect()'s default 5 s once in CI.
+        # Plotly.js is nearly 5 MB to parse: on a machine busy with the rest of the suite,
+        # drawing took longer than expect()'s default 5 s once in CI.
         expect(page.locator(f"{chart}[data-drawn='1'] .main-svg").first).to_be_visible(
             timeout=CHART_TIMEOUT_MS
         )
