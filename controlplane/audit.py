@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest
 
 from controlplane.models import AuditEvent
+
+if TYPE_CHECKING:
+    from controlplane.sqlscript import Script
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
@@ -66,3 +71,23 @@ def audit_record(
     )  # fmt: skip
     event.save(force_insert=True)
     return event
+
+
+_INSERT = """
+    INSERT INTO controlplane_auditevent
+        (ts, actor_id, actor, action, target_type, target_id, target_label, ip_address, reason,
+         outcome, data)
+    VALUES (%s, %s::bigint, %s, %s, %s, %s, %s, %s::inet, %s, %s, %s::jsonb)
+"""
+
+
+def audit_add(script: Script, event: AuditEvent, ts: datetime) -> None:
+    """Write an unsaved audit row (``audit_event``) with the other statements of ``script``,
+    instead of in a round trip of its own; ``ts`` is its time."""
+    event.ts = ts
+    script.add(
+        _INSERT,
+        [event.ts, event.actor_id, event.actor, event.action, event.target_type, event.target_id,
+         event.target_label, event.ip_address, event.reason, event.outcome,
+         json.dumps(event.data)],
+    )  # fmt: skip

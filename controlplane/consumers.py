@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -107,15 +108,14 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         elif isinstance(frame, p.Hello):
             await self.send_frames([p.Error(code="invalid_frame", message="hello was already sent",
                                             field="type")])  # fmt: skip
-        elif not isinstance(frame, p.Events):
-            # Not thread-sensitive: acks from a hundred engines after a fleet kill are written
-            # in parallel instead of queueing on one thread.
-            answer = await database_sync_to_async(gateway.record, thread_sensitive=False)(
+        elif isinstance(frame, p.CommandAck | p.CommandResult):
+            _answers().add(self, frame)
+        elif isinstance(frame, p.Heartbeat):
+            # Not thread-sensitive: a hundred engines' heartbeats are not queued on one thread.
+            answer = await database_sync_to_async(gateway.heartbeat, thread_sensitive=False)(
                 self.engine_id, frame
             )
             await self.send_frames(answer)
-            if isinstance(frame, p.CommandResult):
-                publisher.mark(self.engine_id)
 
     # --- events: stored in order, the frames that queue behind a write stored together ----------
 
@@ -235,3 +235,79 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             while True:
                 await asyncio.sleep(interval)
                 await self.send_frames([p.ServerHeartbeat(ts=p.utc_now())])
+
+
+class _AnswerWriter:
+    """The command_acks and command_results of every engine socket of this process, stored in
+    arrival order, those that arrive while a write is in flight together in the next one
+    (gateway.command_answers).
+
+    A fleet kill brings a hundred acks within milliseconds, then a hundred results: one
+    transaction each cost more of the process's CPU than the kill's push, and competed with it.
+    An answer that cannot be stored closes its engine's socket (1011), as any failure to store
+    what an engine sent does: on reconnecting, the engine is sent its open commands again and
+    answers them again (it applies each command once).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[EngineConsumer, p.CommandAck | p.CommandResult]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, consumer: EngineConsumer, frame: p.CommandAck | p.CommandResult) -> None:
+        self._pending.append((consumer, frame))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            failed = await database_sync_to_async(_store_answers, thread_sensitive=False)(
+                [(consumer.engine_id, frame) for consumer, frame in batch]
+            )
+            closed: set[int] = set()
+            for consumer, frame in batch:
+                engine_id = consumer.engine_id
+                if engine_id in failed:
+                    if id(consumer) not in closed:
+                        closed.add(id(consumer))
+                        with contextlib.suppress(Exception):
+                            await consumer.close(code=1011)
+                elif isinstance(frame, p.CommandResult):
+                    publisher.mark(engine_id)
+
+
+def _store_answers(answers: list[gateway.Answer]) -> set[int]:
+    """Store the answers; return the engines whose answers could not be stored."""
+    try:
+        gateway.command_answers(answers)
+        return set()
+    except Exception:
+        if len({engine_id for engine_id, _ in answers}) == 1:
+            log.exception("engine %s: command answers not stored", answers[0][0])
+            return {answers[0][0]}
+    # One engine's answer (a result the database refuses, say) must not cost the others theirs.
+    failed: set[int] = set()
+    by_engine: dict[int, list[gateway.Answer]] = {}
+    for engine_id, frame in answers:
+        by_engine.setdefault(engine_id, []).append((engine_id, frame))
+    for engine_id, own in by_engine.items():
+        try:
+            gateway.command_answers(own)
+        except Exception:
+            log.exception("engine %s: command answers not stored", engine_id)
+            failed.add(engine_id)
+    return failed
+
+
+# By the loop itself, as dashboard.live's Redis clients: each test has a loop of its own.
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AnswerWriter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _answers() -> _AnswerWriter:
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = _AnswerWriter()
+    return writer

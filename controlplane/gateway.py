@@ -17,13 +17,13 @@ from typing import Any
 import msgspec
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F
 
 from alerts import hooks as alert_hooks
-from controlplane.audit import audit_record
+from controlplane.audit import audit_add, audit_event, audit_record
 from controlplane.ingest import IngestResult, ingest_events
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
+from controlplane.sqlscript import Script, text_array
 from engine_sdk import protocol as p
 from risk.selectors import pretrade_limits_for
 
@@ -142,20 +142,26 @@ def mark_delivered(delivered: list[tuple[int, uuid.UUID]]) -> None:
     """Pushes reached these engines' sockets: (engine id, command id) pairs, in one statement.
 
     The engine may have acknowledged already; then only the attempt is counted. The engine id
-    is matched too, so a command is only ever marked for the engine it belongs to.
+    is matched too, so a command is only ever marked for the engine it belongs to. The rows are
+    locked in id order, as command_answers locks them.
     """
     if not delivered:
         return
     with connection.cursor() as cursor:
         cursor.execute(
             """
+            WITH l AS (
+                SELECT c.id FROM controlplane_command c
+                  JOIN unnest(%(engines)s::bigint[], %(ids)s::uuid[]) AS d(engine_id, id)
+                    ON c.id = d.id AND c.engine_id = d.engine_id
+                 ORDER BY c.id FOR UPDATE OF c
+            )
             UPDATE controlplane_command AS c
                SET status = CASE WHEN c.status = %(pending)s THEN %(delivered)s ELSE c.status END,
                    delivered_at = CASE WHEN c.status = %(pending)s THEN %(now)s
                                        ELSE c.delivered_at END,
                    delivery_attempts = c.delivery_attempts + 1
-              FROM unnest(%(engines)s::bigint[], %(ids)s::uuid[]) AS d(engine_id, id)
-             WHERE c.id = d.id AND c.engine_id = d.engine_id
+              FROM l WHERE c.id = l.id
             """,
             {
                 "pending": Command.Status.PENDING.value,
@@ -167,64 +173,134 @@ def mark_delivered(delivered: list[tuple[int, uuid.UUID]]) -> None:
         )
 
 
-def command_ack(engine_id: int, frame: p.CommandAck) -> None:
-    # Conditional updates: a repeated or late ack never moves a command backwards, and an
-    # engine can only touch its own commands. A push acknowledged before it was marked
-    # delivered gets its delivered_at too.
-    now = datetime.now(UTC)
-    Command.objects.filter(
-        pk=frame.command_id,
-        engine_id=engine_id,
-        status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
-    ).update(
-        status=Command.Status.ACKNOWLEDGED,
-        acknowledged_at=now,
-        delivered_at=Coalesce("delivered_at", Value(now)),
+_OPEN = ", ".join(f"'{status}'" for status in Command.OPEN)
+
+# Each statement locks its rows in id order, as the services do (engine rows first, then
+# commands): two transactions that take several of the same rows then queue instead of
+# deadlocking.
+_ANSWER_ENGINES = f"""
+    WITH d AS (
+        SELECT * FROM json_to_recordset(%s::json)
+            AS d(engine_id bigint, state text, limits_command uuid, limits_version integer)
+    ), l AS (
+        SELECT e.id FROM controlplane_engine e JOIN d ON d.engine_id = e.id
+        ORDER BY e.id FOR UPDATE OF e
     )
+    UPDATE controlplane_engine AS e
+       SET reported_state = COALESCE(d.state, e.reported_state),
+           limits_version = COALESCE((
+               SELECT d.limits_version FROM controlplane_command c
+                WHERE c.id = d.limits_command AND c.engine_id = e.id
+                  AND c.kind = '{CommandKind.SET_LIMITS}' AND c.status IN ({_OPEN})
+           ), e.limits_version)
+      FROM l, d
+     WHERE e.id = l.id AND d.engine_id = e.id"""
+# An engine can only touch its own commands; a repeated or late ack never moves a command
+# backwards. A push acknowledged before it was marked delivered gets its delivered_at too.
+_ANSWER_ACKS = f"""
+    WITH l AS (
+        SELECT c.id FROM controlplane_command c
+          JOIN unnest(%s::bigint[], %s::uuid[]) AS a(engine_id, id)
+            ON c.id = a.id AND c.engine_id = a.engine_id
+         WHERE c.status IN ('{Command.Status.PENDING}', '{Command.Status.DELIVERED}')
+         ORDER BY c.id FOR UPDATE OF c
+    )
+    UPDATE controlplane_command AS c
+       SET status = '{Command.Status.ACKNOWLEDGED}', acknowledged_at = %s,
+           delivered_at = COALESCE(c.delivered_at, %s)
+      FROM l WHERE c.id = l.id"""
+# Only an open command takes a result: a repeated one changes nothing (and is not audited).
+_ANSWER_RESULTS = f"""
+    WITH r AS (
+        SELECT * FROM json_to_recordset(%s::json) AS r(engine_id bigint, id uuid, status text,
+            result jsonb, detail text, state_after text)
+    ), l AS (
+        SELECT c.id FROM controlplane_command c JOIN r ON c.id = r.id AND c.engine_id = r.engine_id
+         WHERE c.status IN ({_OPEN})
+         ORDER BY c.id FOR UPDATE OF c
+    )
+    UPDATE controlplane_command AS c
+       SET status = r.status, completed_at = %s, acknowledged_at = COALESCE(c.acknowledged_at, %s),
+           delivered_at = COALESCE(c.delivered_at, %s), result = r.result, detail = r.detail,
+           state_after = r.state_after
+      FROM l, r
+     WHERE c.id = l.id AND r.id = c.id
+    RETURNING c.id, c.engine_id, c.kind, c.batch_id, c.status,
+              (SELECT e.name FROM controlplane_engine e WHERE e.id = c.engine_id)"""
+
+Answer = tuple[int, p.CommandAck | p.CommandResult]
+
+
+def command_answers(answers: list[Answer]) -> None:
+    """Store engines' command_acks and command_results, (engine id, frame) in arrival order, in
+    one transaction and two round trips whatever their number.
+
+    A fleet kill brings a hundred acks and a hundred results within milliseconds; stored one
+    transaction each, they cost the web process more than the kill's own push, on the same CPU.
+    A result audits its command and records the engine's reported state (and, for set_limits,
+    the revision it now enforces). Raises on a database failure (nothing is then stored).
+    """
+    acks: dict[uuid.UUID, int] = {}
+    results: dict[uuid.UUID, tuple[int, p.CommandResult]] = {}
+    engines: dict[int, dict[str, Any]] = {}
+    for engine_id, frame in answers:
+        if isinstance(frame, p.CommandAck):
+            acks.setdefault(frame.command_id, engine_id)
+            continue
+        results.setdefault(frame.command_id, (engine_id, frame))  # the first one counts
+        version = frame.data.get("limits_version")
+        limits = frame.status == "succeeded" and isinstance(version, int)
+        if frame.trading_state is None and not limits:
+            continue
+        update = engines.setdefault(engine_id, {"engine_id": engine_id})
+        if frame.trading_state is not None:
+            update["state"] = frame.trading_state  # the last one wins
+        if limits:
+            update["limits_command"], update["limits_version"] = frame.command_id, version
+    now = datetime.now(UTC)
+    with transaction.atomic(), connection.cursor() as cursor:
+        script = Script(cursor)
+        if engines:
+            script.add(_ANSWER_ENGINES, [_json_text([engines[k] for k in sorted(engines)])],
+                       prepare=False)  # fmt: skip
+        if acks:
+            script.add(_ANSWER_ACKS, [
+                text_array(str(engine_id) for engine_id in acks.values()),
+                text_array(str(command_id) for command_id in acks), now, now,
+            ], prepare=False)  # fmt: skip
+        if results:
+            script.add(_ANSWER_RESULTS, [_json_text([
+                {"engine_id": engine_id, "id": command_id, "status": frame.status,
+                 "result": frame.data, "detail": frame.detail,
+                 "state_after": frame.trading_state or ""}
+                for command_id, (engine_id, frame) in results.items()
+            ]), now, now, now], fetch="results", prepare=False)  # fmt: skip
+        completed = script.run().get("results", ())
+        for command_id, engine_id, kind, batch_id, status, engine_name in completed:
+            frame = results[command_id][1]
+            command = Command(id=command_id, engine_id=engine_id, kind=kind, status=status)
+            audit_add(script, audit_event(
+                action=f"command_{kind}_result", actor_label=f"engine:{engine_name}",
+                target=command, outcome=frame.status, reason=frame.detail[:2000],
+                data={"data": frame.data, "trading_state": frame.trading_state,
+                      "batch": str(batch_id) if batch_id else None},
+            ), now)  # fmt: skip
+        script.run()
+
+
+_json = msgspec.json.Encoder()
+
+
+def _json_text(value: Any) -> str:
+    return _json.encode(value).decode()
+
+
+def command_ack(engine_id: int, frame: p.CommandAck) -> None:
+    command_answers([(engine_id, frame)])
 
 
 def command_result(engine_id: int, frame: p.CommandResult) -> None:
-    now = datetime.now(UTC)
-    with transaction.atomic():
-        command = (
-            Command.objects.select_for_update()
-            .filter(pk=frame.command_id, engine_id=engine_id, status__in=Command.OPEN)
-            .select_related("engine")
-            .first()
-        )
-        if command is not None:
-            command.status = frame.status
-            command.completed_at = now
-            command.acknowledged_at = command.acknowledged_at or now
-            command.delivered_at = command.delivered_at or now
-            command.result = frame.data
-            command.detail = frame.detail
-            command.state_after = frame.trading_state or ""
-            command.save(update_fields=[
-                "status", "completed_at", "acknowledged_at", "delivered_at", "result", "detail",
-                "state_after",
-            ])  # fmt: skip
-            audit_record(
-                action=f"command_{command.kind}_result",
-                actor_label=f"engine:{command.engine.name}",
-                target=command,
-                outcome=frame.status,
-                reason=frame.detail[:2000],
-                data={"data": frame.data, "trading_state": frame.trading_state,
-                      "batch": str(command.batch_id) if command.batch_id else None},
-            )  # fmt: skip
-        update: dict[str, Any] = {}
-        if frame.trading_state is not None:
-            update["reported_state"] = frame.trading_state
-        version = frame.data.get("limits_version") if isinstance(frame.data, dict) else None
-        if (
-            command is not None
-            and command.kind == CommandKind.SET_LIMITS
-            and (isinstance(version, int) and frame.status == "succeeded")
-        ):
-            update["limits_version"] = version  # the revision the engine now enforces
-        if update:
-            Engine.objects.filter(pk=engine_id).update(**update)
+    command_answers([(engine_id, frame)])
 
 
 def command_frame(command: Command) -> p.Command:

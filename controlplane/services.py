@@ -17,10 +17,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane import delivery
-from controlplane.audit import audit_event, audit_record
+from controlplane.audit import audit_add, audit_event, audit_record
 from controlplane.models import (
     ApiToken,
-    AuditEvent,
     Command,
     CommandBatch,
     CommandKind,
@@ -372,8 +371,7 @@ def command_batch_issue(
                       "expires_at": expires_at.isoformat() if expires_at else None},
                 **audit,
             )  # fmt: skip
-            event.ts = now
-            _audit_add(script, event)
+            audit_add(script, event, now)
             script.run()
             batch._state.adding = False
             batch._state.db = connection.alias
@@ -436,13 +434,6 @@ _SET_DESIRED_STATE = """
      WHERE id = ANY(%s::bigint[])
 """
 
-_INSERT_AUDIT = """
-    INSERT INTO controlplane_auditevent
-        (ts, actor_id, actor, action, target_type, target_id, target_label, ip_address, reason,
-         outcome, data)
-    VALUES (%s, %s::bigint, %s, %s, %s, %s, %s, %s::inet, %s, %s, %s::jsonb)
-"""
-
 
 def _commands_insert(
     script: Script,
@@ -469,17 +460,6 @@ def _commands_insert(
          now, expires_at, text_array(map(str, ids)), text_array(str(e.pk) for e in engines)],
     )  # fmt: skip
     return ids
-
-
-def _audit_add(script: Script, event: AuditEvent) -> None:
-    """An unsaved audit row (``audit_event``), written by the script instead of a statement of
-    its own."""
-    script.add(
-        _INSERT_AUDIT,
-        [event.ts, event.actor_id, event.actor, event.action, event.target_type, event.target_id,
-         event.target_label, event.ip_address, event.reason, event.outcome,
-         json.dumps(event.data)],
-    )  # fmt: skip
 
 
 def _publish_rows(engine_ids: list[int]) -> None:

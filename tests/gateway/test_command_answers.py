@@ -1,0 +1,163 @@
+"""Engines' command_acks and command_results, stored together (gateway.command_answers) and, on
+the socket, by one writer per process that closes only the sockets whose answers were refused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+
+from controlplane import consumers, gateway
+from controlplane.models import AuditEvent, Command, Engine
+from engine_sdk import protocol as p
+from tests.gateway.test_engine_socket import closed_with, greeted
+
+# A NUL character: valid JSON and a valid protocol string, refused by PostgreSQL's jsonb.
+REFUSED = {"note": "\u0000"}
+
+
+def command(engine: Engine, kind: str = "kill", status: str = "delivered") -> Command:
+    return Command.objects.create(
+        engine=engine, kind=kind, reason="r", issued_by_label="rita", status=status
+    )
+
+
+def result(command: Command, status: str = "succeeded", **kwargs) -> p.CommandResult:
+    return p.CommandResult(command_id=command.pk, status=status, **kwargs)
+
+
+@pytest.mark.django_db
+def test_answers_of_many_engines_are_stored_together_as_each_alone_would_be(make_engine):
+    alpha, _ = make_engine("alpha")
+    beta, _ = make_engine("beta")
+    gamma, _ = make_engine("gamma")
+    kill_alpha = command(alpha)
+    kill_beta = command(beta, status="pending")
+    limits = command(gamma, kind="set_limits")
+    untouched = command(alpha, kind="pause", status="pending")
+
+    gateway.command_answers([
+        (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
+        (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
+        (beta.pk, p.CommandAck(command_id=untouched.pk)),  # not beta's: changes nothing
+        (alpha.pk, result(kill_alpha, data={"cancelled": 3}, trading_state="HALTED",
+                          detail="halted")),
+        (alpha.pk, result(kill_alpha, "failed", trading_state="HALTED")),  # a repeat
+        (beta.pk, result(untouched, trading_state="ACTIVE")),  # not beta's either
+        (gamma.pk, result(limits, data={"limits_version": 7})),
+    ])  # fmt: skip
+
+    kill_alpha.refresh_from_db()
+    assert (kill_alpha.status, kill_alpha.result, kill_alpha.detail, kill_alpha.state_after) == (
+        "succeeded", {"cancelled": 3}, "halted", "HALTED",
+    )  # fmt: skip
+    assert kill_alpha.acknowledged_at is not None
+    assert kill_alpha.completed_at >= kill_alpha.acknowledged_at
+    kill_beta.refresh_from_db()
+    assert kill_beta.status == "acknowledged"
+    assert kill_beta.delivered_at == kill_beta.acknowledged_at is not None
+    untouched.refresh_from_db()
+    assert (untouched.status, untouched.acknowledged_at, untouched.completed_at) == (
+        "pending", None, None,
+    )  # fmt: skip
+    limits.refresh_from_db()
+    assert limits.status == "succeeded"
+    assert Engine.objects.get(pk=alpha.pk).reported_state == "HALTED"
+    # A result's reported state counts even for a command it cannot complete, as a heartbeat's.
+    assert Engine.objects.get(pk=beta.pk).reported_state == "ACTIVE"
+    assert Engine.objects.get(pk=gamma.pk).limits_version == 7
+    assert Engine.objects.get(pk=alpha.pk).limits_version is None
+
+    # One audit row per completed command, as audit_record wrote it.
+    audits = {a.target_id: a for a in AuditEvent.objects.filter(action__endswith="_result")}
+    assert set(audits) == {str(kill_alpha.pk), str(limits.pk)}
+    kill_audit = audits[str(kill_alpha.pk)]
+    assert (kill_audit.action, kill_audit.actor, kill_audit.outcome, kill_audit.reason) == (
+        "command_kill_result", "engine:alpha", "succeeded", "halted",
+    )  # fmt: skip
+    assert (kill_audit.target_type, kill_audit.target_label) == ("command", str(kill_alpha))
+    assert kill_audit.data == {"data": {"cancelled": 3}, "trading_state": "HALTED", "batch": None}
+
+
+@pytest.mark.django_db
+def test_a_set_limits_version_counts_only_for_an_open_set_limits_command(make_engine):
+    alpha, _ = make_engine("alpha")
+    kill = command(alpha)
+    done = command(alpha, kind="set_limits", status="succeeded")
+
+    gateway.command_answers([
+        (alpha.pk, result(kill, data={"limits_version": 3})),
+        (alpha.pk, result(done, data={"limits_version": 4})),
+    ])  # fmt: skip
+
+    assert Engine.objects.get(pk=alpha.pk).limits_version is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_the_database_refuses_costs_only_its_own_engine(make_engine):
+    alpha, _ = make_engine("alpha")
+    beta, _ = make_engine("beta")
+    kill_alpha, kill_beta = command(alpha), command(beta)
+
+    failed = consumers._store_answers([
+        (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
+        (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
+        (alpha.pk, result(kill_alpha, data=REFUSED)),
+        (beta.pk, result(kill_beta, trading_state="HALTED")),
+    ])  # fmt: skip
+
+    assert failed == {alpha.pk}
+    # Nothing of alpha's answers is stored (the engine sends them again after reconnecting).
+    kill_alpha.refresh_from_db()
+    assert (kill_alpha.status, kill_alpha.acknowledged_at) == ("delivered", None)
+    kill_beta.refresh_from_db()
+    assert kill_beta.status == "succeeded"
+    results = AuditEvent.objects.filter(action__endswith="_result")
+    assert list(results.values_list("target_id", flat=True)) == [str(kill_beta.pk)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_on_the_socket_answers_are_stored_and_a_refused_one_closes_its_socket(make_engine):
+    alpha, alpha_token = await database_sync_to_async(make_engine)("alpha")
+    beta, beta_token = await database_sync_to_async(make_engine)("beta")
+    kill_alpha = await database_sync_to_async(command)(alpha)
+    kill_beta = await database_sync_to_async(command)(beta)
+    ws_alpha, _ = await greeted(alpha_token)
+    ws_beta, _ = await greeted(beta_token)
+
+    statuses = database_sync_to_async(
+        lambda: dict(Command.objects.values_list("engine__name", "status"))
+    )
+
+    async def settled(expected: dict[str, str]) -> dict[str, str]:
+        for _ in range(200):
+            found = await statuses()
+            if found == expected:
+                break
+            task = consumers._answers()._task
+            if task is not None and not task.done():
+                await task  # the writer's drain in flight
+            else:
+                await asyncio.sleep(0.01)  # the consumer has not handed the frame over yet
+        return found
+
+    for ws, kill in ((ws_alpha, kill_alpha), (ws_beta, kill_beta)):
+        await ws.send_to(text_data=p.encode(p.CommandAck(command_id=kill.pk)).decode())
+    assert await settled({"alpha": "acknowledged", "beta": "acknowledged"}) == {
+        "alpha": "acknowledged", "beta": "acknowledged",
+    }  # fmt: skip
+
+    await ws_alpha.send_to(text_data=p.encode(result(kill_alpha, data=REFUSED)).decode())
+    await ws_beta.send_to(text_data=p.encode(result(kill_beta)).decode())
+
+    assert await closed_with(ws_alpha) == 1011
+    assert await settled({"alpha": "acknowledged", "beta": "succeeded"}) == {
+        "alpha": "acknowledged", "beta": "succeeded",
+    }  # fmt: skip
+    # beta's socket is still open.
+    await ws_beta.send_to(text_data=p.encode(p.CommandAck(command_id=uuid.uuid4())).decode())
+    assert await ws_beta.receive_nothing(timeout=0.2)
+    await ws_beta.disconnect()
