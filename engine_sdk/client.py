@@ -24,6 +24,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -204,6 +205,9 @@ class EngineClient:
         # How far renumbering has moved seqs up (see _renumber_after).
         self._seq_shift = 0
 
+        # The trading state is written to disk by a thread of its own, in order (_save_state).
+        self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-state")
+        self._state_saved: Future[None] | None = None
         persisted = self._load_state()
         self._dead_man_paused = persisted.dead_man
         self._halted_at = persisted.halted_at
@@ -413,6 +417,9 @@ class EngineClient:
         if self._pending or self._acked_seq > self._journal.acked_seq:
             self._write_batch(self._take_pending(), self._acked_seq)
         self._journal.close()
+        # Every state change is on disk once close returns: the next client on this journal
+        # reads it.
+        await asyncio.to_thread(self._state_writer.shutdown, wait=True)
         self._closed = True
         self._connected.clear()
         self._stopped.set()
@@ -793,8 +800,10 @@ class EngineClient:
             return
         if command.kind == "kill" and not self._expired(command):
             # A kill stops new orders before it is even acknowledged: no order passes the gate
-            # once the server has the ack. Cancelling and flattening follow in the handler.
+            # once the server has the ack, and a restart after it comes back HALTED.
+            # Cancelling and flattening follow in the handler.
             self._halt(command)
+            await self._state_written()
         await self._send(ws, ack)
         self._commands_in_flight.add(command.command_id)
         self._command_queue.put_nowait(command)
@@ -1007,15 +1016,35 @@ class EngineClient:
             return _PersistedState(trading_state="PAUSED")
 
     def _save_state(self, trading_state: TradingState, paused_until: datetime | None) -> None:
+        """Write the trading state to disk, on the state writer's thread, in the order of the
+        changes. Not on the event loop: its fsync would stall everything else the loop runs (the
+        engine's market data, its orders, other engines sharing the process). A kill's ack waits
+        for the write (_state_written); ``close`` waits for every write."""
         state = _PersistedState(
             trading_state=trading_state,
             paused_until=paused_until,
             dead_man=self._dead_man_paused,
             halted_at=self._halted_at,
         )
-        _write_atomically(
-            self.journal_dir / STATE_FILE, [msgspec.json.encode(state)], fsync=self._fsync
-        )
+        data = [msgspec.json.encode(state)]
+        path = self.journal_dir / STATE_FILE
+        try:
+            self._state_saved = self._state_writer.submit(
+                _write_atomically, path, data, fsync=self._fsync
+            )
+        except RuntimeError:  # the client is closed: no thread to hand it to
+            _write_atomically(path, data, fsync=self._fsync)
+
+    async def _state_written(self) -> None:
+        """Wait until the last trading state handed to the state writer is on disk."""
+        saved = self._state_saved
+        if saved is None:
+            return
+        try:
+            await asyncio.wrap_future(saved)
+        except OSError:
+            # The engine stays in the state it is in; only a restart would not know it.
+            log.exception("engine: could not write %s", STATE_FILE)
 
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -284,6 +285,48 @@ async def test_a_command_delivered_twice_is_handled_once(
     assert all(r.status == "succeeded" for r in control_plane.command_results)
     assert client.trading_state == "PAUSED"
     await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_kill_is_acked_once_halted_is_on_disk_and_the_write_does_not_stall_the_loop(
+    control_plane: FakeControlPlane, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine_sdk import client as client_module
+
+    written = threading.Event()
+    release = threading.Event()
+    state_writers: list[int] = []
+    real_write = client_module._write_atomically
+
+    def slow_write(path: Any, chunks: Any, *, fsync: bool) -> None:
+        # A disk taking its time over the fsync: held until the test has looked at the loop.
+        if path.name == client_module.STATE_FILE:
+            state_writers.append(threading.get_ident())
+            written.set()
+            release.wait(5)
+        real_write(path, chunks, fsync=fsync)
+
+    monkeypatch.setattr(client_module, "_write_atomically", slow_write)
+    client = make_client(control_plane.url, fsync=True)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    kill = a_command("kill", flatten=True)
+
+    await control_plane.send(kill)
+    await asyncio.to_thread(written.wait, 5)
+    # Halted at once, but not acknowledged while HALTED is not on disk; the loop runs on.
+    assert client.trading_state == "HALTED"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert kill.command_id not in control_plane.command_acks
+    assert state_writers and threading.get_ident() not in state_writers
+    release.set()
+    await control_plane.wait_for(lambda: kill.command_id in control_plane.command_acks)
+    await client.close()
+
+    restarted = make_client(control_plane.url)
+    assert restarted.trading_state == "HALTED"
 
 
 @pytest.mark.asyncio

@@ -397,6 +397,9 @@ async def test_a_running_engine_obeys_a_kill_sent_by_the_server(
     stop = asyncio.Event()
     running = asyncio.create_task(engine.run(stop, tick_interval_s=0.005))
     await control_plane.wait_for(lambda: holding_and_working(engine), within_s=20)
+    # The market stops moving, so the working orders neither fill nor expire before the kill's
+    # handler runs (a few ticks may pass while the engine writes its HALTED state to disk).
+    engine._volatility = dict.fromkeys(engine._volatility, 0.0)
 
     await control_plane.send(a_command("kill"))
     await control_plane.wait_for(lambda: len(control_plane.command_results) == 1)
