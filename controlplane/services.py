@@ -358,11 +358,13 @@ def command_batch_issue(
             script = Script(cursor)
             script.add(_INSERT_BATCH, [str(batch.pk), str(kind), selector, reason,
                                        getattr(actor, "pk", None), label, now])  # fmt: skip
+            # Before the batch's own commands go in: the supersede's lookup in the open
+            # commands then has none of them to step over.
+            _supersede(script, kind, batch, engines, now)
             ids = _commands_insert(
                 script, batch, engines, kind=kind, params=clean, reason=reason, actor=actor,
                 label=label, now=now, expires_at=expires_at,
             )  # fmt: skip
-            _supersede(script, kind, batch, engines, now)
             _set_desired_states(script, kind, clean, engines, now)
             event = audit_event(
                 target=batch, outcome="ok",
