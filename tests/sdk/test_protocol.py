@@ -249,3 +249,42 @@ def test_lenient_decoding_never_raises_on_any_bytes(data: bytes) -> None:
     except ValueError:
         assert events == []
         assert len(errors) == 1
+
+
+FILL = {"kind": "fill", "seq": 1, "ts": "2026-01-05T14:30:00Z", "fill_id": "f-1",
+        "client_order_id": "o-1", "symbol": "AAPL", "side": "buy", "quantity": "10",
+        "price": "100.25"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("quantity", "0", "`decimal` > 0"),
+        ("quantity", "-1", "`decimal` > 0"),
+        ("quantity", "NaN", "a finite `decimal` with |x| < 1e16"),
+        ("price", "sNaN", "a finite `decimal` with |x| < 1e16"),
+        ("price", "Infinity", "a finite `decimal` with |x| < 1e16"),
+        ("price", "1e16", "a finite `decimal` with |x| < 1e16"),
+        ("fee", "-1e16", "a finite `decimal` with |x| < 1e16"),
+        ("fee", "-Infinity", "a finite `decimal` with |x| < 1e16"),
+    ],
+)
+def test_a_fill_with_a_bad_decimal_is_refused_naming_the_field(field, value, expected):
+    frame = json.dumps({"type": "events", "events": [{**FILL, field: value}]})
+
+    with pytest.raises(msgspec.ValidationError) as refused:
+        p.decode_engine_frame(frame)
+
+    assert f"Expected {expected} - at `$.{field}`" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("quantity", "0.00000001"), ("price", "9999999999999999.99"), ("fee", "-0.5"), ("fee", "0")],
+)
+def test_a_fill_at_the_edges_of_its_bounds_is_accepted(field, value):
+    frame = json.dumps({"type": "events", "events": [{**FILL, field: value}]})
+
+    (fill,) = p.decode_engine_frame(frame).events  # type: ignore[union-attr]
+
+    assert getattr(fill, field) == Decimal(value)
