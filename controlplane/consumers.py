@@ -261,9 +261,14 @@ class _AnswerWriter:
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            failed = await database_sync_to_async(_store_answers, thread_sensitive=False)(
-                [(consumer.engine_id, frame) for consumer, frame in batch]
-            )
+            answers = [(consumer.engine_id, frame) for consumer, frame in batch]
+            try:
+                failed = await database_sync_to_async(_store_answers, thread_sensitive=False)(
+                    answers
+                )
+            except Exception:  # not even tried (no thread, no connection): none is stored
+                log.exception("%d command answers not stored", len(batch))
+                failed = {engine_id for engine_id, _ in answers}
             closed: set[int] = set()
             for consumer, frame in batch:
                 engine_id = consumer.engine_id

@@ -161,3 +161,22 @@ async def test_on_the_socket_answers_are_stored_and_a_refused_one_closes_its_soc
     await ws_beta.send_to(text_data=p.encode(p.CommandAck(command_id=uuid.uuid4())).decode())
     assert await ws_beta.receive_nothing(timeout=0.2)
     await ws_beta.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_answers_that_could_not_even_be_tried_close_their_sockets(make_engine, monkeypatch):
+    alpha, alpha_token = await database_sync_to_async(make_engine)("alpha")
+    kill = await database_sync_to_async(command)(alpha)
+    ws, _ = await greeted(alpha_token)
+
+    def broken(answers):
+        raise RuntimeError("no database thread")
+
+    monkeypatch.setattr(consumers, "_store_answers", broken)
+    await ws.send_to(text_data=p.encode(p.CommandAck(command_id=kill.pk)).decode())
+
+    # Closed: on reconnecting the engine is sent the command again and acknowledges it again.
+    assert await closed_with(ws) == 1011
+    await database_sync_to_async(kill.refresh_from_db)()
+    assert kill.status == "delivered"
