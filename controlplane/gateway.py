@@ -23,7 +23,7 @@ from alerts import hooks as alert_hooks
 from controlplane.audit import audit_add, audit_event, audit_record
 from controlplane.ingest import IngestResult, ingest_events
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
-from controlplane.sqlscript import Script, text_array
+from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
 from risk.selectors import pretrade_limits_for
 
@@ -261,7 +261,7 @@ def command_answers(answers: list[Answer]) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         script = Script(cursor)
         if engines:
-            script.add(_ANSWER_ENGINES, [_json_text([engines[k] for k in sorted(engines)])],
+            script.add(_ANSWER_ENGINES, [json_text([engines[k] for k in sorted(engines)])],
                        prepare=False)  # fmt: skip
         if acks:
             script.add(_ANSWER_ACKS, [
@@ -269,7 +269,7 @@ def command_answers(answers: list[Answer]) -> None:
                 text_array(str(command_id) for command_id in acks), now, now,
             ], prepare=False)  # fmt: skip
         if results:
-            script.add(_ANSWER_RESULTS, [_json_text([
+            script.add(_ANSWER_RESULTS, [json_text([
                 {"engine_id": engine_id, "id": command_id, "status": frame.status,
                  "result": frame.data, "detail": frame.detail,
                  "state_after": frame.trading_state or ""}
@@ -286,13 +286,6 @@ def command_answers(answers: list[Answer]) -> None:
                       "batch": str(batch_id) if batch_id else None},
             ), now)  # fmt: skip
         script.run()
-
-
-_json = msgspec.json.Encoder()
-
-
-def _json_text(value: Any) -> str:
-    return _json.encode(value).decode()
 
 
 def command_ack(engine_id: int, frame: p.CommandAck) -> None:

@@ -45,7 +45,7 @@ from psycopg.errors import UniqueViolation
 
 from controlplane import partitions
 from controlplane.models import Engine, Order
-from controlplane.sqlscript import Script, text_array
+from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,6 @@ def _error(code: str, message: str, event: p.Event, field_name: str | None = Non
 _json = msgspec.json.Encoder()
 
 
-def _doc(value: Any) -> str:
-    """One statement parameter holding many values: JSON text (Decimals and datetimes become
-    exact strings, in C). The script quotes one string instead of adapting each value.
-    """
-    return _json.encode(value).decode()
-
-
 @cache
 def _names(columns: str) -> tuple[str, ...]:
     return tuple(column.split()[0] for column in columns.split(","))
@@ -174,7 +167,7 @@ def _stage(script: Script, table: str, columns: str, rows: list[tuple[Any, ...]]
 def _json_rows(columns: str, rows: list[tuple[Any, ...]]) -> str:
     """``rows`` as the JSON array of objects that ``_rows(columns)`` reads."""
     names = _names(columns)
-    return _doc([dict(zip(names, row, strict=True)) for row in rows])
+    return json_text([dict(zip(names, row, strict=True)) for row in rows])
 
 
 def _append(
@@ -652,7 +645,7 @@ def _insert_fills(
     if not fresh:
         return rejected
     if read.fill_ids_read and len(fresh) < COPY_MIN_ROWS:
-        script.add(_INSERT_FILLS, [_doc([
+        script.add(_INSERT_FILLS, [json_text([
             {"fill_id": f.fill_id, "client_order_id": f.client_order_id,
              "instrument_id": instruments[f.symbol][0], "side": f.side, "quantity": f.quantity,
              "price": f.price, "fee": f.fee, "liquidity": f.liquidity or "", "ts": f.ts,
@@ -774,7 +767,7 @@ def _update_positions(
             pos.mismatch_since = None
         elif pos.mismatch_since is None:
             pos.mismatch_since = now
-    script.add(_UPSERT_POSITIONS, [engine_id, now, _doc([
+    script.add(_UPSERT_POSITIONS, [engine_id, now, json_text([
         {"instrument_id": r.instrument_id, "quantity": r.quantity, "avg_price": r.avg_price,
          "realized_pnl": r.realized_pnl, "last_price": r.last_price,
          "reported_quantity": r.reported_quantity, "reported_avg_price": r.reported_avg_price,

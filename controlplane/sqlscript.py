@@ -26,6 +26,7 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
+import msgspec
 from psycopg.pq import Escaping
 
 
@@ -34,6 +35,17 @@ def text_array(values: Iterable[str]) -> str:
     what psycopg's adaptation of a list, value by value, costs."""
     quoted = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
     return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
+
+
+_json = msgspec.json.Encoder()
+
+
+def json_text(value: Any) -> str:
+    """One statement parameter holding many values: JSON text (Decimals and datetimes become
+    exact strings, in C), for ``json_to_recordset(%s::json)``. The script quotes one string
+    instead of adapting each value.
+    """
+    return _json.encode(value).decode()
 
 
 def literal(value: Any, escape: Callable[[bytes], bytes]) -> str:
