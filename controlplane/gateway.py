@@ -288,14 +288,6 @@ def command_answers(answers: list[Answer]) -> None:
         script.run()
 
 
-def command_ack(engine_id: int, frame: p.CommandAck) -> None:
-    command_answers([(engine_id, frame)])
-
-
-def command_result(engine_id: int, frame: p.CommandResult) -> None:
-    command_answers([(engine_id, frame)])
-
-
 def command_frame(command: Command) -> p.Command:
     return p.Command(
         command_id=command.pk,
@@ -493,10 +485,7 @@ def record(
     """Store what a heartbeat, command_ack or command_result says; a heartbeat may get commands."""
     if isinstance(frame, p.Heartbeat):
         return heartbeat(engine_id, frame)
-    if isinstance(frame, p.CommandAck):
-        command_ack(engine_id, frame)
-    else:
-        command_result(engine_id, frame)
+    command_answers([(engine_id, frame)])
     return []
 
 

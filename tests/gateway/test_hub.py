@@ -172,7 +172,7 @@ def test_a_delivery_mark_only_touches_the_engine_the_command_belongs_to(make_eng
     assert command.delivered_at is not None
 
     # Acknowledged before the mark landed: only the attempt is counted.
-    gateway.command_ack(alpha.pk, p.CommandAck(command_id=command.pk))
+    gateway.command_answers([(alpha.pk, p.CommandAck(command_id=command.pk))])
     gateway.mark_delivered([(alpha.pk, command.pk)])
     command.refresh_from_db()
     assert (command.status, command.delivery_attempts) == ("acknowledged", 2)
