@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-import weakref
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -15,6 +14,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from controlplane import delivery, gateway
+from controlplane.loops import PerLoop
 from dashboard.live import publisher
 from engine_sdk import protocol as p
 
@@ -304,15 +304,5 @@ def _store_answers(answers: list[gateway.Answer]) -> set[int]:
     return failed
 
 
-# By the loop itself, as dashboard.live's Redis clients: each test has a loop of its own.
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AnswerWriter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _answers() -> _AnswerWriter:
-    loop = asyncio.get_running_loop()
-    writer = _writers.get(loop)
-    if writer is None:
-        writer = _writers[loop] = _AnswerWriter()
-    return writer
+# One writer per event loop: its task belongs to the loop that started it.
+_answers = PerLoop(_AnswerWriter).get

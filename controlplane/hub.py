@@ -17,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+
+from controlplane.loops import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +141,13 @@ class Hub:
                     await client.aclose()
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Hub]] = (
-    weakref.WeakKeyDictionary()
-)
+_hubs: PerLoop[dict[str, Hub]] = PerLoop(dict)
 
 
 def hub(name: str, dispatch: Dispatch) -> Hub:
     """This event loop's hub ``name`` (made on first use). Tests run several loops one after
     another; each gets its own subscription."""
-    per_loop = _hubs.setdefault(asyncio.get_running_loop(), {})
+    per_loop = _hubs.get()
     found = per_loop.get(name)
     if found is None:
         found = per_loop[name] = Hub(name, dispatch)

@@ -23,7 +23,6 @@ import json
 import logging
 import time
 import uuid
-import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections
 
 from controlplane import hub
+from controlplane.loops import PerLoop
 from controlplane.models import Engine
 from dashboard import overview
 
@@ -197,24 +197,14 @@ class Publisher:
         return {int(m) for m in members} & engine_ids
 
 
-# By the loop itself, not its id(): a new loop (each test has one) can get the id of one that
-# is gone, and was handed that loop's client, whose every call then failed: a flush lost.
-_redis_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _redis() -> Any:
-    # One client per event loop: an asyncio Redis connection belongs to the loop that opened it.
+def _new_redis() -> Any:
     from redis import asyncio as aioredis
 
-    loop = asyncio.get_running_loop()
-    client = _redis_clients.get(loop)
-    if client is None:
-        client = _redis_clients[loop] = aioredis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
-        )
-    return client
+    return aioredis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+
+
+# One client per event loop: an asyncio Redis connection belongs to the loop that opened it.
+_redis = PerLoop(_new_redis).get
 
 
 async def watch(engine_id: int) -> None:
