@@ -182,7 +182,11 @@ class Order(models.Model):
     )
     client_order_id = models.CharField(max_length=64)
     broker_order_id = models.CharField(max_length=64, blank=True)
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
+    # No index: only deleting an instrument reads orders by it (Django's PROTECT check, which
+    # then scans), and every index is one more write for each order reported.
+    instrument = models.ForeignKey(
+        Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False
+    )
     side = models.CharField(max_length=4, choices=Side.choices)
     order_type = models.CharField(max_length=10, choices=OrderType.choices)
     quantity = models.DecimalField(**QTY)
@@ -222,8 +226,17 @@ class Order(models.Model):
 class Fill(models.Model):
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="fills")
     fill_id = models.CharField(max_length=64)
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="fills")
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="fills")
+    # Neither has an index: nothing reads fills by order or by instrument but Django's checks
+    # when one is deleted (rare, and they then scan), where each index cost every fill stored
+    # about 1.1 us of the database's time, a fifth of what storing a fill costs it.
+    # RESTRICT, not PROTECT: an order with fills cannot be deleted on its own, but deleting
+    # the engine deletes both (PROTECT refused to delete any engine that had a fill).
+    order = models.ForeignKey(
+        Order, on_delete=models.RESTRICT, related_name="fills", db_index=False
+    )
+    instrument = models.ForeignKey(
+        Instrument, on_delete=models.PROTECT, related_name="fills", db_index=False
+    )
     side = models.CharField(max_length=4, choices=Side.choices)
     quantity = models.DecimalField(**QTY)
     price = models.DecimalField(**MONEY)

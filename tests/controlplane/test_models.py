@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, InternalError, ProgrammingError, transaction
+from django.db.models import ProtectedError, RestrictedError
 
 from controlplane.models import AuditEvent, Fill, Instrument, Order
 
@@ -104,3 +105,34 @@ def test_a_kill_command_cannot_carry_an_expiry(engine_and_token):
         Command.objects.create(
             engine=engine, kind="kill", reason="test", issued_by_label="t", expires_at=NOW
         )
+
+
+def test_deleting_an_instrument_with_orders_or_fills_is_refused_and_deletes_nothing(order):
+    # The database has neither foreign keys nor indexes for these relations (migrations 0005,
+    # 0008): Django's PROTECT check is what keeps the ledger whole.
+    _fill(order, "f-1")
+    with pytest.raises(ProtectedError), transaction.atomic():
+        order.instrument.delete()
+    assert Instrument.objects.filter(pk=order.instrument_id).exists()
+    assert Order.objects.count() == 1 and Fill.objects.count() == 1
+
+
+def test_deleting_an_engine_deletes_its_orders_and_fills_and_no_one_elses(order, make_engine):
+    other, _ = make_engine("beta")
+    other_order = Order.objects.create(
+        engine=other, client_order_id="o-1", instrument=order.instrument, side="buy",
+        order_type="market", quantity=Decimal("5"), status="accepted", created_at=NOW,
+        updated_at=NOW, last_seq=1,
+    )  # fmt: skip
+    _fill(order, "f-1")
+    _fill(other_order, "f-1")
+    order.engine.delete()
+    assert list(Order.objects.values_list("engine_id", flat=True)) == [other.pk]
+    assert list(Fill.objects.values_list("engine_id", flat=True)) == [other.pk]
+
+
+def test_an_order_with_fills_cannot_be_deleted_on_its_own(order):
+    _fill(order, "f-1")
+    with pytest.raises(RestrictedError), transaction.atomic():
+        order.delete()
+    assert Order.objects.count() == 1 and Fill.objects.count() == 1
