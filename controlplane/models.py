@@ -504,13 +504,15 @@ class _StoredJSONField(models.JSONField):
 
 
 class EngineEvent(models.Model):
-    """The raw event log, exactly as the engines sent it, append-only.
+    """The raw event log, one row per event, read-only.
 
-    The table is created by a migration as ``PARTITION BY RANGE (received_at)``, one partition a
-    day, so retention drops whole days instead of deleting rows. Django does not manage it.
+    A view (migration 0009) over ``controlplane_eventframe``, where the gateway appends each
+    stored batch as one row: its fresh events as one JSON array. That table is partitioned by
+    day of ``received_at`` (controlplane.partitions), so retention drops whole days. Django
+    manages neither.
     """
 
-    id = models.BigAutoField(primary_key=True)
+    pk = models.CompositePrimaryKey("engine", "seq")
     engine = models.ForeignKey(
         Engine, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
     )

@@ -1,4 +1,4 @@
-"""Daily partitions of the raw event log (controlplane_engineevent, by received_at)."""
+"""Daily partitions of the raw event log (controlplane_eventframe, by received_at)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.db import DatabaseError, connection, transaction
 
 log = logging.getLogger(__name__)
 
-PARENT = "controlplane_engineevent"
+PARENT = "controlplane_eventframe"
 # Days whose partition this process has seen: the check costs nothing after the first batch.
 _known: set[date] = set()
 

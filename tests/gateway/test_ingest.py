@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta, timezone
 from decimal import Decimal
 
@@ -253,10 +254,35 @@ def test_events_out_of_order_in_a_batch_are_stored_in_seq_order(engine):
 def test_the_event_log_is_partitioned_by_day(engine):
     _ingest(engine, f.metric(1))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT tableoid::regclass::text FROM controlplane_engineevent")
+        cursor.execute("SELECT tableoid::regclass::text FROM controlplane_eventframe")
         [(partition,)] = cursor.fetchall()
-    assert partition.startswith("controlplane_engineevent_2")
-    assert partition != "controlplane_engineevent_default"
+    assert partition.startswith("controlplane_eventframe_2")
+    assert partition != "controlplane_eventframe_default"
+
+
+def test_a_batch_is_one_frame_of_its_stored_events_in_seq_order(engine):
+    _ingest(engine, f.order(1, "o-1"), f.metric(2))
+    # A replay, an event out of order, and a fill for an order never reported (refused).
+    result = _ingest(engine, f.metric(2), f.fill(4, "f-1", "o-1"), f.fill(3, "f-2", "o-nope"))
+    assert result.errors and result.errors[0].code == "unknown_order"
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT first_seq, last_seq, events::text FROM controlplane_eventframe"
+            " WHERE engine_id = %s ORDER BY first_seq",
+            [engine.pk],
+        )
+        frames = cursor.fetchall()
+    assert [(first, last) for first, last, _ in frames] == [(1, 2), (4, 4)]
+    assert [[e["seq"] for e in json.loads(text)] for _, _, text in frames] == [[1, 2], [4]]
+    assert json.loads(frames[1][2])[0] == {
+        "kind": "fill", "seq": 4, "ts": "2026-11-23T14:00:04Z", "fill_id": "f-1",
+        "client_order_id": "o-1", "symbol": "AAPL", "side": "buy", "quantity": "10",
+        "price": "190.25", "fee": "0",
+    }  # fmt: skip
+    assert list(EngineEvent.objects.filter(engine=engine).values_list("seq", "kind")) == [
+        (1, "order"), (2, "metric"), (4, "fill"),
+    ]  # fmt: skip
 
 
 def test_the_event_log_reads_back_through_the_orm_as_sent(engine):
