@@ -21,6 +21,7 @@ import inspect
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -99,6 +100,28 @@ class _ServerTrouble(EngineClientError):
 
 class BackpressureError(EngineClientError):
     """Too many events are waiting for the server; use ``emit_wait`` to wait for room instead."""
+
+
+# One thread writes the trading state of every client in the process, in the order the writes
+# are handed to it, so each client's writes keep their order. A thread of each client's own
+# cost far more when a process runs many clients: after every system call of every write, the
+# threads and the event loop woke each other for the GIL. Measured with 100 clients in one
+# process and a trivial local server, a kill to all of them reached the last one 13 to 89 ms
+# after it was sent with a thread each, 8 to 10 ms with this one.
+_state_writer_lock = threading.Lock()
+_state_writer: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _shared_state_writer() -> ThreadPoolExecutor:
+    global _state_writer
+    with _state_writer_lock:
+        if _state_writer is None or _state_writer[0] != os.getpid():
+            # A forked child has no copy of its parent's thread: it starts one of its own.
+            _state_writer = (
+                os.getpid(),
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-state"),
+            )
+        return _state_writer[1]
 
 
 @dataclass(frozen=True)
@@ -205,9 +228,10 @@ class EngineClient:
         # How far renumbering has moved seqs up (see _renumber_after).
         self._seq_shift = 0
 
-        # The trading state is written to disk by a thread of its own, in order (_save_state).
-        self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-state")
+        # The trading state is written to disk in order by the process's state writer thread
+        # (_save_state); once close has begun, on the caller's thread.
         self._state_saved: Future[None] | None = None
+        self._state_sync = False
         persisted = self._load_state()
         self._dead_man_paused = persisted.dead_man
         self._halted_at = persisted.halted_at
@@ -418,8 +442,9 @@ class EngineClient:
             self._write_batch(self._take_pending(), self._acked_seq)
         self._journal.close()
         # Every state change is on disk once close returns: the next client on this journal
-        # reads it.
-        await asyncio.to_thread(self._state_writer.shutdown, wait=True)
+        # reads it. Changes from now on are written before they return.
+        self._state_sync = True
+        await self._state_written()
         self._closed = True
         self._connected.clear()
         self._stopped.set()
@@ -1016,8 +1041,8 @@ class EngineClient:
             return _PersistedState(trading_state="PAUSED")
 
     def _save_state(self, trading_state: TradingState, paused_until: datetime | None) -> None:
-        """Write the trading state to disk, on the state writer's thread, in the order of the
-        changes. Not on the event loop: its fsync would stall everything else the loop runs (the
+        """Write the trading state to disk, on the process's state writer thread, in the order of
+        the changes. Not on the event loop: its fsync would stall everything else the loop runs (the
         engine's market data, its orders, other engines sharing the process). A kill's ack waits
         for the write (_state_written); ``close`` waits for every write."""
         state = _PersistedState(
@@ -1028,11 +1053,14 @@ class EngineClient:
         )
         data = [msgspec.json.encode(state)]
         path = self.journal_dir / STATE_FILE
+        if self._state_sync:
+            _write_atomically(path, data, fsync=self._fsync)
+            return
         try:
-            self._state_saved = self._state_writer.submit(
+            self._state_saved = _shared_state_writer().submit(
                 _write_atomically, path, data, fsync=self._fsync
             )
-        except RuntimeError:  # the client is closed: no thread to hand it to
+        except RuntimeError:  # the interpreter is shutting down: no thread to hand it to
             _write_atomically(path, data, fsync=self._fsync)
 
     async def _state_written(self) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from engine_sdk import protocol as p
@@ -327,6 +328,42 @@ async def test_a_kill_is_acked_once_halted_is_on_disk_and_the_write_does_not_sta
 
     restarted = make_client(control_plane.url)
     assert restarted.trading_state == "HALTED"
+
+
+@pytest.mark.asyncio
+async def test_the_clients_of_a_process_share_one_state_writer_and_each_keeps_its_order(
+    tmp_path: Any, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine_sdk import client as client_module
+
+    writes: list[tuple[int, str, str]] = []
+    real_write = client_module._write_atomically
+
+    def recording_write(path: Any, chunks: Any, *, fsync: bool) -> None:
+        if path.name == client_module.STATE_FILE:
+            state = msgspec.json.decode(b"".join(chunks))["trading_state"]
+            writes.append((threading.get_ident(), path.parent.name, state))
+        real_write(path, chunks, fsync=fsync)
+
+    monkeypatch.setattr(client_module, "_write_atomically", recording_write)
+    # Not started: a state change is written whether or not the server is reachable.
+    a = make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "a")
+    b = make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "b")
+    for state in ("PAUSED", "REDUCING", "ACTIVE", "HALTED"):
+        a.gate.set_state(state)
+        b.gate.set_state(state)
+    await a.close()
+    await b.close()
+
+    # One thread for both, not the event loop's, and every write in the order of the changes.
+    assert len({ident for ident, _, _ in writes}) == 1
+    assert threading.get_ident() not in {ident for ident, _, _ in writes}
+    for name in ("a", "b"):
+        assert [s for _, n, s in writes if n == name] == ["PAUSED", "REDUCING", "ACTIVE", "HALTED"]
+    # On disk once close has returned; a change after it is written before it returns.
+    assert make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "a").trading_state == "HALTED"
+    a.gate.set_state("PAUSED")
+    assert writes[-1] == (threading.get_ident(), "a", "PAUSED")
 
 
 @pytest.mark.asyncio
