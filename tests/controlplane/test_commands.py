@@ -334,3 +334,20 @@ def test_commands_past_their_expiry_expire_and_kills_never_do(fleet, operator, r
     pause.refresh_from_db()
     assert pause.status == "expired"
     assert Command.objects.get(kind="kill").status == "pending"
+
+
+def test_deleting_an_engine_deletes_its_commands_and_no_one_elses(fleet, risk_manager):
+    # The database keeps no foreign keys for commands (migration 0010): Django's collector does.
+    batch = kill(risk_manager)
+    fleet["alpha"].delete()
+    assert sorted(Command.objects.values_list("engine__name", flat=True)) == ["beta", "gamma"]
+    assert CommandBatch.objects.filter(pk=batch.pk).exists()
+
+
+def test_deleting_the_issuer_keeps_the_commands_and_their_label(fleet, operator):
+    services.command_issue(kind="pause", selector="all", reason="lunch", actor=operator)
+    operator.delete()
+    assert Command.objects.count() == 3
+    assert set(Command.objects.values_list("issued_by_id", "issued_by_label")) == {
+        (None, "otto-operator")
+    }
