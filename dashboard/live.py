@@ -146,10 +146,9 @@ class Publisher:
     async def flush(self, engine_ids: set[int]) -> None:
         redis = _redis()
         channel = hub.channel_name(HUB)
-        with contextlib.suppress(Exception):  # Redis trouble: try to publish all the same
-            if not dict(await redis.pubsub_numsub(channel)).get(channel.encode()):
-                return  # no browser anywhere: nothing to read
-        watched = await self._watched(engine_ids)
+        listened, watched = await self._audience(channel, engine_ids)
+        if not listened:
+            return  # no browser anywhere: nothing to read
         # A thread of its own: the engines' writes fill the shared pool, and the live view must
         # not queue behind them.
         loop = asyncio.get_running_loop()
@@ -185,16 +184,20 @@ class Publisher:
                 deltas[engine_id] = delta
         return rows, deltas
 
-    async def _watched(self, engine_ids: set[int]) -> set[int]:
-        """The engines among ``engine_ids`` that a browser has open (any web process)."""
+    async def _audience(self, channel: str, engine_ids: set[int]) -> tuple[bool, set[int]]:
+        """Whether a browser listens to ``channel`` at all, and which of ``engine_ids`` one has
+        open (in any web process): one Redis round trip, which each row's latency waits for."""
         redis = _redis()
-        if redis is None:
-            return set(engine_ids)
         try:
-            members = await redis.zrangebyscore(watch_key(), time.time(), "+inf")
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.pubsub_numsub(channel)
+                pipe.zrangebyscore(watch_key(), time.time(), "+inf")
+                subscribers, members = await pipe.execute()
         except Exception:  # Redis trouble: publish for every engine rather than for none
-            return set(engine_ids)
-        return {int(m) for m in members} & engine_ids
+            return True, set(engine_ids)
+        if not dict(subscribers).get(channel.encode()):
+            return False, set()
+        return True, {int(m) for m in members} & engine_ids
 
 
 def _new_redis() -> Any:

@@ -205,6 +205,28 @@ async def test_with_no_browser_anywhere_a_flush_reads_and_publishes_nothing(
     await screen.disconnect()
 
 
+async def test_the_audience_is_one_round_trip_and_redis_trouble_publishes_for_every_engine(
+    engine_and_token, viewer, monkeypatch
+):
+    engine, _ = engine_and_token
+    publisher = live.Publisher()
+    channel = hub.channel_name(live.HUB)
+    assert await publisher._audience(channel, {engine.pk, 999}) == (False, set())
+
+    screen = await subscribed(viewer, "fleet")  # the hub is listened to
+    await live.watch(engine.pk)  # and the engine's page is open
+    assert await publisher._audience(channel, {engine.pk, 999}) == (True, {engine.pk})
+
+    await live._redis().zrem(live.watch_key(), str(engine.pk))  # the page again closed
+    await screen.disconnect()
+
+    from redis import asyncio as aioredis
+
+    dead = aioredis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
+    monkeypatch.setattr(live, "_redis", lambda: dead)
+    assert await publisher._audience(channel, {engine.pk, 999}) == (True, {engine.pk, 999})
+
+
 async def test_many_browsers_of_a_process_share_one_subscription(viewer):
     assert subscribers(live.HUB) == 0
     screens = [await subscribed(viewer, "fleet") for _ in range(3)]
