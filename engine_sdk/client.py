@@ -1069,7 +1069,9 @@ class EngineClient:
         if saved is None:
             return
         try:
-            await asyncio.wrap_future(saved)
+            # Shielded: a waiter that is cancelled (the reader, when the connection drops) must
+            # not cancel the write itself, which it would while the write waits its turn.
+            await asyncio.shield(asyncio.wrap_future(saved))
         except OSError:
             # The engine stays in the state it is in; only a restart would not know it.
             log.exception("engine: could not write %s", STATE_FILE)

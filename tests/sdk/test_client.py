@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import threading
@@ -364,6 +365,39 @@ async def test_the_clients_of_a_process_share_one_state_writer_and_each_keeps_it
     assert make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "a").trading_state == "HALTED"
     a.gate.set_state("PAUSED")
     assert writes[-1] == (threading.get_ident(), "a", "PAUSED")
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_wait_for_the_state_write_does_not_cancel_the_write(
+    tmp_path: Any, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader waits for HALTED to be on disk before it acks a kill; when the connection drops
+    # meanwhile, that wait is cancelled, and the write, still queued behind another, must happen.
+    from engine_sdk import client as client_module
+
+    started, release = threading.Event(), threading.Event()
+    real_write = client_module._write_atomically
+
+    def held_write(path: Any, chunks: Any, *, fsync: bool) -> None:
+        if path.name == client_module.STATE_FILE and not started.is_set():
+            started.set()
+            release.wait(5)
+        real_write(path, chunks, fsync=fsync)
+
+    monkeypatch.setattr(client_module, "_write_atomically", held_write)
+    client = make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "j")
+    client.gate.set_state("PAUSED")  # being written, held
+    await asyncio.to_thread(started.wait, 5)
+    client.gate.set_state("HALTED")  # queued behind it
+    waiter = asyncio.create_task(client._state_written())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    release.set()
+
+    await client.close()  # waits for the last write, which was not cancelled
+    assert make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "j").trading_state == "HALTED"
 
 
 @pytest.mark.asyncio
