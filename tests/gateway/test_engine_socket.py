@@ -12,6 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from controlplane import delivery
 from controlplane.asgi import application
 from controlplane.models import Command, Engine, Fill, Order
 from engine_sdk import protocol as p
@@ -270,6 +271,14 @@ async def test_frames_that_queue_behind_a_write_are_stored_together_and_acked_on
         await ws.send_to(text_data=f.events_frame(
             f.order(seq, f"o-{seq}"), f.fill(seq + 1, f"f-{seq}", "o-1"),
         ).decode())  # fmt: skip
+    # Released only once the socket has queued all four: on a busy machine the write could
+    # otherwise finish before the consumer has even read them.
+    (consumer,) = delivery.commands_hub().listeners[engine.pk]
+    for _ in range(500):
+        if consumer._queued_events == 8:
+            break
+        await asyncio.sleep(0.01)
+    assert consumer._queued_events == 8
     await asyncio.to_thread(blocker.rollback)
     await asyncio.to_thread(blocker.close)
 
