@@ -866,7 +866,9 @@ class EngineClient:
                 self._commands_in_flight.discard(command.command_id)
                 continue
             try:
-                await asyncio.to_thread(self._commands.record, result)
+                # Shielded: close cancels this worker, and a record still waiting for a thread
+                # would be dropped with it; a restart would then handle the command again.
+                await asyncio.shield(asyncio.to_thread(self._commands.record, result))
             except OSError:
                 # Still answer: a command handled twice after a restart beats one never answered.
                 log.exception("engine: could not record command %s", command.command_id)

@@ -6,6 +6,7 @@ import itertools
 import random
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -428,6 +429,45 @@ async def test_a_handled_command_is_not_run_again_after_a_restart(
     assert second.trading_state == "HALTED"
     assert control_plane.hellos[-1].trading_state == "HALTED"
     await second.close()
+
+
+@pytest.mark.asyncio
+async def test_a_command_handled_as_the_client_closes_is_still_recorded(
+    control_plane: FakeControlPlane, make_client: MakeClient, tmp_path: Any
+) -> None:
+    # The record waits for a thread of the loop's pool (one, and busy); close cancels the
+    # command worker meanwhile. The record must still be written, or a restart would run the
+    # command's handler again.
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    busy = threading.Event()
+    handled: list[p.Command] = []
+
+    async def on_command(command: p.Command) -> CommandOutcome:
+        handled.append(command)
+        return CommandOutcome(status="succeeded", trading_state="PAUSED")
+
+    client = make_client(control_plane.url, on_command=on_command, journal_dir=tmp_path / "j")
+    await client.start()
+    await client.wait_connected(timeout=5)
+    holding = loop.run_in_executor(None, busy.wait, 5)
+    command = a_command("pause", duration=60)
+    await control_plane.send(command)
+    for _ in range(500):  # until the record waits in the pool's queue
+        if handled and pool._work_queue.qsize():
+            break
+        await asyncio.sleep(0.01)
+    worker = next(task for task in client._tasks if task.get_name() == "engine-sdk-commands")
+    closing = asyncio.create_task(client.close())
+    await asyncio.wait([worker])  # cancelled by close
+    busy.set()
+    await holding
+    await closing
+    pool.shutdown(wait=True)
+
+    restarted = make_client(control_plane.url, journal_dir=tmp_path / "j")
+    assert restarted._commands.result(command.command_id) is not None
 
 
 @pytest.mark.asyncio
