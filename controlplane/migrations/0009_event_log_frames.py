@@ -13,6 +13,28 @@ into frames, one per (engine, received_at): each batch was stored with one recei
 
 from django.db import migrations
 
+
+def _same_day_partitions(source: str, target: str) -> str:
+    """SQL giving ``target`` a partition for each day partition of ``source``, with its bounds
+    (the days' rows move across after it)."""
+    return f"""
+DO $$
+DECLARE part record;
+BEGIN
+    FOR part IN
+        SELECT child.relname AS name, pg_get_expr(child.relpartbound, child.oid) AS bound
+        FROM pg_inherits
+        JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
+        JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+        WHERE parent.relname = '{source}' AND child.relname ~ '^{source}_[0-9]{{8}}$'
+    LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF {target} %s',
+                       replace(part.name, '{source}', '{target}'), part.bound);
+    END LOOP;
+END $$;
+"""
+
+
 CREATE_FRAMES = """
 CREATE TABLE controlplane_eventframe (
     -- No foreign key: the log is evidence that outlives its engine row.
@@ -39,27 +61,15 @@ END $$;
 """
 
 # One partition per day of the old log: the day's rows move into it.
-COPY_PARTITIONS = """
-DO $$
-DECLARE part record;
-BEGIN
-    FOR part IN
-        SELECT child.relname AS name, pg_get_expr(child.relpartbound, child.oid) AS bound
-        FROM pg_inherits
-        JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
-        JOIN pg_class child ON child.oid = pg_inherits.inhrelid
-        WHERE parent.relname = 'controlplane_engineevent'
-          AND child.relname ~ '^controlplane_engineevent_[0-9]{8}$'
-    LOOP
-        EXECUTE format('CREATE TABLE %I PARTITION OF controlplane_eventframe %s',
-                       replace(part.name, 'engineevent', 'eventframe'), part.bound);
-    END LOOP;
-END $$;
+COPY_PARTITIONS = (
+    _same_day_partitions("controlplane_engineevent", "controlplane_eventframe")
+    + """
 INSERT INTO controlplane_eventframe (engine_id, first_seq, last_seq, received_at, events)
 SELECT engine_id, min(seq), max(seq), received_at, json_agg(payload ORDER BY seq)
 FROM controlplane_engineevent GROUP BY engine_id, received_at;
 DROP TABLE controlplane_engineevent;
 """
+)
 
 EVENT_VIEW = """
 CREATE VIEW controlplane_engineevent AS
@@ -82,21 +92,9 @@ CREATE TABLE controlplane_engineevent (
     PRIMARY KEY (engine_id, seq, received_at)
 ) PARTITION BY RANGE (received_at);
 CREATE TABLE controlplane_engineevent_default PARTITION OF controlplane_engineevent DEFAULT;
-DO $$
-DECLARE part record;
-BEGIN
-    FOR part IN
-        SELECT child.relname AS name, pg_get_expr(child.relpartbound, child.oid) AS bound
-        FROM pg_inherits
-        JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
-        JOIN pg_class child ON child.oid = pg_inherits.inhrelid
-        WHERE parent.relname = 'controlplane_eventframe'
-          AND child.relname ~ '^controlplane_eventframe_[0-9]{8}$'
-    LOOP
-        EXECUTE format('CREATE TABLE %I PARTITION OF controlplane_engineevent %s',
-                       replace(part.name, 'eventframe', 'engineevent'), part.bound);
-    END LOOP;
-END $$;
+"""
+BACKWARD += _same_day_partitions("controlplane_eventframe", "controlplane_engineevent")
+BACKWARD += """
 INSERT INTO controlplane_engineevent (engine_id, seq, kind, ts, received_at, payload)
 SELECT f.engine_id, (e.event ->> 'seq')::bigint, e.event ->> 'kind',
        (e.event ->> 'ts')::timestamptz, f.received_at, e.event
