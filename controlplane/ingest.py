@@ -114,9 +114,6 @@ def _error(code: str, message: str, event: p.Event, field_name: str | None = Non
     return p.Error(code=code, message=message, field=field_name, seq=event.seq)
 
 
-_json = msgspec.json.Encoder()
-
-
 @cache
 def _names(columns: str) -> tuple[str, ...]:
     return tuple(column.split()[0] for column in columns.split(","))
@@ -194,8 +191,7 @@ def _append(
     else:
         # COPY takes a JSON column as its text.
         at = _names(columns).index(json_column)
-        encode = _json.encode
-        rows = [(*first, *row[:at], encode(row[at]).decode(), *row[at + 1 :]) for row in rows]
+        rows = [(*first, *row[:at], json_text(row[at]), *row[at + 1 :]) for row in rows]
     _copy(script.cursor, table, [*lead, *_names(columns)], rows)
 
 
