@@ -7,7 +7,7 @@ import pytest
 from django.db import IntegrityError, InternalError, ProgrammingError, transaction
 from django.db.models import ProtectedError, RestrictedError
 
-from controlplane.models import AuditEvent, Fill, Instrument, Order
+from controlplane.models import AuditEvent, Engine, Fill, Instrument, Order
 
 NOW = datetime(2026, 11, 23, 14, 30, tzinfo=UTC)
 
@@ -39,14 +39,19 @@ def test_the_database_refuses_a_second_fill_with_the_same_engine_and_fill_id(ord
     assert Fill.objects.filter(fill_id="f-1").count() == 1
 
 
+def _order_of(engine: Engine, like: Order) -> Order:
+    """An order of ``engine`` with ``like``'s client order id and instrument."""
+    return Order.objects.create(
+        engine=engine, client_order_id=like.client_order_id, instrument=like.instrument,
+        side="buy", order_type="market", quantity=Decimal("5"), status="accepted",
+        created_at=NOW, updated_at=NOW, last_seq=1,
+    )  # fmt: skip
+
+
 def test_the_same_fill_id_is_allowed_for_another_engine(order, make_engine):
     other, _ = make_engine("beta")
     _fill(order, "f-1")
-    other_order = Order.objects.create(
-        engine=other, client_order_id="o-1", instrument=order.instrument, side="buy",
-        order_type="market", quantity=Decimal("5"), status="accepted", created_at=NOW,
-        updated_at=NOW, last_seq=1,
-    )  # fmt: skip
+    other_order = _order_of(other, order)
     _fill(other_order, "f-1")
     assert Fill.objects.filter(fill_id="f-1").count() == 2
 
@@ -119,11 +124,7 @@ def test_deleting_an_instrument_with_orders_or_fills_is_refused_and_deletes_noth
 
 def test_deleting_an_engine_deletes_its_orders_and_fills_and_no_one_elses(order, make_engine):
     other, _ = make_engine("beta")
-    other_order = Order.objects.create(
-        engine=other, client_order_id="o-1", instrument=order.instrument, side="buy",
-        order_type="market", quantity=Decimal("5"), status="accepted", created_at=NOW,
-        updated_at=NOW, last_seq=1,
-    )  # fmt: skip
+    other_order = _order_of(other, order)
     _fill(order, "f-1")
     _fill(other_order, "f-1")
     order.engine.delete()
