@@ -105,9 +105,9 @@ class BackpressureError(EngineClientError):
 # One thread writes the trading state of every client in the process, in the order the writes
 # are handed to it, so each client's writes keep their order. A thread of each client's own
 # cost far more when a process runs many clients: after every system call of every write, the
-# threads and the event loop woke each other for the GIL. Measured with 100 clients in one
-# process and a trivial local server, a kill to all of them reached the last one 13 to 89 ms
-# after it was sent with a thread each, 8 to 14 ms (one round in twenty: 31) with this one.
+# threads and the event loop woke each other for the GIL. bench/sdk_kill.py (100 clients, a bare
+# local server): the last client of a round halted 18 to 21 ms after the kill at the median
+# with a thread each, 10 to 13 ms with this one.
 _state_writer_lock = threading.Lock()
 _state_writer: tuple[int, ThreadPoolExecutor] | None = None
 
