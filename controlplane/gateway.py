@@ -21,7 +21,7 @@ from django.db.models import F
 
 from alerts import hooks as alert_hooks
 from controlplane.audit import audit_add, audit_event, audit_record
-from controlplane.ingest import IngestResult, ingest_events
+from controlplane.ingest import IngestResult, ingest_batches
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
 from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
@@ -357,17 +357,53 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
 
 def events(engine_id: int, decoded: Decoded) -> tuple[list[p.ServerFrame], IngestResult | None]:
     """Store the valid events; answer the errors, then the ack (only after the commit)."""
-    frames: list[p.ServerFrame] = list(decoded.errors)
-    batch = decoded.events or []
+    (outcome,) = events_many([(engine_id, decoded)])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+Outcome = tuple[list[p.ServerFrame], IngestResult | None] | BaseException
+
+
+def events_many(batches: list[tuple[int, Decoded]]) -> list[Outcome]:
+    """``events`` for several engines' frames (no engine twice), stored in one transaction.
+
+    Should that fail, each frame is stored alone, so that one engine's frame that the database
+    refuses (or an engine deleted meanwhile) costs the others nothing. Each outcome is the
+    frames to answer and the result, or the exception that storing that engine's frame raised.
+    """
     try:
-        result = ingest_events(engine_id=engine_id, events=batch)
-    except DatabaseError as exc:
+        results = ingest_batches([(engine_id, d.events or []) for engine_id, d in batches])
+    except (DatabaseError, LookupError) as exc:
+        if len(batches) > 1:
+            return [_alone(engine_id, decoded) for engine_id, decoded in batches]
+        if isinstance(exc, LookupError):
+            return [exc]
+        engine_id, decoded = batches[0]
         # Nothing of the batch is stored and nothing is acked: the SDK keeps it and resends.
-        log.warning("engine %s: batch of %d not stored: %s", engine_id, len(batch), exc)
+        log.warning(
+            "engine %s: batch of %d not stored: %s", engine_id, len(decoded.events or []), exc
+        )
         message = "the control plane could not store this batch; it was not acknowledged: resend it"
-        frames.append(p.Error(code="internal_error", message=message))
-        return frames, None
-    frames.extend(result.errors)
+        return [([*decoded.errors, p.Error(code="internal_error", message=message)], None)]
+    return [
+        _answer(engine_id, decoded, result)
+        for (engine_id, decoded), result in zip(batches, results, strict=True)
+    ]
+
+
+def _alone(engine_id: int, decoded: Decoded) -> Outcome:
+    try:
+        return events(engine_id, decoded)
+    except Exception as exc:
+        return exc
+
+
+def _answer(
+    engine_id: int, decoded: Decoded, result: IngestResult
+) -> tuple[list[p.ServerFrame], IngestResult]:
+    frames: list[p.ServerFrame] = [*decoded.errors, *result.errors]
     if result.stored:
         _evaluate_risk(engine_id, result)
         alert_hooks.engine_data(engine_id)

@@ -120,13 +120,13 @@ def _names(columns: str) -> tuple[str, ...]:
 
 
 @cache
-def _rows(columns: str, lead: str = "%s", staged: str | None = None) -> str:
-    """``SELECT <lead>, <each column>`` from a JSON array of objects (one parameter after the
+def _rows(columns: str, lead: str = "", staged: str | None = None) -> str:
+    """``SELECT [<lead>,] <each column>`` from a JSON array of objects (one parameter after the
     ``lead`` ones), the objects' keys named and typed by ``columns`` ("name type, ..."), or
     from the ``staged`` table of those columns."""
     names = ", ".join(f"r.{name}" for name in _names(columns))
     source = f"{staged} AS r" if staged else f"json_to_recordset(%s::json) AS r({columns})"
-    return f"SELECT {lead}, {names} FROM {source}"
+    return f"SELECT {lead + ', ' if lead else ''}{names} FROM {source}"
 
 
 # From this many rows on, a table's rows go in with COPY, in a round trip of their own. A JSON
@@ -170,29 +170,25 @@ def _json_rows(columns: str, rows: list[tuple[Any, ...]]) -> str:
 def _append(
     script: Script,
     table: str,
-    lead: dict[str, Any],
     columns: str,
     rows: list[tuple[Any, ...]],
     json_column: str | None = None,
 ) -> None:
-    """Insert into an append-only table: ``lead`` columns take one value for every row, the
-    others come from ``rows`` (ordered as ``columns``); ``json_column`` holds objects."""
+    """Insert into an append-only table the ``rows`` (ordered as ``columns``, the engine's id
+    first); ``json_column`` holds objects."""
+    if not rows:
+        return
     if len(rows) < COPY_MIN_ROWS:
-        names = ", ".join([*lead, *_names(columns)])
-        placeholders = ", ".join(["%s"] * len(lead))
         script.add(
-            f"INSERT INTO {table} ({names}) {_rows(columns, lead=placeholders)}",
-            [*lead.values(), _json_rows(columns, rows)],
+            f"INSERT INTO {table} ({', '.join(_names(columns))}) {_rows(columns)}",
+            [_json_rows(columns, rows)],
         )
         return
-    first = tuple(lead.values())
-    if json_column is None:
-        rows = [first + row for row in rows]
-    else:
+    if json_column is not None:
         # COPY takes a JSON column as its text.
         at = _names(columns).index(json_column)
-        rows = [(*first, *row[:at], json_text(row[at]), *row[at + 1 :]) for row in rows]
-    _copy(script.cursor, table, [*lead, *_names(columns)], rows)
+        rows = [(*row[:at], json_text(row[at]), *row[at + 1 :]) for row in rows]
+    _copy(script.cursor, table, _names(columns), rows)
 
 
 # The engine fields the ingest returns to the post-trade evaluation (IngestResult.engine), in the
@@ -205,6 +201,7 @@ ENGINE_FIELDS = tuple(
         "day_pnl", "drawdown_pct", "counts_day", "orders_today", "rejected_today",
         "fills_today", "working_orders"}
 )  # fmt: skip
+assert ENGINE_FIELDS[0] == "id"  # the engines' updates are matched to their batches by it
 
 
 @dataclass
@@ -220,237 +217,292 @@ class _Counts:
 
 @dataclass
 class _Read:
-    """What the first round trip found, under the engine's row lock."""
+    """What the first round trip found for one engine, under the engine's row lock."""
 
     last_seq: int | None = None
     session_at: datetime | None = None
     session_equity: Decimal | None = None
     high_water_mark: Decimal | None = None
     counts: _Counts | None = None
-    instruments: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
     positions: dict[int, _Position] = field(default_factory=dict)
     # The batch's orders stored before: client_order_id -> (status, last_seq, created_at).
     stored_orders: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
     stored_fill_ids: set[str] = field(default_factory=set)
-    # False when the batch has too many fills to look their ids up first (see _insert_fills).
-    fill_ids_read: bool = True
 
 
-# The row lock that serialises an engine's batches. An UPDATE takes it as SELECT .. FOR UPDATE
-# would, and every batch (a replayed one too) records when the engine was last heard from anyway.
-_LOCK_ENGINE = """
-    UPDATE controlplane_engine SET last_seen_at = %s WHERE id = %s
-    RETURNING last_seq, session_start_at, session_start_equity, high_water_mark,
-        counts_day, orders_today, rejected_today, fills_today, working_orders"""
-# Lists of symbols and ids are text[] literals (text_array).
+# The row locks that serialise each engine's batches, taken in id order (two transactions that
+# lock some of the same engines queue instead of deadlocking). An UPDATE takes them as SELECT ..
+# FOR UPDATE would, and every batch (a replayed one too) records when its engine was last heard
+# from anyway.
+_LOCK_ENGINES = """
+    UPDATE controlplane_engine e SET last_seen_at = %s
+    FROM (SELECT id FROM controlplane_engine WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE)
+        AS locked
+    WHERE e.id = locked.id
+    RETURNING e.id, e.last_seq, e.session_start_at, e.session_start_equity, e.high_water_mark,
+        e.counts_day, e.orders_today, e.rejected_today, e.fills_today, e.working_orders"""
+# Lists of symbols are text[] literals (text_array); (engine, key) pairs are JSON documents.
 _READ_INSTRUMENTS = (
     "SELECT symbol, id, multiplier FROM controlplane_instrument WHERE symbol = ANY(%s::text[])"
 )
+# Each (engine, key) pair is looked up on its own, in a unique index: LIMIT 1 keeps the planner
+# from joining the whole JSON document at once, which it takes for a hundred rows, by hashing a
+# scan of the table (seen on the positions, which a day's updates leave full of dead rows).
 _READ_POSITIONS = """
-    SELECT p.instrument_id, p.quantity, p.avg_price, p.realized_pnl, p.last_price,
+    SELECT k.engine_id, p.instrument_id, p.quantity, p.avg_price, p.realized_pnl, p.last_price,
            p.reported_quantity, p.reported_avg_price, p.reported_at, p.mismatch_since
-    FROM controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id
-    WHERE p.engine_id = %s AND i.symbol = ANY(%s::text[])"""
-_READ_ORDERS = """
-    SELECT client_order_id, status, last_seq, created_at FROM controlplane_order
-    WHERE engine_id = %s AND client_order_id = ANY(%s::text[])"""
+    FROM json_to_recordset(%s::json) AS k(engine_id bigint, symbol text)
+    CROSS JOIN LATERAL (
+        SELECT p.* FROM controlplane_position p
+        JOIN controlplane_instrument i ON i.id = p.instrument_id
+        WHERE p.engine_id = k.engine_id AND i.symbol = k.symbol LIMIT 1) AS p"""
+_ORDER_BY_PAIR = """
+    CROSS JOIN LATERAL (
+        SELECT * FROM controlplane_order o
+        WHERE o.engine_id = k.engine_id AND o.client_order_id = k.client_order_id LIMIT 1) AS o"""
+_READ_ORDERS = f"""
+    SELECT o.engine_id, o.client_order_id, o.status, o.last_seq, o.created_at
+    FROM json_to_recordset(%s::json) AS k(engine_id bigint, client_order_id text)
+    {_ORDER_BY_PAIR}"""
+_READ_ORDER_IDS = f"""
+    SELECT o.engine_id, o.client_order_id, o.id, o.expected_price
+    FROM json_to_recordset(%s::json) AS k(engine_id bigint, client_order_id text)
+    {_ORDER_BY_PAIR}"""
 _READ_FILL_IDS = """
-    SELECT fill_id FROM controlplane_fill WHERE engine_id = %s AND fill_id = ANY(%s::text[])"""
+    SELECT f.engine_id, f.fill_id
+    FROM json_to_recordset(%s::json) AS k(engine_id bigint, fill_id text)
+    CROSS JOIN LATERAL (
+        SELECT engine_id, fill_id FROM controlplane_fill f
+        WHERE f.engine_id = k.engine_id AND f.fill_id = k.fill_id LIMIT 1) AS f"""
 
 
-def _read(cursor: Any, engine_id: int, events: list[p.Event], now: datetime) -> _Read:
-    """Lock the engine row and read what the batch needs, in one round trip.
+def _pairs(key: str, pairs: Iterable[tuple[int, str]]) -> str:
+    return json_text([{"engine_id": engine_id, key: value} for engine_id, value in pairs])
 
-    The watermark is not known before the lock, so this reads for every event of the batch,
-    replays included; the caller keeps what concerns the fresh ones. Each statement runs after
-    the lock is held and sees everything the engine's earlier batches committed.
+
+@dataclass
+class _Group:
+    """The batches stored together in one transaction: what the read found, and what the
+    projections write, each table's rows of every engine in one statement."""
+
+    now: datetime
+    reads: dict[int, _Read] = field(default_factory=dict)
+    instruments: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    # False when the batches have too many fills to look their ids up first (see _insert_fills).
+    fill_ids_read: bool = True
+    orders: list[tuple[Any, ...]] = field(default_factory=list)
+    fills: list[tuple[int, p.FillEvent, IngestResult, set[int]]] = field(default_factory=list)
+    positions: list[dict[str, Any]] = field(default_factory=list)
+    accounts: list[tuple[Any, ...]] = field(default_factory=list)
+    metrics: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: list[tuple[Any, ...]] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    engines: dict[int, dict[str, Any]] = field(default_factory=dict)
+    updates: int = 0  # the statements that update the engines' rows
+
+
+def _read(cursor: Any, batches: list[tuple[int, list[p.Event]]], now: datetime) -> _Group:
+    """Lock the engines' rows and read what the batches need, in one round trip.
+
+    The watermarks are not known before the locks, so this reads for every event of the
+    batches, replays included; the caller keeps what concerns the fresh ones. Each statement
+    runs after the locks are held and sees everything the engines' earlier batches committed.
     """
     symbols: set[str] = set()
-    ledger_symbols: set[str] = set()
-    coids: set[str] = set()
-    fill_ids: set[str] = set()
-    for event in events:
-        kind = type(event)
-        if kind is p.FillEvent:
-            ledger_symbols.add(event.symbol)  # type: ignore[union-attr]
-            coids.add(event.client_order_id)  # type: ignore[union-attr]
-            fill_ids.add(event.fill_id)  # type: ignore[union-attr]
-        elif kind is p.PositionEvent:
-            ledger_symbols.add(event.symbol)  # type: ignore[union-attr]
-        elif kind is p.OrderEvent:
-            symbols.add(event.symbol)  # type: ignore[union-attr]
-            coids.add(event.client_order_id)  # type: ignore[union-attr]
-    symbols |= ledger_symbols
+    ledger: set[tuple[int, str]] = set()
+    coids: set[tuple[int, str]] = set()
+    fill_ids: set[tuple[int, str]] = set()
+    for engine_id, events in batches:
+        for event in events:
+            kind = type(event)
+            if kind is p.FillEvent:
+                ledger.add((engine_id, event.symbol))  # type: ignore[union-attr]
+                coids.add((engine_id, event.client_order_id))  # type: ignore[union-attr]
+                fill_ids.add((engine_id, event.fill_id))  # type: ignore[union-attr]
+            elif kind is p.PositionEvent:
+                ledger.add((engine_id, event.symbol))  # type: ignore[union-attr]
+            elif kind is p.OrderEvent:
+                symbols.add(event.symbol)  # type: ignore[union-attr]
+                coids.add((engine_id, event.client_order_id))  # type: ignore[union-attr]
+    symbols |= {symbol for _, symbol in ledger}
+    ids = sorted(engine_id for engine_id, _ in batches)
+    group = _Group(now=now, fill_ids_read=len(fill_ids) < COPY_MIN_ROWS)
     script = Script(cursor)
-    script.add(_LOCK_ENGINE, [now, engine_id], fetch="engine")
+    script.add(_LOCK_ENGINES, [now, "{" + ",".join(map(str, ids)) + "}"], fetch="engines")
     if symbols:
         script.add(_READ_INSTRUMENTS, [text_array(symbols)], fetch="instruments")
-    if ledger_symbols:
-        script.add(
-            _READ_POSITIONS,
-            [engine_id, text_array(ledger_symbols)],
-            fetch="positions",
-            prepare=False,
-        )
+    # Planned each time (prepare=False): lookups in tables that grow all day.
+    if ledger:
+        script.add(_READ_POSITIONS, [_pairs("symbol", ledger)], fetch="positions", prepare=False)
     if coids:
         # Whether each order is new and what it was: for the fills' orders and the counts.
-        script.add(_READ_ORDERS, [engine_id, text_array(coids)], fetch="orders", prepare=False)
-    if fill_ids and len(fill_ids) < COPY_MIN_ROWS:
-        script.add(
-            _READ_FILL_IDS, [engine_id, text_array(fill_ids)], fetch="fill_ids", prepare=False
-        )
+        script.add(_READ_ORDERS, [_pairs("client_order_id", coids)], fetch="orders", prepare=False)
+    if fill_ids and group.fill_ids_read:
+        script.add(_READ_FILL_IDS, [_pairs("fill_id", fill_ids)], fetch="fill_ids", prepare=False)
     rows = script.run()
-    if not rows["engine"]:
-        return _Read()
-    ((last_seq, session_at, session_equity, hwm, *counts),) = rows["engine"]
-    return _Read(
-        last_seq=last_seq,
-        session_at=session_at,
-        session_equity=session_equity,
-        high_water_mark=hwm,
-        counts=_Counts(*counts),
-        instruments={symbol: (pk, mult) for symbol, pk, mult in rows.get("instruments", ())},
-        positions={row[0]: _Position(*row) for row in rows.get("positions", ())},
-        stored_orders={row[0]: row[1:] for row in rows.get("orders", ())},
-        stored_fill_ids={row[0] for row in rows.get("fill_ids", ())},
-        fill_ids_read=len(fill_ids) < COPY_MIN_ROWS,
-    )
+    for engine_id, last_seq, session_at, session_equity, hwm, *counts in rows["engines"]:
+        group.reads[engine_id] = _Read(
+            last_seq=last_seq,
+            session_at=session_at,
+            session_equity=session_equity,
+            high_water_mark=hwm,
+            counts=_Counts(*counts),
+        )
+    group.instruments = {s: (pk, mult) for s, pk, mult in rows.get("instruments", ())}
+    for engine_id, *row in rows.get("positions", ()):
+        group.reads[engine_id].positions[row[0]] = _Position(*row)
+    for engine_id, coid, *row in rows.get("orders", ()):
+        group.reads[engine_id].stored_orders[coid] = tuple(row)  # type: ignore[assignment]
+    for engine_id, fill_id in rows.get("fill_ids", ()):
+        group.reads[engine_id].stored_fill_ids.add(fill_id)
+    return group
 
 
 def ingest_events(
     *, engine_id: int, events: list[p.Event], now: datetime | None = None
 ) -> IngestResult:
     """Store a batch for one engine. Raises on a database failure (nothing is then stored)."""
+    return ingest_batches([(engine_id, events)], now=now)[0]
+
+
+def ingest_batches(
+    batches: list[tuple[int, list[p.Event]]], *, now: datetime | None = None
+) -> list[IngestResult]:
+    """Store one batch for each of several engines (no engine twice) in one transaction, each
+    table's rows of them all in one statement: what a batch costs is mostly per statement, so
+    the batches that wait for a transaction together cost little more than one. Returns their
+    results in order. Raises on a database failure, or LookupError if an engine does not exist;
+    nothing is then stored, and the caller may store each batch alone to find the one at fault.
+    """
     received_at = now or datetime.now(UTC)
     with transaction.atomic(), connection.cursor() as cursor:
-        read = _read(cursor, engine_id, events, received_at)
-        if read.last_seq is None:
-            raise LookupError(f"engine {engine_id} does not exist")
-        last_seq = read.last_seq
-
-        fresh: dict[int, p.Event] = {}
-        replayed = 0
-        for event in events:
-            if event.seq <= last_seq or event.seq in fresh:
-                replayed += 1
-            else:
-                fresh[event.seq] = event
-        result = IngestResult(ack_seq=last_seq, replayed=replayed)
-        if not fresh:
-            return result  # taking the lock recorded last_seen_at: nothing else to write
-        batch = [fresh[seq] for seq in sorted(fresh)]
-        result.ack_seq = batch[-1].seq
+        group = _read(cursor, batches, received_at)
+        missing = [engine_id for engine_id, _ in batches if engine_id not in group.reads]
+        if missing:
+            raise LookupError(f"engines {missing} do not exist")
+        results: list[IngestResult] = []
+        projected: list[tuple[int, list[p.Event], IngestResult, _Split]] = []
+        for engine_id, events in batches:
+            last_seq = group.reads[engine_id].last_seq
+            assert last_seq is not None
+            fresh: dict[int, p.Event] = {}
+            replayed = 0
+            for event in events:
+                if event.seq <= last_seq or event.seq in fresh:
+                    replayed += 1
+                else:
+                    fresh[event.seq] = event
+            result = IngestResult(ack_seq=last_seq, replayed=replayed)
+            results.append(result)
+            if fresh:
+                batch = [fresh[seq] for seq in sorted(fresh)]
+                result.ack_seq = batch[-1].seq
+                projected.append((engine_id, batch, result, _split(batch)))
+        if not projected:
+            return results  # taking the locks recorded last_seen_at: nothing else to write
+        missing_symbols = {s for *_, split in projected for s in split.symbols}
+        missing_symbols -= group.instruments.keys()
+        if missing_symbols:
+            group.instruments |= _create_instruments(cursor, missing_symbols)
 
         script = Script(cursor)
-        accepted, engine_update = _project(script, engine_id, batch, read, result, received_at)
-        if accepted:
-            _append_event_log(script, engine_id, accepted, received_at)
-        result.stored = len(accepted)
-        result.kinds = frozenset(e.__struct_config__.tag for e in accepted)  # type: ignore[misc]
-        engine_update["last_seq"] = result.ack_seq
-        _update_engine(script, engine_id, engine_update)
+        # The orders first: the fills find their order's row, and the counts what it was.
+        ordered = [
+            _upsert_orders(group, engine_id, split.orders) for engine_id, _, _, split in projected
+        ]
+        for engine_id, _, result, split in projected:
+            split.rejected = _check_fills(group, engine_id, split.fills, split.orders, result)
+        _insert_fills(script, group)
+        fills = 0
+        for (engine_id, batch, result, split), (latest, first_ts) in zip(
+            projected, ordered, strict=True
+        ):
+            accepted = _project(group, engine_id, batch, split, latest, first_ts)
+            if accepted:
+                group.frames.append({"engine_id": engine_id, "first_seq": accepted[0].seq,
+                                     "last_seq": accepted[-1].seq, "events": accepted})  # fmt: skip
+            result.stored = len(accepted)
+            result.kinds = frozenset(e.__struct_config__.tag for e in accepted)  # type: ignore[misc]
+            group.engines[engine_id]["last_seq"] = result.ack_seq
+            fills += sum(1 for e in accepted if type(e) is p.FillEvent)
+        _write(script, group)
         written = script.run()
-        fills = sum(1 for e in accepted if type(e) is p.FillEvent)
         if written.get("fills", fills) != fills:
             # Each fill's order was found above under the engine's lock, so this cannot happen;
-            # were it to, the fill would be lost silently: the batch fails and is sent again.
-            raise RuntimeError(f"engine {engine_id}: {fills} fills, {written['fills']} stored")
-        (row,) = written["engine"]
-        result.engine = Engine.from_db(connection.alias, ENGINE_FIELDS, row)
-    return result
+            # were it to, the fill would be lost silently: the batches fail and are sent again.
+            raise RuntimeError(f"{fills} fills, {written['fills']} stored")
+        rows = {row[0]: row for n in range(group.updates) for row in written[f"engines {n}"]}
+        for engine_id, _, result, _ in projected:
+            result.engine = Engine.from_db(connection.alias, ENGINE_FIELDS, rows[engine_id])
+    return results
 
 
-def _update_engine(script: Script, engine_id: int, values: dict[str, Any]) -> None:
-    """The engine row's one update of the batch: its watermark, figures and reported state."""
-    sets = ", ".join(
-        "last_seq = GREATEST(last_seq, %s)" if column == "last_seq" else f"{column} = %s"
-        for column in values
-    )
-    script.add(
-        f"UPDATE controlplane_engine SET {sets} WHERE id = %s RETURNING {', '.join(ENGINE_FIELDS)}",
-        [*values.values(), engine_id],
-        fetch="engine",
-    )
+@dataclass
+class _Split:
+    """One engine's fresh events, by kind."""
 
-
-def _append_event_log(
-    script: Script, engine_id: int, events: list[p.Event], received_at: datetime
-) -> None:
-    partitions.ensure_partition(received_at.date())
-    # One row for the batch: its events as one JSON array, encoded in one call in C (msgspec).
-    script.add(
-        "INSERT INTO controlplane_eventframe (engine_id, first_seq, last_seq, received_at, events)"
-        " VALUES (%s, %s, %s, %s, %s::json)",
-        [engine_id, events[0].seq, events[-1].seq, received_at, json_text(events)],
-    )
-
-
-def _project(
-    script: Script,
-    engine_id: int,
-    batch: list[p.Event],
-    read: _Read,
-    result: IngestResult,
-    now: datetime,
-) -> tuple[list[p.Event], dict[str, Any]]:
-    """Add the projections' writes to ``script``; return the events accepted (rejected ones get
-    an error) and the engine row's new values."""
-    orders: list[p.OrderEvent] = []
-    fills: list[p.FillEvent] = []
-    reports: list[p.PositionEvent] = []
-    accounts: list[p.AccountEvent] = []
-    metrics: list[p.MetricEvent] = []
-    logs: list[p.LogEvent] = []
+    orders: list[p.OrderEvent] = field(default_factory=list)
+    fills: list[p.FillEvent] = field(default_factory=list)
+    reports: list[p.PositionEvent] = field(default_factory=list)
+    accounts: list[p.AccountEvent] = field(default_factory=list)
+    metrics: list[p.MetricEvent] = field(default_factory=list)
+    logs: list[p.LogEvent] = field(default_factory=list)
     state: p.StateEvent | None = None
-    symbols: set[str] = set()
+    symbols: set[str] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)  # the seqs of the fills not counted
+
+
+def _split(batch: list[p.Event]) -> _Split:
+    split = _Split()
     for event in batch:
         kind = type(event)
         if kind is p.FillEvent:
-            fills.append(event)  # type: ignore[arg-type]
-            symbols.add(event.symbol)  # type: ignore[union-attr]
+            split.fills.append(event)  # type: ignore[arg-type]
+            split.symbols.add(event.symbol)  # type: ignore[union-attr]
         elif kind is p.OrderEvent:
-            orders.append(event)  # type: ignore[arg-type]
-            symbols.add(event.symbol)  # type: ignore[union-attr]
+            split.orders.append(event)  # type: ignore[arg-type]
+            split.symbols.add(event.symbol)  # type: ignore[union-attr]
         elif kind is p.MetricEvent:
-            metrics.append(event)  # type: ignore[arg-type]
+            split.metrics.append(event)  # type: ignore[arg-type]
         elif kind is p.AccountEvent:
-            accounts.append(event)  # type: ignore[arg-type]
+            split.accounts.append(event)  # type: ignore[arg-type]
         elif kind is p.PositionEvent:
-            reports.append(event)  # type: ignore[arg-type]
-            symbols.add(event.symbol)  # type: ignore[union-attr]
+            split.reports.append(event)  # type: ignore[arg-type]
+            split.symbols.add(event.symbol)  # type: ignore[union-attr]
         elif kind is p.LogEvent:
-            logs.append(event)  # type: ignore[arg-type]
+            split.logs.append(event)  # type: ignore[arg-type]
         elif kind is p.StateEvent:
-            state = event  # type: ignore[assignment]
-    instruments = read.instruments
-    missing = symbols - instruments.keys()
-    if missing:
-        instruments = {**instruments, **_create_instruments(script.cursor, missing)}
-    engine_update: dict[str, Any] = {}
-    rejected: set[int] = set()
+            split.state = event  # type: ignore[assignment]
+    return split
 
-    latest, first_ts = _upsert_orders(script, engine_id, orders, instruments)
-    if fills:
-        rejected = _insert_fills(script, engine_id, fills, orders, read, instruments, result)
-    if orders or fills:
+
+def _project(
+    group: _Group,
+    engine_id: int,
+    batch: list[p.Event],
+    split: _Split,
+    latest: dict[str, p.OrderEvent],
+    first_ts: dict[str, datetime],
+) -> list[p.Event]:
+    """Add one engine's rows (its orders and fills are in already) and its engine row's new
+    values to ``group``; return its events accepted (rejected ones got an error)."""
+    read = group.reads[engine_id]
+    engine_update: dict[str, Any] = {}
+    rejected = split.rejected
+    fills = split.fills
+    if split.orders or fills:
         stored_fills = [f for f in fills if f.seq not in rejected]
-        engine_update |= _count(read, latest, first_ts, stored_fills, now)
-    if fills or reports:
-        _update_positions(script, engine_id, fills, rejected, reports, read, instruments, now)
-    if accounts:
-        engine_update |= _store_accounts(script, engine_id, accounts, read)
-    if metrics:
-        _append(script, "controlplane_metricsample", {"engine_id": engine_id},
-                "ts timestamptz, name text, value float8, seq bigint",
-                [(m.ts, m.name, m.value, m.seq) for m in metrics])  # fmt: skip
-    if logs:
-        _append(script, "controlplane_enginelog", {"engine_id": engine_id},
-                "ts timestamptz, level text, message text, context jsonb, seq bigint",
-                [(e.ts, e.level, e.message, e.context, e.seq) for e in logs],
-                json_column="context")  # fmt: skip
-    if state is not None:
-        engine_update["reported_state"] = state.trading_state
-    return [e for e in batch if e.seq not in rejected], engine_update
+        engine_update |= _count(read, latest, first_ts, stored_fills, group.now)
+    if fills or split.reports:
+        _update_positions(group, engine_id, fills, rejected, split.reports)
+    if split.accounts:
+        engine_update |= _store_accounts(group, engine_id, split.accounts)
+    group.metrics += [(engine_id, m.ts, m.name, m.value, m.seq) for m in split.metrics]
+    group.logs += [(engine_id, e.ts, e.level, e.message, e.context, e.seq) for e in split.logs]
+    if split.state is not None:
+        engine_update["reported_state"] = split.state.trading_state
+    group.engines[engine_id] = engine_update
+    return [e for e in batch if e.seq not in rejected]
 
 
 def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[int, Decimal]]:
@@ -473,10 +525,11 @@ def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[
     return {symbol: (pk, mult) for symbol, pk, mult in rows}
 
 
-_ORDER_COLUMNS = """client_order_id text, broker_order_id text, instrument_id bigint, side text,
-    order_type text, quantity numeric, limit_price numeric, stop_price numeric,
-    expected_price numeric, status text, filled_quantity numeric, avg_fill_price numeric,
-    reject_reason text, created_at timestamptz, updated_at timestamptz, last_seq bigint"""
+_ORDER_COLUMNS = """engine_id bigint, client_order_id text, broker_order_id text,
+    instrument_id bigint, side text, order_type text, quantity numeric, limit_price numeric,
+    stop_price numeric, expected_price numeric, status text, filled_quantity numeric,
+    avg_fill_price numeric, reject_reason text, created_at timestamptz, updated_at timestamptz,
+    last_seq bigint"""
 
 _UPSERT_ORDERS = """
     INSERT INTO controlplane_order AS o (
@@ -504,12 +557,10 @@ _UPSERT_ORDERS_STAGED = _UPSERT_ORDERS.replace(
 
 
 def _upsert_orders(
-    script: Script,
-    engine_id: int,
-    orders: list[p.OrderEvent],
-    instruments: dict[str, tuple[int, Decimal]],
+    group: _Group, engine_id: int, orders: list[p.OrderEvent]
 ) -> tuple[dict[str, p.OrderEvent], dict[str, datetime]]:
-    """Insert or update the orders; return each one's latest report and its first one's time."""
+    """Add an engine's orders to insert or update; return each one's latest report and its
+    first one's time."""
     if not orders:
         return {}, {}
     # Several reports of one order in a batch: the latest wins, the first gives created_at.
@@ -518,18 +569,14 @@ def _upsert_orders(
     for order in orders:
         latest[order.client_order_id] = order
         first_ts.setdefault(order.client_order_id, order.ts)
-    rows = [
-        (o.client_order_id, o.broker_order_id or "", instruments[o.symbol][0], o.side,
-         o.order_type, o.quantity, o.limit_price, o.stop_price, o.expected_price, o.status,
-         o.filled_quantity, o.avg_fill_price, o.reject_reason or "", first_ts[o.client_order_id],
-         o.ts, o.seq)
+    instruments = group.instruments
+    group.orders += [
+        (engine_id, o.client_order_id, o.broker_order_id or "", instruments[o.symbol][0],
+         o.side, o.order_type, o.quantity, o.limit_price, o.stop_price, o.expected_price,
+         o.status, o.filled_quantity, o.avg_fill_price, o.reject_reason or "",
+         first_ts[o.client_order_id], o.ts, o.seq)
         for o in latest.values()
     ]  # fmt: skip
-    if len(rows) < COPY_MIN_ROWS:
-        script.add(_UPSERT_ORDERS_JSON, [engine_id, _json_rows(_ORDER_COLUMNS, rows)])
-    else:
-        _stage(script, "cp_stage_order", _ORDER_COLUMNS, rows)
-        script.add(_UPSERT_ORDERS_STAGED, [engine_id])
     return latest, first_ts
 
 
@@ -580,45 +627,26 @@ def _count(
     }  # fmt: skip
 
 
-# Runs after the orders' upsert in the same script, so a fill finds an order reported in its own
-# batch, and takes the order's expected price as that upsert left it.
-_INSERT_FILLS = """
-    WITH f AS (
-        SELECT * FROM json_to_recordset(%s::json) AS r(fill_id text, client_order_id text,
-            instrument_id bigint, side text, quantity numeric, price numeric, fee numeric,
-            liquidity text, ts timestamptz, seq bigint)
-    ), o AS (
-        SELECT client_order_id, id, expected_price FROM controlplane_order
-        WHERE engine_id = %s AND client_order_id = ANY(%s::text[])
-    )
-    INSERT INTO controlplane_fill (engine_id, fill_id, order_id, instrument_id, side, quantity,
-        price, fee, expected_price, liquidity, ts, seq)
-    SELECT %s, f.fill_id, o.id, f.instrument_id, f.side, f.quantity, f.price, f.fee,
-        o.expected_price, f.liquidity, f.ts, f.seq
-    FROM f JOIN o USING (client_order_id)"""
-
-
-def _insert_fills(
-    script: Script,
+def _check_fills(
+    group: _Group,
     engine_id: int,
     fills: list[p.FillEvent],
     orders: list[p.OrderEvent],
-    read: _Read,
-    instruments: dict[str, tuple[int, Decimal]],
     result: IngestResult,
 ) -> set[int]:
-    """Insert fills; return the seqs not counted (unknown order, or fill_id already stored).
+    """Add an engine's fills to insert; return the seqs not counted (unknown order, or fill_id
+    already stored).
 
     Under the engine's lock, the orders stored before plus those of this batch are known. So are
-    the fill ids stored before, for a batch of fewer than COPY_MIN_ROWS fills: the others are
-    COPYed without that lookup (a fill_id stored before under another seq is rare), and should
-    the unique key refuse the COPY, it is rolled back to its savepoint and done again without the
-    fills already stored. Of a fill_id repeated in a batch, the lowest seq is the one counted.
+    the fill ids stored before, when the batches have fewer than COPY_MIN_ROWS fills: the others
+    are COPYed without that lookup (a fill_id stored before under another seq is rare), and
+    should the unique key refuse the COPY, _insert_fills sorts them out. Of a fill_id repeated in
+    a batch, the lowest seq is the one counted.
     """
+    read = group.reads[engine_id]
     known_orders = read.stored_orders.keys() | {order.client_order_id for order in orders}
     seen = set(read.stored_fill_ids)
     rejected: set[int] = set()
-    fresh: list[p.FillEvent] = []
     for fill in fills:
         if fill.client_order_id not in known_orders:
             rejected.add(fill.seq)
@@ -637,81 +665,110 @@ def _insert_fills(
             result.replayed += 1
         else:
             seen.add(fill.fill_id)
-            fresh.append(fill)
-    if not fresh:
-        return rejected
-    if read.fill_ids_read and len(fresh) < COPY_MIN_ROWS:
-        script.add(_INSERT_FILLS, [json_text([
-            {"fill_id": f.fill_id, "client_order_id": f.client_order_id,
-             "instrument_id": instruments[f.symbol][0], "side": f.side, "quantity": f.quantity,
-             "price": f.price, "fee": f.fee, "liquidity": f.liquidity or "", "ts": f.ts,
-             "seq": f.seq}
-            for f in fresh
-        ]), engine_id, text_array({f.client_order_id for f in fresh}), engine_id],
-            count="fills", prepare=False)  # fmt: skip
-        return rejected
-    # COPY, with the orders' ids and expected prices read after the orders' upsert (queued
-    # before this, so it runs first).
-    coids = {f.client_order_id for f in fresh}
-    script.add(_READ_ORDER_IDS, [engine_id, text_array(coids)], fetch="order_ids", prepare=False)
-    orders_by_id = {coid: (pk, expected) for coid, pk, expected in script.run()["order_ids"]}
-    if len(orders_by_id) != len(coids):
-        raise RuntimeError(f"engine {engine_id}: fills without their order row")
-
-    def copy(fills: list[p.FillEvent]) -> None:
-        _copy(script.cursor, "controlplane_fill", _FILL_COLUMNS, [
-            (engine_id, f.fill_id, orders_by_id[f.client_order_id][0],
-             instruments[f.symbol][0], f.side, f.quantity, f.price, f.fee,
-             orders_by_id[f.client_order_id][1], f.liquidity or "", f.ts, f.seq)
-            for f in fills
-        ])  # fmt: skip
-
-    if read.fill_ids_read:
-        copy(fresh)
-        return rejected
-    try:
-        with transaction.atomic():
-            copy(fresh)
-        return rejected
-    except UniqueViolation as exc:
-        if exc.diag.constraint_name != "fill_unique_id":
-            raise
-    # A fill_id stored before: sort them out.
-    script.add(
-        _READ_FILL_IDS,
-        [engine_id, text_array(f.fill_id for f in fresh)],
-        fetch="fill_ids",
-        prepare=False,
-    )
-    stored = {row[0] for row in script.run()["fill_ids"]}
-    for fill in fresh:
-        if fill.fill_id in stored:
-            rejected.add(fill.seq)
-            result.replayed += 1
-    rest = [fill for fill in fresh if fill.fill_id not in stored]
-    if rest:
-        copy(rest)
+            group.fills.append((engine_id, fill, result, rejected))
     return rejected
 
 
-_READ_ORDER_IDS = """
-    SELECT client_order_id, id, expected_price FROM controlplane_order
-    WHERE engine_id = %s AND client_order_id = ANY(%s::text[])"""
+# Runs after the orders' upsert in the same script, so a fill finds an order reported in its own
+# batch, and takes the order's expected price as that upsert left it.
+_INSERT_FILLS = f"""
+    INSERT INTO controlplane_fill (engine_id, fill_id, order_id, instrument_id, side, quantity,
+        price, fee, expected_price, liquidity, ts, seq)
+    SELECT k.engine_id, k.fill_id, o.id, k.instrument_id, k.side, k.quantity, k.price, k.fee,
+        o.expected_price, k.liquidity, k.ts, k.seq
+    FROM json_to_recordset(%s::json) AS k(engine_id bigint, fill_id text,
+        client_order_id text, instrument_id bigint, side text, quantity numeric,
+        price numeric, fee numeric, liquidity text, ts timestamptz, seq bigint)
+    {_ORDER_BY_PAIR}"""
 _FILL_COLUMNS = (
     "engine_id", "fill_id", "order_id", "instrument_id", "side", "quantity", "price", "fee",
     "expected_price", "liquidity", "ts", "seq",
 )  # fmt: skip
 
 
-_POSITION_COLUMNS = """instrument_id bigint, quantity numeric, avg_price numeric,
-    realized_pnl numeric, last_price numeric, reported_quantity numeric,
+def _insert_fills(script: Script, group: _Group) -> None:
+    """Add the fills that _check_fills let through to ``script``, in one statement after the
+    orders' upsert; or, from COPY_MIN_ROWS fills on, run the script so far and COPY them (with
+    their orders' ids and expected prices read after that upsert), and when their ids were not
+    looked up first, sort out those the unique key refuses (rolled back to a savepoint)."""
+    if group.orders:
+        if len(group.orders) < COPY_MIN_ROWS:
+            script.add(_UPSERT_ORDERS_JSON, [_json_rows(_ORDER_COLUMNS, group.orders)])
+        else:
+            _stage(script, "cp_stage_order", _ORDER_COLUMNS, group.orders)
+            script.add(_UPSERT_ORDERS_STAGED, [])
+    fresh = group.fills
+    if not fresh:
+        return
+    instruments = group.instruments
+    if group.fill_ids_read and len(fresh) < COPY_MIN_ROWS:
+        script.add(_INSERT_FILLS, [json_text([
+            {"engine_id": engine_id, "fill_id": f.fill_id, "client_order_id": f.client_order_id,
+             "instrument_id": instruments[f.symbol][0], "side": f.side, "quantity": f.quantity,
+             "price": f.price, "fee": f.fee, "liquidity": f.liquidity or "", "ts": f.ts,
+             "seq": f.seq}
+            for engine_id, f, _, _ in fresh
+        ])], count="fills", prepare=False)  # fmt: skip
+        return
+    coids = {(engine_id, f.client_order_id) for engine_id, f, _, _ in fresh}
+    script.add(
+        _READ_ORDER_IDS, [_pairs("client_order_id", coids)], fetch="order_ids", prepare=False
+    )
+    orders_by_id = {
+        (engine_id, coid): (pk, expected)
+        for engine_id, coid, pk, expected in script.run()["order_ids"]
+    }
+    if len(orders_by_id) != len(coids):
+        raise RuntimeError("fills without their order row")
+
+    def copy(fills: list[tuple[int, p.FillEvent, IngestResult, set[int]]]) -> None:
+        _copy(script.cursor, "controlplane_fill", _FILL_COLUMNS, [
+            (engine_id, f.fill_id, orders_by_id[engine_id, f.client_order_id][0],
+             instruments[f.symbol][0], f.side, f.quantity, f.price, f.fee,
+             orders_by_id[engine_id, f.client_order_id][1], f.liquidity or "", f.ts, f.seq)
+            for engine_id, f, _, _ in fills
+        ])  # fmt: skip
+
+    if group.fill_ids_read:
+        copy(fresh)
+        return
+    try:
+        with transaction.atomic():
+            copy(fresh)
+        return
+    except UniqueViolation as exc:
+        if exc.diag.constraint_name != "fill_unique_id":
+            raise
+    # A fill_id stored before: sort them out.
+    script.add(
+        _READ_FILL_IDS,
+        [_pairs("fill_id", {(engine_id, f.fill_id) for engine_id, f, _, _ in fresh})],
+        fetch="fill_ids",
+        prepare=False,
+    )
+    stored = set(script.run()["fill_ids"])
+    rest = []
+    for item in fresh:
+        engine_id, fill, result, rejected = item
+        if (engine_id, fill.fill_id) in stored:
+            rejected.add(fill.seq)
+            result.replayed += 1
+        else:
+            rest.append(item)
+    group.fills = rest
+    if rest:
+        copy(rest)
+
+
+_POSITION_COLUMNS = """engine_id bigint, instrument_id bigint, quantity numeric,
+    avg_price numeric, realized_pnl numeric, last_price numeric, reported_quantity numeric,
     reported_avg_price numeric, reported_at timestamptz, mismatch_since timestamptz"""
 
 _UPSERT_POSITIONS = f"""
     INSERT INTO controlplane_position AS p (
-        engine_id, updated_at, instrument_id, quantity, avg_price, realized_pnl, last_price,
+        updated_at, engine_id, instrument_id, quantity, avg_price, realized_pnl, last_price,
         reported_quantity, reported_avg_price, reported_at, mismatch_since)
-    {_rows(_POSITION_COLUMNS, lead="%s, %s")}
+    {_rows(_POSITION_COLUMNS, lead="%s")}
     ON CONFLICT (engine_id, instrument_id) DO UPDATE SET
         quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price,
         realized_pnl = EXCLUDED.realized_pnl, last_price = EXCLUDED.last_price,
@@ -722,21 +779,20 @@ _UPSERT_POSITIONS = f"""
 
 
 def _update_positions(
-    script: Script,
+    group: _Group,
     engine_id: int,
     fills: list[p.FillEvent],
     skipped: set[int],
     reports: list[p.PositionEvent],
-    read: _Read,
-    instruments: dict[str, tuple[int, Decimal]],
-    now: datetime,
 ) -> None:
+    instruments = group.instruments
     touched = {instruments[f.symbol][0] for f in fills if f.seq not in skipped}
     touched |= {instruments[r.symbol][0] for r in reports}
     if not touched:
         return
     # The first round trip read the positions of every symbol the batch's fills and reports
     # name; only those an accepted event touches are written back.
+    read = group.reads[engine_id]
     positions = {
         instrument_id: read.positions.get(instrument_id) or _Position(instrument_id)
         for instrument_id in touched
@@ -762,25 +818,24 @@ def _update_positions(
         if agrees:
             pos.mismatch_since = None
         elif pos.mismatch_since is None:
-            pos.mismatch_since = now
-    script.add(_UPSERT_POSITIONS, [engine_id, now, json_text([
-        {"instrument_id": r.instrument_id, "quantity": r.quantity, "avg_price": r.avg_price,
-         "realized_pnl": r.realized_pnl, "last_price": r.last_price,
+            pos.mismatch_since = group.now
+    group.positions += [
+        {"engine_id": engine_id, "instrument_id": r.instrument_id, "quantity": r.quantity,
+         "avg_price": r.avg_price, "realized_pnl": r.realized_pnl, "last_price": r.last_price,
          "reported_quantity": r.reported_quantity, "reported_avg_price": r.reported_avg_price,
          "reported_at": r.reported_at, "mismatch_since": r.mismatch_since}
         for r in positions.values()
-    ])])  # fmt: skip
+    ]  # fmt: skip
 
 
 def _store_accounts(
-    script: Script, engine_id: int, accounts: list[p.AccountEvent], read: _Read
+    group: _Group, engine_id: int, accounts: list[p.AccountEvent]
 ) -> dict[str, Any]:
-    """Insert the snapshots; return the engine's new equity, session and drawdown figures."""
-    _append(script, "controlplane_accountsnapshot", {"engine_id": engine_id},
-            "ts timestamptz, equity numeric, cash numeric, margin_used numeric, currency text, "
-            "seq bigint",
-            [(a.ts, a.equity, a.cash, a.margin_used, a.currency, a.seq)
-             for a in accounts])  # fmt: skip
+    """Add the snapshots; return the engine's new equity, session and drawdown figures."""
+    group.accounts += [
+        (engine_id, a.ts, a.equity, a.cash, a.margin_used, a.currency, a.seq) for a in accounts
+    ]
+    read = group.reads[engine_id]
     session_at, session_equity, hwm = read.session_at, read.session_equity, read.high_water_mark
     for account in accounts:
         # The trading session starts at 00:00 UTC: the first equity of a new day is its base.
@@ -799,3 +854,62 @@ def _store_accounts(
         "session_start_equity": session_equity, "high_water_mark": hwm, "day_pnl": day_pnl,
         "drawdown_pct": drawdown.quantize(Decimal("0.000001")),
     }  # fmt: skip
+
+
+# The engine row's columns a batch may set, with their types for json_to_recordset.
+_ENGINE_COLUMNS = {
+    "last_seq": "bigint", "counts_day": "date", "orders_today": "integer",
+    "rejected_today": "integer", "fills_today": "integer", "working_orders": "integer",
+    "equity": "numeric", "cash": "numeric", "session_start_at": "timestamptz",
+    "session_start_equity": "numeric", "high_water_mark": "numeric", "day_pnl": "numeric",
+    "drawdown_pct": "numeric", "reported_state": "text",
+}  # fmt: skip
+
+
+@cache
+def _update_engines_sql(columns: tuple[str, ...]) -> str:
+    """The engines' one update of the batches that set ``columns``: their watermarks, figures
+    and reported states (last_seq never goes back)."""
+    sets = ", ".join(
+        "last_seq = GREATEST(e.last_seq, v.last_seq)" if c == "last_seq" else f"{c} = v.{c}"
+        for c in columns
+    )
+    typed = ", ".join(f"{c} {_ENGINE_COLUMNS[c]}" for c in columns)
+    return (
+        f"UPDATE controlplane_engine e SET {sets} "
+        f"FROM json_to_recordset(%s::json) AS v(id bigint, {typed}) WHERE e.id = v.id "
+        f"RETURNING {', '.join(f'e.{name}' for name in ENGINE_FIELDS)}"
+    )
+
+
+def _write(script: Script, group: _Group) -> None:
+    """Add the rest of the batches' writes to ``script``: one statement a table, then the
+    engines' rows (one statement for each set of columns the batches change)."""
+    if group.positions:
+        script.add(_UPSERT_POSITIONS, [group.now, json_text(group.positions)])
+    _append(script, "controlplane_accountsnapshot",
+            "engine_id bigint, ts timestamptz, equity numeric, cash numeric, "
+            "margin_used numeric, currency text, seq bigint", group.accounts)  # fmt: skip
+    _append(script, "controlplane_metricsample",
+            "engine_id bigint, ts timestamptz, name text, value float8, seq bigint",
+            group.metrics)  # fmt: skip
+    _append(script, "controlplane_enginelog",
+            "engine_id bigint, ts timestamptz, level text, message text, context jsonb, "
+            "seq bigint", group.logs, json_column="context")  # fmt: skip
+    if group.frames:
+        partitions.ensure_partition(group.now.date())
+    for frame in group.frames:
+        # One row a batch: its events as one JSON array, encoded in one call in C (msgspec). A
+        # statement of its own, so that PostgreSQL reads the array once, as the column's value.
+        script.add(
+            "INSERT INTO controlplane_eventframe (engine_id, first_seq, last_seq, received_at,"
+            " events) VALUES (%s, %s, %s, %s, %s::json)",
+            [frame["engine_id"], frame["first_seq"], frame["last_seq"], group.now,
+             json_text(frame["events"])],
+        )  # fmt: skip
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for engine_id, values in group.engines.items():
+        by_columns.setdefault(tuple(values), []).append({"id": engine_id, **values})
+    for n, (columns, rows) in enumerate(by_columns.items()):
+        script.add(_update_engines_sql(columns), [json_text(rows)], fetch=f"engines {n}")
+    group.updates = len(by_columns)

@@ -1,0 +1,177 @@
+"""Several engines' batches stored in one transaction (ingest.ingest_batches), as the socket's
+writer does with the frames that wait together (consumers._EventsWriter): they store exactly what
+each batch alone would, and one engine's refused batch costs the others nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import msgspec
+import pytest
+from channels.db import database_sync_to_async
+
+from controlplane import consumers, gateway
+from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
+from controlplane.models import EngineLog, Fill, MetricSample, Position
+from engine_sdk import protocol as p
+from tests.gateway import factories as f
+from tests.gateway.test_ingest_round_trips import NOW, _statements, _stored, _stream
+
+pytestmark = pytest.mark.django_db
+
+
+def _in_lockstep(engines, events: list[p.Event], size: int) -> list[list[p.Error]]:
+    """Every engine sends the same frames; frame k of them all is one group."""
+    errors: list[list[p.Error]] = [[] for _ in engines]
+    for start in range(0, len(events), size):
+        chunk = events[start : start + size]
+        results = ingest_batches([(engine.pk, chunk) for engine in engines], now=NOW)
+        for mine, result in zip(errors, results, strict=True):
+            mine += result.errors
+    return errors
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        9,  # each table of a group in one statement, the fill ids looked up first
+        400,  # the group's fills (a third of COPY_MIN_ROWS each) go in with COPY, not looked up
+    ],
+)
+def test_a_group_stores_for_each_engine_exactly_what_its_batches_alone_store(make_engine, size):
+    events = _stream(orders=COPY_MIN_ROWS // 2)
+    alone = make_engine("alone")[0]
+    together = [make_engine(f"together-{n}")[0] for n in range(3)]
+
+    alone_errors = []
+    for start in range(0, len(events), size):
+        chunk = events[start : start + size]
+        alone_errors += ingest_events(engine_id=alone.pk, events=chunk, now=NOW).errors
+    group_errors = _in_lockstep(together, events, size)
+
+    expected = _stored(alone)
+    assert {e.code for e in alone_errors} == {"unknown_order"}
+    for engine, errors in zip(together, group_errors, strict=True):
+        assert [(e.code, e.seq) for e in errors] == [(e.code, e.seq) for e in alone_errors]
+        assert _stored(engine) == expected
+
+
+def test_a_group_takes_two_round_trips_whatever_its_number_of_engines(make_engine):
+    engines = [make_engine(f"e-{n}")[0] for n in range(5)]
+    ingest_events(engine_id=make_engine("first")[0].pk, events=[f.order(1, "o-0")])  # AAPL known
+    batch = [
+        f.order(1, "o-1"), f.fill(2, "f-1", "o-1"), f.position(3, "100"), f.metric(4),
+        f.log(5), f.account(6, "1000"), f.state(7, "ACTIVE"),
+    ]  # fmt: skip
+
+    sent = _statements(lambda: ingest_batches([(e.pk, batch) for e in engines]))
+
+    assert len(sent) == 2
+    assert Fill.objects.count() == 5
+    assert Position.objects.count() == 5
+    assert set(Position.objects.values_list("engine_id", "quantity", "reported_quantity")) == {
+        (e.pk, Decimal(10), Decimal(100)) for e in engines
+    }
+
+
+def test_each_engine_keeps_its_own_watermark_in_a_group(make_engine):
+    ahead, behind = make_engine("ahead")[0], make_engine("behind")[0]
+    ingest_events(engine_id=ahead.pk, events=[f.metric(1, value=1.0), f.metric(2, value=2.0)])
+
+    results = ingest_batches([
+        (ahead.pk, [f.metric(2, value=9.0), f.metric(3, value=3.0)]),
+        (behind.pk, [f.metric(1, value=1.0)]),
+    ])  # fmt: skip
+
+    assert [(r.ack_seq, r.stored, r.replayed) for r in results] == [(3, 1, 1), (1, 1, 0)]
+    assert [r.engine.pk for r in results] == [ahead.pk, behind.pk]
+    assert list(MetricSample.objects.filter(engine=ahead).order_by("seq")
+                .values_list("seq", "value")) == [(1, 1.0), (2, 2.0), (3, 3.0)]  # fmt: skip
+
+
+def test_a_stored_fill_id_resent_in_a_large_group_is_counted_once(make_engine):
+    first, second = make_engine("first")[0], make_engine("second")[0]
+    ingest_events(engine_id=first.pk, events=[f.order(1, "o-1"), f.fill(2, "f-7", "o-1")])
+    half = COPY_MIN_ROWS // 2 + 5  # the group's fills are too many to look their ids up first
+    resent = [f.fill(3 + n, f"f-{n}", "o-1", qty="1") for n in range(half)]
+    fresh = [f.order(1, "o-1")] + [f.fill(2 + n, f"f-{n}", "o-1", qty="1") for n in range(half)]
+
+    results = ingest_batches([(first.pk, resent), (second.pk, fresh)])
+
+    # f-7 of the first engine was stored before, under seq 2; the second's f-7 is its own.
+    assert [(r.stored, r.replayed) for r in results] == [(half - 1, 1), (half + 1, 0)]
+    assert Fill.objects.get(engine=first, fill_id="f-7").seq == 2
+    assert Fill.objects.filter(engine=first).count() == half
+    assert Fill.objects.filter(engine=second).count() == half
+    assert Position.objects.get(engine=first).quantity == Decimal(10 + half - 1)
+    assert Position.objects.get(engine=second).quantity == Decimal(half)
+
+
+def _decoded(*events: p.Event) -> gateway.Decoded:
+    return gateway.decode_frame(f.events_frame(*events))
+
+
+def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make_engine):
+    good, bad, gone = (make_engine(name)[0] for name in ("good", "bad", "gone"))
+    ingest_events(engine_id=bad.pk, events=[f.metric(1)])
+    gone_id = gone.pk
+    gone.delete()
+    refused = msgspec.structs.replace(f.log(3, "x"), context={"note": "\u0000"})  # jsonb refuses
+
+    outcomes = gateway.events_many([
+        (good.pk, _decoded(f.metric(1), f.account(2, "1000"))),
+        (bad.pk, _decoded(f.metric(2), refused)),
+        (gone_id, _decoded(f.metric(1))),
+    ])  # fmt: skip
+
+    good_frames, good_result = outcomes[0]
+    assert good_frames[-1] == p.Ack(seq=2)
+    assert good_result.stored == 2
+    bad_frames, bad_result = outcomes[1]
+    assert bad_result is None
+    assert [frame.code for frame in bad_frames] == ["internal_error"]
+    assert isinstance(outcomes[2], LookupError)
+    # Nothing of the refused batch is stored, and what bad stored before is as it was.
+    bad.refresh_from_db()
+    assert bad.last_seq == 1
+    assert list(MetricSample.objects.filter(engine=bad).values_list("seq", flat=True)) == [1]
+    assert not EngineLog.objects.exists()
+    good.refresh_from_db()
+    assert (good.last_seq, good.equity) == (2, Decimal(1000))
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_socket_writer_stores_the_frames_that_wait_together_in_one_group(
+    make_engine, monkeypatch
+):
+    engines = [(await database_sync_to_async(make_engine)(f"w-{n}"))[0] for n in range(3)]
+    calls: list[list[int]] = []
+    events_many = gateway.events_many
+
+    def noted(batches):
+        calls.append([engine_id for engine_id, _ in batches])
+        return events_many(batches)
+
+    monkeypatch.setattr(gateway, "events_many", noted)
+    writer = consumers._EventsWriter()
+
+    answers = await asyncio.gather(
+        *(writer.store(engine.pk, _decoded(f.metric(1), f.metric(2))) for engine in engines)
+    )
+
+    assert calls == [[engine.pk for engine in engines]]
+    assert [frames[-1] for frames, _ in answers] == [p.Ack(seq=2)] * 3
+    # A waiter that goes away (its socket closed) does not take the others' group with it.
+    first = asyncio.ensure_future(writer.store(engines[0].pk, _decoded(f.metric(3))))
+    second = asyncio.ensure_future(writer.store(engines[1].pk, _decoded(f.metric(3))))
+    await asyncio.sleep(0)
+    first.cancel()
+    frames, _ = await second
+    assert frames[-1] == p.Ack(seq=3)
+    assert len(calls) == 2
+    count = database_sync_to_async(
+        lambda: MetricSample.objects.filter(engine_id=engines[0].pk, seq=3).count()
+    )
+    assert await count() == 1  # stored all the same: its engine replays it, which changes nothing
