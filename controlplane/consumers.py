@@ -288,13 +288,20 @@ class _EventsWriter:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                take, count = 0, 0
-                for _, decoded, _ in self._pending:
-                    size = len(decoded.events or ())
-                    if take and count + size > self.MAX_EVENTS:
-                        break
-                    take, count = take + 1, count + size
-                batch, self._pending = self._pending[:take], self._pending[take:]
+                batch, rest = [], []
+                engines: set[int] = set()
+                count = 0
+                for item in self._pending:
+                    size = len(item[1].events or ())
+                    # An engine once a group: its two sockets (an old one not closed yet) may
+                    # both send the same seqs, which one watermark read would take twice.
+                    if item[0] in engines or (batch and count + size > self.MAX_EVENTS):
+                        rest.append(item)
+                        continue
+                    batch.append(item)
+                    engines.add(item[0])
+                    count += size
+                self._pending = rest
                 try:
                     outcomes: list[gateway.Outcome] = await database_sync_to_async(
                         gateway.events_many, thread_sensitive=False

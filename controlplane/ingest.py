@@ -382,6 +382,9 @@ def ingest_batches(
     results in order. Raises on a database failure, or LookupError if an engine does not exist;
     nothing is then stored, and the caller may store each batch alone to find the one at fault.
     """
+    if len({engine_id for engine_id, _ in batches}) != len(batches):
+        # One watermark read for both would store the seqs they share twice.
+        raise ValueError("a group holds one batch per engine")
     received_at = now or datetime.now(UTC)
     with transaction.atomic(), connection.cursor() as cursor:
         group = _read(cursor, batches, received_at)

@@ -175,3 +175,39 @@ async def test_the_socket_writer_stores_the_frames_that_wait_together_in_one_gro
         lambda: MetricSample.objects.filter(engine_id=engines[0].pk, seq=3).count()
     )
     assert await count() == 1  # stored all the same: its engine replays it, which changes nothing
+
+
+def test_a_group_refuses_two_batches_of_one_engine(make_engine):
+    engine = make_engine()[0]
+
+    with pytest.raises(ValueError, match="one batch per engine"):
+        ingest_batches([(engine.pk, [f.metric(1)]), (engine.pk, [f.metric(1)])])
+
+    assert not MetricSample.objects.exists()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_two_sockets_of_one_engine_never_share_a_group(make_engine, monkeypatch):
+    # An engine's new socket replays what its old one (not closed yet) sent: the same seqs.
+    engine, other = [(await database_sync_to_async(make_engine)(f"s-{n}"))[0] for n in range(2)]
+    calls: list[list[int]] = []
+    events_many = gateway.events_many
+
+    def noted(batches):
+        calls.append([engine_id for engine_id, _ in batches])
+        return events_many(batches)
+
+    monkeypatch.setattr(gateway, "events_many", noted)
+    writer = consumers._EventsWriter()
+
+    answers = await asyncio.gather(
+        writer.store(engine.pk, _decoded(f.metric(1), f.metric(2))),
+        writer.store(engine.pk, _decoded(f.metric(1), f.metric(2))),
+        writer.store(other.pk, _decoded(f.metric(1))),
+    )
+
+    assert calls == [[engine.pk, other.pk], [engine.pk]]
+    assert [(r.stored, r.replayed) for _, r in answers] == [(2, 0), (0, 2), (1, 0)]
+    count = database_sync_to_async(MetricSample.objects.filter(engine_id=engine.pk).count)
+    assert await count() == 2
