@@ -559,7 +559,7 @@ def traced_application() -> Any:
     )
     gateway.record = sync_span("record", gateway.record, frame_type)
     gateway.mark_delivered = sync_span("mark_delivered", gateway.mark_delivered)
-    gateway.events = sync_span("events", gateway.events)
+    gateway.events_many = sync_span("events", gateway.events_many)
     engine_consumer = consumers.EngineConsumer
     engine_consumer.push_commands = async_span(
         "consumer", engine_consumer.push_commands, lambda self, entries: self.engine_id

@@ -440,16 +440,16 @@ def traced_application() -> Any:
     atexit.register(flush)
     now = time.perf_counter
 
-    events = gateway.events
+    events_many = gateway.events_many
 
-    def traced_events(engine_id: int, decoded: Any) -> Any:
+    def traced_events(batches: Any) -> Any:
         start = now()
         try:
-            return events(engine_id, decoded)
+            return events_many(batches)
         finally:
-            notes.append(("events", start, now(), engine_id))
+            notes.append(("events", start, now(), len(batches)))
 
-    gateway.events = traced_events
+    gateway.events_many = traced_events
     publisher_cls = live.Publisher
     mark = publisher_cls.mark
 
@@ -537,7 +537,9 @@ def print_breakdown(notes: list[tuple[str, float, float, Any]], window: list[flo
     flushes = sorted(by["flush"], key=lambda n: n[1])
     starts = [f[1] for f in flushes]
     stages: dict[str, list[float]] = {}
+    # One note per transaction, which stores the frames of every engine that waited for it.
     stages["events write (db thread, to commit)"] = [(n[2] - n[1]) * ms for n in by["events"]]
+    stages["  frames stored together (a count)"] = [float(n[3]) for n in by["events"]]
     # A mark waits for the next flush to start (the publisher's 100 ms tick).
     waits = []
     for note in by["mark"]:
