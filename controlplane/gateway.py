@@ -367,18 +367,18 @@ Outcome = tuple[list[p.ServerFrame], IngestResult | None] | BaseException
 
 
 def events_many(batches: list[tuple[int, Decoded]]) -> list[Outcome]:
-    """``events`` for several engines' frames (no engine twice), stored in one transaction.
+    """``events`` for several engines' frames, stored in one transaction.
 
-    Should that fail, each frame is stored alone, so that one engine's frame that the database
-    refuses (or an engine deleted meanwhile) costs the others nothing. Each outcome is the
+    Should that fail, each frame is stored alone, one after the other, so that one engine's frame
+    that the database refuses (or an engine deleted meanwhile) costs the others nothing. Each outcome is the
     frames to answer and the result, or the exception that storing that engine's frame raised.
     """
     try:
         results = ingest_batches([(engine_id, d.events or []) for engine_id, d in batches])
-    except (DatabaseError, LookupError) as exc:
+    except Exception as exc:
         if len(batches) > 1:
             return [_alone(engine_id, decoded) for engine_id, decoded in batches]
-        if isinstance(exc, LookupError):
+        if not isinstance(exc, DatabaseError):
             return [exc]
         engine_id, decoded = batches[0]
         # Nothing of the batch is stored and nothing is acked: the SDK keeps it and resends.

@@ -141,12 +141,8 @@ def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make
     assert (good.last_seq, good.equity) == (2, Decimal(1000))
 
 
-@pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True)
-async def test_the_socket_writer_stores_the_frames_that_wait_together_in_one_group(
-    make_engine, monkeypatch
-):
-    engines = [(await database_sync_to_async(make_engine)(f"w-{n}"))[0] for n in range(3)]
+def _noted_groups(monkeypatch) -> list[list[int]]:
+    """The engines of each group the socket writer stores, in order."""
     calls: list[list[int]] = []
     events_many = gateway.events_many
 
@@ -155,6 +151,16 @@ async def test_the_socket_writer_stores_the_frames_that_wait_together_in_one_gro
         return events_many(batches)
 
     monkeypatch.setattr(gateway, "events_many", noted)
+    return calls
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_socket_writer_stores_the_frames_that_wait_together_in_one_group(
+    make_engine, monkeypatch
+):
+    engines = [(await database_sync_to_async(make_engine)(f"w-{n}"))[0] for n in range(3)]
+    calls = _noted_groups(monkeypatch)
     writer = consumers._EventsWriter()
 
     answers = await asyncio.gather(
@@ -191,14 +197,7 @@ def test_a_group_refuses_two_batches_of_one_engine(make_engine):
 async def test_two_sockets_of_one_engine_never_share_a_group(make_engine, monkeypatch):
     # An engine's new socket replays what its old one (not closed yet) sent: the same seqs.
     engine, other = [(await database_sync_to_async(make_engine)(f"s-{n}"))[0] for n in range(2)]
-    calls: list[list[int]] = []
-    events_many = gateway.events_many
-
-    def noted(batches):
-        calls.append([engine_id for engine_id, _ in batches])
-        return events_many(batches)
-
-    monkeypatch.setattr(gateway, "events_many", noted)
+    calls = _noted_groups(monkeypatch)
     writer = consumers._EventsWriter()
 
     answers = await asyncio.gather(
