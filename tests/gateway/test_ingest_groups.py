@@ -207,6 +207,9 @@ async def test_two_sockets_of_one_engine_never_share_a_group(make_engine, monkey
     )
 
     assert calls == [[engine.pk, other.pk], [engine.pk]]
-    assert [(r.stored, r.replayed) for _, r in answers] == [(2, 0), (0, 2), (1, 0)]
+    # The two groups may run side by side: the engine's row lock decides which stores the seqs.
+    first, second, third = ((r.stored, r.replayed) for _, r in answers)
+    assert sorted([first, second]) == [(0, 2), (2, 0)]
+    assert third == (1, 0)
     count = database_sync_to_async(MetricSample.objects.filter(engine_id=engine.pk).count)
     assert await count() == 2
