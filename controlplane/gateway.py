@@ -369,9 +369,10 @@ Outcome = tuple[list[p.ServerFrame], IngestResult | None] | BaseException
 def events_many(batches: list[tuple[int, Decoded]]) -> list[Outcome]:
     """``events`` for several engines' frames, stored in one transaction.
 
-    Should that fail, each frame is stored alone, one after the other, so that one engine's frame
-    that the database refuses (or an engine deleted meanwhile) costs the others nothing. Each outcome is the
-    frames to answer and the result, or the exception that storing that engine's frame raised.
+    Should that fail, each frame is stored alone, one after the other, so that one engine's
+    frame that the database refuses (or an engine deleted meanwhile) costs the others nothing.
+    Each outcome is the frames to answer and the result, or the exception that storing that
+    engine's frame raised.
     """
     try:
         results = ingest_batches([(engine_id, d.events or []) for engine_id, d in batches])
