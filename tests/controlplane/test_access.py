@@ -8,7 +8,8 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 # /metrics is for Prometheus: open unless METRICS_TOKEN is set (tests/alerts/test_metrics.py).
-PUBLIC = {"/healthz", "/readyz", "/login/", "/admin/login/", "/metrics"}
+# /favicon.ico redirects to the static icon, which the login page shows too.
+PUBLIC = {"/healthz", "/readyz", "/login/", "/admin/login/", "/metrics", "/favicon.ico"}
 
 
 def _walk(patterns, prefix: str = ""):

@@ -37,3 +37,12 @@ def test_readyz_answers_503_naming_redis_when_redis_is_down(client, settings):
     assert body["checks"]["redis"]["ok"] is False
     assert "Connection" in body["checks"]["redis"]["detail"]
     assert body["checks"]["database"]["ok"] is True
+
+
+def test_the_icon_is_served_without_login_and_favicon_ico_points_at_it(client):
+    response = client.get("/favicon.ico")
+
+    assert response.status_code == 301
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200
+    assert b"<svg" in b"".join(icon.streaming_content)

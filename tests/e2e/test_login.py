@@ -83,3 +83,19 @@ def test_logging_out_ends_the_session(
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     page.goto(f"{uvicorn_server.url}/")
     expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
+
+
+def test_the_login_and_fleet_pages_load_without_a_failed_request(
+    page: Page, uvicorn_server: UvicornServer, operator: User
+) -> None:
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: failed.append(f"{r.failure} {r.url}"))
+
+    _log_in(page, uvicorn_server, operator.username, PASSWORD)
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+
+    assert failed == []
+    icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert page.request.get(icon).ok
