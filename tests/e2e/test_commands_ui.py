@@ -97,8 +97,18 @@ def test_a_risk_manager_kills_all_through_the_guarded_dialog_and_sees_the_shortf
     ]
     _log_in(page, uvicorn_server, risk_manager)
 
+    # At 1280x800 every row's controls are in view, Kill included: the table does not scroll
+    # sideways.
+    row_kill = page.locator('tr[data-engine="charlie"]').get_by_role("button", name="Kill")
+    assert page.evaluate(
+        "(() => { const wrap = document.querySelector('table.fleet').closest('.table-wrap');"
+        " return wrap.scrollWidth <= wrap.clientWidth; })()"
+    )
+    box = row_kill.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1280
+
     # A row's kill asks for the engine's name; cancelling it issues nothing.
-    page.locator('tr[data-engine="charlie"]').get_by_role("button", name="Kill").click()
+    row_kill.click()
     engine_dialog = page.locator("#kill-dialog")
     expect(engine_dialog.get_by_role("heading")).to_have_text("Kill charlie")
     engine_submit = engine_dialog.get_by_role("button", name="Kill", exact=True)
