@@ -51,8 +51,12 @@
       figure.data.forEach(function (trace) {
         trace.x = (trace.x || []).map(localX);
       });
-      // Minute buckets: minutes on the axis, even while there are only one or two.
-      if (name === "rejections") figure.layout.xaxis.tickformat = "%H:%M";
+      // Minute buckets: minutes on the axis, even while there are only one or two, and a tick
+      // a minute at most (Plotly's own half-minute ticks wrote each minute twice).
+      if (name === "rejections") {
+        figure.layout.xaxis.tickformat = "%H:%M";
+        figure.layout.xaxis.dtick = 60 * 1000;
+      }
       Plotly.newPlot(div, figure.data, figure.layout, config);
     });
     var equity = JSON.parse(document.getElementById("equity-figure").textContent).data[0].x || [];

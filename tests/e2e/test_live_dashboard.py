@@ -210,6 +210,11 @@ def test_the_engine_page_extends_its_charts_and_tables_as_the_engine_trades(
     expect(page.locator('[data-col="connection"] .conn')).to_contain_text("online")
     # A viewer watches; the controls are not there.
     expect(page.get_by_role("button", name="Pause")).to_have_count(0)
+    # The rejection chart's minute buckets: each minute on its axis once.
+    minutes = page.eval_on_selector_all(
+        "#rejection-chart .xtick text", "els => els.map(e => e.textContent)"
+    )
+    assert minutes and len(minutes) == len(set(minutes)), minutes
     _assert_no_reload(page)
     assert errors == []
     _screenshot(page, "dashboard-engine", full_page=True)
