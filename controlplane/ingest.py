@@ -306,7 +306,6 @@ class _Group:
     logs: list[tuple[Any, ...]] = field(default_factory=list)
     frames: list[dict[str, Any]] = field(default_factory=list)
     engines: dict[int, dict[str, Any]] = field(default_factory=dict)
-    updates: int = 0  # the statements that update the engines' rows
 
 
 def _read(cursor: Any, batches: list[tuple[int, list[p.Event]]], now: datetime) -> _Group:
@@ -418,17 +417,13 @@ def ingest_batches(
 
         script = Script(cursor)
         # The orders first: the fills find their order's row, and the counts what it was.
-        ordered = [
-            _upsert_orders(group, engine_id, split.orders) for engine_id, _, _, split in projected
-        ]
         for engine_id, _, result, split in projected:
+            split.latest, split.first_ts = _upsert_orders(group, engine_id, split.orders)
             split.rejected = _check_fills(group, engine_id, split.fills, split.orders, result)
         _insert_fills(script, group)
         fills = 0
-        for (engine_id, batch, result, split), (latest, first_ts) in zip(
-            projected, ordered, strict=True
-        ):
-            accepted = _project(group, engine_id, batch, split, latest, first_ts)
+        for engine_id, batch, result, split in projected:
+            accepted = _project(group, engine_id, batch, split)
             if accepted:
                 group.frames.append({"engine_id": engine_id, "first_seq": accepted[0].seq,
                                      "last_seq": accepted[-1].seq, "events": accepted})  # fmt: skip
@@ -436,13 +431,13 @@ def ingest_batches(
             result.kinds = frozenset(e.__struct_config__.tag for e in accepted)  # type: ignore[misc]
             group.engines[engine_id]["last_seq"] = result.ack_seq
             fills += sum(1 for e in accepted if type(e) is p.FillEvent)
-        _write(script, group)
+        updates = _write(script, group)
         written = script.run()
         if written.get("fills", fills) != fills:
             # Each fill's order was found above under the engine's lock, so this cannot happen;
             # were it to, the fill would be lost silently: the batches fail and are sent again.
             raise RuntimeError(f"{fills} fills, {written['fills']} stored")
-        rows = {row[0]: row for n in range(group.updates) for row in written[f"engines {n}"]}
+        rows = {row[0]: row for name in updates for row in written[name]}
         for engine_id, _, result, _ in projected:
             result.engine = Engine.from_db(connection.alias, ENGINE_FIELDS, rows[engine_id])
     return results
@@ -461,6 +456,9 @@ class _Split:
     state: p.StateEvent | None = None
     symbols: set[str] = field(default_factory=set)
     rejected: set[int] = field(default_factory=set)  # the seqs of the fills not counted
+    # Each order's latest report in the batch, and its first one's time (see _upsert_orders).
+    latest: dict[str, p.OrderEvent] = field(default_factory=dict)
+    first_ts: dict[str, datetime] = field(default_factory=dict)
 
 
 def _split(batch: list[p.Event]) -> _Split:
@@ -492,8 +490,6 @@ def _project(
     engine_id: int,
     batch: list[p.Event],
     split: _Split,
-    latest: dict[str, p.OrderEvent],
-    first_ts: dict[str, datetime],
 ) -> list[p.Event]:
     """Add one engine's rows (its orders and fills are in already) and its engine row's new
     values to ``group``; return its events accepted (rejected ones got an error)."""
@@ -503,7 +499,7 @@ def _project(
     fills = split.fills
     if split.orders or fills:
         stored_fills = [f for f in fills if f.seq not in rejected]
-        engine_update |= _count(read, latest, first_ts, stored_fills, group.now)
+        engine_update |= _count(read, split.latest, split.first_ts, stored_fills, group.now)
     if fills or split.reports:
         _update_positions(group, engine_id, fills, rejected, split.reports)
     if split.accounts:
@@ -893,9 +889,10 @@ def _update_engines_sql(columns: tuple[str, ...]) -> str:
     )
 
 
-def _write(script: Script, group: _Group) -> None:
+def _write(script: Script, group: _Group) -> list[str]:
     """Add the rest of the batches' writes to ``script``: one statement a table, then the
-    engines' rows (one statement for each set of columns the batches change)."""
+    engines' rows (one statement for each set of columns the batches change), whose updated rows
+    are fetched under the names returned."""
     if group.positions:
         script.add(_UPSERT_POSITIONS, [group.now, json_text(group.positions)])
     _append(script, "controlplane_accountsnapshot",
@@ -921,6 +918,8 @@ def _write(script: Script, group: _Group) -> None:
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for engine_id, values in group.engines.items():
         by_columns.setdefault(tuple(values), []).append({"id": engine_id, **values})
+    names = []
     for n, (columns, rows) in enumerate(by_columns.items()):
-        script.add(_update_engines_sql(columns), [json_text(rows)], fetch=f"engines {n}")
-    group.updates = len(by_columns)
+        names.append(f"engines {n}")
+        script.add(_update_engines_sql(columns), [json_text(rows)], fetch=names[-1])
+    return names
