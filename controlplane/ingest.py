@@ -790,14 +790,14 @@ def _check_orders(
     """Return the reports of an engine's batch that change its order rows; refuse (adding their
     seqs to ``rejected``) those that reuse a client_order_id for another order.
 
-    A client_order_id names one order for ever. A report is refused when it gives the order
-    another symbol or side, or, once the order has ended, another type or quantity, or when it
-    begins the order again (new, accepted) at a time after the order's last report. Late
-    reports of an ended order are stored as reports but leave its row as it ended: a working
-    status (a broker's late partial fill report, or a replay of one of its first reports) does
-    not reopen it; another end (cancelled after filled, in a broker's race) is its latest
-    report, as before. Reports are judged in seq order, against the order as the reports
-    before them left it.
+    A client_order_id names one order for ever: a report that gives the order another symbol
+    or side is refused. Once the order has ended, a report no newer (by ``ts``) than its latest
+    is late or replayed: stored as a report, it leaves the row as it is. A newer one is refused
+    when it gives the order another type or quantity, or begins it again (new, accepted): a new
+    order under a used id. Otherwise it is a late report, not a reused id: another end (a
+    cancel that crossed the fill at the broker) is the order's latest report, as before; a
+    partial fill's report is stored and does not reopen the order. Reports are judged in seq
+    order, against the order as the reports before them left it.
     """
     read = group.reads[engine_id]
     instruments = group.instruments
@@ -810,13 +810,15 @@ def _check_orders(
         known = orders_now.get(coid)
         if known is None and (stored := read.stored_orders.get(coid)) is not None:
             known = (stored.status, stored.updated_at, stored.instrument_id, stored.side,
-                   stored.order_type, stored.quantity)  # fmt: skip
+                     stored.order_type, stored.quantity)  # fmt: skip
         if known is not None:
             status, last_ts, was_instrument, was_side, was_type, was_quantity = known
             ended = status in _ENDED
-            # A working order's type and quantity may be amended; an ended one's may not.
+            # A working order's type and quantity may be amended, so an ended order's earlier
+            # reports may differ in them; its later ones may not.
+            newer = order.ts > last_ts
             compared = [("symbol", was_instrument, instrument_id), ("side", was_side, order.side)]
-            if ended:
+            if ended and newer:
                 compared += [("order_type", was_type, order.order_type),
                              ("quantity", was_quantity, order.quantity)]  # fmt: skip
             differs = [name for name, old, new in compared if old != new]
@@ -829,16 +831,17 @@ def _check_orders(
                     f"refused and the stored order stands",
                 )  # fmt: skip
                 continue
-            if ended and order.status not in _ENDED:
-                if order.status in _BEGINNING and order.ts > last_ts:
-                    rejected.add(order.seq)
-                    _refuse_id(
-                        group, engine_id, result, order, "client_order_id", coid,
-                        f"client_order_id {coid!r} names an order that ended ({status}); a "
-                        f"{order.status!r} report after it is a new order under a used id: "
-                        f"this report is refused and the stored order stands",
-                    )  # fmt: skip
-                continue  # a late report: stored, the order stays ended
+            if ended and newer and order.status in _BEGINNING:
+                rejected.add(order.seq)
+                _refuse_id(
+                    group, engine_id, result, order, "client_order_id", coid,
+                    f"client_order_id {coid!r} names an order that ended ({status}); a "
+                    f"{order.status!r} report after it is a new order under a used id: this "
+                    f"report is refused and the stored order stands",
+                )  # fmt: skip
+                continue
+            if ended and (not newer or order.status not in _ENDED):
+                continue  # a late report: stored, the order stays as it ended
         orders_now[coid] = (order.status, order.ts, instrument_id, order.side, order.order_type,
                             order.quantity)  # fmt: skip
         changes.append(order)

@@ -295,6 +295,25 @@ def test_a_normal_lifecycle_and_late_reports_of_an_ended_order_are_stored_withou
     assert engine.working_orders == 0
 
 
+def test_an_amended_order_s_first_reports_replayed_after_its_end_are_silent(engine):
+    _ingest(
+        engine,
+        f.order(1, "o-1", qty="100", status="new"),
+        f.order(2, "o-1", qty="80", status="accepted"),  # amended
+        f.order(3, "o-1", qty="80", status="cancelled"),
+    )
+
+    # An engine that lost its journal reports its history again, under new seqs.
+    history = [f.order(1, "o-1", qty="100", status="new"),
+               f.order(2, "o-1", qty="80", status="accepted"),
+               f.order(3, "o-1", qty="80", status="cancelled")]  # fmt: skip
+    frames = _send(engine, *(msgspec.structs.replace(o, seq=o.seq + 3) for o in history))
+
+    assert frames == [p.Ack(seq=6)]
+    assert _order(engine, "o-1") == ("AAPL", "buy", 80, "cancelled", 0, 3)
+    assert not EngineLog.objects.exists()
+
+
 def test_engines_have_their_own_client_order_ids_and_fill_ids(make_engine):
     first, second = make_engine("first")[0], make_engine("second")[0]
     ended = [f.order(1, "o-1", status="new"), f.fill(2, "f-1", "o-1", qty="100"),
