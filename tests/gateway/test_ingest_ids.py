@@ -139,6 +139,27 @@ def test_the_field_names_the_event_by_its_place_in_the_frame_past_events_refused
     ]  # fmt: skip
 
 
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_over_the_socket_a_reused_fill_id_gets_an_error_naming_it_and_the_ack(
+    engine_and_token,
+):
+    from tests.gateway.test_engine_socket import greeted, send_events
+
+    _, token = engine_and_token
+    ws, _ = await greeted(token)
+    first = await send_events(ws, f.order(1, "o-1"), f.fill(2, "f-1", "o-1", qty="10"))
+    assert first == [{"type": "ack", "seq": 2}]
+
+    answers = await send_events(ws, f.metric(3), f.fill(4, "f-1", "o-1", qty="11"))
+
+    error, ack = answers
+    assert (error["code"], error["field"], error["seq"]) == ("duplicate_id", "events[1].fill_id", 4)
+    assert "fill_id 'f-1'" in error["message"]
+    assert ack == {"type": "ack", "seq": 4}
+    await ws.disconnect()
+
+
 def json_events(*events: p.Event) -> list[dict]:
     return [msgspec.json.decode(p.encode_event(event)) for event in events]
 
