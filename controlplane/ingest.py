@@ -463,6 +463,8 @@ def ingest_batches(
                 group.frames.append({"engine_id": engine_id, "first_seq": accepted[0].seq,
                                      "last_seq": accepted[-1].seq, "events": accepted})  # fmt: skip
             result.stored = len(accepted)
+            # In the frame's order, whichever check refused each event.
+            result.errors.sort(key=lambda error: error.seq or 0)
             result.kinds = frozenset(e.__struct_config__.tag for e in accepted)  # type: ignore[misc]
             group.engines[engine_id]["last_seq"] = result.ack_seq
             fills += sum(1 for e in accepted if type(e) is p.FillEvent)

@@ -32,9 +32,9 @@ ODD = 'it\'s a "quoted" back\\slash,\n{brace} é 東'
 
 
 def _stream(orders: int) -> list[p.Event]:
-    """Orders with fills (a replayed fill_id, a reused one, a fill for an order never sent),
-    position reports, account snapshots over two UTC days, metrics, logs and a state change,
-    seq 1.."""
+    """Orders with fills (a replayed fill_id, a reused one, a fill for an order never sent), an
+    order id reused, position reports, account snapshots over two UTC days, metrics, logs and a
+    state change, seq 1.."""
     events: list[p.Event] = []
 
     def add(event: p.Event) -> None:
@@ -58,6 +58,8 @@ def _stream(orders: int) -> list[p.Event]:
             add(f.fill(0, f"f-{n}-x", "never-sent", symbol=symbol))
         add(f.order(0, coid, symbol=symbol, side=side, qty="30", status="filled", filled="30",
                     expected=expected))  # fmt: skip
+        if n % 30 == 17:  # the id reused for a new order after this one filled: refused
+            add(f.order(0, coid, symbol=symbol, side=side, qty="31", status="new"))
         if n % 6 == 0:
             add(f.position(0, str(n), symbol=symbol))
         day = timedelta(days=1) if n > orders // 2 else timedelta(0)
@@ -178,6 +180,8 @@ def test_small_frames_and_one_large_frame_store_exactly_the_same(make_engine):
     assert _stored(small) == _stored(large)
     stored = _stored(large)
     assert len(stored["fills"]) == 2 * orders  # the repeats and the orphans are not
+    # The orders whose ids were reused stand as they ended.
+    assert {(row[3], row[4]) for row in stored["orders"]} == {(30, "filled")}
     assert stored["logs"][0][2:4] == (f"{ODD} #0", {"n": 0, "why": ODD})
     assert any(row[0].endswith(ODD) for row in stored["orders"])
     assert stored["engine"][-1] == "PAUSED"
