@@ -410,7 +410,8 @@ def _answer(
     if result.stored:
         _evaluate_risk(engine_id, result)
     if result.stored or any(e.code == "duplicate_id" for e in result.errors):
-        # A reused id is refused, not stored, and raises an alert all the same.
+        # An event refused for a reused id leaves the engine log line its alert rule counts:
+        # evaluated now, not only at the next sweep.
         alert_hooks.engine_data(engine_id)
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
