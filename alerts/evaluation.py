@@ -145,8 +145,10 @@ def summary(rule: AlertRule, engine: Engine | None, value: float) -> str:
     metric = METRICS.get(rule.metric)
     unit = f" {metric.unit}" if metric and metric.unit not in ("count",) else ""
     where = engine.name if engine else "fleet"
-    return (f"{where}: {rule.name}: {rule.metric} {value:.4g}{unit} "
-            f"{rule.get_comparator_display()} {rule.threshold:g}{unit}")[:300]  # fmt: skip
+    text = (f"{where}: {rule.name}: {rule.metric} {value:.4g}{unit} "
+            f"{rule.get_comparator_display()} {rule.threshold:g}{unit}")  # fmt: skip
+    detail = metric.detail(engine) if metric and metric.detail and engine else None
+    return (f"{text}: {detail}" if detail else text)[:300]
 
 
 def fire(alert: Alert, *, now: datetime) -> Alert | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Avg, Count, F, Q
+from django.db.models import Avg, Count, F, Q, QuerySet
 
 from controlplane.models import Engine, EngineLog, Fill, MetricSample, Order, Position
 
@@ -28,6 +28,9 @@ class Metric:
     measure: Callable[[Engine, datetime], float | None]
     # Measured from time passing, not only from new data: the beat sweep evaluates these.
     time_based: bool = False
+    # What the alert's summary says after the value, when a number alone would not tell what
+    # happened (which id was reused).
+    detail: Callable[[Engine], str | None] | None = None
 
 
 def _latest(engine: Engine, name: str) -> float | None:
@@ -121,6 +124,19 @@ def position_pct(engine: Engine, now: datetime) -> float | None:
     return largest / float(engine.equity) * 100
 
 
+def _reused_id_lines(engine: Engine) -> QuerySet[EngineLog]:
+    # The ingest logs each event it refuses for reusing an id (controlplane.ingest._refuse_id).
+    return EngineLog.objects.filter(engine=engine, level="error", context__code="duplicate_id")
+
+
+def reused_ids(engine: Engine, now: datetime) -> float | None:
+    return float(_reused_id_lines(engine).filter(ts__gte=now - WINDOW).count())
+
+
+def last_reused_id(engine: Engine) -> str | None:
+    return _reused_id_lines(engine).order_by("-ts", "-pk").values_list("message", flat=True).first()
+
+
 def backtest_divergence_pct(engine: Engine, now: datetime) -> float | None:
     # Filled in once engines carry a backtest baseline (the analytics issue); unknown until then.
     from alerts import baselines
@@ -207,6 +223,14 @@ METRICS: dict[str, Metric] = {
             "MB",
             "Memory of the engine process, as reported",
             lambda e, n: _latest(e, "memory_mb"),
+        ),
+        Metric(
+            "reused_ids",
+            "count",
+            "Events refused in the last 15 minutes for reusing a fill_id or client_order_id",
+            reused_ids,
+            time_based=True,
+            detail=last_reused_id,
         ),
         Metric(
             "backtest_divergence_pct",

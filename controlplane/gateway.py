@@ -7,7 +7,9 @@ the same ones the SDK encodes with.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -404,9 +406,12 @@ def _alone(engine_id: int, decoded: Decoded) -> Outcome:
 def _answer(
     engine_id: int, decoded: Decoded, result: IngestResult
 ) -> tuple[list[p.ServerFrame], IngestResult]:
-    frames: list[p.ServerFrame] = [*decoded.errors, *result.errors]
+    frames: list[p.ServerFrame] = [*decoded.errors, *_in_frame(decoded, result.errors)]
     if result.stored:
         _evaluate_risk(engine_id, result)
+    if result.stored or any(e.code == "duplicate_id" for e in result.errors):
+        # An event refused for a reused id leaves the engine log line its alert rule counts:
+        # evaluated now, not only at the next sweep.
         alert_hooks.engine_data(engine_id)
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
@@ -416,6 +421,32 @@ def _answer(
         _advance_watermark(engine_id, ack)
     frames.append(p.Ack(seq=ack))
     return frames, result
+
+
+_EVENT_AT = re.compile(r"events\[(\d+)\]")
+
+
+def _in_frame(decoded: Decoded, errors: list[p.Error]) -> list[p.Error]:
+    """The ingest's errors name a field of an event (``fill_id``, with its seq); say which event
+    of the frame it is, as the decoding errors do (``events[3].fill_id``). Events refused at
+    decoding are not among ``decoded.events``: their errors name their places in the frame."""
+    if not errors or decoded.events is None:
+        return errors
+    dropped = set()
+    for error in decoded.errors:
+        at = _EVENT_AT.match(error.field or "")
+        if at:
+            dropped.add(int(at.group(1)))
+    places = (i for i in itertools.count() if i not in dropped)
+    index: dict[int, int] = {}
+    for event, i in zip(decoded.events, places, strict=False):  # places never end
+        index.setdefault(event.seq, i)
+    return [
+        msgspec.structs.replace(error, field=f"events[{index[error.seq]}].{error.field}")
+        if error.field and error.seq in index
+        else error
+        for error in errors
+    ]
 
 
 def _evaluate_risk(engine_id: int, result: IngestResult) -> None:

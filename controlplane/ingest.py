@@ -10,6 +10,8 @@ Idempotence: per engine, events are stored in seq order and the engine row keeps
 seq processed (``Engine.last_seq``, updated under a row lock in the same transaction). An event at
 or below that watermark is a replay and changes nothing. Fills are also unique by
 (engine, fill_id) in the database, so a fill re-sent under a new seq is not counted twice either.
+An id reused for another fill or order (by an engine that lost its ids) is not a replay: it is
+refused by name, and what is stored stands (_check_orders, _same_fill; docs/protocol.md, "Ids").
 
 Engines send small frames most of the time (ten events every 20 ms), so what a batch costs is
 mostly per statement (parsing, planning, executor start-up, a round trip, the Python that builds
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from django.db import connection, transaction
@@ -223,6 +225,33 @@ class _Counts:
     working: int
 
 
+class _StoredOrder(NamedTuple):
+    """An order as stored: its status and last report, and what names it for good (an order's
+    instrument and side never change; its type and quantity may be amended while it works)."""
+
+    status: str
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+    instrument_id: int
+    side: str
+    order_type: str
+    quantity: Decimal
+
+
+class _FillContent(NamedTuple):
+    """What a fill says, compared when its fill_id comes again: the same content is a replay,
+    other content a second fill under a used id. Its time and liquidity flag are not compared:
+    a broker that reports a fill again may stamp it anew."""
+
+    client_order_id: str
+    instrument_id: int
+    side: str
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+
+
 @dataclass
 class _Read:
     """What the first round trip found for one engine, under the engine's row lock."""
@@ -233,9 +262,10 @@ class _Read:
     high_water_mark: Decimal | None = None
     counts: _Counts | None = None
     positions: dict[int, _Position] = field(default_factory=dict)
-    # The batch's orders stored before: client_order_id -> (status, last_seq, created_at).
-    stored_orders: dict[str, tuple[str, int, datetime]] = field(default_factory=dict)
-    stored_fill_ids: set[str] = field(default_factory=set)
+    # The batch's orders stored before, by client_order_id.
+    stored_orders: dict[str, _StoredOrder] = field(default_factory=dict)
+    # The batch's fill ids stored before, with what those fills said.
+    stored_fills: dict[str, _FillContent] = field(default_factory=dict)
 
 
 # The row locks that serialise each engine's batches, taken in id order (two transactions that
@@ -269,19 +299,23 @@ _ORDER_BY_PAIR = """
         SELECT * FROM controlplane_order o
         WHERE o.engine_id = k.engine_id AND o.client_order_id = k.client_order_id LIMIT 1) AS o"""
 _READ_ORDERS = f"""
-    SELECT o.engine_id, o.client_order_id, o.status, o.last_seq, o.created_at
+    SELECT o.engine_id, o.client_order_id, o.status, o.last_seq, o.created_at, o.updated_at,
+           o.instrument_id, o.side, o.order_type, o.quantity
     FROM json_to_recordset(%s::json) AS k(engine_id bigint, client_order_id text)
     {_ORDER_BY_PAIR}"""
 _READ_ORDER_IDS = f"""
     SELECT o.engine_id, o.client_order_id, o.id, o.expected_price
     FROM json_to_recordset(%s::json) AS k(engine_id bigint, client_order_id text)
     {_ORDER_BY_PAIR}"""
+# With what each stored fill says (_FillContent), to tell a replay from a reused fill_id.
 _READ_FILL_IDS = """
-    SELECT f.engine_id, f.fill_id
+    SELECT f.engine_id, f.fill_id, o.client_order_id, f.instrument_id, f.side, f.quantity,
+           f.price, f.fee
     FROM json_to_recordset(%s::json) AS k(engine_id bigint, fill_id text)
     CROSS JOIN LATERAL (
-        SELECT engine_id, fill_id FROM controlplane_fill f
-        WHERE f.engine_id = k.engine_id AND f.fill_id = k.fill_id LIMIT 1) AS f"""
+        SELECT * FROM controlplane_fill f
+        WHERE f.engine_id = k.engine_id AND f.fill_id = k.fill_id LIMIT 1) AS f
+    JOIN controlplane_order o ON o.id = f.order_id"""
 
 
 def _pairs(key: str, pairs: Iterable[tuple[int, str]]) -> str:
@@ -359,9 +393,9 @@ def _read(cursor: Any, batches: list[tuple[int, list[p.Event]]], now: datetime) 
     for engine_id, *row in rows.get("positions", ()):
         group.reads[engine_id].positions[row[0]] = _Position(*row)
     for engine_id, coid, *row in rows.get("orders", ()):
-        group.reads[engine_id].stored_orders[coid] = tuple(row)  # type: ignore[assignment]
-    for engine_id, fill_id in rows.get("fill_ids", ()):
-        group.reads[engine_id].stored_fill_ids.add(fill_id)
+        group.reads[engine_id].stored_orders[coid] = _StoredOrder(*row)
+    for engine_id, fill_id, *content in rows.get("fill_ids", ()):
+        group.reads[engine_id].stored_fills[fill_id] = _FillContent(*content)
     return group
 
 
@@ -418,8 +452,9 @@ def ingest_batches(
         script = Script(cursor)
         # The orders first: the fills find their order's row, and the counts what it was.
         for engine_id, _, result, split in projected:
-            split.latest, split.first_ts = _upsert_orders(group, engine_id, split.orders)
-            split.rejected = _check_fills(group, engine_id, split.fills, split.orders, result)
+            reports = _check_orders(group, engine_id, split.orders, result, split.rejected)
+            split.latest, split.first_ts = _upsert_orders(group, engine_id, reports)
+            _check_fills(group, engine_id, split.fills, split.orders, result, split.rejected)
         _insert_fills(script, group)
         fills = 0
         for engine_id, batch, result, split in projected:
@@ -428,6 +463,8 @@ def ingest_batches(
                 group.frames.append({"engine_id": engine_id, "first_seq": accepted[0].seq,
                                      "last_seq": accepted[-1].seq, "events": accepted})  # fmt: skip
             result.stored = len(accepted)
+            # In the frame's order, whichever check refused each event.
+            result.errors.sort(key=lambda error: error.seq or 0)
             result.kinds = frozenset(e.__struct_config__.tag for e in accepted)  # type: ignore[misc]
             group.engines[engine_id]["last_seq"] = result.ack_seq
             fills += sum(1 for e in accepted if type(e) is p.FillEvent)
@@ -455,7 +492,8 @@ class _Split:
     logs: list[p.LogEvent] = field(default_factory=list)
     state: p.StateEvent | None = None
     symbols: set[str] = field(default_factory=set)
-    rejected: set[int] = field(default_factory=set)  # the seqs of the fills not counted
+    # The seqs of the events not stored: fills not counted, reports refused.
+    rejected: set[int] = field(default_factory=set)
     # Each order's latest report in the batch, and its first one's time (see _upsert_orders).
     latest: dict[str, p.OrderEvent] = field(default_factory=dict)
     first_ts: dict[str, datetime] = field(default_factory=dict)
@@ -621,7 +659,7 @@ def _count(
                 orders += 1
                 rejected += status == "rejected"
             continue
-        old_status, old_seq, created = stored
+        old_status, old_seq, created = stored.status, stored.last_seq, stored.created_at
         if old_seq >= order.seq:
             continue  # the stored report is as new: the upsert leaves the row as it is
         working += (status in _WORKING) - (old_status in _WORKING)
@@ -640,20 +678,21 @@ def _check_fills(
     fills: list[p.FillEvent],
     orders: list[p.OrderEvent],
     result: IngestResult,
-) -> set[int]:
-    """Add an engine's fills to insert; return the seqs not counted (unknown order, or fill_id
-    already stored).
+    rejected: set[int],
+) -> None:
+    """Add an engine's fills to insert; add to ``rejected`` the seqs not counted (unknown
+    order, fill_id already stored).
 
     Under the engine's lock, the orders stored before plus those of this batch are known. So are
-    the fill ids stored before, when the batches have fewer than COPY_MIN_ROWS fills: the others
+    the fills stored before, when the batches have fewer than COPY_MIN_ROWS fills: the others
     are COPYed without that lookup (a fill_id stored before under another seq is rare), and
-    should the unique key refuse the COPY, _insert_fills sorts them out. Of a fill_id repeated in
-    a batch, the lowest seq is the one counted.
+    should the unique key refuse the COPY, _insert_fills sorts them out. A fill_id that comes
+    again with the same content is a replay, counted once (the lowest seq); with other content,
+    it is refused (_same_fill).
     """
     read = group.reads[engine_id]
     known_orders = read.stored_orders.keys() | {order.client_order_id for order in orders}
-    seen = set(read.stored_fill_ids)
-    rejected: set[int] = set()
+    seen = dict(read.stored_fills)
     for fill in fills:
         if fill.client_order_id not in known_orders:
             rejected.add(fill.seq)
@@ -666,14 +705,149 @@ def _check_fills(
                     "client_order_id",
                 )
             )
-        elif fill.fill_id in seen:
-            # Already stored under another seq: counted once, the repeat is only logged.
-            rejected.add(fill.seq)
-            result.replayed += 1
-        else:
-            seen.add(fill.fill_id)
+            continue
+        content = _fill_content(group, fill)
+        before = seen.get(fill.fill_id)
+        if before is None:
+            seen[fill.fill_id] = content
             group.fills.append((engine_id, fill, result, rejected))
-    return rejected
+        else:
+            rejected.add(fill.seq)
+            _same_fill(group, engine_id, fill, before, content, result)
+
+
+def _fill_content(group: _Group, fill: p.FillEvent) -> _FillContent:
+    return _FillContent(
+        fill.client_order_id, group.instruments[fill.symbol][0], fill.side, fill.quantity,
+        fill.price, fill.fee,
+    )  # fmt: skip
+
+
+def _same_fill(
+    group: _Group,
+    engine_id: int,
+    fill: p.FillEvent,
+    stored: _FillContent,
+    content: _FillContent,
+    result: IngestResult,
+) -> None:
+    """A fill whose fill_id is stored (or earlier in its batch): a replay of the same fill is
+    counted once and changes nothing; other content under the id is a second fill under a used
+    id (an engine that lost its ids, say with its disk), refused with ``duplicate_id``. Either
+    way the fill stored first stands."""
+    if stored == content:
+        result.replayed += 1
+        return
+    symbols = {pk: symbol for symbol, (pk, _) in group.instruments.items()}
+    differs = "; ".join(
+        f"{name} {_shown(name, old, symbols)} stored, {_shown(name, new, symbols)} sent"
+        for name, old, new in zip(_FillContent._fields, stored, content, strict=True)
+        if old != new
+    )
+    _refuse_id(
+        group, engine_id, result, fill, "fill_id", fill.fill_id,
+        f"fill_id {fill.fill_id!r} is stored with other content ({differs}): a fill_id names "
+        f"one fill for ever; this fill is refused and the stored one stands",
+    )  # fmt: skip
+
+
+def _shown(name: str, value: Any, symbols: dict[int, str]) -> str:
+    if name == "instrument_id":
+        return repr(symbols.get(value, "another symbol"))
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # as sent, whether stored (101.50000000) or not
+    return repr(value)
+
+
+def _refuse_id(
+    group: _Group,
+    engine_id: int,
+    result: IngestResult,
+    event: p.Event,
+    field_name: str,
+    value: str,
+    message: str,
+) -> None:
+    """Refuse an event that reuses an id: an error for the engine, and a line in its log (in
+    the batch's transaction) that the "Reused ids" alert rule counts (alerts.registry)."""
+    result.errors.append(_error("duplicate_id", message, event, field_name))
+    context = {"code": "duplicate_id", "field": field_name, "id": value, "seq": event.seq}
+    group.logs.append((engine_id, group.now, "error", message, context, None))
+
+
+# An order that reached one of these statuses has ended: no report brings it back to work.
+_ENDED = frozenset({"filled", "cancelled", "rejected", "expired"})
+# Reports that begin an order: after its end, one of these newer than its last report is a new
+# order under a used id.
+_BEGINNING = frozenset({"new", "accepted"})
+
+
+def _check_orders(
+    group: _Group,
+    engine_id: int,
+    orders: list[p.OrderEvent],
+    result: IngestResult,
+    rejected: set[int],
+) -> list[p.OrderEvent]:
+    """Return the reports of an engine's batch that change its order rows; refuse (adding their
+    seqs to ``rejected``) those that reuse a client_order_id for another order.
+
+    A client_order_id names one order for ever: a report that gives the order another symbol
+    or side is refused. Once the order has ended, a report no newer (by ``ts``) than its latest
+    is late or replayed: stored as a report, it leaves the row as it is. A newer one is refused
+    when it gives the order another type or quantity, or begins it again (new, accepted): a new
+    order under a used id. Otherwise it is a late report, not a reused id: another end (a
+    cancel that crossed the fill at the broker) is the order's latest report, as before; a
+    partial fill's report is stored and does not reopen the order. Reports are judged in seq
+    order, against the order as the reports before them left it.
+    """
+    read = group.reads[engine_id]
+    instruments = group.instruments
+    # client_order_id -> (status, time of its last report, instrument, side, type, quantity).
+    orders_now: dict[str, tuple[str, datetime, int, str, str, Decimal]] = {}
+    changes = []
+    for order in orders:
+        coid = order.client_order_id
+        instrument_id = instruments[order.symbol][0]
+        known = orders_now.get(coid)
+        if known is None and (stored := read.stored_orders.get(coid)) is not None:
+            known = (stored.status, stored.updated_at, stored.instrument_id, stored.side,
+                     stored.order_type, stored.quantity)  # fmt: skip
+        if known is not None:
+            status, last_ts, was_instrument, was_side, was_type, was_quantity = known
+            ended = status in _ENDED
+            # A working order's type and quantity may be amended, so an ended order's earlier
+            # reports may differ in them; its later ones may not.
+            newer = order.ts > last_ts
+            compared = [("symbol", was_instrument, instrument_id), ("side", was_side, order.side)]
+            if ended and newer:
+                compared += [("order_type", was_type, order.order_type),
+                             ("quantity", was_quantity, order.quantity)]  # fmt: skip
+            differs = [name for name, old, new in compared if old != new]
+            if differs:
+                rejected.add(order.seq)
+                _refuse_id(
+                    group, engine_id, result, order, "client_order_id", coid,
+                    f"client_order_id {coid!r} names an order ({status}) of another "
+                    f"{', '.join(differs)}: an id names one order for ever; this report is "
+                    f"refused and the stored order stands",
+                )  # fmt: skip
+                continue
+            if ended and newer and order.status in _BEGINNING:
+                rejected.add(order.seq)
+                _refuse_id(
+                    group, engine_id, result, order, "client_order_id", coid,
+                    f"client_order_id {coid!r} names an order that ended ({status}); a "
+                    f"{order.status!r} report after it is a new order under a used id: this "
+                    f"report is refused and the stored order stands",
+                )  # fmt: skip
+                continue
+            if ended and (not newer or order.status not in _ENDED):
+                continue  # a late report: stored, the order stays as it ended
+        orders_now[coid] = (order.status, order.ts, instrument_id, order.side, order.order_type,
+                            order.quantity)  # fmt: skip
+        changes.append(order)
+    return changes
 
 
 # Runs after the orders' upsert in the same script, so a fill finds an order reported in its own
@@ -746,22 +920,26 @@ def _insert_fills(script: Script, group: _Group) -> None:
     except UniqueViolation as exc:
         if exc.diag.constraint_name != "fill_unique_id":
             raise
-    # A fill_id stored before: sort them out.
+    # A fill_id stored before: sort them out, replays from reused ids (_same_fill).
     script.add(
         _READ_FILL_IDS,
         [_pairs("fill_id", {(engine_id, f.fill_id) for engine_id, f, _, _ in fresh})],
         fetch="fill_ids",
         prepare=False,
     )
-    stored = set(script.run()["fill_ids"])
+    stored = {
+        (engine_id, fill_id): _FillContent(*content)
+        for engine_id, fill_id, *content in script.run()["fill_ids"]
+    }
     rest = []
     for item in fresh:
         engine_id, fill, result, rejected = item
-        if (engine_id, fill.fill_id) in stored:
-            rejected.add(fill.seq)
-            result.replayed += 1
-        else:
+        before = stored.get((engine_id, fill.fill_id))
+        if before is None:
             rest.append(item)
+        else:
+            rejected.add(fill.seq)
+            _same_fill(group, engine_id, fill, before, _fill_content(group, fill), result)
     group.fills = rest
     if rest:
         copy(rest)

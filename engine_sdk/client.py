@@ -18,9 +18,11 @@ import bisect
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import logging
 import os
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -217,6 +219,11 @@ class EngineClient:
 
         self._next_seq = self._journal.last_seq + 1
         self._acked_seq = self._journal.acked_seq
+        # This run's client order ids (new_order_id) start with a random prefix of its own, not
+        # with anything kept on disk: a restart, with its journal or without, never reuses one.
+        # Not from ``rng``, which a test or a replay may seed.
+        self.order_id_prefix = secrets.token_hex(6)
+        self._order_numbers = itertools.count(1)
         # Assigned a seq but not yet in the journal; only the writer task empties it.
         self._pending: list[tuple[int, bytes]] = []
         # Journaled and not yet acked, in seq order (seqs are contiguous); entries before
@@ -303,6 +310,17 @@ class EngineClient:
     def backlog(self) -> int:
         """Events emitted and not yet acked."""
         return len(self._pending) + len(self._unacked) - self._head
+
+    def new_order_id(self) -> str:
+        """A client_order_id no other order of this engine has had or will have: this run's
+        random 48-bit prefix and a counter, such as ``"3f9c0a1b2d4e-17"``.
+
+        The control plane refuses an id reused for another order, and a fill_id reused for
+        another fill, with ``duplicate_id`` (docs/protocol.md, "Ids"). An engine that makes its
+        own ids must keep them unique for ever itself, across restarts and a lost disk; a fill
+        is best named by the broker's execution id, or by its order's id and a count.
+        """
+        return f"{self.order_id_prefix}-{next(self._order_numbers)}"
 
     async def start(self) -> None:
         """Start the background tasks; returns at once (see ``wait_connected``)."""

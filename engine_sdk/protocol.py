@@ -108,6 +108,7 @@ ErrorCode = Literal[
     "not_hello",
     "protocol_version",
     "unknown_order",
+    "duplicate_id",
     "engine_mismatch",
     "internal_error",
     "stale_command",

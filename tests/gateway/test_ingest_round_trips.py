@@ -32,8 +32,9 @@ ODD = 'it\'s a "quoted" back\\slash,\n{brace} é 東'
 
 
 def _stream(orders: int) -> list[p.Event]:
-    """Orders with fills (a repeated fill_id, a fill for an order never sent), position reports,
-    account snapshots over two UTC days, metrics, logs and a state change, seq 1.."""
+    """Orders with fills (a replayed fill_id, a reused one, a fill for an order never sent), an
+    order id reused, position reports, account snapshots over two UTC days, metrics, logs and a
+    state change, seq 1.."""
     events: list[p.Event] = []
 
     def add(event: p.Event) -> None:
@@ -48,12 +49,17 @@ def _stream(orders: int) -> list[p.Event]:
         add(f.fill(0, f"f-{n}-a", coid, symbol=symbol, side=side, qty="10",
                    price=f"{100 + n % 11}.25", fee="0.01"))  # fmt: skip
         add(f.fill(0, f"f-{n}-b", coid, symbol=symbol, side=side, qty="20", price="101.5"))
-        if n % 10 == 3:
-            add(f.fill(0, f"f-{n}-a", coid, symbol=symbol, side=side, qty="10"))  # repeated
+        if n % 10 == 3:  # replayed: counted once
+            add(f.fill(0, f"f-{n}-a", coid, symbol=symbol, side=side, qty="10",
+                       price=f"{100 + n % 11}.25", fee="0.01"))  # fmt: skip
+        if n % 20 == 13:  # reused for another fill: refused
+            add(f.fill(0, f"f-{n}-b", coid, symbol=symbol, side=side, qty="20", price="102"))
         if n % 25 == 7:
             add(f.fill(0, f"f-{n}-x", "never-sent", symbol=symbol))
         add(f.order(0, coid, symbol=symbol, side=side, qty="30", status="filled", filled="30",
                     expected=expected))  # fmt: skip
+        if n % 30 == 17:  # the id reused for a new order after this one filled: refused
+            add(f.order(0, coid, symbol=symbol, side=side, qty="31", status="new"))
         if n % 6 == 0:
             add(f.position(0, str(n), symbol=symbol))
         day = timedelta(days=1) if n > orders // 2 else timedelta(0)
@@ -136,7 +142,7 @@ def _stored(engine: Engine) -> dict[str, Any]:
         ),
         "logs": list(
             EngineLog.objects.filter(engine=engine)
-            .order_by("seq")
+            .order_by("seq", "message")  # the lines of refused events have no seq
             .values_list("ts", "level", "message", "context", "seq")
         ),
         "engine": (
@@ -170,10 +176,12 @@ def test_small_frames_and_one_large_frame_store_exactly_the_same(make_engine):
     large_errors = _ingest_in_frames(large, events, size=len(events))
 
     assert [(e.code, e.seq) for e in small_errors] == [(e.code, e.seq) for e in large_errors]
-    assert {e.code for e in large_errors} == {"unknown_order"}
+    assert {e.code for e in large_errors} == {"unknown_order", "duplicate_id"}
     assert _stored(small) == _stored(large)
     stored = _stored(large)
     assert len(stored["fills"]) == 2 * orders  # the repeats and the orphans are not
+    # The orders whose ids were reused stand as they ended.
+    assert {(row[3], row[4]) for row in stored["orders"]} == {(30, "filled")}
     assert stored["logs"][0][2:4] == (f"{ODD} #0", {"n": 0, "why": ODD})
     assert any(row[0].endswith(ODD) for row in stored["orders"])
     assert stored["engine"][-1] == "PAUSED"
@@ -249,7 +257,7 @@ def test_a_large_batch_resending_a_stored_fill_id_under_a_new_seq_stores_the_oth
     engine_and_token,
 ):
     engine = engine_and_token[0]
-    ingest_events(engine_id=engine.pk, events=[f.order(1, "o-1"), f.fill(2, "f-7", "o-1")])
+    ingest_events(engine_id=engine.pk, events=[f.order(1, "o-1"), f.fill(2, "f-7", "o-1", qty="1")])
     fills = [f.fill(3 + n, f"f-{n}", "o-1", qty="1") for n in range(COPY_MIN_ROWS + 5)]
 
     result = ingest_events(engine_id=engine.pk, events=fills)
@@ -258,7 +266,7 @@ def test_a_large_batch_resending_a_stored_fill_id_under_a_new_seq_stores_the_oth
     assert Fill.objects.filter(engine=engine).count() == len(fills)  # f-7 once, under seq 2
     assert Fill.objects.get(engine=engine, fill_id="f-7").seq == 2
     position = Position.objects.get(engine=engine)
-    assert position.quantity == Decimal(10 + len(fills) - 1)
+    assert position.quantity == Decimal(len(fills))
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM controlplane_engineevent WHERE engine_id = %s",
                        [engine.pk])  # fmt: skip

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,22 @@ async def test_a_lost_journal_does_not_reuse_seqs_the_server_has(
     assert control_plane.events_of(p.FillEvent)[0].seq == 5
     assert fresh.emit(a_metric()) == 6
     await fresh.close()
+
+
+def test_a_client_whose_journal_was_lost_makes_order_ids_the_last_run_never_made(
+    make_client: MakeClient, tmp_path: Any
+) -> None:
+    journal = tmp_path / "journal"
+    first = make_client("ws://127.0.0.1:9/ws", journal_dir=journal)
+    before = {first.new_order_id() for _ in range(1000)}
+    shutil.rmtree(journal)
+
+    again = make_client("ws://127.0.0.1:9/ws", journal_dir=journal)
+    after = [again.new_order_id() for _ in range(1000)]
+
+    assert len(before) == 1000 and len(set(after)) == 1000
+    assert before.isdisjoint(after)
+    assert all(len(order_id) <= 64 for order_id in after)  # the protocol's bound
 
 
 @pytest.mark.asyncio
