@@ -224,7 +224,7 @@ _ANSWER_RESULTS = f"""
            delivered_at = COALESCE(c.delivered_at, %s), result = r.result, detail = r.detail,
            state_after = r.state_after
       FROM l, r
-     WHERE c.id = l.id AND r.id = c.id
+     WHERE c.id = l.id AND r.id = c.id AND r.engine_id = c.engine_id
     RETURNING c.id, c.engine_id, c.kind, c.batch_id, c.status,
               (SELECT e.name FROM controlplane_engine e WHERE e.id = c.engine_id)"""
 
@@ -240,14 +240,16 @@ def command_answers(answers: list[Answer]) -> None:
     A result audits its command and records the engine's reported state (and, for set_limits,
     the revision it now enforces). Raises on a database failure (nothing is then stored).
     """
-    acks: dict[uuid.UUID, int] = {}
-    results: dict[uuid.UUID, tuple[int, p.CommandResult]] = {}
+    # Keyed by (engine, command): an answer naming another engine's command (which the
+    # statements ignore) must not take the place of that engine's own answer in the batch.
+    acks: set[tuple[int, uuid.UUID]] = set()
+    results: dict[tuple[int, uuid.UUID], p.CommandResult] = {}
     engines: dict[int, dict[str, Any]] = {}
     for engine_id, frame in answers:
         if isinstance(frame, p.CommandAck):
-            acks.setdefault(frame.command_id, engine_id)
+            acks.add((engine_id, frame.command_id))
             continue
-        results.setdefault(frame.command_id, (engine_id, frame))  # the first one counts
+        results.setdefault((engine_id, frame.command_id), frame)  # the first one counts
         version = frame.data.get("limits_version")
         limits = frame.status == "succeeded" and isinstance(version, int)
         if frame.trading_state is None and not limits:
@@ -265,19 +267,19 @@ def command_answers(answers: list[Answer]) -> None:
                        prepare=False)  # fmt: skip
         if acks:
             script.add(_ANSWER_ACKS, [
-                text_array(str(engine_id) for engine_id in acks.values()),
-                text_array(str(command_id) for command_id in acks), now, now,
+                text_array(str(engine_id) for engine_id, _ in acks),
+                text_array(str(command_id) for _, command_id in acks), now, now,
             ], prepare=False)  # fmt: skip
         if results:
             script.add(_ANSWER_RESULTS, [json_text([
                 {"engine_id": engine_id, "id": command_id, "status": frame.status,
                  "result": frame.data, "detail": frame.detail,
                  "state_after": frame.trading_state or ""}
-                for command_id, (engine_id, frame) in results.items()
+                for (engine_id, command_id), frame in results.items()
             ]), now, now, now], fetch="results", prepare=False)  # fmt: skip
         completed = script.run().get("results", ())
         for command_id, engine_id, kind, batch_id, status, engine_name in completed:
-            frame = results[command_id][1]
+            frame = results[engine_id, command_id]
             command = Command(id=command_id, engine_id=engine_id, kind=kind, status=status)
             audit_add(script, audit_event(
                 action=f"command_{kind}_result", actor_label=f"engine:{engine_name}",
