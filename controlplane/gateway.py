@@ -414,8 +414,10 @@ def _answer(
     # ack covers the highest seq seen in the frame, stored or refused.
     refused = [e.seq for e in decoded.errors if e.seq is not None]
     ack = max([result.ack_seq, *refused]) if refused else result.ack_seq
-    if refused and ack > result.ack_seq:
-        _advance_watermark(engine_id, ack)
+    if refused and ack > result.ack_seq and not _advance_watermark(engine_id, ack):
+        # Acked only as far as stored: the engine keeps the refused events until a later ack
+        # covers them, or replays them to be refused again. Nothing is lost either way.
+        ack = result.ack_seq
     frames.append(p.Ack(seq=ack))
     return frames, result
 
@@ -431,10 +433,23 @@ def _evaluate_risk(engine_id: int, result: IngestResult) -> None:
         log.exception("engine %s: post-trade risk evaluation failed", engine_id)
 
 
-def _advance_watermark(engine_id: int, seq: int) -> None:
+def _advance_watermark(engine_id: int, seq: int) -> bool:
+    """Move the engine's watermark up to ``seq``; False if the database refused.
+
+    It runs after the group's commit, once per engine of the group: one engine's failure here
+    (its row locked past a timeout, a trigger) must not turn into an exception that fails the
+    answers of every engine stored with it.
+    """
     from django.db.models.functions import Greatest
 
-    Engine.objects.filter(pk=engine_id).update(last_seq=Greatest("last_seq", seq))
+    try:
+        # A savepoint should a caller hold a transaction, which a failed statement would spoil.
+        with transaction.atomic():
+            Engine.objects.filter(pk=engine_id).update(last_seq=Greatest("last_seq", seq))
+    except Exception as exc:  # a lost connection (InterfaceError) is no DatabaseError
+        log.warning("engine %s: watermark not moved to %d: %s", engine_id, seq, exc)
+        return False
+    return True
 
 
 def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
