@@ -47,15 +47,14 @@ class Decoded:
 
 def decode_frame(data: str | bytes) -> Decoded:
     """Decode one engine frame. An events frame with bad events still yields its good ones."""
-    if len(data) > p.MAX_FRAME_BYTES:
-        message = (
-            f"frame is {len(data)} bytes; the limit is {p.MAX_FRAME_BYTES}: send smaller batches"
-        )
+    size = p.frame_bytes(data)  # bytes on the wire: a str's len() would count characters
+    if size > p.MAX_FRAME_BYTES:
+        message = f"frame is {size} bytes; the limit is {p.MAX_FRAME_BYTES}: send smaller batches"
         return Decoded(None, None, [p.Error(code="frame_too_large", message=message)])
     try:
         frame = p.decode_engine_frame(data)
     except msgspec.ValidationError as exc:
-        probe_type = _probe_type(data)
+        probe_type = frame_type(data)
         if probe_type == "events":
             events, errors = p.decode_events_leniently(data)
             return Decoded(None, events, errors)
@@ -72,7 +71,8 @@ def decode_frame(data: str | bytes) -> Decoded:
     return Decoded(frame, None, [])
 
 
-def _probe_type(data: str | bytes) -> Any:
+def frame_type(data: str | bytes) -> Any:
+    """The frame's ``type`` field (None if unreadable), its other fields skipped unchecked."""
     try:
         return _probe.decode(data).type
     except msgspec.MsgspecError:
