@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_EVENTS = 4 * p.MAX_EVENTS_PER_FRAME
 
 
-def engine_group(engine_id: int) -> str:
-    return f"engine-{engine_id}"
+engine_group = delivery.engine_group
 
 
 class DirectDispatch:
@@ -137,6 +136,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 self.engine_id, frame
             )
             await self.send_frames(answer)
+            if any(isinstance(f, p.Error) and f.code == "unauthorized" for f in answer):
+                await self.close(code=p.CLOSE_UNAUTHORIZED)
 
     async def _rate_limited(self, data: str | bytes) -> None:
         """A frame over this connection's rate: answered rate_limited, and not processed.
@@ -245,7 +246,9 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         await self.send_frames(frames)
         if not isinstance(frames[0], p.Welcome):
-            await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
+            # An engine deactivated since its token was checked: as a bad token.
+            refused = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
+            await self.close(code=p.CLOSE_UNAUTHORIZED if refused else p.CLOSE_PROTOCOL_VIOLATION)
             return
         self.greeted = True
         publisher.mark(self.engine_id)
@@ -258,6 +261,10 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             {"type": "engine.replaced", "connection_id": str(self.connection_id)},
         )
         self._heartbeat_task = asyncio.create_task(self._heartbeats())
+
+    async def engine_deactivated(self, message: dict[str, Any]) -> None:
+        """The engine was deactivated (delivery.close_sockets): its token holds no more."""
+        await self.close(code=p.CLOSE_UNAUTHORIZED, reason="engine deactivated")
 
     async def engine_replaced(self, message: dict[str, Any]) -> None:
         if not self.greeted or message["connection_id"] == str(self.connection_id):

@@ -92,7 +92,10 @@ def post_frame(request: HttpRequest) -> HttpResponse:
         return _frames(decoded.errors, 400)
     if isinstance(frame, p.Hello):
         frames = gateway.hello(engine, frame, connection_id=None)
-        return _frames(frames, 200 if isinstance(frames[0], p.Welcome) else 400)
+        if isinstance(frames[0], p.Welcome):
+            return _frames(frames)
+        unauthorized = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
+        return _frames(frames, 401 if unauthorized else 400)
     if isinstance(frame, p.Events):  # decoded.events is set for every events frame
         return _frames([])
     commands = gateway.record(engine.pk, frame)

@@ -326,7 +326,9 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     }
     if connection_id is not None:
         update |= {"connected": True, "connection_id": connection_id}
-    Engine.objects.filter(pk=engine.pk).update(**update)
+    # The token was checked on connecting; an engine deactivated since then is refused here.
+    if not Engine.objects.filter(pk=engine.pk, is_active=True).update(**update):
+        return [_deactivated()]
     engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until", "strategy_tags"])
     # The welcome carries the current limits: set_limits not yet delivered are obsolete.
     Command.objects.filter(
@@ -501,7 +503,7 @@ def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
 _HEARTBEAT_SQL = """
     UPDATE controlplane_engine SET last_seen_at = %s, reported_state = %s,
         limits_version = COALESCE(%s, limits_version)
-    WHERE id = %s
+    WHERE id = %s AND is_active
     RETURNING name, desired_state, desired_until,
         EXISTS (SELECT 1 FROM controlplane_command
                 WHERE engine_id = %s AND status = 'pending')
@@ -520,7 +522,8 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
             cursor.execute(_HEARTBEAT_SQL, [*values, engine_id])
             row = cursor.fetchone()
         if row is None:
-            return []
+            # Deactivated (or deleted) while connected: the closing message missed this socket.
+            return [_deactivated()]
         name, desired, desired_until, waiting = row
         engine = Engine(pk=engine_id, name=name, desired_state=desired,
                         desired_until=desired_until)  # fmt: skip
@@ -531,6 +534,10 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
         # A heartbeat that cannot be recorded must not drop the engine's connection.
         log.warning("engine %s: heartbeat not recorded: %s", engine_id, exc)
         return []
+
+
+def _deactivated() -> p.Error:
+    return p.Error(code="unauthorized", message="this engine has been deactivated")
 
 
 def record(
