@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from controlplane import services
@@ -57,9 +58,14 @@ class EngineAdmin(admin.ModelAdmin):
         ("Live", {"fields": readonly_fields}),
     )  # fmt: skip
 
+    actions = ("deactivate",)
+
     def save_model(self, request: HttpRequest, obj: Engine, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            if "is_active" in form.changed_data and not obj.is_active:
+                # Through the service: the audit, and the engine's open sockets closed.
+                services.engine_deactivate(engine=obj, actor=request.user)
             return
         # The token exists in clear text only in this one message.
         token = services.engine_assign_token(engine=obj)
@@ -71,6 +77,17 @@ class EngineAdmin(admin.ModelAdmin):
             request,
             f"Engine token for {obj.name} (shown once, store it in the engine's secrets): {token}",
         )
+
+    @admin.action(
+        description="Deactivate the selected engines (refuse their tokens, disconnect)",
+        permissions=["change"],
+    )
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[Engine]) -> None:
+        engines = list(queryset.filter(is_active=True))
+        for engine in engines:
+            services.engine_deactivate(engine=engine, actor=request.user)
+        names = ", ".join(engine.name for engine in engines) or "none (already inactive)"
+        messages.success(request, f"Deactivated: {names}.")
 
 
 @admin.register(Instrument)

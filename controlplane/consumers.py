@@ -16,6 +16,7 @@ from django.conf import settings
 from controlplane import delivery, gateway
 from controlplane.ingest import COPY_MIN_ROWS
 from controlplane.loops import PerLoop
+from controlplane.ratelimit import TokenBucket
 from dashboard.live import publisher
 from engine_sdk import protocol as p
 
@@ -26,8 +27,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_EVENTS = 4 * p.MAX_EVENTS_PER_FRAME
 
 
-def engine_group(engine_id: int) -> str:
-    return f"engine-{engine_id}"
+engine_group = delivery.engine_group
 
 
 class DirectDispatch:
@@ -55,12 +55,18 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     # welcome (the engine applies each command_id once, so a repeat is harmless).
     _early_frames: list[str] | None = None
     _writer: asyncio.Task[None] | None = None
+    _hello_timer: asyncio.Task[None] | None = None
+    # Set when the server closes the socket: nothing received after that is processed.
+    _closing = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queued: list[gateway.Decoded] = []
         self._queued_events = 0
         self._written = asyncio.Event()
+        # Per connection: one engine's flood costs it its own frames, never another's.
+        self._rate = TokenBucket(settings.ENGINE_MAX_FRAMES_PER_S, settings.ENGINE_FRAME_BURST)
+        self._refused = 0
 
     async def connect(self) -> None:
         token = gateway.bearer_token(self.scope.get("headers", []))
@@ -76,10 +82,20 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         self._early_frames = []
         await self.channel_layer.group_add(engine_group(engine.pk), self.channel_name)
         await delivery.listen(engine.pk, self)
+        self._hello_timer = asyncio.create_task(self._hello_deadline())
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        # Whatever the engine sent after the server decided to close is left unprocessed: an
+        # events frame stored then would be acked past the seqs the close was about. The
+        # engine's replay after reconnecting brings everything unacked again, in order.
+        self._closing = True
+        await super().close(code=code, reason=reason)
 
     async def disconnect(self, code: int) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         if self.engine_id is None:
             return
         delivery.stop_listening(self.engine_id, self)
@@ -93,9 +109,12 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.send(text_data=p.encode(frame).decode())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.engine_id is None:
+        if self.engine_id is None or self._closing:
             return
         data = text_data if text_data is not None else (bytes_data or b"")
+        if not self._rate.take():
+            await self._rate_limited(data)
+            return
         decoded = gateway.decode_frame(data)
         if not self.greeted:
             await self._expect_hello(decoded)
@@ -117,6 +136,39 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 self.engine_id, frame
             )
             await self.send_frames(answer)
+            if any(isinstance(f, p.Error) and f.code == "unauthorized" for f in answer):
+                await self.close(code=p.CLOSE_UNAUTHORIZED)
+
+    async def _rate_limited(self, data: str | bytes) -> None:
+        """A frame over this connection's rate: answered rate_limited, and not processed.
+
+        A refused events frame cannot be left behind while the connection goes on, since the
+        ack of a later frame would cover its seqs: the socket closes (4429) and the engine,
+        reconnecting with backoff, replays from its last ack. A connection that keeps flooding
+        is closed too, once it has had as many frames refused as the burst allows.
+        """
+        self._refused += 1
+        close = gateway.frame_type(data) == "events" or self._refused >= self._rate.burst
+        limit = f"more than {self._rate.rate:g} frames a second (bursts of {self._rate.burst})"
+        then = "closing: reconnect and resend from the last ack" if close else "slow down"
+        message = f"{limit}: this frame was not processed; {then}"
+        await self.send_frames([p.Error(code="rate_limited", message=message)])
+        if close:
+            await self.close(code=p.CLOSE_RATE_LIMITED)
+
+    async def _hello_deadline(self) -> None:
+        """Close a socket that authenticated but sends no hello: it holds the engine's place in
+        the group and in the command hub (and a reader of a web process) for nothing."""
+        timeout = settings.ENGINE_HELLO_TIMEOUT_S
+        await asyncio.sleep(timeout)
+        if self.greeted or self._closing:
+            return
+        self._closing = True  # a hello arriving from now on is not answered
+        message = f"no hello within {timeout:g} s of connecting"
+        error = p.Error(code="hello_timeout", message=message, field="type")
+        with contextlib.suppress(Exception):  # gone already
+            await self.send_frames([error])
+            await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
 
     # --- events: stored in order, the frames that queue behind a write stored together ----------
 
@@ -179,6 +231,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 return
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()  # the first frame came in time, hello or not
         if not isinstance(decoded.frame, p.Hello):
             errors = decoded.errors or [p.Error(
                 code="not_hello", message="the first frame on a connection must be hello",
@@ -192,7 +246,9 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         await self.send_frames(frames)
         if not isinstance(frames[0], p.Welcome):
-            await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
+            # An engine deactivated since its token was checked: as a bad token.
+            refused = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
+            await self.close(code=p.CLOSE_UNAUTHORIZED if refused else p.CLOSE_PROTOCOL_VIOLATION)
             return
         self.greeted = True
         publisher.mark(self.engine_id)
@@ -205,6 +261,10 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             {"type": "engine.replaced", "connection_id": str(self.connection_id)},
         )
         self._heartbeat_task = asyncio.create_task(self._heartbeats())
+
+    async def engine_deactivated(self, message: dict[str, Any]) -> None:
+        """The engine was deactivated (delivery.close_sockets): its token holds no more."""
+        await self.close(code=p.CLOSE_UNAUTHORIZED, reason="engine deactivated")
 
     async def engine_replaced(self, message: dict[str, Any]) -> None:
         if not self.greeted or message["connection_id"] == str(self.connection_id):

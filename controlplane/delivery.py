@@ -18,7 +18,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import msgspec
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 
 from controlplane import hub
 from engine_sdk import protocol as p
@@ -36,6 +38,27 @@ _background: set[asyncio.Task[Any]] = set()
 class CommandListener(Protocol):
     async def push_commands(self, entries: list[tuple[str, str]]) -> list[uuid.UUID]:
         """Send the frames to the engine; the ids of those sent (none before its hello)."""
+
+
+def engine_group(engine_id: int) -> str:
+    """The channel-layer group of an engine's sockets, in every web process."""
+    return f"engine-{engine_id}"
+
+
+def close_sockets(engine_id: int) -> None:
+    """Close the engine's open sockets now (it was deactivated), in every web process.
+
+    Best effort, as a push: a socket the message misses is refused at its next hello or
+    heartbeat, which check that the engine is still active.
+    """
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            engine_group(engine_id), {"type": "engine.deactivated"}
+        )
+    except Exception as exc:  # Redis away: the heartbeat check closes it instead
+        log.warning(
+            "engine %s: closing its sockets failed (%s); its next heartbeat does", engine_id, exc
+        )
 
 
 def frames_for(

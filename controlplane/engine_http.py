@@ -7,13 +7,19 @@ is the engine's bearer token, as on the socket.
 
 from __future__ import annotations
 
+import math
+import threading
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import gateway
 from controlplane.models import Engine
+from controlplane.ratelimit import TokenBucket
 from dashboard.live import publisher
 from engine_sdk import protocol as p
 
@@ -36,6 +42,30 @@ def _authenticate(request: HttpRequest) -> Engine | HttpResponse:
     return engine
 
 
+# Each engine's requests to this process, whatever their endpoint (no socket to hang them on).
+_rates: dict[int, TokenBucket] = {}
+_rates_lock = threading.Lock()
+
+
+def _rate_limited(engine: Engine) -> HttpResponse | None:
+    """429 for a request over the engine's rate (ENGINE_MAX_FRAMES_PER_S): not processed."""
+    rate, burst = settings.ENGINE_MAX_FRAMES_PER_S, settings.ENGINE_FRAME_BURST
+    with _rates_lock:
+        bucket = _rates.get(engine.pk)
+        if bucket is None or (bucket.rate, bucket.burst) != (rate, burst):
+            bucket = _rates[engine.pk] = TokenBucket(rate, burst)
+        if bucket.take():
+            return None
+        wait = bucket.wait_s()
+    message = (
+        f"more than {rate:g} requests a second (bursts of {burst}): this one was not processed; "
+        "send it again after Retry-After seconds"
+    )
+    response = _frames([p.Error(code="rate_limited", message=message)], 429)
+    response["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
+
+
 @csrf_exempt  # bearer-token API: no cookies, so no cross-site request forgery
 @login_not_required
 @require_POST
@@ -43,7 +73,14 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     engine = _authenticate(request)
     if isinstance(engine, HttpResponse):
         return engine
-    decoded = gateway.decode_frame(request.body)
+    if refused := _rate_limited(engine):
+        return refused
+    try:
+        body = request.body
+    except RequestDataTooBig:  # DATA_UPLOAD_MAX_MEMORY_SIZE, above the protocol's own limit
+        message = f"the body is over the limit of {p.MAX_FRAME_BYTES} bytes: send smaller batches"
+        return _frames([p.Error(code="frame_too_large", message=message)], 400)
+    decoded = gateway.decode_frame(body)
     if decoded.events is not None:
         frames, result = gateway.events(engine.pk, decoded)
         if result is not None and result.stored:
@@ -55,7 +92,10 @@ def post_frame(request: HttpRequest) -> HttpResponse:
         return _frames(decoded.errors, 400)
     if isinstance(frame, p.Hello):
         frames = gateway.hello(engine, frame, connection_id=None)
-        return _frames(frames, 200 if isinstance(frames[0], p.Welcome) else 400)
+        if isinstance(frames[0], p.Welcome):
+            return _frames(frames)
+        unauthorized = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
+        return _frames(frames, 401 if unauthorized else 400)
     if isinstance(frame, p.Events):  # decoded.events is set for every events frame
         return _frames([])
     commands = gateway.record(engine.pk, frame)
@@ -72,4 +112,6 @@ def get_commands(request: HttpRequest) -> HttpResponse:
     engine = _authenticate(request)
     if isinstance(engine, HttpResponse):
         return engine
+    if refused := _rate_limited(engine):
+        return refused
     return _frames(gateway.pending_commands(engine.pk))

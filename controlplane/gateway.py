@@ -49,15 +49,14 @@ class Decoded:
 
 def decode_frame(data: str | bytes) -> Decoded:
     """Decode one engine frame. An events frame with bad events still yields its good ones."""
-    if len(data) > p.MAX_FRAME_BYTES:
-        message = (
-            f"frame is {len(data)} bytes; the limit is {p.MAX_FRAME_BYTES}: send smaller batches"
-        )
+    size = p.frame_bytes(data)  # bytes on the wire: a str's len() would count characters
+    if size > p.MAX_FRAME_BYTES:
+        message = f"frame is {size} bytes; the limit is {p.MAX_FRAME_BYTES}: send smaller batches"
         return Decoded(None, None, [p.Error(code="frame_too_large", message=message)])
     try:
         frame = p.decode_engine_frame(data)
     except msgspec.ValidationError as exc:
-        probe_type = _probe_type(data)
+        probe_type = frame_type(data)
         if probe_type == "events":
             events, errors = p.decode_events_leniently(data)
             return Decoded(None, events, errors)
@@ -74,7 +73,8 @@ def decode_frame(data: str | bytes) -> Decoded:
     return Decoded(frame, None, [])
 
 
-def _probe_type(data: str | bytes) -> Any:
+def frame_type(data: str | bytes) -> Any:
+    """The frame's ``type`` field (None if unreadable), its other fields skipped unchecked."""
     try:
         return _probe.decode(data).type
     except msgspec.MsgspecError:
@@ -226,7 +226,7 @@ _ANSWER_RESULTS = f"""
            delivered_at = COALESCE(c.delivered_at, %s), result = r.result, detail = r.detail,
            state_after = r.state_after
       FROM l, r
-     WHERE c.id = l.id AND r.id = c.id
+     WHERE c.id = l.id AND r.id = c.id AND r.engine_id = c.engine_id
     RETURNING c.id, c.engine_id, c.kind, c.batch_id, c.status,
               (SELECT e.name FROM controlplane_engine e WHERE e.id = c.engine_id)"""
 
@@ -242,14 +242,16 @@ def command_answers(answers: list[Answer]) -> None:
     A result audits its command and records the engine's reported state (and, for set_limits,
     the revision it now enforces). Raises on a database failure (nothing is then stored).
     """
-    acks: dict[uuid.UUID, int] = {}
-    results: dict[uuid.UUID, tuple[int, p.CommandResult]] = {}
+    # Keyed by (engine, command): an answer naming another engine's command (which the
+    # statements ignore) must not take the place of that engine's own answer in the batch.
+    acks: set[tuple[int, uuid.UUID]] = set()
+    results: dict[tuple[int, uuid.UUID], p.CommandResult] = {}
     engines: dict[int, dict[str, Any]] = {}
     for engine_id, frame in answers:
         if isinstance(frame, p.CommandAck):
-            acks.setdefault(frame.command_id, engine_id)
+            acks.add((engine_id, frame.command_id))
             continue
-        results.setdefault(frame.command_id, (engine_id, frame))  # the first one counts
+        results.setdefault((engine_id, frame.command_id), frame)  # the first one counts
         version = frame.data.get("limits_version")
         limits = frame.status == "succeeded" and isinstance(version, int)
         if frame.trading_state is None and not limits:
@@ -267,19 +269,19 @@ def command_answers(answers: list[Answer]) -> None:
                        prepare=False)  # fmt: skip
         if acks:
             script.add(_ANSWER_ACKS, [
-                text_array(str(engine_id) for engine_id in acks.values()),
-                text_array(str(command_id) for command_id in acks), now, now,
+                text_array(str(engine_id) for engine_id, _ in acks),
+                text_array(str(command_id) for _, command_id in acks), now, now,
             ], prepare=False)  # fmt: skip
         if results:
             script.add(_ANSWER_RESULTS, [json_text([
                 {"engine_id": engine_id, "id": command_id, "status": frame.status,
                  "result": frame.data, "detail": frame.detail,
                  "state_after": frame.trading_state or ""}
-                for command_id, (engine_id, frame) in results.items()
+                for (engine_id, command_id), frame in results.items()
             ]), now, now, now], fetch="results", prepare=False)  # fmt: skip
         completed = script.run().get("results", ())
         for command_id, engine_id, kind, batch_id, status, engine_name in completed:
-            frame = results[command_id][1]
+            frame = results[engine_id, command_id]
             command = Command(id=command_id, engine_id=engine_id, kind=kind, status=status)
             audit_add(script, audit_event(
                 action=f"command_{kind}_result", actor_label=f"engine:{engine_name}",
@@ -326,7 +328,9 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     }
     if connection_id is not None:
         update |= {"connected": True, "connection_id": connection_id}
-    Engine.objects.filter(pk=engine.pk).update(**update)
+    # The token was checked on connecting; an engine deactivated since then is refused here.
+    if not Engine.objects.filter(pk=engine.pk, is_active=True).update(**update):
+        return [_deactivated()]
     engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until", "strategy_tags"])
     # The welcome carries the current limits: set_limits not yet delivered are obsolete.
     Command.objects.filter(
@@ -417,8 +421,10 @@ def _answer(
     # ack covers the highest seq seen in the frame, stored or refused.
     refused = [e.seq for e in decoded.errors if e.seq is not None]
     ack = max([result.ack_seq, *refused]) if refused else result.ack_seq
-    if refused and ack > result.ack_seq:
-        _advance_watermark(engine_id, ack)
+    if refused and ack > result.ack_seq and not _advance_watermark(engine_id, ack):
+        # Acked only as far as stored: the engine keeps the refused events until a later ack
+        # covers them, or replays them to be refused again. Nothing is lost either way.
+        ack = result.ack_seq
     frames.append(p.Ack(seq=ack))
     return frames, result
 
@@ -460,10 +466,23 @@ def _evaluate_risk(engine_id: int, result: IngestResult) -> None:
         log.exception("engine %s: post-trade risk evaluation failed", engine_id)
 
 
-def _advance_watermark(engine_id: int, seq: int) -> None:
+def _advance_watermark(engine_id: int, seq: int) -> bool:
+    """Move the engine's watermark up to ``seq``; False if the database refused.
+
+    It runs after the group's commit, once per engine of the group: one engine's failure here
+    (its row locked past a timeout, a trigger) must not turn into an exception that fails the
+    answers of every engine stored with it.
+    """
     from django.db.models.functions import Greatest
 
-    Engine.objects.filter(pk=engine_id).update(last_seq=Greatest("last_seq", seq))
+    try:
+        # A savepoint should a caller hold a transaction, which a failed statement would spoil.
+        with transaction.atomic():
+            Engine.objects.filter(pk=engine_id).update(last_seq=Greatest("last_seq", seq))
+    except Exception as exc:  # a lost connection (InterfaceError) is no DatabaseError
+        log.warning("engine %s: watermark not moved to %d: %s", engine_id, seq, exc)
+        return False
+    return True
 
 
 def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
@@ -515,7 +534,7 @@ def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
 _HEARTBEAT_SQL = """
     UPDATE controlplane_engine SET last_seen_at = %s, reported_state = %s,
         limits_version = COALESCE(%s, limits_version)
-    WHERE id = %s
+    WHERE id = %s AND is_active
     RETURNING name, desired_state, desired_until,
         EXISTS (SELECT 1 FROM controlplane_command
                 WHERE engine_id = %s AND status = 'pending')
@@ -534,7 +553,8 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
             cursor.execute(_HEARTBEAT_SQL, [*values, engine_id])
             row = cursor.fetchone()
         if row is None:
-            return []
+            # Deactivated (or deleted) while connected: the closing message missed this socket.
+            return [_deactivated()]
         name, desired, desired_until, waiting = row
         engine = Engine(pk=engine_id, name=name, desired_state=desired,
                         desired_until=desired_until)  # fmt: skip
@@ -545,6 +565,10 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
         # A heartbeat that cannot be recorded must not drop the engine's connection.
         log.warning("engine %s: heartbeat not recorded: %s", engine_id, exc)
         return []
+
+
+def _deactivated() -> p.Error:
+    return p.Error(code="unauthorized", message="this engine has been deactivated")
 
 
 def record(

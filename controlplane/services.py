@@ -79,6 +79,20 @@ def engine_rotate_token(
     return token
 
 
+@transaction.atomic
+def engine_deactivate(
+    *, engine: Engine, actor: AbstractBaseUser | None = None, actor_label: str | None = None
+) -> None:
+    """Refuse the engine's token from now on, and close its open sockets once that is committed.
+
+    Its data stays; reactivating it (is_active) lets the same token in again.
+    """
+    engine.is_active = False
+    engine.save(update_fields=["is_active"])
+    audit_record(action="engine_deactivate", actor=actor, actor_label=actor_label, target=engine)
+    transaction.on_commit(partial(delivery.close_sockets, engine.pk))
+
+
 # --- commands -------------------------------------------------------------------------------------
 
 MAX_PAUSE_S = 7 * 24 * 3600

@@ -243,6 +243,15 @@ NOTIFICATION_LEASE_S = env_float("NOTIFICATION_LEASE_S", 60.0, minimum=1.0)
 ENGINE_HEARTBEAT_INTERVAL_S = env_float("ENGINE_HEARTBEAT_INTERVAL_S", 2.0, minimum=0.1)
 # An engine whose last frame is older than this is shown (and alerted) as stale.
 ENGINE_STALE_AFTER_S = env_float("ENGINE_STALE_AFTER_S", 10.0, minimum=0.5)
+# A socket that has authenticated but sent no hello within this is closed (4400): it would hold
+# a place in the engine's group and the command hub for nothing.
+ENGINE_HELLO_TIMEOUT_S = env_float("ENGINE_HELLO_TIMEOUT_S", 5.0, minimum=0.1)
+# Frames one engine connection (or, over HTTP, one engine in one web process) may send: this many
+# a second, with bursts of up to ENGINE_FRAME_BURST. An SDK at its defaults sends at most ~50
+# events frames a second and a heartbeat every interval; a replay after a reconnect comes in a
+# burst. A frame over the rate is answered rate_limited and not processed (docs/protocol.md).
+ENGINE_MAX_FRAMES_PER_S = env_float("ENGINE_MAX_FRAMES_PER_S", 100.0, minimum=0.1)
+ENGINE_FRAME_BURST = env_int("ENGINE_FRAME_BURST", 500, minimum=1)
 # Days of the raw event log kept; older days' partitions are dropped whole, once a day.
 EVENT_LOG_RETENTION_DAYS = env_int("EVENT_LOG_RETENTION_DAYS", 30, minimum=1)
 

@@ -594,6 +594,9 @@ class EngineClient:
                 raise EngineReplaced(
                     f"another connection took over this engine: {reason or code}"
                 ) from exc
+            if code == protocol.CLOSE_RATE_LIMITED:
+                # The backoff keeps growing: reconnecting at once would flood it again.
+                raise _ServerTrouble(f"server closed: frames over its rate ({code})") from exc
             raise
         finally:
             await ws.close()

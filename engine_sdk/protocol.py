@@ -24,6 +24,7 @@ import msgspec
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_PROTOCOL_VIOLATION",
+    "CLOSE_RATE_LIMITED",
     "CLOSE_REPLACED",
     "CLOSE_SERVER_ERROR",
     "CLOSE_UNAUTHORIZED",
@@ -70,6 +71,7 @@ __all__ = [
     "encode",
     "encode_event",
     "error_field",
+    "frame_bytes",
     "utc_now",
 ]
 
@@ -83,6 +85,8 @@ MAX_DECIMAL_ABS: Final = Decimal(10) ** 16
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_PROTOCOL_VIOLATION: Final = 4400
 CLOSE_REPLACED: Final = 4409
+# The engine sent frames faster than the server takes them (see docs/protocol.md, section 13).
+CLOSE_RATE_LIMITED: Final = 4429
 CLOSE_SERVER_ERROR: Final = 1011
 CLOSE_GOING_AWAY: Final = 1001
 
@@ -106,6 +110,7 @@ ErrorCode = Literal[
     "frame_too_large",
     "too_many_events",
     "not_hello",
+    "hello_timeout",
     "protocol_version",
     "unknown_order",
     "duplicate_id",
@@ -113,6 +118,7 @@ ErrorCode = Literal[
     "internal_error",
     "stale_command",
     "unauthorized",
+    "rate_limited",
 ]
 ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
 
@@ -387,6 +393,18 @@ _event_decoders: Final = {kind: msgspec.json.Decoder(t) for kind, t in _EVENT_TY
 _event_union_decoder: Final = msgspec.json.Decoder(Event)
 
 
+def frame_bytes(data: bytes | str) -> int:
+    """The size of a frame on the wire: its UTF-8 bytes, which MAX_FRAME_BYTES bounds.
+
+    A text frame arrives decoded, and a str's length counts characters: a frame of three-byte
+    characters is three times longer on the wire than len() says.
+    """
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    # surrogatepass: a lone surrogate (which no UTF-8 text frame can carry) is still counted.
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
 def encode(frame: EngineFrame | ServerFrame | Event) -> bytes:
     return _encoder.encode(frame)
 
@@ -481,7 +499,7 @@ def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]
     the offending field, ``seq`` is set when it could be read). A frame that is not a usable
     events frame at all gives no events and a single frame-level Error. Never raises.
     """
-    if len(data) > MAX_FRAME_BYTES:
+    if frame_bytes(data) > MAX_FRAME_BYTES:
         return _frame_error("frame_too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
     try:
         # Fast path: a valid frame is decoded in one pass.

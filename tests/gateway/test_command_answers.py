@@ -82,6 +82,26 @@ def test_answers_of_many_engines_are_stored_together_as_each_alone_would_be(make
 
 
 @pytest.mark.django_db
+def test_an_engine_answering_another_engines_command_first_drops_none_of_its_answers(make_engine):
+    alpha, _ = make_engine("alpha")
+    beta, _ = make_engine("beta")
+    kill = command(alpha)
+
+    gateway.command_answers([
+        (beta.pk, p.CommandAck(command_id=kill.pk)),
+        (beta.pk, result(kill, "failed", detail="beta's")),
+        (alpha.pk, p.CommandAck(command_id=kill.pk)),
+        (alpha.pk, result(kill, detail="alpha's", trading_state="HALTED")),
+    ])  # fmt: skip
+
+    kill.refresh_from_db()
+    assert (kill.status, kill.detail, kill.state_after) == ("succeeded", "alpha's", "HALTED")
+    assert kill.acknowledged_at is not None
+    [audit] = AuditEvent.objects.filter(action="command_kill_result")
+    assert (audit.actor, audit.outcome) == ("engine:alpha", "succeeded")
+
+
+@pytest.mark.django_db
 def test_a_set_limits_version_counts_only_for_an_open_set_limits_command(make_engine):
     alpha, _ = make_engine("alpha")
     kill = command(alpha)

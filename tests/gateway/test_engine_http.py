@@ -177,3 +177,38 @@ def test_command_ack_and_result_move_the_command_forward_and_never_back(client, 
     alpha.refresh_from_db()
     assert alpha.reported_state == "PAUSED"
     assert client.get("/api/v1/engine/commands", HTTP_AUTHORIZATION=f"Bearer {token}").json() == []
+
+
+def test_an_engine_over_its_request_rate_gets_429_and_another_engine_does_not(
+    client, make_engine, settings
+):
+    # Ten seconds a token: none comes back during the test.
+    settings.ENGINE_MAX_FRAMES_PER_S, settings.ENGINE_FRAME_BURST = 0.1, 2
+    alpha, alpha_token = make_engine("alpha")
+    _, beta_token = make_engine("beta")
+    assert post(client, alpha_token, f.events_frame(f.metric(1))).status_code == 200
+    assert post(client, alpha_token, f.events_frame(f.metric(2))).status_code == 200
+
+    refused = post(client, alpha_token, f.events_frame(f.metric(3)))
+    assert refused.status_code == 429
+    [error] = refused.json()
+    assert error["code"] == "rate_limited"
+    assert 1 <= int(refused["Retry-After"]) <= 10
+    polled = client.get("/api/v1/engine/commands", HTTP_AUTHORIZATION=f"Bearer {alpha_token}")
+    assert polled.status_code == 429
+    # Not processed: seq 3 is neither stored nor acked, the engine sends it again.
+    alpha.refresh_from_db()
+    assert alpha.last_seq == 2
+    assert post(client, beta_token, f.events_frame(f.metric(1))).json() == [
+        {"type": "ack", "seq": 1}
+    ]
+
+
+def test_a_body_over_the_upload_limit_is_refused_frame_too_large(
+    client, engine_and_token, settings
+):
+    _, token = engine_and_token
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post(client, token, f.events_frame(*(f.metric(seq) for seq in range(1, 40))))
+    assert response.status_code == 400
+    assert response.json()[0]["code"] == "frame_too_large"

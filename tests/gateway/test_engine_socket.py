@@ -338,3 +338,28 @@ async def test_after_a_batch_fails_to_store_nothing_behind_it_is_stored_and_the_
     assert [(a["type"], a.get("code")) for a in answers] == [("error", "internal_error")]
     assert output["code"] == 1011
     assert not await database_sync_to_async(Order.objects.filter(engine=engine).exists)()
+
+
+async def test_an_engine_deactivated_unseen_by_its_socket_is_closed_at_its_next_heartbeat(
+    engine_and_token,
+):
+    engine, token = engine_and_token
+    ws, _ = await greeted(token)
+    # Deactivated without the message that closes its sockets (as if Redis lost it).
+    await db(lambda: Engine.objects.filter(pk=engine.pk).update(is_active=False))
+    heartbeat = p.Heartbeat(ts=p.utc_now(), trading_state="ACTIVE", last_seq=0)
+    await ws.send_to(text_data=p.encode(heartbeat).decode())
+    error = await ws.receive_json_from(timeout=5)
+    assert (error["type"], error["code"]) == ("error", "unauthorized")
+    assert await closed_with(ws) == 4401
+
+
+async def test_an_engine_deactivated_before_its_hello_is_refused_with_4401(engine_and_token):
+    engine, token = engine_and_token
+    ws = await open_socket(token)
+    await db(lambda: Engine.objects.filter(pk=engine.pk).update(is_active=False))
+    await ws.send_to(text_data=hello_frame())
+    error = await ws.receive_json_from(timeout=5)
+    assert error["code"] == "unauthorized"
+    assert await closed_with(ws) == 4401
+    assert (await db(lambda: Engine.objects.get(pk=engine.pk))).connected is False

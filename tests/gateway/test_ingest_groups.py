@@ -10,6 +10,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection
 
 from controlplane import consumers, gateway
 from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
@@ -139,6 +140,44 @@ def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make
     assert not EngineLog.objects.exists()
     good.refresh_from_db()
     assert (good.last_seq, good.equity) == (2, Decimal(1000))
+
+
+def test_a_watermark_the_database_refuses_costs_the_others_in_its_group_nothing(make_engine):
+    stuck, moving = (make_engine(name)[0] for name in ("stuck", "moving"))
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute(
+            "CREATE FUNCTION test_refuse_seq() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'engine % may not move its seq', OLD.id; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_refuse_seq BEFORE UPDATE ON controlplane_engine FOR EACH ROW "
+            f"WHEN (OLD.id = {stuck.pk} AND NEW.last_seq IS DISTINCT FROM OLD.last_seq) "
+            "EXECUTE FUNCTION test_refuse_seq()"
+        )
+
+    def refused(seq: int) -> str:  # refused for good, acked: the watermark moves past it
+        return f'{{"kind": "metric", "seq": {seq}, "ts": "{f.T0.isoformat()}", "name": "Bad Name"}}'
+
+    def frame(*raws: str) -> gateway.Decoded:
+        return gateway.decode_frame('{"type": "events", "events": [' + ", ".join(raws) + "]}")
+
+    metric = p.encode_event(f.metric(1)).decode()
+    # After the group's commit, each engine's ack for its refused seqs moves its watermark:
+    # stuck's move fails, and only stuck's answer shows it.
+    outcomes = gateway.events_many(
+        [(stuck.pk, frame(refused(4))), (moving.pk, frame(metric, refused(3)))]
+    )
+
+    stuck_frames, _ = outcomes[0]
+    assert [(e.code, e.seq) for e in stuck_frames[:-1]] == [("invalid_event", 4)]
+    assert stuck_frames[-1] == p.Ack(seq=0)  # as far as stored: seq 4 comes back and is refused
+    moving_frames, moving_result = outcomes[1]
+    assert [(e.code, e.seq) for e in moving_frames[:-1]] == [("invalid_event", 3)]
+    assert moving_frames[-1] == p.Ack(seq=3)
+    assert moving_result.stored == 1
+    stuck.refresh_from_db()
+    moving.refresh_from_db()
+    assert (stuck.last_seq, moving.last_seq) == (0, 3)
 
 
 def _noted_groups(monkeypatch) -> list[list[int]]:

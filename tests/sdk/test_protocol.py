@@ -190,6 +190,17 @@ def test_lenient_decoding_refuses_an_oversized_frame() -> None:
     assert [e.code for e in errors] == ["frame_too_large"]
 
 
+def test_the_frame_size_limit_counts_utf8_bytes_not_characters() -> None:
+    # 600,000 characters, under the limit; 1.8 MB in UTF-8, over it.
+    text = '{"type": "events", "events": [], "pad": "' + "\u20ac" * 600_000 + '"}'
+    assert len(text) < p.MAX_FRAME_BYTES
+    assert p.frame_bytes(text) == len(text.encode()) > p.MAX_FRAME_BYTES
+    assert p.frame_bytes(text.encode()) == len(text.encode())
+    assert p.frame_bytes("plain ascii") == len("plain ascii")
+    _, errors = p.decode_events_leniently(text)
+    assert [e.code for e in errors] == ["frame_too_large"]
+
+
 def test_lenient_decoding_of_another_frame_type() -> None:
     _, errors = p.decode_events_leniently(b'{"type": "hello"}')
     assert [e.code for e in errors] == ["invalid_frame"]
