@@ -228,9 +228,7 @@ def test_the_page_lists_critical_first_and_flags_rules_that_notify_nobody(
     assert "1 channel" in drawdown_row
 
 
-def test_limits_are_flagged_in_the_admin_while_risk_alerts_reach_no_channel(
-    risk_manager, channel
-):
+def test_limits_are_flagged_in_the_admin_while_risk_alerts_reach_no_channel(risk_manager, channel):
     loss_limit(risk_manager)
     client = Client()
     client.force_login(risk_manager)
@@ -255,9 +253,7 @@ def hold(engine: Engine, **positions: tuple[int, str]) -> None:
         )  # fmt: skip
 
 
-def test_an_engine_gone_silent_with_positions_raises_orphaned_positions_naming_them(
-    alpha, channel
-):
+def test_an_engine_gone_silent_with_positions_raises_orphaned_positions_naming_them(alpha, channel):
     only_rules("Engine down", "Orphaned positions")
     AlertRule.objects.get(name="Orphaned positions").channels.add(channel)
     AlertRule.objects.get(name="Engine down").channels.add(channel)

@@ -28,9 +28,7 @@ def hello(trading_state: str = "PAUSED") -> p.Hello:
 
 
 def heartbeat(*, stopping: bool = False) -> p.Heartbeat:
-    return p.Heartbeat(
-        ts=datetime.now(UTC), trading_state="ACTIVE", last_seq=0, stopping=stopping
-    )
+    return p.Heartbeat(ts=datetime.now(UTC), trading_state="ACTIVE", last_seq=0, stopping=stopping)
 
 
 def paused_until(engine: Engine, until: datetime) -> Engine:
