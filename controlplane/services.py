@@ -733,6 +733,12 @@ def timed_pauses_end(*, now: datetime | None = None, engine_id: int | None = Non
         if claimed:
             ids.append(pk)
             log.info("engine %s: timed pause ended at %s; desired state ACTIVE", name, until)
+            # A change of the desired state like any other: in the audit log, by nobody.
+            audit_record(
+                action="pause_end", actor_label="control plane (timed pause)",
+                target=Engine(pk=pk, name=name), reason=f"the pause ran until {until.isoformat()}",
+                data={"engine": name, "until": until.isoformat()},
+            )  # fmt: skip
     if ids:
         transaction.on_commit(partial(_publish_rows, ids))
     return ids

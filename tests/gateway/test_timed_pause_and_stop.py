@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from controlplane import gateway, services, tasks
-from controlplane.models import Engine
+from controlplane.models import AuditEvent, Engine
 from dashboard import overview
 from engine_sdk import protocol as p
 
@@ -85,6 +85,8 @@ def test_the_sweep_writes_active_back_once_and_leaves_other_pauses_alone(make_en
     }  # fmt: skip
     ended.refresh_from_db()
     assert ended.desired_until is None and ended.desired_changed_at >= now
+    (audit,) = AuditEvent.objects.filter(action="pause_end")
+    assert (audit.target_label, audit.actor) == ("ended", "control plane (timed pause)")
     assert Engine.objects.get(pk=running.pk).desired_until is not None
 
 
