@@ -10,12 +10,16 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from alerts import notify, services
+from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
+from alerts.registry import METRICS, RISK_LIMIT_METRIC
 from alerts.transports import TRANSPORTS
 from controlplane.audit import client_ip
+
+NO_CHANNEL = "no notification channel"
 
 # --- Notification channels and deliveries --------------------------------------------------------
 
@@ -144,13 +148,60 @@ class NotificationAdmin(admin.ModelAdmin):
 # --- Alert rules ---------------------------------------------------------------------------------
 
 
+def metric_choices() -> list[tuple[str, str]]:
+    choices = [(m.name, f"{m.name} ({m.unit}): {m.description}") for m in METRICS.values()]
+    risk = (RISK_LIMIT_METRIC, f"{RISK_LIMIT_METRIC}: the warnings and breaches of risk limits")
+    return [("", "---------"), *sorted(choices), risk]
+
+
+class AlertRuleForm(forms.ModelForm):
+    # A choice of the registry, not free text: a typo would make a rule that never fires.
+    metric = forms.ChoiceField(
+        choices=metric_choices,
+        help_text="What the rule watches, for each engine in its scope (docs/alerts.md).",
+        error_messages={"invalid_choice": "%(value)s is not a metric of the registry: choose one "
+                                          "of the list (docs/alerts.md, the metric registry)."},
+    )  # fmt: skip
+
+    class Meta:
+        model = AlertRule
+        fields = ("name", "metric", "comparator", "threshold", "hysteresis", "pending_s",
+                  "severity", "scope", "scope_value", "channels", "repeat_interval_s",
+                  "escalate_after_s", "escalation_channels", "action", "enabled",
+                  "description")  # fmt: skip
+
+
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleForm
     list_display = ("name", "metric", "comparator", "threshold", "severity", "scope",
-                    "scope_value", "action", "enabled")  # fmt: skip
+                    "scope_value", "action", "enabled", "notifies")  # fmt: skip
     list_filter = ("enabled", "severity", "scope", "action")
     search_fields = ("name", "metric", "description")
     filter_horizontal = ("channels", "escalation_channels")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AlertRule]:
+        return selectors.rules_with_channel_counts()
+
+    @admin.display(description="Notifies", ordering="channel_count")
+    def notifies(self, rule: AlertRule) -> str:
+        count = rule.channel_count  # type: ignore[attr-defined]
+        if count:
+            return f"{count} channel{'s' if count != 1 else ''}"
+        return format_html(
+            '<span class="no-channel" style="color: #b35c00; font-weight: 600">⚠ {}</span>',
+            NO_CHANNEL,
+        )
+
+    def save_model(self, request: HttpRequest, obj: AlertRule, form: Any, change: bool) -> None:
+        services.rule_save(rule=obj, actor=request.user, ip_address=client_ip(request))
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if not form.instance.channels.filter(enabled=True).exists() and form.instance.enabled:
+            message = (f"{form.instance.name}: {NO_CHANNEL}: its alerts show in the app only; "
+                       "add a channel to have anyone told.")  # fmt: skip
+            messages.warning(request, message)
 
 
 # --- Alerts --------------------------------------------------------------------------------------

@@ -9,4 +9,11 @@ class AlertsConfig(AppConfig):
 
     def ready(self) -> None:
         # The evaluation tasks live beside the notification tasks (alerts.tasks).
-        from alerts import jobs  # noqa: F401
+        from alerts import (
+            hooks,
+            jobs,  # noqa: F401
+        )
+        from risk import events as risk_events
+
+        risk_events.limit_disabled.connect(hooks.on_limit_disabled, dispatch_uid="alerts-limit")
+        risk_events.limit_channels.connect(hooks.on_limit_channels, dispatch_uid="alerts-channels")

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from alerts.models import Alert, AlertRule, Comparator, Notification, RuleAction, Silence
-from alerts.registry import ENGINE_DOWN_METRIC, METRICS, RISK_LIMIT_METRIC
+from alerts.registry import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
 from controlplane import services as engine_services
 from controlplane.models import CommandKind, Engine, TradingState
 
@@ -66,7 +66,10 @@ def silenced(alert: Alert, engine: Engine | None, now: datetime) -> bool:
 
 def engine_down(engine: Engine | None, rule: AlertRule | None) -> bool:
     """An engine-down alert firing for this engine suppresses its other alerts' notifications."""
-    if engine is None or (rule is not None and rule.metric == ENGINE_DOWN_METRIC):
+    # Engine down itself, and the orphaned positions that come with an engine down, are told.
+    if engine is None or (
+        rule is not None and rule.metric in (ENGINE_DOWN_METRIC, ORPHANED_METRIC)
+    ):
         return False
     return Alert.objects.filter(
         engine=engine, state=Alert.State.FIRING, rule__metric=ENGINE_DOWN_METRIC
@@ -119,7 +122,7 @@ def step(rule: AlertRule, engine: Engine, value: float, *, now: datetime) -> Ale
             with transaction.atomic():
                 alert = Alert.objects.create(
                     rule=rule, engine=engine, state=Alert.State.PENDING, severity=rule.severity,
-                    summary=summary(rule, engine, value), value=value, started_at=now,
+                    summary=summary(rule, engine, value, now=now), value=value, started_at=now,
                 )  # fmt: skip
         except IntegrityError:
             return None  # another worker opened it first
@@ -137,17 +140,27 @@ def step(rule: AlertRule, engine: Engine, value: float, *, now: datetime) -> Ale
     # Firing.
     if cleared(rule, value):
         return resolve(alert, now=now, value=value)
-    Alert.objects.filter(pk=alert.pk).update(value=value, summary=summary(rule, engine, value))
+    Alert.objects.filter(pk=alert.pk).update(
+        value=value, summary=summary(rule, engine, value, now=now)
+    )
     return None
 
 
-def summary(rule: AlertRule, engine: Engine | None, value: float) -> str:
+def summary(
+    rule: AlertRule, engine: Engine | None, value: float, *, now: datetime | None = None
+) -> str:
     metric = METRICS.get(rule.metric)
-    unit = f" {metric.unit}" if metric and metric.unit not in ("count",) else ""
+    unit = f" {metric.unit}" if metric and metric.unit not in ("count", "") else ""
     where = engine.name if engine else "fleet"
     text = (f"{where}: {rule.name}: {rule.metric} {value:.4g}{unit} "
             f"{rule.get_comparator_display()} {rule.threshold:g}{unit}")  # fmt: skip
-    detail = metric.detail(engine) if metric and metric.detail and engine else None
+    # The figures behind the value (which id was reused, which positions are orphaned) say what
+    # the comparison alone cannot.
+    detail = (
+        metric.detail(engine, now or datetime.now(UTC))
+        if metric and metric.detail and engine
+        else None
+    )
     return (f"{text}: {detail}" if detail else text)[:300]
 
 
@@ -179,6 +192,21 @@ def resolve(alert: Alert, *, now: datetime, value: float | None = None) -> Alert
         _notify(alert, Notification.Event.RESOLVED, now=now)
     _publish(alert)
     return alert
+
+
+def close(alert: Alert, *, now: datetime, value: float | None = None) -> Alert | None:
+    """End an open alert whatever its state: resolve a firing one (with its resolved notice),
+    close a pending one (nobody was told). Returns it if this call ended it."""
+    if alert.state == Alert.State.PENDING:
+        closed = Alert.objects.filter(pk=alert.pk, state=Alert.State.PENDING).update(
+            state=Alert.State.RESOLVED, resolved_at=now
+        )
+        if closed:
+            alert.refresh_from_db()
+            _publish(alert)
+            return alert
+        alert.refresh_from_db()  # it fired meanwhile: resolve it below
+    return resolve(alert, now=now, value=value)
 
 
 def _close(alert: Alert, now: datetime) -> None:

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -113,8 +114,18 @@ def risk_event(event_id: int) -> None:
         source=source, engine=event.engine, rule=rule, state__in=Alert.OPEN
     ).first()
     if event.kind == RiskEvent.Kind.CLEARED:
-        if open_alert is not None:
-            evaluation.resolve(open_alert, now=now)
+        if open_alert is None:
+            return
+        if event.level:
+            # Back under the limit but still over a warning level: the alert stays open, as the
+            # warning it now is; it resolves when the value leaves the last warning level.
+            Alert.objects.filter(pk=open_alert.pk, state__in=Alert.OPEN).update(
+                severity=Severity.WARNING, summary=event.message[:300], value=event.utilisation
+            )
+            evaluation._publish(open_alert)
+            return
+        Alert.objects.filter(pk=open_alert.pk).update(summary=event.message[:300])
+        evaluation.close(open_alert, now=now, value=event.utilisation)
         return
     severity = Severity.CRITICAL if event.kind == RiskEvent.Kind.BREACH else Severity.WARNING
     if open_alert is not None:
@@ -136,3 +147,35 @@ def risk_event(event_id: int) -> None:
     except IntegrityError:
         return
     evaluation.fire(alert, now=now)
+
+
+def on_limit_disabled(sender: Any, *, limit_id: int, actor_label: str, **kwargs: Any) -> int:
+    return limit_disabled(limit_id, why=f"limit #{limit_id} disabled by {actor_label}")
+
+
+def on_limit_channels(sender: Any, **kwargs: Any) -> int:
+    from alerts.selectors import risk_limit_channel_count
+
+    return risk_limit_channel_count()
+
+
+def limit_disabled(limit_id: int, *, why: str) -> int:
+    """A risk limit was switched off: its open alerts are over. Returns how many were closed."""
+    return _close_all(Alert.objects.filter(source=f"limit#{limit_id}", state__in=Alert.OPEN), why)
+
+
+def rule_disabled(rule_id: int, *, why: str) -> int:
+    """An alert rule was switched off: its open alerts are over (the risk-limit rule's too)."""
+    return _close_all(Alert.objects.filter(rule_id=rule_id, state__in=Alert.OPEN), why)
+
+
+def _close_all(alerts: Any, why: str) -> int:
+    now = datetime.now(UTC)
+    closed = 0
+    for alert in alerts.select_related("rule", "engine"):
+        # Said in the alert itself, and so in its resolved notice: nothing got better by itself.
+        summary = f"{alert.summary[: 296 - len(why)]} ({why})"
+        Alert.objects.filter(pk=alert.pk).update(summary=summary)
+        alert.summary = summary
+        closed += evaluation.close(alert, now=now) is not None
+    return closed

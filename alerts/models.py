@@ -13,6 +13,7 @@ import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -127,6 +128,17 @@ class AlertRule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        from alerts.registry import METRICS, RISK_LIMIT_METRIC
+
+        if self.metric not in METRICS and self.metric != RISK_LIMIT_METRIC:
+            raise ValidationError({"metric": unknown_metric(self.metric)})
+
+
+def unknown_metric(name: str) -> str:
+    return (f"{name!r} is not a metric of the registry: choose one of the list "
+            "(docs/alerts.md, the metric registry).")  # fmt: skip
 
 
 class Alert(models.Model):

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import Avg, Count, F, Q, QuerySet
 
 from controlplane.models import Engine, EngineLog, Fill, MetricSample, Order, Position
@@ -28,9 +30,9 @@ class Metric:
     measure: Callable[[Engine, datetime], float | None]
     # Measured from time passing, not only from new data: the beat sweep evaluates these.
     time_based: bool = False
-    # What the alert's summary says after the value, when a number alone would not tell what
-    # happened (which id was reused).
-    detail: Callable[[Engine], str | None] | None = None
+    # What the alert's summary adds after the value: the figures behind it (which id was reused,
+    # the positions of an orphaned engine), so the notice names them.
+    detail: Callable[[Engine, datetime], str | None] | None = None
 
 
 def _latest(engine: Engine, name: str) -> float | None:
@@ -98,7 +100,57 @@ def fill_rate_pct(engine: Engine, now: datetime) -> float | None:
 def heartbeat_age_s(engine: Engine, now: datetime) -> float | None:
     if engine.last_seen_at is None:
         return None
+    if engine.stopped:
+        # Shut down on purpose (its last heartbeat said so): not down, nothing to wait for.
+        return 0.0
     return (now - engine.last_seen_at).total_seconds()
+
+
+def silent(engine: Engine, now: datetime) -> bool:
+    """Nobody is running this engine as far as the control plane can tell: it stopped, or it
+    has not been heard from for longer than ENGINE_STALE_AFTER_S (connected or not)."""
+    if engine.stopped:
+        return True
+    if engine.last_seen_at is None:
+        return False
+    return (now - engine.last_seen_at).total_seconds() > settings.ENGINE_STALE_AFTER_S
+
+
+def _open_positions(engine: Engine) -> list[tuple[str, Decimal, Decimal]]:
+    """(symbol, quantity, |quantity x price|) of each open position, largest first. The price
+    is the position's last fill price, its average price before any, as for the risk limits'
+    gross exposure."""
+    rows = [
+        (symbol, quantity, abs(quantity) * (last if last is not None else avg))
+        for symbol, quantity, last, avg in Position.objects.filter(engine=engine)
+        .exclude(quantity=0)
+        .values_list("instrument__symbol", "quantity", "last_price", "avg_price")
+    ]
+    return sorted(rows, key=lambda row: (-row[2], row[0]))
+
+
+def orphaned_exposure(engine: Engine, now: datetime) -> float | None:
+    """Gross exposure left with nobody to manage it: 0 while the engine is heard from."""
+    if not silent(engine, now):
+        return 0.0
+    return float(sum((exposure for _, _, exposure in _open_positions(engine)), Decimal(0)))
+
+
+def orphaned_detail(engine: Engine, now: datetime) -> str:
+    positions = _open_positions(engine)
+    if not positions:
+        return "flat"
+    if engine.stopped:
+        how = f"stopped at {engine.stopped_at:%H:%M:%S} UTC"
+    elif engine.last_seen_at is not None:
+        how = f"silent for {(now - engine.last_seen_at).total_seconds():.0f} s"
+    else:
+        how = "never heard from"
+    named = ", ".join(f"{symbol} {quantity.normalize():f}" for symbol, quantity, _ in positions[:8])
+    more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
+    gross = sum((exposure for _, _, exposure in positions), Decimal(0))
+    return (f"{how}, holding {len(positions)} position{'s' if len(positions) != 1 else ''} "
+            f"(gross exposure {gross:,.2f}): {named}{more}")  # fmt: skip
 
 
 def position_mismatch_s(engine: Engine, now: datetime) -> float | None:
@@ -133,7 +185,7 @@ def reused_ids(engine: Engine, now: datetime) -> float | None:
     return float(_reused_id_lines(engine).filter(ts__gte=now - WINDOW).count())
 
 
-def last_reused_id(engine: Engine) -> str | None:
+def last_reused_id(engine: Engine, now: datetime) -> str | None:
     return _reused_id_lines(engine).order_by("-ts", "-pk").values_list("message", flat=True).first()
 
 
@@ -213,6 +265,14 @@ METRICS: dict[str, Metric] = {
         ),
         Metric("position_pct", "%", "Largest position as % of equity", position_pct),
         Metric(
+            "orphaned_exposure",
+            "",
+            "Gross exposure of an engine that stopped or went silent while holding positions",
+            orphaned_exposure,
+            time_based=True,
+            detail=orphaned_detail,
+        ),
+        Metric(
             "cpu_pct",
             "%",
             "CPU of the engine's host, as reported",
@@ -244,3 +304,5 @@ METRICS: dict[str, Metric] = {
 # Risk limits raise alerts through the rule with this metric (its channels, its severity).
 RISK_LIMIT_METRIC = "risk_limit"
 ENGINE_DOWN_METRIC = "heartbeat_age_s"
+# Raised when an engine is down or stopped: never kept quiet by an engine-down alert.
+ORPHANED_METRIC = "orphaned_exposure"

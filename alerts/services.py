@@ -1,4 +1,4 @@
-"""Writes of the alerts: acknowledging, silencing. Both audited."""
+"""Writes of the alerts: acknowledging, silencing, saving a rule. All audited."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from alerts import evaluation
+from alerts import evaluation, hooks
 from alerts.models import Alert, AlertRule, Silence
 from controlplane.audit import audit_record
 from controlplane.models import Engine
@@ -70,3 +70,26 @@ def silence_create(
                            "engine": engine.name if engine else None, "tag": tag,
                            "ends_at": ends_at.isoformat()})  # fmt: skip
     return silence
+
+
+def rule_save(
+    *, rule: AlertRule, actor: AbstractBaseUser | None, ip_address: str | None = None
+) -> AlertRule:
+    """Validate and save a rule (new or changed). Switched off, its open alerts are over: they
+    resolve (a firing one with its resolved notice), since nothing evaluates them any more.
+    Raises ValidationError naming each bad field (an unknown metric, say)."""
+    rule.full_clean()
+    label = actor.get_username() if actor is not None else "system"
+    with transaction.atomic():
+        before = (
+            AlertRule.objects.select_for_update().filter(pk=rule.pk).first() if rule.pk else None
+        )
+        rule.save()
+        audit_record(action="alert_rule_create" if before is None else "alert_rule_change",
+                     actor=actor, actor_label=label, target=rule, ip_address=ip_address,
+                     data={"metric": rule.metric, "comparator": rule.comparator,
+                           "threshold": rule.threshold, "severity": rule.severity,
+                           "enabled": rule.enabled})  # fmt: skip
+        if before is not None and before.enabled and not rule.enabled:
+            hooks.rule_disabled(rule.pk, why=f"rule disabled by {label}")
+    return rule

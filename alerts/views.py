@@ -5,25 +5,45 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q
+from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from alerts import services
-from alerts.models import Alert, AlertRule, Silence
+from alerts import selectors, services
+from alerts.models import Alert, AlertRule, Severity, Silence
 from controlplane.audit import client_ip
 from controlplane.models import Engine
+
+# The database would sort the names alphabetically (warning, info, critical): by rank instead.
+SEVERITY_RANK = Case(
+    When(severity=Severity.CRITICAL, then=Value(0)),
+    When(severity=Severity.WARNING, then=Value(1)),
+    default=Value(2),
+    output_field=IntegerField(),
+)
+STATE_RANK = Case(When(state=Alert.State.FIRING, then=Value(0)), default=Value(1),
+                  output_field=IntegerField())  # fmt: skip
 
 
 @require_GET
 @permission_required("alerts.view_alert", raise_exception=True)
 def alert_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
+    silent_rules = selectors.rules_without_channel()
+    silent_ids = {rule.pk for rule in silent_rules}
+    open_alerts = list(
+        Alert.objects.filter(state__in=Alert.OPEN).select_related("engine", "rule")
+        # Critical first, then warning, then info; firing before pending; newest first.
+        .order_by(SEVERITY_RANK, STATE_RANK, "-started_at")
+    )  # fmt: skip
+    for alert in open_alerts:
+        # An alert without a rule (a risk limit's, with no risk-limit rule) reaches nobody.
+        alert.no_channel = alert.rule_id is None or alert.rule_id in silent_ids
     return render(request, "alerts/list.html", {
-        "open_alerts": Alert.objects.filter(state__in=Alert.OPEN)
-        .select_related("engine", "rule").order_by("-severity", "-started_at"),
+        "open_alerts": open_alerts,
+        "silent_rules": silent_rules,
         "resolved": Alert.objects.filter(state=Alert.State.RESOLVED)
         .select_related("engine", "rule").order_by("-resolved_at")[:50],
         "silences": Silence.objects.filter(ends_at__gt=now).select_related("rule", "engine"),

@@ -78,6 +78,11 @@ class EngineOut(Schema):
     day_pnl: float
     drawdown_pct: float
 
+    @staticmethod
+    def resolve_desired_state(engine: Engine) -> str:
+        # A timed pause that is over is over here too, before the sweep writes ACTIVE back.
+        return engine.desired_state_now
+
 
 class CommandOut(Schema):
     id: uuid.UUID

@@ -25,6 +25,7 @@ from alerts import hooks as alert_hooks
 from controlplane.audit import audit_add, audit_event, audit_record
 from controlplane.ingest import IngestResult, ingest_batches
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
+from controlplane.services import timed_pauses_end
 from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
 from risk.selectors import pretrade_limits_for
@@ -325,12 +326,17 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         "config_hash": frame.config_hash,
         "limits_version": frame.limits_version,
         "last_seen_at": now,
+        # Starting again: no longer stopped (a stop is said by the final heartbeat).
+        "stopped_at": None,
     }
     if connection_id is not None:
         update |= {"connected": True, "connection_id": connection_id}
     # The token was checked on connecting; an engine deactivated since then is refused here.
     if not Engine.objects.filter(pk=engine.pk, is_active=True).update(**update):
         return [_deactivated()]
+    # A timed pause that is over is over in this welcome too: the engine is told ACTIVE (and a
+    # dead-man pause lifts), not PAUSED until the periodic sweep comes round.
+    timed_pauses_end(now=now, engine_id=engine.pk)
     engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until", "strategy_tags"])
     # The welcome carries the current limits: set_limits not yet delivered are obsolete.
     Command.objects.filter(
@@ -555,6 +561,10 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
         if row is None:
             # Deactivated (or deleted) while connected: the closing message missed this socket.
             return [_deactivated()]
+        if frame.stopping:
+            # The engine's last word before it closes on purpose: stopped, not down.
+            Engine.objects.filter(pk=engine_id).update(stopped_at=values[0])
+            log.info("engine %s: stopping (shut down by its operator)", engine_id)
         name, desired, desired_until, waiting = row
         engine = Engine(pk=engine_id, name=name, desired_state=desired,
                         desired_until=desired_until)  # fmt: skip

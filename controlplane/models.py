@@ -38,6 +38,14 @@ class Side(models.TextChoices):
     SELL = "sell"
 
 
+def desired_state_at(desired: str, until: datetime | None, now: datetime) -> str:
+    """A desired PAUSED with an end that has passed is ACTIVE: the pause is over everywhere the
+    desired state is read (the welcome, the pages), whether or not the stored row says so yet."""
+    if desired == TradingState.PAUSED and until is not None and until <= now:
+        return TradingState.ACTIVE
+    return desired
+
+
 def hash_token(token: str) -> str:
     # Tokens are 256-bit random, so a fast hash is enough: there is nothing to brute-force.
     return hashlib.sha256(token.encode()).hexdigest()
@@ -65,6 +73,10 @@ class Engine(models.Model):
     desired_until = models.DateTimeField(null=True, blank=True)
     desired_changed_at = models.DateTimeField(null=True, blank=True)
     reported_state = models.CharField(max_length=10, choices=TradingState.choices, blank=True)
+    # When the engine last said it was stopping on purpose (a final heartbeat with ``stopping``,
+    # docs/protocol.md); its next hello clears it. A stopped engine is shown as stopped, not as
+    # down, and raises no engine-down alert.
+    stopped_at = models.DateTimeField(null=True, blank=True)
 
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_hint = models.CharField(max_length=12, blank=True, editable=False)
@@ -116,6 +128,20 @@ class Engine(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def desired_state_at(self, now: datetime) -> str:
+        """The desired state as of ``now``: a timed pause whose time has passed is over, even
+        before the sweep (services.timed_pauses_end) has written ACTIVE back."""
+        return desired_state_at(self.desired_state, self.desired_until, now)
+
+    @property
+    def desired_state_now(self) -> str:
+        return self.desired_state_at(datetime.now(UTC))
+
+    @property
+    def stopped(self) -> bool:
+        """Disconnected after saying it was stopping: shut down on purpose, not lost."""
+        return not self.connected and self.stopped_at is not None
 
     def set_token(self, token: str) -> None:
         self.token_hash = hash_token(token)

@@ -40,6 +40,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": 30.0,
         "expires": 30,
     },
+    "engines: end timed pauses whose time has passed": {
+        "task": "controlplane.tasks.end_timed_pauses",
+        "schedule": 5.0,
+        "expires": 5,
+    },
     "alerts: resend notifications a lost task or a killed worker left behind": {
         "task": "alerts.resend_stuck_notifications",
         "schedule": 15.0,

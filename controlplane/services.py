@@ -723,3 +723,36 @@ def commands_expire(*, now: datetime | None = None) -> int:
     return Command.objects.filter(
         status__in=[Command.Status.PENDING, Command.Status.DELIVERED], expires_at__lte=now
     ).update(status=Command.Status.EXPIRED, completed_at=now, detail="expired before delivery")
+
+
+def timed_pauses_end(*, now: datetime | None = None, engine_id: int | None = None) -> list[int]:
+    """Timed pauses whose end has passed: the stored desired state goes back to ACTIVE.
+
+    Each is a conditional update (still PAUSED, still with that end): a pause or a kill issued
+    in the meantime is left alone, and two runs at once end each pause once. Returns the engines'
+    ids. Called by a periodic task and by each hello; until it runs, readers take such a pause
+    as over (Engine.desired_state_at).
+    """
+    now = now or timezone.now()
+    ended = Engine.objects.filter(
+        desired_state=TradingState.PAUSED, desired_until__isnull=False, desired_until__lte=now
+    )
+    if engine_id is not None:
+        ended = ended.filter(pk=engine_id)
+    ids = []
+    for pk, name, until in ended.values_list("pk", "name", "desired_until"):
+        claimed = Engine.objects.filter(
+            pk=pk, desired_state=TradingState.PAUSED, desired_until=until
+        ).update(desired_state=TradingState.ACTIVE, desired_until=None, desired_changed_at=now)
+        if claimed:
+            ids.append(pk)
+            log.info("engine %s: timed pause ended at %s; desired state ACTIVE", name, until)
+            # A change of the desired state like any other: in the audit log, by nobody.
+            audit_record(
+                action="pause_end", actor_label="control plane (timed pause)",
+                target=Engine(pk=pk, name=name), reason=f"the pause ran until {until.isoformat()}",
+                data={"engine": name, "until": until.isoformat()},
+            )  # fmt: skip
+    if ids:
+        transaction.on_commit(partial(_publish_rows, ids))
+    return ids

@@ -30,3 +30,11 @@ def expire_commands() -> int:
     from controlplane.services import commands_expire
 
     return commands_expire()
+
+
+@shared_task
+def end_timed_pauses() -> int:
+    """Write ACTIVE back for engines whose timed pause is over; returns how many."""
+    from controlplane.services import timed_pauses_end
+
+    return len(timed_pauses_end())

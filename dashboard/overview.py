@@ -49,6 +49,8 @@ def session_start(now: datetime | None = None) -> datetime:
 
 
 def connection_status(engine: Engine, now: datetime) -> str:
+    if engine.stopped:
+        return "stopped"  # shut down on purpose: not lost, not down
     if not engine.connected:
         return "offline"
     if engine.last_seen_at is None:
@@ -167,7 +169,7 @@ def fleet_rows(
                 strategy_tags=list(engine.strategy_tags),
                 connection=connection_status(engine, now),
                 last_seen_at=engine.last_seen_at.isoformat() if engine.last_seen_at else None,
-                desired_state=engine.desired_state,
+                desired_state=engine.desired_state_at(now),
                 reported_state=engine.reported_state,
                 equity=float(engine.equity) if engine.equity is not None else None,
                 day_pnl=float(engine.day_pnl),

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import secrets
+import signal
 import threading
 import time
 import uuid
@@ -277,6 +278,12 @@ class EngineClient:
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
+        self._closed_event = asyncio.Event()
+        # Why the engine is shutting down on purpose (shutdown), once it is: no new orders.
+        self._stopping: str | None = None
+        self._shutdown_task: asyncio.Future[None] | None = None
+        self._on_signal: Callable[[int], Any] | None = None
+        self._signal_timeout = 10.0
         self._error: BaseException | None = None
         self._last_rx = 0.0
         self._dead_man_tripped = False
@@ -418,6 +425,8 @@ class EngineClient:
         ``liquidating`` is for the orders a kill or flatten command itself sends to close
         positions: HALTED lets those through (and only those), and limits do not stop them.
         """
+        if self._stopping is not None and not liquidating:
+            raise OrderRejected(f"engine shutting down ({self._stopping}): no new orders")
         self.gate.check_order(symbol, side, quantity, current_position, liquidating=liquidating)
         if liquidating:
             return
@@ -466,7 +475,139 @@ class EngineClient:
         self._closed = True
         self._connected.clear()
         self._stopped.set()
+        self._closed_event.set()
+        _forget_signal_client(self)
         self._pulse()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``shutdown`` has begun: ``check_order`` refuses every new order."""
+        return self._stopping is not None
+
+    async def wait_closed(self) -> None:
+        """Wait until the client is closed (by ``close``, or ``shutdown`` after a signal)."""
+        await self._closed_event.wait()
+
+    async def shutdown(self, reason: str = "shutdown", *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Stop on purpose, so the control plane shows the engine stopped, not down.
+
+        In order: new orders are refused (``check_order``); the working orders are cancelled
+        through the engine's command handler, called with a local ``cancel_all`` command (not
+        one the server sent: it gets no ``command_result``); the trading state is saved; a
+        final ``state`` event says what was done; once the server has acked everything (at most
+        ``timeout`` s per step), a last ``heartbeat`` with ``stopping`` tells it the engine
+        stops; then the client closes (close code 1000). Called twice, it stops once.
+        """
+        if self._shutdown_task is None:
+            self._begin_shutdown(reason, timeout)
+        assert self._shutdown_task is not None
+        await asyncio.shield(self._shutdown_task)
+
+    def _begin_shutdown(self, reason: str, timeout: float) -> None:
+        # New orders are refused from this moment, not from when the task first runs.
+        self._stopping = reason[:200]
+        self._shutdown_task = asyncio.ensure_future(self._shut_down(reason, timeout))
+
+    def install_signal_handlers(
+        self,
+        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        on_signal: Callable[[int], Any] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Opt in: on SIGTERM or SIGINT, ``shutdown`` (once) instead of dying with orders working.
+
+        For engines that own their process; one embedded in another program leaves its
+        signals alone and calls ``shutdown`` itself. Several clients of one event loop may
+        install them: a signal shuts them all down. ``on_signal(signum)`` is then called too,
+        for the engine to stop its own loop; ``await wait_closed()`` waits for the end. Unix
+        only (asyncio's ``add_signal_handler``); removed when the last such client closes.
+        """
+        loop = asyncio.get_running_loop()
+        self._on_signal = on_signal
+        self._signal_timeout = timeout
+        clients = _signal_clients.setdefault(loop, [])
+        if self not in clients:
+            clients.append(self)
+        installed = _signal_numbers.setdefault(loop, set())
+        for signum in signals:
+            if signum not in installed:
+                loop.add_signal_handler(signum, _deliver_signal, loop, signum)
+                installed.add(signum)
+
+    def _signalled(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._shutdown_task is None and not self._closed:
+            log.warning("engine: %s received; shutting down", name)
+            self._begin_shutdown(name, self._signal_timeout)
+        if self._on_signal is not None:
+            try:
+                self._on_signal(signum)
+            except Exception:
+                log.exception("engine: on_signal callback failed")
+
+    async def _shut_down(self, reason: str, timeout: float) -> None:  # noqa: ASYNC109
+        if self._closed:
+            return
+        log.warning("engine shutting down (%s): new orders refused", reason)
+        cancelled = await self._cancel_working(timeout)
+        # The trading state as it is, on disk before anything else can go wrong.
+        self._save_state(self.gate.state, self.gate.paused_until)
+        await self._state_written()
+        summary = f"shutdown ({reason}): {cancelled}; trading state {self.gate.state}"
+        with contextlib.suppress(BackpressureError, EngineClientError):
+            self.emit(
+                protocol.StateEvent(
+                    ts=utc_now(), trading_state=self.gate.state, reason=summary[:1024]
+                )
+            )
+        await self._say_goodbye(timeout)
+        await self.close()
+        log.info("engine stopped: %s", summary)
+
+    async def _cancel_working(self, timeout: float) -> str:  # noqa: ASYNC109
+        """Cancel the working orders through the engine's handler; say what happened."""
+        handler = self.on_command
+        if handler is None:
+            return "no engine command handler: working orders left as they are"
+        command = Command(
+            command_id=uuid.uuid4(), kind="cancel_all", issued_by="engine shutdown",
+            reason=f"engine shutdown ({self._stopping})", issued_at=utc_now(),
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(timeout):
+                outcome = await handler(command)
+        except TimeoutError:
+            return f"cancelling working orders did not finish within {timeout:g} s"
+        except Exception as exc:
+            log.exception("engine: cancelling working orders at shutdown failed")
+            return f"cancelling working orders failed: {exc!r}"
+        cancelled, working = outcome.data.get("cancelled"), outcome.data.get("working")
+        if isinstance(cancelled, list) and isinstance(working, list):
+            said = f"{len(cancelled)} working orders cancelled, {len(working)} still working"
+            return f"{said} ({', '.join(map(str, working[:20]))})" if working else said
+        return f"cancel_all {outcome.status}" + (f": {outcome.detail}" if outcome.detail else "")
+
+    async def _say_goodbye(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Once everything is acked, the last heartbeat says the engine stops on purpose."""
+        if not self._connected.is_set():
+            log.warning("engine: not connected; the control plane will see it go silent")
+            return
+        try:
+            await self.flush(timeout)
+            ws = self._ws
+            if ws is None:
+                return
+            frame = protocol.Heartbeat(
+                ts=utc_now(),
+                trading_state=self.gate.state,
+                last_seq=self.last_seq,
+                limits_version=self.pretrade.version if self.pretrade is not None else None,
+                stopping=True,
+            )
+            await self._send(ws, protocol.encode(frame))
+        except (TimeoutError, EngineClientError, ConnectionClosed) as exc:
+            log.warning("engine: could not tell the control plane it stops: %r", exc)
 
     async def __aenter__(self) -> EngineClient:
         await self.start()
@@ -1145,6 +1286,29 @@ class EngineClient:
 
     async def _wait_progress(self) -> None:
         await self._progress.wait()
+
+
+# The clients that installed signal handlers, per event loop, and the signals handled there.
+_signal_clients: dict[asyncio.AbstractEventLoop, list[EngineClient]] = {}
+_signal_numbers: dict[asyncio.AbstractEventLoop, set[int]] = {}
+
+
+def _deliver_signal(loop: asyncio.AbstractEventLoop, signum: int) -> None:
+    for client in list(_signal_clients.get(loop, ())):
+        client._signalled(signum)
+
+
+def _forget_signal_client(client: EngineClient) -> None:
+    for loop, clients in list(_signal_clients.items()):
+        if client not in clients:
+            continue
+        clients.remove(client)
+        if not clients:
+            # The last one: the process's signals get their default behaviour back.
+            for signum in _signal_numbers.pop(loop, set()):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+            del _signal_clients[loop]
 
 
 def _seq_of(entry: tuple[int, bytes]) -> int:

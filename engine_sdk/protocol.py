@@ -319,6 +319,10 @@ class Heartbeat(_FrameBase, kw_only=True, tag="heartbeat"):
     last_seq: Annotated[int, msgspec.Meta(ge=0)]
     # The pre-trade limits version the engine enforces right now (None: none yet).
     limits_version: int | None = None
+    # True on the last heartbeat of an engine shutting down on purpose (its working orders
+    # cancelled, its state saved): the control plane shows it stopped rather than down. Left
+    # out otherwise, so a server that does not know the field reads the frame as before.
+    stopping: bool = False
 
 
 class CommandAck(_FrameBase, kw_only=True, tag="command_ack"):

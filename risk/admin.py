@@ -6,10 +6,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from controlplane.audit import client_ip
-from risk import services
+from risk import events, services
 from risk.models import RiskEvent, RiskLimit, RiskLimitChange
+
+NO_CHANNEL = "no notification channel"
 
 
 class RiskLimitForm(forms.ModelForm):
@@ -52,6 +55,32 @@ class RiskLimitAdmin(admin.ModelAdmin):
     search_fields = ("scope_value", "description")
     readonly_fields = ("version", "updated_by", "updated_at")
     inlines = [ChangeInline]
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        # Asked once per page: a limit's alerts reach the channels of the risk-limit rule.
+        channels = events.limit_channel_count()
+
+        @admin.display(description="Notifies")
+        def notifies(limit: RiskLimit) -> str:
+            if not limit.enabled:
+                return "—"
+            if channels is None:
+                return "no alerting"
+            if channels == 0:
+                return format_html(
+                    '<span class="no-channel" style="color: #b35c00; font-weight: 600">⚠ {}</span>',
+                    NO_CHANNEL,
+                )
+            return f"{channels} channel{'s' if channels != 1 else ''}"
+
+        return (*self.list_display, notifies)
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        if events.limit_channel_count() == 0:
+            messages.warning(request, f"{NO_CHANNEL}: the warnings and breaches of risk limits "
+                             "show in the app and notify nobody. Give the \"Risk limits\" alert "
+                             "rule a channel.")  # fmt: skip
+        return super().changelist_view(request, extra_context)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A limit is switched off (enabled), never deleted, so its history stays whole.

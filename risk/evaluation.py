@@ -203,9 +203,9 @@ def _move(
             warned = max(levels, default=0)  # its warnings are passed too: none on the way back
             events.append((RiskEvent.Kind.BREACH, 100))
     else:
-        if level == Level.BREACHED and utilisation < 100 - HYSTERESIS:
+        breach_cleared = level == Level.BREACHED and utilisation < 100 - HYSTERESIS
+        if breach_cleared:
             level, breached_at = Level.WARNING, None
-            events.append((RiskEvent.Kind.CLEARED, 100))
         crossed = max((lv for lv in levels if utilisation >= lv), default=0)
         if level != Level.BREACHED and crossed > warned:
             warned, level = crossed, Level.WARNING
@@ -217,6 +217,12 @@ def _move(
                 warned = lower[-1] if lower else 0
             if warned == 0:
                 level = Level.OK
+        # "Cleared" carries the warning level the value is still at: a breach that falls back
+        # to a warning says so (its alert becomes a warning), and leaving the lowest warning
+        # level (0: under every level) resolves the alert, whether it began as a warning or a
+        # breach.
+        if breach_cleared or (level == Level.OK and state.level != Level.OK):
+            events.append((RiskEvent.Kind.CLEARED, warned))
     quantum = Decimal("0.00000001")
     changed = (level, warned) != (state.level, state.warned_at_level)
     if not changed and abs(utilisation - state.utilisation) < 0.5:
@@ -244,8 +250,11 @@ def _raise(
     elif kind == RiskEvent.Kind.WARNING:
         message = (f"{engine.name}: {what} at {utilisation:.0f}% of its limit ({about}: "
                    f"{value:.2f} of {limit.threshold:.2f})")  # fmt: skip
+    elif level:
+        message = (f"{engine.name}: {what} back under its limit, still over its {level}% "
+                   f"warning level ({utilisation:.0f}%)")  # fmt: skip
     else:
-        message = f"{engine.name}: {what} back under its limit ({utilisation:.0f}%)"
+        message = f"{engine.name}: {what} back under its warning levels ({utilisation:.0f}%)"
     command = None
     if kind == RiskEvent.Kind.BREACH and limit.action != Action.ALERT:
         command = _act(limit, engine, message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -13,8 +14,8 @@ from django.db import transaction
 from controlplane import services as engine_services
 from controlplane.audit import audit_record
 from controlplane.models import CommandKind, Engine
-from risk import selectors
-from risk.models import RiskLimit, RiskLimitChange
+from risk import events, selectors
+from risk.models import Level, LimitState, RiskLimit, RiskLimitChange
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ def limit_save(
         }
         if before is not None and not changes:
             return None
+        disabled = before is not None and before.enabled and not limit.enabled
+        if disabled:
+            # Switched off, it measures nothing: its states start afresh if it is switched on
+            # again, and what it raised is over (the alerts side resolves it, after the commit).
+            LimitState.objects.filter(limit=limit).update(
+                level=Level.OK, warned_at_level=0, breached_at=None, utilisation=0.0
+            )
+            transaction.on_commit(partial(events.announce_limit_disabled, limit.pk, label))
         limit.version = (before.version if before else 0) + 1
         limit.updated_by = label
         limit.save()

@@ -231,7 +231,8 @@ def test_a_risk_limit_breach_is_an_alert_through_the_risk_rule_and_clears(
     set_pnl(alpha, -1.2)  # a 1,200 loss
     for event in risk_evaluation.evaluate_engine(alpha.pk):
         hooks.risk_event(event.pk)
-    set_pnl(alpha, -0.5)
+    # Down to 30 %: under every warning level too (at 50 % it would still be a warning).
+    set_pnl(alpha, -0.3)
     for event in risk_evaluation.evaluate_engine(alpha.pk):
         hooks.risk_event(event.pk)
 

@@ -17,6 +17,7 @@ from controlplane.models import (
     AccountSnapshot,
     Command,
     Engine,
+    EngineEvent,
     Fill,
     Instrument,
     MetricSample,
@@ -192,3 +193,26 @@ def test_it_gives_up_with_a_clear_error_when_the_server_never_answers(tmp_path: 
 )
 def test_the_web_url_becomes_the_engine_socket_url(url: str, expected: str) -> None:
     assert engine_ws_url(url) == expected
+
+
+@uses_database
+def test_sigterm_stops_the_engines_on_purpose_and_the_server_shows_them_stopped(
+    uvicorn_server: UvicornServer, tmp_path: Path
+) -> None:
+    from dashboard.overview import fleet_rows
+
+    def orders_working() -> bool:
+        working = Order.objects.filter(engine__name__in=NAMES, status__in=Order.WORKING)
+        return engines_are_trading() and working.exists()
+
+    run_until(tmp_path, uvicorn_server.url, orders_working, signal.SIGTERM)
+
+    # Each engine cancelled its working orders, said so, and said it stops: not down.
+    assert not Order.objects.filter(engine__name__in=NAMES, status__in=Order.WORKING).exists()
+    for engine in Engine.objects.filter(name__in=NAMES):
+        assert engine.stopped_at is not None and not engine.connected
+        final = EngineEvent.objects.filter(engine=engine, kind="state").order_by("-seq").first()
+        assert final is not None
+        assert final.payload["reason"].startswith("shutdown (SIGTERM): ")
+        assert "working orders cancelled, 0 still working" in final.payload["reason"]
+    assert {row.connection for row in fleet_rows()} == {"stopped"}

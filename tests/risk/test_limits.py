@@ -268,3 +268,37 @@ def test_the_risk_page_shows_each_engines_utilisation_and_old_limits(
     assert "Edit limits in the admin" not in page
     assert admin_client(outsider).get("/risk/").status_code == 403
     assert "Edit limits in the admin" in admin_client(risk_manager).get("/risk/").content.decode()
+
+
+def test_leaving_the_last_warning_level_raises_a_cleared_event(make_engine, risk_manager):
+    engine = make_engine("alpha")[0]
+    save(risk_manager, kind="max_daily_loss", threshold=Decimal(1000), action="alert")
+    set_day(engine, start="100000", now="99400")  # 60 %
+    (warning,) = evaluation.evaluate_engine(engine.pk)
+    set_day(engine, start="100000", now="99520")  # 48 %: inside the hysteresis band
+    assert evaluation.evaluate_engine(engine.pk) == []
+
+    set_day(engine, start="100000", now="99600")  # 40 %
+    (cleared,) = evaluation.evaluate_engine(engine.pk)
+
+    assert (warning.kind, warning.level) == ("warning", 50)
+    assert (cleared.kind, cleared.level) == ("cleared", 0)
+    assert "back under its warning levels" in cleared.message
+    assert LimitState.objects.get().level == "ok"
+
+
+def test_a_limit_switched_off_starts_afresh_when_switched_on_again(make_engine, risk_manager):
+    engine = make_engine("alpha")[0]
+    limit = save(risk_manager, kind="max_daily_loss", threshold=Decimal(1000), action="alert")
+    set_day(engine, start="100000", now="99400")
+    evaluation.evaluate_engine(engine.pk)
+    limit.enabled = False
+    services.limit_save(limit=limit, reason="pause this limit", actor=risk_manager)
+    assert LimitState.objects.get().level == "ok"
+
+    limit.enabled = True
+    services.limit_save(limit=limit, reason="back on", actor=risk_manager)
+    evaluation.forget_cached_limits()
+    (warning,) = evaluation.evaluate_engine(engine.pk)
+
+    assert (warning.kind, warning.level) == ("warning", 50)

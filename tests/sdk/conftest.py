@@ -45,6 +45,8 @@ class FakeControlPlane:
         self.command_acks: list[uuid.UUID] = []
         self.command_results: list[p.CommandResult] = []
         self.heartbeats: list[p.Heartbeat] = []
+        # The close code of each connection that ended, as the engine sent it.
+        self.close_codes: list[int | None] = []
         self.welcome_commands: list[p.Command] = []
         self.connection_attempts = 0
         self.connection_times: list[float] = []
@@ -113,6 +115,7 @@ class FakeControlPlane:
             pass
         finally:
             heartbeats.cancel()
+            self.close_codes.append(ws.close_code)
             if self.connection is ws:
                 self.connection = None
             if self.commit_limit is not None:

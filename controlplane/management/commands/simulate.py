@@ -171,10 +171,14 @@ class Command(BaseCommand):
     async def _run(self, specs: list[SimEngine], ws_url: str, tick: float, seed: int | None) -> int:
         """Run until SIGINT/SIGTERM; return how many engines stopped with an error."""
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         engines = [self._engine(spec, ws_url, seed) for spec in specs]
+        # SIGINT/SIGTERM shut each engine down on purpose (docs/sdk.md): new orders refused,
+        # working orders cancelled, a final state event, then "stopping" to the control plane.
+        for _, client in engines:
+            client.install_signal_handlers(
+                (signal.SIGINT, signal.SIGTERM), on_signal=lambda signum: stop.set(),
+                timeout=FLUSH_TIMEOUT_S,
+            )  # fmt: skip
         self.stdout.write(f"Running {len(engines)} paper engines against {ws_url} (Ctrl+C stops).")
         try:
             results = await asyncio.gather(
@@ -184,11 +188,10 @@ class Command(BaseCommand):
         finally:
             # Whatever is not acked within the timeout stays in the journal for the next run.
             await asyncio.gather(
-                *(client.close(flush_timeout=FLUSH_TIMEOUT_S) for _, client in engines),
+                *(client.shutdown("simulation stopped", timeout=FLUSH_TIMEOUT_S)
+                  for _, client in engines),
                 return_exceptions=True,
-            )
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+            )  # fmt: skip
         self.stdout.write(f"Stopped {len(engines)} paper engines.")
         return results.count(False)
 
