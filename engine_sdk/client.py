@@ -338,7 +338,9 @@ class EngineClient:
     def emit(self, event: Event) -> int:
         """Queue an event and return the seq given to it (any seq already on it is replaced).
 
-        Raises BackpressureError when ``max_unacked_events`` are already waiting for the server.
+        Raises BackpressureError when ``max_unacked_events`` are already waiting for the server,
+        and ValueError naming the field when the event is outside the protocol's bounds
+        (docs/protocol.md): the event then takes no seq and is not sent.
         """
         if self._closed:
             raise EngineClientError("client is closed")
@@ -350,6 +352,9 @@ class EngineClient:
         raw = protocol.encode_event(msgspec.structs.replace(event, seq=seq))
         if len(raw) > MAX_EVENT_BYTES:
             raise ValueError(f"event is {len(raw)} bytes encoded, at most {MAX_EVENT_BYTES}")
+        # Checked as the server will decode it, before it takes a seq or reaches the journal: an
+        # event the server would refuse is refused here, with the field, where it was made.
+        protocol.check_encoded_event(raw)
         self._next_seq = seq + 1
         pending = self._pending
         pending.append((seq, raw))

@@ -7,7 +7,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -595,3 +595,55 @@ async def test_after_an_internal_error_it_reconnects_and_resends(
     assert control_plane.received_seqs == [1, 1]
     assert len(control_plane.hellos) == 2
     await client.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (p.LogEvent(ts=datetime.now(UTC), level="info", message="a\x00b"), "message"),
+        (
+            p.OrderEvent(
+                ts=datetime.now(UTC),
+                client_order_id="o-1",
+                symbol="AAPL",
+                side="buy",
+                order_type="market",
+                quantity=Decimal(1),
+                status="rejected",
+                reject_reason="broker said \x00",
+            ),
+            "reject_reason",
+        ),
+        (p.MetricEvent(ts=datetime.now(UTC), name="x" * 65, value=1.0), "name"),
+        (p.LogEvent(ts=datetime.now(UTC), level="info", message="m" * 8193), "message"),
+    ],
+)
+async def test_an_event_outside_the_protocol_bounds_is_refused_at_emit_naming_the_field(
+    make_client: MakeClient, event: p.Event, field: str
+) -> None:
+    client = make_client("ws://127.0.0.1:9/")
+    with pytest.raises(ValueError, match=rf"\(field {field}\)"):
+        client.emit(event)
+    # It took no seq and nothing was queued: the next event is seq 1.
+    assert client.emit(a_metric()) == 1
+    assert client.backlog == 1
+    await client.close()
+
+
+def test_events_outside_the_bounds_cannot_even_be_built() -> None:
+    # Checked on construction (__post_init__), so no engine code can hold one.
+    with pytest.raises(ValueError, match=r"0.00000001 - at `\$.price`"):
+        p.FillEvent(
+            ts=datetime.now(UTC), fill_id="f", client_order_id="o", symbol="A", side="buy",
+            quantity=Decimal(1), price=Decimal("1e-9"),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"UTC offset.*`\$.ts`"):
+        p.MetricEvent(
+            ts=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=20))), name="x", value=1.0
+        )
+    deep: object = 1
+    for _ in range(p.MAX_JSON_DEPTH):
+        deep = [deep]
+    with pytest.raises(ValueError, match=r"nested at most 16 deep - at `\$.context`"):
+        p.LogEvent(ts=datetime.now(UTC), level="info", message="m", context={"a": deep})
