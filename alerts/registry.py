@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import Avg, Count, F, Q
 
 from controlplane.models import Engine, EngineLog, Fill, MetricSample, Order, Position
@@ -55,6 +56,20 @@ def error_count(engine: Engine, now: datetime) -> float | None:
             engine=engine, level__in=["error", "critical"], ts__gte=now - ERROR_WINDOW
         ).count()
     )
+
+
+_REFUSED_SQL = """
+    SELECT count(*) FROM controlplane_eventframe
+    WHERE engine_id = %s AND refused IS NOT NULL AND received_at >= %s"""
+
+
+def refused_events(engine: Engine, now: datetime) -> float | None:
+    # The engine row counts every refusal: one that never had any costs no query.
+    if not engine.refused_events:
+        return 0.0
+    with connection.cursor() as cursor:
+        cursor.execute(_REFUSED_SQL, [engine.pk, now - WINDOW])
+        return float(cursor.fetchone()[0])
 
 
 def rejection_rate_pct(engine: Engine, now: datetime) -> float | None:
@@ -143,6 +158,13 @@ METRICS: dict[str, Metric] = {
             "count",
             "Error and critical log lines in the last 5 minutes",
             error_count,
+            time_based=True,
+        ),
+        Metric(
+            "refused_events",
+            "count",
+            "Events the control plane refused to store in the last 15 minutes (docs/protocol.md)",
+            refused_events,
             time_based=True,
         ),
         Metric(
