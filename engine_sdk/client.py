@@ -912,13 +912,32 @@ class EngineClient:
             reason = f"{command.kind} by {command.issued_by}: {command.reason}".rstrip(": ")
             self._dead_man_paused = False
             self.gate.set_state(outcome.trading_state, reason=reason[:1024], until=until)
-        return CommandResult(
-            command_id=command.command_id,
-            status=outcome.status,
-            detail=outcome.detail[:8192],
-            data=outcome.data,
-            trading_state=self.gate.state,
-        )
+        return self._result_frame(command, outcome)
+
+    def _result_frame(self, command: Command, outcome: CommandOutcome) -> CommandResult:
+        """The result as the protocol bounds it (docs/protocol.md, section 2).
+
+        A result the server would refuse would leave the command open, and sent again on every
+        reconnection, for ever: U+0000 in the detail is replaced, and data out of bounds is
+        dropped with the reason in the detail.
+        """
+        detail = outcome.detail.replace("\x00", "\ufffd")
+        try:
+            result = CommandResult(
+                command_id=command.command_id, status=outcome.status, detail=detail[:8192],
+                data=outcome.data, trading_state=self.gate.state,
+            )  # fmt: skip
+            protocol.decode_engine_frame(protocol.encode(result))
+        except (ValueError, TypeError, msgspec.MsgspecError) as exc:
+            text, field = protocol.error_field(str(exc))
+            log.warning("engine: %s result data dropped: %s (%s)", command.kind, text, field)
+            note = f"result data dropped: {text} ({field or 'data'})"
+            result = CommandResult(
+                command_id=command.command_id, status=outcome.status,
+                detail="; ".join(t for t in (detail, note) if t)[:8192], data={},
+                trading_state=self.gate.state,
+            )  # fmt: skip
+        return result
 
     @staticmethod
     def _refuse_limits(command: Command) -> str | None:

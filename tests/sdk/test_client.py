@@ -647,3 +647,32 @@ def test_events_outside_the_bounds_cannot_even_be_built() -> None:
         deep = [deep]
     with pytest.raises(ValueError, match=r"nested at most 16 deep - at `\$.context`"):
         p.LogEvent(ts=datetime.now(UTC), level="info", message="m", context={"a": deep})
+
+
+@pytest.mark.asyncio
+async def test_a_result_out_of_bounds_still_reaches_the_server_without_its_data(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    # The server would refuse this result (U+0000, JSON nested too deep): the command would stay
+    # open and come back on every reconnection.
+    deep: Any = 1
+    for _ in range(p.MAX_JSON_DEPTH):
+        deep = [deep]
+
+    async def on_command(command: p.Command) -> CommandOutcome:
+        return CommandOutcome(
+            status="succeeded", detail="broker said \x00", data={"deep": deep},
+            trading_state="PAUSED",
+        )  # fmt: skip
+
+    client = make_client(control_plane.url, on_command=on_command)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    await control_plane.send(a_command("pause"))
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 1)
+
+    (result,) = control_plane.command_results  # decoded by the server's own decoder
+    assert (result.status, result.data, result.trading_state) == ("succeeded", {}, "PAUSED")
+    assert result.detail.startswith("broker said \ufffd; result data dropped: Expected JSON nested")
+    await client.close()
