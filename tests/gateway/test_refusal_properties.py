@@ -11,6 +11,7 @@ gateway's store path into the test database.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -18,11 +19,13 @@ from typing import Any
 
 import msgspec.inspect as mi
 import pytest
+from channels.testing import WebsocketCommunicator
 from django.db import connection
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from controlplane import gateway, services
+from controlplane.asgi import application
 from controlplane.ingest import ingest_events
 from controlplane.models import Engine, EngineEvent
 from engine_sdk import protocol as p
@@ -178,29 +181,21 @@ def _names(error: p.Error, position: int, seq: int | None) -> bool:
     return field == where or field.startswith(f"{where}.") or (seq is not None and error.seq == seq)
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(frames())
-def test_each_event_is_stored_or_refused_by_itself_and_the_stream_goes_on(events):
-    engine, _ = services.engine_create(name=f"prop-{Engine.objects.count() + 1}")
+def _stored_before(engine: Engine) -> dict[str, set[tuple]]:
     ingest_events(engine_id=engine.pk, events=[
         f.order(1, "o-1", symbol="AAA", qty=BIG), f.fill(2, "f-x", "o-1", symbol="AAA", qty=BIG),
         f.metric(3), f.log(4), f.account(5, "1000"),
     ])  # fmt: skip
-    before = _before(engine)
+    return _before(engine)
 
-    decoded = gateway.decode_frame(json.dumps({"type": "events", "events": events}))
-    (outcome,) = gateway.events_many([(engine.pk, decoded)])
 
-    assert not isinstance(outcome, BaseException), outcome
-    answer, result = outcome
-    assert result is not None, answer  # no internal_error: the database never failed
+def _check(engine: Engine, events: list[dict], answer: list[p.ServerFrame], before: dict) -> int:
+    """Each event stored or refused by itself, the refused covered by the ack, nothing stored
+    before changed; returns the ack."""
     *errors, ack = answer
-    assert isinstance(ack, p.Ack)
-    assert all(isinstance(e, p.Error) and e.code != "internal_error" for e in errors)
+    assert isinstance(ack, p.Ack), answer
+    # No internal_error: the database never failed, whatever the events.
+    assert all(isinstance(e, p.Error) and e.code != "internal_error" for e in errors), answer
     stored = set(EngineEvent.objects.filter(engine=engine).values_list("seq", flat=True))
     # What the examples exercised (pytest --hypothesis-show-statistics).
     event(f"stored: {min(len(stored) - PREFIX, 3)}+")
@@ -217,13 +212,78 @@ def test_each_event_is_stored_or_refused_by_itself_and_the_stream_goes_on(events
             assert len(mine) == 1, (sent, errors)
             if valid_seq:
                 assert ack.seq >= seq  # the ack covers it: it is never sent again
-    # Nothing stored before changed.
     after = _before(engine)
     for table, rows in before.items():
         assert rows <= after[table], table
+    return ack.seq
+
+
+SETTINGS = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(frames())
+def test_each_event_is_stored_or_refused_by_itself_and_the_stream_goes_on(events):
+    engine, _ = services.engine_create(name=f"prop-{Engine.objects.count() + 1}")
+    before = _stored_before(engine)
+
+    decoded = gateway.decode_frame(json.dumps({"type": "events", "events": events}))
+    (outcome,) = gateway.events_many([(engine.pk, decoded)])
+
+    assert not isinstance(outcome, BaseException), outcome
+    answer, result = outcome
+    assert result is not None, answer
+    ack = _check(engine, events, answer, before)
     # The engine's stream goes on.
-    later = ack.seq + 1
+    later = ack + 1
     (outcome,) = gateway.events_many([(engine.pk, gateway.decode_frame(f.events_frame(
         f.metric(later)
     )))])  # fmt: skip
     assert outcome[0] == [p.Ack(seq=later)]
+
+
+async def _over_the_socket(token: str, events: list[dict]) -> tuple[list[p.ServerFrame], list]:
+    """Send the frame, then one valid event after it, on one connection; the answers to each."""
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    ws = WebsocketCommunicator(application, "/ws/engine/v1", headers=headers)
+    connected, _ = await ws.connect()
+    assert connected
+    hello = p.Hello(protocol=p.PROTOCOL_VERSION, engine_build="b", config_hash="c", mode="paper",
+                    broker="sim", account="a", trading_state="ACTIVE", last_seq=PREFIX)  # fmt: skip
+    await ws.send_to(text_data=p.encode(hello).decode())
+
+    async def answer() -> list[p.ServerFrame]:
+        frames: list[p.ServerFrame] = []
+        while True:
+            output = await ws.receive_output(timeout=10)
+            assert output["type"] == "websocket.send", output  # never closed
+            frame = p.decode_server_frame(output["text"])
+            if isinstance(frame, p.ServerHeartbeat | p.Welcome):
+                continue
+            frames.append(frame)
+            if isinstance(frame, p.Ack) or getattr(frame, "code", "") == "internal_error":
+                return frames
+
+    await ws.send_to(text_data=json.dumps({"type": "events", "events": events}))
+    first = await answer()
+    later = max(f.seq for f in first if isinstance(f, p.Ack)) + 1
+    await ws.send_to(text_data=f.events_frame(f.metric(later)).decode())
+    second = await answer()
+    await ws.disconnect()
+    return first, second
+
+
+@pytest.mark.django_db(transaction=True)
+@settings(SETTINGS, max_examples=8)
+@given(frames())
+def test_over_the_socket_each_event_is_stored_or_refused_and_the_socket_stays_open(events):
+    engine, token = services.engine_create(name=f"sock-{Engine.objects.count() + 1}")
+    before = _stored_before(engine)
+
+    first, second = asyncio.run(_over_the_socket(token, events))
+
+    ack = _check(engine, events, first, before)
+    assert second == [p.Ack(seq=ack + 1)]
