@@ -50,7 +50,7 @@ class ControlPlaneCollector(Collector):
     def _engines(self, now: datetime) -> Iterator[Metric]:
         rows = list(
             Engine.objects.filter(is_active=True).values_list(
-                "name", "connected", "reported_state", "last_seq", "last_seen_at"
+                "name", "connected", "reported_state", "last_seq", "last_seen_at", "refused_events"
             )
         )
         connected = GaugeMetricFamily(
@@ -77,11 +77,17 @@ class ControlPlaneCollector(Collector):
             "Seconds since the control plane last heard from the engine.",
             labels=["engine"],
         )
-        for name, _, _, seq, seen_at in rows:
+        refused = CounterMetricFamily(
+            "cp_engine_refused_events",
+            "Events the control plane refused to store (each in the event log with its reason).",
+            labels=["engine"],
+        )
+        for name, _, _, seq, seen_at, refused_count in rows:
             last_seq.add_metric([name], seq)
+            refused.add_metric([name], refused_count)
             if seen_at is not None:
                 lag.add_metric([name], max((now - seen_at).total_seconds(), 0.0))
-        yield from (connected, by_state, last_seq, lag)
+        yield from (connected, by_state, last_seq, lag, refused)
 
     def _command_latency(self, now: datetime) -> Iterator[Metric]:
         latency = GaugeMetricFamily(

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Avg, Count, F, Q, QuerySet
 
 from controlplane.models import Engine, EngineLog, Fill, MetricSample, Order, Position
@@ -60,6 +61,20 @@ def error_count(engine: Engine, now: datetime) -> float | None:
             engine=engine, level__in=["error", "critical"], ts__gte=now - ERROR_WINDOW
         ).count()
     )
+
+
+_REFUSED_SQL = """
+    SELECT count(*) FROM controlplane_eventframe
+    WHERE engine_id = %s AND refused IS NOT NULL AND received_at >= %s"""
+
+
+def refused_events(engine: Engine, now: datetime) -> float | None:
+    # The engine row counts every refusal: one that never had any costs no query.
+    if not engine.refused_events:
+        return 0.0
+    with connection.cursor() as cursor:
+        cursor.execute(_REFUSED_SQL, [engine.pk, now - WINDOW])
+        return float(cursor.fetchone()[0])
 
 
 def rejection_rate_pct(engine: Engine, now: datetime) -> float | None:
@@ -211,6 +226,13 @@ METRICS: dict[str, Metric] = {
             "count",
             "Error and critical log lines in the last 5 minutes",
             error_count,
+            time_based=True,
+        ),
+        Metric(
+            "refused_events",
+            "count",
+            "Events the control plane refused to store in the last 15 minutes (docs/protocol.md)",
+            refused_events,
             time_based=True,
         ),
         Metric(

@@ -29,6 +29,12 @@ MAX_QUEUED_EVENTS = 4 * p.MAX_EVENTS_PER_FRAME
 
 engine_group = delivery.engine_group
 
+_RESEND = p.Error(
+    code="internal_error",
+    message="the control plane could not store an earlier batch on this connection; nothing "
+    "after it is stored or acknowledged: reconnect and resend from the last ack",
+)
+
 
 class DirectDispatch:
     """Consumers' dispatch without Channels' per-message close_old_connections.
@@ -58,6 +64,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     _hello_timer: asyncio.Task[None] | None = None
     # Set when the server closes the socket: nothing received after that is processed.
     _closing = False
+    # Set when a batch could not be stored: the connection stores no events after it.
+    _unsynced = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -199,36 +207,47 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 take, count = take + 1, count + size
             batch, self._queued = self._queued[:take], self._queued[take:]
             self._queued_events -= count
+            if self._unsynced:
+                # A batch before these was not stored: storing these would ack their higher
+                # seqs, and an ack covers every seq below it. The engine resends from its last
+                # ack on a new connection (the SDK opens one on internal_error).
+                self._written.set()
+                await self._send_quietly([_RESEND])
+                continue
             merged = batch[0] if take == 1 else gateway.Decoded(
                 None,
                 [event for decoded in batch for event in decoded.events or ()],
                 [error for decoded in batch for error in decoded.errors],
+                # Each event keeps its position in the frame it came in.
+                [i for decoded in batch
+                 for i in decoded.positions or range(len(decoded.events or ()))],
             )  # fmt: skip
             try:
                 frames, result = await _events().store(self.engine_id, merged)
             except Exception:
-                # Not stored, not acked: the engine reconnects and replays it.
+                # The gateway refuses the events at fault one by one and answers a failure of the
+                # database with internal_error: what is left here is the engine row gone, or no
+                # thread or connection to store with. Nothing is stored or acked, and the socket
+                # stays open (engine input never closes it).
                 log.exception("engine %s: a batch could not be stored", self.engine_id)
-                self._queued.clear()
-                self._written.set()
-                await self.close(code=1011)
-                return
+                frames, result = [*merged.errors, _RESEND], None
             self._written.set()
             if result is not None and result.stored:
                 publisher.mark(self.engine_id)
-            try:
-                await self.send_frames(frames)
-            except Exception:  # the engine went away: it replays what was not acked
-                log.info("engine %s: answer to a stored batch not sent", self.engine_id)
-                self._queued.clear()
-                return
             if result is None:
-                # Nothing of it was stored (internal_error). Storing the frames behind it would
-                # ack their higher seqs, and an ack covers every seq below it: close instead, so
-                # the engine reconnects and replays from the last ack.
+                # Nothing more is stored on this connection (see above).
+                self._unsynced = True
+            if not await self._send_quietly(frames):
                 self._queued.clear()
-                await self.close(code=1011)
                 return
+
+    async def _send_quietly(self, frames: list[p.ServerFrame]) -> bool:
+        try:
+            await self.send_frames(frames)
+        except Exception:  # the engine went away: it replays what was not acked
+            log.info("engine %s: answer to an events frame not sent", self.engine_id)
+            return False
+        return True
 
     async def _expect_hello(self, decoded: gateway.Decoded) -> None:
         if self._hello_timer is not None:

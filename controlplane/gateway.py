@@ -7,23 +7,23 @@ the same ones the SDK encodes with.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.db.models import F
 
 from alerts import hooks as alert_hooks
+from controlplane import partitions
 from controlplane.audit import audit_add, audit_event, audit_record
-from controlplane.ingest import IngestResult, ingest_batches
+from controlplane.ingest import IngestResult, UnknownEngine, ingest_batches
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
 from controlplane.services import timed_pauses_end
 from controlplane.sqlscript import Script, json_text, text_array
@@ -46,6 +46,9 @@ class Decoded:
     frame: p.EngineFrame | None
     events: list[p.Event] | None  # set for an events frame decoded leniently
     errors: list[p.Error]
+    # Each event's position in the frame it came in (``events[i]`` in an error), when it is not
+    # its place in ``events`` (events refused at decoding left out, or several frames merged).
+    positions: list[int] | None = None
 
 
 def decode_frame(data: str | bytes) -> Decoded:
@@ -59,8 +62,8 @@ def decode_frame(data: str | bytes) -> Decoded:
     except msgspec.ValidationError as exc:
         probe_type = frame_type(data)
         if probe_type == "events":
-            events, errors = p.decode_events_leniently(data)
-            return Decoded(None, events, errors)
+            events, errors, positions = p.decode_events_positioned(data)
+            return Decoded(None, events, errors, positions)
         if probe_type is not None and probe_type not in ENGINE_FRAME_TYPES:
             return Decoded(None, None, [p.Error(
                 code="unknown_type", message=f"unknown frame type {probe_type!r}", field="type",
@@ -78,7 +81,7 @@ def frame_type(data: str | bytes) -> Any:
     """The frame's ``type`` field (None if unreadable), its other fields skipped unchecked."""
     try:
         return _probe.decode(data).type
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None
 
 
@@ -382,24 +385,18 @@ def events_many(batches: list[tuple[int, Decoded]]) -> list[Outcome]:
     """``events`` for several engines' frames, stored in one transaction.
 
     Should that fail, each frame is stored alone, one after the other, so that one engine's
-    frame that the database refuses (or an engine deleted meanwhile) costs the others nothing.
-    Each outcome is the frames to answer and the result, or the exception that storing that
-    engine's frame raised.
+    frame that the database refuses (or an engine deleted meanwhile) costs the others nothing;
+    and a frame that fails alone has the events at fault found and refused (_isolate). Each
+    outcome is the frames to answer and the result, or the exception that storing that engine's
+    frame raised (UnknownEngine: the engine is gone).
     """
     try:
         results = ingest_batches([(engine_id, d.events or []) for engine_id, d in batches])
     except Exception as exc:
         if len(batches) > 1:
             return [_alone(engine_id, decoded) for engine_id, decoded in batches]
-        if not isinstance(exc, DatabaseError):
-            return [exc]
         engine_id, decoded = batches[0]
-        # Nothing of the batch is stored and nothing is acked: the SDK keeps it and resends.
-        log.warning(
-            "engine %s: batch of %d not stored: %s", engine_id, len(decoded.events or []), exc
-        )
-        message = "the control plane could not store this batch; it was not acknowledged: resend it"
-        return [([*decoded.errors, p.Error(code="internal_error", message=message)], None)]
+        return [_isolate(engine_id, decoded, exc)]
     return [
         _answer(engine_id, decoded, result)
         for (engine_id, decoded), result in zip(batches, results, strict=True)
@@ -413,15 +410,200 @@ def _alone(engine_id: int, decoded: Decoded) -> Outcome:
         return exc
 
 
+def _input_fault(exc: BaseException) -> bool:
+    """Whether a failure to store events lies in the events, not in the database's state.
+
+    PostgreSQL's data exceptions (class 22: a value out of range, a character it cannot hold)
+    and integrity violations (class 23) do, as do program limits exceeded (class 54), and any
+    error of the Python that works the batch
+    out (an arithmetic overflow, say): the same events fail the same way every time. The rest
+    (the database down, read-only, out of disk, a deadlock, a statement cancelled) do not: the
+    events are then kept by the engine and sent again, never refused.
+    """
+    if isinstance(exc, DataError | IntegrityError | psycopg.DataError | psycopg.IntegrityError):
+        return True
+    # Class 54 too (a statement too complex, a value too large for an index): input it was given.
+    if isinstance(exc.__cause__ or exc, psycopg.errors.ProgramLimitExceeded):
+        return True
+    return not isinstance(exc, DatabaseError | psycopg.Error | UnknownEngine)
+
+
+class _NotStored(Exception):
+    """The database failed while events were being isolated: stop, nothing more is stored."""
+
+
+def _isolate(engine_id: int, decoded: Decoded, exc: Exception) -> Outcome:
+    """One engine's frame failed to store: store what can be, refuse alone what cannot.
+
+    The frame's fresh events are split in two halves, stored one after the other (in seq order,
+    each in its own transaction), and a half that fails is split again, down to the events that
+    fail alone: k bad events among n cost about 2k log2(n) transactions, and the events around
+    them are stored exactly as if they had come in frames of their own. Each event that fails
+    alone is refused (_refuse). A failure of the database itself stops the search: what was
+    stored stays, nothing is acked, and the engine sends the rest again.
+    """
+    if not _input_fault(exc):
+        if isinstance(exc, DatabaseError | psycopg.Error):
+            return _not_stored(engine_id, decoded, [], exc)
+        return exc
+    log.warning("engine %s: a batch failed to store (%s); isolating the events at fault",
+                engine_id, _reason(exc))  # fmt: skip
+    # In seq order, each seq once (the first of a repeated seq is the one ingest would take),
+    # with its position in the frame it came in.
+    positions = decoded.positions or range(len(decoded.events or ()))
+    by_seq: dict[int, tuple[p.Event, int]] = {}
+    for event, position in zip(decoded.events or (), positions, strict=True):
+        by_seq.setdefault(event.seq, (event, position))
+    ordered = [by_seq[seq] for seq in sorted(by_seq)]
+    if not ordered:
+        return _not_stored(engine_id, decoded, [], exc)
+    results: list[IngestResult] = []
+    refusals: list[p.Error] = []
+
+    def store(part: list[tuple[p.Event, int]], failure: Exception | None) -> None:
+        if failure is None:
+            try:
+                results.append(ingest_batches([(engine_id, [e for e, _ in part])])[0])
+                return
+            except Exception as exc:
+                if not _input_fault(exc):
+                    raise _NotStored() from exc
+                failure = exc
+        if len(part) == 1:
+            refusal = _refuse(engine_id, *part[0], failure)
+            if refusal is not None:
+                refusals.append(refusal)
+            return
+        half = len(part) // 2
+        store(part[:half], None)
+        store(part[half:], None)
+
+    try:
+        # The whole frame is known to fail: its halves are tried at once.
+        store(ordered, exc)
+    except _NotStored as stop:
+        return _not_stored(engine_id, decoded, refusals, stop.__cause__)
+    result = _merge(results, refusals)
+    if not results and not refusals:
+        # Every event failing alone was stored or refused meanwhile by another connection of
+        # the engine: the watermark covers them.
+        result.ack_seq = Engine.objects.values_list("last_seq", flat=True).get(pk=engine_id)
+    return _answer(engine_id, decoded, result, refusals)
+
+
+def _not_stored(
+    engine_id: int, decoded: Decoded, refusals: list[p.Error], exc: BaseException | None
+) -> Outcome:
+    # Nothing more of the batch is stored and nothing is acked: the SDK keeps it and resends
+    # (a stored event it resends is a replay, a refused one is below the watermark).
+    log.warning("engine %s: batch of %d not stored: %s", engine_id, len(decoded.events or []), exc)
+    message = "the control plane could not store this batch; it was not acknowledged: resend it"
+    return [*decoded.errors, *refusals, p.Error(code="internal_error", message=message)], None
+
+
+def _merge(results: list[IngestResult], refusals: list[p.Error]) -> IngestResult:
+    """The parts of an isolated frame as one result; refused seqs are covered by the ack."""
+    merged = IngestResult(
+        ack_seq=max([r.ack_seq for r in results] + [e.seq or 0 for e in refusals], default=0),
+        stored=sum(r.stored for r in results),
+        replayed=sum(r.replayed for r in results),
+        errors=[error for r in results for error in r.errors],
+        kinds=frozenset().union(*(r.kinds for r in results)),
+    )
+    # The engine row as the last part that stored something left it (the risk evaluation).
+    engines = [r.engine for r in results if r.engine is not None]
+    merged.engine = engines[-1] if engines else None
+    return merged
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in one line, as PostgreSQL or Python says it."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if isinstance(cause, psycopg.Error) and cause.diag.message_primary:
+        text = cause.diag.message_primary
+        if cause.diag.message_detail:
+            text += f" ({cause.diag.message_detail})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    # It goes back to the engine and into the event log: one line, no NUL, bounded.
+    return " ".join(text.replace("\x00", " ").split())[:500]
+
+
+def _refused_field(event: p.Event, exc: BaseException) -> str | None:
+    """The event's field the database named (a column, a constraint), if it named one."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return None
+    fields = event.__struct_fields__
+    column = cause.diag.column_name
+    if column in fields:
+        return column
+    constraint = cause.diag.constraint_name or ""
+    named = [name for name in fields if f"_{name}_" in f"_{constraint}_"]
+    return max(named, key=len) if named else None
+
+
+# The event log keeps the refused event beside the stored ones (its reason in ``refused``), and
+# the engine row counts it and moves its watermark over it: a replay of it changes nothing. Only
+# when no other connection of the engine stored or refused that seq meanwhile.
+_REFUSE = """
+    WITH e AS (
+        UPDATE controlplane_engine SET last_seq = %(seq)s, refused_events = refused_events + 1
+        WHERE id = %(engine_id)s AND last_seq < %(seq)s RETURNING id
+    )
+    INSERT INTO controlplane_eventframe (engine_id, first_seq, last_seq, received_at, events,
+        refused)
+    SELECT e.id, %(seq)s, %(seq)s, %(now)s, %(events)s::json, %(reason)s FROM e"""
+
+
+def _refuse(engine_id: int, event: p.Event, position: int, exc: BaseException) -> p.Error | None:
+    """Refuse an event that fails alone: record it, count it, and say so to the engine.
+
+    Returns the error frame (code event_refused), or None if the seq was stored or refused
+    meanwhile (by another connection of the engine). Raises _NotStored if the refusal itself
+    cannot be recorded.
+    """
+    reason = _reason(exc)
+    field = _refused_field(event, exc)
+    where = f"events[{position}]" + (f".{field}" if field else "")
+    now = datetime.now(UTC)
+    values = {"engine_id": engine_id, "seq": event.seq, "now": now,
+              "reason": f"{where}: {reason}"}  # fmt: skip
+    # The event as it arrived (encoded again), unless even that cannot go in the log's JSON
+    # column: then its kind and seq only.
+    bodies = [json_text([event]), json_text([{"kind": event.__struct_config__.tag,
+                                              "seq": event.seq}])]  # fmt: skip
+    for body in bodies:
+        try:
+            partitions.ensure_partition(now.date())
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_REFUSE, values | {"events": body})
+                recorded = cursor.rowcount == 1
+            break
+        except Exception as failure:
+            if not _input_fault(failure) or body is bodies[-1]:
+                raise _NotStored() from failure
+    if not recorded:
+        return None
+    log.warning("engine %s: event seq %s refused: %s: %s", engine_id, event.seq, where, reason)
+    return p.Error(
+        code="event_refused",
+        message=f"the control plane cannot store this event, and refused it: {reason}",
+        field=where,
+        seq=event.seq,
+    )
+
+
 def _answer(
-    engine_id: int, decoded: Decoded, result: IngestResult
+    engine_id: int, decoded: Decoded, result: IngestResult, refusals: Sequence[p.Error] = ()
 ) -> tuple[list[p.ServerFrame], IngestResult]:
-    frames: list[p.ServerFrame] = [*decoded.errors, *_in_frame(decoded, result.errors)]
+    frames: list[p.ServerFrame] = [*decoded.errors, *_in_frame(decoded, result.errors), *refusals]
     if result.stored:
         _evaluate_risk(engine_id, result)
-    if result.stored or any(e.code == "duplicate_id" for e in result.errors):
-        # An event refused for a reused id leaves the engine log line its alert rule counts:
-        # evaluated now, not only at the next sweep.
+    if result.stored or refusals or any(e.code == "duplicate_id" for e in result.errors):
+        # A refused event raises an alert (the refused_events metric), and one refused for a
+        # reused id leaves the engine log line its rule counts: evaluated now, not only at the
+        # next sweep.
         alert_hooks.engine_data(engine_id)
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
@@ -435,23 +617,14 @@ def _answer(
     return frames, result
 
 
-_EVENT_AT = re.compile(r"events\[(\d+)\]")
-
-
 def _in_frame(decoded: Decoded, errors: list[p.Error]) -> list[p.Error]:
     """The ingest's errors name a field of an event (``fill_id``, with its seq); say which event
-    of the frame it is, as the decoding errors do (``events[3].fill_id``). Events refused at
-    decoding are not among ``decoded.events``: their errors name their places in the frame."""
+    of the frame it is, as the decoding errors do (``events[3].fill_id``)."""
     if not errors or decoded.events is None:
         return errors
-    dropped = set()
-    for error in decoded.errors:
-        at = _EVENT_AT.match(error.field or "")
-        if at:
-            dropped.add(int(at.group(1)))
-    places = (i for i in itertools.count() if i not in dropped)
+    positions = decoded.positions or range(len(decoded.events))
     index: dict[int, int] = {}
-    for event, i in zip(decoded.events, places, strict=False):  # places never end
+    for event, i in zip(decoded.events, positions, strict=True):
         index.setdefault(event.seq, i)
     return [
         msgspec.structs.replace(error, field=f"events[{index[error.seq]}].{error.field}")

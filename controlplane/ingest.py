@@ -64,6 +64,10 @@ ZERO = Decimal(0)
 PRICE_PLACES = Decimal("0.00000001")
 
 
+class UnknownEngine(LookupError):
+    """A batch's engine does not exist (deleted meanwhile): no fault of its events."""
+
+
 @dataclass
 class IngestResult:
     ack_seq: int
@@ -412,8 +416,9 @@ def ingest_batches(
     """Store one batch for each of several engines (no engine twice) in one transaction, each
     table's rows of them all in one statement: what a batch costs is mostly per statement, so
     the batches that wait for a transaction together cost little more than one. Returns their
-    results in order. Raises on a database failure, or LookupError if an engine does not exist;
-    nothing is then stored, and the caller may store each batch alone to find the one at fault.
+    results in order. Raises on a database failure, or UnknownEngine if an engine does not exist;
+    nothing is then stored, and the caller may store each batch alone to find the one at fault
+    (and, within a batch, the events at fault: controlplane.gateway).
     """
     if len({engine_id for engine_id, _ in batches}) != len(batches):
         # One watermark read for both would store the seqs they share twice.
@@ -423,7 +428,7 @@ def ingest_batches(
         group = _read(cursor, batches, received_at)
         missing = [engine_id for engine_id, _ in batches if engine_id not in group.reads]
         if missing:
-            raise LookupError(f"engines {missing} do not exist")
+            raise UnknownEngine(f"engines {missing} do not exist")
         results: list[IngestResult] = []
         projected: list[tuple[int, list[p.Event], IngestResult, _Split]] = []
         for engine_id, events in batches:

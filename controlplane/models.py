@@ -109,6 +109,9 @@ class Engine(models.Model):
     rejected_today = models.IntegerField(default=0, editable=False)
     fills_today = models.IntegerField(default=0, editable=False)
     working_orders = models.IntegerField(default=0, editable=False)
+    # Events the database would not store, refused one by one (docs/protocol.md, "Refused
+    # events"); each is in the event log with its reason.
+    refused_events = models.BigIntegerField(default=0, editable=False)
 
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

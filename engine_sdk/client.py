@@ -363,7 +363,9 @@ class EngineClient:
     def emit(self, event: Event) -> int:
         """Queue an event and return the seq given to it (any seq already on it is replaced).
 
-        Raises BackpressureError when ``max_unacked_events`` are already waiting for the server.
+        Raises BackpressureError when ``max_unacked_events`` are already waiting for the server,
+        and ValueError naming the field when the event is outside the protocol's bounds
+        (docs/protocol.md): the event then takes no seq and is not sent.
         """
         if self._closed:
             raise EngineClientError("client is closed")
@@ -375,6 +377,9 @@ class EngineClient:
         raw = protocol.encode_event(msgspec.structs.replace(event, seq=seq))
         if len(raw) > MAX_EVENT_BYTES:
             raise ValueError(f"event is {len(raw)} bytes encoded, at most {MAX_EVENT_BYTES}")
+        # Checked as the server will decode it, before it takes a seq or reaches the journal: an
+        # event the server would refuse is refused here, with the field, where it was made.
+        protocol.check_encoded_event(raw)
         self._next_seq = seq + 1
         pending = self._pending
         pending.append((seq, raw))
@@ -1069,13 +1074,32 @@ class EngineClient:
             reason = f"{command.kind} by {command.issued_by}: {command.reason}".rstrip(": ")
             self._dead_man_paused = False
             self.gate.set_state(outcome.trading_state, reason=reason[:1024], until=until)
-        return CommandResult(
-            command_id=command.command_id,
-            status=outcome.status,
-            detail=outcome.detail[:8192],
-            data=outcome.data,
-            trading_state=self.gate.state,
-        )
+        return self._result_frame(command, outcome)
+
+    def _result_frame(self, command: Command, outcome: CommandOutcome) -> CommandResult:
+        """The result as the protocol bounds it (docs/protocol.md, section 2).
+
+        A result the server would refuse would leave the command open, and sent again on every
+        reconnection, for ever: U+0000 in the detail is replaced, and data out of bounds is
+        dropped with the reason in the detail.
+        """
+        detail = outcome.detail.replace("\x00", "\ufffd")
+        try:
+            result = CommandResult(
+                command_id=command.command_id, status=outcome.status, detail=detail[:8192],
+                data=outcome.data, trading_state=self.gate.state,
+            )  # fmt: skip
+            protocol.decode_engine_frame(protocol.encode(result))
+        except (ValueError, TypeError, msgspec.MsgspecError) as exc:
+            text, field = protocol.error_field(str(exc))
+            log.warning("engine: %s result data dropped: %s (%s)", command.kind, text, field)
+            note = f"result data dropped: {text} ({field or 'data'})"
+            result = CommandResult(
+                command_id=command.command_id, status=outcome.status,
+                detail="; ".join(t for t in (detail, note) if t)[:8192], data={},
+                trading_state=self.gate.state,
+            )  # fmt: skip
+        return result
 
     @staticmethod
     def _refuse_limits(command: Command) -> str | None:

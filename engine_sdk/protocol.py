@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal, get_args
 
@@ -32,7 +32,12 @@ __all__ = [
     "MAX_DECIMAL_ABS",
     "MAX_EVENTS_PER_FRAME",
     "MAX_FRAME_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_SEQ",
+    "MAX_TIMESTAMP",
     "METRIC_NAMES",
+    "MIN_POSITIVE_DECIMAL",
+    "MIN_TIMESTAMP",
     "PROTOCOL_VERSION",
     "AccountEvent",
     "Ack",
@@ -64,23 +69,45 @@ __all__ = [
     "StateEvent",
     "TradingState",
     "Welcome",
+    "check_encoded_event",
     "decode_engine_frame",
     "decode_event",
     "decode_events_leniently",
+    "decode_events_positioned",
     "decode_server_frame",
     "encode",
     "encode_event",
     "error_field",
     "frame_bytes",
     "utc_now",
+    "validate_event",
 ]
 
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 1_048_576
 MAX_EVENTS_PER_FRAME: Final = 5000
+# The bounds below keep whatever the schema accepts inside what the server's database holds, so
+# that a valid event is never one the database refuses (docs/protocol.md, "Bounds").
 # Every decimal must be finite and below this in absolute value: it keeps values inside a
-# NUMERIC(24, 8) column, so the server never fails a whole batch on one absurd number.
+# NUMERIC(24, 8) column.
 MAX_DECIMAL_ABS: Final = Decimal(10) ** 16
+# Decimals are stored to 8 places: a price or quantity that must be positive must not round to 0.
+MIN_POSITIVE_DECIMAL: Final = Decimal("0.00000001")
+# Digits after the point a decimal may carry (PostgreSQL parses at most 16383; the 9th on are
+# rounded away when stored anyway).
+MAX_DECIMAL_PLACES: Final = 1000
+# A seq is a BIGINT.
+MAX_SEQ: Final = 2**63 - 1
+# A limits version is an INTEGER.
+MAX_INT32: Final = 2**31 - 1
+# Times: PostgreSQL takes UTC offsets below 16 h, and this range keeps any arithmetic on them
+# (days, sessions, windows) far from the ends of Python's datetime.
+MAX_UTC_OFFSET: Final = timedelta(hours=16)
+MIN_TIMESTAMP: Final = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_TIMESTAMP: Final = datetime(3000, 1, 1, tzinfo=UTC)
+# Nesting of free-form JSON objects (a log's context, a command result's data): the database and
+# every reader walk them recursively.
+MAX_JSON_DEPTH: Final = 16
 
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_PROTOCOL_VIOLATION: Final = 4400
@@ -119,6 +146,7 @@ ErrorCode = Literal[
     "stale_command",
     "unauthorized",
     "rate_limited",
+    "event_refused",
 ]
 ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
 
@@ -133,17 +161,29 @@ METRIC_NAMES: Final = (
     "error_count",
 )
 
-Seq = Annotated[int, msgspec.Meta(ge=1)]
+# PostgreSQL text cannot hold U+0000: no string the engine sends may contain it.
+_NO_NUL = r"^[^\x00]*$"
+_NO_NUL_MESSAGE = f"Expected `str` matching regex {_NO_NUL!r}"
+Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
+LastSeq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+LimitsVersion = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT32)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+# Symbols and ids are in every order and fill: their structs check for U+0000 themselves, with
+# `in`, a fraction of what a regular expression costs per string (_check_text).
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-ShortText = Annotated[str, msgspec.Meta(max_length=1024)]
-Name = Annotated[str, msgspec.Meta(max_length=128)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1024, pattern=_NO_NUL)]
+Name = Annotated[str, msgspec.Meta(max_length=128, pattern=_NO_NUL)]
 MetricName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-LogMessage = Annotated[str, msgspec.Meta(max_length=8192)]
-Currency = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+LogMessage = Annotated[str, msgspec.Meta(max_length=8192, pattern=_NO_NUL)]
+Currency = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=_NO_NUL)]
+BrokerOrderId = Annotated[str, msgspec.Meta(max_length=128, pattern=_NO_NUL)]
+Text64 = Annotated[str, msgspec.Meta(max_length=64, pattern=_NO_NUL)]
+Text32 = Annotated[str, msgspec.Meta(max_length=32, pattern=_NO_NUL)]
+Detail = Annotated[str, msgspec.Meta(max_length=8192, pattern=_NO_NUL)]
 
 _ZERO: Final = Decimal(0)
+_MIN_DECIMAL: Final = -MAX_DECIMAL_ABS
 
 
 def utc_now() -> datetime:
@@ -153,15 +193,73 @@ def utc_now() -> datetime:
 # msgspec cannot put bounds on Decimal, so the structs check their decimals in __post_init__,
 # which msgspec runs both on construction and on decoding. The message mimics msgspec's own
 # (" - at `$.field`") so error_field() can name the field either way.
+def _too_many_places(value: Decimal) -> bool:
+    """More than MAX_DECIMAL_PLACES digits after the point (value finite, |value| < 1e16)."""
+    # str() costs a tenth of as_tuple() (a tuple of every digit), and shows the places: without
+    # an exponent, they are fewer than the characters (at most 16 digits, a sign and a point
+    # precede them).
+    text = str(value)
+    if "E" not in text:
+        return len(text) > MAX_DECIMAL_PLACES and -value.as_tuple().exponent > MAX_DECIMAL_PLACES  # type: ignore[operator]
+    return -value.as_tuple().exponent > MAX_DECIMAL_PLACES  # type: ignore[operator]
+
+
 def _check_decimal(name: str, value: Decimal | None, *, low: str | None = None) -> None:
     if value is None:
         return
     if not value.is_finite() or abs(value) >= MAX_DECIMAL_ABS:
         raise ValueError(f"Expected a finite `decimal` with |x| < 1e16 - at `$.{name}`")
-    if low == ">0" and value <= _ZERO:
-        raise ValueError(f"Expected `decimal` > 0 - at `$.{name}`")
+    if _too_many_places(value):
+        raise ValueError(
+            f"Expected a `decimal` with at most {MAX_DECIMAL_PLACES} places - at `$.{name}`"
+        )
+    if low == ">0" and value < MIN_POSITIVE_DECIMAL:
+        raise ValueError(f"Expected `decimal` >= 0.00000001 - at `$.{name}`")
     if low == ">=0" and value < _ZERO:
         raise ValueError(f"Expected `decimal` >= 0 - at `$.{name}`")
+
+
+def _check_text(name: str, value: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{_NO_NUL_MESSAGE} - at `$.{name}`")
+
+
+def _check_time(name: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError(f"Expected `datetime` with a timezone - at `$.{name}`")
+    if not -MAX_UTC_OFFSET < offset < MAX_UTC_OFFSET:
+        raise ValueError(f"Expected a UTC offset within +-15:59 - at `$.{name}`")
+    if not MIN_TIMESTAMP <= value < MAX_TIMESTAMP:
+        raise ValueError(f"Expected a time from 1900 to 2999 UTC - at `$.{name}`")
+
+
+def _check_json(name: str, value: Any) -> None:
+    """Free-form JSON: nested at most MAX_JSON_DEPTH deep, and no U+0000 in keys or strings.
+
+    Walked with a stack, not recursion, so no value can exhaust Python's recursion limit here.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(
+                    f"Expected JSON nested at most {MAX_JSON_DEPTH} deep - at `$.{name}`"
+                )
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if isinstance(key, str) and "\x00" in key:
+                        raise ValueError(f"{_NO_NUL_MESSAGE} - at `$.{name}`")
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise ValueError(f"{_NO_NUL_MESSAGE} - at `$.{name}`")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"Expected finite numbers in JSON - at `$.{name}`")
 
 
 class _EventBase(
@@ -171,6 +269,18 @@ class _EventBase(
     # the decoders reject an event that arrives without one.
     seq: Seq = 0
     ts: Timestamp
+
+    def __post_init__(self) -> None:
+        ts = self.ts
+        # The usual case in two comparisons (the server decodes thousands of events a second).
+        if (
+            ts.tzinfo is UTC
+            or (
+                (offset := ts.utcoffset()) is not None and -MAX_UTC_OFFSET < offset < MAX_UTC_OFFSET
+            )
+        ) and MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
+            return
+        _check_time("ts", ts)
 
 
 class OrderEvent(_EventBase, kw_only=True, tag="order"):
@@ -186,10 +296,13 @@ class OrderEvent(_EventBase, kw_only=True, tag="order"):
     avg_fill_price: Decimal | None = None
     # The price the strategy expected when it decided to trade; the server derives slippage.
     expected_price: Decimal | None = None
-    broker_order_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    broker_order_id: BrokerOrderId | None = None
     reject_reason: ShortText | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_text("client_order_id", self.client_order_id)
+        _check_text("symbol", self.symbol)
         _check_decimal("quantity", self.quantity, low=">0")
         _check_decimal("limit_price", self.limit_price, low=">0")
         _check_decimal("stop_price", self.stop_price, low=">0")
@@ -210,17 +323,29 @@ class FillEvent(_EventBase, kw_only=True, tag="fill"):
     liquidity: Literal["maker", "taker"] | None = None
 
     def __post_init__(self) -> None:
-        # The server decodes thousands of fills a second: the usual case is settled by chained
-        # comparisons, the rest goes through the checks that name the field.
+        # The server decodes thousands of fills a second: the usual case (a UTC time, decimals
+        # of a few places) is settled by chained comparisons and one string, the rest goes
+        # through the checks that name the field.
+        ts = self.ts
         try:
             if (
-                _ZERO < self.quantity < MAX_DECIMAL_ABS
-                and _ZERO < self.price < MAX_DECIMAL_ABS
-                and -MAX_DECIMAL_ABS < self.fee < MAX_DECIMAL_ABS
+                ts.tzinfo is UTC
+                and MIN_TIMESTAMP <= ts < MAX_TIMESTAMP
+                and MIN_POSITIVE_DECIMAL <= self.quantity < MAX_DECIMAL_ABS
+                and MIN_POSITIVE_DECIMAL <= self.price < MAX_DECIMAL_ABS
+                and _MIN_DECIMAL < self.fee < MAX_DECIMAL_ABS
+                # Without an exponent, the places are fewer than the characters.
+                and "E" not in (text := f"{self.quantity}{self.price}{self.fee}")
+                and len(text) < MAX_DECIMAL_PLACES
+                and "\x00" not in self.fill_id + self.client_order_id + self.symbol
             ):
                 return
         except InvalidOperation:  # NaN, which cannot be compared
             pass
+        super().__post_init__()
+        _check_text("fill_id", self.fill_id)
+        _check_text("client_order_id", self.client_order_id)
+        _check_text("symbol", self.symbol)
         _check_decimal("quantity", self.quantity, low=">0")
         _check_decimal("price", self.price, low=">0")
         _check_decimal("fee", self.fee)
@@ -234,6 +359,8 @@ class PositionEvent(_EventBase, kw_only=True, tag="position"):
     source: Literal["broker", "engine"] = "broker"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_text("symbol", self.symbol)
         _check_decimal("quantity", self.quantity)
         _check_decimal("avg_price", self.avg_price, low=">=0")
 
@@ -245,6 +372,7 @@ class AccountEvent(_EventBase, kw_only=True, tag="account"):
     currency: Currency = "USD"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_decimal("equity", self.equity)
         _check_decimal("cash", self.cash)
         _check_decimal("margin_used", self.margin_used, low=">=0")
@@ -256,6 +384,7 @@ class MetricEvent(_EventBase, kw_only=True, tag="metric"):
     value: float
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not math.isfinite(self.value):
             raise ValueError("Expected a finite `float` - at `$.value`")
 
@@ -264,6 +393,11 @@ class LogEvent(_EventBase, kw_only=True, tag="log"):
     level: LogLevel
     message: LogMessage
     context: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.context:
+            _check_json("context", self.context)
 
 
 class StateEvent(_EventBase, kw_only=True, tag="state"):
@@ -299,14 +433,14 @@ class Hello(_FrameBase, kw_only=True, tag="hello"):
     engine_build: Name
     config_hash: Name
     mode: Mode
-    broker: Annotated[str, msgspec.Meta(max_length=64)]
-    account: Annotated[str, msgspec.Meta(max_length=64)]
+    broker: Text64
+    account: Text64
     trading_state: TradingState
     # The highest seq the engine has assigned so far (0 before its first event).
-    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    last_seq: LastSeq
     # The version of the limits the engine currently enforces, None if it has none.
-    limits_version: int | None = None
-    sdk_version: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    limits_version: LimitsVersion | None = None
+    sdk_version: Text32 = ""
 
 
 class Events(_FrameBase, kw_only=True, tag="events"):
@@ -316,9 +450,9 @@ class Events(_FrameBase, kw_only=True, tag="events"):
 class Heartbeat(_FrameBase, kw_only=True, tag="heartbeat"):
     ts: Timestamp
     trading_state: TradingState
-    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    last_seq: LastSeq
     # The pre-trade limits version the engine enforces right now (None: none yet).
-    limits_version: int | None = None
+    limits_version: LimitsVersion | None = None
     # True on the last heartbeat of an engine shutting down on purpose (its working orders
     # cancelled, its state saved): the control plane shows it stopped rather than down. Left
     # out otherwise, so a server that does not know the field reads the frame as before.
@@ -332,10 +466,14 @@ class CommandAck(_FrameBase, kw_only=True, tag="command_ack"):
 class CommandResult(_FrameBase, kw_only=True, tag="command_result"):
     command_id: uuid.UUID
     status: CommandResultStatus
-    detail: Annotated[str, msgspec.Meta(max_length=8192)] = ""
+    detail: Detail = ""
     data: dict[str, Any] = {}
     # The engine's state once the command was handled, when the command changed or checked it.
     trading_state: TradingState | None = None
+
+    def __post_init__(self) -> None:
+        if self.data:
+            _check_json("data", self.data)
 
 
 EngineFrame = Hello | Events | Heartbeat | CommandAck | CommandResult
@@ -417,6 +555,10 @@ def encode_event(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+# msgspec stops at about a thousand levels of nesting with a RecursionError.
+_TOO_DEEP: Final = "JSON nested too deeply to decode"
+
+
 def _require_seqs(frame: EngineFrame) -> None:
     if isinstance(frame, Events):
         for i, event in enumerate(frame.events):
@@ -432,9 +574,31 @@ def decode_engine_frame(data: bytes | str) -> EngineFrame:
     Raises msgspec.DecodeError for bad JSON and msgspec.ValidationError (a subclass) for a frame
     that does not match the schema.
     """
-    frame = _engine_frame_decoder.decode(data)
+    try:
+        frame = _engine_frame_decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError(_TOO_DEEP) from None
     _require_seqs(frame)
     return frame
+
+
+def validate_event(event: Event) -> None:
+    """Check an event built in Python against every bound of the schema; see check_encoded_event.
+
+    Constructing a struct runs its __post_init__ checks (decimals, times, JSON), but not the
+    length, pattern and range constraints of its fields, which msgspec applies when decoding.
+    """
+    check_encoded_event(encode_event(event))
+
+
+def check_encoded_event(raw: bytes) -> None:
+    """Decode an encoded event as the server will, with its seq; raise ValueError naming the
+    field it fails on, e.g. "Expected `str` of length <= 8192 (field message)"."""
+    try:
+        decode_event(raw)
+    except msgspec.MsgspecError as exc:
+        text, field = error_field(str(exc))
+        raise ValueError(f"{text} (field {field})" if field else text) from None
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
@@ -443,12 +607,16 @@ def decode_server_frame(data: bytes | str) -> ServerFrame:
 
 def decode_event(data: bytes | str) -> Event:
     """Decode one event (as stored in the SDK journal); the event must carry its seq."""
-    event = _event_union_decoder.decode(data)
+    try:
+        event = _event_union_decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError(_TOO_DEEP) from None
     if event.seq == 0:
         raise msgspec.ValidationError("Object missing required field `seq`")
     return event
 
 
+_NO_NUL_TEXT: Final = "Expected `str` without U+0000 (NUL), which the database cannot store"
 _PATH_RE: Final = re.compile(r" - at `\$([^`]*)`")
 _MISSING_RE: Final = re.compile(r"^Object missing required field `([^`]+)`")
 
@@ -461,7 +629,7 @@ def error_field(message: str, prefix: str = "") -> tuple[str, str | None]:
     ``prefix`` is prepended, e.g. "events[3]" for an event decoded on its own.
     """
     parts = _PATH_RE.findall(message)
-    text = _PATH_RE.sub("", message)
+    text = _PATH_RE.sub("", message).replace(_NO_NUL_MESSAGE, _NO_NUL_TEXT)
     path = prefix + "".join(reversed(parts))
     # A missing field is reported at its parent's path; name the field itself.
     missing = _MISSING_RE.match(text)
@@ -490,10 +658,11 @@ _events_frame_decoder: Final = msgspec.json.Decoder(Events)
 _probe_decoder: Final = msgspec.json.Decoder(_EventProbe)
 
 
-def _frame_error(
-    code: str, message: str, field: str | None = None
-) -> tuple[list[Event], list[Error]]:
-    return [], [Error(code=code, message=message, field=field)]
+_Lenient = tuple[list[Event], list[Error], list[int]]
+
+
+def _frame_error(code: str, message: str, field: str | None = None) -> _Lenient:
+    return [], [Error(code=code, message=message, field=field)], []
 
 
 def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]]:
@@ -503,8 +672,22 @@ def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]
     the offending field, ``seq`` is set when it could be read). A frame that is not a usable
     events frame at all gives no events and a single frame-level Error. Never raises.
     """
+    events, errors, _ = decode_events_positioned(data)
+    return events, errors
+
+
+def decode_events_positioned(data: bytes | str) -> _Lenient:
+    """decode_events_leniently, with each valid event's position in the frame (``events[i]``)."""
     if frame_bytes(data) > MAX_FRAME_BYTES:
         return _frame_error("frame_too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
+    try:
+        return _decode_events_leniently(data)
+    except RecursionError:
+        # Too deep even to split into events: nothing in it can be read, not even a seq.
+        return _frame_error("malformed_json", _TOO_DEEP)
+
+
+def _decode_events_leniently(data: bytes | str) -> _Lenient:
     try:
         # Fast path: a valid frame is decoded in one pass.
         frame = _events_frame_decoder.decode(data)
@@ -512,7 +695,7 @@ def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]
         pass
     else:
         if all(event.seq != 0 for event in frame.events):
-            return list(frame.events), []
+            return list(frame.events), [], list(range(len(frame.events)))
     try:
         envelope = _raw_events_decoder.decode(data)
     except msgspec.DecodeError as exc:
@@ -533,6 +716,7 @@ def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]
             "events",
         )
     events: list[Event] = []
+    positions: list[int] = []
     errors: list[Error] = []
     for i, raw in enumerate(envelope.events):
         prefix = f"events[{i}]"
@@ -542,7 +726,8 @@ def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]
             text, _ = error_field(str(exc))
             errors.append(Error(code="invalid_event", message=text, field=prefix, seq=None))
             continue
-        seq = probe.seq if type(probe.seq) is int and probe.seq >= 1 else None
+        # A seq out of range is not one: it could not be acknowledged.
+        seq = probe.seq if type(probe.seq) is int and 1 <= probe.seq <= MAX_SEQ else None
         decoder = _event_decoders.get(probe.kind) if isinstance(probe.kind, str) else None
         if decoder is None:
             errors.append(
@@ -571,4 +756,5 @@ def decode_events_leniently(data: bytes | str) -> tuple[list[Event], list[Error]
             )
             continue
         events.append(event)
-    return events, errors
+        positions.append(i)
+    return events, errors, positions

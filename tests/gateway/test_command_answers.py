@@ -14,8 +14,9 @@ from controlplane.models import AuditEvent, Command, Engine
 from engine_sdk import protocol as p
 from tests.gateway.test_engine_socket import closed_with, greeted
 
-# A NUL character: valid JSON and a valid protocol string, refused by PostgreSQL's jsonb.
-REFUSED = {"note": "\u0000"}
+# A limits version beyond the engine row's INTEGER: valid protocol (data is free-form), refused by
+# PostgreSQL. (U+0000, which jsonb refuses, the protocol itself refuses now.)
+REFUSED = {"limits_version": 2**31}
 
 
 def command(engine: Engine, kind: str = "kill", status: str = "delivered") -> Command:

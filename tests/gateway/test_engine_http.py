@@ -212,3 +212,19 @@ def test_a_body_over_the_upload_limit_is_refused_frame_too_large(
     response = post(client, token, f.events_frame(*(f.metric(seq) for seq in range(1, 40))))
     assert response.status_code == 400
     assert response.json()[0]["code"] == "frame_too_large"
+
+
+def test_an_event_the_database_will_not_store_is_refused_alone_over_http(client, engine_and_token):
+    engine, token = engine_and_token
+    big = "9000000000000000"  # two fills of it: a position NUMERIC(24, 8) cannot hold
+    response = post(client, token, f.events_frame(
+        f.order(1, "o-1", qty=big), f.fill(2, "f-1", "o-1", qty=big),
+        f.fill(3, "f-2", "o-1", qty=big), f.metric(4),
+    ))  # fmt: skip
+
+    # Not a 503 that the engine would resend for ever: the event is refused, the rest stored.
+    assert response.status_code == 200
+    refused, ack = response.json()
+    assert (refused["code"], refused["field"], refused["seq"]) == ("event_refused", "events[2]", 3)
+    assert ack == {"type": "ack", "seq": 4}
+    assert list(Fill.objects.filter(engine=engine).values_list("seq", flat=True)) == [2]

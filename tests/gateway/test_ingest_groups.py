@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-import msgspec
 import pytest
 from channels.db import database_sync_to_async
 from django.db import connection
@@ -118,25 +117,30 @@ def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make
     ingest_events(engine_id=bad.pk, events=[f.metric(1)])
     gone_id = gone.pk
     gone.delete()
-    refused = msgspec.structs.replace(f.log(3, "x"), context={"note": "\u0000"})  # jsonb refuses
+    # Equity falls from 1 to -9,999,999: a drawdown of 10^9 %, which its column cannot hold.
+    overflow = f.account(4, "-9999999")
 
     outcomes = gateway.events_many([
         (good.pk, _decoded(f.metric(1), f.account(2, "1000"))),
-        (bad.pk, _decoded(f.metric(2), refused)),
+        (bad.pk, _decoded(f.metric(2), f.account(3, "1"), overflow, f.metric(5))),
         (gone_id, _decoded(f.metric(1))),
     ])  # fmt: skip
 
     good_frames, good_result = outcomes[0]
     assert good_frames[-1] == p.Ack(seq=2)
     assert good_result.stored == 2
+    # The bad engine's batch: the event at fault is refused alone, the rest stored and acked.
     bad_frames, bad_result = outcomes[1]
-    assert bad_result is None
-    assert [frame.code for frame in bad_frames] == ["internal_error"]
+    assert [(e.code, e.field, e.seq) for e in bad_frames[:-1]] == [
+        ("event_refused", "events[2]", 4)
+    ]
+    assert "numeric field overflow" in bad_frames[0].message
+    assert bad_frames[-1] == p.Ack(seq=5)
+    assert bad_result.stored == 3
     assert isinstance(outcomes[2], LookupError)
-    # Nothing of the refused batch is stored, and what bad stored before is as it was.
     bad.refresh_from_db()
-    assert bad.last_seq == 1
-    assert list(MetricSample.objects.filter(engine=bad).values_list("seq", flat=True)) == [1]
+    assert (bad.last_seq, bad.equity, bad.refused_events) == (5, Decimal(1), 1)
+    assert list(MetricSample.objects.filter(engine=bad).values_list("seq", flat=True)) == [1, 2, 5]
     assert not EngineLog.objects.exists()
     good.refresh_from_db()
     assert (good.last_seq, good.equity) == (2, Decimal(1000))

@@ -8,7 +8,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -748,3 +748,84 @@ async def test_shutdown_without_a_handler_says_orders_were_left_and_still_stops(
         client.check_order("AAPL", "buy", Decimal(1), Decimal(0))
     with pytest.raises(EngineClientError):
         client.emit(a_metric())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (p.LogEvent(ts=datetime.now(UTC), level="info", message="a\x00b"), "message"),
+        (
+            p.OrderEvent(
+                ts=datetime.now(UTC),
+                client_order_id="o-1",
+                symbol="AAPL",
+                side="buy",
+                order_type="market",
+                quantity=Decimal(1),
+                status="rejected",
+                reject_reason="broker said \x00",
+            ),
+            "reject_reason",
+        ),
+        (p.MetricEvent(ts=datetime.now(UTC), name="x" * 65, value=1.0), "name"),
+        (p.LogEvent(ts=datetime.now(UTC), level="info", message="m" * 8193), "message"),
+    ],
+)
+async def test_an_event_outside_the_protocol_bounds_is_refused_at_emit_naming_the_field(
+    make_client: MakeClient, event: p.Event, field: str
+) -> None:
+    client = make_client("ws://127.0.0.1:9/")
+    with pytest.raises(ValueError, match=rf"\(field {field}\)"):
+        client.emit(event)
+    # It took no seq and nothing was queued: the next event is seq 1.
+    assert client.emit(a_metric()) == 1
+    assert client.backlog == 1
+    await client.close()
+
+
+def test_events_outside_the_bounds_cannot_even_be_built() -> None:
+    # Checked on construction (__post_init__), so no engine code can hold one.
+    with pytest.raises(ValueError, match=r"0.00000001 - at `\$.price`"):
+        p.FillEvent(
+            ts=datetime.now(UTC), fill_id="f", client_order_id="o", symbol="A", side="buy",
+            quantity=Decimal(1), price=Decimal("1e-9"),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"UTC offset.*`\$.ts`"):
+        p.MetricEvent(
+            ts=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=20))), name="x", value=1.0
+        )
+    deep: object = 1
+    for _ in range(p.MAX_JSON_DEPTH):
+        deep = [deep]
+    with pytest.raises(ValueError, match=r"nested at most 16 deep - at `\$.context`"):
+        p.LogEvent(ts=datetime.now(UTC), level="info", message="m", context={"a": deep})
+
+
+@pytest.mark.asyncio
+async def test_a_result_out_of_bounds_still_reaches_the_server_without_its_data(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    # The server would refuse this result (U+0000, JSON nested too deep): the command would stay
+    # open and come back on every reconnection.
+    deep: Any = 1
+    for _ in range(p.MAX_JSON_DEPTH):
+        deep = [deep]
+
+    async def on_command(command: p.Command) -> CommandOutcome:
+        return CommandOutcome(
+            status="succeeded", detail="broker said \x00", data={"deep": deep},
+            trading_state="PAUSED",
+        )  # fmt: skip
+
+    client = make_client(control_plane.url, on_command=on_command)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    await control_plane.send(a_command("pause"))
+    await control_plane.wait_for(lambda: len(control_plane.command_results) == 1)
+
+    (result,) = control_plane.command_results  # decoded by the server's own decoder
+    assert (result.status, result.data, result.trading_state) == ("succeeded", {}, "PAUSED")
+    assert result.detail.startswith("broker said \ufffd; result data dropped: Expected JSON nested")
+    await client.close()

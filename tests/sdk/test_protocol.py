@@ -270,8 +270,8 @@ FILL = {"kind": "fill", "seq": 1, "ts": "2026-01-05T14:30:00Z", "fill_id": "f-1"
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("quantity", "0", "`decimal` > 0"),
-        ("quantity", "-1", "`decimal` > 0"),
+        ("quantity", "0", "`decimal` >= 0.00000001"),
+        ("quantity", "-1", "`decimal` >= 0.00000001"),
         ("quantity", "NaN", "a finite `decimal` with |x| < 1e16"),
         ("price", "sNaN", "a finite `decimal` with |x| < 1e16"),
         ("price", "Infinity", "a finite `decimal` with |x| < 1e16"),
@@ -299,3 +299,117 @@ def test_a_fill_at_the_edges_of_its_bounds_is_accepted(field, value):
     (fill,) = p.decode_engine_frame(frame).events  # type: ignore[union-attr]
 
     assert getattr(fill, field) == Decimal(value)
+
+
+# --- bounds: whatever the schema accepts, the server's database can hold ---------------------
+
+T = "2026-01-05T14:30:00Z"
+ORDER = {"kind": "order", "seq": 1, "ts": T, "client_order_id": "o-1", "symbol": "AAPL",
+         "side": "buy", "order_type": "limit", "quantity": "10", "status": "rejected"}  # fmt: skip
+LOG = {"kind": "log", "seq": 1, "ts": T, "level": "info", "message": "m"}
+METRIC = {"kind": "metric", "seq": 1, "ts": T, "name": "latency_ms", "value": 1.5}
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"a": value}
+
+
+@pytest.mark.parametrize(
+    ("event", "field", "expected"),
+    [
+        # PostgreSQL text cannot hold U+0000: a broker's message is enough to carry one.
+        ({**LOG, "message": "broker: \u0000"}, "message", "without U+0000"),
+        ({**ORDER, "reject_reason": "x\u0000"}, "reject_reason", "without U+0000"),
+        ({**FILL, "fill_id": "\u0000"}, "fill_id", "without U+0000"),
+        ({**LOG, "context": {"k": "\u0000"}}, "context", "without U+0000"),
+        ({**LOG, "context": {"\u0000": 1}}, "context", "without U+0000"),
+        # Stored to 8 places, a positive price must not round to zero.
+        ({**FILL, "price": "0.000000001"}, "price", "`decimal` >= 0.00000001"),
+        ({**ORDER, "limit_price": "1e-9"}, "limit_price", "`decimal` >= 0.00000001"),
+        ({**FILL, "fee": "1E-1000000"}, "fee", "at most 1000 places"),
+        # An offset PostgreSQL cannot hold, and UTC forms out of range.
+        ({**METRIC, "ts": "2026-01-05T14:30:00+20:00"}, "ts", "UTC offset"),
+        ({**METRIC, "ts": "2026-01-05T14:30:00-16:00"}, "ts", "UTC offset"),
+        ({**METRIC, "ts": "9999-12-31T23:00:00-05:00"}, "ts", "from 1900 to 2999"),
+        ({**METRIC, "ts": "0001-01-01T00:30:00+01:00"}, "ts", "from 1900 to 2999"),
+        # A BIGINT seq.
+        ({**METRIC, "seq": 2**63}, "seq", "<= 9223372036854775807"),
+        # JSON nested deeper than anyone reads.
+        ({**LOG, "context": _nested(p.MAX_JSON_DEPTH + 1)}, "context", "nested at most 16"),
+        ({**LOG, "context": _nested(400)}, "context", "nested at most 16"),
+    ],
+)
+def test_an_event_the_database_could_not_hold_is_refused_naming_the_field(event, field, expected):
+    frame = json.dumps({"type": "events", "events": [METRIC, event]})
+
+    events, errors, positions = p.decode_events_positioned(frame)
+
+    assert events == [p.decode_event(json.dumps(METRIC))] and positions == [0]
+    (error,) = errors
+    assert (error.code, error.field) == ("invalid_event", f"events[1].{field}")
+    assert expected in error.message
+    # Its seq is named when it is one, so that the ack covers it.
+    assert error.seq == (event["seq"] if event["seq"] < 2**63 else None)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({**METRIC, "ts": "2026-01-05T14:30:00+15:59"}, "ts"),
+        ({**METRIC, "ts": "1900-01-01T00:00:00Z"}, "ts"),
+        ({**METRIC, "seq": 2**63 - 1}, "seq"),
+        ({**LOG, "context": _nested(p.MAX_JSON_DEPTH)}, "context"),
+        ({**FILL, "price": "0.00000001"}, "price"),
+        ({**FILL, "price": "0.123456789012345678"}, "price"),
+    ],
+)
+def test_an_event_at_the_edge_of_the_bounds_is_accepted(event, field):
+    (decoded,) = p.decode_engine_frame(json.dumps({"type": "events", "events": [event]})).events  # type: ignore[union-attr]
+
+    assert p.encode_event(decoded)  # and it encodes again, as the server's event log does
+
+
+def test_json_nested_too_deep_to_decode_is_a_frame_error_not_a_crash():
+    frame = (
+        '{"type":"events","events":[{"kind":"log","context":{"a":'
+        + "[" * 5000
+        + "]" * 5000
+        + "}}]}"
+    )
+
+    with pytest.raises(msgspec.DecodeError, match="nested too deeply"):
+        p.decode_engine_frame(frame)
+    assert p.decode_events_leniently(frame) == (
+        [],
+        [p.Error(code="malformed_json", message="JSON nested too deeply to decode")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        ({"last_seq": 0, "limits_version": 2**31}, "limits_version"),
+        ({"last_seq": 2**63, "limits_version": 1}, "last_seq"),
+        ({"last_seq": 0, "engine_build": "b\u0000"}, "engine_build"),
+    ],
+)
+def test_a_hello_the_database_could_not_hold_is_refused_naming_the_field(frame, field):
+    hello = {"type": "hello", "protocol": 1, "engine_build": "b", "config_hash": "c",
+             "mode": "paper", "broker": "sim", "account": "a",
+             "trading_state": "ACTIVE"}  # fmt: skip
+
+    with pytest.raises(msgspec.ValidationError) as refused:
+        p.decode_engine_frame(json.dumps({**hello, **frame}))
+
+    assert p.error_field(str(refused.value))[1] == field
+
+
+def test_a_heartbeat_with_a_limits_version_beyond_int32_is_refused():
+    beat = {"type": "heartbeat", "ts": T, "trading_state": "ACTIVE", "last_seq": 0,
+            "limits_version": 2**31}  # fmt: skip
+
+    with pytest.raises(msgspec.ValidationError, match="limits_version"):
+        p.decode_engine_frame(json.dumps(beat))
