@@ -38,7 +38,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_NAME = env_str("SITE_NAME", "Trading Control Plane")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "controlplane.admin_site.ControlPlaneAdminConfig",  # django.contrib.admin, see there
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
