@@ -231,8 +231,22 @@ REPORT_TIMEZONE = env_str("REPORT_TIMEZONE", "UTC")  # weekly report: Monday 07:
 ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 
 # --- Prometheus ----------------------------------------------------------------------------------
-# When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>"; empty: open to the network.
+# When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>". Without one it answers only
+# where METRICS_PUBLIC is true: by default in the demo and the tests; in production only when the
+# deployer says so, since the figures (engines, positions' count, alerts) are the desk's business.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", not IS_PRODUCTION)
+if METRICS_TOKEN and METRICS_PUBLIC and "METRICS_PUBLIC" in os.environ:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN is set and METRICS_PUBLIC=true: choose one (a token, or /metrics open)."
+    )
+if IS_PRODUCTION and not METRICS_TOKEN and not METRICS_PUBLIC:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN is required in production (the bearer token Prometheus sends to "
+        "/metrics); set METRICS_PUBLIC=true instead to serve /metrics without one on purpose."
+    )
+if IS_PRODUCTION and METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long.")
 # Encrypts notification channel targets (Apprise URLs carry credentials); SECRET_KEY when empty.
 CHANNEL_SECRET_KEY = env_str("CHANNEL_SECRET_KEY", "")
 # How long a worker holds a notification it is sending; after that (a worker killed mid-send)
