@@ -31,7 +31,7 @@ COPY . .
 # (BASE_DIR), which a copy into site-packages would leave behind.
 RUN pip install --no-deps --editable . \
  && CONTROLPLANE_ENV=production \
-    SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 \
+    SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 METRICS_PUBLIC=true \
     python manage.py collectstatic --noinput --verbosity 0 \
  && install --directory --owner=controlplane --group=controlplane /app/.data
 
