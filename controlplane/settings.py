@@ -68,6 +68,10 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "controlplane.urls"
+# The demo runs with DEBUG=True, whose error pages list the settings: DATABASE_URL, REDIS_URL and
+# the like carry passwords in their values, which Django's own filter does not hide.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "controlplane.reporting.UrlPasswordSafeFilter"
+DEFAULT_EXCEPTION_REPORTER = "controlplane.reporting.UrlPasswordSafeReporter"
 ASGI_APPLICATION = "controlplane.asgi.application"
 WSGI_APPLICATION = None
 
