@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -47,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "django_celery_beat",
+    "axes",  # login throttling
     "ninja",  # only so its API docs page uses the static files it ships, not a CDN
     "controlplane",
     "risk",
@@ -65,6 +67,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out login into the lockout page (AXES_LOCKOUT_TEMPLATE).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -195,6 +199,28 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# The client's address (audit log, login throttling) is the TCP peer's, unless the site is behind
+# this many reverse proxies that each append the address they saw to X-Forwarded-For: then it is
+# the one the outermost proxy saw, counted from the right. A client's own X-Forwarded-For is never
+# believed: with 0 it is ignored, and behind proxies its entries are left of the trusted ones.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is locked out for LOGIN_COOLOFF_MINUTES, the right password included.
+# Another person at the same address, or the same person elsewhere, still logs in.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("LOGIN_THROTTLE_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "controlplane.login.locked_out"  # the lockout page, with its minutes
+AXES_CLIENT_IP_CALLABLE = "controlplane.audit.client_ip"  # TRUSTED_PROXY_COUNT, as the audit log
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # failures in PostgreSQL, audited too
 
 if ENVIRONMENT == "test":
     # Hashing cost is not what the suite tests; keep logins fast.
