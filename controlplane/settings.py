@@ -196,6 +196,9 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard:fleet"
 LOGOUT_REDIRECT_URL = "login"
 SESSION_COOKIE_HTTPONLY = True
+# Messages wait for the next page in the session (kept server-side), not in a cookie: a new
+# engine's token is shown once in a message, and no token may ever travel in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
