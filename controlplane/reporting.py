@@ -33,7 +33,8 @@ def hide_url_passwords(text: str, substitute: str = "********************") -> s
 class UrlPasswordSafeFilter(SafeExceptionReporterFilter):
     def cleanse_setting(self, key: Any, value: Any) -> Any:
         cleansed = super().cleanse_setting(key, value)
-        if isinstance(cleansed, str):
+        # Exactly a str: a lazy object passes isinstance(..., str) but is not evaluated here.
+        if type(cleansed) is str:
             return hide_url_passwords(cleansed, self.cleansed_substitute)
         return cleansed
 
