@@ -14,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import QuerySet
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from controlplane import delivery
@@ -695,15 +696,20 @@ def resume_request_approve(
     return command
 
 
+def kills_latched_by(actor: AbstractBaseUser, engine_ids: list[int]) -> set[int]:
+    """Which of these engines ``actor`` holds HALTED by a kill: the kill that latched it, or one
+    issued since (it held the latch too). Their release needs someone else's approval."""
+    return set(
+        Command.objects.filter(
+            engine_id__in=engine_ids, kind=CommandKind.KILL, issued_by=actor,
+            engine__desired_state=TradingState.HALTED,
+            created_at__gte=Coalesce("engine__desired_changed_at", "created_at"),
+        ).values_list("engine_id", flat=True)
+    )  # fmt: skip
+
+
 def _latched_by(engine: Engine, actor: AbstractBaseUser) -> bool:
-    """Whether ``actor`` issued a kill that halts ``engine`` now: the one that latched it, or one
-    issued since (it held the latch too). The release needs someone who did not."""
-    changed_at = Engine.objects.filter(pk=engine.pk).values_list("desired_changed_at", flat=True)
-    kills = Command.objects.filter(engine_id=engine.pk, kind=CommandKind.KILL, issued_by=actor)
-    since = changed_at.first()
-    if since is not None:
-        kills = kills.filter(created_at__gte=since)
-    return kills.exists()
+    return engine.pk in kills_latched_by(actor, [engine.pk])
 
 
 def resume_request_reject(

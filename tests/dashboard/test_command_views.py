@@ -491,7 +491,11 @@ def test_the_risk_manager_who_killed_cannot_approve_the_release_on_the_page(
     )
 
     approve_url = f"/commands/resume-requests/{resume_request.pk}/approve/"
-    response = client_for(risk_manager).post(approve_url, {"reason": "mine"}, follow=True)
+    client = client_for(risk_manager)
+    listing = text(client.get(RESUME_REQUESTS))
+    assert "you issued the kill: another risk manager approves" in listing
+    assert approve_url not in listing
+    response = client.post(approve_url, {"reason": "mine"}, follow=True)
 
     assert (
         "rita-risk issued the kill that halted alpha and cannot also approve its release: "
