@@ -31,7 +31,7 @@ COPY . .
 # (BASE_DIR), which a copy into site-packages would leave behind.
 RUN pip install --no-deps --editable . \
  && CONTROLPLANE_ENV=production \
-    SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 \
+    SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 METRICS_PUBLIC=true \
     python manage.py collectstatic --noinput --verbosity 0 \
  && install --directory --owner=controlplane --group=controlplane /app/.data
 
@@ -43,4 +43,4 @@ ENV CONTROLPLANE_ENV=production
 EXPOSE 8000
 CMD ["python", "-m", "uvicorn", "controlplane.asgi:application", \
      "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", \
-     "--no-access-log", "--ws-max-size", "16777216", "--ws-per-message-deflate", "false"]
+     "--no-access-log", "--no-proxy-headers", "--ws-max-size", "16777216", "--ws-per-message-deflate", "false"]

@@ -152,7 +152,8 @@ registry.register(ControlPlaneCollector())
 def _authorised(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     if not token:
-        return True
+        # Settings refuse to start production with neither; this holds whatever they say.
+        return settings.METRICS_PUBLIC
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.encode()
@@ -164,8 +165,11 @@ def _authorised(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _authorised(request):
-        response = HttpResponse("A valid bearer token is required.\n", status=401,
-                                content_type="text/plain")  # fmt: skip
+        message = "A valid bearer token is required.\n"
+        if not settings.METRICS_TOKEN:
+            message = ("/metrics is closed: set METRICS_TOKEN (then send it as a bearer token), "
+                       "or METRICS_PUBLIC=true to open it.\n")  # fmt: skip
+        response = HttpResponse(message, status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

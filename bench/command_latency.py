@@ -423,7 +423,8 @@ def reset_desired(db_url: str, names: list[str]) -> None:
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
-            "UPDATE controlplane_engine SET desired_state = 'ACTIVE', desired_until = NULL "
+            "UPDATE controlplane_engine SET desired_state = 'ACTIVE', desired_until = NULL, "
+            "desired_set_by_right = '' "
             "WHERE name = ANY(%s)",
             (names,),
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest
 
@@ -16,13 +18,30 @@ if TYPE_CHECKING:
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
+    """The client's address: the TCP peer's, or behind TRUSTED_PROXY_COUNT reverse proxies the
+    address the outermost one saw. Anyone can send X-Forwarded-For; only the entries our own
+    proxies appended (the rightmost ones) are believed."""
     if request is None:
         return None
-    # Behind the reverse proxy of docs/operations.md the first X-Forwarded-For hop is the client.
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if forwarded:
-        return forwarded.split(",")[0].strip() or None
+    proxies = settings.TRUSTED_PROXY_COUNT
+    if proxies:
+        hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        hops = [hop for hop in hops if hop]
+        if hops:
+            # Fewer hops than proxies: the request came through fewer of them; the leftmost
+            # entry is still one a trusted proxy wrote.
+            hop = hops[-proxies] if len(hops) >= proxies else hops[0]
+            if _is_ip(hop):
+                return hop
     return request.META.get("REMOTE_ADDR") or None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def audit_event(

@@ -72,6 +72,10 @@ class Engine(models.Model):
     # changed: an engine that reconnects in another state is sent the command again.
     desired_until = models.DateTimeField(null=True, blank=True)
     desired_changed_at = models.DateTimeField(null=True, blank=True)
+    # The highest right among the commands that set or held the desired state (a permission's
+    # codename, e.g. issue_kill for a flatten of everything; empty when a resume cleared it): a
+    # resume needs it too, so an operator cannot undo what a risk manager's flatten did.
+    desired_set_by_right = models.CharField(max_length=64, blank=True, default="")
     reported_state = models.CharField(max_length=10, choices=TradingState.choices, blank=True)
     # When the engine last said it was stopping on purpose (a final heartbeat with ``stopping``,
     # docs/protocol.md); its next hello clears it. A stopped engine is shown as stopped, not as

@@ -14,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.db.models import QuerySet
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from controlplane import delivery
@@ -108,7 +109,8 @@ class CommandInvalid(ValidationError):
     """The request itself is wrong (unknown kind, bad parameter, no engine selected)."""
 
 
-# The permission each kind needs. flatten of every symbol needs issue_kill (see _permission_for).
+# The permission each kind needs. Flattening every symbol, by a flatten or by a reduce to 0 %,
+# needs issue_kill (see _permission_for).
 _PERMISSION = {
     CommandKind.PAUSE: "controlplane.issue_pause",
     CommandKind.RESUME: "controlplane.issue_pause",
@@ -135,10 +137,43 @@ _SUPERSEDES = {
 _EXPIRES = (CommandKind.PAUSE, CommandKind.REDUCE, CommandKind.FLATTEN, CommandKind.CANCEL_ALL)
 
 
+# What issuing reads of each engine it locks.
+_ISSUE_FIELDS = ("pk", "name", "desired_state", "desired_until", "desired_changed_at",
+                 "desired_set_by_right", "connected")  # fmt: skip
+
+
+def _flattens_everything(kind: str, params: dict[str, Any]) -> bool:
+    """A flatten of every symbol: a flatten, or a reduce to keep 0 %, naming no symbols."""
+    if params.get("symbols"):
+        return False
+    return kind == CommandKind.FLATTEN or (
+        kind == CommandKind.REDUCE and params.get("target_pct") == 0
+    )
+
+
 def _permission_for(kind: str, params: dict[str, Any]) -> str | None:
-    if kind == CommandKind.FLATTEN and not params.get("symbols"):
-        return "controlplane.issue_kill"  # flattening everything is a kill without the halt
+    if _flattens_everything(kind, params):
+        # Flattening everything is a kill without the halt, whichever command spells it.
+        return "controlplane.issue_kill"
     return _PERMISSION.get(kind)  # type: ignore[call-overload]
+
+
+# How strong each right is, to keep the strongest of the commands that set or hold a state.
+_RIGHT_RANK = {"": 0, "issue_pause": 1, "issue_reduce": 2, "issue_kill": 3}
+
+
+def _right_for(kind: str, params: dict[str, Any]) -> str:
+    """The codename of the right a command needs, recorded on the engines whose state it sets."""
+    permission = _permission_for(kind, params)
+    return permission.split(".")[1] if permission else ""
+
+
+def _command_label(kind: str, params: dict[str, Any]) -> str:
+    if _flattens_everything(kind, params):
+        return "a flatten of every position" if kind == CommandKind.FLATTEN else (
+            "a reduce to 0 % (a flatten of every position)"
+        )  # fmt: skip
+    return f"a {kind}"
 
 
 def _symbols(params: dict[str, Any], errors: dict[str, str]) -> list[str] | None:
@@ -327,7 +362,9 @@ def command_batch_issue(
             )
         permission = _permission_for(kind, clean)
         if permission is not None and not actor.has_perm(permission):  # type: ignore[attr-defined]
-            what = "flatten every position" if kind == CommandKind.FLATTEN else kind
+            what = kind
+            if _flattens_everything(kind, clean):
+                what = "flatten every position" + (" (a reduce to 0 %)" if kind == "reduce" else "")
             command_refuse(f"{label} may not {what}: that needs the {permission.split('.')[1]} "
                     f"permission", **audit, data={"selector": selector})  # fmt: skip
     expires_at = None
@@ -345,11 +382,7 @@ def command_batch_issue(
     with transaction.atomic(), connection.cursor() as cursor:
         # The engine rows are locked so that two batches to the same engine are ordered and its
         # desired state follows the last one.
-        engines = list(
-            engine_query.select_for_update()
-            .only("pk", "name", "desired_state", "desired_until", "connected")
-            .order_by("pk")
-        )
+        engines = list(engine_query.select_for_update().only(*_ISSUE_FIELDS).order_by("pk"))
         if not engines:
             raise CommandInvalid({"selector": f"no active engine matches {selector!r}"})
         refusal = ""
@@ -359,6 +392,8 @@ def command_batch_issue(
                 refusal = (f"{', '.join(halted)} {'is' if len(halted) == 1 else 'are'} HALTED by "
                            "a kill: a resume needs a resume request approved by a second "
                            "person")  # fmt: skip
+            elif actor is not None:
+                refusal = _resume_outranked(actor, label, engines)
         if not refusal:
             now = timezone.now()
             if expires_in is not None:
@@ -446,8 +481,14 @@ _SUPERSEDE = f"""
 
 _SET_DESIRED_STATE = """
     UPDATE controlplane_engine
-       SET desired_state = %s, desired_until = %s::timestamptz, desired_changed_at = %s
+       SET desired_state = %s, desired_until = %s::timestamptz, desired_changed_at = %s,
+           desired_set_by_right = %s
      WHERE id = ANY(%s::bigint[])
+"""
+
+# A state held by a stronger right than the one that set it (see _HOLDS_STATE).
+_SET_DESIRED_RIGHT = """
+    UPDATE controlplane_engine SET desired_set_by_right = %s WHERE id = ANY(%s::bigint[])
 """
 
 
@@ -507,7 +548,10 @@ def _set_desired_states(
     script: Script, kind: str, params: dict[str, Any], engines: list[Engine], now: datetime
 ) -> None:
     # Engines that end in the same desired state are updated by one statement.
-    groups: dict[tuple[str, datetime | None], list[int]] = {}
+    groups: dict[tuple[str, datetime | None, str], list[int]] = {}
+    # Engines whose state stays as it is, but held now by a stronger right than before.
+    raised: dict[str, list[int]] = {}
+    command_right = _right_for(kind, params)
     for engine in engines:
         desired, until = engine.desired_state, engine.desired_until
         if kind == CommandKind.KILL:
@@ -520,11 +564,58 @@ def _set_desired_states(
             until = now + timedelta(seconds=duration) if duration else None
         elif kind in (CommandKind.REDUCE, CommandKind.FLATTEN) and desired != TradingState.HALTED:
             desired, until = TradingState.REDUCING, None
+        # The state is set by this command, with its right; a resume sets one that needs none.
+        right = "" if kind == CommandKind.RESUME else command_right
         if (desired, until) != (engine.desired_state, engine.desired_until):
-            groups.setdefault((desired, until), []).append(engine.pk)
+            groups.setdefault((desired, until, right), []).append(engine.pk)
             engine.desired_state, engine.desired_until = desired, until
-    for (desired, until), ids in groups.items():
-        script.add(_SET_DESIRED_STATE, [str(desired), until, now, text_array(map(str, ids))])
+            engine.desired_set_by_right = right
+        elif (
+            kind in _HOLDS_STATE.get(desired, ())  # type: ignore[call-overload]
+            and _RIGHT_RANK[right] > _RIGHT_RANK.get(engine.desired_set_by_right, 0)
+        ):
+            # A risk manager's flatten of an engine an operator had already reduced leaves it
+            # REDUCING, but now as the flatten left it: undoing it needs the flatten's right.
+            raised.setdefault(right, []).append(engine.pk)
+            engine.desired_set_by_right = right
+    for (desired, until, right), ids in groups.items():
+        script.add(_SET_DESIRED_STATE, [str(desired), until, now, right, text_array(map(str, ids))])
+    for right, ids in raised.items():
+        script.add(_SET_DESIRED_RIGHT, [right, text_array(map(str, ids))])
+
+
+# The kinds that, issued to an engine already in a state, hold it there (and their right with it).
+_HOLDS_STATE = {
+    TradingState.HALTED: (CommandKind.KILL,),
+    TradingState.REDUCING: (CommandKind.REDUCE, CommandKind.FLATTEN),
+    TradingState.PAUSED: (CommandKind.PAUSE,),
+}
+
+
+def _resume_outranked(actor: AbstractBaseUser, label: str, engines: list[Engine]) -> str:
+    """Why ``actor`` may not resume these engines, or "": a state set by a right the actor lacks
+    (a risk manager's flatten) is not undone by a lower one (an operator's resume)."""
+    refusals = []
+    for engine in engines:
+        right = engine.desired_set_by_right
+        if not right or actor.has_perm(f"controlplane.{right}"):  # type: ignore[attr-defined]
+            continue
+        refusals.append(
+            f"{engine.name} is {engine.desired_state}, set by {_state_setter(engine, right)}: "
+            f"resuming it needs the {right} permission, which {label} does not have"
+        )
+    return "; ".join(refusals)
+
+
+def _state_setter(engine: Engine, right: str) -> str:
+    """The latest command that needed ``right`` since the engine's state changed, as words."""
+    commands = Command.objects.filter(engine_id=engine.pk).order_by("-created_at")
+    if engine.desired_changed_at is not None:
+        commands = commands.filter(created_at__gte=engine.desired_changed_at)
+    for kind, params, issued_by in commands.values_list("kind", "params", "issued_by_label")[:50]:
+        if _right_for(kind, params) == right:
+            return f"{_command_label(kind, params)} of {issued_by}"
+    return f"a command needing {right}"
 
 
 # --- resume after a kill: four-eyes ---------------------------------------------------------------
@@ -586,6 +677,12 @@ def resume_request_approve(
             f"{label} asked for this resume and cannot also approve it: a second person must",
             **audit,
         )
+    if _latched_by(resume_request.engine, actor):
+        command_refuse(
+            f"{label} issued the kill that halted {resume_request.engine.name} and cannot also "
+            "approve its release: another risk manager must",
+            **audit,
+        )
     now = timezone.now()
     with transaction.atomic():
         # Claimed with a conditional update: two approvers clicking at once make one resume.
@@ -611,6 +708,22 @@ def resume_request_approve(
                                     "requested_by": resume_request.requested_by_label,
                                     "command": str(command.pk)})  # fmt: skip
     return command
+
+
+def kills_latched_by(actor: AbstractBaseUser, engine_ids: list[int]) -> set[int]:
+    """Which of these engines ``actor`` holds HALTED by a kill: the kill that latched it, or one
+    issued since (it held the latch too). Their release needs someone else's approval."""
+    return set(
+        Command.objects.filter(
+            engine_id__in=engine_ids, kind=CommandKind.KILL, issued_by=actor,
+            engine__desired_state=TradingState.HALTED,
+            created_at__gte=Coalesce("engine__desired_changed_at", "created_at"),
+        ).values_list("engine_id", flat=True)
+    )  # fmt: skip
+
+
+def _latched_by(engine: Engine, actor: AbstractBaseUser) -> bool:
+    return engine.pk in kills_latched_by(actor, [engine.pk])
 
 
 def resume_request_reject(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -38,7 +39,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_NAME = env_str("SITE_NAME", "Trading Control Plane")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "controlplane.admin_site.ControlPlaneAdminConfig",  # django.contrib.admin, see there
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -47,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "django_celery_beat",
+    "axes",  # login throttling
     "ninja",  # only so its API docs page uses the static files it ships, not a CDN
     "controlplane",
     "risk",
@@ -65,9 +67,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out login into the lockout page (AXES_LOCKOUT_TEMPLATE).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
+# The demo runs with DEBUG=True, whose error pages list the settings: DATABASE_URL, REDIS_URL and
+# the like carry passwords in their values, which Django's own filter does not hide.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "controlplane.reporting.UrlPasswordSafeFilter"
+DEFAULT_EXCEPTION_REPORTER = "controlplane.reporting.UrlPasswordSafeReporter"
 ASGI_APPLICATION = "controlplane.asgi.application"
 WSGI_APPLICATION = None
 
@@ -188,9 +196,34 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard:fleet"
 LOGOUT_REDIRECT_URL = "login"
 SESSION_COOKIE_HTTPONLY = True
+# Messages wait for the next page in the session (kept server-side), not in a cookie: a new
+# engine's token is shown once in a message, and no token may ever travel in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# The client's address (audit log, login throttling) is the TCP peer's, unless the site is behind
+# this many reverse proxies that each append the address they saw to X-Forwarded-For: then it is
+# the one the outermost proxy saw, counted from the right. A client's own X-Forwarded-For is never
+# believed: with 0 it is ignored, and behind proxies its entries are left of the trusted ones.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is locked out for LOGIN_COOLOFF_MINUTES, the right password included.
+# Another person at the same address, or the same person elsewhere, still logs in.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("LOGIN_THROTTLE_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "controlplane.login.locked_out"  # the lockout page, with its minutes
+AXES_CLIENT_IP_CALLABLE = "controlplane.audit.client_ip"  # TRUSTED_PROXY_COUNT, as the audit log
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # failures in PostgreSQL, audited too
 
 if ENVIRONMENT == "test":
     # Hashing cost is not what the suite tests; keep logins fast.
@@ -231,8 +264,22 @@ REPORT_TIMEZONE = env_str("REPORT_TIMEZONE", "UTC")  # weekly report: Monday 07:
 ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 
 # --- Prometheus ----------------------------------------------------------------------------------
-# When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>"; empty: open to the network.
+# When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>". Without one it answers only
+# where METRICS_PUBLIC is true: by default in the demo and the tests; in production only when the
+# deployer says so, since the figures (engines, positions' count, alerts) are the desk's business.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", not IS_PRODUCTION)
+if METRICS_TOKEN and METRICS_PUBLIC and "METRICS_PUBLIC" in os.environ:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN is set and METRICS_PUBLIC=true: choose one (a token, or /metrics open)."
+    )
+if IS_PRODUCTION and not METRICS_TOKEN and not METRICS_PUBLIC:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN is required in production (the bearer token Prometheus sends to "
+        "/metrics); set METRICS_PUBLIC=true instead to serve /metrics without one on purpose."
+    )
+if IS_PRODUCTION and METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long.")
 # Encrypts notification channel targets (Apprise URLs carry credentials); SECRET_KEY when empty.
 CHANNEL_SECRET_KEY = env_str("CHANNEL_SECRET_KEY", "")
 # How long a worker holds a notification it is sending; after that (a worker killed mid-send)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
@@ -27,6 +28,18 @@ def _audit_login_failed(
         action="login_failed",
         actor_label=str(credentials.get("username", "?"))[:150],
         ip_address=client_ip(request),
+        outcome="refused",
+    )
+
+
+@receiver(user_locked_out)
+def _audit_locked_out(
+    sender: Any, request: Any = None, username: Any = None, ip_address: Any = None, **kw: Any
+) -> None:
+    audit_record(
+        action="login_locked_out",
+        actor_label=str(username or "?")[:150],
+        ip_address=ip_address or client_ip(request),
         outcome="refused",
     )
 

@@ -226,7 +226,15 @@ def engine_commands(request: HttpRequest, name: str) -> HttpResponse:
 @permission_required("controlplane.view_resumerequest", raise_exception=True)
 def resume_requests(request: HttpRequest) -> HttpResponse:
     open_requests = list(selectors.resume_requests_open().order_by("created_at"))
-    return render(request, "dashboard/resume_requests.html", {"requests": open_requests})
+    # Requests to release a kill this person issued: they may reject, not approve (services).
+    engine_ids = [r.engine_id for r in open_requests]
+    latched = services.kills_latched_by(request.user, engine_ids) if engine_ids else set()  # type: ignore[arg-type]
+    own_kills = {r.pk for r in open_requests if r.engine_id in latched}
+    return render(
+        request,
+        "dashboard/resume_requests.html",
+        {"requests": open_requests, "own_kills": own_kills},
+    )
 
 
 @require_POST

@@ -119,6 +119,19 @@ def test_it_needs_no_login(client: Client) -> None:
     assert samples[("cp_alerts_firing", (("severity", "critical"),))] == 0
 
 
+def test_without_a_token_it_is_closed_unless_made_public_on_purpose(
+    client: Client, settings: Any
+) -> None:
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = False  # production's default
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 401
+    assert b"cp_" not in response.content
+    assert b"set METRICS_TOKEN" in response.content and b"METRICS_PUBLIC=true" in response.content
+
+
 def test_with_a_token_set_it_refuses_a_missing_or_wrong_token(
     client: Client, settings: Any
 ) -> None:

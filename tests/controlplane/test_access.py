@@ -7,7 +7,7 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-# /metrics is for Prometheus: open unless METRICS_TOKEN is set (tests/alerts/test_metrics.py).
+# /metrics is for Prometheus: a bearer token, no login (tests/alerts/test_metrics.py).
 # /favicon.ico redirects to the static icon, which the login page shows too.
 PUBLIC = {"/healthz", "/readyz", "/login/", "/admin/login/", "/metrics", "/favicon.ico"}
 

@@ -201,6 +201,99 @@ def test_a_halted_engine_cannot_be_resumed_directly_even_by_an_admin(
     assert AuditEvent.objects.get(action="command_resume").outcome == "refused"
 
 
+@pytest.mark.parametrize(
+    "kind, params",
+    [("flatten", {}), ("reduce", {"target_pct": 0}), ("reduce", {"target_pct": 0.0})],
+)
+def test_flattening_everything_needs_the_flatten_right_whichever_command_spells_it(
+    fleet, operator, risk_manager, kind, params
+):
+    with pytest.raises(services.CommandRefused, match="otto-operator may not flatten every"):
+        services.command_issue(
+            kind=kind, selector="engine:alpha", reason="x", actor=operator, params=params
+        )
+    assert not Command.objects.exists()
+    assert AuditEvent.objects.get(action=f"command_{kind}").outcome == "refused"
+
+    services.command_issue(
+        kind=kind, selector="engine:alpha", reason="x", actor=risk_manager, params=params
+    )
+    assert Engine.objects.get(name="alpha").desired_state == "REDUCING"
+
+
+def test_an_operator_may_reduce_everything_partly_or_named_symbols_to_zero(fleet, operator):
+    for params in ({"target_pct": 50}, {"target_pct": 0, "symbols": ["AAPL"]}):
+        services.command_issue(
+            kind="reduce", selector="engine:alpha", reason="x", actor=operator, params=params
+        )
+    assert Command.objects.filter(kind="reduce").count() == 2
+
+
+def test_an_operator_cannot_resume_what_a_risk_managers_flatten_set(
+    fleet, operator, risk_manager, second_risk_manager
+):
+    services.command_issue(kind="flatten", selector="engine:alpha", reason="x", actor=risk_manager)
+
+    with pytest.raises(services.CommandRefused) as refused:
+        services.command_issue(kind="resume", selector="all", reason="y", actor=operator)
+
+    assert str(refused.value.args[0]) == (
+        "alpha is REDUCING, set by a flatten of every position of rita-risk: resuming it needs "
+        "the issue_kill permission, which otto-operator does not have"
+    )
+    assert Engine.objects.get(name="alpha").desired_state == "REDUCING"
+    assert not Command.objects.filter(kind="resume").exists()
+    assert AuditEvent.objects.get(action="command_resume").outcome == "refused"
+    # Another risk manager may: the right, not the person, is what the state asks for.
+    services.command_issue(kind="resume", selector="all", reason="y", actor=second_risk_manager)
+    assert Engine.objects.get(name="alpha").desired_state == "ACTIVE"
+    assert Engine.objects.get(name="alpha").desired_set_by_right == ""
+
+
+def test_a_flatten_on_top_of_an_operators_reduce_still_needs_the_flatten_right_to_undo(
+    fleet, operator, risk_manager
+):
+    reduce = {"target_pct": 50}
+    services.command_issue(
+        kind="reduce", selector="engine:alpha", reason="x", actor=operator, params=reduce
+    )
+    services.command_issue(kind="flatten", selector="engine:alpha", reason="x", actor=risk_manager)
+    # and an operator's reduce after it does not lower the right that holds the state
+    services.command_issue(
+        kind="reduce", selector="engine:alpha", reason="x", actor=operator, params=reduce
+    )
+
+    with pytest.raises(services.CommandRefused, match="set by a flatten of every position of "):
+        services.command_issue(kind="resume", selector="engine:alpha", reason="y", actor=operator)
+    assert Engine.objects.get(name="alpha").desired_set_by_right == "issue_kill"
+
+
+def test_an_operator_resumes_an_operators_reduce_and_a_limits_partial_reduce(fleet, operator):
+    services.command_issue(
+        kind="reduce", selector="engine:alpha", reason="x", actor=operator,
+        params={"target_pct": 50},
+    )  # fmt: skip
+    services.command_issue(
+        kind="reduce", selector="engine:beta", reason="x", actor_label="limit #1",
+        params={"target_pct": 25},
+    )  # fmt: skip
+
+    services.command_issue(kind="resume", selector="all", reason="y", actor=operator)
+
+    assert set(Engine.objects.values_list("desired_state", flat=True)) == {"ACTIVE"}
+
+
+def test_a_limits_flatten_needs_the_flatten_right_to_resume(fleet, operator, risk_manager):
+    services.command_issue(
+        kind="reduce", selector="engine:alpha", reason="x", actor_label="limit #7",
+        params={"target_pct": 0},
+    )  # fmt: skip
+
+    with pytest.raises(services.CommandRefused, match="of limit #7: resuming it needs"):
+        services.command_issue(kind="resume", selector="engine:alpha", reason="y", actor=operator)
+    services.command_issue(kind="resume", selector="engine:alpha", reason="y", actor=risk_manager)
+
+
 def test_a_paused_engine_is_resumed_by_an_operator(fleet, operator):
     services.command_issue(kind="pause", selector="engine:beta", reason="a", actor=operator)
 
@@ -219,21 +312,21 @@ def halted(fleet, risk_manager):
 
 
 def test_a_resume_after_a_kill_is_asked_by_one_person_and_approved_by_another(
-    halted, operator, risk_manager
+    halted, operator, second_risk_manager
 ):
     request = services.resume_request_create(engine=halted, reason="bug fixed", actor=operator)
 
     command = services.resume_request_approve(
-        resume_request=request, actor=risk_manager, reason="checked", ip_address="10.1.1.1"
+        resume_request=request, actor=second_risk_manager, reason="checked", ip_address="10.1.1.1"
     )
 
     assert command.kind == "resume" and command.status == Command.Status.PENDING
     assert command.params == {
-        "approved_by": "rita-risk", "requested_by": "otto-operator", "resume_request": request.pk,
+        "approved_by": "rex-risk", "requested_by": "otto-operator", "resume_request": request.pk,
     }  # fmt: skip
     request.refresh_from_db()
     assert (request.status, request.decided_by, request.command) == (
-        "approved", risk_manager, command,
+        "approved", second_risk_manager, command,
     )  # fmt: skip
     assert Engine.objects.get(pk=halted.pk).desired_state == "ACTIVE"
     actions = set(AuditEvent.objects.values_list("action", "outcome"))
@@ -266,12 +359,43 @@ def test_an_operator_may_ask_but_not_approve(halted, operator, second_risk_manag
         services.resume_request_approve(resume_request=request, actor=operator)
 
 
-def test_a_request_is_approved_once(halted, operator, risk_manager, second_risk_manager):
+def test_the_person_who_latched_the_kill_cannot_approve_its_release(
+    halted, operator, risk_manager, second_risk_manager
+):
+    # rita-risk killed alpha; otto-operator asks for the release, so four-eyes alone would let
+    # rita approve it: she would be both the kill and its release.
+    request = services.resume_request_create(engine=halted, reason="fixed", actor=operator)
+
+    with pytest.raises(
+        services.CommandRefused, match="rita-risk issued the kill that halted alpha"
+    ):
+        services.resume_request_approve(resume_request=request, actor=risk_manager)
+
+    request.refresh_from_db()
+    assert request.status == "open"
+    assert Engine.objects.get(pk=halted.pk).desired_state == "HALTED"
+    assert AuditEvent.objects.get(action="resume_approve").outcome == "refused"
+    services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+    assert Engine.objects.get(pk=halted.pk).desired_state == "ACTIVE"
+
+
+def test_a_second_kill_of_a_halted_engine_also_bars_its_issuer_from_the_release(
+    halted, operator, second_risk_manager, admin_user
+):
+    kill(second_risk_manager, selector="engine:alpha")  # rex holds the latch too
+    request = services.resume_request_create(engine=halted, reason="fixed", actor=operator)
+
+    with pytest.raises(services.CommandRefused, match="rex-risk issued the kill"):
+        services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+    services.resume_request_approve(resume_request=request, actor=admin_user)
+
+
+def test_a_request_is_approved_once(halted, operator, admin_user, second_risk_manager):
     request = services.resume_request_create(engine=halted, reason="x", actor=operator)
-    services.resume_request_approve(resume_request=request, actor=risk_manager)
+    services.resume_request_approve(resume_request=request, actor=second_risk_manager)
 
     with pytest.raises(services.CommandInvalid, match="already decided"):
-        services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+        services.resume_request_approve(resume_request=request, actor=admin_user)
 
     assert Command.objects.filter(kind="resume").count() == 1
 

@@ -13,7 +13,11 @@ from controlplane import env
 
 
 def _load_settings(**environ: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SECRET_KEY", "DEBUG", "METRICS_TOKEN", "METRICS_PUBLIC")
+    }
     clean.update(environ)
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
@@ -31,11 +35,29 @@ def test_production_starts_with_a_secret_key_and_debug_off():
     done = subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
          "print(settings.DEBUG)"],
-        env={**os.environ, "CONTROLPLANE_ENV": "production", "SECRET_KEY": "x" * 50},
+        env={**os.environ, "CONTROLPLANE_ENV": "production", "SECRET_KEY": "x" * 50,
+             "METRICS_TOKEN": "m" * 32},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_production_refuses_to_start_with_metrics_open_unless_told_so():
+    production = {"CONTROLPLANE_ENV": "production", "SECRET_KEY": "x" * 50}
+
+    closed = _load_settings(**production)
+    assert closed.returncode != 0
+    assert "METRICS_TOKEN is required in production" in closed.stderr
+    assert "METRICS_PUBLIC=true" in closed.stderr
+    short = _load_settings(**production, METRICS_TOKEN="short")
+    assert "METRICS_TOKEN must be at least 16 characters" in short.stderr
+    both = _load_settings(**production, METRICS_TOKEN="m" * 32, METRICS_PUBLIC="true")
+    assert "choose one" in both.stderr
+
+    for chosen in ({"METRICS_PUBLIC": "true"}, {"METRICS_TOKEN": "m" * 32}):
+        done = _load_settings(**production, **chosen)
+        assert done.returncode == 0, done.stderr
 
 
 def test_a_bad_boolean_names_the_variable():

@@ -47,6 +47,14 @@ def text(response: object) -> str:
     return html.unescape(response.content.decode())  # type: ignore[attr-defined]
 
 
+def api_post(user: User, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    """The same command through the API, with a personal token: the page and it must agree."""
+    _, token = services.api_token_create(user=user, name=f"script-{uuid.uuid4().hex[:8]}")
+    client = Client(headers={"Authorization": f"Bearer {token}"})
+    response = client.post("/api/v1/commands", body, content_type="application/json")
+    return response.status_code, response.json()
+
+
 def kill_all(client: Client, **overrides: str) -> object:
     data = {
         "kind": "kill",
@@ -239,6 +247,41 @@ def test_an_operator_may_flatten_given_symbols_but_not_everything(
         ISSUE, {"kind": "flatten", "selector": "engine:alpha", "reason": "r", "symbols": "AAPL"}
     )
     assert Command.objects.get().params == {"symbols": ["AAPL"]}
+
+
+def test_a_reduce_to_zero_of_everything_needs_the_flatten_right_on_the_page_and_the_api(
+    fleet: dict[str, Engine], operator: User
+) -> None:
+    reduce = {"kind": "reduce", "selector": "engine:alpha", "target_pct": "0", "reason": "r"}
+    refused = client_for(operator).post(ISSUE, reduce, follow=True)
+    status, body = api_post(
+        operator, {"kind": "reduce", "selector": "engine:alpha", "reason": "r",
+                   "params": {"target_pct": 0}},
+    )  # fmt: skip
+
+    message = "otto-operator may not flatten every position (a reduce to 0 %)"
+    assert message in text(refused)
+    assert status == 403 and message in body["detail"]
+    assert not Command.objects.exists()
+
+
+def test_an_operator_cannot_resume_a_risk_managers_flatten_on_the_page_or_the_api(
+    fleet: dict[str, Engine], operator: User, risk_manager: User
+) -> None:
+    services.command_issue(kind="flatten", selector="engine:alpha", reason="x", actor=risk_manager)
+    resume = {"kind": "resume", "selector": "engine:alpha", "reason": "all good"}
+
+    page = client_for(operator).post(ISSUE, resume, follow=True)
+    status, body = api_post(operator, resume)
+
+    message = (
+        "alpha is REDUCING, set by a flatten of every position of rita-risk: resuming it needs "
+        "the issue_kill permission"
+    )
+    assert message in text(page)
+    assert status == 403 and message in body["detail"]
+    assert not Command.objects.filter(kind="resume").exists()
+    assert Engine.objects.get(name="alpha").desired_state == "REDUCING"
 
 
 def test_a_resume_of_a_halted_engine_is_refused_with_the_services_message(
@@ -437,6 +480,30 @@ def test_a_resume_after_a_kill_needs_a_second_person_through_the_pages(
     assert approved.redirect_chain == [(f"/commands/batches/{command.batch_id}/", 302)]  # type: ignore[attr-defined]
     assert "Resume of alpha approved and issued." in text(approved)
     assert Engine.objects.get(name="alpha").desired_state == "ACTIVE"
+
+
+def test_the_risk_manager_who_killed_cannot_approve_the_release_on_the_page(
+    fleet: dict[str, Engine], operator: User, risk_manager: User
+) -> None:
+    halt(fleet["alpha"], risk_manager)
+    resume_request = services.resume_request_create(
+        engine=fleet["alpha"], reason="fixed", actor=operator
+    )
+
+    approve_url = f"/commands/resume-requests/{resume_request.pk}/approve/"
+    client = client_for(risk_manager)
+    listing = text(client.get(RESUME_REQUESTS))
+    assert "you issued the kill: another risk manager approves" in listing
+    assert approve_url not in listing
+    response = client.post(approve_url, {"reason": "mine"}, follow=True)
+
+    assert (
+        "rita-risk issued the kill that halted alpha and cannot also approve its release: "
+        "another risk manager must" in text(response)
+    )
+    resume_request.refresh_from_db()
+    assert resume_request.status == "open"
+    assert Engine.objects.get(name="alpha").desired_state == "HALTED"
 
 
 def test_an_operator_may_ask_for_a_resume_but_not_approve_one(

@@ -99,3 +99,30 @@ def test_the_login_and_fleet_pages_load_without_a_failed_request(
     assert failed == []
     icon = page.evaluate("document.querySelector('link[rel=icon]').href")
     assert page.request.get(icon).ok
+
+
+def test_five_wrong_passwords_show_the_lockout_message_and_the_right_one_then_fails_too(
+    page: Page, uvicorn_server: UvicornServer, operator: User, viewer: User
+) -> None:
+    for _ in range(4):
+        _log_in(page, uvicorn_server, operator.username, "not the password")
+        expect(page.get_by_role("alert")).to_have_text(
+            "Your username and password did not match. Please try again."
+        )
+    # The fifth locks; a forged X-Forwarded-For (no proxy is trusted) changes nothing.
+    page.set_extra_http_headers({"X-Forwarded-For": "203.0.113.50"})
+    _log_in(page, uvicorn_server, operator.username, "not the password")
+
+    lockout = (
+        "Too many failed logins for otto-operator from this address: logging in as "
+        "otto-operator from here is locked for 15 minutes, even with the right password."
+    )
+    expect(page.get_by_role("heading", name="Login locked")).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_text(lockout)
+    page.get_by_role("link", name="Back to the login page").click()
+    _log_in(page, uvicorn_server, operator.username, PASSWORD)
+    expect(page.get_by_role("alert")).to_have_text(lockout)
+
+    # Someone else at the same address is not locked out.
+    _log_in(page, uvicorn_server, viewer.username, PASSWORD)
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()

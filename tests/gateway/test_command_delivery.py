@@ -396,15 +396,16 @@ def test_a_stale_resume_cannot_lift_a_kill(
 
 
 def test_an_approved_resume_lifts_the_kill(
-    fast_server, engine_loop, engine_and_token, operator, risk_manager, tmp_path
-):
+    fast_server, engine_loop, engine_and_token, operator, risk_manager, second_risk_manager,
+    tmp_path,
+):  # fmt: skip
     engine, token = engine_and_token
     client = engine_loop.run(started(plain_client(fast_server, token, tmp_path / "j")))
     kill = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
     wait_for(lambda: finished(kill.commands.get()), "killed")
     request = services.resume_request_create(engine=engine, reason="fixed", actor=operator)
 
-    command = services.resume_request_approve(resume_request=request, actor=risk_manager)
+    command = services.resume_request_approve(resume_request=request, actor=second_risk_manager)
     done = wait_for(lambda: finished(command), "resumed")
 
     assert done.status == "succeeded" and done.state_after == "ACTIVE"

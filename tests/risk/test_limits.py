@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.test import Client
 
@@ -95,6 +96,34 @@ def test_operators_and_viewers_cannot_edit_limits(operator, viewer):
         response = admin_client(user).post("/admin/risk/risklimit/add/", FORM)
         assert response.status_code == 302 and "/login/" in response["Location"]
     assert not RiskLimit.objects.exists()
+
+
+def test_a_risk_manager_by_role_alone_edits_limits_in_the_admin_with_a_reason(risk_manager):
+    # Made a risk manager by the group only, as docs/operations.md says to: no is_staff flag.
+    User.objects.filter(pk=risk_manager.pk).update(is_staff=False)
+    client = admin_client(User.objects.get(pk=risk_manager.pk))
+
+    assert "Risk limits" in client.get("/admin/").content.decode()
+    without_reason = client.post("/admin/risk/risklimit/add/", {**FORM, "change_reason": " "})
+    assert "This field is required." in without_reason.content.decode()
+    assert not RiskLimit.objects.exists()
+    assert client.post("/admin/risk/risklimit/add/", FORM).status_code == 302
+
+    limit = RiskLimit.objects.get()
+    assert (limit.updated_by, limit.changes.get().reason) == ("rita-risk", "new desk policy")
+    assert "/admin/" in client.get("/risk/").content.decode()  # the header's Admin link
+
+
+def test_a_staff_operator_still_cannot_change_a_limit(operator, risk_manager):
+    limit = save(risk_manager, kind="max_daily_loss_pct", scope="global", threshold=5)
+    User.objects.filter(pk=operator.pk).update(is_staff=True)
+    client = admin_client(User.objects.get(pk=operator.pk))
+
+    response = client.post(f"/admin/risk/risklimit/{limit.pk}/change/", {**FORM, "threshold": "50"})
+
+    assert response.status_code == 403
+    limit.refresh_from_db()
+    assert (limit.threshold, limit.version) == (Decimal(5), 1)
 
 
 def test_a_limit_needs_a_reason_and_valid_scope(risk_manager):
