@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("controlplane", "0010_command_fewer_writes")]
+    dependencies = [("controlplane", "0012_refused_events")]
 
     operations = [
         migrations.AddField(
