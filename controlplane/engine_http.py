@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import gateway
+from controlplane.input_guard import frames_checked_by_the_view
 from controlplane.models import Engine
 from dashboard.live import publisher
 from engine_sdk import protocol as p
@@ -36,6 +37,7 @@ def _authenticate(request: HttpRequest) -> Engine | HttpResponse:
     return engine
 
 
+@frames_checked_by_the_view
 @csrf_exempt  # bearer-token API: no cookies, so no cross-site request forgery
 @login_not_required
 @require_POST
