@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from alerts import notify, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
 from alerts.transports import TRANSPORTS
+from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
 
 # --- Notification channels and deliveries --------------------------------------------------------
@@ -121,7 +122,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_display = ("created_at", "event", "channel", "status", "attempts", "last_error")
     list_filter = ("status", "event", "channel")
     list_select_related = ("channel",)
@@ -157,7 +158,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_display = ("started_at", "state", "severity", "summary", "engine", "rule",
                     "acknowledged_at", "acknowledged_by_label")  # fmt: skip
     list_filter = ("state", "severity", "rule")

@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
 from risk import services
 from risk.models import RiskEvent, RiskLimit, RiskLimitChange
@@ -67,7 +68,7 @@ class RiskLimitAdmin(admin.ModelAdmin):
 
 
 @admin.register(RiskEvent)
-class RiskEventAdmin(admin.ModelAdmin):
+class RiskEventAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_display = ("at", "engine", "kind", "level", "utilisation", "message")
     list_filter = ("kind", "engine")
     list_select_related = ("engine",)
