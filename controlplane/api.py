@@ -107,11 +107,11 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> Any:
     errors: dict[str, str] = {}
     for error in exc.errors:
         # ("body", "payload", "reason") -> "reason"; ("query", "limit") -> "limit"
-        location = [
-            str(part)
-            for part in error.get("loc", ())
-            if part not in ("body", "query", "path", "form", "payload")
-        ]
+        location = [str(part) for part in error.get("loc", ())]
+        if location[:1] == ["body"]:
+            location = location[2:]  # the view's body argument is no field of the request
+        elif location[:1] in (["query"], ["path"], ["form"]):
+            location = location[1:]
         field = ".".join(location) or "body"
         errors[field] = " ".join(filter(None, [errors.get(field), str(error.get("msg", ""))]))
     detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
