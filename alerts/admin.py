@@ -17,6 +17,7 @@ from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
 from alerts.registry import METRICS, RISK_LIMIT_METRIC
 from alerts.transports import TRANSPORTS
+from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
 
 NO_CHANNEL = "no notification channel"
@@ -125,7 +126,7 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_display = ("created_at", "event", "channel", "status", "attempts", "last_error")
     list_filter = ("status", "event", "channel")
     list_select_related = ("channel",)
@@ -208,7 +209,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_display = ("started_at", "state", "severity", "summary", "engine", "rule",
                     "acknowledged_at", "acknowledged_by_label")  # fmt: skip
     list_filter = ("state", "severity", "rule")

@@ -82,16 +82,32 @@ def acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
     return redirect("alerts:list")
 
 
+def _id(value: str | None) -> int | None:
+    """A primary key typed into a form, or None when it is not a whole number."""
+    return int(value) if value and value.isascii() and value.isdigit() else None
+
+
 @require_POST
 @permission_required("alerts.add_silence", raise_exception=True)
 def silence(request: HttpRequest) -> HttpResponse:
     data = request.POST
-    rule = AlertRule.objects.filter(pk=data.get("rule") or None).first()
-    engine = Engine.objects.filter(pk=data.get("engine") or None).first()
+    rule = AlertRule.objects.filter(pk=_id(data.get("rule"))).first()
+    engine = Engine.objects.filter(pk=_id(data.get("engine"))).first()
+    # A rule or engine named but not found must not widen the silence to everything.
+    for field, value, found in (
+        ("rule", data.get("rule"), rule),
+        ("engine", data.get("engine"), engine),
+    ):
+        if value and found is None:
+            messages.error(request, f"{field}: no such {field} ({value[:40]!r}).")
+            return redirect("alerts:list")
     try:
         minutes = int(data.get("minutes") or 0)
     except ValueError:
         minutes = 0
+    # Past the longest silence the service refuses it, naming the duration; bounded first so
+    # that a huge number cannot overflow the date before it gets there.
+    minutes = max(min(minutes, services.MAX_SILENCE // timedelta(minutes=1) + 1), 0)
     try:
         services.silence_create(
             actor=request.user, reason=data.get("reason", ""),

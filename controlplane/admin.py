@@ -5,8 +5,11 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django_celery_beat import admin as celery_beat_admin
+from django_celery_beat.models import PeriodicTask
 
 from controlplane import services
+from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import audit_record, client_ip
 from controlplane.models import (
     AccountSnapshot,
@@ -25,7 +28,7 @@ from controlplane.models import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     """Data streamed by engines is evidence: the admin shows it but never edits it."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -209,3 +212,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
             ip_address=client_ip(request), data={"user": obj.user.get_username()},
         )  # fmt: skip
         super().delete_model(request, obj)
+
+
+# django_celery_beat's schedule list drills down by start date too.
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(BoundedDateHierarchy, celery_beat_admin.PeriodicTaskAdmin):
+    pass

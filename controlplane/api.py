@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from functools import cache, wraps
 from typing import Any, Literal
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_GET
-from ninja import Field, NinjaAPI, Schema
-from ninja.errors import HttpError
+from ninja import Field, NinjaAPI, Query, Schema
+from ninja.errors import HttpError, ValidationError
+from ninja.parser import Parser
 from ninja.responses import Status
 from ninja.security import HttpBearer, django_auth
+from pydantic import ConfigDict
 
 from controlplane import selectors, services
 from controlplane.audit import client_ip
-from controlplane.models import Command, CommandBatch, Engine, ResumeRequest
+from controlplane.models import Command, CommandBatch, Engine, Mode, ResumeRequest
 
 
 class ApiTokenAuth(HttpBearer):
@@ -32,8 +37,53 @@ class ApiTokenAuth(HttpBearer):
 
 
 def _docs_only(view: Any) -> Any:
-    """The schema and its docs page: read-only, for people who are logged in."""
-    return require_GET(login_required(view))
+    """The schema and its docs page: read-only, for people logged in or holding an API token
+    (a script or a test tool reads the schema as it calls the API)."""
+
+    @login_not_required  # the login is checked here, a token being as good as a session
+    @require_GET
+    @wraps(view)
+    def docs(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated and ApiTokenAuth()(request) is None:
+            if "Authorization" in request.headers:
+                return JsonResponse({"detail": "Unauthorized"}, status=401)
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return docs
+
+
+class _StrictParser(Parser):
+    """Query parameters are refused by name when they are no parameter of the API (a misspelt
+    filter would otherwise be ignored and everything listed), or when a single one is given twice
+    (which of its values counts would be a guess)."""
+
+    def parse_querydict(
+        self, data: MultiValueDict, list_fields: list[str], request: HttpRequest
+    ) -> dict[str, Any]:
+        problems = {}
+        for key in data:
+            if key not in _query_parameters():
+                problems[key or "(no name)"] = "is not a parameter of this API"
+            elif key not in list_fields and len(data.getlist(key)) > 1:
+                problems[key] = "given more than once"
+        if problems:
+            raise ValidationError(
+                [{"loc": (key,), "msg": msg, "type": "query"} for key, msg in problems.items()]
+            )
+        return super().parse_querydict(data, list_fields, request)
+
+
+@cache
+def _query_parameters() -> frozenset[str]:
+    """Every query parameter some operation of the API declares, read from its schema."""
+    return frozenset(
+        parameter["name"]
+        for operations in api.get_openapi_schema()["paths"].values()
+        for operation in operations.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "query"
+    )
 
 
 api = NinjaAPI(
@@ -42,12 +92,30 @@ api = NinjaAPI(
     urls_namespace="api",
     auth=[ApiTokenAuth(), django_auth],
     docs_decorator=_docs_only,
+    parser=_StrictParser(),
 )
 
 
 def _require(request: HttpRequest, permission: str) -> None:
     if not request.user.has_perm(permission):  # type: ignore[union-attr]
         raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> Any:
+    """422 in the same shape as the services' own refusals: each bad field named."""
+    errors: dict[str, str] = {}
+    for error in exc.errors:
+        # ("body", "payload", "reason") -> "reason"; ("query", "limit") -> "limit"
+        location = [str(part) for part in error.get("loc", ())]
+        if location[:1] == ["body"]:
+            location = location[2:]  # the view's body argument is no field of the request
+        elif location[:1] in (["query"], ["path"], ["form"]):
+            location = location[1:]
+        field = ".".join(location) or "body"
+        errors[field] = " ".join(filter(None, [errors.get(field), str(error.get("msg", ""))]))
+    detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
+    return api.create_response(request, {"detail": detail, "errors": errors}, status=422)
 
 
 @api.exception_handler(services.CommandRefused)
@@ -63,6 +131,20 @@ def _invalid(request: HttpRequest, exc: services.CommandInvalid) -> Any:
 
 
 # --- schemas ----------------------------------------------------------------------------------
+
+
+class ErrorOut(Schema):
+    """Every error answer: what went wrong, and on 400 and 422 each bad field by name."""
+
+    detail: str
+    errors: dict[str, str] | None = None
+
+
+def error_responses(*codes: int) -> dict[int, type[ErrorOut]]:
+    """The error answers an operation gives, for its schema. Every operation may answer 400 (a
+    NUL byte in a field or parameter, a body that is not JSON), 401 (no session or token) and
+    422 (a parameter out of its range or given twice)."""
+    return {code: ErrorOut for code in sorted({400, 401, 422, *codes})}
 
 
 class EngineOut(Schema):
@@ -121,6 +203,9 @@ class BatchOut(Schema):
 
 
 class CommandIn(Schema):
+    # A misspelt field is refused by name rather than ignored (an expiry that silently is not).
+    model_config = ConfigDict(extra="forbid")
+
     kind: Literal["pause", "resume", "reduce", "flatten", "cancel_all", "kill"]
     selector: str = Field(
         ..., description="all, live, tag:<tag> or engine:<name>", examples=["engine:alpha"]
@@ -128,7 +213,10 @@ class CommandIn(Schema):
     reason: str = Field(..., min_length=1, max_length=2000)
     params: dict[str, Any] = Field(default_factory=dict)
     expires_in_s: int | None = Field(
-        None, description="pause, reduce, flatten and cancel_all may expire; kill never does"
+        None,
+        ge=1,
+        le=services.MAX_EXPIRY_S,
+        description="pause, reduce, flatten and cancel_all may expire; kill never does",
     )
     confirm: str | None = Field(
         None, description="kill only: the engine's name, or KILL ALL for any other selector"
@@ -136,6 +224,8 @@ class CommandIn(Schema):
 
 
 class ReasonIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field("", max_length=2000)
 
 
@@ -175,8 +265,8 @@ def _batch_out(batch: CommandBatch, commands: list[Command] | None = None) -> di
 # --- engines ----------------------------------------------------------------------------------
 
 
-@api.get("/engines", response=list[EngineOut], tags=["engines"])
-def engines(request: HttpRequest, mode: str | None = None, tag: str | None = None) -> Any:
+@api.get("/engines", response={200: list[EngineOut], **error_responses(403)}, tags=["engines"])
+def engines(request: HttpRequest, mode: Mode | None = None, tag: str | None = None) -> Any:
     _require(request, "controlplane.view_engine")
     return list(selectors.engine_list(mode=mode, tag=tag))
 
@@ -184,7 +274,7 @@ def engines(request: HttpRequest, mode: str | None = None, tag: str | None = Non
 # --- commands ---------------------------------------------------------------------------------
 
 
-@api.post("/commands", response={201: BatchOut}, tags=["commands"])
+@api.post("/commands", response={201: BatchOut, **error_responses(403)}, tags=["commands"])
 def command_create(request: HttpRequest, payload: CommandIn) -> Any:
     """Issue a command to one engine or a selection, as one batch.
 
@@ -204,29 +294,46 @@ def command_create(request: HttpRequest, payload: CommandIn) -> Any:
         params=payload.params,
         actor=request.user,  # type: ignore[arg-type]
         ip_address=client_ip(request),
-        expires_in=timedelta(seconds=payload.expires_in_s) if payload.expires_in_s else None,
+        expires_in=timedelta(seconds=payload.expires_in_s)
+        if payload.expires_in_s is not None
+        else None,
     )
     # The commands as issued, not read back: building the answer runs while the engines are
     # being told, in the same process.
     return Status(201, _batch_out(batch, sorted(issued, key=lambda c: c.engine.name)))
 
 
-@api.get("/commands/batches/{batch_id}", response=BatchOut, tags=["commands"])
+@api.get(
+    "/commands/batches/{batch_id}",
+    response={200: BatchOut, **error_responses(403, 404)},
+    tags=["commands"],
+)
 def batch_detail(request: HttpRequest, batch_id: uuid.UUID) -> Any:
     _require(request, "controlplane.view_command")
     return _batch_out(get_object_or_404(CommandBatch, pk=batch_id))
 
 
-@api.get("/commands", response=list[CommandOut], tags=["commands"])
+@api.get(
+    "/commands",
+    response={200: list[CommandOut], **error_responses(403, 404)},
+    tags=["commands"],
+)
 def commands(
-    request: HttpRequest, engine: str | None = None, status: str | None = None, limit: int = 100
+    request: HttpRequest,
+    engine: str | None = None,
+    status: Command.Status | None = None,
+    limit: int = Query(100, ge=1, le=1000, description="the newest this many"),
 ) -> Any:
     _require(request, "controlplane.view_command")
     target = get_object_or_404(Engine, name=engine) if engine else None
-    return list(selectors.command_list(engine=target, status=status, limit=min(limit, 1000)))
+    return list(selectors.command_list(engine=target, status=status, limit=limit))
 
 
-@api.get("/commands/{command_id}", response=CommandOut, tags=["commands"])
+@api.get(
+    "/commands/{command_id}",
+    response={200: CommandOut, **error_responses(403, 404)},
+    tags=["commands"],
+)
 def command_detail(request: HttpRequest, command_id: uuid.UUID) -> Any:
     _require(request, "controlplane.view_command")
     return get_object_or_404(Command.objects.select_related("engine"), pk=command_id)
@@ -238,7 +345,9 @@ _resume_requests = ResumeRequest.objects.select_related("engine")
 
 
 @api.post(
-    "/engines/{name}/resume-requests", response={201: ResumeRequestOut}, tags=["resume requests"]
+    "/engines/{name}/resume-requests",
+    response={201: ResumeRequestOut, **error_responses(403, 404)},
+    tags=["resume requests"],
 )
 def resume_request_create(request: HttpRequest, name: str, payload: ReasonIn) -> Any:
     """Ask for a HALTED engine to be resumed; a second person (a risk manager) approves."""
@@ -252,13 +361,23 @@ def resume_request_create(request: HttpRequest, name: str, payload: ReasonIn) ->
     return Status(201, resume_request)
 
 
-@api.get("/resume-requests", response=list[ResumeRequestOut], tags=["resume requests"])
-def resume_requests(request: HttpRequest, status: str = "open") -> Any:
+@api.get(
+    "/resume-requests",
+    response={200: list[ResumeRequestOut], **error_responses(403)},
+    tags=["resume requests"],
+)
+def resume_requests(
+    request: HttpRequest, status: ResumeRequest.Status = ResumeRequest.Status.OPEN
+) -> Any:
     _require(request, "controlplane.view_resumerequest")
     return list(ResumeRequest.objects.filter(status=status).select_related("engine")[:200])
 
 
-@api.post("/resume-requests/{request_id}/approve", response=CommandOut, tags=["resume requests"])
+@api.post(
+    "/resume-requests/{request_id}/approve",
+    response={200: CommandOut, **error_responses(403, 404)},
+    tags=["resume requests"],
+)
 def resume_request_approve(request: HttpRequest, request_id: int, payload: ReasonIn) -> Any:
     resume_request = get_object_or_404(
         ResumeRequest.objects.select_related("engine"), pk=request_id
@@ -273,7 +392,9 @@ def resume_request_approve(request: HttpRequest, request_id: int, payload: Reaso
 
 
 @api.post(
-    "/resume-requests/{request_id}/reject", response=ResumeRequestOut, tags=["resume requests"]
+    "/resume-requests/{request_id}/reject",
+    response={200: ResumeRequestOut, **error_responses(403, 404)},
+    tags=["resume requests"],
 )
 def resume_request_reject(request: HttpRequest, request_id: int, payload: ReasonIn) -> Any:
     resume_request = get_object_or_404(

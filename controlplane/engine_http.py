@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import gateway
+from controlplane.input_guard import frames_checked_by_the_view
 from controlplane.models import Engine
 from controlplane.ratelimit import TokenBucket
 from dashboard.live import publisher
@@ -66,6 +67,7 @@ def _rate_limited(engine: Engine) -> HttpResponse | None:
     return response
 
 
+@frames_checked_by_the_view
 @csrf_exempt  # bearer-token API: no cookies, so no cross-site request forgery
 @login_not_required
 @require_POST

@@ -54,6 +54,12 @@ class Period:
         return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+# Engines trade in the present: these bound a week that can be asked for, well inside what dates
+# and time zones can express.
+FIRST_REPORT_YEAR = 1970
+LAST_REPORT_YEAR = 9998
+
+
 class BadWeek(ValueError):
     """A week string that is not an ISO week such as 2026-W47."""
 
@@ -64,6 +70,12 @@ def iso_week(week: str, tz: ZoneInfo) -> Period:
     if not match:
         raise BadWeek(f"{week!r} is not an ISO week: write it as YYYY-Www, e.g. 2026-W47.")
     year, number = int(match[1]), int(match[2])
+    if not FIRST_REPORT_YEAR <= year <= LAST_REPORT_YEAR:
+        # The page links the weeks either side and reads the days around the period in any
+        # time zone: at the calendar's ends those dates do not exist.
+        raise BadWeek(
+            f"{week!r} is out of range: reports cover {FIRST_REPORT_YEAR} to {LAST_REPORT_YEAR}."
+        )
     try:
         monday = date.fromisocalendar(year, number, 1)
     except ValueError:

@@ -31,11 +31,12 @@ AUDIT_PAGE_SIZE = 50
 def _back(request: HttpRequest) -> HttpResponseRedirect:
     """Back to the page the form was on (its ``next`` field), or the fleet."""
     target = request.POST.get("next") or ""
-    if not url_has_allowed_host_and_scheme(
+    # A path of this site only: redirect() would take a bare word for a URL name to look up.
+    if not target.startswith("/") or not url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         target = reverse("dashboard:fleet")
-    return redirect(target)
+    return HttpResponseRedirect(target)
 
 
 def _error_messages(request: HttpRequest, exc: ValidationError) -> None:
@@ -130,10 +131,13 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
 def command_issue(request: HttpRequest) -> HttpResponse:
     """Every command dialog posts here; success lands on the batch page."""
     if not any(request.user.has_perm(perm) for perm in services.COMMAND_PERMISSIONS):
-        # Someone who may issue no command at all is refused outright (a 403), and it is recorded.
+        # Someone who may issue no command at all is refused outright (a 403), and it is recorded,
+        # under the kind asked for when it is one (the audit's action is a short known name).
+        asked = request.POST.get("kind", "")
         services.command_refuse(
             f"{request.user.get_username()} may not issue commands",
-            action=f"command_{request.POST.get('kind', '')}".rstrip("_"), actor=request.user,
+            action=f"command_{asked}" if asked in CommandKind.values else "command",
+            actor=request.user,
             actor_label=None, reason=request.POST.get("reason", ""),
             ip_address=client_ip(request), data={"selector": request.POST.get("selector")},
         )  # fmt: skip

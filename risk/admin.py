@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
 from risk import events, services
 from risk.models import RiskEvent, RiskLimit, RiskLimitChange
@@ -96,7 +97,7 @@ class RiskLimitAdmin(admin.ModelAdmin):
 
 
 @admin.register(RiskEvent)
-class RiskEventAdmin(admin.ModelAdmin):
+class RiskEventAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_display = ("at", "engine", "kind", "level", "utilisation", "message")
     list_filter = ("kind", "engine")
     list_select_related = ("engine",)

@@ -162,7 +162,13 @@ def test_the_analytics_of_the_fleet_take_a_fixed_number_of_queries(
 
 @pytest.mark.parametrize(
     ("week", "message"),
-    [("2026-47", "not an ISO week"), ("2026-W54", "has no ISO week 54"), ("26-W01", "YYYY-Www")],
+    [
+        ("2026-47", "not an ISO week"),
+        ("2026-W54", "has no ISO week 54"),
+        ("26-W01", "YYYY-Www"),
+        ("9999-W52", "out of range"),
+        ("0001-W01", "out of range"),
+    ],
 )
 def test_a_bad_week_says_what_is_wrong(week: str, message: str) -> None:
     with pytest.raises(analytics.BadWeek, match=message):

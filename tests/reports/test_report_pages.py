@@ -151,6 +151,10 @@ def test_a_week_without_trading_says_so_on_the_page(viewer: User, db: None) -> N
         ("/reports/2026-47/", "is not an ISO week: write it as YYYY-Www"),
         ("/reports/last-week.csv", "is not an ISO week: write it as YYYY-Www"),
         ("/reports/2026-W00.csv", "2026 has no ISO week 0."),
+        # The calendar's ends: the weeks either side of them do not exist.
+        ("/reports/9999-W52/", "out of range: reports cover 1970 to 9998"),
+        ("/reports/9999-W52.csv", "out of range: reports cover 1970 to 9998"),
+        ("/reports/0001-W01/", "out of range: reports cover 1970 to 9998"),
     ],
 )
 def test_a_bad_week_is_a_404_that_says_why(viewer: User, path: str, message: str) -> None:
