@@ -311,7 +311,7 @@ def metric_series(
 
 
 def rejection_series(engine: Engine, *, minutes: int = 120, now: datetime | None = None) -> dict:
-    """Orders and rejections per minute over the last ``minutes``."""
+    """The share of orders rejected, per minute over the last ``minutes``."""
     now = now or datetime.now(UTC)
     buckets = (
         Order.objects.filter(engine=engine, created_at__gte=now - timedelta(minutes=minutes))
@@ -324,7 +324,9 @@ def rejection_series(engine: Engine, *, minutes: int = 120, now: datetime | None
     for bucket in buckets:
         ts.append(bucket["minute"].isoformat())
         rate.append(100.0 * bucket["rejected"] / bucket["n"])
-    return {"ts": ts, "rejection_pct": rate}
+    # The window itself, for the chart's axis to span when there are few buckets or none.
+    since = (now - timedelta(minutes=minutes)).replace(second=0, microsecond=0)
+    return {"ts": ts, "rejection_pct": rate, "since": since.isoformat(), "until": now.isoformat()}
 
 
 def engine_logs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:

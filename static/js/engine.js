@@ -44,25 +44,32 @@
     return isoList.length ? Date.parse(isoList[isoList.length - 1]) : -Infinity;
   }
 
-  function draw() {
-    Object.keys(charts).forEach(function (name) {
-      var div = charts[name];
-      var figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
-      figure.data.forEach(function (trace) {
-        trace.x = (trace.x || []).map(localX);
-      });
-      // Minute buckets: minutes on the axis, even while there are only one or two, and a tick
-      // a minute at most (Plotly's own half-minute ticks wrote each minute twice).
-      if (name === "rejections") {
-        figure.layout.xaxis.tickformat = "%H:%M";
-        figure.layout.xaxis.dtick = 60 * 1000;
-      }
-      Plotly.newPlot(div, figure.data, figure.layout, config);
+  function drawChart(name) {
+    var div = charts[name];
+    var figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
+    var newestMs = lastMs((figure.data[0] && figure.data[0].x) || []);
+    figure.data.forEach(function (trace) {
+      trace.x = (trace.x || []).map(localX);
     });
-    var equity = JSON.parse(document.getElementById("equity-figure").textContent).data[0].x || [];
-    var latency = JSON.parse(document.getElementById("latency-figure").textContent).data[0].x || [];
-    current.equityMs = lastMs(equity);
-    current.latencyMs = lastMs(latency);
+    // The window the axis spans at least (dashboard.charts.rejection_figure), in the same
+    // wall-clock time as the points. No tick spacing is forced on any axis: over a span Plotly
+    // did not expect, forced ticks can number in the hundreds of thousands.
+    var range = figure.layout.xaxis.autorangeoptions;
+    if (range && range.include) range.include = range.include.map(localX);
+    Plotly.newPlot(div, figure.data, figure.layout, config);
+    if (name === "equity") current.equityMs = newestMs;
+    if (name === "latency") current.latencyMs = newestMs;
+  }
+
+  function draw(then) {
+    // One chart a task: between them the browser handles a click (Kill) and paints, however
+    // slow the machine; the live updates start once every chart is there to extend.
+    var names = Object.keys(charts);
+    (function next() {
+      if (!names.length) return then();
+      drawChart(names.shift());
+      setTimeout(next, 0);
+    })();
   }
 
   function replaceSeries(snapshot) {
@@ -398,13 +405,15 @@
     queueCharts(update);
   }
 
-  draw();
-  var live = Live.connect({
-    topics: ["engine:" + root.dataset.engine],
-    snapshotUrl: root.dataset.snapshotUrl,
-    onSnapshot: onSnapshot,
-    onUpdate: onUpdate,
+  var live = null;
+  draw(function () {
+    live = Live.connect({
+      topics: ["engine:" + root.dataset.engine],
+      snapshotUrl: root.dataset.snapshotUrl,
+      onSnapshot: onSnapshot,
+      onUpdate: onUpdate,
+    });
+    window.engineLive = live;
   });
-  window.engineLive = live;
   current.fillId = Number((document.querySelector("#fills-table tbody tr[data-fill]") || { dataset: { fill: 0 } }).dataset.fill);
 })();
