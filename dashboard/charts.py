@@ -51,10 +51,10 @@ def _layout(fig: go.Figure, *, height: int) -> go.Figure:
 
 
 def equity_figure(series: dict[str, list[Any]]) -> str:
-    """Equity on top, drawdown from the high-water mark (%) below, sharing the time axis."""
+    """Equity on top, drawdown from the session's running peak (%) below, sharing the time axis."""
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06,
-        subplot_titles=("Equity", "Drawdown from high-water mark (%)"),
+        subplot_titles=("Equity", "Drawdown from the session's peak (%)"),
     )  # fmt: skip
     fig.add_trace(
         go.Scatter(x=series["ts"], y=series["equity"], name="equity", mode="lines",

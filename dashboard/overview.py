@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
     Count,
     DecimalField,
@@ -283,21 +284,96 @@ def engine_fills(
     ]
 
 
-def equity_series(engine: Engine, *, since: datetime | None = None, limit: int = 2000) -> dict:
-    """Equity points and the drawdown from the running high-water mark at each, oldest first."""
-    snapshots = AccountSnapshot.objects.filter(engine=engine)
-    if since is not None:
-        snapshots = snapshots.filter(ts__gt=since)
-    points = list(snapshots.order_by("-ts").values_list("ts", "equity")[:limit])[::-1]
-    peak = float(engine.high_water_mark) if engine.high_water_mark is not None else None
+EQUITY_POINTS = 2000
+
+# The session's equity with its running peak and the drawdown from it, computed over every stored
+# snapshot of the session, then cut down to at most %(points)s points for the chart: the session
+# is split into %(buckets)s + 1 equal spans of time, and each span keeps its deepest drawdown and
+# its highest equity (often the same point); the session's last point is always kept. A session
+# short enough is returned whole.
+_SESSION_EQUITY_SQL = """
+WITH s AS (
+    SELECT ts, equity,
+           max(equity) OVER (ORDER BY ts, seq) AS peak,
+           row_number() OVER (ORDER BY ts, seq) AS i,
+           count(*) OVER () AS n,
+           min(ts) OVER () AS first_ts,
+           max(ts) OVER () AS last_ts
+      FROM controlplane_accountsnapshot
+     WHERE engine_id = %(engine)s AND ts >= %(since)s
+), d AS (
+    SELECT ts, equity, peak, i, n,
+           CASE WHEN peak > 0 THEN (equity - peak) / peak * 100 ELSE 0 END AS drawdown,
+           CASE WHEN n <= %(points)s THEN i
+                ELSE floor(extract(epoch FROM ts - first_ts)
+                           / NULLIF(extract(epoch FROM last_ts - first_ts), 0) * %(buckets)s)
+           END AS bucket
+      FROM s
+), ranked AS (
+    SELECT ts, equity, peak, drawdown, i, n,
+           row_number() OVER (PARTITION BY bucket ORDER BY drawdown, i) AS deepest,
+           row_number() OVER (PARTITION BY bucket ORDER BY equity DESC, i) AS highest
+      FROM d
+)
+SELECT ts, equity, drawdown, peak FROM ranked
+ WHERE deepest = 1 OR highest = 1 OR i = n
+ ORDER BY i
+"""
+
+
+def _drawdown_pct(equity: float, peak: float | None) -> float:
+    return 100.0 * (equity - peak) / peak if peak else 0.0
+
+
+def equity_series(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    peak: float | None = None,
+    limit: int = EQUITY_POINTS,
+) -> dict[str, Any]:
+    """The session's equity and its drawdown (%, negative) from the session's running peak.
+
+    Without ``since``: the whole session (since ``Engine.session_start_at``), its peak taken from
+    the series' own history in SQL and the points cut down to at most ``limit``. With ``since``
+    (the live updates): the points after it, oldest first, their running peak starting at
+    ``peak``, the session's peak up to ``since`` (ignored when a new session began after it).
+    ``peak`` in the result is the session's peak at the last point, for the next call.
+    """
+    session = engine.session_start_at
+    empty: dict[str, Any] = {"ts": [], "equity": [], "drawdown_pct": [], "peak": peak}
+    if session is None:
+        return empty
+    if since is None:
+        buckets = max(1, (limit - 1) // 2 - 1)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _SESSION_EQUITY_SQL,
+                {"engine": engine.pk, "since": session, "points": limit, "buckets": buckets},
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return empty
+        return {
+            "ts": [ts.isoformat() for ts, _, _, _ in rows],
+            "equity": [float(equity) for _, equity, _, _ in rows],
+            "drawdown_pct": [float(drawdown) for _, _, drawdown, _ in rows],
+            "peak": float(rows[-1][3]),
+        }
+    if session > since:
+        since, peak = session, None  # a new session: its peak starts again
+        newer = AccountSnapshot.objects.filter(engine=engine, ts__gte=since)
+    else:
+        newer = AccountSnapshot.objects.filter(engine=engine, ts__gt=since)
     ts, equity, drawdown = [], [], []
-    for at, value in points:
+    for at, value in newer.order_by("ts", "seq").values_list("ts", "equity"):
         v = float(value)
         peak = v if peak is None else max(peak, v)
         ts.append(at.isoformat())
         equity.append(v)
-        drawdown.append(-100.0 * (peak - v) / peak if peak else 0.0)
-    return {"ts": ts, "equity": equity, "drawdown_pct": drawdown}
+        drawdown.append(_drawdown_pct(v, peak))
+    return {"ts": ts[-limit:], "equity": equity[-limit:], "drawdown_pct": drawdown[-limit:],
+            "peak": peak}  # fmt: skip
 
 
 def metric_series(
@@ -348,7 +424,7 @@ def engine_snapshot(engine: Engine) -> dict[str, Any]:
         "positions": engine_positions(engine),
         "orders": engine_working_orders(engine),
         "fills": engine_fills(engine),
-        "equity": equity_series(engine),
+        "equity": {k: v for k, v in equity_series(engine).items() if k != "peak"},
         "latency": metric_series(engine, "latency_ms"),
         "rejections": rejection_series(engine),
         "logs": engine_logs(engine),
