@@ -21,23 +21,26 @@ from django.db.models import (
     DecimalField,
     ExpressionWrapper,
     F,
+    JSONField,
     OuterRef,
     Q,
     QuerySet,
     Subquery,
     Sum,
 )
-from django.db.models.functions import Abs, Coalesce, TruncMinute
+from django.db.models.functions import Abs, Coalesce, JSONObject, TruncMinute
 
 from controlplane.models import (
     AccountSnapshot,
     Command,
+    CommandKind,
     Engine,
     EngineLog,
     Fill,
     MetricSample,
     Order,
     Position,
+    TradingState,
 )
 
 ZERO = Decimal(0)
@@ -80,6 +83,19 @@ class FleetRow:
     rejection_rate: float | None
     latency_ms: float | None
     firing_alerts: int = 0
+    # The state's cause as the row shows it on one line: who or what set it ("alice", "limit #3
+    # max_daily_loss", "alert rule <name>", "control plane (latched state)", or "engine" for the
+    # engine's own reason, such as the SDK's dead-man pause), when and why; cause_title says all
+    # of it. "" when nothing is known (a new engine). See _cause_of.
+    cause_kind: str = ""
+    cause_by: str = ""
+    cause_reason: str = ""
+    cause_at: str | None = None
+    cause_batch: str | None = None
+    cause_title: str = ""
+    # The engine's own reason for the state it reports, for the engine page.
+    engine_reason: str = ""
+    engine_reason_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +133,99 @@ def _engines(
         .order_by("-ts")
         .values("value")[:1]
     )
-    return engines.annotate(latency_ms=Subquery(latest_latency)).order_by("name")
+    return engines.annotate(
+        latency_ms=Subquery(latest_latency), state_cause=_state_cause()
+    ).order_by("name")
+
+
+# The desired state each command kind leaves an engine in, when it changes it.
+STATE_SET_BY = {
+    CommandKind.KILL: TradingState.HALTED,
+    CommandKind.PAUSE: TradingState.PAUSED,
+    CommandKind.RESUME: TradingState.ACTIVE,
+    CommandKind.REDUCE: TradingState.REDUCING,
+    CommandKind.FLATTEN: TradingState.REDUCING,
+}
+
+
+def _state_cause() -> Subquery:
+    """The command that set each engine's desired state, as one JSON value per engine row.
+
+    Issuing writes the batch's commands and the engines' new desired states with one timestamp
+    (controlplane.services._set_desired_states), so that command is the one of a state-setting
+    kind created at the engine's desired_changed_at: an index lookup per engine
+    (command_engine_recent_idx) inside the engines' own query, not a query per engine.
+    """
+    command = (
+        Command.objects.filter(
+            engine=OuterRef("pk"),
+            created_at=OuterRef("desired_changed_at"),
+            kind__in=list(STATE_SET_BY),
+        )
+        .order_by("-created_at")
+        .values(
+            cause=JSONObject(
+                kind="kind", by="issued_by_label", reason="reason", at="created_at",
+                batch="batch_id",
+            )
+        )[:1]
+    )  # fmt: skip
+    return Subquery(command, output_field=JSONField())
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _cause_of(engine: Engine) -> dict[str, Any]:
+    """The FleetRow's cause fields: the command that set the desired state and the engine's own
+    reason for the state it reports; the row shows the engine's when it paused itself against
+    the control plane's wish (the SDK's dead-man), the command's otherwise."""
+    command = engine.state_cause or {}  # type: ignore[attr-defined]
+    # A command of another kind than the state (the state changed since without a command,
+    # say a timed pause that ran out) is not its cause.
+    if command and STATE_SET_BY.get(command["kind"]) != engine.desired_state:
+        command = {}
+    at = datetime.fromisoformat(command["at"]) if command else None
+    # The engine's own reason, while it still reports the state it gave it for: an ACTIVE
+    # engine's ("start", "dead-man: server is back") says nothing an operator must act on.
+    own = (
+        bool(engine.reported_reason)
+        and engine.reported_reason_state == engine.reported_state
+        and engine.reported_state != TradingState.ACTIVE
+    )
+    own_at = engine.reported_reason_at if own else None
+    title = []
+    if command:
+        title.append(
+            f"{engine.desired_state} by {command['by']} ({command['kind']}) at "
+            f"{_stamp(at)}: {command['reason']}"  # type: ignore[arg-type]
+        )
+    if own:
+        when = f" since {_stamp(own_at)}" if own_at else ""
+        title.append(f"The engine reports {engine.reported_state}{when}: {engine.reported_reason}")
+    fields: dict[str, Any] = {
+        "cause_title": "\n".join(title),
+        "engine_reason": engine.reported_reason if own else "",
+        "engine_reason_at": own_at.isoformat() if own_at else None,
+    }
+    if own and (not command or engine.desired_state == TradingState.ACTIVE):
+        shown = {"by": "engine", "reason": engine.reported_reason, "at": own_at}
+        return fields | _shown(shown)
+    if command:
+        return fields | _shown(command | {"at": at})
+    return fields
+
+
+def _shown(cause: dict[str, Any]) -> dict[str, Any]:
+    at = cause.get("at")
+    return {
+        "cause_kind": cause.get("kind", ""),
+        "cause_by": cause["by"],
+        "cause_reason": cause["reason"],
+        "cause_at": at.astimezone(UTC).isoformat() if at else None,
+        "cause_batch": cause.get("batch"),
+    }
 
 
 def fleet_rows(
@@ -182,6 +290,7 @@ def fleet_rows(
                 rejection_rate=rejected / orders_today if orders_today else None,
                 latency_ms=engine.latency_ms,  # type: ignore[attr-defined]
                 firing_alerts=firing.get(engine.pk, 0),
+                **_cause_of(engine),
             )
         )
     return rows

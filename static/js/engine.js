@@ -333,6 +333,10 @@
       desired.textContent = "→ " + row.desired_state;
       desired.className = "state-desired state-" + row.desired_state.toLowerCase();
       desired.hidden = Live.desiredHidden(row);
+      Live.renderCause(document.getElementById("state-cause").querySelector("[data-cause]"), row);
+      var own = document.getElementById("engine-reason");
+      own.hidden = !row.engine_reason || row.cause_by === "engine";
+      own.querySelector(".cause-why").textContent = row.engine_reason || "";
     }
     setText(col("equity"), fmt.money(row.equity), "num");
     setText(col("day_pnl"), fmt.signed(row.day_pnl), "num " + fmt.signClass(row.day_pnl));
