@@ -177,14 +177,17 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _cause_of(engine: Engine) -> dict[str, Any]:
+def _cause_of(engine: Engine, now: datetime) -> dict[str, Any]:
     """The FleetRow's cause fields: the command that set the desired state and the engine's own
     reason for the state it reports; the row shows the engine's when it paused itself against
     the control plane's wish (the SDK's dead-man), the command's otherwise."""
     command = engine.state_cause or {}  # type: ignore[attr-defined]
+    desired = engine.desired_state
+    if desired == TradingState.PAUSED and engine.desired_until and engine.desired_until <= now:
+        desired = TradingState.ACTIVE  # a timed pause that ran out
     # A command of another kind than the state (the state changed since without a command,
     # say a timed pause that ran out) is not its cause.
-    if command and STATE_SET_BY.get(command["kind"]) != engine.desired_state:
+    if command and STATE_SET_BY.get(command["kind"]) != desired:
         command = {}
     at = datetime.fromisoformat(command["at"]) if command else None
     # The engine's own reason, while it still reports the state it gave it for: an ACTIVE
@@ -290,7 +293,7 @@ def fleet_rows(
                 rejection_rate=rejected / orders_today if orders_today else None,
                 latency_ms=engine.latency_ms,  # type: ignore[attr-defined]
                 firing_alerts=firing.get(engine.pk, 0),
-                **_cause_of(engine),
+                **_cause_of(engine, now),
             )
         )
     return rows

@@ -98,6 +98,20 @@ def test_a_state_changed_without_a_command_shows_no_stale_cause(
     assert row.cause_by == "" and row.cause_title == ""
 
 
+def test_a_timed_pause_that_ran_out_is_no_longer_the_cause(
+    make_engine: MakeEngine, operator: User
+) -> None:
+    make_engine("alpha")
+    services.command_issue(
+        kind="pause", selector="engine:alpha", reason="r", actor=operator,
+        params={"duration": 60},
+    )  # fmt: skip
+    assert row_of("alpha").cause_by == "otto-operator"
+    Engine.objects.filter(name="alpha").update(desired_until=datetime.now(UTC))
+
+    assert row_of("alpha").cause_by == ""
+
+
 def test_the_engines_own_reason_for_pausing_itself_is_shown_until_it_reports_another_state(
     make_engine: MakeEngine,
 ) -> None:
