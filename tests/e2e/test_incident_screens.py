@@ -337,3 +337,19 @@ def test_the_kill_dialogs_say_how_many_engines_and_how_much_exposure_they_hit(
     expect(page.locator("#kill-dialog [data-kill-scope]")).to_have_text(
         "This kill hits 2 engines, gross exposure 40,000 (1 already HALTED)."
     )
+
+
+def test_at_390_px_the_pages_do_not_run_off_the_screen(
+    page: Page, uvicorn_server: UvicornServer, risk_manager: User, incident: dict[str, Engine]
+) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    _log_in(page, uvicorn_server, risk_manager)
+
+    kill = page.locator(".selection-bar").get_by_role("button", name="Kill…")
+    kill.scroll_into_view_if_needed()
+    box = kill.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390, box
+    for url in ("/", "/engines/charlie-stat-arb/"):
+        page.goto(f"{uvicorn_server.url}{url}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (url, width)
