@@ -72,6 +72,8 @@
     })();
   }
 
+  var replacing = 0; // charts still to be redrawn from a snapshot (see replaceSeries)
+
   function replaceSeries(snapshot) {
     queued = null; // the snapshot holds every point queued so far
     var eq = snapshot.equity;
@@ -83,19 +85,33 @@
     update.y[order.indexOf(t.equity)] = eq.equity;
     update.x[order.indexOf(t.drawdown)] = ex;
     update.y[order.indexOf(t.drawdown)] = eq.drawdown_pct;
-    Plotly.restyle(charts.equity, update, order);
     current.equityMs = lastMs(eq.ts);
-    Plotly.restyle(
-      charts.latency,
-      { x: [snapshot.latency.ts.map(localX)], y: [snapshot.latency.value] },
-      [traces.latency.latency]
-    );
     current.latencyMs = lastMs(snapshot.latency.ts);
-    Plotly.restyle(
-      charts.rejections,
-      { x: [snapshot.rejections.ts.map(localX)], y: [snapshot.rejections.rejection_pct] },
-      [traces.rejections.rejection]
-    );
+    // One chart a task, as when first drawn; points arriving meanwhile wait (drawQueued) so that
+    // they extend the snapshot's series, not the ones it replaces.
+    var steps = [
+      function () { Plotly.restyle(charts.equity, update, order); },
+      function () {
+        Plotly.restyle(
+          charts.latency,
+          { x: [snapshot.latency.ts.map(localX)], y: [snapshot.latency.value] },
+          [traces.latency.latency]
+        );
+      },
+      function () {
+        Plotly.restyle(
+          charts.rejections,
+          { x: [snapshot.rejections.ts.map(localX)], y: [snapshot.rejections.rejection_pct] },
+          [traces.rejections.rejection]
+        );
+      },
+    ];
+    replacing += 1;
+    (function next() {
+      steps.shift()();
+      if (steps.length) setTimeout(next, 0);
+      else replacing -= 1;
+    })();
   }
 
   function newPoints(ts, columns, afterMs) {
@@ -148,6 +164,10 @@
 
   function drawQueued() {
     chartTimer = null;
+    if (replacing) {
+      chartTimer = setTimeout(drawQueued, CHART_MS);
+      return;
+    }
     var q = queued;
     queued = null;
     if (!q) return;
