@@ -550,7 +550,10 @@ def _project(
     group.metrics += [(engine_id, m.ts, m.name, m.value, m.seq) for m in split.metrics]
     group.logs += [(engine_id, e.ts, e.level, e.message, e.context, e.seq) for e in split.logs]
     if split.state is not None:
-        engine_update["reported_state"] = split.state.trading_state
+        state = split.state
+        engine_update |= {"reported_state": state.trading_state, "reported_reason": state.reason,
+                          "reported_reason_state": state.trading_state,
+                          "reported_reason_at": state.ts}  # fmt: skip
     group.engines[engine_id] = engine_update
     return [e for e in batch if e.seq not in rejected]
 
@@ -1052,7 +1055,8 @@ _ENGINE_COLUMNS = {
     "rejected_today": "integer", "fills_today": "integer", "working_orders": "integer",
     "equity": "numeric", "cash": "numeric", "session_start_at": "timestamptz",
     "session_start_equity": "numeric", "high_water_mark": "numeric", "day_pnl": "numeric",
-    "drawdown_pct": "numeric", "reported_state": "text",
+    "drawdown_pct": "numeric", "reported_state": "text", "reported_reason": "text",
+    "reported_reason_state": "text", "reported_reason_at": "timestamptz",
 }  # fmt: skip
 
 

@@ -81,6 +81,14 @@ class Engine(models.Model):
     # docs/protocol.md); its next hello clears it. A stopped engine is shown as stopped, not as
     # down, and raises no engine-down alert.
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # Why the engine says it changed state (its last state event: "dead-man: no server for
+    # 15 s"), for which state and when. Shown only while the engine still reports that state: a
+    # heartbeat or hello may change reported_state without a reason.
+    reported_reason = models.CharField(max_length=1024, blank=True)
+    reported_reason_state = models.CharField(
+        max_length=10, choices=TradingState.choices, blank=True
+    )
+    reported_reason_at = models.DateTimeField(null=True, blank=True)
 
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_hint = models.CharField(max_length=12, blank=True, editable=False)
@@ -418,6 +426,14 @@ class CommandBatch(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "command batches"
+        indexes = [
+            # The latest fleet-wide kill, looked up for the banner on every page.
+            models.Index(
+                fields=["-created_at"],
+                name="batch_fleet_kill_idx",
+                condition=Q(kind="kill", selector="all"),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.selector}"

@@ -51,10 +51,10 @@ def _layout(fig: go.Figure, *, height: int) -> go.Figure:
 
 
 def equity_figure(series: dict[str, list[Any]]) -> str:
-    """Equity on top, drawdown from the high-water mark (%) below, sharing the time axis."""
+    """Equity on top, drawdown from the session's running peak (%) below, sharing the time axis."""
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06,
-        subplot_titles=("Equity", "Drawdown from high-water mark (%)"),
+        subplot_titles=("Equity", "Drawdown from the session's peak (%)"),
     )  # fmt: skip
     fig.add_trace(
         go.Scatter(x=series["ts"], y=series["equity"], name="equity", mode="lines",
@@ -78,11 +78,31 @@ def latency_figure(series: dict[str, list[Any]]) -> str:
     return pio.to_json(_layout(fig, height=220))
 
 
-def rejection_figure(series: dict[str, list[Any]]) -> str:
+# Minutes on the axis when its ticks are a minute or more apart, seconds below that: two ticks
+# within one minute never read the same.
+MINUTE_TICKS = [
+    {"dtickrange": [None, 60_000], "value": "%H:%M:%S"},
+    {"dtickrange": [60_000, None], "value": "%H:%M"},
+]
+
+
+def rejection_figure(series: dict[str, Any]) -> str:
+    """Per-minute buckets over the series' whole window (``since`` to ``until``).
+
+    The axis always spans the window, whatever its bars: an engine without orders for two hours
+    has none, and a date axis with nothing to span falls back to a whole year, where the forced
+    one-minute ticks this chart once had came to half a million and held the page's main thread
+    for about a minute. Plotly picks the tick spacing; ``MINUTE_TICKS`` only formats them.
+    """
     fig = go.Figure(
         go.Bar(x=series["ts"], y=series["rejection_pct"], name="rejections",
                marker={"color": RED})
     )  # fmt: skip
     fig.update_layout(title={"text": "Rejected orders per minute (%)", "font": {"size": 13}})
     fig.update_yaxes(range=[0, 100])
-    return pio.to_json(_layout(fig, height=220))
+    _layout(fig, height=220)
+    fig.update_xaxes(
+        autorangeoptions={"include": [series["since"], series["until"]]},
+        tickformatstops=MINUTE_TICKS,
+    )
+    return pio.to_json(fig)

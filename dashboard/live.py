@@ -66,6 +66,7 @@ class _Cursor:
     def __init__(self) -> None:
         self.fill_id: int | None = None
         self.equity_ts: datetime | None = None
+        self.equity_peak: float | None = None  # the session's peak at equity_ts
         self.latency_ts: datetime | None = None
 
 
@@ -78,9 +79,13 @@ def engine_delta(engine_id: int, cursor: _Cursor) -> dict[str, Any] | None:
     fills = overview.engine_fills(engine, after_id=cursor.fill_id, limit=100)
     if fills:
         cursor.fill_id = fills[0]["id"]
-    equity = overview.equity_series(engine, since=cursor.equity_ts, limit=500)
+    equity = overview.equity_series(
+        engine, since=cursor.equity_ts, peak=cursor.equity_peak, limit=500
+    )
+    peak = equity.pop("peak")  # the cursor's, not a column of the series the pages extend
     if equity["ts"]:
         cursor.equity_ts = datetime.fromisoformat(equity["ts"][-1])
+        cursor.equity_peak = peak
     latency = overview.metric_series(engine, "latency_ms", since=cursor.latency_ts, limit=500)
     if latency["ts"]:
         cursor.latency_ts = datetime.fromisoformat(latency["ts"][-1])

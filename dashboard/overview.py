@@ -15,28 +15,32 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
     Count,
     DecimalField,
     ExpressionWrapper,
     F,
+    JSONField,
     OuterRef,
     Q,
     QuerySet,
     Subquery,
     Sum,
 )
-from django.db.models.functions import Abs, Coalesce, TruncMinute
+from django.db.models.functions import Abs, Coalesce, JSONObject, TruncMinute
 
 from controlplane.models import (
     AccountSnapshot,
     Command,
+    CommandKind,
     Engine,
     EngineLog,
     Fill,
     MetricSample,
     Order,
     Position,
+    TradingState,
 )
 
 ZERO = Decimal(0)
@@ -81,6 +85,19 @@ class FleetRow:
     rejection_rate: float | None
     latency_ms: float | None
     firing_alerts: int = 0
+    # The state's cause as the row shows it on one line: who or what set it ("alice", "limit #3
+    # max_daily_loss", "alert rule <name>", "control plane (latched state)", or "engine" for the
+    # engine's own reason, such as the SDK's dead-man pause), when and why; cause_title says all
+    # of it. "" when nothing is known (a new engine). See _cause_of.
+    cause_kind: str = ""
+    cause_by: str = ""
+    cause_reason: str = ""
+    cause_at: str | None = None
+    cause_batch: str | None = None
+    cause_title: str = ""
+    # The engine's own reason for the state it reports, for the engine page.
+    engine_reason: str = ""
+    engine_reason_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +135,100 @@ def _engines(
         .order_by("-ts")
         .values("value")[:1]
     )
-    return engines.annotate(latency_ms=Subquery(latest_latency)).order_by("name")
+    return engines.annotate(
+        latency_ms=Subquery(latest_latency), state_cause=_state_cause()
+    ).order_by("name")
+
+
+# The desired state each command kind leaves an engine in, when it changes it.
+STATE_SET_BY = {
+    CommandKind.KILL: TradingState.HALTED,
+    CommandKind.PAUSE: TradingState.PAUSED,
+    CommandKind.RESUME: TradingState.ACTIVE,
+    CommandKind.REDUCE: TradingState.REDUCING,
+    CommandKind.FLATTEN: TradingState.REDUCING,
+}
+
+
+def _state_cause() -> Subquery:
+    """The command that set each engine's desired state, as one JSON value per engine row.
+
+    Issuing writes the batch's commands and the engines' new desired states with one timestamp
+    (controlplane.services._set_desired_states), so that command is the one of a state-setting
+    kind created at the engine's desired_changed_at: an index lookup per engine
+    (command_engine_recent_idx) inside the engines' own query, not a query per engine.
+    """
+    command = (
+        Command.objects.filter(
+            engine=OuterRef("pk"),
+            created_at=OuterRef("desired_changed_at"),
+            kind__in=list(STATE_SET_BY),
+        )
+        .order_by("-created_at")
+        .values(
+            cause=JSONObject(
+                kind="kind", by="issued_by_label", reason="reason", at="created_at",
+                batch="batch_id",
+            )
+        )[:1]
+    )  # fmt: skip
+    return Subquery(command, output_field=JSONField())
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _cause_of(engine: Engine, now: datetime) -> dict[str, Any]:
+    """The FleetRow's cause fields: the command that set the desired state and the engine's own
+    reason for the state it reports; the row shows the engine's when it paused itself against
+    the control plane's wish (the SDK's dead-man), the command's otherwise."""
+    command = engine.state_cause or {}  # type: ignore[attr-defined]
+    desired = engine.desired_state_at(now)  # a timed pause that ran out is over
+    # A command of another kind than the state (the state changed since without a command,
+    # say a timed pause that ran out) is not its cause.
+    if command and STATE_SET_BY.get(command["kind"]) != desired:
+        command = {}
+    at = datetime.fromisoformat(command["at"]) if command else None
+    # The engine's own reason, while it still reports the state it gave it for: an ACTIVE
+    # engine's ("start", "dead-man: server is back") says nothing an operator must act on.
+    own = (
+        bool(engine.reported_reason)
+        and engine.reported_reason_state == engine.reported_state
+        and engine.reported_state != TradingState.ACTIVE
+    )
+    own_at = engine.reported_reason_at if own else None
+    title = []
+    if command:
+        title.append(
+            f"{engine.desired_state} by {command['by']} ({command['kind']}) at "
+            f"{_stamp(at)}: {command['reason']}"  # type: ignore[arg-type]
+        )
+    if own:
+        when = f" since {_stamp(own_at)}" if own_at else ""
+        title.append(f"The engine reports {engine.reported_state}{when}: {engine.reported_reason}")
+    fields: dict[str, Any] = {
+        "cause_title": "\n".join(title),
+        "engine_reason": engine.reported_reason if own else "",
+        "engine_reason_at": own_at.isoformat() if own_at else None,
+    }
+    if own and (not command or engine.desired_state == TradingState.ACTIVE):
+        shown = {"by": "engine", "reason": engine.reported_reason, "at": own_at}
+        return fields | _shown(shown)
+    if command:
+        return fields | _shown(command | {"at": at})
+    return fields
+
+
+def _shown(cause: dict[str, Any]) -> dict[str, Any]:
+    at = cause.get("at")
+    return {
+        "cause_kind": cause.get("kind", ""),
+        "cause_by": cause["by"],
+        "cause_reason": cause["reason"],
+        "cause_at": at.astimezone(UTC).isoformat() if at else None,
+        "cause_batch": cause.get("batch"),
+    }
 
 
 def fleet_rows(
@@ -183,6 +293,7 @@ def fleet_rows(
                 rejection_rate=rejected / orders_today if orders_today else None,
                 latency_ms=engine.latency_ms,  # type: ignore[attr-defined]
                 firing_alerts=firing.get(engine.pk, 0),
+                **_cause_of(engine, now),
             )
         )
     return rows
@@ -285,21 +396,96 @@ def engine_fills(
     ]
 
 
-def equity_series(engine: Engine, *, since: datetime | None = None, limit: int = 2000) -> dict:
-    """Equity points and the drawdown from the running high-water mark at each, oldest first."""
-    snapshots = AccountSnapshot.objects.filter(engine=engine)
-    if since is not None:
-        snapshots = snapshots.filter(ts__gt=since)
-    points = list(snapshots.order_by("-ts").values_list("ts", "equity")[:limit])[::-1]
-    peak = float(engine.high_water_mark) if engine.high_water_mark is not None else None
+EQUITY_POINTS = 2000
+
+# The session's equity with its running peak and the drawdown from it, computed over every stored
+# snapshot of the session, then cut down to at most %(points)s points for the chart: the session
+# is split into %(buckets)s + 1 equal spans of time, and each span keeps its deepest drawdown and
+# its highest equity (often the same point); the session's last point is always kept. A session
+# short enough is returned whole.
+_SESSION_EQUITY_SQL = """
+WITH s AS (
+    SELECT ts, equity,
+           max(equity) OVER (ORDER BY ts, seq) AS peak,
+           row_number() OVER (ORDER BY ts, seq) AS i,
+           count(*) OVER () AS n,
+           min(ts) OVER () AS first_ts,
+           max(ts) OVER () AS last_ts
+      FROM controlplane_accountsnapshot
+     WHERE engine_id = %(engine)s AND ts >= %(since)s
+), d AS (
+    SELECT ts, equity, peak, i, n,
+           CASE WHEN peak > 0 THEN (equity - peak) / peak * 100 ELSE 0 END AS drawdown,
+           CASE WHEN n <= %(points)s THEN i
+                ELSE floor(extract(epoch FROM ts - first_ts)
+                           / NULLIF(extract(epoch FROM last_ts - first_ts), 0) * %(buckets)s)
+           END AS bucket
+      FROM s
+), ranked AS (
+    SELECT ts, equity, peak, drawdown, i, n,
+           row_number() OVER (PARTITION BY bucket ORDER BY drawdown, i) AS deepest,
+           row_number() OVER (PARTITION BY bucket ORDER BY equity DESC, i) AS highest
+      FROM d
+)
+SELECT ts, equity, drawdown, peak FROM ranked
+ WHERE deepest = 1 OR highest = 1 OR i = n
+ ORDER BY i
+"""
+
+
+def _drawdown_pct(equity: float, peak: float | None) -> float:
+    return 100.0 * (equity - peak) / peak if peak else 0.0
+
+
+def equity_series(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    peak: float | None = None,
+    limit: int = EQUITY_POINTS,
+) -> dict[str, Any]:
+    """The session's equity and its drawdown (%, negative) from the session's running peak.
+
+    Without ``since``: the whole session (since ``Engine.session_start_at``), its peak taken from
+    the series' own history in SQL and the points cut down to at most ``limit``. With ``since``
+    (the live updates): the points after it, oldest first, their running peak starting at
+    ``peak``, the session's peak up to ``since`` (ignored when a new session began after it).
+    ``peak`` in the result is the session's peak at the last point, for the next call.
+    """
+    session = engine.session_start_at
+    empty: dict[str, Any] = {"ts": [], "equity": [], "drawdown_pct": [], "peak": peak}
+    if session is None:
+        return empty
+    if since is None:
+        buckets = max(1, (limit - 1) // 2 - 1)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _SESSION_EQUITY_SQL,
+                {"engine": engine.pk, "since": session, "points": limit, "buckets": buckets},
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return empty
+        return {
+            "ts": [ts.isoformat() for ts, _, _, _ in rows],
+            "equity": [float(equity) for _, equity, _, _ in rows],
+            "drawdown_pct": [float(drawdown) for _, _, drawdown, _ in rows],
+            "peak": float(rows[-1][3]),
+        }
+    if session > since:
+        since, peak = session, None  # a new session: its peak starts again
+        newer = AccountSnapshot.objects.filter(engine=engine, ts__gte=since)
+    else:
+        newer = AccountSnapshot.objects.filter(engine=engine, ts__gt=since)
     ts, equity, drawdown = [], [], []
-    for at, value in points:
+    for at, value in newer.order_by("ts", "seq").values_list("ts", "equity"):
         v = float(value)
         peak = v if peak is None else max(peak, v)
         ts.append(at.isoformat())
         equity.append(v)
-        drawdown.append(-100.0 * (peak - v) / peak if peak else 0.0)
-    return {"ts": ts, "equity": equity, "drawdown_pct": drawdown}
+        drawdown.append(_drawdown_pct(v, peak))
+    return {"ts": ts[-limit:], "equity": equity[-limit:], "drawdown_pct": drawdown[-limit:],
+            "peak": peak}  # fmt: skip
 
 
 def metric_series(
@@ -313,7 +499,7 @@ def metric_series(
 
 
 def rejection_series(engine: Engine, *, minutes: int = 120, now: datetime | None = None) -> dict:
-    """Orders and rejections per minute over the last ``minutes``."""
+    """The share of orders rejected, per minute over the last ``minutes``."""
     now = now or datetime.now(UTC)
     buckets = (
         Order.objects.filter(engine=engine, created_at__gte=now - timedelta(minutes=minutes))
@@ -326,7 +512,9 @@ def rejection_series(engine: Engine, *, minutes: int = 120, now: datetime | None
     for bucket in buckets:
         ts.append(bucket["minute"].isoformat())
         rate.append(100.0 * bucket["rejected"] / bucket["n"])
-    return {"ts": ts, "rejection_pct": rate}
+    # The window itself, for the chart's axis to span when there are few buckets or none.
+    since = (now - timedelta(minutes=minutes)).replace(second=0, microsecond=0)
+    return {"ts": ts, "rejection_pct": rate, "since": since.isoformat(), "until": now.isoformat()}
 
 
 def engine_logs(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
@@ -348,7 +536,7 @@ def engine_snapshot(engine: Engine) -> dict[str, Any]:
         "positions": engine_positions(engine),
         "orders": engine_working_orders(engine),
         "fills": engine_fills(engine),
-        "equity": equity_series(engine),
+        "equity": {k: v for k, v in equity_series(engine).items() if k != "peak"},
         "latency": metric_series(engine, "latency_ms"),
         "rejections": rejection_series(engine),
         "logs": engine_logs(engine),

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
-from django.db.models import F, Func, Q, QuerySet
+from django.db import connection
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Func, Q, QuerySet, Sum
+from django.db.models.functions import Abs, Coalesce
 
-from controlplane.models import AuditEvent, Engine
+from controlplane import services
+from controlplane.models import AuditEvent, CommandKind, Engine, Position, TradingState
 
 
 def audit_actions() -> list[str]:
@@ -53,3 +58,71 @@ def strategy_tags() -> list[str]:
         .order_by("tag")
     )
     return list(tags)
+
+
+@dataclass(frozen=True)
+class FleetKill:
+    """The latest kill of every engine, while it still holds some of them HALTED."""
+
+    batch_id: str
+    by: str
+    at: datetime
+    reason: str
+    halted: int  # engines it still holds
+
+
+# The latest fleet-wide kill (batch_fleet_kill_idx) and how many engines it still holds: those
+# it was sent to that are HALTED and whose desired state has not changed since (issuing writes
+# the batch and the engines' desired states with one timestamp, and a resume changes it; an
+# engine already HALTED before the kill kept its earlier time).
+_FLEET_KILL_SQL = f"""
+SELECT b.id, b.issued_by_label, b.created_at, b.reason,
+       (SELECT count(*) FROM controlplane_command c
+          JOIN controlplane_engine e ON e.id = c.engine_id
+         WHERE c.batch_id = b.id AND e.desired_state = '{TradingState.HALTED.value}'
+           AND e.desired_changed_at <= b.created_at AND e.is_active)
+  FROM (SELECT id, issued_by_label, created_at, reason FROM controlplane_commandbatch
+         WHERE kind = '{CommandKind.KILL.value}' AND selector = 'all'
+         ORDER BY created_at DESC LIMIT 1) b
+"""
+
+
+def fleet_kill_latched() -> FleetKill | None:
+    """The fleet-wide kill every page announces until it is lifted (one query)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_FLEET_KILL_SQL)
+        row = cursor.fetchone()
+    if row is None or not row[4]:
+        return None
+    batch_id, by, at, reason, halted = row
+    return FleetKill(batch_id=str(batch_id), by=by, at=at, reason=reason, halted=halted)
+
+
+@dataclass(frozen=True)
+class KillScope:
+    """What a kill of a selector would hit, for its confirmation dialog."""
+
+    selector: str
+    engines: int
+    gross_exposure: Decimal
+    halted_already: int
+
+
+def kill_scope(selector: str) -> KillScope:
+    """The active engines ``selector`` names (as issuing a command would select them), and their
+    gross exposure as the fleet page sums it. Raises services.CommandInvalid for a bad one."""
+    engines = services.engines_select(selector)
+    counts = engines.aggregate(
+        n=Count("pk"), halted=Count("pk", filter=Q(desired_state=TradingState.HALTED))
+    )
+    exposure = ExpressionWrapper(
+        Abs(F("quantity")) * Coalesce(F("last_price"), F("avg_price")),
+        output_field=DecimalField(max_digits=36, decimal_places=8),
+    )
+    gross = Position.objects.filter(engine__in=engines).aggregate(gross=Sum(exposure))["gross"]
+    return KillScope(
+        selector=selector,
+        engines=counts["n"],
+        gross_exposure=gross or Decimal(0),
+        halted_already=counts["halted"],
+    )

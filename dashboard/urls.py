@@ -9,6 +9,7 @@ app_name = "dashboard"
 urlpatterns = [
     path("", views.fleet, name="fleet"),
     path("commands/", views.command_issue, name="command_issue"),
+    path("commands/kill-scope/", views.kill_scope, name="kill_scope"),
     path("commands/batches/<uuid:batch_id>/", views.batch, name="batch"),
     path("commands/resume-requests/", views.resume_requests, name="resume_requests"),
     path(

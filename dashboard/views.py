@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +24,8 @@ from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode
 from dashboard import baselines, charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
+from dashboard.selectors import kill_scope as selector_kill_scope
+from dashboard.templatetags.desk import money
 
 AUDIT_PAGE_SIZE = 50
 
@@ -124,6 +126,26 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
             if comparison is not None
             else None,
         },
+    )
+
+
+@require_GET
+@permission_required("controlplane.view_engine", raise_exception=True)
+def kill_scope(request: HttpRequest) -> JsonResponse:
+    """What a kill of ``selector`` would hit, for the kill dialogs: engines and gross exposure."""
+    selector = request.GET.get("selector", "")
+    try:
+        scope = selector_kill_scope(selector)
+    except services.CommandInvalid as exc:
+        return JsonResponse({"errors": exc.message_dict}, status=400)
+    return JsonResponse(
+        {
+            "selector": scope.selector,
+            "engines": scope.engines,
+            "halted_already": scope.halted_already,
+            "gross_exposure": float(scope.gross_exposure),
+            "gross_exposure_text": money(float(scope.gross_exposure), 0),
+        }
     )
 
 

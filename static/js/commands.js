@@ -18,9 +18,58 @@
     submit.disabled = field.value.trim() !== field.dataset.expect;
   }
 
+  var scopeAsked = 0;
+
+  function showKillScope(dialog, selector) {
+    // What the kill will hit, counted by the server for this selector. The kill never waits
+    // for it: the form works whatever this answers, or if it never does.
+    var line = dialog.querySelector("[data-kill-scope]");
+    if (!line) return;
+    var asked = ++scopeAsked;
+    line.classList.remove("error");
+    line.textContent = "Counting the engines this kill hits…";
+    fetch(line.dataset.url + "?selector=" + encodeURIComponent(selector), {
+      headers: { Accept: "application/json" },
+      credentials: "same-origin",
+    })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) throw new Error(JSON.stringify(body.errors || body));
+          return body;
+        });
+      })
+      .then(function (scope) {
+        if (asked !== scopeAsked) return;
+        var text = "This kill hits " + scope.engines + " engine" + (scope.engines === 1 ? "" : "s") +
+          ", gross exposure " + scope.gross_exposure_text;
+        if (scope.halted_already) text += " (" + scope.halted_already + " already HALTED)";
+        line.textContent = text + ".";
+      })
+      .catch(function (error) {
+        if (asked !== scopeAsked) return;
+        line.classList.add("error");
+        line.textContent = "Could not count the engines this kill hits (" + error.message + ").";
+      });
+  }
+
   function openDialog(button) {
     var dialog = document.getElementById(button.dataset.openDialog);
     if (!dialog) return;
+    var from = button.closest("dialog");
+    if (from) from.close(); // a dialog that leads to another (More… -> Reduce)
+    var passing = dialog.querySelectorAll("[data-pass-target]");
+    if (passing.length) {
+      // A menu of dialogs: its buttons open theirs for the same target.
+      passing.forEach(function (next) {
+        next.dataset.selector = button.dataset.selector;
+        next.dataset.label = button.dataset.label;
+      });
+      dialog.querySelectorAll("[data-target-label]").forEach(function (el) {
+        el.textContent = button.dataset.label;
+      });
+      dialog.showModal();
+      return;
+    }
     var form = dialog.querySelector("form");
     form.reset();
     var selector = button.dataset.selector;
@@ -46,6 +95,8 @@
       });
     }
     if (button.dataset.action) form.action = button.dataset.action;
+    var chosen = form.querySelector("[name=selector]");
+    if (chosen) showKillScope(dialog, chosen.value);
     syncConfirm(form);
     dialog.showModal();
   }

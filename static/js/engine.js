@@ -44,26 +44,35 @@
     return isoList.length ? Date.parse(isoList[isoList.length - 1]) : -Infinity;
   }
 
-  function draw() {
-    Object.keys(charts).forEach(function (name) {
-      var div = charts[name];
-      var figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
-      figure.data.forEach(function (trace) {
-        trace.x = (trace.x || []).map(localX);
-      });
-      // Minute buckets: minutes on the axis, even while there are only one or two, and a tick
-      // a minute at most (Plotly's own half-minute ticks wrote each minute twice).
-      if (name === "rejections") {
-        figure.layout.xaxis.tickformat = "%H:%M";
-        figure.layout.xaxis.dtick = 60 * 1000;
-      }
-      Plotly.newPlot(div, figure.data, figure.layout, config);
+  function drawChart(name) {
+    var div = charts[name];
+    var figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
+    var newestMs = lastMs((figure.data[0] && figure.data[0].x) || []);
+    figure.data.forEach(function (trace) {
+      trace.x = (trace.x || []).map(localX);
     });
-    var equity = JSON.parse(document.getElementById("equity-figure").textContent).data[0].x || [];
-    var latency = JSON.parse(document.getElementById("latency-figure").textContent).data[0].x || [];
-    current.equityMs = lastMs(equity);
-    current.latencyMs = lastMs(latency);
+    // The window the axis spans at least (dashboard.charts.rejection_figure), in the same
+    // wall-clock time as the points. No tick spacing is forced on any axis: over a span Plotly
+    // did not expect, forced ticks can number in the hundreds of thousands.
+    var range = figure.layout.xaxis.autorangeoptions;
+    if (range && range.include) range.include = range.include.map(localX);
+    Plotly.newPlot(div, figure.data, figure.layout, config);
+    if (name === "equity") current.equityMs = newestMs;
+    if (name === "latency") current.latencyMs = newestMs;
   }
+
+  function draw(then) {
+    // One chart a task: between them the browser handles a click (Kill) and paints, however
+    // slow the machine; the live updates start once every chart is there to extend.
+    var names = Object.keys(charts);
+    (function next() {
+      if (!names.length) return then();
+      drawChart(names.shift());
+      setTimeout(next, 0);
+    })();
+  }
+
+  var replacing = 0; // charts still to be redrawn from a snapshot (see replaceSeries)
 
   function replaceSeries(snapshot) {
     queued = null; // the snapshot holds every point queued so far
@@ -76,19 +85,33 @@
     update.y[order.indexOf(t.equity)] = eq.equity;
     update.x[order.indexOf(t.drawdown)] = ex;
     update.y[order.indexOf(t.drawdown)] = eq.drawdown_pct;
-    Plotly.restyle(charts.equity, update, order);
     current.equityMs = lastMs(eq.ts);
-    Plotly.restyle(
-      charts.latency,
-      { x: [snapshot.latency.ts.map(localX)], y: [snapshot.latency.value] },
-      [traces.latency.latency]
-    );
     current.latencyMs = lastMs(snapshot.latency.ts);
-    Plotly.restyle(
-      charts.rejections,
-      { x: [snapshot.rejections.ts.map(localX)], y: [snapshot.rejections.rejection_pct] },
-      [traces.rejections.rejection]
-    );
+    // One chart a task, as when first drawn; points arriving meanwhile wait (drawQueued) so that
+    // they extend the snapshot's series, not the ones it replaces.
+    var steps = [
+      function () { Plotly.restyle(charts.equity, update, order); },
+      function () {
+        Plotly.restyle(
+          charts.latency,
+          { x: [snapshot.latency.ts.map(localX)], y: [snapshot.latency.value] },
+          [traces.latency.latency]
+        );
+      },
+      function () {
+        Plotly.restyle(
+          charts.rejections,
+          { x: [snapshot.rejections.ts.map(localX)], y: [snapshot.rejections.rejection_pct] },
+          [traces.rejections.rejection]
+        );
+      },
+    ];
+    replacing += 1;
+    (function next() {
+      steps.shift()();
+      if (steps.length) setTimeout(next, 0);
+      else replacing -= 1;
+    })();
   }
 
   function newPoints(ts, columns, afterMs) {
@@ -141,6 +164,10 @@
 
   function drawQueued() {
     chartTimer = null;
+    if (replacing) {
+      chartTimer = setTimeout(drawQueued, CHART_MS);
+      return;
+    }
     var q = queued;
     queued = null;
     if (!q) return;
@@ -326,6 +353,10 @@
       desired.textContent = "→ " + row.desired_state;
       desired.className = "state-desired state-" + row.desired_state.toLowerCase();
       desired.hidden = Live.desiredHidden(row);
+      Live.renderCause(document.getElementById("state-cause").querySelector("[data-cause]"), row);
+      var own = document.getElementById("engine-reason");
+      own.hidden = !row.engine_reason || row.cause_by === "engine";
+      own.querySelector(".cause-why").textContent = row.engine_reason || "";
     }
     setText(col("equity"), fmt.money(row.equity), "num");
     setText(col("day_pnl"), fmt.signed(row.day_pnl), "num " + fmt.signClass(row.day_pnl));
@@ -398,13 +429,15 @@
     queueCharts(update);
   }
 
-  draw();
-  var live = Live.connect({
-    topics: ["engine:" + root.dataset.engine],
-    snapshotUrl: root.dataset.snapshotUrl,
-    onSnapshot: onSnapshot,
-    onUpdate: onUpdate,
+  var live = null;
+  draw(function () {
+    live = Live.connect({
+      topics: ["engine:" + root.dataset.engine],
+      snapshotUrl: root.dataset.snapshotUrl,
+      onSnapshot: onSnapshot,
+      onUpdate: onUpdate,
+    });
+    window.engineLive = live;
   });
-  window.engineLive = live;
   current.fillId = Number((document.querySelector("#fills-table tbody tr[data-fill]") || { dataset: { fill: 0 } }).dataset.fill);
 })();

@@ -51,6 +51,7 @@
     desired.textContent = "→ " + row.desired_state;
     desired.className = "state-desired state-" + row.desired_state.toLowerCase();
     desired.hidden = Live.desiredHidden(row);
+    Live.renderCause(state.querySelector("[data-cause]"), row);
     tr.className = "engine-row state-row-" + row.desired_state.toLowerCase();
 
     setCell(cell(tr, "equity"), fmt.money(row.equity), "num");
@@ -82,12 +83,11 @@
     var whenNot = tr.querySelector(".when-not-halted");
     if (whenHalted) whenHalted.hidden = !halted;
     if (whenNot) whenNot.hidden = halted;
+    // Pause or Resume, as the desired state calls for: the row keeps one line.
+    var pause = whenNot && whenNot.querySelector('[data-open-dialog="pause-dialog"]');
     var resume = whenNot && whenNot.querySelector('[data-open-dialog="resume-dialog"]');
-    if (resume) {
-      resume.disabled = row.desired_state === "ACTIVE";
-      if (resume.disabled) resume.title = row.name + " is already ACTIVE";
-      else resume.removeAttribute("title");
-    }
+    if (pause) pause.hidden = row.desired_state !== "ACTIVE";
+    if (resume) resume.hidden = row.desired_state === "ACTIVE";
   }
 
   function renderTotals(totals) {

@@ -159,6 +159,21 @@
     document.querySelectorAll(".conn[data-last-seen]").forEach(tickConnection);
   }
 
+  // --- a state's cause: "by alice 14:02:11 earnings call" (templates/dashboard/includes/state_cause.html)
+
+  function renderCause(span, row) {
+    if (!span) return;
+    span.hidden = !row.cause_by;
+    span.title = row.cause_title || "";
+    var by = document.createElement("span");
+    by.className = "cause-by";
+    by.textContent = (row.cause_by === "engine" ? "" : "by ") + (row.cause_by || "");
+    var why = document.createElement("span");
+    why.className = "cause-why";
+    why.textContent = row.cause_reason || "";
+    span.replaceChildren(by, " ", timeElement(row.cause_at), " ", why);
+  }
+
   function desiredHidden(row) {
     // The wanted state is worth showing when the engine is not in it (a fresh engine that has
     // reported nothing yet is not news).
@@ -340,5 +355,6 @@
     timeElement: timeElement,
     renderConnection: renderConnection,
     desiredHidden: desiredHidden,
+    renderCause: renderCause,
   };
 })();

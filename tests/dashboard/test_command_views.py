@@ -407,7 +407,9 @@ def test_the_batch_page_query_count_does_not_grow_with_the_engines(
     batch = services.command_issue(kind="pause", selector="all", reason="r", actor=risk_manager)
     client = client_for(risk_manager)
 
-    with django_assert_max_num_queries(6):  # type: ignore[operator]
+    # session, user, permissions, group permissions, the batch, its commands, the fleet kill
+    # banner
+    with django_assert_max_num_queries(7):  # type: ignore[operator]
         assert client.get(f"/commands/batches/{batch.pk}/").status_code == 200
 
 
@@ -621,8 +623,9 @@ def test_the_audit_page_shows_fifty_events_a_page_newest_first_in_few_queries(
         audit_record(action="probe", actor_label=f"probe-{n:03}", outcome="ok")
     client = client_for(viewer)
 
-    # session, user, permissions, group permissions, distinct actions, count, the page
-    with django_assert_num_queries(7):  # type: ignore[operator]
+    # session, user, permissions, group permissions, distinct actions, count, the page, the fleet
+    # kill banner
+    with django_assert_num_queries(8):  # type: ignore[operator]
         first = client.get(AUDIT, {"action": "probe"})
     events = first.context["page"].object_list
     assert [e.actor for e in events][:2] == ["probe-119", "probe-118"]

@@ -89,7 +89,8 @@ def test_the_fleet_shows_each_engine_with_its_figures_signs_and_badges(
     page = text(client_for(operator).get("/"))
 
     alpha = row_html(page, "alpha")
-    assert '<a class="engine-link" href="/engines/alpha/">alpha</a>' in alpha
+    link = '<a class="engine-link" href="/engines/alpha/" title="alpha · momentum">alpha</a>'
+    assert link in alpha
     assert re.search(r'class="conn conn-online"[^>]*>online <span class="age">\d+s</span>', alpha)
     assert '<span class="state state-active">ACTIVE</span>' in alpha
     assert 'data-col="equity">98,765.43<' in alpha
@@ -185,8 +186,9 @@ def test_the_fleet_page_takes_a_fixed_number_of_queries_with_50_engines_and_5000
     page = text(response)
 
     assert len(many) == len(few), [q["sql"][:120] for q in many.captured_queries]
-    # session, user, two for permissions; engines, positions, working orders, today's orders,
-    # firing alerts; the tags of the filter menu
+    # session, user, two for permissions; engines (with each one's state cause), positions,
+    # working orders, today's orders, firing alerts; the tags of the filter menu; the fleet kill
+    # banner
     assert len(many) <= 10, "\n".join(q["sql"][:70] for q in many.captured_queries)
     assert page.count('<tr data-engine="e-50-') == 50
     assert '<span class="v-online">0</span> of <span class="v-engines">50</span>' in page
