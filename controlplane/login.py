@@ -9,6 +9,21 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 
+def attempt_username(request: HttpRequest, credentials: Any = None) -> str:
+    """The username a login attempt is counted under (AXES_USERNAME_CALLABLE).
+
+    Cut to the longest a user's name can be (150): the attempts table holds 255 characters,
+    and a longer name, which no account can have, must be refused as a wrong login, not fail
+    the page with a database error.
+    """
+    username: Any = None
+    if isinstance(credentials, dict):
+        username = credentials.get("username")
+    if username is None:
+        username = request.POST.get("username", "")
+    return str(username)[:150]
+
+
 def locked_out(
     request: HttpRequest, original_response: HttpResponse | None = None, credentials: Any = None
 ) -> HttpResponse:

@@ -225,6 +225,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15, minim
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "controlplane.login.locked_out"  # the lockout page, with its minutes
+AXES_USERNAME_CALLABLE = "controlplane.login.attempt_username"  # bounded to what a name can be
 AXES_CLIENT_IP_CALLABLE = "controlplane.audit.client_ip"  # TRUSTED_PROXY_COUNT, as the audit log
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # failures in PostgreSQL, audited too
 
