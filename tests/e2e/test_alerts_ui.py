@@ -158,9 +158,19 @@ def test_the_overview_shows_a_stopped_engine_grey_and_an_orphaned_one_alerting(
     expect(page.locator('tr[data-engine="orphaned"] .conn')).to_have_text("offline")
     expect(page.locator('tr[data-engine="orphaned"] .badge.alert')).to_have_text("1")
     expect(page.locator('tr[data-engine="stopped-flat"] .badge.alert')).to_have_count(0)
-    grey = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--muted')")
-    muted = page.locator("span.muted").first.evaluate("el => getComputedStyle(el).color")
-    assert stopped_cell.evaluate("el => getComputedStyle(el).color") == muted, grey
+    # The theme's grey as the browser computes it, from a probe of our own: the page's own muted
+    # elements may be hidden (a closed dialog's) and compute no colour.
+    muted = page.evaluate(
+        """() => {
+            const probe = document.createElement("span");
+            probe.style.color = "var(--muted)";
+            document.body.appendChild(probe);
+            const color = getComputedStyle(probe).color;
+            probe.remove();
+            return color;
+        }"""
+    )
+    assert muted and stopped_cell.evaluate("el => getComputedStyle(el).color") == muted
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "overview-1280.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
