@@ -338,3 +338,19 @@ async def test_after_a_batch_fails_to_store_nothing_behind_it_is_stored_and_the_
     assert [(a["type"], a.get("code")) for a in answers] == [("error", "internal_error")]
     assert output["code"] == 1011
     assert not await database_sync_to_async(Order.objects.filter(engine=engine).exists)()
+
+
+async def test_an_engine_gone_between_two_heartbeats_leaves_no_error_on_the_task(settings):
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from controlplane.consumers import EngineConsumer
+
+    async def gone(message: dict) -> None:
+        raise ClientDisconnected()
+
+    settings.ENGINE_HEARTBEAT_INTERVAL_S = 0.01
+    consumer = EngineConsumer()
+    consumer.base_send = gone
+    task = asyncio.create_task(consumer._heartbeats())
+    await asyncio.wait_for(task, 5)
+    assert task.exception() is None
