@@ -10,10 +10,10 @@ After a burst, two things kept a web process at its peak memory for good (bench/
   page with one live block in it stays resident, and so does every free page that is not at the
   very top of its heap. ``malloc_trim`` hands the free pages back.
 
-So a thread of the web process watches the collector: while the process is busy (many young
-collections in a ``CHECK_S`` interval) it does nothing; in the first quiet interval after a busy
-one it runs one full collection and trims the heap. Under load nothing changes: the event loop
-is never stopped by this while engines stream.
+So a thread of the web process watches the CPU time the process uses: while it is busy (at least
+``QUIET_CPU`` of a core over a ``CHECK_S`` interval) it does nothing; in the first quiet interval
+after a busy one it runs one full collection and trims the heap. Under load nothing changes: the
+event loop is never stopped by this while engines stream.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CHECK_S = 10.0
-# Young collections in CHECK_S below which the process counts as quiet. A young collection comes
-# every 20,000 allocations (controlplane.asgi): a handful in ten seconds is a few heartbeats and
-# page views, not a burst.
-QUIET_BELOW = 5
+# The share of a core below which an interval counts as quiet: heartbeats and a page view now and
+# then, not engines streaming (the collector's own counts say little: under steady load most
+# objects die young, and the young collections come no faster than when idle).
+QUIET_CPU = 0.05
 
 
 def _malloc_trim() -> Any:
@@ -45,27 +45,21 @@ def _malloc_trim() -> Any:
 
 
 class Tidier:
-    """Counts young collections; after busy intervals, tidies once in the first quiet one."""
+    """Watches the process's CPU time; after busy intervals, tidies once in the first quiet one."""
 
-    def __init__(self, check_s: float = CHECK_S, quiet_below: int = QUIET_BELOW) -> None:
+    def __init__(self, check_s: float = CHECK_S, quiet_cpu: float = QUIET_CPU) -> None:
         self.check_s = check_s
-        self.quiet_below = quiet_below
-        self.collections = 0  # young collections since the last check
+        self.quiet_cpu = quiet_cpu
         self.busy = False  # was busy since the last tidy
         self.tidied = 0
         self._trim = _malloc_trim()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        # Called by the collector with the GIL held: a counter, nothing more.
-        if phase == "start" and info.get("generation") == 0:
-            self.collections += 1
-
-    def check(self) -> bool:
-        """One interval's verdict; True when it tidied."""
-        collections, self.collections = self.collections, 0
-        if collections >= self.quiet_below:
+    def check(self, cpu_s: float) -> bool:
+        """One interval's verdict, given the CPU seconds the process used in it; True when it
+        tidied."""
+        if cpu_s >= self.quiet_cpu * self.check_s:
             self.busy = True
             return False
         if not self.busy:
@@ -88,19 +82,19 @@ class Tidier:
     def start(self) -> None:
         if self._thread is not None:
             return
-        gc.callbacks.append(self.on_gc)
         self._thread = threading.Thread(target=self._run, name="memory-tidier", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self.on_gc in gc.callbacks:
-            gc.callbacks.remove(self.on_gc)
 
     def _run(self) -> None:
+        used = time.process_time()  # all the process's threads
         while not self._stop.wait(self.check_s):
             try:
-                self.check()
+                before, used = used, time.process_time()
+                if self.check(used - before):
+                    used = time.process_time()  # the tidy's own time is not load
             except Exception:  # never let a tidy failure end the watch
                 log.exception("memory: tidying failed")
 
