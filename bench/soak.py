@@ -40,7 +40,9 @@ glibc's heap (``mallinfo2``: in use, free but held), Python's small-object alloc
 and the bytes of objects in them), and the PostgreSQL connections the process holds. Last, after
 the figures, another collection and ``malloc_trim(0)``: what that gives back was free memory the
 allocator held, not live objects. ``--tracemalloc`` traces Python's allocations in the server
-(slower, and more memory) and prints what grew between the two readings, by line. The last line
+(slower, and more memory) and prints what grew between the two readings, by line; give it less
+load (``--engines 3 --browsers 10``): at the default load a traced server fell so far behind on
+two cores that engines timed out. The last line
 printed is the JSON result.
 """
 
