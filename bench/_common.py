@@ -131,13 +131,12 @@ def pct(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def tree_cpu(root: int | None) -> dict[int, float]:
-    """CPU seconds (user + system) of a process and its descendants, by pid; Linux only."""
+def _tree_stats(root: int | None) -> dict[int, list[str]]:
+    """The /proc/<pid>/stat fields after the command name of a process and its descendants."""
     if root is None or not Path("/proc", str(root)).exists():
         return {}
-    tick = os.sysconf("SC_CLK_TCK")
     parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+    stats: dict[int, list[str]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -147,14 +146,36 @@ def tree_cpu(root: int | None) -> dict[int, float]:
             continue
         pid = int(entry.name)
         parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+        stats[pid] = fields
     tree = {root}
     grew = True
     while grew:
         found = {pid for pid, ppid in parent.items() if ppid in tree} - tree
         grew = bool(found)
         tree |= found
-    return {pid: cpu[pid] for pid in tree if pid in cpu}
+    return {pid: stats[pid] for pid in tree if pid in stats}
+
+
+def tree_cpu(root: int | None) -> dict[int, float]:
+    """CPU seconds (user + system) of a process and its descendants, by pid; Linux only."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        pid: (int(fields[11]) + int(fields[12])) / tick for pid, fields in _tree_stats(root).items()
+    }
+
+
+def tree_rss(root: int | None) -> dict[int, int]:
+    """Resident memory (VmRSS, bytes) of a process and its descendants, by pid; Linux only."""
+    rss = {}
+    for pid in _tree_stats(root):
+        try:
+            status = Path("/proc", str(pid), "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss[pid] = int(line.split()[1]) * 1024
+    return rss
 
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:

@@ -16,7 +16,9 @@ sys.setswitchinterval(float(os.environ.get("PYTHON_SWITCH_INTERVAL_S", "0.0005")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from controlplane import memory  # noqa: E402
 from controlplane.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -37,3 +39,7 @@ application = ProtocolTypeRouter(
 # that long to be freed).
 gc.freeze()
 gc.set_threshold(20_000, 20, 50)
+# Since full passes are that rare, and none comes in a quiet process, the memory a burst left in
+# cycles or in glibc's free lists is handed back once the burst is over (controlplane.memory).
+if settings.MEMORY_TIDY_ENABLED:
+    memory.tidier.start()

@@ -309,7 +309,9 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def _heartbeats(self) -> None:
         interval = settings.ENGINE_HEARTBEAT_INTERVAL_S
-        with contextlib.suppress(asyncio.CancelledError):
+        # OSError: the engine went away between two heartbeats (its disconnect follows); left on
+        # the task, it would be logged as never retrieved and hold this consumer in a cycle.
+        with contextlib.suppress(asyncio.CancelledError, OSError):
             while True:
                 await asyncio.sleep(interval)
                 await self.send_frames([p.ServerHeartbeat(ts=p.utc_now())])

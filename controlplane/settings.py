@@ -266,6 +266,10 @@ EMAIL_ENABLED = env_bool("EMAIL_ENABLED", True)
 REPORT_TIMEZONE = env_str("REPORT_TIMEZONE", "UTC")  # weekly report: Monday 07:00 here
 # Alert evaluation runs in Celery; off, stored data schedules no evaluation (the sweep still runs).
 ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
+# The web process collects its cyclic garbage and hands free heap pages back to the system once a
+# burst of load is over (controlplane.memory); off, it stays at its peak memory. Off in tests: a
+# full collection at a moment of its own choosing would make what they watch of the collector vary.
+MEMORY_TIDY_ENABLED = env_bool("MEMORY_TIDY_ENABLED", ENVIRONMENT != "test")
 
 # --- Prometheus ----------------------------------------------------------------------------------
 # When set, /metrics wants "Authorization: Bearer <METRICS_TOKEN>". Without one it answers only

@@ -190,7 +190,14 @@ class LiveConsumer(DirectDispatch, AsyncJsonWebsocketConsumer):
                 update = {**update, "rows": list(update["rows"].values())}
             updates.append(update)
         self.sent_at.append(loop.time())
-        await self._send({"type": "update", "updates": updates, "resync": sorted(resync)})
+        try:
+            await self._send({"type": "update", "updates": updates, "resync": sorted(resync)})
+        except OSError:
+            # The browser went away while this waited (uvicorn's ClientDisconnected); its
+            # disconnect follows. Left on the task, the exception would be logged as never
+            # retrieved, and its traceback would hold this consumer and its updates in a cycle
+            # until the collector's next full pass.
+            return
 
     async def _send(self, content: dict[str, Any]) -> None:
         self.seq += 1

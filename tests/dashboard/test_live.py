@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from decimal import Decimal
 
 import pytest
@@ -266,3 +267,21 @@ async def test_a_steady_stream_is_sent_promptly_but_never_more_than_ten_in_a_sec
     assert len([t for t in times if t - times[0] < 0.5]) >= 7  # a strict 100 ms gap: 5
     assert [v for _, v in received] == sorted(v for _, v in received)
     await screen.disconnect()
+
+
+async def test_a_browser_gone_before_its_update_is_sent_leaves_no_error_on_the_task():
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from dashboard.consumers import LiveConsumer
+
+    async def gone(message: dict) -> None:
+        raise ClientDisconnected()
+
+    consumer = LiveConsumer()
+    consumer.base_send = gone
+    consumer.pending = {"fleet": {"topic": "fleet", "rows": {}}}
+    consumer.resync = set()
+    consumer.sent_at = deque(maxlen=10)
+    task = asyncio.create_task(consumer._flush_soon())
+    await asyncio.wait_for(task, 5)
+    assert task.exception() is None

@@ -367,3 +367,19 @@ async def test_an_engine_deactivated_before_its_hello_is_refused_with_4401(engin
     assert error["code"] == "unauthorized"
     assert await closed_with(ws) == 4401
     assert (await db(lambda: Engine.objects.get(pk=engine.pk))).connected is False
+
+
+async def test_an_engine_gone_between_two_heartbeats_leaves_no_error_on_the_task(settings):
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from controlplane.consumers import EngineConsumer
+
+    async def gone(message: dict) -> None:
+        raise ClientDisconnected()
+
+    settings.ENGINE_HEARTBEAT_INTERVAL_S = 0.01
+    consumer = EngineConsumer()
+    consumer.base_send = gone
+    task = asyncio.create_task(consumer._heartbeats())
+    await asyncio.wait_for(task, 5)
+    assert task.exception() is None
