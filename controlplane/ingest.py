@@ -832,22 +832,22 @@ def _check_orders(
                 compared += [("order_type", was_type, order.order_type),
                              ("quantity", was_quantity, order.quantity)]  # fmt: skip
             differs = [name for name, old, new in compared if old != new]
+            reused = None
             if differs:
-                rejected.add(order.seq)
-                _refuse_id(
-                    group, engine_id, result, order, "client_order_id", coid,
+                reused = (
                     f"client_order_id {coid!r} names an order ({status}) of another "
-                    f"{', '.join(differs)}: an id names one order for ever; this report is "
-                    f"refused and the stored order stands",
-                )  # fmt: skip
-                continue
-            if ended and newer and order.status in _BEGINNING:
+                    f"{', '.join(differs)}: an id names one order for ever"
+                )
+            elif ended and newer and order.status in _BEGINNING:
+                reused = (
+                    f"client_order_id {coid!r} names an order that ended ({status}); a "
+                    f"{order.status!r} report after it is a new order under a used id"
+                )
+            if reused is not None:
                 rejected.add(order.seq)
                 _refuse_id(
                     group, engine_id, result, order, "client_order_id", coid,
-                    f"client_order_id {coid!r} names an order that ended ({status}); a "
-                    f"{order.status!r} report after it is a new order under a used id: this "
-                    f"report is refused and the stored order stands",
+                    f"{reused}: this report is refused and the stored order stands",
                 )  # fmt: skip
                 continue
             if ended and (not newer or order.status not in _ENDED):
