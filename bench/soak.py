@@ -130,7 +130,9 @@ def setup_data(n_engines: int, n_browsers: int, prefix: str) -> None:
     for _ in range(n_browsers):
         session = store()
         session[SESSION_KEY] = str(viewer.pk)
-        session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+        # What a password login records: the backend that authenticated (the first one, axes',
+        # only refuses locked-out pairs and cannot load a user).
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
         session[HASH_SESSION_KEY] = viewer.get_session_auth_hash()
         session.create()
         sessions.append(session.session_key)
@@ -294,6 +296,10 @@ class Target:
     port: int
     data: dict[str, Any]
     journals: Path
+    # Each engine's order numbers, one sequence for the whole run: the warm-up's and the load's
+    # EngineLoads are not the same objects, and an order id names one order for ever (reused with
+    # another symbol, the server refuses the events).
+    orders: dict[str, itertools.count[int]] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -326,7 +332,7 @@ class EngineLoad:
         self.counts = counts
         self.life_s = life_s
         self.rng = random.Random(name)
-        self.orders = itertools.count(1)
+        self.orders = target.orders.setdefault(name, itertools.count(1))
 
     def _order_events(self, n_orders: int) -> list[Any]:
         from engine_sdk import protocol as p

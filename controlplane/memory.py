@@ -10,10 +10,18 @@ After a burst, two things kept a web process at its peak memory for good (bench/
   page with one live block in it stays resident, and so does every free page that is not at the
   very top of its heap. ``malloc_trim`` hands the free pages back.
 
+- The database pool's connections opened for the burst. psycopg_pool closes an idle one only
+  every ``max_idle`` (10 minutes), one at a time: each still held its libpq buffers (grown to the
+  burst's largest result) and its Python objects, which kept whole pymalloc arenas of 1 MB alive
+  (an arena goes back only when every object in it is gone).
+
 So a thread of the web process watches the CPU time the process uses: while it is busy (at least
 ``QUIET_CPU`` of a core over a ``CHECK_S`` interval) it does nothing; in the first quiet interval
-after a busy one it runs one full collection and trims the heap. Under load nothing changes: the
-event loop is never stopped by this while engines stream.
+after a busy one it closes the pools' idle connections beyond their minimum size, runs one full
+collection and trims the heap; and once more ``AGAIN_INTERVALS`` quiet intervals later, for what
+the burst's last moments still held at the first tidy (sockets in their closing handshakes, whose
+timeouts are seconds long). Under load nothing changes: the event loop is never stopped by this
+while engines stream.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ CHECK_S = 10.0
 # then, not engines streaming (the collector's own counts say little: under steady load most
 # objects die young, and the young collections come no faster than when idle).
 QUIET_CPU = 0.05
+# The second tidy, this many quiet intervals after the first (if the process stays quiet).
+AGAIN_INTERVALS = 2
 
 
 def _malloc_trim() -> Any:
@@ -44,14 +54,57 @@ def _malloc_trim() -> Any:
         return None
 
 
+def shrink_database_pools() -> int:
+    """Close the database pools' idle connections beyond each pool's minimum size; how many.
+
+    Connections in use stay open; a pool that was never opened is not opened here."""
+    from django.db import connections
+
+    closed = 0
+    for alias in connections:
+        # The pools live on the backend's class, one per alias (django.db.backends.postgresql).
+        pool = getattr(connections[alias], "_connection_pools", {}).get(alias)
+        if pool is not None:
+            closed += _shrink_pool(pool)
+    return closed
+
+
+def _shrink_pool(pool: Any) -> int:
+    # psycopg_pool's own maintenance (ShrinkPool, every max_idle) calls _shrink_pool: it closes one
+    # idle connection if the pool is above min_size and kept an idle one since the last call. Each
+    # call here is such a period, so repeated calls close the idle connections one by one.
+    shrink = getattr(pool, "_shrink_pool", None)
+    if shrink is None:
+        return 0
+    closed = 0
+    idle_calls = 0
+    for _ in range(pool.max_size + 1):
+        size = pool.get_stats()["pool_size"]
+        if size <= pool.min_size or idle_calls == 2:
+            break
+        shrink()
+        if pool.get_stats()["pool_size"] < size:
+            closed += 1
+            idle_calls = 0
+        else:
+            idle_calls += 1  # the first call may only start the period, the second one decides
+    return closed
+
+
 class Tidier:
     """Watches the process's CPU time; after busy intervals, tidies once in the first quiet one."""
 
-    def __init__(self, check_s: float = CHECK_S, quiet_cpu: float = QUIET_CPU) -> None:
+    def __init__(
+        self, check_s: float = CHECK_S, quiet_cpu: float = QUIET_CPU,
+        again_intervals: int = AGAIN_INTERVALS,
+    ) -> None:  # fmt: skip
         self.check_s = check_s
         self.quiet_cpu = quiet_cpu
+        self.again_intervals = again_intervals
         self.busy = False  # was busy since the last tidy
+        self.again = 0  # quiet intervals left before the second tidy (0: none due)
         self.tidied = 0
+        self.connections_closed = 0
         self._trim = _malloc_trim()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,23 +114,37 @@ class Tidier:
         tidied."""
         if cpu_s >= self.quiet_cpu * self.check_s:
             self.busy = True
+            self.again = 0  # the tidy after this burst replaces it
             return False
-        if not self.busy:
-            return False
-        self.busy = False
-        self.tidy()
-        return True
+        if self.busy:
+            self.busy = False
+            self.again = self.again_intervals
+            self.tidy()
+            return True
+        if self.again:
+            self.again -= 1
+            if not self.again:
+                self.tidy()
+                return True
+        return False
 
     def tidy(self) -> None:
         started = time.perf_counter()
+        try:
+            closed = shrink_database_pools()
+        except Exception:  # a pool that cannot shrink now leaves the rest of the tidy to do
+            log.exception("memory: closing the pools' idle connections failed")
+            closed = 0
+        self.connections_closed += closed
+        # After the connections: what they held is garbage for this collection and this trim.
         found = gc.collect()
         if self._trim is not None:
             # Through ctypes the GIL is released: Python threads run on while glibc walks its
             # arenas (each arena's allocations wait for that arena's turn).
             self._trim(0)
         self.tidied += 1
-        log.debug("memory tidied: %d objects collected, %.1f ms", found,
-                  (time.perf_counter() - started) * 1000)  # fmt: skip
+        log.debug("memory tidied: %d idle database connections closed, %d objects collected, "
+                  "%.1f ms", closed, found, (time.perf_counter() - started) * 1000)  # fmt: skip
 
     def start(self) -> None:
         if self._thread is not None:
