@@ -96,7 +96,9 @@ def setup_data(n_engines: int, n_browsers: int, prefix: str) -> None:
     for _ in range(n_browsers):
         session = store()
         session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+        # What a password login records: the backend that authenticated (the first one, axes',
+        # only refuses locked-out pairs and cannot load a user).
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
         sessions.append(session.session_key)
