@@ -199,3 +199,43 @@ def postmaster_pid() -> int | None:
         return int((embedded.data_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def viewers_and_engines(n_engines: int, n_browsers: int, prefix: str) -> dict[str, Any]:
+    """Set up Django on the scratch database (run in a child process with its settings) and
+    create a viewer with ``n_browsers`` logged-in sessions and ``n_engines`` paper engines.
+
+    Returns the engines' tokens by name, the session keys and the session cookie's name.
+    """
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    django.setup()
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import Group, User
+
+    from controlplane import roles, services
+
+    viewer = User.objects.create_user("bench-viewer", email="viewer@example.invalid")
+    viewer.groups.add(Group.objects.get(name=roles.VIEWER))
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    sessions = []
+    for _ in range(n_browsers):
+        session = store()
+        session[SESSION_KEY] = str(viewer.pk)
+        # What a password login records: the backend that authenticated (the first one, axes',
+        # only refuses locked-out pairs and cannot load a user).
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = viewer.get_session_auth_hash()
+        session.create()
+        sessions.append(session.session_key)
+    tokens = {}
+    for i in range(n_engines):
+        name = f"{prefix}-{i:02d}"
+        tokens[name] = services.engine_create(
+            name=name, mode="paper", broker="bench", account="bench", strategy_tags=["bench"]
+        )[1]
+    return {"tokens": tokens, "sessions": sessions, "cookie": settings.SESSION_COOKIE_NAME}

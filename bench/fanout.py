@@ -62,6 +62,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     start_uvicorn,
     stop_process,
     tree_cpu,
+    viewers_and_engines,
     with_database,
 )
 
@@ -77,39 +78,7 @@ SYMBOLS = 50
 
 def setup_data(n_engines: int, n_browsers: int, prefix: str) -> None:
     """Run with the scratch database's settings: print tokens and sessions as one JSON line."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-    django.setup()
-    from importlib import import_module
-
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.auth.models import Group, User
-
-    from controlplane import roles, services
-
-    user = User.objects.create_user("bench-viewer", email="viewer@example.invalid")
-    user.groups.add(Group.objects.get(name=roles.VIEWER))
-    store = import_module(settings.SESSION_ENGINE).SessionStore
-    sessions = []
-    for _ in range(n_browsers):
-        session = store()
-        session[SESSION_KEY] = str(user.pk)
-        # What a password login records: the backend that authenticated (the first one, axes',
-        # only refuses locked-out pairs and cannot load a user).
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.create()
-        sessions.append(session.session_key)
-    tokens = {}
-    for i in range(n_engines):
-        name = f"{prefix}-{i:02d}"
-        tokens[name] = services.engine_create(
-            name=name, mode="paper", broker="bench", account="bench", strategy_tags=["bench"]
-        )[1]
-    print(json.dumps({"tokens": tokens, "sessions": sessions,
-                      "cookie": settings.SESSION_COOKIE_NAME}))  # fmt: skip
+    print(json.dumps(viewers_and_engines(n_engines, n_browsers, prefix)))
 
 
 # --- the engines' frames -----------------------------------------------------------------------

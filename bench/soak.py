@@ -84,6 +84,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     start_uvicorn,
     stop_process,
     tree_rss,
+    viewers_and_engines,
     with_database,
 )
 
@@ -107,43 +108,17 @@ MB = 2**20
 
 
 def setup_data(n_engines: int, n_browsers: int, prefix: str) -> None:
-    """Run with the scratch database's settings: print tokens and sessions as one JSON line."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-    django.setup()
-    from importlib import import_module
-
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    """Run with the scratch database's settings: print tokens, sessions and an operator's API
+    token (for the commands) as one JSON line."""
+    data = viewers_and_engines(n_engines, n_browsers, prefix)
     from django.contrib.auth.models import Group, User
 
     from controlplane import roles, services
 
-    viewer = User.objects.create_user("bench-viewer", email="viewer@example.invalid")
-    viewer.groups.add(Group.objects.get(name=roles.VIEWER))
     operator = User.objects.create_user("bench-operator", email="operator@example.invalid")
     operator.groups.add(Group.objects.get(name=roles.OPERATOR))
-    _, api_token = services.api_token_create(user=operator, name="soak bench")
-    store = import_module(settings.SESSION_ENGINE).SessionStore
-    sessions = []
-    for _ in range(n_browsers):
-        session = store()
-        session[SESSION_KEY] = str(viewer.pk)
-        # What a password login records: the backend that authenticated (the first one, axes',
-        # only refuses locked-out pairs and cannot load a user).
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = viewer.get_session_auth_hash()
-        session.create()
-        sessions.append(session.session_key)
-    tokens = {}
-    for i in range(n_engines):
-        name = f"{prefix}-{i:02d}"
-        tokens[name] = services.engine_create(
-            name=name, mode="paper", broker="bench", account="bench", strategy_tags=["bench"]
-        )[1]
-    print(json.dumps({"tokens": tokens, "sessions": sessions, "api_token": api_token,
-                      "cookie": settings.SESSION_COOKIE_NAME}))  # fmt: skip
+    _, data["api_token"] = services.api_token_create(user=operator, name="soak bench")
+    print(json.dumps(data))
 
 
 # --- the server: the product's application, with a diagnosis on a signal ------------------------
