@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 
 from alerts import evaluation, hooks
-from alerts.models import Alert, AlertRule, Notification, NotificationChannel
+from alerts.models import Alert, AlertRule, Notification
 from controlplane.models import Engine, Instrument, Position
 from risk import evaluation as risk_evaluation
 from risk import services as risk_services
@@ -20,14 +20,6 @@ from risk.models import LimitState, RiskLimit
 pytestmark = pytest.mark.django_db
 
 T0 = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-def channel() -> NotificationChannel:
-    channel = NotificationChannel(name="desk-mail", kind="email")
-    channel.target = "desk@example.com"
-    channel.save()
-    return channel
 
 
 @pytest.fixture

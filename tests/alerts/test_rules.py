@@ -20,14 +20,6 @@ T0 = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
-def channel() -> NotificationChannel:
-    channel = NotificationChannel(name="desk-mail", kind="email")
-    channel.target = "desk@example.com"
-    channel.save()
-    return channel
-
-
-@pytest.fixture
 def pager() -> NotificationChannel:
     channel = NotificationChannel(name="pager", kind="apprise")
     channel.target = "json://127.0.0.1:9/hook"
