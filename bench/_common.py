@@ -239,3 +239,24 @@ def viewers_and_engines(n_engines: int, n_browsers: int, prefix: str) -> dict[st
             name=name, mode="paper", broker="bench", account="bench", strategy_tags=["bench"]
         )[1]
     return {"tokens": tokens, "sessions": sessions, "cookie": settings.SESSION_COOKIE_NAME}
+
+
+def filled_order(ts: Any, n: int, symbol: str, side: str) -> list[Any]:
+    """Order ``o-<n>``'s life as an engine reports it: accepted, two fills of 10, then filled."""
+    from decimal import Decimal
+
+    from engine_sdk import protocol as p
+
+    common = {"client_order_id": f"o-{n}", "symbol": symbol, "side": side}
+    price = Decimal("100.25") + Decimal(n % 7) / 100
+    limits = {"limit_price": Decimal("100.5"), "expected_price": Decimal("100.25")}
+    order = {"order_type": "limit", "quantity": Decimal(20), **limits, **common}
+    fill = {"quantity": Decimal(10), "price": price, "fee": Decimal("0.01"), **common}
+    return [
+        p.OrderEvent(ts=ts, status="accepted", **order),
+        p.FillEvent(ts=ts, fill_id=f"f-{n}-0", **fill),
+        p.FillEvent(ts=ts, fill_id=f"f-{n}-1", **fill),
+        p.OrderEvent(
+            ts=ts, status="filled", filled_quantity=Decimal(20), avg_fill_price=price, **order
+        ),
+    ]

@@ -55,6 +55,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from _common import (  # noqa: E402 - bench/ is first on the path
     cpu_used,
     drop_database,
+    filled_order,
     free_port,
     pct,
     postmaster_pid,
@@ -99,23 +100,8 @@ def make_frames(n_batches: int, per_batch: int, start: datetime, interval: float
         while body - len(events) >= 4:
             # A working order, two fills, then the order's final report: filled.
             order_no += 1
-            coid, symbol = f"o-{order_no}", f"SYM{order_no % SYMBOLS}"
             side = "buy" if order_no % 2 else "sell"
-            common = {"client_order_id": coid, "symbol": symbol, "side": side}
-            price = Decimal("100.25") + Decimal(order_no % 7) / 100
-            for event in (
-                p.OrderEvent(ts=ts, order_type="limit", quantity=Decimal(20), status="accepted",
-                             limit_price=Decimal("100.5"), expected_price=Decimal("100.25"),
-                             **common),
-                p.FillEvent(ts=ts, fill_id=f"f-{order_no}-0", quantity=Decimal(10), price=price,
-                            fee=Decimal("0.01"), **common),
-                p.FillEvent(ts=ts, fill_id=f"f-{order_no}-1", quantity=Decimal(10), price=price,
-                            fee=Decimal("0.01"), **common),
-                p.OrderEvent(ts=ts, order_type="limit", quantity=Decimal(20), status="filled",
-                             limit_price=Decimal("100.5"), expected_price=Decimal("100.25"),
-                             filled_quantity=Decimal(20), avg_fill_price=price, **common),
-            ):  # fmt: skip
-                events.append(event)
+            events += filled_order(ts, order_no, f"SYM{order_no % SYMBOLS}", side)
         while len(events) < body:
             events.append(p.MetricEvent(ts=ts, name="cpu_pct", value=float(len(events))))
         events.append(p.MetricEvent(ts=ts, name="latency_ms", value=1.0 + k % 10))

@@ -77,6 +77,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _common import (  # noqa: E402 - bench/ is first on the path
     drop_database,
+    filled_order,
     free_port,
     own_redis,
     patched_environ,
@@ -310,28 +311,13 @@ class EngineLoad:
         self.orders = target.orders.setdefault(name, itertools.count(1))
 
     def _order_events(self, n_orders: int) -> list[Any]:
-        from engine_sdk import protocol as p
 
         ts = datetime.now(UTC)
         events: list[Any] = []
         for _ in range(n_orders):
             n = next(self.orders)
             symbol = f"SYM{self.rng.randrange(SYMBOLS)}"
-            common = {"client_order_id": f"o-{n}", "symbol": symbol,
-                      "side": "buy" if n % 3 else "sell"}  # fmt: skip
-            price = Decimal("100.25") + Decimal(n % 7) / 100
-            events += [
-                p.OrderEvent(ts=ts, order_type="limit", quantity=Decimal(20), status="accepted",
-                             limit_price=Decimal("100.5"), expected_price=Decimal("100.25"),
-                             **common),
-                p.FillEvent(ts=ts, fill_id=f"f-{n}-0", quantity=Decimal(10), price=price,
-                            fee=Decimal("0.01"), **common),
-                p.FillEvent(ts=ts, fill_id=f"f-{n}-1", quantity=Decimal(10), price=price,
-                            fee=Decimal("0.01"), **common),
-                p.OrderEvent(ts=ts, order_type="limit", quantity=Decimal(20), status="filled",
-                             limit_price=Decimal("100.5"), expected_price=Decimal("100.25"),
-                             filled_quantity=Decimal(20), avg_fill_price=price, **common),
-            ]  # fmt: skip
+            events += filled_order(ts, n, symbol, "buy" if n % 3 else "sell")
         return events
 
     async def run(self, stop: asyncio.Event, offset: float) -> None:
