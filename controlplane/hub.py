@@ -51,7 +51,8 @@ _publisher_lock = threading.Lock()
 _publisher: tuple[str, redis.Redis] | None = None
 
 
-def _publisher_client() -> redis.Redis:
+def sync_client() -> redis.Redis:
+    """A synchronous client for short commands (publish, counters), shared by the process."""
     global _publisher
     with _publisher_lock:
         if _publisher is None or _publisher[0] != settings.REDIS_URL:
@@ -69,7 +70,7 @@ def publish(name: str, payload: bytes) -> int:
 
     Raises redis.RedisError when Redis cannot be reached (within ``PUBLISH_TIMEOUT_S``).
     """
-    return int(_publisher_client().publish(channel_name(name), payload))
+    return int(sync_client().publish(channel_name(name), payload))
 
 
 class Hub:

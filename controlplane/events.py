@@ -1,0 +1,79 @@
+"""Domain events of the engines core: what happened, told to whoever listens above.
+
+The core (models, commands, ingest, gateway, api) never imports risk, alerts or the dashboard;
+they connect to these signals in their ``AppConfig.ready`` and react (risk evaluates its limits
+after a batch, alerts schedule their rules, the dashboard pushes the new rows to browsers). Each
+signal is sent after the commit of what it announces, through ``announce``: a receiver that fails
+is logged and counted, and costs neither the other receivers nor the engine its ack.
+
+Signals of the layers above live with them (``risk.events``, ``alerts.events``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.dispatch import Signal
+
+from controlplane import hub
+
+log = logging.getLogger(__name__)
+
+
+class DomainEvent(Signal):
+    """A signal with a name: the name is what the logs and /metrics say when a receiver fails."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+# An engine's events were stored (``engine_id``, ``result``: the ingest's IngestResult, with the
+# engine row as the batch left it) and are about to be acknowledged. Sent in the thread that stored
+# them, before the ack: post-trade risk is evaluated on it, so a breach acts before the engine
+# sends its next batch. ``refused`` counts the events the database refused alone.
+batch_stored = DomainEvent("batch_stored")
+
+# What an operator sees of these engines changed (``engine_ids``): a batch, a state, a connection,
+# a command issued. Sent from any thread or event loop; receivers must return at once.
+engines_changed = DomainEvent("engines_changed")
+
+# Engines answered commands (``answers``: (engine id, command id, status) of each command that
+# took a result in this transaction; ``engine_ids``: every engine that acked or answered).
+command_answered = DomainEvent("command_answered")
+
+# Asked, not announced: the pre-trade limits an engine gets in its welcome (``engine``: the
+# Engine). A receiver answers ``(limits_version, [engine_sdk.protocol.Limit, ...])``. Sent with
+# ``send``, not robustly: an engine must not start trading without the limits it should have.
+limits_wanted = DomainEvent("limits_wanted")
+
+
+def announce(signal: DomainEvent, **kwargs: Any) -> None:
+    """Send ``signal`` to its receivers; one that fails is logged and counted, and the others
+    are still called. Never raises: what it announces is already stored."""
+    for receiver, answer in signal.send_robust(sender=None, **kwargs):
+        if isinstance(answer, Exception):
+            name = getattr(receiver, "__qualname__", repr(receiver))
+            error = (type(answer), answer, answer.__traceback__)
+            log.error("%s: receiver %s failed", signal.name, name, exc_info=error)
+            _count_failure(signal.name, name)
+
+
+def failures_key() -> str:
+    return hub.channel_name("receiver_failures")
+
+
+def _count_failure(signal: str, receiver: str) -> None:
+    # Counted where every process's failures add up, and read by /metrics at scrape time.
+    try:
+        hub.sync_client().hincrby(failures_key(), f"{signal} {receiver}", 1)
+    except Exception as exc:  # Redis away: the log line above is the record
+        log.warning("receiver failure not counted: %s", exc)
+
+
+def receiver_failures() -> dict[tuple[str, str], int]:
+    """(signal, receiver) -> how many times it failed, in every process since Redis started."""
+    counts = hub.sync_client().hgetall(failures_key())
+    pairs = ((key.decode().partition(" "), int(value)) for key, value in counts.items())
+    return {(signal, receiver): value for (signal, _, receiver), value in pairs}
