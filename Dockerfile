@@ -41,6 +41,6 @@ USER controlplane
 
 ENV CONTROLPLANE_ENV=production
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "controlplane.asgi:application", \
+CMD ["python", "-m", "uvicorn", "controlplane.config.asgi:application", \
      "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", \
      "--no-access-log", "--no-proxy-headers", "--ws-max-size", "16777216", "--ws-per-message-deflate", "false"]

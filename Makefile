@@ -35,7 +35,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	CONTROLPLANE_ENV=test CONTROLPLANE_DATA_DIR=$(TEST_DATA_DIR) EMBEDDED_PG_PORT=$(TEST_PG_PORT) \
-	EMBEDDED_REDIS_PORT=$(TEST_REDIS_PORT) $(BIN)/python -m controlplane.embedded run -- \
+	EMBEDDED_REDIS_PORT=$(TEST_REDIS_PORT) $(BIN)/python -m controlplane.config.embedded run -- \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
@@ -47,5 +47,5 @@ format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 
 clean-data:
-	$(BIN)/python -m controlplane.embedded stop
+	$(BIN)/python -m controlplane.config.embedded stop
 	rm -rf .data

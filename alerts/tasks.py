@@ -1,5 +1,5 @@
 """Celery tasks of the alerts app. Each takes ids and calls a service; schedules live in
-controlplane.schedules."""
+controlplane.config.schedules."""
 
 from __future__ import annotations
 

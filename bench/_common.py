@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from controlplane import embedded  # noqa: E402
-from controlplane.serving import UVICORN_OPTIONS  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
+from controlplane.config.serving import UVICORN_OPTIONS  # noqa: E402
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def start_uvicorn(
     """uvicorn with the product's options (or ``app``: another application, ``--factory ..``)
     on 127.0.0.1:``port``; returns once it listens."""
     command = [
-        sys.executable, "-m", "uvicorn", *(app or ["controlplane.asgi:application"]),
+        sys.executable, "-m", "uvicorn", *(app or ["controlplane.config.asgi:application"]),
         "--host", "127.0.0.1", "--port", str(port), *UVICORN_OPTIONS,
         *(["--log-level", "warning"] if quiet else []), "--workers", str(workers),
     ]  # fmt: skip
@@ -209,7 +209,7 @@ def viewers_and_engines(n_engines: int, n_browsers: int, prefix: str) -> dict[st
     """
     import django
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
     django.setup()
     from importlib import import_module
 

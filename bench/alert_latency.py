@@ -65,7 +65,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     with_database,
 )
 
-from controlplane import embedded  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench_alerts"
 RULE_NAME = "bench daily loss"
@@ -85,7 +85,7 @@ def setup_data(n_engines: int, hook_url: str) -> None:
     engines' tokens as one JSON line."""
     import django
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
     django.setup()
     from alerts.models import AlertRule, NotificationChannel
     from controlplane import services
@@ -143,7 +143,7 @@ if os.environ.get(TRACE_ENV):
 
 def traced_application() -> Any:
     """uvicorn --factory: the product's ASGI app, in a process that records task publishes."""
-    from controlplane import asgi
+    from controlplane.config import asgi
 
     return asgi.application
 
@@ -533,14 +533,14 @@ def main() -> int:
             include = ["--include", "bench.alert_latency"] if trace_file is not None else []
             with worker_log.open("w") as log:
                 worker = subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "controlplane", "worker",
+                    [sys.executable, "-m", "celery", "-A", "controlplane.config.celery", "worker",
                      "--loglevel", "INFO", "--pool", args.pool,
                      "--concurrency", str(args.concurrency), "-n", "alert-bench@%h",
                      "--without-gossip", "--without-mingle", *include],
                     cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
             port = free_port()
-            app = ["controlplane.asgi:application"]
+            app = ["controlplane.config.asgi:application"]
             if trace_file is not None:
                 app = ["--factory", "bench.alert_latency:traced_application"]
             server = start_uvicorn(port, child_env, app=app)

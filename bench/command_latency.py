@@ -64,7 +64,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     with_database,
 )
 
-from controlplane import embedded  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench_commands"
 FLEET_TAG = "bench-fleet"
@@ -79,7 +79,7 @@ def setup_data(n_fleet: int) -> None:
     """Run with the scratch database's settings: print the tokens as one JSON line."""
     import django
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
     django.setup()
     from django.contrib.auth.models import Group, User
 
@@ -486,7 +486,8 @@ def traced_application() -> Any:
 
     from channels import consumer as channels_consumer
 
-    from controlplane import asgi, consumers, delivery, gateway, hub, services
+    from controlplane import consumers, delivery, gateway, hub, services
+    from controlplane.config import asgi
 
     out = open(os.environ["BENCH_TRACE_FILE"], "a", buffering=1)  # noqa: SIM115
     notes: list[tuple[Any, ...]] = []
@@ -760,7 +761,7 @@ def main() -> int:
             ).stdout.strip().splitlines()[-1])  # fmt: skip
             stage("engines and token")
             port = free_port()
-            app = ["controlplane.asgi:application"]
+            app = ["controlplane.config.asgi:application"]
             if trace_file is not None:
                 app = ["--factory", "bench.command_latency:traced_application"]
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)

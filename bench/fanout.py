@@ -67,7 +67,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     with_database,
 )
 
-from controlplane import embedded  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench_fanout"
 EQUITY_BASE = 1_000_000
@@ -375,7 +375,8 @@ def traced_application() -> Any:
     import atexit
     import threading
 
-    from controlplane import asgi, gateway
+    from controlplane import gateway
+    from controlplane.config import asgi
     from dashboard import consumers as live_consumers
     from dashboard import live
 
@@ -616,7 +617,7 @@ def main() -> int:
                 cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
             ).stdout.strip().splitlines()[-1])  # fmt: skip
             port = free_port()
-            app = ["controlplane.asgi:application"]
+            app = ["controlplane.config.asgi:application"]
             if trace_file is not None:
                 app = ["--factory", "bench.fanout:traced_application"]
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)

@@ -42,7 +42,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     with_database,
 )
 
-from controlplane import embedded  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench"
 
@@ -187,7 +187,7 @@ def main() -> int:
             tokens = json.loads(subprocess.run(
                 [sys.executable, "-c",
                  "import django, json, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
-                 "'controlplane.settings'); django.setup();"
+                 "'controlplane.config.settings'); django.setup();"
                  "from controlplane import services;"
                  f"print(json.dumps([services.engine_create(name=f'bench-{{i}}')[1] "
                  f"for i in range({args.engines})]))"],

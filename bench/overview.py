@@ -38,7 +38,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     with_database,
 )
 
-from controlplane import embedded  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
 
 BENCH_DB = "controlplane_bench_overview"
 TARGET_MS = 150.0
@@ -182,7 +182,7 @@ def main() -> int:
                 env={**env, **settings_env}, check=True,
             )  # fmt: skip
             os.environ.update(settings_env)
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
             import django
 
             django.setup()

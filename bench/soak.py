@@ -89,7 +89,7 @@ from _common import (  # noqa: E402 - bench/ is first on the path
     with_database,
 )
 
-from controlplane import embedded  # noqa: E402
+from controlplane.config import embedded  # noqa: E402
 
 # Per run: two runs side by side (the code before and after a change) on one PostgreSQL.
 BENCH_DB = f"controlplane_bench_soak_{os.getpid()}"
@@ -200,7 +200,8 @@ def soak_application() -> Any:
 
     signal.signal(signal.SIGUSR1, snapshot)
     signal.signal(signal.SIGUSR2, trim)
-    from controlplane import asgi, memory
+    from controlplane import memory
+    from controlplane.config import asgi
 
     # How long the product's own tidying takes (controlplane.memory), when it is on.
     tidier, log_path = memory.tidier, out / f"{os.getpid()}-tidied.jsonl"

@@ -13,6 +13,3 @@ class ControlPlaneConfig(AppConfig):
 
         # Permissions of apps migrated after ours exist only once post_migrate has run.
         post_migrate.connect(signals.sync_roles_after_migrate, dispatch_uid="cp-sync-roles")
-        post_migrate.connect(
-            signals.sync_periodic_tasks_after_migrate, sender=self, dispatch_uid="cp-sync-schedules"
-        )

@@ -3,7 +3,7 @@
 After a burst, two things kept a web process at its peak memory for good (bench/soak.py):
 
 - Cyclic garbage. The collector's full passes come only after millions of allocations (see
-  controlplane.asgi), so in a quiet process they never come, and what a burst left in cycles
+  controlplane.config.asgi), so in a quiet process they never come, and what a burst left in cycles
   stays: each closed WebSocket (its protocol object refers to itself through its parser), every
   exception caught with its traceback's frames and their locals.
 - glibc's malloc keeps the memory a burst freed, in each thread's arena, for the next burst: a

@@ -7,6 +7,7 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from controlplane.audit import audit_record, client_ip
+from controlplane.roles import sync_roles
 
 
 @receiver(user_logged_in)
@@ -45,16 +46,4 @@ def _audit_locked_out(
 
 
 def sync_roles_after_migrate(sender: Any, **kwargs: Any) -> None:
-    from controlplane.roles import sync_roles
-
     sync_roles()
-
-
-def sync_periodic_tasks_after_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
-    from django.db import connections
-
-    from controlplane.schedules import sync_periodic_tasks
-
-    # A partial migrate (say, back to an old migration) may leave the scheduler's tables out.
-    if "django_celery_beat_periodictask" in connections[using].introspection.table_names():
-        sync_periodic_tasks()

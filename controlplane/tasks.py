@@ -1,4 +1,4 @@
-"""Celery tasks of the engines domain. Their schedules live in controlplane.schedules."""
+"""Celery tasks of the engines domain. Their schedules live in controlplane.config.schedules."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
-from controlplane.serving import UVICORN_OPTIONS
+from controlplane.config.serving import UVICORN_OPTIONS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -108,7 +108,7 @@ class ServerError(RuntimeError):
 
 
 class UvicornServer:
-    """``python -m uvicorn controlplane.asgi:application`` in a subprocess.
+    """``python -m uvicorn controlplane.config.asgi:application`` in a subprocess.
 
     The port is chosen once, so ``restart()`` brings the server back at the same URL (what a
     reconnecting engine or browser sees after a deploy). Output goes to ``log_path``; errors
@@ -158,7 +158,7 @@ class UvicornServer:
         if self.running:
             raise ServerError(f"uvicorn is already running on port {self.port}")
         command = [
-            sys.executable, "-m", "uvicorn", "controlplane.asgi:application",
+            sys.executable, "-m", "uvicorn", "controlplane.config.asgi:application",
             "--host", "127.0.0.1", "--port", str(self.port), *UVICORN_OPTIONS,
         ]  # fmt: skip
         env = server_env(

@@ -117,9 +117,9 @@ def test_up_serves_the_app_and_a_sigint_stops_every_process_it_started(
         )  # fmt: skip
         started = psutil.Process(up.pid).children(recursive=True)
         commands = _describe(started)
-        assert "uvicorn controlplane.asgi:application" in commands
-        assert "celery -A controlplane worker" in commands
-        assert "celery -A controlplane beat" in commands
+        assert "uvicorn controlplane.config.asgi:application" in commands
+        assert "celery -A controlplane.config.celery worker" in commands
+        assert "celery -A controlplane.config.celery beat" in commands
 
         up.send_signal(signal.SIGINT)
         returncode = up.wait(UP_EXIT_TIMEOUT_S)
@@ -183,9 +183,9 @@ class Embedded:
         return env
 
     def run(self, *arguments: str) -> subprocess.CompletedProcess[str]:
-        """``python -m controlplane.embedded ARGUMENTS``."""
+        """``python -m controlplane.config.embedded ARGUMENTS``."""
         return subprocess.run(
-            [sys.executable, "-m", "controlplane.embedded", *arguments],
+            [sys.executable, "-m", "controlplane.config.embedded", *arguments],
             cwd=REPO_ROOT, env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
             text=True, timeout=180,
         )  # fmt: skip

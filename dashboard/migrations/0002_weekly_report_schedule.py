@@ -1,7 +1,7 @@
 """The weekly report's beat schedule: Monday 07:00 in REPORT_TIMEZONE.
 
 Created once and then left to the admin: a later migrate does not overwrite an edited schedule
-(which is why it is not in controlplane.schedules, whose entries follow the code on every
+(which is why it is not in controlplane.config.schedules, whose entries follow the code on every
 migrate).
 """
 

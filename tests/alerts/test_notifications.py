@@ -26,7 +26,7 @@ from django.utils import timezone
 from alerts import notify
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Severity
 from alerts.tasks import resend_stuck_notifications, send_notification
-from controlplane.celery import app as celery_app
+from controlplane.config.celery import app as celery_app
 from controlplane.models import Engine
 from tests.servers import free_port
 

@@ -27,7 +27,7 @@ from django.db import transaction
 from alerts import notify
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel
 from alerts.tasks import resend_stuck_notifications
-from controlplane.celery import app as celery_app
+from controlplane.config.celery import app as celery_app
 from controlplane.models import Engine
 from tests.servers import REPO_ROOT, current_database_url, free_port, server_env
 
@@ -74,8 +74,9 @@ def worker(port: int, log: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--pool", "threads",
-             "--concurrency", "2", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+            [sys.executable, "-m", "celery", "-A", "controlplane.config.celery", "worker",
+             "--pool", "threads", "--concurrency", "2", "--without-gossip", "--without-mingle",
+             "--loglevel", "INFO"],
             cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

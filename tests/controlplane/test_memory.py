@@ -110,7 +110,7 @@ def test_on_linux_it_hands_glibc_s_free_pages_back():
 @pytest.mark.parametrize(("enabled", "expected"), [("1", "True"), ("0", "False")])
 def test_the_web_process_watches_its_memory_unless_switched_off(enabled, expected):
     done = subprocess.run(
-        [sys.executable, "-c", "import controlplane.asgi; from controlplane.memory import "
+        [sys.executable, "-c", "import controlplane.config.asgi; from controlplane.memory import "
          "tidier; t = tidier._thread; print(t is not None and t.is_alive())"],
         env={**os.environ, "CONTROLPLANE_ENV": "demo", "MEMORY_TIDY_ENABLED": enabled},
         capture_output=True, text=True, timeout=60,

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django_celery_beat.models import PeriodicTask
 
-from controlplane import partitions, schedules, tasks
+from controlplane import partitions, tasks
+from controlplane.config import schedules
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from controlplane import env
+from controlplane.config import env
 
 
 def _load_settings(**environ: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client, override_settings
 
 from controlplane import hub
-from controlplane.asgi import application
+from controlplane.config.asgi import application
 from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN
 from engine_sdk import protocol as p

@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from controlplane import delivery
-from controlplane.asgi import application
+from controlplane.config.asgi import application
 from controlplane.models import Command, Engine, Fill, Order
 from engine_sdk import protocol as p
 from tests.gateway import factories as f

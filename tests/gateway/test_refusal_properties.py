@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from controlplane import gateway, services
-from controlplane.asgi import application
+from controlplane.config.asgi import application
 from controlplane.ingest import ingest_events
 from controlplane.models import Engine, EngineEvent
 from engine_sdk import protocol as p

@@ -20,7 +20,7 @@ from django.core.cache import cache
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from controlplane.celery import app as celery_app
+from controlplane.config.celery import app as celery_app
 from dashboard import analytics, report_charts, reports
 from dashboard.models import ReportDelivery, profile_for
 from dashboard.tasks import send_weekly_reports

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
-from controlplane import embedded, services
+from controlplane.config import embedded, services
 from controlplane.models import Engine, Instrument, Mode
 from engine_sdk.client import EngineClient, EngineClientError
 from engine_sdk.protocol import Welcome

@@ -17,9 +17,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from controlplane import embedded
+from controlplane.config import embedded
+from controlplane.config.serving import UVICORN_OPTIONS
 from controlplane.roles import ADMIN
-from controlplane.serving import UVICORN_OPTIONS
 
 
 class Command(BaseCommand):
@@ -79,7 +79,7 @@ class Command(BaseCommand):
         manager = Manager()
         manager.add_process(
             "web",
-            f"{python} -m uvicorn controlplane.asgi:application --host {shlex.quote(host)} "
+            f"{python} -m uvicorn controlplane.config.asgi:application --host {shlex.quote(host)} "
             f"--port {port} {shlex.join(UVICORN_OPTIONS)}",
             env=env,
             cwd=str(settings.BASE_DIR),
@@ -89,14 +89,15 @@ class Command(BaseCommand):
                 "worker",
                 # Threads: the tasks wait on PostgreSQL, SMTP and webhooks, not on the CPU, and
                 # eight threads cost what two processes would (alert latency, bench/).
-                f"{python} -m celery -A controlplane worker --loglevel INFO --pool threads "
+                f"{python} -m celery -A controlplane.config.celery worker --loglevel INFO "
+                f"--pool threads "
                 f"--concurrency 8 --without-gossip --without-mingle",
                 env=env,
                 cwd=str(settings.BASE_DIR),
             )
             manager.add_process(
                 "beat",
-                f"{python} -m celery -A controlplane beat --loglevel INFO",
+                f"{python} -m celery -A controlplane.config.celery beat --loglevel INFO",
                 env=env,
                 cwd=str(settings.BASE_DIR),
             )

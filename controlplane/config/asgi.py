@@ -6,7 +6,7 @@ import sys
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
 # The web process is the event loop plus threads that mostly wait on PostgreSQL. Each time such a
 # thread has its answer it must win the GIL back from whichever thread runs Python; at the default
 # 5 ms switch interval a transaction of eight statements could wait 40 ms for it under load
@@ -19,7 +19,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from controlplane import memory  # noqa: E402
-from controlplane.routing import websocket_urlpatterns  # noqa: E402
+from controlplane.config.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

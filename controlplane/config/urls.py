@@ -7,7 +7,8 @@ from django.http import HttpRequest, HttpResponsePermanentRedirect
 from django.templatetags.static import static
 from django.urls import include, path
 
-from controlplane import api, engine_http, health
+from controlplane import api, engine_http
+from controlplane.config import health
 from dashboard import live_views
 
 admin.site.site_header = "Trading Control Plane"

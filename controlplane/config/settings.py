@@ -10,8 +10,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from controlplane import embedded
-from controlplane.env import (
+from controlplane.config import embedded
+from controlplane.config.env import (
     env_bool,
     env_choice,
     env_float,
@@ -20,7 +20,7 @@ from controlplane.env import (
     env_str,
 )
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 # demo: `make demo` on a laptop; test: the pytest suite; production: everything else.
 ENVIRONMENT = env_choice("CONTROLPLANE_ENV", "production", ("production", "demo", "test"))
@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "risk",
     "alerts",
     "dashboard",
+    "controlplane.config.apps.WiringConfig",  # the wiring, once every app is loaded
 ]
 
 MIDDLEWARE = [
@@ -73,12 +74,12 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
-ROOT_URLCONF = "controlplane.urls"
+ROOT_URLCONF = "controlplane.config.urls"
 # The demo runs with DEBUG=True, whose error pages list the settings: DATABASE_URL, REDIS_URL and
 # the like carry passwords in their values, which Django's own filter does not hide.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "controlplane.reporting.UrlPasswordSafeFilter"
 DEFAULT_EXCEPTION_REPORTER = "controlplane.reporting.UrlPasswordSafeReporter"
-ASGI_APPLICATION = "controlplane.asgi.application"
+ASGI_APPLICATION = "controlplane.config.asgi.application"
 WSGI_APPLICATION = None
 
 TEMPLATES = [

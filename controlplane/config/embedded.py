@@ -7,8 +7,9 @@ collide with a system PostgreSQL or Redis.
 
 This module imports nothing from Django: it runs before settings can be loaded.
 
-    python -m controlplane.embedded run -- pytest     # start what is missing, run, stop it again
-    python -m controlplane.embedded start|stop|status
+    # start what is missing, run, stop it again
+    python -m controlplane.config.embedded run -- pytest
+    python -m controlplane.config.embedded start|stop|status
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PG_PORT = 54329
 DEFAULT_REDIS_PORT = 63799
 PG_DATABASE = "controlplane"
@@ -324,7 +325,7 @@ def embedded_services(*, quiet: bool = False) -> Iterator[dict[str, str]]:
 
 
 def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controlplane.embedded")
+    parser = argparse.ArgumentParser(prog="python -m controlplane.config.embedded")
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="start what is missing, run a command, stop it again")
     run.add_argument("command", nargs=argparse.REMAINDER)
