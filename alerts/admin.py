@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
-from alerts.registry import METRICS, RISK_LIMIT_METRIC
+from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC
 from alerts.transports import TRANSPORTS
 from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip

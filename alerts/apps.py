@@ -8,11 +8,7 @@ class AlertsConfig(AppConfig):
     verbose_name = "Alerts and notifications"
 
     def ready(self) -> None:
-        # The evaluation tasks live beside the notification tasks (alerts.tasks).
-        from alerts import (
-            hooks,
-            jobs,  # noqa: F401
-        )
+        from alerts import hooks
         from risk import events as risk_events
 
         risk_events.limit_disabled.connect(hooks.on_limit_disabled, dispatch_uid="alerts-limit")

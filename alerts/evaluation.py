@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from alerts.models import Alert, AlertRule, Comparator, Notification, RuleAction, Silence
-from alerts.registry import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
+from alerts.rule_metrics import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
 from controlplane import services as engine_services
 from controlplane.models import CommandKind, Engine, TradingState
 

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 
 from alerts import evaluation
 from alerts.models import Alert, AlertRule, Notification, Severity
-from alerts.registry import RISK_LIMIT_METRIC
+from alerts.rule_metrics import RISK_LIMIT_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class _Debouncer:
         return ready, None
 
     def _run(self) -> None:
-        from alerts.jobs import evaluate_engines_task
+        from alerts.tasks import evaluate_engines_task
 
         while True:
             ready, wait = self._due(time.monotonic())

@@ -130,7 +130,7 @@ class AlertRule(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from alerts.registry import METRICS, RISK_LIMIT_METRIC
+        from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC
 
         if self.metric not in METRICS and self.metric != RISK_LIMIT_METRIC:
             raise ValidationError({"metric": unknown_metric(self.metric)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Count, Q, QuerySet
 
 from alerts.models import AlertRule
-from alerts.registry import RISK_LIMIT_METRIC
+from alerts.rule_metrics import RISK_LIMIT_METRIC
 
 
 def rules_with_channel_counts() -> QuerySet[AlertRule]:

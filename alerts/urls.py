@@ -2,8 +2,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from alerts import metrics
+from alerts import views
+
+app_name = "alerts"
 
 urlpatterns = [
-    path("metrics", metrics.metrics, name="metrics"),
+    path("", views.alert_list, name="list"),
+    path("firing.json", views.firing, name="firing"),
+    path("<int:alert_id>/acknowledge/", views.acknowledge, name="acknowledge"),
+    path("silences/", views.silence, name="silence"),
 ]

@@ -777,7 +777,7 @@ def _refuse_id(
     message: str,
 ) -> None:
     """Refuse an event that reuses an id: an error for the engine, and a line in its log (in
-    the batch's transaction) that the "Reused ids" alert rule counts (alerts.registry)."""
+    the batch's transaction) that the "Reused ids" alert rule counts (alerts.rule_metrics)."""
     result.errors.append(_error("duplicate_id", message, event, field_name))
     context = {"code": "duplicate_id", "field": field_name, "id": value, "seq": event.seq}
     group.logs.append((engine_id, group.now, "error", message, context, None))

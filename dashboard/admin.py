@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from dashboard.models import Baseline, Profile, ReportDelivery
-from dashboard.report_forms import BaselineForm
+from dashboard.reports.forms import BaselineForm
 
 
 @admin.register(Profile)

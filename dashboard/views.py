@@ -21,8 +21,9 @@ from django.views.decorators.http import require_GET, require_POST
 from controlplane import selectors, services
 from controlplane.audit import client_ip
 from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
-from dashboard import baselines, charts, overview
+from dashboard import charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
+from dashboard.reports import baselines
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money

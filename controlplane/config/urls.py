@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponsePermanentRedirect
 from django.templatetags.static import static
 from django.urls import include, path
 
+from alerts import prometheus
 from controlplane import api, engine_http
 from controlplane.config import health
 from dashboard import live_views
@@ -33,9 +34,9 @@ urlpatterns = [
     path("live/fleet.json", live_views.fleet_snapshot, name="live-fleet"),
     path("live/engines/<slug:name>.json", live_views.engine_snapshot, name="live-engine"),
     path("risk/", include("risk.urls")),
-    path("alerts/", include("alerts.ui_urls")),
-    path("reports/", include("dashboard.report_urls")),
-    path("", include("alerts.urls")),  # /metrics
+    path("alerts/", include("alerts.urls")),
+    path("reports/", include("dashboard.reports.urls")),
+    path("metrics", prometheus.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
-from alerts import evaluation, hooks, jobs, services
+from alerts import evaluation, hooks, services, tasks
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
 from controlplane.models import Command, Engine
 
@@ -277,7 +277,7 @@ def test_one_task_evaluates_every_engine_it_carries(make_engine, loss_rule):
     only_rules("Daily loss")
     engines = [set_pnl(make_engine(f"e{i}")[0], -3.5 if i % 2 else -1.0) for i in range(4)]
 
-    fired = jobs.evaluate_engines_task([e.pk for e in engines])
+    fired = tasks.evaluate_engines_task([e.pk for e in engines])
 
     assert fired == 2
     firing = Alert.objects.filter(state="firing").values_list("engine__name", flat=True)

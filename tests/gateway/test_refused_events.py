@@ -13,7 +13,7 @@ import pytest
 import websockets
 from django.db import connection
 
-from alerts import registry
+from alerts import rule_metrics
 from alerts.evaluation import evaluate_engine
 from alerts.models import Alert, AlertRule
 from controlplane import gateway
@@ -141,14 +141,14 @@ def test_several_bad_events_among_many_are_each_refused_and_the_rest_stored_in_o
 def test_a_refused_event_raises_the_default_alert(make_engine):
     engine, _ = make_engine()
     now = datetime.now(UTC)
-    assert registry.METRICS["refused_events"].measure(engine, now) == 0
+    assert rule_metrics.METRICS["refused_events"].measure(engine, now) == 0
     assert AlertRule.objects.filter(metric="refused_events").exists()  # installed by default
 
     _answer(engine, f.order(1, "o-1", qty=BIG), f.fill(2, "f-1", "o-1", qty=BIG),
             f.fill(3, "f-2", "o-1", qty=BIG))  # fmt: skip
 
     engine.refresh_from_db()
-    assert registry.METRICS["refused_events"].measure(engine, datetime.now(UTC)) == 1
+    assert rule_metrics.METRICS["refused_events"].measure(engine, datetime.now(UTC)) == 1
     evaluate_engine(engine.pk)
     alert = Alert.objects.get(engine=engine, rule__metric="refused_events")
     assert alert.state == Alert.State.FIRING

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from dashboard import analytics
+from dashboard.reports import analytics
 from tests.reports.conftest import (
     ALPHA_ALERTS,
     ALPHA_AVG_SLIPPAGE_BPS,

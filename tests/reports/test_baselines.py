@@ -13,13 +13,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from alerts import baselines as alert_baselines
+from alerts import rule_metrics
 from alerts.evaluation import evaluate_engine
 from alerts.models import Alert, AlertRule
-from alerts.registry import METRICS
-from dashboard import analytics
-from dashboard.baselines import compare, parse_equity_curve_csv
+from alerts.rule_metrics import METRICS
 from dashboard.models import Baseline
+from dashboard.reports import analytics
+from dashboard.reports.baselines import compare, parse_equity_curve_csv
 from tests.reports.conftest import (
     ALPHA_RETURN_PCT,
     ALPHA_WIN_RATE_PCT,
@@ -165,9 +165,11 @@ def test_divergence_is_the_largest_relative_gap_of_the_last_30_days(
     week_data: dict[str, Any],
 ) -> None:
     alpha = week_data["alpha"]
-    assert alert_baselines.divergence_pct(alpha, WEEK_END) is None  # no baseline yet
+    assert rule_metrics.backtest_divergence_pct(alpha, WEEK_END) is None  # no baseline yet
     alpha_baseline(alpha)
-    assert close(alert_baselines.divergence_pct(alpha, WEEK_END), DIVERGENCE_30D_PCT, rel=1e-7)
+    assert close(
+        rule_metrics.backtest_divergence_pct(alpha, WEEK_END), DIVERGENCE_30D_PCT, rel=1e-7
+    )
     assert close(METRICS["backtest_divergence_pct"].measure(alpha, WEEK_END), DIVERGENCE_30D_PCT,
                  rel=1e-7)  # fmt: skip
 

@@ -21,8 +21,8 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from controlplane.config.celery import app as celery_app
-from dashboard import analytics, report_charts, reports
 from dashboard.models import ReportDelivery, profile_for
+from dashboard.reports import analytics, charts, weekly
 from dashboard.tasks import send_weekly_reports
 from tests.reports.conftest import WEEK
 from tests.servers import free_port
@@ -113,18 +113,18 @@ def leaves(message: EmailMessage) -> dict[str, list[Any]]:
 
 
 def test_kaleido_renders_pngs_in_the_system_chromium(week_data: dict[str, Any]) -> None:
-    report = reports.weekly_report(WEEK, ZoneInfo("UTC"))
+    report = weekly.weekly_report(WEEK, ZoneInfo("UTC"))
     figures = [
-        report_charts.equity_drawdown_figure(report.fleet, theme="email"),
-        report_charts.daily_pnl_figure(report.fleet, theme="email"),
+        charts.equity_drawdown_figure(report.fleet, theme="email"),
+        charts.daily_pnl_figure(report.fleet, theme="email"),
     ]
-    cache.delete(report_charts.png_cache_key(figures))  # really render, whatever ran before
-    equity, pnl = report_charts.render_pngs(figures)
+    cache.delete(charts.png_cache_key(figures))  # really render, whatever ran before
+    equity, pnl = charts.render_pngs(figures)
     for png in (equity, pnl):
         assert png.startswith(PNG_SIGNATURE)
         width = int.from_bytes(png[16:20], "big")
-        assert width == report_charts.PNG_WIDTH * 2  # rendered at scale 2 for sharp screens
-    assert report_charts.render_pngs(figures) == [equity, pnl]  # the second time: cached
+        assert width == charts.PNG_WIDTH * 2  # rendered at scale 2 for sharp screens
+    assert charts.render_pngs(figures) == [equity, pnl]  # the second time: cached
 
 
 def test_the_subscribed_user_gets_the_report_with_inline_charts(
@@ -201,14 +201,14 @@ def test_a_send_that_keeps_failing_gives_up_after_the_last_attempt(
     send_weekly_reports.apply(kwargs={"week": WEEK})
 
     delivery = ReportDelivery.objects.get()
-    assert (delivery.status, delivery.attempts) == ("failed", reports.MAX_ATTEMPTS)
-    assert smtp.attempts == reports.MAX_ATTEMPTS
-    assert delivery.error.startswith(f"attempt {reports.MAX_ATTEMPTS}: SMTPDataError")
+    assert (delivery.status, delivery.attempts) == ("failed", weekly.MAX_ATTEMPTS)
+    assert smtp.attempts == weekly.MAX_ATTEMPTS
+    assert delivery.error.startswith(f"attempt {weekly.MAX_ATTEMPTS}: SMTPDataError")
     # Run again (the next beat, a person pressing "run"): the row says it gave up; nothing is sent.
-    assert reports.weekly_report_deliver(user_id=delivery.user_id, week=WEEK).outcome is (
-        reports.Outcome.GAVE_UP
+    assert weekly.weekly_report_deliver(user_id=delivery.user_id, week=WEEK).outcome is (
+        weekly.Outcome.GAVE_UP
     )
-    assert smtp.attempts == reports.MAX_ATTEMPTS
+    assert smtp.attempts == weekly.MAX_ATTEMPTS
 
 
 def test_a_week_without_trading_says_so(

@@ -18,8 +18,8 @@ from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_date, parse_datetime
 
 from controlplane.models import Engine
-from dashboard import analytics
 from dashboard.models import Baseline
+from dashboard.reports import analytics
 
 MAX_CURVE_ROWS = 50_000
 MAX_ERRORS_SHOWN = 10

@@ -7,8 +7,8 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from dashboard.baselines import parse_equity_curve_csv
 from dashboard.models import Baseline, Profile
+from dashboard.reports.baselines import parse_equity_curve_csv
 
 MAX_CSV_BYTES = 5 * 1024 * 1024
 

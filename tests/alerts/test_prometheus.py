@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from alerts.models import Alert, Notification, NotificationChannel
 from controlplane.models import Command, Engine
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("alerts.urls")]
+pytestmark = pytest.mark.django_db
 
 
 def scrape(client: Client, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

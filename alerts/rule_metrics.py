@@ -204,11 +204,19 @@ def last_reused_id(engine: Engine, now: datetime) -> str | None:
     return _reused_id_lines(engine).order_by("-ts", "-pk").values_list("message", flat=True).first()
 
 
-def backtest_divergence_pct(engine: Engine, now: datetime) -> float | None:
-    # Filled in once engines carry a backtest baseline (the analytics issue); unknown until then.
-    from alerts import baselines
+# The divergence from a backtest baseline is measured by the reports (a layer above, which holds
+# the baselines): they hand their measure over when they load (``measure_divergence_with``).
+_divergence: Callable[[Engine, datetime], float | None] | None = None
 
-    return baselines.divergence_pct(engine, now)
+
+def measure_divergence_with(measure: Callable[[Engine, datetime], float | None]) -> None:
+    global _divergence
+    _divergence = measure
+
+
+def backtest_divergence_pct(engine: Engine, now: datetime) -> float | None:
+    """Unknown (None) without a baseline, or where no reports app measures it."""
+    return _divergence(engine, now) if _divergence is not None else None
 
 
 METRICS: dict[str, Metric] = {

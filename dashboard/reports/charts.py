@@ -23,7 +23,7 @@ from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from plotly.subplots import make_subplots
 
-from dashboard.analytics import Analytics
+from dashboard.reports.analytics import Analytics
 
 GREEN = "#2da44e"
 RED = "#cf222e"

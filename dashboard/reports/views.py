@@ -13,9 +13,9 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from dashboard import analytics, report_charts, reports
 from dashboard.models import profile_for
-from dashboard.report_forms import ProfileForm
+from dashboard.reports import analytics, charts, weekly
+from dashboard.reports.forms import ProfileForm
 
 VIEW_ENGINES = "controlplane.view_engine"
 
@@ -30,10 +30,10 @@ def _not_found(request: HttpRequest, message: str) -> HttpResponse:
     return render(request, "reports/bad_week.html", {"message": message}, status=404)
 
 
-def _report(request: HttpRequest, week: str) -> reports.WeeklyReport:
+def _report(request: HttpRequest, week: str) -> weekly.WeeklyReport:
     tz = ZoneInfo(profile_for(request.user).timezone)
     try:
-        return reports.weekly_report(week, tz)
+        return weekly.weekly_report(week, tz)
     except analytics.BadWeek as exc:
         raise _BadWeek(str(exc)) from None
 
@@ -54,15 +54,13 @@ def week(request: HttpRequest, week: str) -> HttpResponse:
         return _not_found(request, exc.message)
     day = report.period.start.date()
     figures = {
-        name: json.loads(report_charts.figure_json(figure))
+        name: json.loads(charts.figure_json(figure))
         for name, figure in (
-            ("equity", report_charts.equity_drawdown_figure(report.fleet)),
-            ("pnl", report_charts.daily_pnl_figure(report.fleet)),
+            ("equity", charts.equity_drawdown_figure(report.fleet)),
+            ("pnl", charts.daily_pnl_figure(report.fleet)),
             (
                 "engines",
-                report_charts.engine_equity_figure(
-                    [(r.engine.name, r.figures) for r in report.engines]
-                ),
+                charts.engine_equity_figure([(r.engine.name, r.figures) for r in report.engines]),
             ),
         )
     }
@@ -72,7 +70,7 @@ def week(request: HttpRequest, week: str) -> HttpResponse:
         {
             "report": report,
             "figures": figures,
-            "plot_config": report_charts.CONFIG,
+            "plot_config": charts.CONFIG,
             "previous_week": analytics.week_label(day - timedelta(days=7)),
             "next_week": analytics.week_label(day + timedelta(days=7)),
             "tz_name": str(report.period.tz),
@@ -87,7 +85,7 @@ def week_csv(request: HttpRequest, week: str) -> HttpResponse:
         report = _report(request, week)
     except _BadWeek as exc:
         return _not_found(request, exc.message)
-    response = HttpResponse(reports.report_csv(report), content_type="text/csv; charset=utf-8")
+    response = HttpResponse(weekly.report_csv(report), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="report-{report.week}.csv"'
     return response
 

@@ -22,10 +22,10 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from controlplane.models import Engine
-from dashboard import analytics, report_charts
-from dashboard.analytics import Analytics, Period
-from dashboard.baselines import Comparison, compare
 from dashboard.models import Baseline, Profile, ReportDelivery, profile_for
+from dashboard.reports import analytics, charts
+from dashboard.reports.analytics import Analytics, Period
+from dashboard.reports.baselines import Comparison, compare
 
 MAX_ATTEMPTS = 6
 # A "sending" claim older than this was left by a worker that died mid-send: take it over.
@@ -177,10 +177,10 @@ def report_email(report: WeeklyReport, user: object) -> EmailMultiAlternatives:
     )
     message.attach_alternative(html, "text/html")
     if report.fleet.curve:
-        pngs = report_charts.render_pngs(
+        pngs = charts.render_pngs(
             [
-                report_charts.equity_drawdown_figure(report.fleet, theme="email"),
-                report_charts.daily_pnl_figure(report.fleet, theme="email"),
+                charts.equity_drawdown_figure(report.fleet, theme="email"),
+                charts.daily_pnl_figure(report.fleet, theme="email"),
             ]
         )
         message.mixed_subtype = "related"
