@@ -19,7 +19,7 @@ TEST_REDIS_PORT ?= 63809
 help:
 	@echo "make demo   run the control plane with 3 simulated engines (http://localhost:$(PORT)/)"
 	@echo "make test   run the whole test suite"
-	@echo "make lint   ruff check + format check"
+	@echo "make lint   ruff check + format check + the layers' import contracts"
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
@@ -41,6 +41,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

@@ -16,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from alerts import events as alert_events
 from alerts.models import Alert, AlertRule, Comparator, Notification, RuleAction, Silence
+from alerts.notify import notification_enqueue
 from alerts.rule_metrics import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
 from controlplane import services as engine_services
+from controlplane.events import announce
 from controlplane.models import CommandKind, Engine, TradingState
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,6 @@ def _notify(alert: Alert, event: str, *, sequence: int = 0, channels: Iterable |
     """Enqueue the notifications of an event, unless silenced or suppressed; say whether sent."""
     if silenced(alert, alert.engine, now) or engine_down(alert.engine, alert.rule):
         return False
-    from alerts.notify import notification_enqueue
-
     notification_enqueue(alert=alert, event=event, channels=channels, sequence=sequence)
     return True
 
@@ -266,7 +267,6 @@ def repeat_and_escalate(*, now: datetime | None = None) -> int:
 
 
 def _publish(alert: Alert) -> None:
-    """Tell the open browsers (a toast and the badge), after the commit."""
-    from alerts import live
-
-    transaction.on_commit(lambda: live.alert_changed(alert.pk))
+    """Tell whoever shows alerts (the browsers' toast and badge), after the commit."""
+    alert_id = alert.pk
+    transaction.on_commit(lambda: announce(alert_events.alert_changed, alert_id=alert_id))

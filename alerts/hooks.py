@@ -1,4 +1,4 @@
-"""Where the rest of the control plane hands work to the alerts side."""
+"""Where the alerts side hears of the rest of the control plane: stored batches, risk events."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from django.db import IntegrityError, transaction
 from alerts import evaluation
 from alerts.models import Alert, AlertRule, Notification, Severity
 from alerts.rule_metrics import RISK_LIMIT_METRIC
+from alerts.selectors import risk_limit_channel_count
+from alerts.tasks import evaluate_engines_task
+from risk.models import RiskEvent
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,6 @@ class _Debouncer:
         return ready, None
 
     def _run(self) -> None:
-        from alerts.tasks import evaluate_engines_task
-
         while True:
             ready, wait = self._due(time.monotonic())
             parts = min(MAX_TASKS_PER_BURST, math.ceil(len(ready) / MIN_ENGINES_PER_TASK))
@@ -93,6 +94,21 @@ def spread(items: list[int], parts: int) -> list[list[int]]:
 _debouncer = _Debouncer()
 
 
+def on_batch_stored(
+    sender: Any, *, engine_id: int, result: Any, refused: int, **kwargs: Any
+) -> None:
+    """controlplane.events.batch_stored: a refused event raises an alert (the refused_events
+    metric), and one refused for a reused id leaves the engine log line its rule counts: both are
+    evaluated now, not only at the next sweep."""
+    if result.stored or refused or any(e.code == "duplicate_id" for e in result.errors):
+        engine_data(engine_id)
+
+
+def on_limit_event_raised(sender: Any, *, event_id: int, **kwargs: Any) -> None:
+    """risk.events.limit_event_raised."""
+    risk_event(event_id)
+
+
 def engine_data(engine_id: int) -> None:
     """An engine's batch was stored: evaluate its rules soon, once per DEBOUNCE_S at most."""
     if settings.ALERTS_ENABLED:
@@ -102,8 +118,6 @@ def engine_data(engine_id: int) -> None:
 def risk_event(event_id: int) -> None:
     """A risk limit's warning or breach is an alert (through the risk-limit rule's channels);
     its clearing resolves it."""
-    from risk.models import RiskEvent
-
     event = RiskEvent.objects.select_related("engine", "limit").filter(pk=event_id).first()
     if event is None:
         return
@@ -154,8 +168,6 @@ def on_limit_disabled(sender: Any, *, limit_id: int, actor_label: str, **kwargs:
 
 
 def on_limit_channels(sender: Any, **kwargs: Any) -> int:
-    from alerts.selectors import risk_limit_channel_count
-
     return risk_limit_channel_count()
 
 

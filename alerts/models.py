@@ -18,6 +18,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC
+
 
 def _fernet() -> Fernet:
     # The key comes from CHANNEL_SECRET_KEY when set, else from SECRET_KEY; rotating it makes
@@ -130,8 +132,6 @@ class AlertRule(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC
-
         if self.metric not in METRICS and self.metric != RISK_LIMIT_METRIC:
             raise ValidationError({"metric": unknown_metric(self.metric)})
 

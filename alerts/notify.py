@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
@@ -113,6 +114,10 @@ def render_html(subject: str, body: str) -> str:
 # --- Enqueue -------------------------------------------------------------------------------------
 
 
+# The Celery task that delivers one notification (alerts.tasks.send_notification).
+SEND_NOTIFICATION_TASK = "alerts.send_notification"
+
+
 def notification_enqueue(
     *,
     alert: Alert,
@@ -147,8 +152,8 @@ def notification_enqueue(
 
 
 def _enqueue_sends(notification_ids: Iterable[int]) -> None:
-    from alerts.tasks import send_notification
-
+    # By name: the task (alerts.tasks.send_notification) calls this module to deliver.
+    send_notification = current_app.signature(SEND_NOTIFICATION_TASK)
     for notification_id in notification_ids:
         try:
             send_notification.delay(notification_id)

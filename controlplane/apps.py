@@ -9,7 +9,7 @@ class ControlPlaneConfig(AppConfig):
     verbose_name = "Engines"
 
     def ready(self) -> None:
-        from controlplane import signals
+        # The login audit's receivers connect as the module loads (@receiver).
+        from controlplane import login, roles  # noqa: F401
 
-        # Permissions of apps migrated after ours exist only once post_migrate has run.
-        post_migrate.connect(signals.sync_roles_after_migrate, dispatch_uid="cp-sync-roles")
+        post_migrate.connect(roles.sync_roles_after_migrate, dispatch_uid="cp-sync-roles")

@@ -5,16 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest
 
 from controlplane.models import AuditEvent
-
-if TYPE_CHECKING:
-    from controlplane.sqlscript import Script
+from controlplane.sqlscript import Script
 
 
 def client_ip(request: HttpRequest | None) -> str | None:

@@ -13,11 +13,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from controlplane import delivery, gateway
+from controlplane import delivery, events, gateway
 from controlplane.ingest import COPY_MIN_ROWS
 from controlplane.loops import PerLoop
 from controlplane.ratelimit import TokenBucket
-from dashboard.live import publisher
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         await self.channel_layer.group_discard(engine_group(self.engine_id), self.channel_name)
         if self.greeted:
             await database_sync_to_async(gateway.disconnect)(self.engine_id, self.connection_id)
-            publisher.mark(self.engine_id)
+            events.announce(events.engines_changed, engine_ids=[self.engine_id])
 
     async def send_frames(self, frames: list[p.ServerFrame]) -> None:
         for frame in frames:
@@ -233,7 +232,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 frames, result = [*merged.errors, _RESEND], None
             self._written.set()
             if result is not None and result.stored:
-                publisher.mark(self.engine_id)
+                events.announce(events.engines_changed, engine_ids=[self.engine_id])
             if result is None:
                 # Nothing more is stored on this connection (see above).
                 self._unsynced = True
@@ -270,7 +269,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.close(code=p.CLOSE_UNAUTHORIZED if refused else p.CLOSE_PROTOCOL_VIOLATION)
             return
         self.greeted = True
-        publisher.mark(self.engine_id)
+        events.announce(events.engines_changed, engine_ids=[self.engine_id])
         early, self._early_frames = self._early_frames or [], None
         for text in early:
             await self.send(text_data=text)
@@ -433,6 +432,7 @@ class _AnswerWriter:
                 log.exception("%d command answers not stored", len(batch))
                 failed = {engine_id for engine_id, _ in answers}
             closed: set[int] = set()
+            results: list[tuple[int, Any, str]] = []
             for consumer, frame in batch:
                 engine_id = consumer.engine_id
                 if engine_id in failed:
@@ -441,7 +441,10 @@ class _AnswerWriter:
                         with contextlib.suppress(Exception):
                             await consumer.close(code=1011)
                 elif isinstance(frame, p.CommandResult):
-                    publisher.mark(engine_id)
+                    results.append((engine_id, frame.command_id, frame.status))
+            if results:
+                engine_ids = sorted({engine_id for engine_id, _, _ in results})
+                events.announce(events.command_answered, engine_ids=engine_ids, answers=results)
 
 
 def _store_answers(answers: list[gateway.Answer]) -> set[int]:

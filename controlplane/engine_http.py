@@ -17,11 +17,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from controlplane import gateway
+from controlplane import events, gateway
 from controlplane.input_guard import frames_checked_by_the_view
 from controlplane.models import Engine
 from controlplane.ratelimit import TokenBucket
-from dashboard.live import publisher
 from engine_sdk import protocol as p
 
 JSON = "application/json"
@@ -86,7 +85,7 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     if decoded.events is not None:
         frames, result = gateway.events(engine.pk, decoded)
         if result is not None and result.stored:
-            publisher.mark_soon(engine.pk)
+            events.announce(events.engines_changed, engine_ids=[engine.pk])
         status = 503 if result is None else 200
         return _frames(frames, status)
     frame = decoded.frame

@@ -29,23 +29,24 @@ class DomainEvent(Signal):
         self.name = name
 
 
-# An engine's events were stored (``engine_id``, ``result``: the ingest's IngestResult, with the
-# engine row as the batch left it) and are about to be acknowledged. Sent in the thread that stored
-# them, before the ack: post-trade risk is evaluated on it, so a breach acts before the engine
-# sends its next batch. ``refused`` counts the events the database refused alone.
+# An engine's events frame was stored (``engine_id``; ``result``: the ingest's IngestResult, with
+# the engine row as the batch left it; ``refused``: how many of its events the database refused
+# alone) and is about to be acknowledged. Sent in the thread that stored it, before the ack, even
+# when nothing new was stored: post-trade risk is evaluated on it, so a breach acts before the
+# engine sends its next batch.
 batch_stored = DomainEvent("batch_stored")
 
 # What an operator sees of these engines changed (``engine_ids``): a batch, a state, a connection,
 # a command issued. Sent from any thread or event loop; receivers must return at once.
 engines_changed = DomainEvent("engines_changed")
 
-# Engines answered commands (``answers``: (engine id, command id, status) of each command that
-# took a result in this transaction; ``engine_ids``: every engine that acked or answered).
+# Engines' command results were stored (``answers``: (engine id, command id, result status) of
+# each, in arrival order; ``engine_ids``: the engines, once each). Sent from the event loop of the
+# engines' sockets; receivers must return at once.
 command_answered = DomainEvent("command_answered")
 
 # Asked, not announced: the pre-trade limits an engine gets in its welcome (``engine``: the
-# Engine). A receiver answers ``(limits_version, [engine_sdk.protocol.Limit, ...])``. Sent with
-# ``send``, not robustly: an engine must not start trading without the limits it should have.
+# Engine). The risk app answers ``(limits revision, [limit in wire form, ...])``.
 limits_wanted = DomainEvent("limits_wanted")
 
 
@@ -58,6 +59,18 @@ def announce(signal: DomainEvent, **kwargs: Any) -> None:
             error = (type(answer), answer, answer.__traceback__)
             log.error("%s: receiver %s failed", signal.name, name, exc_info=error)
             _count_failure(signal.name, name)
+
+
+def limits_for(engine: Any) -> tuple[int, list[dict[str, Any]]]:
+    """The revision and the pre-trade limits ``engine`` must enforce, as the risk app answers.
+
+    Not robust on purpose: if the limits cannot be read, the welcome fails and the engine
+    connects again, rather than trading without the limits it should have.
+    """
+    answers = [answer for _, answer in limits_wanted.send(sender=None, engine=engine) if answer]
+    if len(answers) > 1:
+        raise RuntimeError(f"{len(answers)} receivers answer limits_wanted; one must")
+    return answers[0] if answers else (0, [])
 
 
 def failures_key() -> str:

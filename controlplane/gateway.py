@@ -19,16 +19,16 @@ import psycopg
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.db.models import F
+from django.db.models.functions import Greatest
 
-from alerts import hooks as alert_hooks
 from controlplane import partitions
 from controlplane.audit import audit_add, audit_event, audit_record
+from controlplane.events import announce, batch_stored, limits_for
 from controlplane.ingest import IngestResult, UnknownEngine, ingest_batches
 from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
 from controlplane.services import timed_pauses_end
 from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
-from risk.selectors import pretrade_limits_for
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         status=Command.Status.SUPERSEDED, completed_at=now,
         detail="superseded by the limits sent in the welcome",
     )  # fmt: skip
-    limits_version, limits = pretrade_limits_for(engine)
+    limits_version, limits = limits_for(engine)
     latched = enforce_desired_state(engine, frame.trading_state)
     commands = pending_commands(engine.pk)
     if latched is not None:
@@ -598,13 +598,9 @@ def _answer(
     engine_id: int, decoded: Decoded, result: IngestResult, refusals: Sequence[p.Error] = ()
 ) -> tuple[list[p.ServerFrame], IngestResult]:
     frames: list[p.ServerFrame] = [*decoded.errors, *_in_frame(decoded, result.errors), *refusals]
-    if result.stored:
-        _evaluate_risk(engine_id, result)
-    if result.stored or refusals or any(e.code == "duplicate_id" for e in result.errors):
-        # A refused event raises an alert (the refused_events metric), and one refused for a
-        # reused id leaves the engine log line its rule counts: evaluated now, not only at the
-        # next sweep.
-        alert_hooks.engine_data(engine_id)
+    # Post-trade risk is evaluated on it before the ack (risk.evaluation), and alert rules are
+    # scheduled (alerts.hooks): a failing receiver is logged, and the batch is acked all the same.
+    announce(batch_stored, engine_id=engine_id, result=result, refused=len(refusals))
     # Events rejected at decoding are acknowledged too (they will never become valid), so the
     # ack covers the highest seq seen in the frame, stored or refused.
     refused = [e.seq for e in decoded.errors if e.seq is not None]
@@ -634,17 +630,6 @@ def _in_frame(decoded: Decoded, errors: list[p.Error]) -> list[p.Error]:
     ]
 
 
-def _evaluate_risk(engine_id: int, result: IngestResult) -> None:
-    from risk.evaluation import evaluate_engine
-
-    try:
-        # The engine row as the batch left it saves the evaluation reading it again.
-        evaluate_engine(engine_id, engine=result.engine, stored=result.kinds)
-    except Exception:
-        # The batch is stored and must be acked; the next batch evaluates again.
-        log.exception("engine %s: post-trade risk evaluation failed", engine_id)
-
-
 def _advance_watermark(engine_id: int, seq: int) -> bool:
     """Move the engine's watermark up to ``seq``; False if the database refused.
 
@@ -652,8 +637,6 @@ def _advance_watermark(engine_id: int, seq: int) -> bool:
     (its row locked past a timeout, a trigger) must not turn into an exception that fails the
     answers of every engine stored with it.
     """
-    from django.db.models.functions import Greatest
-
     try:
         # A savepoint should a caller hold a transaction, which a failed statement would spoil.
         with transaction.atomic():

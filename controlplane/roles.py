@@ -56,3 +56,8 @@ def sync_roles(apps: Any = None) -> None:
             )
         ]
         group.permissions.set(wanted)
+
+
+def sync_roles_after_migrate(sender: Any, **kwargs: Any) -> None:
+    # Permissions of apps migrated after ours exist only once post_migrate has run.
+    sync_roles()

@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from controlplane import delivery
+from controlplane import delivery, events
 from controlplane.audit import audit_add, audit_event, audit_record
 from controlplane.models import (
     ApiToken,
@@ -521,12 +521,7 @@ def _commands_insert(
 
 def _publish_rows(engine_ids: list[int]) -> None:
     """The new desired states on the operators' screens at once, not when the engines answer."""
-    from dashboard import live
-
-    try:
-        live.publish_rows_now(engine_ids)
-    except Exception as exc:  # the screens catch up on the engines' next report
-        log.warning("live update of %d engines after a command failed: %s", len(engine_ids), exc)
+    events.announce(events.engines_changed, engine_ids=engine_ids)
 
 
 def _supersede(

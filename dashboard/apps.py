@@ -7,8 +7,15 @@ class DashboardConfig(AppConfig):
     name = "dashboard"
 
     def ready(self) -> None:
+        from alerts import events as alert_events
         from alerts import rule_metrics
+        from controlplane import events
+        from dashboard import live
         from dashboard.reports import baselines
 
+        # What the screens show follows the domain's events (dashboard.live).
+        events.engines_changed.connect(live.on_engines_changed, dispatch_uid="dashboard-engines")
+        events.command_answered.connect(live.on_engines_changed, dispatch_uid="dashboard-answers")
+        alert_events.alert_changed.connect(live.on_alert_changed, dispatch_uid="dashboard-alerts")
         # The alert rule on backtest divergence measures it with the reports' baselines.
         rule_metrics.measure_divergence_with(baselines.divergence_pct)

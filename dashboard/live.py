@@ -10,6 +10,12 @@ A flush is one Redis message on the ``live`` hub (controlplane.hub): each web pr
 once and hands each update to its browser sockets that listen to the topic (dashboard.consumers).
 When no web process listens, a flush reads nothing.
 
+What changes reaches this module as domain events (controlplane.events, alerts.events), connected
+in DashboardConfig.ready: ``show_engines`` marks the engines for the next flush, or, in a process
+without an event loop (a Celery worker), publishes their rows itself once the transaction that
+changed them commits; ``show_alert`` sends an alert's toast the same way. Nothing else in the
+product publishes to browsers.
+
 Every update carries its publisher's id and a sequence number per topic. Pub/sub drops messages
 silently when it must; a browser consumer that sees a gap tells the browser to fetch a fresh
 snapshot, so a lost message never leaves a stale screen.
@@ -24,14 +30,16 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
+from alerts.models import Alert
 from controlplane import hub
 from controlplane.loops import PerLoop
 from controlplane.models import Engine
@@ -42,7 +50,7 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 0.1
 HUB = "live"
 FLEET = "fleet"
-ALERTS = "alerts"  # alerts.live publishes here
+ALERTS = "alerts"  # the alerts' toasts and badge (show_alert)
 WATCH_TTL_S = 30.0
 
 
@@ -232,14 +240,84 @@ def fleet_update(source: str, seq: int, rows: list[overview.FleetRow]) -> dict[s
 
 publisher = Publisher()
 
-# Processes without an event loop of their own (Celery workers) publish fleet rows at once, under
-# a source id of their own so browsers' gap detection stays per publisher.
+# Processes without an event loop of their own (Celery workers) publish at once (show_engines).
 _SYNC_SOURCE = uuid.uuid4().hex
 _sync_seq = 0
 
 
-def publish_rows_now(engine_ids: list[int]) -> None:
+def show_engines(engine_ids: list[int]) -> None:
+    """Put these engines' new rows (and engine pages) on the operators' screens.
+
+    On a web process's event loop (the engine sockets): marked for the next flush. From a thread
+    of a process whose publisher runs (the HTTP engine endpoints): handed to its loop. Elsewhere
+    (a worker, a management command, a request before any socket marked): published from here,
+    after the commit of the transaction that changed them.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = publisher._loop
+        if loop is not None and loop.is_running():
+            for engine_id in engine_ids:
+                loop.call_soon_threadsafe(publisher.mark, engine_id)
+        else:
+            ids = list(engine_ids)
+            transaction.on_commit(lambda: _publish_quietly(lambda: [_rows_update(ids)]))
+        return
+    for engine_id in engine_ids:
+        publisher.mark(engine_id)
+
+
+def alert_payload(alert: Alert) -> dict[str, object]:
+    return {
+        "id": alert.pk,
+        "state": alert.state,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "engine": alert.engine.name if alert.engine else None,
+        "acknowledged_by": alert.acknowledged_by_label or None,
+    }
+
+
+def show_alert(alert_id: int) -> None:
+    """An alert's toast and the badge on every page, and its engine's fleet row (its count of
+    firing alerts), after the commit of the change."""
+
+    def updates() -> list[dict[str, Any]]:
+        alert = Alert.objects.select_related("engine").filter(pk=alert_id).first()
+        if alert is None:
+            return []
+        found = [{"type": "live.alert", "topic": ALERTS, "alert": alert_payload(alert)}]
+        if alert.engine_id is not None:
+            found.append(_rows_update([alert.engine_id]))
+        return found
+
+    transaction.on_commit(lambda: _publish_quietly(updates))
+
+
+def _rows_update(engine_ids: list[int]) -> dict[str, Any]:
+    # Under a source id of this process's own, so browsers' gap detection stays per publisher.
     global _sync_seq
-    rows = overview.fleet_rows(engine_ids=engine_ids)
     _sync_seq += 1
-    hub.publish(HUB, encode([fleet_update(_SYNC_SOURCE, _sync_seq, rows)]))
+    return fleet_update(_SYNC_SOURCE, _sync_seq, overview.fleet_rows(engine_ids=engine_ids))
+
+
+def _publish_quietly(read: Callable[[], list[dict[str, Any]]]) -> None:
+    """Read the updates and publish them; what changed is stored already, and a browser that
+    misses this resyncs on the next sequence gap or reconnect."""
+    try:
+        updates = read()
+        if updates:
+            hub.publish(HUB, encode(updates))
+    except Exception as exc:
+        log.warning("live update not published: %s", exc)
+
+
+def on_engines_changed(sender: Any, *, engine_ids: list[int], **kwargs: Any) -> None:
+    """controlplane.events.engines_changed and command_answered."""
+    show_engines(engine_ids)
+
+
+def on_alert_changed(sender: Any, *, alert_id: int, **kwargs: Any) -> None:
+    """alerts.events.alert_changed."""
+    show_alert(alert_id)

@@ -30,6 +30,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Abs, Coalesce, JSONObject, TruncMinute
 
+from alerts.models import Alert
 from controlplane.models import (
     AccountSnapshot,
     Command,
@@ -259,8 +260,6 @@ def fleet_rows(
     }
     # Working orders and today's orders are counts the gateway keeps on the engine row
     # (Engine.counts_day): counting the day's orders here grew all day, on every live update.
-    from alerts.models import Alert
-
     firing = dict(
         Alert.objects.filter(engine_id__in=ids, state=Alert.State.FIRING)
         .values("engine_id")

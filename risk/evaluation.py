@@ -22,7 +22,9 @@ from typing import Any
 from django.db import transaction
 
 from controlplane import services as engine_services
+from controlplane.events import announce
 from controlplane.models import CommandKind, Engine, TradingState
+from risk import events as risk_events
 from risk import selectors
 from risk.models import POST_TRADE, Action, Level, LimitKind, LimitState, RiskEvent, RiskLimit
 
@@ -264,7 +266,7 @@ def _raise(
         command=command,
     )  # fmt: skip
     log.warning("risk: %s", message)
-    transaction.on_commit(lambda: _announce(event.pk))
+    transaction.on_commit(lambda: announce(risk_events.limit_event_raised, event_id=event.pk))
     return event
 
 
@@ -285,10 +287,8 @@ def _act(limit: RiskLimit, engine: Engine, message: str) -> Any:
     return batch.commands.get()
 
 
-def _announce(event_id: int) -> None:
-    """Hand the event to the alerting side, when there is one (alerts.hooks)."""
-    try:
-        from alerts import hooks
-    except ImportError:
-        return
-    hooks.risk_event(event_id)
+def on_batch_stored(sender: Any, *, engine_id: int, result: Any, **kwargs: Any) -> None:
+    """controlplane.events.batch_stored: evaluate the post-trade limits on what the batch stored
+    (the engine row as the batch left it saves reading it again)."""
+    if result.stored:
+        evaluate_engine(engine_id, engine=result.engine, stored=result.kinds)

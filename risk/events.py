@@ -5,28 +5,20 @@ Sent after the commit of the change they announce.
 
 from __future__ import annotations
 
-import logging
+from controlplane.events import DomainEvent
 
-from django.dispatch import Signal
-
-log = logging.getLogger(__name__)
+# A limit's warning, breach or clearing was recorded (``event_id``: the RiskEvent). Sent after
+# its commit; the alerting side turns it into an alert, or resolves one.
+limit_event_raised = DomainEvent("limit_event_raised")
 
 # A limit was switched off (``limit_id``, ``actor_label``): whatever it raised is over.
-limit_disabled = Signal()
-
-
-def announce_limit_disabled(limit_id: int, actor_label: str) -> None:
-    """Tell the receivers; one that fails is logged and costs the others nothing."""
-    answers = limit_disabled.send_robust(sender=None, limit_id=limit_id, actor_label=actor_label)
-    for receiver, answer in answers:
-        if isinstance(answer, Exception):
-            log.error("limit #%s disabled: %s failed: %r", limit_id, receiver, answer)
+limit_disabled = DomainEvent("limit_disabled")
 
 
 # Asked, not announced: receivers answer how many enabled notification channels the alerts of
 # risk limits reach. No receiver, or every receiver answering 0, and a limit's warnings and
 # breaches notify nobody: the admin says so beside each limit.
-limit_channels = Signal()
+limit_channels = DomainEvent("limit_channels")
 
 
 def limit_channel_count() -> int | None:

@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from controlplane.models import Engine
+
 
 class LimitKind(models.TextChoices):
     # Pre-trade: enforced by the engine before each order.
@@ -133,11 +135,10 @@ class RiskLimit(models.Model):
                 errors["scope_value"] = "A global limit takes no scope value."
         elif not self.scope_value.strip():
             errors["scope_value"] = f"Name the {self.scope} this limit applies to."
-        elif self.scope == Scope.ENGINE:
-            from controlplane.models import Engine
-
-            if not Engine.objects.filter(name=self.scope_value).exists():
-                errors["scope_value"] = f"No engine is named {self.scope_value!r}."
+        elif (
+            self.scope == Scope.ENGINE and not Engine.objects.filter(name=self.scope_value).exists()
+        ):
+            errors["scope_value"] = f"No engine is named {self.scope_value!r}."
         if self.scope == Scope.SECTOR and self.kind not in PRE_TRADE | {LimitKind.MAX_SECTOR_PCT}:
             errors["scope"] = "A sector scope applies to pre-trade limits and max sector %."
         if self.scope == Scope.SYMBOL and self.kind not in PRE_TRADE | {LimitKind.MAX_POSITION_PCT}:

@@ -34,6 +34,11 @@ def pretrade_limits_for(engine: Engine) -> tuple[int, list[dict[str, Any]]]:
     return revision, [limit.wire() for limit in limits if applies_to(limit, engine)]
 
 
+def on_limits_wanted(sender: Any, *, engine: Engine, **kwargs: Any) -> tuple[int, list[Any]]:
+    """controlplane.events.limits_wanted: the limits of an engine's welcome."""
+    return pretrade_limits_for(engine)
+
+
 def limits_overview() -> list[dict[str, Any]]:
     """Every limit with each engine's utilisation, for the risk page (three queries)."""
     limits = list(RiskLimit.objects.order_by("-enabled", "kind", "pk"))

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from controlplane import services as engine_services
 from controlplane.audit import audit_record
+from controlplane.events import announce
 from controlplane.models import CommandKind, Engine
 from risk import events, selectors
 from risk.models import Level, LimitState, RiskLimit, RiskLimitChange
@@ -68,7 +69,10 @@ def limit_save(
             LimitState.objects.filter(limit=limit).update(
                 level=Level.OK, warned_at_level=0, breached_at=None, utilisation=0.0
             )
-            transaction.on_commit(partial(events.announce_limit_disabled, limit.pk, label))
+            announced = partial(
+                announce, events.limit_disabled, limit_id=limit.pk, actor_label=label
+            )
+            transaction.on_commit(announced)
         limit.version = (before.version if before else 0) + 1
         limit.updated_by = label
         limit.save()

@@ -23,7 +23,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
-from controlplane.config import embedded, services
+from controlplane import services
+from controlplane.config import embedded
 from controlplane.models import Engine, Instrument, Mode
 from engine_sdk.client import EngineClient, EngineClientError
 from engine_sdk.protocol import Welcome
