@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from alerts.models import Alert, Notification, Severity
+from controlplane import events
 from controlplane.models import Command, Engine, TradingState
 
 COMMAND_LATENCY_WINDOW = timedelta(hours=1)
@@ -46,6 +47,7 @@ class ControlPlaneCollector(Collector):
         yield from self._command_latency(now)
         yield from self._alerts()
         yield from self._notifications()
+        yield from self._receiver_failures()
 
     def _engines(self, now: datetime) -> Iterator[Metric]:
         rows = list(
@@ -143,6 +145,21 @@ class ControlPlaneCollector(Collector):
         )
         pending.add_metric([], totals["pending"])
         yield from (failed, pending)
+
+    def _receiver_failures(self) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "cp_event_receiver_failures",
+            "Receivers of a domain event (controlplane.events) that raised, by event and "
+            "receiver; what the event announced was stored all the same.",
+            labels=["event", "receiver"],
+        )
+        try:
+            counts = events.receiver_failures()
+        except Exception:  # Redis away: the figure is unknown, the scrape still answers
+            counts = {}
+        for (event, receiver), count in sorted(counts.items()):
+            failures.add_metric([event, receiver], count)
+        yield failures
 
 
 registry = CollectorRegistry(auto_describe=False)

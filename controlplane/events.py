@@ -55,7 +55,7 @@ def announce(signal: DomainEvent, **kwargs: Any) -> None:
     are still called. Never raises: what it announces is already stored."""
     for receiver, answer in signal.send_robust(sender=None, **kwargs):
         if isinstance(answer, Exception):
-            name = getattr(receiver, "__qualname__", repr(receiver))
+            name = f"{receiver.__module__}.{receiver.__qualname__}"
             error = (type(answer), answer, answer.__traceback__)
             log.error("%s: receiver %s failed", signal.name, name, exc_info=error)
             _count_failure(signal.name, name)
