@@ -7,35 +7,34 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
+from engine_sdk import protocol as p
+
 MONEY = {"max_digits": 24, "decimal_places": 8}
 QTY = {"max_digits": 24, "decimal_places": 8}
 TOKEN_PREFIX = "cpe_"
 
 
-class Mode(models.TextChoices):
-    BACKTEST = "backtest"
-    PAPER = "paper"
-    SHADOW = "shadow"
-    LIVE = "live"
+def wire_choices(name: str, vocabulary: Any) -> Any:
+    """Model choices whose values are one of the protocol's word lists (engine_sdk.protocol):
+    what engines send is what is stored, spelt in one place. A member is its value in capitals
+    (``Mode.PAPER == "paper"``), its label the value in words ("Paper", "Cancel all")."""
+    members = [(value.upper(), value) for value in get_args(vocabulary)]
+    return models.TextChoices(name, members, module=__name__)
 
 
-class TradingState(models.TextChoices):
-    ACTIVE = "ACTIVE"
-    PAUSED = "PAUSED"
-    REDUCING = "REDUCING"
-    HALTED = "HALTED"
-
-
-class Side(models.TextChoices):
-    BUY = "buy"
-    SELL = "sell"
+Mode = wire_choices("Mode", p.Mode)
+TradingState = wire_choices("TradingState", p.TradingState)
+Side = wire_choices("Side", p.Side)
+OrderStatus = wire_choices("OrderStatus", p.OrderStatus)
+# An order the engine may still fill.
+WORKING_ORDER = (OrderStatus.NEW, OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
 
 
 def desired_state_at(desired: str, until: datetime | None, now: datetime) -> str:
@@ -199,22 +198,10 @@ class Instrument(models.Model):
 
 
 class Order(models.Model):
-    class Status(models.TextChoices):
-        NEW = "new"
-        ACCEPTED = "accepted"
-        PARTIALLY_FILLED = "partially_filled"
-        FILLED = "filled"
-        CANCELLED = "cancelled"
-        REJECTED = "rejected"
-        EXPIRED = "expired"
+    Status = OrderStatus
+    WORKING = WORKING_ORDER
 
-    WORKING = (Status.NEW, Status.ACCEPTED, Status.PARTIALLY_FILLED)
-
-    class OrderType(models.TextChoices):
-        MARKET = "market"
-        LIMIT = "limit"
-        STOP = "stop"
-        STOP_LIMIT = "stop_limit"
+    OrderType = wire_choices("OrderType", p.OrderType)
 
     # No index of its own: order_unique_id and order_engine_recent_idx both start with it, and
     # every index is one more write for each order the engines report.
@@ -255,7 +242,7 @@ class Order(models.Model):
             models.Index(
                 fields=["engine", "-updated_at"],
                 name="order_working_idx",
-                condition=Q(status__in=["new", "accepted", "partially_filled"]),
+                condition=Q(status__in=WORKING_ORDER),
             ),
             models.Index(fields=["engine", "-created_at"], name="order_engine_recent_idx"),
         ]
@@ -367,12 +354,7 @@ class MetricSample(models.Model):
 
 
 class EngineLog(models.Model):
-    class Level(models.TextChoices):
-        DEBUG = "debug"
-        INFO = "info"
-        WARNING = "warning"
-        ERROR = "error"
-        CRITICAL = "critical"
+    Level = wire_choices("Level", p.LogLevel)
 
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="logs")
     ts = models.DateTimeField()
@@ -400,14 +382,7 @@ class EngineLog(models.Model):
         return f"{self.level}: {self.message[:80]}"
 
 
-class CommandKind(models.TextChoices):
-    PAUSE = "pause"
-    RESUME = "resume"
-    REDUCE = "reduce"
-    FLATTEN = "flatten"
-    CANCEL_ALL = "cancel_all"
-    KILL = "kill"
-    SET_LIMITS = "set_limits"
+CommandKind = wire_choices("CommandKind", p.CommandKind)
 
 
 class CommandBatch(models.Model):

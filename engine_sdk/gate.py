@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import get_args
 
 from engine_sdk.protocol import Side, TradingState, utc_now
 
 __all__ = ["OrderRejected", "StateChange", "TradingGate"]
 
-_STATES: frozenset[str] = frozenset({"ACTIVE", "PAUSED", "REDUCING", "HALTED"})
+_STATES: frozenset[str] = frozenset(get_args(TradingState))
 
 
 class OrderRejected(Exception):
