@@ -29,7 +29,7 @@ counted as growth), quiet for ``--settle-s`` (all sockets closed), then **start*
 the last 5 samples), ``--minutes`` of load (**peak**), quiet for ``--quiet-s``, then **after
 quiet** (the median of the last 5 samples). Growth = after quiet / start - 1.
 
-The web process hands memory back by itself once a burst is over (controlplane.memory: a full
+The web process hands memory back by itself once a burst is over (controlplane.config.memory: a full
 garbage collection and glibc's ``malloc_trim`` in the first quiet 10 s); the bench says when it
 did and how long it took. ``MEMORY_TIDY_ENABLED=0`` in the environment measures without it.
 
@@ -200,10 +200,9 @@ def soak_application() -> Any:
 
     signal.signal(signal.SIGUSR1, snapshot)
     signal.signal(signal.SIGUSR2, trim)
-    from controlplane import memory
-    from controlplane.config import asgi
+    from controlplane.config import asgi, memory
 
-    # How long the product's own tidying takes (controlplane.memory), when it is on.
+    # How long the product's own tidying takes (controlplane.config.memory), when it is on.
     tidier, log_path = memory.tidier, out / f"{os.getpid()}-tidied.jsonl"
     tidy, malloc_trim = tidier.tidy, tidier._trim
     trimmed: list[float] = []
@@ -755,8 +754,8 @@ def main() -> int:
               for line in p.read_text().splitlines()]  # fmt: skip
     if tidies:
         when = ", ".join(f"{t['at'] - began:.0f}s" for t in tidies)
-        print(f"the web process tidied its memory {len(tidies)} times (controlplane.memory), "
-              f"at {when}; the longest "
+        print(f"the web process tidied its memory {len(tidies)} times "
+              f"(controlplane.config.memory), at {when}; the longest "
               f"took {max(t['whole_s'] for t in tidies) * 1000:.0f} ms (the event loop waits "
               f"for the collection), of which malloc_trim "
               f"{max(t['trim_s'] for t in tidies) * 1000:.0f} ms (without the GIL)")  # fmt: skip

@@ -18,7 +18,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from controlplane import memory  # noqa: E402
+from controlplane.config import memory  # noqa: E402
 from controlplane.config.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -40,6 +40,6 @@ application = ProtocolTypeRouter(
 gc.freeze()
 gc.set_threshold(20_000, 20, 50)
 # Since full passes are that rare, and none comes in a quiet process, the memory a burst left in
-# cycles or in glibc's free lists is handed back once the burst is over (controlplane.memory).
+# cycles or in glibc's free lists is handed back once the burst is over (config.memory).
 if settings.MEMORY_TIDY_ENABLED:
     memory.tidier.start()

@@ -77,8 +77,8 @@ MIDDLEWARE = [
 ROOT_URLCONF = "controlplane.config.urls"
 # The demo runs with DEBUG=True, whose error pages list the settings: DATABASE_URL, REDIS_URL and
 # the like carry passwords in their values, which Django's own filter does not hide.
-DEFAULT_EXCEPTION_REPORTER_FILTER = "controlplane.reporting.UrlPasswordSafeFilter"
-DEFAULT_EXCEPTION_REPORTER = "controlplane.reporting.UrlPasswordSafeReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "controlplane.config.reporting.UrlPasswordSafeFilter"
+DEFAULT_EXCEPTION_REPORTER = "controlplane.config.reporting.UrlPasswordSafeReporter"
 ASGI_APPLICATION = "controlplane.config.asgi.application"
 WSGI_APPLICATION = None
 
@@ -92,7 +92,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "controlplane.context_processors.site",
+                "controlplane.config.context_processors.site",
                 "dashboard.context_processors.fleet_kill",
             ],
         },
@@ -268,8 +268,8 @@ REPORT_TIMEZONE = env_str("REPORT_TIMEZONE", "UTC")  # weekly report: Monday 07:
 # Alert evaluation runs in Celery; off, stored data schedules no evaluation (the sweep still runs).
 ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
 # The web process collects its cyclic garbage and hands free heap pages back to the system once a
-# burst of load is over (controlplane.memory); off, it stays at its peak memory. Off in tests: a
-# full collection at a moment of its own choosing would make what they watch of the collector vary.
+# burst of load is over (config.memory); off, it stays at its peak memory. Off in tests: a full
+# collection at a moment of its own choosing would make what they watch of the collector vary.
 MEMORY_TIDY_ENABLED = env_bool("MEMORY_TIDY_ENABLED", ENVIRONMENT != "test")
 
 # --- Prometheus ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client, RequestFactory
 from django.views.debug import technical_500_response
 
-from controlplane.reporting import hide_url_passwords
+from controlplane.config.reporting import hide_url_passwords
 
 DB_PASSWORD = "pg-s3cret-Zq9"
 REDIS_PASSWORD = "redis-s3cret-Xw4"

@@ -1,4 +1,4 @@
-"""Memory handed back once a burst is over: the web process's tidier (controlplane.memory)."""
+"""Memory handed back once a burst is over: the web process's tidier (config.memory)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from psycopg_pool import ConnectionPool
 
-from controlplane import memory
+from controlplane.config import memory
 
 
 class Cycle:
@@ -109,12 +109,15 @@ def test_on_linux_it_hands_glibc_s_free_pages_back():
 
 @pytest.mark.parametrize(("enabled", "expected"), [("1", "True"), ("0", "False")])
 def test_the_web_process_watches_its_memory_unless_switched_off(enabled, expected):
+    script = (
+        "import controlplane.config.asgi\n"
+        "from controlplane.config.memory import tidier\n"
+        "print(tidier._thread is not None and tidier._thread.is_alive())"
+    )
+    env = {**os.environ, "CONTROLPLANE_ENV": "demo", "MEMORY_TIDY_ENABLED": enabled}
     done = subprocess.run(
-        [sys.executable, "-c", "import controlplane.config.asgi; from controlplane.memory import "
-         "tidier; t = tidier._thread; print(t is not None and t.is_alive())"],
-        env={**os.environ, "CONTROLPLANE_ENV": "demo", "MEMORY_TIDY_ENABLED": enabled},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
 
