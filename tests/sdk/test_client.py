@@ -27,7 +27,7 @@ from engine_sdk.client import (
     Unauthorized,
 )
 from engine_sdk.gate import OrderRejected
-from tests.sdk.conftest import FakeControlPlane, a_command
+from tests.sdk.conftest import TOKEN, FakeControlPlane, a_command
 
 MakeClient = Callable[..., EngineClient]
 
@@ -250,7 +250,7 @@ class _Ceiling(random.Random):
 
 def test_backoff_uses_full_jitter_under_an_exponential_cap(make_client: MakeClient) -> None:
     client = make_client("ws://127.0.0.1:9/", backoff_initial_s=0.2, backoff_max_s=10.0)
-    delays = [client._backoff_delay(attempt) for attempt in range(10) for _ in range(20)]
+    delays = [client.connection.backoff_delay(attempt) for attempt in range(10) for _ in range(20)]
     caps = [min(10.0, 0.2 * 2**attempt) for attempt in range(10) for _ in range(20)]
     assert all(0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
     assert max(delays[-20:]) > 5  # the cap is reached, jitter spreads below it
@@ -272,7 +272,7 @@ async def test_it_reconnects_with_growing_delays_while_the_server_refuses(
     gaps = [b - a for a, b in itertools.pairwise(control_plane.connection_times)]
     for gap, expected in zip(gaps, [0.02, 0.04, 0.08, 0.08], strict=False):
         assert gap >= expected * 0.9
-    control_plane.token = client._token
+    control_plane.token = TOKEN
     await client.wait_connected(timeout=5)
     await client.close()
 
@@ -313,22 +313,22 @@ async def test_a_command_delivered_twice_is_handled_once(
 async def test_a_kill_is_acked_once_halted_is_on_disk_and_the_write_does_not_stall_the_loop(
     control_plane: FakeControlPlane, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine_sdk import client as client_module
+    from engine_sdk import state as state_module
 
     written = threading.Event()
     release = threading.Event()
     state_writers: list[int] = []
-    real_write = client_module._write_atomically
+    real_write = state_module._write_atomically
 
     def slow_write(path: Any, chunks: Any, *, fsync: bool) -> None:
         # A disk taking its time over the fsync: held until the test has looked at the loop.
-        if path.name == client_module.STATE_FILE:
+        if path.name == state_module.STATE_FILE:
             state_writers.append(threading.get_ident())
             written.set()
             release.wait(5)
         real_write(path, chunks, fsync=fsync)
 
-    monkeypatch.setattr(client_module, "_write_atomically", slow_write)
+    monkeypatch.setattr(state_module, "_write_atomically", slow_write)
     client = make_client(control_plane.url, fsync=True)
     await client.start()
     await client.wait_connected(timeout=5)
@@ -355,18 +355,18 @@ async def test_a_kill_is_acked_once_halted_is_on_disk_and_the_write_does_not_sta
 async def test_the_clients_of_a_process_share_one_state_writer_and_each_keeps_its_order(
     tmp_path: Any, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine_sdk import client as client_module
+    from engine_sdk import state as state_module
 
     writes: list[tuple[int, str, str]] = []
-    real_write = client_module._write_atomically
+    real_write = state_module._write_atomically
 
     def recording_write(path: Any, chunks: Any, *, fsync: bool) -> None:
-        if path.name == client_module.STATE_FILE:
+        if path.name == state_module.STATE_FILE:
             state = msgspec.json.decode(b"".join(chunks))["trading_state"]
             writes.append((threading.get_ident(), path.parent.name, state))
         real_write(path, chunks, fsync=fsync)
 
-    monkeypatch.setattr(client_module, "_write_atomically", recording_write)
+    monkeypatch.setattr(state_module, "_write_atomically", recording_write)
     # Not started: a state change is written whether or not the server is reachable.
     a = make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "a")
     b = make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "b")
@@ -393,23 +393,23 @@ async def test_a_cancelled_wait_for_the_state_write_does_not_cancel_the_write(
 ) -> None:
     # The reader waits for HALTED to be on disk before it acks a kill; when the connection drops
     # meanwhile, that wait is cancelled, and the write, still queued behind another, must happen.
-    from engine_sdk import client as client_module
+    from engine_sdk import state as state_module
 
     started, release = threading.Event(), threading.Event()
-    real_write = client_module._write_atomically
+    real_write = state_module._write_atomically
 
     def held_write(path: Any, chunks: Any, *, fsync: bool) -> None:
-        if path.name == client_module.STATE_FILE and not started.is_set():
+        if path.name == state_module.STATE_FILE and not started.is_set():
             started.set()
             release.wait(5)
         real_write(path, chunks, fsync=fsync)
 
-    monkeypatch.setattr(client_module, "_write_atomically", held_write)
+    monkeypatch.setattr(state_module, "_write_atomically", held_write)
     client = make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "j")
     client.gate.set_state("PAUSED")  # being written, held
     await asyncio.to_thread(started.wait, 5)
     client.gate.set_state("HALTED")  # queued behind it
-    waiter = asyncio.create_task(client._state_written())
+    waiter = asyncio.create_task(client.state.written())
     await asyncio.sleep(0.01)
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -486,7 +486,7 @@ async def test_a_command_handled_as_the_client_closes_is_still_recorded(
     pool.shutdown(wait=True)
 
     restarted = make_client(control_plane.url, journal_dir=tmp_path / "j")
-    assert restarted._commands.result(command.command_id) is not None
+    assert restarted.runner.store.result(command.command_id) is not None
 
 
 @pytest.mark.asyncio
@@ -628,7 +628,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from engine_sdk import protocol as p
-from engine_sdk.client import CommandOutcome, EngineClient, HelloInfo
+from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient, HelloInfo
 from engine_sdk.gate import OrderRejected
 
 working = {f"o-{i}" for i in range(3)}
@@ -660,8 +660,8 @@ async def main():
             print("refused:", exc.reason, flush=True)
 
     client = EngineClient(
-        sys.argv[1], sys.argv[2], journal_dir=sys.argv[3], on_command=on_command, fsync=False,
-        heartbeat_interval_s=0.2,
+        sys.argv[1], sys.argv[2], journal_dir=sys.argv[3], on_command=on_command,
+        config=ClientConfig(fsync=False, heartbeat_interval_s=0.2),
         hello=HelloInfo(engine_build="b", config_hash="c", mode="paper", broker="s", account="a"),
     )
     await client.start()
