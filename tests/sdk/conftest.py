@@ -11,6 +11,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -164,6 +165,22 @@ class FakeControlPlane:
 
     def events_of(self, kind: type[Any]) -> list[Any]:
         return [e for _, e in sorted(self.stored.items()) if isinstance(e, kind)]
+
+
+def a_metric(value: float = 1.0) -> p.MetricEvent:
+    return p.MetricEvent(ts=datetime.now(UTC), name="latency_ms", value=value)
+
+
+def a_fill(fill_id: str) -> p.FillEvent:
+    return p.FillEvent(
+        ts=datetime.now(UTC),
+        fill_id=fill_id,
+        client_order_id="o-1",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal("1"),
+        price=Decimal("100.5"),
+    )
 
 
 def a_command(kind: p.CommandKind = "pause", **params: Any) -> p.Command:
