@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
 from engine_sdk import protocol as p
-from engine_sdk.client import (
-    EngineClient,
-    EngineClientError,
-)
+from engine_sdk import state as state_module
+from engine_sdk.client import EngineClient, EngineClientError
 from engine_sdk.gate import OrderRejected
+from engine_sdk.journal import Journal
+from engine_sdk.limits import LimitRejected
 from tests.sdk.conftest import FakeControlPlane, a_metric
 
 MakeClient = Callable[..., EngineClient]
@@ -171,3 +174,132 @@ async def test_shutdown_without_a_handler_says_orders_were_left_and_still_stops(
         client.check_order("AAPL", "buy", Decimal(1), Decimal(0))
     with pytest.raises(EngineClientError):
         client.emit(a_metric())
+
+
+# --- emit and check_order from an engine's own threads ----------------------------------------
+
+THREADS = 8
+PER_THREAD = 400
+
+
+def hammer_emit(client: EngineClient, thread: int, start: threading.Barrier) -> list[int]:
+    """Emit PER_THREAD metrics whose value names the thread and the count; return their seqs."""
+    start.wait()
+    return [client.emit(a_metric(thread * 1_000_000 + i)) for i in range(PER_THREAD)]
+
+
+def sent_values(by_thread: list[list[int]]) -> dict[int, float]:
+    """The value hammer_emit gave the event of each seq."""
+    return {
+        seq: float(thread * 1_000_000 + i)
+        for thread, seqs in enumerate(by_thread)
+        for i, seq in enumerate(seqs)
+    }
+
+
+@pytest.mark.asyncio
+async def test_threads_emitting_at_once_lose_and_repeat_no_seq(
+    control_plane: FakeControlPlane, make_client: MakeClient, tmp_path: Path
+) -> None:
+    client = make_client(control_plane.url, journal_dir=tmp_path / "j", batch_max_events=64)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    loop = asyncio.get_running_loop()
+    start = threading.Barrier(THREADS)
+    on_loop: list[tuple[int, float]] = []
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        futures = [
+            loop.run_in_executor(pool, hammer_emit, client, t, start) for t in range(THREADS)
+        ]
+        # The loop emits too, meanwhile, as an engine's own coroutines would.
+        while not all(f.done() for f in futures):
+            value = -float(len(on_loop) + 1)
+            on_loop.append((client.emit(a_metric(value)), value))
+            await asyncio.sleep(0)
+        by_thread = await asyncio.gather(*futures)
+
+    expected = sent_values(by_thread)
+    expected.update(on_loop)
+    total = THREADS * PER_THREAD + len(on_loop)
+    # Every call got a seq of its own, the seqs have no gap, and each thread's are in its order.
+    assert len(expected) == total and sorted(expected) == list(range(1, total + 1))
+    assert all(seqs == sorted(seqs) for seqs in by_thread)
+
+    await client.flush(timeout=20)
+    # The server got each seq once, each with the event it was given to.
+    assert sorted(control_plane.received_seqs) == list(range(1, total + 1))
+    assert {seq: e.value for seq, e in control_plane.stored.items()} == expected
+    await client.close()
+
+    journal = Journal(tmp_path / "j")
+    assert (journal.last_seq, journal.acked_seq, len(journal)) == (total, total, 0)
+    journal.close()
+
+
+@pytest.mark.asyncio
+async def test_events_emitted_from_threads_offline_are_journaled_in_seq_order_and_sent_later(
+    control_plane: FakeControlPlane, make_client: MakeClient, tmp_path: Path
+) -> None:
+    offline = make_client("ws://127.0.0.1:9/", journal_dir=tmp_path / "j", batch_max_events=50)
+    await offline.start()
+    start = threading.Barrier(THREADS)
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        by_thread = list(pool.map(lambda t: hammer_emit(offline, t, start), range(THREADS)))
+    await offline.close()
+
+    total = THREADS * PER_THREAD
+    journal = Journal(tmp_path / "j")
+    seqs = [seq for seq, _ in journal.unacked]
+    assert seqs == list(range(1, total + 1))
+    journaled = {seq: p.decode_event(raw) for seq, raw in journal.unacked}
+    values = {seq: e.value for seq, e in journaled.items() if isinstance(e, p.MetricEvent)}
+    assert values == sent_values(by_thread)
+    journal.close()
+
+    restarted = make_client(control_plane.url, journal_dir=tmp_path / "j")
+    await restarted.start()
+    await restarted.flush(timeout=20)
+    assert sorted(control_plane.stored) == list(range(1, total + 1))
+    await restarted.close()
+
+
+@pytest.mark.asyncio
+async def test_threads_checking_orders_at_once_pass_no_more_than_the_rate_limit(
+    control_plane: FakeControlPlane, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control_plane.limits = [
+        {"id": 1, "kind": "max_order_rate", "threshold": "50", "scope": "all", "scope_value": None}
+    ]
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    # Every check at the same instant: the whole run is inside one rate window.
+    monkeypatch.setattr(state_module, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+    start = threading.Barrier(THREADS)
+
+    def trade(thread: int) -> tuple[int, int]:
+        start.wait()
+        passed = refused = 0
+        for _ in range(100):
+            try:
+                client.check_order("AAPL", "buy", 1, 0)
+                passed += 1
+            except LimitRejected as exc:
+                assert exc.limit_kind == "max_order_rate"
+                refused += 1
+        return passed, refused
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        counts = list(pool.map(trade, range(THREADS)))
+
+    assert sum(passed for passed, _ in counts) == 50
+    assert sum(refused for _, refused in counts) == THREADS * 100 - 50
+    await client.close()
+
+
+def test_order_ids_made_on_many_threads_are_all_different(make_client: MakeClient) -> None:
+    client = make_client("ws://127.0.0.1:9/")
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        ids = list(pool.map(lambda _: client.new_order_id(), range(THREADS * 500)))
+    assert len(set(ids)) == len(ids)

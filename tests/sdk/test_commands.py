@@ -6,15 +6,15 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine_sdk import protocol as p
-from engine_sdk.client import (
-    CommandOutcome,
-    EngineClient,
-)
+from engine_sdk.client import CommandOutcome, EngineClient
+from engine_sdk.commands import CommandRunner
+from engine_sdk.state import StateStore
 from tests.sdk.conftest import FakeControlPlane, a_command
 
 MakeClient = Callable[..., EngineClient]
@@ -186,3 +186,51 @@ async def test_a_result_out_of_bounds_still_reaches_the_server_without_its_data(
     assert (result.status, result.data, result.trading_state) == ("succeeded", {}, "PAUSED")
     assert result.detail.startswith("broker said \ufffd; result data dropped: Expected JSON nested")
     await client.close()
+
+
+@pytest.mark.asyncio
+async def test_the_runner_works_on_its_own_with_a_state_store(tmp_path: Path) -> None:
+    reported: list[p.Event] = []
+
+    def emit(event: p.Event) -> int:
+        reported.append(event)
+        return len(reported)
+
+    state = StateStore(tmp_path, fsync=False, emit=emit)
+    delivered: list[p.CommandResult] = []
+    done = asyncio.Event()
+
+    async def deliver(result: p.CommandResult) -> None:
+        delivered.append(result)
+        done.set()
+
+    runner = CommandRunner(tmp_path, fsync=False, state=state, handler=None, deliver=deliver)
+    sent: list[p.EngineFrame] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(p.decode_engine_frame(data))
+
+    pause = a_command("pause", duration=60)
+    worker = asyncio.create_task(runner.run())
+    try:
+        await runner.receive(pause, send)
+        await runner.receive(pause, send)  # still in flight: acked again, not run twice
+        await asyncio.wait_for(done.wait(), 5)
+        await runner.receive(pause, send)  # handled: answered from the command store
+    finally:
+        worker.cancel()
+
+    assert [type(frame).__name__ for frame in sent] == [
+        "CommandAck",
+        "CommandAck",
+        "CommandAck",
+        "CommandResult",
+    ]
+    (result,) = delivered
+    assert (result.status, result.trading_state) == ("succeeded", "PAUSED")
+    assert sent[-1] == result
+    until = state.gate.paused_until
+    assert until is not None and 55 < (until - p.utc_now()).total_seconds() <= 60
+    assert reported == [
+        p.StateEvent(ts=reported[0].ts, trading_state="PAUSED", reason="pause by rita: test")
+    ]

@@ -12,12 +12,7 @@ from decimal import Decimal
 import pytest
 
 from engine_sdk import protocol as p
-from engine_sdk.client import (
-    MAX_EVENT_BYTES,
-    EngineClient,
-    EngineReplaced,
-    Unauthorized,
-)
+from engine_sdk.client import MAX_EVENT_BYTES, EngineClient, EngineReplaced, Unauthorized
 from engine_sdk.gate import OrderRejected
 from tests.sdk.conftest import TOKEN, FakeControlPlane, a_metric
 

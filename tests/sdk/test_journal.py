@@ -11,11 +11,7 @@ from typing import Any
 import pytest
 
 from engine_sdk import protocol as p
-from engine_sdk.client import (
-    MAX_EVENT_BYTES,
-    BackpressureError,
-    EngineClient,
-)
+from engine_sdk.client import MAX_EVENT_BYTES, BackpressureError, EngineClient
 from engine_sdk.journal import CommandStore, Journal, JournalCorrupt
 from tests.sdk.conftest import FakeControlPlane, a_fill, a_metric
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from engine_sdk.client import (
-    EngineClient,
-)
+from engine_sdk import protocol as p
+from engine_sdk import state as state_module
+from engine_sdk.client import EngineClient
+from engine_sdk.gate import OrderRejected, StateChange
 from tests.sdk.conftest import FakeControlPlane, a_command
 
 MakeClient = Callable[..., EngineClient]
@@ -23,8 +28,6 @@ MakeClient = Callable[..., EngineClient]
 async def test_a_kill_is_acked_once_halted_is_on_disk_and_the_write_does_not_stall_the_loop(
     control_plane: FakeControlPlane, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine_sdk import state as state_module
-
     written = threading.Event()
     release = threading.Event()
     state_writers: list[int] = []
@@ -65,8 +68,6 @@ async def test_a_kill_is_acked_once_halted_is_on_disk_and_the_write_does_not_sta
 async def test_the_clients_of_a_process_share_one_state_writer_and_each_keeps_its_order(
     tmp_path: Any, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine_sdk import state as state_module
-
     writes: list[tuple[int, str, str]] = []
     real_write = state_module._write_atomically
 
@@ -103,8 +104,6 @@ async def test_a_cancelled_wait_for_the_state_write_does_not_cancel_the_write(
 ) -> None:
     # The reader waits for HALTED to be on disk before it acks a kill; when the connection drops
     # meanwhile, that wait is cancelled, and the write, still queued behind another, must happen.
-    from engine_sdk import state as state_module
-
     started, release = threading.Event(), threading.Event()
     real_write = state_module._write_atomically
 
@@ -128,3 +127,92 @@ async def test_a_cancelled_wait_for_the_state_write_does_not_cancel_the_write(
 
     await client.close()  # waits for the last write, which was not cancelled
     assert make_client("ws://127.0.0.1:9/ws", journal_dir=tmp_path / "j").trading_state == "HALTED"
+
+
+# --- the state-change hook ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_hook_sees_each_change_with_its_cause_after_it_is_reported(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    seen: list[tuple[str, str, str, int]] = []
+
+    def hook(change: StateChange) -> None:
+        # The change is in force and its state event already has a seq when the hook runs.
+        assert client.trading_state == change.new
+        seen.append((change.old, change.new, change.reason, client.last_seq))
+
+    remove = client.on_state_change(hook)
+    await client.start()
+    await client.wait_connected(timeout=5)
+
+    await control_plane.send(a_command("pause", duration=0.3))
+    await control_plane.wait_for(lambda: len(seen) == 2)
+    assert seen == [
+        ("ACTIVE", "PAUSED", "pause by rita: test", 1),
+        ("PAUSED", "ACTIVE", "pause ended", 2),
+    ]
+    await client.flush(timeout=5)
+    states = [(e.trading_state, e.reason) for e in control_plane.events_of(p.StateEvent)]
+    assert states == [("PAUSED", "pause by rita: test"), ("ACTIVE", "pause ended")]
+
+    remove()
+    await control_plane.send(a_command("kill"))
+    await control_plane.wait_for(lambda: client.trading_state == "HALTED")
+    assert len(seen) == 2
+    remove()  # twice is harmless
+    await client.close()
+
+
+def test_a_failing_hook_neither_stops_the_change_nor_the_hooks_after_it(
+    tmp_path: Path, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client("ws://127.0.0.1:9/", journal_dir=tmp_path / "j")
+    later: list[StateChange] = []
+
+    def broken(change: StateChange) -> None:
+        raise RuntimeError("hook bug")
+
+    client.on_state_change(broken)
+    client.on_state_change(later.append)
+    assert client.gate.pause(reason="by hand")
+
+    assert client.trading_state == "PAUSED"
+    assert [(c.old, c.new, c.reason) for c in later] == [("ACTIVE", "PAUSED", "by hand")]
+    assert client.last_seq == 1  # reported all the same
+    assert "state change listener failed" in caplog.text
+
+
+def test_the_end_of_a_timed_pause_is_reported_once_whichever_thread_notices_it(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    client = make_client("ws://127.0.0.1:9/", journal_dir=tmp_path / "j")
+    changes: list[StateChange] = []
+    client.on_state_change(changes.append)
+    client.gate.pause(until=p.utc_now() + timedelta(milliseconds=100), reason="short")
+    start = threading.Barrier(8)
+
+    def trade() -> int:
+        start.wait()
+        refused = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                client.check_order("AAPL", "buy", 1, 0)
+            except OrderRejected:
+                refused += 1
+                continue
+            return refused
+        raise AssertionError("the pause never ended")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        refusals = list(pool.map(lambda _: trade(), range(8)))
+
+    assert sum(refusals) > 0  # the threads did see the pause
+    assert [(c.old, c.new, c.reason) for c in changes] == [
+        ("ACTIVE", "PAUSED", "short"),
+        ("PAUSED", "ACTIVE", "pause ended"),
+    ]
+    assert client.last_seq == 2  # one state event each, no more
