@@ -716,8 +716,8 @@ class PaperEngine:
             outcome = self._apply_command(command.kind, command.params, now)
         finally:
             self._save_book()
-        self._log(now, "info", f"{command.kind}: {outcome.status}. {outcome.detail}".strip(),
-                  command_id=str(command.command_id), data=outcome.data)  # fmt: skip
+        message = f"{command.kind}: {outcome.status}. {outcome.detail}".strip()
+        self._log(now, "info", message, command_id=str(command.command_id), data=outcome.data)
         return outcome
 
     def _apply_command(self, kind: str, params: dict[str, Any], now: datetime) -> CommandOutcome:
@@ -814,8 +814,11 @@ class PaperEngine:
         self._report_account(now)
         working = self._still_working(symbols)
         data: dict[str, Any] = {
-            "cancelled": cancelled, "traded": traded, "left": left, "working": working,
-        }  # fmt: skip
+            "cancelled": cancelled,
+            "traded": traded,
+            "left": left,
+            "working": working,
+        }
         detail = f"{len(cancelled)} orders cancelled, {len(traded)} positions reduced"
         if working:
             detail += f", {len(working)} orders still working"

@@ -61,8 +61,8 @@ def test_configs_compare_by_their_tunables_not_their_random_source() -> None:
 
 def test_every_tunable_is_documented_in_sdk_md() -> None:
     text = SDK_DOC.read_text()
-    table = text.split("### `ClientConfig", 1)[1].split("\n\n", 2)[1]
-    documented = set(re.findall(r"^\| `(\w+)`", table, re.MULTILINE))
+    section = text.split("### `ClientConfig", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)`", section, re.MULTILINE))
     assert documented == {f.name for f in dataclasses.fields(ClientConfig)}
 
 
