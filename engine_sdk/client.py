@@ -206,11 +206,12 @@ class EngineClient:
         """Call ``callback(change)`` after every change of the trading state; return a remover.
 
         ``change`` is a ``gate.StateChange``: ``old``, ``new``, ``reason`` (the command and who
-        issued it, "pause ended", "dead-man: ..."), ``at`` and ``paused_until``. The change is
-        already saved and reported when it runs. It runs on the thread that made the change (the
-        client's event loop, or an engine thread whose ``check_order`` noticed the end of a timed
-        pause), in the order of the changes; keep it quick, and do not wait in it for a thread
-        that calls ``check_order``. An exception in it is logged and ignored.
+        issued it, "pause ended", "dead-man: ..."), ``at`` and ``paused_until``. By then the change
+        is handed to the state file's writer and its state event is queued. It runs on the thread
+        that made the change (the client's event loop, or an engine thread whose ``check_order``
+        noticed the end of a timed pause), in the order of the changes; keep it quick, and do not
+        wait in it for a thread that calls ``check_order``. An exception in it is logged and
+        ignored.
         """
         return self.state.add_listener(callback)
 
