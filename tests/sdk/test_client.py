@@ -214,8 +214,9 @@ async def test_threads_emitting_at_once_lose_and_repeat_no_seq(
         ]
         # The loop emits too, meanwhile, as an engine's own coroutines would.
         while not all(f.done() for f in futures):
-            value = -float(len(on_loop) + 1)
-            on_loop.append((client.emit(a_metric(value)), value))
+            if len(on_loop) < PER_THREAD:
+                value = -float(len(on_loop) + 1)
+                on_loop.append((client.emit(a_metric(value)), value))
             await asyncio.sleep(0)
         by_thread = await asyncio.gather(*futures)
 
