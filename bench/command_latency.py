@@ -127,17 +127,16 @@ class Share:
                 self.ws_url, token, journal_dir=self.journal_root / name, hello=hello,
                 on_command=self._handler(name),
             )  # fmt: skip
-            client.gate.on_change = self._on_change(name, client.gate.on_change)
+            client.on_state_change(self._on_change(name))
             self.clients[name] = client
         await asyncio.gather(*(c.start() for c in self.clients.values()))
         await asyncio.gather(*(c.wait_connected(30) for c in self.clients.values()))
         self._probe = asyncio.create_task(self._stall_probe())
 
-    def _on_change(self, name: str, inner: Any) -> Any:
+    def _on_change(self, name: str) -> Any:
         def on_change(change: Any) -> None:
             if change.new == "HALTED":
                 self.halted.setdefault(name, time.perf_counter())
-            inner(change)
 
         return on_change
 

@@ -153,14 +153,12 @@ async def sdk_phase(
         client = EngineClient(
             url, f"token-{i}", journal_dir=journals / str(i), hello=hello, on_command=on_command
         )
-        inner = client.gate.on_change
 
-        def on_change(change: Any, i: int = i, inner: Any = inner) -> None:
+        def on_change(change: Any, i: int = i) -> None:
             if change.new == "HALTED":
                 received.setdefault(i, time.perf_counter())
-            inner(change)
 
-        client.gate.on_change = on_change
+        client.on_state_change(on_change)
         clients.append(client)
     await asyncio.gather(*(c.start() for c in clients))
     await asyncio.gather(*(c.wait_connected(30) for c in clients))

@@ -322,7 +322,7 @@ class EngineLoad:
 
     async def run(self, stop: asyncio.Event, offset: float) -> None:
         from engine_sdk import protocol as p
-        from engine_sdk.client import EngineClient, HelloInfo
+        from engine_sdk.client import ClientConfig, EngineClient, HelloInfo
 
         hello = HelloInfo(
             engine_build="bench", config_hash="bench", mode="paper", broker="bench", account="bench"
@@ -335,7 +335,8 @@ class EngineLoad:
         while not stop.is_set():
             client = EngineClient(
                 url, self.token, journal_dir=self.target.journals / self.name, hello=hello,
-                fsync=False, on_error=lambda e: self.counts.errors.append(f"{e.code}: {e.message}"),
+                on_error=lambda e: self.counts.errors.append(f"{e.code}: {e.message}"),
+                config=ClientConfig(fsync=False),
             )  # fmt: skip
             await client.start()
             await client.wait_connected(60)

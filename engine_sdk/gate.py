@@ -13,10 +13,15 @@ rule: they may shrink a position without crossing zero.
 PAUSED may carry an end time, after which the gate goes back to ACTIVE by itself. REDUCING is
 what reduce and flatten leave behind: the engine is working positions down. HALTED is what kill
 leaves behind; nothing inside the engine (pause timers, the dead-man) moves it out of HALTED.
+
+A gate may be used from several threads: one re-entrant lock orders its changes, and ``on_change``
+runs under it, on the thread that made the change, so changes are reported in the order they
+happened (a callback may read the gate, and must not wait for another thread that uses it).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,22 +69,25 @@ class TradingGate:
         self._paused_until = paused_until if state == "PAUSED" else None
         self._clock = clock
         self.on_change = on_change
+        self._lock = threading.RLock()
 
     @property
     def state(self) -> TradingState:
         # The end of a timed pause is noticed on read, so no timer is needed for correctness; the
         # client also polls this so that the resume is reported promptly.
-        if (
-            self._state == "PAUSED"
-            and self._paused_until is not None
-            and self._clock() >= self._paused_until
-        ):
-            self._change("ACTIVE", reason="pause ended", until=None)
-        return self._state
+        with self._lock:
+            if (
+                self._state == "PAUSED"
+                and self._paused_until is not None
+                and self._clock() >= self._paused_until
+            ):
+                self._change("ACTIVE", reason="pause ended", until=None)
+            return self._state
 
     @property
     def paused_until(self) -> datetime | None:
-        return self._paused_until if self.state == "PAUSED" else None
+        with self._lock:
+            return self._paused_until if self.state == "PAUSED" else None
 
     def set_state(
         self, state: TradingState, *, reason: str = "", until: datetime | None = None
@@ -93,27 +101,30 @@ class TradingGate:
         if until is not None and until.tzinfo is None:
             raise ValueError("until must be timezone-aware")
         until = until if state == "PAUSED" else None
-        if state == self._state and until == self._paused_until:
-            return False
-        self._change(state, reason=reason, until=until)
-        return True
+        with self._lock:
+            if state == self._state and until == self._paused_until:
+                return False
+            self._change(state, reason=reason, until=until)
+            return True
 
     def pause(self, *, until: datetime | None = None, reason: str = "") -> bool:
         """Pause an ACTIVE (or re-time a PAUSED) engine; REDUCING and HALTED are left alone.
 
         Both are at least as strict as PAUSED, and a timed pause would later loosen them to ACTIVE.
         """
-        if self.state not in ("ACTIVE", "PAUSED"):
-            return False
-        return self.set_state("PAUSED", reason=reason, until=until)
+        with self._lock:
+            if self.state not in ("ACTIVE", "PAUSED"):
+                return False
+            return self.set_state("PAUSED", reason=reason, until=until)
 
     def resume(self, *, reason: str = "") -> bool:
         return self.set_state("ACTIVE", reason=reason)
 
     def reduce(self, *, reason: str = "") -> bool:
-        if self.state == "HALTED":
-            return False
-        return self.set_state("REDUCING", reason=reason)
+        with self._lock:
+            if self.state == "HALTED":
+                return False
+            return self.set_state("REDUCING", reason=reason)
 
     def halt(self, *, reason: str = "") -> bool:
         return self.set_state("HALTED", reason=reason)

@@ -15,26 +15,32 @@ stores idempotently by seq. Compaction rewrites ``events.jsonl`` without the ack
 file is large and mostly acked; the rewrite starts with an ack marker, which keeps the seq counter
 from going backwards even when nothing is left unacked.
 
-Not thread-safe: one caller at a time (the client runs every call in one writer task).
+``Journal`` and ``CommandStore`` are not thread-safe: one caller at a time. ``JournalWriter``, the
+client's part that feeds the journal, is: its ``emit`` may be called from any thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
 from engine_sdk import protocol
+from engine_sdk.errors import BackpressureError, EngineClientError
 
-__all__ = ["CommandStore", "Journal", "JournalCorrupt"]
+__all__ = ["MAX_EVENT_BYTES", "CommandStore", "Journal", "JournalCorrupt", "JournalWriter"]
 
 log = logging.getLogger(__name__)
 
+# One event may not take more than this once encoded, so a frame of at least one event always fits.
+MAX_EVENT_BYTES: Final = 256 * 1024
 EVENTS_FILE: Final = "events.jsonl"
 COMMANDS_FILE: Final = "commands.jsonl"
 
@@ -343,3 +349,205 @@ class CommandStore:
             fsync=self.fsync,
         )
         self._lines = len(items)
+
+
+class JournalWriter:
+    """The client's event pipeline: seqs handed out, batches journaled, events kept until acked.
+
+    ``emit`` assigns the next seq and queues the encoded event; a writer task (``run``) appends
+    queued events to the journal in batches, and only then are they in ``unacked``, where the
+    sender finds them: a seq the server has seen can never be handed out again after a crash.
+
+    ``emit`` may be called from any thread: one lock orders the seqs and the queue, and the
+    writer task is woken on its event loop. Everything else runs on that loop.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fsync: bool,
+        batch_max_events: int,
+        batch_interval_s: float,
+        max_unacked_events: int,
+        on_written: Callable[[], None],
+        on_acked: Callable[[], None],
+    ) -> None:
+        self.journal = Journal(directory, fsync=fsync)
+        self.batch_max_events = batch_max_events
+        self.batch_interval_s = batch_interval_s
+        self.max_unacked_events = max_unacked_events
+        self._on_written = on_written
+        self._on_acked = on_acked
+        self.next_seq = self.journal.last_seq + 1
+        self.acked_seq = self.journal.acked_seq
+        # Guards next_seq, _pending and _sealed: emit may run on any thread.
+        self._lock = threading.Lock()
+        # Assigned a seq but not yet in the journal; only the writer task empties it.
+        self._pending: list[tuple[int, bytes]] = []
+        # Once the last batch is written at close, emit refuses: its event would never be kept.
+        self._sealed = False
+        # Journaled and not yet acked, in seq order (seqs are contiguous); entries before
+        # head are acked and trimmed lazily.
+        self.unacked: list[tuple[int, bytes]] = list(self.journal.unacked)
+        self.head = 0
+        # How far renumbering has moved seqs up (see renumber_after).
+        self.seq_shift = 0
+        self._wake = asyncio.Event()
+        self._journal_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq handed out so far."""
+        return self.next_seq - 1
+
+    @property
+    def backlog(self) -> int:
+        """Events emitted and not yet acked."""
+        return len(self._pending) + len(self.unacked) - self.head
+
+    def emit(self, event: protocol.Event) -> int:
+        """Queue an event with the next seq and return the seq (see EngineClient.emit)."""
+        with self._lock:
+            if self._sealed:
+                raise EngineClientError("client is closed")
+            backlog = self.backlog
+            if backlog >= self.max_unacked_events:
+                raise BackpressureError(
+                    f"{backlog} events are waiting for the server (max {self.max_unacked_events})"
+                )
+            seq = self.next_seq
+            raw = protocol.encode_event(msgspec.structs.replace(event, seq=seq))
+            if len(raw) > MAX_EVENT_BYTES:
+                raise ValueError(f"event is {len(raw)} bytes encoded, at most {MAX_EVENT_BYTES}")
+            # Checked as the server will decode it, before it takes a seq or reaches the
+            # journal: an event the server would refuse is refused here, where it was made.
+            protocol.check_encoded_event(raw)
+            self.next_seq = seq + 1
+            pending = self._pending
+            pending.append((seq, raw))
+            # Waking the writer once per batch, not per event, keeps emit cheap.
+            wake = len(pending) == 1 or len(pending) >= self.batch_max_events
+        if wake:
+            self.wake()
+        return seq
+
+    def wake(self) -> None:
+        """Wake the writer task, from its event loop or from any other thread."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            self._wake.set()
+            return
+        # asyncio.Event is not thread-safe; the loop sets it. A closed loop has no writer left.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._task = asyncio.create_task(self.run(), name="engine-sdk-writer")
+        if self._pending:
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Write what is queued and stop the writer task."""
+        if self._task is None:
+            return
+        # Stopped by a flag rather than cancelled: a cancelled task would let go of the journal
+        # while its thread is still writing.
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._task
+        except Exception:
+            log.exception("engine journal writer failed")
+
+    def close(self) -> None:
+        """Journal what is still queued (a last state event, say) and the last ack; close."""
+        with self._lock:
+            batch = self._take_pending()
+            self._sealed = True
+        if batch or self.acked_seq > self.journal.acked_seq:
+            self._write_batch(batch, self.acked_seq)
+        self.journal.close()
+
+    def _take_pending(self) -> list[tuple[int, bytes]]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _write_batch(self, batch: list[tuple[int, bytes]], ack: int) -> None:
+        self.journal.append(batch, ack=ack if ack > self.journal.acked_seq else None)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # Linger a little so that a burst becomes one write and one fsync.
+            deadline = loop.time() + self.batch_interval_s
+            while (
+                0 < len(self._pending) < self.batch_max_events
+                and not self._closing
+                and (remaining := deadline - loop.time()) > 0
+            ):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
+                self._wake.clear()
+            async with self._journal_lock:
+                with self._lock:
+                    batch = self._take_pending()
+                try:
+                    await asyncio.to_thread(self._write_batch, batch, self.acked_seq)
+                except OSError:
+                    log.exception("engine journal: write failed; will retry")
+                    with self._lock:
+                        self._pending[:0] = batch
+                    if not self._closing:
+                        await asyncio.sleep(1.0)
+                        self._wake.set()
+                        continue
+                    return
+                if batch:
+                    self.unacked.extend(batch)
+                    self._on_written()
+            if self._closing and not self._pending:
+                return
+
+    def on_ack(self, seq: int) -> None:
+        """The server has every event up to ``seq``: they may be forgotten."""
+        seq = min(seq, self.last_seq)
+        if seq <= self.acked_seq:
+            return
+        self.acked_seq = seq
+        self.head = trim_acked(self.unacked, self.head, seq)
+        # The ack marker rides along with the next batch; a lost marker only costs a resend.
+        self.wake()
+        self._on_acked()
+
+    async def renumber_after(self, server_seq: int) -> None:
+        """Move the unacked events above ``server_seq``, which the server already holds.
+
+        The journal was lost or reset: the server's events would be taken for replays of ours
+        and dropped.
+        """
+        log.warning(
+            "server has seq %d but the journal only reached %d; renumbering %d unacked events",
+            server_seq,
+            self.last_seq,
+            self.backlog,
+        )
+        async with self._journal_lock:
+            # No emit in between: the seqs handed out must continue after the renumbered ones.
+            with self._lock:
+                self._write_batch(self._take_pending(), self.acked_seq)
+                if len(self.journal):
+                    self.seq_shift += server_seq + 1 - self.journal.unacked[0][0]
+                renumbered = self.journal.renumber(server_seq + 1)
+                self.unacked = list(renumbered)
+                self.head = 0
+                self.next_seq = self.journal.last_seq + 1

@@ -36,7 +36,7 @@ import msgspec
 
 from engine_sdk import __version__
 from engine_sdk import protocol as p
-from engine_sdk.client import CommandOutcome, EngineClient, HelloInfo
+from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient, HelloInfo
 from engine_sdk.gate import OrderRejected
 from engine_sdk.limits import LimitRejected
 from engine_sdk.protocol import Command, Side, TradingState, utc_now
@@ -112,7 +112,8 @@ class SimClient(Protocol):
     @property
     def error(self) -> BaseException | None: ...
 
-    max_unacked_events: int
+    @property
+    def config(self) -> ClientConfig: ...
 
     def emit(self, event: p.Event) -> int: ...
 
@@ -346,7 +347,7 @@ class PaperEngine:
             if self.client.error is not None:
                 raise self.client.error
             # A real engine stops trading when it cannot report; events must not be dropped.
-            if self.client.backlog >= self.client.max_unacked_events // 2:
+            if self.client.backlog >= self.client.config.max_unacked_events // 2:
                 if not skipping:
                     log.warning("paper engine: %d events unsent; not trading", self.client.backlog)
                 skipping = True
@@ -715,8 +716,8 @@ class PaperEngine:
             outcome = self._apply_command(command.kind, command.params, now)
         finally:
             self._save_book()
-        self._log(now, "info", f"{command.kind}: {outcome.status}. {outcome.detail}".strip(),
-                  command_id=str(command.command_id), data=outcome.data)  # fmt: skip
+        message = f"{command.kind}: {outcome.status}. {outcome.detail}".strip()
+        self._log(now, "info", message, command_id=str(command.command_id), data=outcome.data)
         return outcome
 
     def _apply_command(self, kind: str, params: dict[str, Any], now: datetime) -> CommandOutcome:
@@ -813,8 +814,11 @@ class PaperEngine:
         self._report_account(now)
         working = self._still_working(symbols)
         data: dict[str, Any] = {
-            "cancelled": cancelled, "traded": traded, "left": left, "working": working,
-        }  # fmt: skip
+            "cancelled": cancelled,
+            "traded": traded,
+            "left": left,
+            "working": working,
+        }
         detail = f"{len(cancelled)} orders cancelled, {len(traded)} positions reduced"
         if working:
             detail += f", {len(working)} orders still working"

@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
 from controlplane.models import Engine
-from engine_sdk.client import HelloInfo
+from engine_sdk.client import ClientConfig, HelloInfo
 from engine_sdk.simulator import PaperEngine
 from tests.conftest import PASSWORD
 from tests.gateway.test_command_delivery import EngineLoop
@@ -47,7 +47,8 @@ class Simulation:
                 journal_dir=self.tmp_path / name, engine_options={"seed": seed, "report_every": 1},
                 hello=HelloInfo(engine_build="paper-sim/e2e", config_hash="momentum", mode=mode,
                                 broker="paper-sim", account=name),
-                batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.5, fsync=False,
+                config=ClientConfig(batch_interval_s=0.005, backoff_initial_s=0.05,
+                                    backoff_max_s=0.5, fsync=False),
             )  # fmt: skip
             await sim.client.start()  # type: ignore[attr-defined]
             await sim.client.wait_connected(15)  # type: ignore[attr-defined]

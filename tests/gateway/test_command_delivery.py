@@ -25,7 +25,7 @@ from django.test import override_settings
 from controlplane import delivery, services
 from controlplane.models import AuditEvent, Command, Order
 from engine_sdk import protocol as p
-from engine_sdk.client import CommandOutcome, EngineClient, HelloInfo
+from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient, HelloInfo
 from engine_sdk.gate import OrderRejected
 from engine_sdk.simulator import PaperEngine
 from tests.servers import UvicornServer, current_database_url
@@ -128,10 +128,17 @@ class AckTimingClient(EngineClient):
 
     ack_sent_at: list[float]
 
-    async def _send(self, ws: Any, data: bytes) -> None:
-        if b'"type":"command_ack"' in data:
-            self.ack_sent_at.append(time.time())
-        await super()._send(ws, data)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every frame of the connection goes through its send.
+        send = self.connection.send
+
+        async def timed_send(ws: Any, data: bytes) -> None:
+            if b'"type":"command_ack"' in data:
+                self.ack_sent_at.append(time.time())
+            await send(ws, data)
+
+        self.connection.send = timed_send  # type: ignore[method-assign]
 
 
 def plain_client(
@@ -141,11 +148,12 @@ def plain_client(
     cls: type[EngineClient] = EngineClient,
     **kwargs: Any,
 ) -> EngineClient:
-    return cls(
-        f"{server.ws_url}/ws/engine/v1", token, journal_dir=journal,
-        hello=HelloInfo(engine_build="t", config_hash="t", mode="paper", broker="sim", account="a"),
-        batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.3, fsync=False, **kwargs,
-    )  # fmt: skip
+    hello = HelloInfo(engine_build="t", config_hash="t", mode="paper", broker="sim", account="a")
+    config = ClientConfig(
+        batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.3, fsync=False
+    )
+    url = f"{server.ws_url}/ws/engine/v1"
+    return cls(url, token, journal_dir=journal, hello=hello, config=config, **kwargs)
 
 
 async def started(client: EngineClient) -> EngineClient:
@@ -195,10 +203,12 @@ def test_a_kill_issued_while_the_engine_is_offline_is_obeyed_on_reconnect(
 
     def paper() -> PaperEngine:
         return PaperEngine.create(
-            f"{fast_server.ws_url}/ws/engine/v1", token, journal_dir=journal,
+            f"{fast_server.ws_url}/ws/engine/v1",
+            token,
+            journal_dir=journal,
             engine_options={"seed": 5, "report_every": 1, "book_path": book},
-            batch_interval_s=0.005, backoff_initial_s=0.05, fsync=False,
-        )  # fmt: skip
+            config=ClientConfig(batch_interval_s=0.005, backoff_initial_s=0.05, fsync=False),
+        )
 
     async def trade_then_stop() -> dict[str, Decimal]:
         sim = paper()

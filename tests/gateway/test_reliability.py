@@ -14,7 +14,7 @@ from django.db import connection
 
 from controlplane.models import Engine, EngineEvent, Fill
 from engine_sdk import protocol as p
-from engine_sdk.client import EngineClient, HelloInfo
+from engine_sdk.client import ClientConfig, EngineClient, HelloInfo
 from tests.servers import SERVER_APPLICATION_NAME, UvicornServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,10 +68,14 @@ def hello() -> HelloInfo:
 
 
 def client_for(url: str, token: str, journal: Path) -> EngineClient:
-    return EngineClient(
-        url, token, journal_dir=journal, hello=hello(), batch_max_events=50,
-        batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.3, fsync=False,
-    )  # fmt: skip
+    config = ClientConfig(
+        batch_max_events=50,
+        batch_interval_s=0.005,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.3,
+        fsync=False,
+    )
+    return EngineClient(url, token, journal_dir=journal, hello=hello(), config=config)
 
 
 def emit_orders(client: EngineClient, first: int, last: int) -> None:

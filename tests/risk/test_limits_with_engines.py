@@ -13,6 +13,7 @@ from django.conf import settings
 from alerts.models import Alert
 from controlplane.models import Command, Engine, Order
 from engine_sdk import protocol as p
+from engine_sdk.config import ClientConfig
 from engine_sdk.simulator import PaperEngine
 from risk import selectors, services
 from risk.models import RiskEvent, RiskLimit
@@ -42,11 +43,16 @@ def engine_loop() -> Iterator[EngineLoop]:
 
 
 def paper(server: UvicornServer, token: str, journal: Path, seed: int = 3) -> PaperEngine:
+    config = ClientConfig(
+        batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.3, fsync=False
+    )
     return PaperEngine.create(
-        f"{server.ws_url}/ws/engine/v1", token, journal_dir=journal,
+        f"{server.ws_url}/ws/engine/v1",
+        token,
+        journal_dir=journal,
         engine_options={"seed": seed, "report_every": 1, "book_path": journal / "book.msgpack"},
-        batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.3, fsync=False,
-    )  # fmt: skip
+        config=config,
+    )
 
 
 async def connected(sim: PaperEngine) -> PaperEngine:

@@ -7,9 +7,11 @@ no database are involved.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,12 +20,21 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from engine_sdk import protocol as p
-from engine_sdk.client import EngineClient, HelloInfo
+from engine_sdk.client import ClientConfig, EngineClient, HelloInfo
 
 TOKEN = "engine-token-1"
 HELLO = HelloInfo(
     engine_build="test-build", config_hash="cfg-1", mode="paper", broker="sim", account="acc-1"
 )
+# Test-friendly timings: a batch, a heartbeat and a reconnect take milliseconds.
+TEST_CONFIG = ClientConfig(
+    batch_interval_s=0.005,
+    heartbeat_interval_s=0.2,
+    backoff_initial_s=0.01,
+    backoff_max_s=0.05,
+    fsync=False,
+)
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ClientConfig))
 
 
 class FakeControlPlane:
@@ -156,6 +167,22 @@ class FakeControlPlane:
         return [e for _, e in sorted(self.stored.items()) if isinstance(e, kind)]
 
 
+def a_metric(value: float = 1.0) -> p.MetricEvent:
+    return p.MetricEvent(ts=datetime.now(UTC), name="latency_ms", value=value)
+
+
+def a_fill(fill_id: str) -> p.FillEvent:
+    return p.FillEvent(
+        ts=datetime.now(UTC),
+        fill_id=fill_id,
+        client_order_id="o-1",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal("1"),
+        price=Decimal("100.5"),
+    )
+
+
 def a_command(kind: p.CommandKind = "pause", **params: Any) -> p.Command:
     return p.Command(
         command_id=uuid.uuid4(),
@@ -177,17 +204,18 @@ async def control_plane() -> AsyncIterator[FakeControlPlane]:
 
 @pytest.fixture
 def make_client(tmp_path: Any) -> Callable[..., EngineClient]:
-    """Build clients with test-friendly timings; the default journal dir is shared per test."""
+    """Build clients with test-friendly timings; the default journal dir is shared per test.
+
+    Keywords naming a ClientConfig field change that field of TEST_CONFIG; the others go to
+    EngineClient.
+    """
 
     def make(url: str, **overrides: Any) -> EngineClient:
+        tunables = {name: overrides.pop(name) for name in CONFIG_FIELDS & overrides.keys()}
         options: dict[str, Any] = dict(
             journal_dir=tmp_path / "journal",
             hello=HELLO,
-            batch_interval_s=0.005,
-            heartbeat_interval_s=0.2,
-            backoff_initial_s=0.01,
-            backoff_max_s=0.05,
-            fsync=False,
+            config=dataclasses.replace(TEST_CONFIG, **tunables),
         )
         options.update(overrides)
         token = options.pop("token", TOKEN)

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine_sdk import protocol as p
+from engine_sdk.client import MAX_EVENT_BYTES, BackpressureError, EngineClient
 from engine_sdk.journal import CommandStore, Journal, JournalCorrupt
+from tests.sdk.conftest import FakeControlPlane, a_fill, a_metric
+
+MakeClient = Callable[..., EngineClient]
+
 
 TS = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 
@@ -140,3 +149,132 @@ def test_the_command_store_forgets_the_oldest_beyond_its_size(tmp_path: Path) ->
     assert results[-1].command_id in reopened
     assert results[0].command_id not in reopened
     assert len(reopened) <= 20
+
+
+# --- the client's journal writer: seqs, backlog, bounds at emit ---------------------------------
+
+
+@pytest.mark.asyncio
+async def test_events_emitted_while_offline_survive_a_restart(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    offline = make_client("ws://127.0.0.1:9/ws/engine/v1")
+    await offline.start()
+    offline.emit(a_fill("f-1"))
+    offline.emit(a_fill("f-2"))
+    await offline.close()
+
+    client = make_client(control_plane.url)
+    assert client.last_seq == 2
+    await client.start()
+    assert client.emit(a_fill("f-3")) == 3
+    await client.flush(timeout=5)
+
+    assert [f.fill_id for f in control_plane.events_of(p.FillEvent)] == ["f-1", "f-2", "f-3"]
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lost_journal_does_not_reuse_seqs_the_server_has(
+    control_plane: FakeControlPlane, make_client: MakeClient, tmp_path: Any
+) -> None:
+    old = make_client(control_plane.url, journal_dir=tmp_path / "old")
+    await old.start()
+    for i in range(4):
+        old.emit(a_metric(i))
+    await old.flush(timeout=5)
+    await old.close()
+
+    fresh = make_client(control_plane.url, journal_dir=tmp_path / "fresh")
+    fresh.emit(a_fill("f-after-reset"))
+    await fresh.start()
+    await fresh.flush(timeout=5)
+
+    assert control_plane.events_of(p.FillEvent)[0].seq == 5
+    assert fresh.emit(a_metric()) == 6
+    await fresh.close()
+
+
+@pytest.mark.asyncio
+async def test_an_oversized_event_is_refused_at_emit(make_client: MakeClient) -> None:
+    client = make_client("ws://127.0.0.1:9/")
+    huge = p.LogEvent(
+        ts=datetime.now(UTC), level="info", message="x", context={"b": "x" * MAX_EVENT_BYTES}
+    )
+    with pytest.raises(ValueError, match="bytes"):
+        client.emit(huge)
+    assert client.emit(a_metric()) == 1
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_refuses_to_queue_beyond_the_backlog_limit_and_emit_wait_waits(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.ack_events = False
+    client = make_client(control_plane.url, max_unacked_events=3)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    for i in range(3):
+        client.emit(a_metric(i))
+    with pytest.raises(BackpressureError):
+        client.emit(a_metric())
+
+    waiting = asyncio.create_task(client.emit_wait(a_metric(), timeout=5))
+    await control_plane.wait_for(lambda: len(control_plane.received_seqs) == 3)
+    assert not waiting.done()
+    await control_plane.send(p.Ack(seq=3))
+    assert await waiting == 4
+    await client.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (p.LogEvent(ts=datetime.now(UTC), level="info", message="a\x00b"), "message"),
+        (
+            p.OrderEvent(
+                ts=datetime.now(UTC),
+                client_order_id="o-1",
+                symbol="AAPL",
+                side="buy",
+                order_type="market",
+                quantity=Decimal(1),
+                status="rejected",
+                reject_reason="broker said \x00",
+            ),
+            "reject_reason",
+        ),
+        (p.MetricEvent(ts=datetime.now(UTC), name="x" * 65, value=1.0), "name"),
+        (p.LogEvent(ts=datetime.now(UTC), level="info", message="m" * 8193), "message"),
+    ],
+)
+async def test_an_event_outside_the_protocol_bounds_is_refused_at_emit_naming_the_field(
+    make_client: MakeClient, event: p.Event, field: str
+) -> None:
+    client = make_client("ws://127.0.0.1:9/")
+    with pytest.raises(ValueError, match=rf"\(field {field}\)"):
+        client.emit(event)
+    # It took no seq and nothing was queued: the next event is seq 1.
+    assert client.emit(a_metric()) == 1
+    assert client.backlog == 1
+    await client.close()
+
+
+def test_events_outside_the_bounds_cannot_even_be_built() -> None:
+    # Checked on construction (__post_init__), so no engine code can hold one.
+    with pytest.raises(ValueError, match=r"0.00000001 - at `\$.price`"):
+        p.FillEvent(
+            ts=datetime.now(UTC), fill_id="f", client_order_id="o", symbol="A", side="buy",
+            quantity=Decimal(1), price=Decimal("1e-9"),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"UTC offset.*`\$.ts`"):
+        p.MetricEvent(
+            ts=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=20))), name="x", value=1.0
+        )
+    deep: object = 1
+    for _ in range(p.MAX_JSON_DEPTH):
+        deep = [deep]
+    with pytest.raises(ValueError, match=r"nested at most 16 deep - at `\$.context`"):
+        p.LogEvent(ts=datetime.now(UTC), level="info", message="m", context={"a": deep})

@@ -14,10 +14,11 @@ import pytest
 
 from engine_sdk import limits as limits_module
 from engine_sdk import protocol as p
-from engine_sdk.client import LIMITS_FILE, EngineClient
+from engine_sdk.client import ClientConfig, EngineClient
 from engine_sdk.gate import OrderRejected
 from engine_sdk.limits import LimitRejected, PreTradeLimits
 from engine_sdk.simulator import PaperEngine, SimOrder
+from engine_sdk.state import LIMITS_FILE
 from tests.sdk.conftest import TOKEN, FakeControlPlane, a_command
 from tests.sdk.test_simulator import paper_engine
 
@@ -546,9 +547,7 @@ async def test_a_limit_rejected_order_reaches_the_server_as_a_rejected_order(
         TOKEN,
         journal_dir=tmp_path / "journal",
         engine_options={"seed": 3},
-        batch_interval_s=0.005,
-        backoff_initial_s=0.01,
-        fsync=False,
+        config=ClientConfig(batch_interval_s=0.005, backoff_initial_s=0.01, fsync=False),
     )
     client = engine.client
     assert isinstance(client, EngineClient)

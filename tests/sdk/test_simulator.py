@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from engine_sdk import protocol as p
-from engine_sdk.client import CommandOutcome, EngineClient
+from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.limits import PreTradeLimits
 from engine_sdk.simulator import UNIVERSE, PaperEngine
@@ -34,7 +34,7 @@ TRANSITIONS = {
 class RecordingClient:
     """The part of EngineClient a PaperEngine uses, keeping the events in memory."""
 
-    max_unacked_events = 1_000_000
+    config = ClientConfig(max_unacked_events=1_000_000)
     backlog = 0
     error: BaseException | None = None
 
@@ -386,9 +386,7 @@ async def test_a_running_engine_obeys_a_kill_sent_by_the_server(
         TOKEN,
         journal_dir=tmp_path / "journal",
         engine_options={"seed": 11, "report_every": 1},
-        batch_interval_s=0.005,
-        backoff_initial_s=0.01,
-        fsync=False,
+        config=ClientConfig(batch_interval_s=0.005, backoff_initial_s=0.01, fsync=False),
     )
     client = engine.client
     assert isinstance(client, EngineClient)
