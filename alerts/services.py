@@ -27,11 +27,17 @@ def alert_acknowledge(
     with transaction.atomic():
         claimed = Alert.objects.filter(
             pk=alert.pk, acknowledged_at__isnull=True, state__in=Alert.OPEN
-        ).update(acknowledged_at=now, acknowledged_by=actor,
-                 acknowledged_by_label=actor.get_username())  # fmt: skip
+        ).update(
+            acknowledged_at=now, acknowledged_by=actor, acknowledged_by_label=actor.get_username()
+        )
         if claimed:
-            audit_record(action="alert_acknowledge", actor=actor, target=alert,
-                         ip_address=ip_address, data={"summary": alert.summary})  # fmt: skip
+            audit_record(
+                action="alert_acknowledge",
+                actor=actor,
+                target=alert,
+                ip_address=ip_address,
+                data={"summary": alert.summary},
+            )
             evaluation._publish(alert)
     return bool(claimed)
 
@@ -61,14 +67,27 @@ def silence_create(
         raise ValidationError(errors)
     with transaction.atomic():
         silence = Silence.objects.create(
-            rule=rule, engine=engine, tag=tag.strip(), ends_at=ends_at, reason=reason,
-            created_by=actor, created_by_label=actor.get_username(),
-        )  # fmt: skip
-        audit_record(action="alert_silence", actor=actor, target=silence, reason=reason,
-                     ip_address=ip_address,
-                     data={"rule": rule.name if rule else None,
-                           "engine": engine.name if engine else None, "tag": tag,
-                           "ends_at": ends_at.isoformat()})  # fmt: skip
+            rule=rule,
+            engine=engine,
+            tag=tag.strip(),
+            ends_at=ends_at,
+            reason=reason,
+            created_by=actor,
+            created_by_label=actor.get_username(),
+        )
+        audit_record(
+            action="alert_silence",
+            actor=actor,
+            target=silence,
+            reason=reason,
+            ip_address=ip_address,
+            data={
+                "rule": rule.name if rule else None,
+                "engine": engine.name if engine else None,
+                "tag": tag,
+                "ends_at": ends_at.isoformat(),
+            },
+        )
     return silence
 
 
@@ -85,11 +104,20 @@ def rule_save(
             AlertRule.objects.select_for_update().filter(pk=rule.pk).first() if rule.pk else None
         )
         rule.save()
-        audit_record(action="alert_rule_create" if before is None else "alert_rule_change",
-                     actor=actor, actor_label=label, target=rule, ip_address=ip_address,
-                     data={"metric": rule.metric, "comparator": rule.comparator,
-                           "threshold": rule.threshold, "severity": rule.severity,
-                           "enabled": rule.enabled})  # fmt: skip
+        audit_record(
+            action="alert_rule_create" if before is None else "alert_rule_change",
+            actor=actor,
+            actor_label=label,
+            target=rule,
+            ip_address=ip_address,
+            data={
+                "metric": rule.metric,
+                "comparator": rule.comparator,
+                "threshold": rule.threshold,
+                "severity": rule.severity,
+                "enabled": rule.enabled,
+            },
+        )
         if before is not None and before.enabled and not rule.enabled:
             hooks.rule_disabled(rule.pk, why=f"rule disabled by {label}")
     return rule

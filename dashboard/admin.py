@@ -19,9 +19,16 @@ class ProfileAdmin(admin.ModelAdmin):
 class BaselineAdmin(admin.ModelAdmin):
     form = BaselineForm
     list_display = [
-        "engine", "name", "expected_annual_return_pct", "sharpe", "trades_per_day",
-        "win_rate_pct", "tolerance_pct", "curve_points", "updated_at",
-    ]  # fmt: skip
+        "engine",
+        "name",
+        "expected_annual_return_pct",
+        "sharpe",
+        "trades_per_day",
+        "win_rate_pct",
+        "tolerance_pct",
+        "curve_points",
+        "updated_at",
+    ]
     search_fields = ["engine__name", "name"]
     readonly_fields = ["curve_points", "created_at", "updated_at"]
 
@@ -36,8 +43,15 @@ class ReportDeliveryAdmin(admin.ModelAdmin):
     list_filter = ["status", "week"]
     search_fields = ["user__username", "user__email", "week"]
     readonly_fields = [
-        "user", "week", "status", "attempts", "error", "claimed_at", "sent_at", "created_at",
-    ]  # fmt: skip
+        "user",
+        "week",
+        "status",
+        "attempts",
+        "error",
+        "claimed_at",
+        "sent_at",
+        "created_at",
+    ]
 
     @admin.display(description="error")
     def error_head(self, obj: ReportDelivery) -> str:

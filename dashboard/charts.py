@@ -53,27 +53,49 @@ def _layout(fig: go.Figure, *, height: int) -> go.Figure:
 def equity_figure(series: dict[str, list[Any]]) -> str:
     """Equity on top, drawdown from the session's running peak (%) below, sharing the time axis."""
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06,
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.7, 0.3],
+        vertical_spacing=0.06,
         subplot_titles=("Equity", "Drawdown from the session's peak (%)"),
-    )  # fmt: skip
+    )
     fig.add_trace(
-        go.Scatter(x=series["ts"], y=series["equity"], name="equity", mode="lines",
-                   line={"color": BLUE, "width": 1.6}),
-        row=1, col=1,
-    )  # fmt: skip
+        go.Scatter(
+            x=series["ts"],
+            y=series["equity"],
+            name="equity",
+            mode="lines",
+            line={"color": BLUE, "width": 1.6},
+        ),
+        row=1,
+        col=1,
+    )
     fig.add_trace(
-        go.Scatter(x=series["ts"], y=series["drawdown_pct"], name="drawdown", mode="lines",
-                   fill="tozeroy", line={"color": RED, "width": 1}),
-        row=2, col=1,
-    )  # fmt: skip
+        go.Scatter(
+            x=series["ts"],
+            y=series["drawdown_pct"],
+            name="drawdown",
+            mode="lines",
+            fill="tozeroy",
+            line={"color": RED, "width": 1},
+        ),
+        row=2,
+        col=1,
+    )
     return pio.to_json(_layout(fig, height=380))
 
 
 def latency_figure(series: dict[str, list[Any]]) -> str:
     fig = go.Figure(
-        go.Scatter(x=series["ts"], y=series["value"], name="latency", mode="lines",
-                   line={"color": AMBER, "width": 1.2})
-    )  # fmt: skip
+        go.Scatter(
+            x=series["ts"],
+            y=series["value"],
+            name="latency",
+            mode="lines",
+            line={"color": AMBER, "width": 1.2},
+        )
+    )
     fig.update_layout(title={"text": "Order latency (ms)", "font": {"size": 13}})
     return pio.to_json(_layout(fig, height=220))
 
@@ -95,9 +117,8 @@ def rejection_figure(series: dict[str, Any]) -> str:
     for about a minute. Plotly picks the tick spacing; ``MINUTE_TICKS`` only formats them.
     """
     fig = go.Figure(
-        go.Bar(x=series["ts"], y=series["rejection_pct"], name="rejections",
-               marker={"color": RED})
-    )  # fmt: skip
+        go.Bar(x=series["ts"], y=series["rejection_pct"], name="rejections", marker={"color": RED})
+    )
     fig.update_layout(title={"text": "Rejected orders per minute (%)", "font": {"size": 13}})
     fig.update_yaxes(range=[0, 100])
     _layout(fig, height=220)

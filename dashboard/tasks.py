@@ -30,8 +30,12 @@ def send_weekly_reports(week: str | None = None) -> int:
     return len(subscribers)
 
 
-@shared_task(bind=True, name="dashboard.tasks.send_weekly_report", ignore_result=True,
-             max_retries=weekly.MAX_ATTEMPTS)  # fmt: skip
+@shared_task(
+    bind=True,
+    name="dashboard.tasks.send_weekly_report",
+    ignore_result=True,
+    max_retries=weekly.MAX_ATTEMPTS,
+)
 def send_weekly_report(self: Any, user_id: int, week: str) -> str:
     """One user's report; a transient failure (SMTP, network) is retried with a growing delay,
     and each attempt is recorded on the user's ReportDelivery row."""

@@ -88,8 +88,10 @@ def post_trade_inputs(
                 "SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price FROM "
                 "controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id "
                 "WHERE p.engine_id = %s AND NOT p.quantity = 0",
-                [engine_id], fetch="positions", prepare=False,
-            )  # fmt: skip
+                [engine_id],
+                fetch="positions",
+                prepare=False,
+            )
         ids = "{" + ",".join(str(int(limit_id)) for limit_id in limit_ids) + "}"
         script.add(_STATE_SELECT, [engine_id, ids], fetch="states")
         rows = script.run()

@@ -19,10 +19,14 @@ def limits(request: HttpRequest) -> HttpResponse:
         for state in row["states"]:
             state.bar = min(max(state.utilisation, 0.0), 100.0)
             state.colour = {"ok": "green", "warning": "amber", "breached": "red"}[state.level]
-    return render(request, "risk/limits.html", {
-        "rows": rows,
-        "revision": selectors.limits_revision(),
-        "stale_engines": selectors.engines_on_old_limits(),
-        "events": RiskEvent.objects.select_related("engine")[:50],
-        "can_edit": request.user.has_perm("risk.change_risklimit"),
-    })  # fmt: skip
+    return render(
+        request,
+        "risk/limits.html",
+        {
+            "rows": rows,
+            "revision": selectors.limits_revision(),
+            "stale_engines": selectors.engines_on_old_limits(),
+            "events": RiskEvent.objects.select_related("engine")[:50],
+            "can_edit": request.user.has_perm("risk.change_risklimit"),
+        },
+    )

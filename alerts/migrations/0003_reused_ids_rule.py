@@ -10,12 +10,17 @@ def create(apps, schema_editor):
     apps.get_model("alerts", "AlertRule").objects.get_or_create(
         name=NAME,
         defaults={
-            "metric": "reused_ids", "comparator": ">", "threshold": 0, "hysteresis": 0,
-            "pending_s": 0, "severity": "critical", "action": "notify",
+            "metric": "reused_ids",
+            "comparator": ">",
+            "threshold": 0,
+            "hysteresis": 0,
+            "pending_s": 0,
+            "severity": "critical",
+            "action": "notify",
             "description": "An engine sent a fill_id or client_order_id it had used for another "
-                           "fill or order; the event was refused.",
+            "fill or order; the event was refused.",
         },
-    )  # fmt: skip
+    )
 
 
 def remove(apps, schema_editor):

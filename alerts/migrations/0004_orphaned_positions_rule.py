@@ -10,12 +10,17 @@ def create(apps, schema_editor):
     apps.get_model("alerts", "AlertRule").objects.get_or_create(
         name=NAME,
         defaults={
-            "metric": "orphaned_exposure", "comparator": ">", "threshold": 0, "hysteresis": 0,
-            "pending_s": 0, "severity": "critical", "action": "notify",
+            "metric": "orphaned_exposure",
+            "comparator": ">",
+            "threshold": 0,
+            "hysteresis": 0,
+            "pending_s": 0,
+            "severity": "critical",
+            "action": "notify",
             "description": "An engine that stopped or went silent still holds positions: "
-                           "nobody manages them.",
+            "nobody manages them.",
         },
-    )  # fmt: skip
+    )
 
 
 def remove(apps, schema_editor):

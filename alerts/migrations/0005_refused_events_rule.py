@@ -10,12 +10,17 @@ def create(apps, schema_editor):
     apps.get_model("alerts", "AlertRule").objects.get_or_create(
         name=NAME,
         defaults={
-            "metric": "refused_events", "comparator": ">", "threshold": 0, "hysteresis": 0,
-            "pending_s": 0, "severity": "warning", "action": "notify",
+            "metric": "refused_events",
+            "comparator": ">",
+            "threshold": 0,
+            "hysteresis": 0,
+            "pending_s": 0,
+            "severity": "warning",
+            "action": "notify",
             "description": "The control plane refused to store an event of the engine in the "
             "last 15 minutes (the event log keeps it, with the reason).",
         },
-    )  # fmt: skip
+    )
 
 
 def remove(apps, schema_editor):

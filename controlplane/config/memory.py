@@ -95,9 +95,11 @@ class Tidier:
     """Watches the process's CPU time; after busy intervals, tidies once in the first quiet one."""
 
     def __init__(
-        self, check_s: float = CHECK_S, quiet_cpu: float = QUIET_CPU,
+        self,
+        check_s: float = CHECK_S,
+        quiet_cpu: float = QUIET_CPU,
         again_intervals: int = AGAIN_INTERVALS,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.check_s = check_s
         self.quiet_cpu = quiet_cpu
         self.again_intervals = again_intervals
@@ -143,8 +145,12 @@ class Tidier:
             # arenas (each arena's allocations wait for that arena's turn).
             self._trim(0)
         self.tidied += 1
-        log.debug("memory tidied: %d idle database connections closed, %d objects collected, "
-                  "%.1f ms", closed, found, (time.perf_counter() - started) * 1000)  # fmt: skip
+        log.debug(
+            "memory tidied: %d idle database connections closed, %d objects collected, %.1f ms",
+            closed,
+            found,
+            (time.perf_counter() - started) * 1000,
+        )
 
     def start(self) -> None:
         if self._thread is not None:

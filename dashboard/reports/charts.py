@@ -36,12 +36,22 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 THEMES: dict[str, dict[str, Any]] = {
     # The app's dark page.
-    "page": {"template": "plotly_dark", "paper_bgcolor": "#11161d", "plot_bgcolor": "#11161d",
-             "font": {"color": "#c9d3df", "size": 12}, "grid": "#253040"},
+    "page": {
+        "template": "plotly_dark",
+        "paper_bgcolor": "#11161d",
+        "plot_bgcolor": "#11161d",
+        "font": {"color": "#c9d3df", "size": 12},
+        "grid": "#253040",
+    },
     # E-mail clients show white pages.
-    "email": {"template": "plotly_white", "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
-              "font": {"color": "#1f2328", "size": 12}, "grid": "#d8dee4"},
-}  # fmt: skip
+    "email": {
+        "template": "plotly_white",
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "font": {"color": "#1f2328", "size": 12},
+        "grid": "#d8dee4",
+    },
+}
 
 CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d"]}
 
@@ -67,8 +77,12 @@ def _style(fig: go.Figure, theme: str, *, height: int, title: str) -> go.Figure:
 def equity_drawdown_figure(report: Analytics, *, theme: str = "page") -> go.Figure:
     """Combined equity (from the period's opening value) above its drawdown from the peak."""
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.08,
-    )  # fmt: skip
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.68, 0.32],
+        vertical_spacing=0.08,
+    )
     ts = [report.start] + [p[0] for p in report.curve]
     equity = [float(report.start_equity or 0)] + [float(p[1]) for p in report.curve]
     drawdown = [0.0] + [p[2] for p in report.curve]
@@ -77,15 +91,30 @@ def equity_drawdown_figure(report: Analytics, *, theme: str = "page") -> go.Figu
         equity.append(equity[-1])
         drawdown.append(drawdown[-1])
     fig.add_trace(
-        go.Scatter(x=ts, y=equity, name="equity", mode="lines", line={"color": BLUE, "width": 2},
-                   line_shape="hv"),
-        row=1, col=1,
-    )  # fmt: skip
+        go.Scatter(
+            x=ts,
+            y=equity,
+            name="equity",
+            mode="lines",
+            line={"color": BLUE, "width": 2},
+            line_shape="hv",
+        ),
+        row=1,
+        col=1,
+    )
     fig.add_trace(
-        go.Scatter(x=ts, y=drawdown, name="drawdown %", mode="lines", fill="tozeroy",
-                   line={"color": RED, "width": 1}, line_shape="hv"),
-        row=2, col=1,
-    )  # fmt: skip
+        go.Scatter(
+            x=ts,
+            y=drawdown,
+            name="drawdown %",
+            mode="lines",
+            fill="tozeroy",
+            line={"color": RED, "width": 1},
+            line_shape="hv",
+        ),
+        row=2,
+        col=1,
+    )
     fig.update_yaxes(title_text="equity", row=1, col=1)
     fig.update_yaxes(title_text="drawdown %", row=2, col=1)
     fig.update_xaxes(range=[report.start, report.end], type="date")
@@ -116,9 +145,11 @@ def engine_equity_figure(
             go.Scatter(
                 x=[report.start] + [p[0] for p in report.curve],
                 y=[0.0] + [(float(p[1]) / base - 1) * 100 for p in report.curve],
-                name=name, mode="lines", line_shape="hv",
+                name=name,
+                mode="lines",
+                line_shape="hv",
             )
-        )  # fmt: skip
+        )
     fig.update_yaxes(title_text="return %")
     if curves:
         fig.update_xaxes(range=[curves[0][1].start, curves[0][1].end], type="date")

@@ -32,9 +32,15 @@ class BaselineForm(forms.ModelForm):
     class Meta:
         model = Baseline
         fields = [
-            "engine", "name", "expected_annual_return_pct", "sharpe", "trades_per_day",
-            "win_rate_pct", "tolerance_pct", "notes",
-        ]  # fmt: skip
+            "engine",
+            "name",
+            "expected_annual_return_pct",
+            "sharpe",
+            "trades_per_day",
+            "win_rate_pct",
+            "tolerance_pct",
+            "notes",
+        ]
 
     def clean_equity_curve_csv(self) -> list[list[str]] | None:
         upload = self.cleaned_data.get("equity_curve_csv")

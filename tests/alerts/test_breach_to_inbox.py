@@ -28,15 +28,22 @@ def test_a_breach_reaches_mail_and_webhook_once_and_its_resolution_once(
     hook.target = webhook.url
     hook.save()
     AlertRule.objects.all().delete()
-    rule = AlertRule.objects.create(name="Daily loss", metric="daily_pnl_pct", comparator="<",
-                                    threshold=-3, hysteresis=0.5, severity="critical")  # fmt: skip
+    rule = AlertRule.objects.create(
+        name="Daily loss",
+        metric="daily_pnl_pct",
+        comparator="<",
+        threshold=-3,
+        hysteresis=0.5,
+        severity="critical",
+    )
     rule.channels.add(mail, hook)
 
     def day(pnl: int) -> None:
         Engine.objects.filter(pk=engine.pk).update(
-            session_start_equity=Decimal(100000), day_pnl=Decimal(pnl),
+            session_start_equity=Decimal(100000),
+            day_pnl=Decimal(pnl),
             equity=Decimal(100000 + pnl),
-        )  # fmt: skip
+        )
         evaluation.evaluate_engine(engine.pk)
 
     for pnl in (-3500, -4000, -3200, -2800):  # fires, stays, stays within the hysteresis band

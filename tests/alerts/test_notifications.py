@@ -92,8 +92,13 @@ def webhook() -> Iterator[Webhook]:
                 hook.attempts += 1
                 status = hook.statuses.pop(0) if hook.statuses else 200
                 if status == 200:
-                    hook.posts.append({"path": self.path, "json": json.loads(body),
-                                       "content_type": self.headers["Content-Type"]})  # fmt: skip
+                    hook.posts.append(
+                        {
+                            "path": self.path,
+                            "json": json.loads(body),
+                            "content_type": self.headers["Content-Type"],
+                        }
+                    )
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -154,16 +159,23 @@ def alpha(make_engine: Any) -> Engine:
 
 def firing_alert(engine: Engine, *channels: NotificationChannel) -> Alert:
     rule = AlertRule.objects.create(
-        name="Daily loss (test)", metric="daily_pnl_pct", comparator="<", threshold=-3,
+        name="Daily loss (test)",
+        metric="daily_pnl_pct",
+        comparator="<",
+        threshold=-3,
         severity=Severity.CRITICAL,
-    )  # fmt: skip
+    )
     rule.channels.set(channels)
     now = timezone.now()
     return Alert.objects.create(
-        rule=rule, engine=engine, state=Alert.State.FIRING, severity=Severity.CRITICAL,
-        summary="alpha: Daily loss (test): daily_pnl_pct -3.2 % below -3", value=-3.2,
+        rule=rule,
+        engine=engine,
+        state=Alert.State.FIRING,
+        severity=Severity.CRITICAL,
+        summary="alpha: Daily loss (test): daily_pnl_pct -3.2 % below -3",
+        value=-3.2,
         fired_at=now,
-    )  # fmt: skip
+    )
 
 
 def parts(message: EmailMessage) -> dict[str, str]:
@@ -179,9 +191,12 @@ def parts(message: EmailMessage) -> dict[str, str]:
 
 @pytest.mark.django_db
 def test_a_firing_alert_enqueued_twice_sends_one_email_and_its_resolution_one_more(
-    smtp: Inbox, mail_channel: NotificationChannel, alpha: Engine, eager_celery: None,
+    smtp: Inbox,
+    mail_channel: NotificationChannel,
+    alpha: Engine,
+    eager_celery: None,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     alert = firing_alert(alpha, mail_channel)
     for _ in range(2):
         with django_capture_on_commit_callbacks(execute=True):
@@ -221,9 +236,12 @@ def test_a_firing_alert_enqueued_twice_sends_one_email_and_its_resolution_one_mo
 
 @pytest.mark.django_db
 def test_a_webhook_channel_gets_exactly_one_json_post(
-    webhook: Webhook, hook_channel: NotificationChannel, alpha: Engine, eager_celery: None,
+    webhook: Webhook,
+    hook_channel: NotificationChannel,
+    alpha: Engine,
+    eager_celery: None,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     alert = firing_alert(alpha, hook_channel)
     for _ in range(3):
         with django_capture_on_commit_callbacks(execute=True):
@@ -240,9 +258,11 @@ def test_a_webhook_channel_gets_exactly_one_json_post(
 
 @pytest.mark.django_db
 def test_only_enabled_channels_get_a_row_and_escalation_goes_to_the_channels_given(
-    webhook: Webhook, mail_channel: NotificationChannel, hook_channel: NotificationChannel,
+    webhook: Webhook,
+    mail_channel: NotificationChannel,
+    hook_channel: NotificationChannel,
     alpha: Engine,
-) -> None:  # fmt: skip
+) -> None:
     mail_channel.enabled = False
     mail_channel.save()
     alert = firing_alert(alpha, mail_channel, hook_channel)
@@ -263,9 +283,12 @@ def test_only_enabled_channels_get_a_row_and_escalation_goes_to_the_channels_giv
 
 @pytest.mark.django_db
 def test_a_transient_smtp_failure_is_retried_and_delivered_once(
-    smtp: Inbox, mail_channel: NotificationChannel, alpha: Engine, eager_celery: None,
+    smtp: Inbox,
+    mail_channel: NotificationChannel,
+    alpha: Engine,
+    eager_celery: None,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     smtp.replies = ["451 4.7.1 Greylisted, try again later"]
     alert = firing_alert(alpha, mail_channel)
     with django_capture_on_commit_callbacks(execute=True):
@@ -280,9 +303,12 @@ def test_a_transient_smtp_failure_is_retried_and_delivered_once(
 
 @pytest.mark.django_db
 def test_a_webhook_answering_503_is_retried_and_gets_one_post(
-    webhook: Webhook, hook_channel: NotificationChannel, alpha: Engine, eager_celery: None,
+    webhook: Webhook,
+    hook_channel: NotificationChannel,
+    alpha: Engine,
+    eager_celery: None,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     webhook.statuses = [503]
     alert = firing_alert(alpha, hook_channel)
     with django_capture_on_commit_callbacks(execute=True):
@@ -297,8 +323,11 @@ def test_a_webhook_answering_503_is_retried_and_gets_one_post(
 
 @pytest.mark.django_db
 def test_a_transient_failure_that_lasts_gives_up_after_the_last_attempt(
-    webhook: Webhook, hook_channel: NotificationChannel, alpha: Engine, eager_celery: None,
-) -> None:  # fmt: skip
+    webhook: Webhook,
+    hook_channel: NotificationChannel,
+    alpha: Engine,
+    eager_celery: None,
+) -> None:
     webhook.statuses = [503] * 10
     alert = firing_alert(alpha, hook_channel)
     (row,) = notify.notification_enqueue(alert=alert, event="firing")
@@ -330,9 +359,12 @@ def test_a_retry_waits_longer_each_time(
 
 @pytest.mark.django_db
 def test_a_permanent_smtp_refusal_is_recorded_as_failed_without_a_retry(
-    smtp: Inbox, mail_channel: NotificationChannel, alpha: Engine, eager_celery: None,
+    smtp: Inbox,
+    mail_channel: NotificationChannel,
+    alpha: Engine,
+    eager_celery: None,
     django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
+) -> None:
     smtp.replies = ["550 5.1.1 Mailbox unavailable"]
     alert = firing_alert(alpha, mail_channel)
     with django_capture_on_commit_callbacks(execute=True):
@@ -385,9 +417,13 @@ def test_the_task_run_twice_concurrently_sends_once(
     smtp.delay_s = 0.5  # both workers are in flight at once
     # The row as enqueuing leaves it (enqueuing itself would send it at once: autocommit).
     row = Notification.objects.create(
-        key="concurrent", alert=firing_alert(alpha, mail_channel), channel=mail_channel,
-        event="firing", subject="[FIRING critical] alpha", body="alpha",
-    )  # fmt: skip
+        key="concurrent",
+        alert=firing_alert(alpha, mail_channel),
+        channel=mail_channel,
+        event="firing",
+        subject="[FIRING critical] alpha",
+        body="alpha",
+    )
     start = threading.Barrier(2)
     results: list[str] = []
 
@@ -501,9 +537,12 @@ def test_the_test_button_on_a_channel_sends_and_shows_the_result(
 
 @pytest.mark.django_db
 def test_the_send_a_test_action_reports_each_channel(
-    admin_client_: Client, smtp: Inbox, webhook: Webhook, mail_channel: NotificationChannel,
+    admin_client_: Client,
+    smtp: Inbox,
+    webhook: Webhook,
+    mail_channel: NotificationChannel,
     hook_channel: NotificationChannel,
-) -> None:  # fmt: skip
+) -> None:
     smtp.replies = ["550 5.1.1 Mailbox unavailable"]
     response = admin_client_.post(
         reverse("admin:alerts_notificationchannel_changelist"),
@@ -546,19 +585,22 @@ def test_the_target_is_stored_encrypted_and_never_shown_in_the_admin(
         assert "json://…" in page  # the hint
 
     # Saved again without a target: kept as it was.
-    response = admin_client_.post(change_url, {"name": "ops-desk", "kind": "apprise",
-                                               "target": "", "enabled": "on"})  # fmt: skip
+    response = admin_client_.post(
+        change_url, {"name": "ops-desk", "kind": "apprise", "target": "", "enabled": "on"}
+    )
     assert response.status_code == 302
     channel.refresh_from_db()
     assert (channel.name, channel.target) == ("ops-desk", secret_url)
 
     # A target Apprise cannot use is refused, and the kind cannot change without a new target.
-    page = admin_client_.post(change_url, {"name": "ops-desk", "kind": "apprise",
-                                           "target": "no scheme here", "enabled": "on"}
-                              ).content.decode()  # fmt: skip
+    page = admin_client_.post(
+        change_url,
+        {"name": "ops-desk", "kind": "apprise", "target": "no scheme here", "enabled": "on"},
+    ).content.decode()
     assert "Apprise does not recognise this URL" in page
-    page = admin_client_.post(change_url, {"name": "ops-desk", "kind": "email", "target": "",
-                                           "enabled": "on"}).content.decode()  # fmt: skip
+    page = admin_client_.post(
+        change_url, {"name": "ops-desk", "kind": "email", "target": "", "enabled": "on"}
+    ).content.decode()
     assert "A new kind needs a new target." in page
     channel.refresh_from_db()
     assert (channel.kind, channel.target) == ("apprise", secret_url)

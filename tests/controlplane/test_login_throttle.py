@@ -82,9 +82,11 @@ def test_behind_a_trusted_proxy_the_client_is_the_address_the_proxy_appended(
     proxy = {"REMOTE_ADDR": "10.0.0.2"}  # every request arrives from the proxy
     for forged in range(5):
         response = log_in(
-            "otto-operator", "nope", HTTP_X_FORWARDED_FOR=f"198.51.100.{forged}, 192.0.2.7",
+            "otto-operator",
+            "nope",
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{forged}, 192.0.2.7",
             **proxy,
-        )  # fmt: skip
+        )
         assert response.status_code == (429 if forged == 4 else 200)
 
     # The forged leftmost entries changed nothing: 192.0.2.7 is locked, 192.0.2.8 is not.

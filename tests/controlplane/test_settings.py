@@ -21,8 +21,11 @@ def _load_settings(**environ: str) -> subprocess.CompletedProcess[str]:
     clean.update(environ)
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
-        env=clean, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_production_refuses_to_start_without_a_secret_key():
@@ -33,12 +36,22 @@ def test_production_refuses_to_start_without_a_secret_key():
 
 def test_production_starts_with_a_secret_key_and_debug_off():
     done = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-         "print(settings.DEBUG)"],
-        env={**os.environ, "CONTROLPLANE_ENV": "production", "SECRET_KEY": "x" * 50,
-             "METRICS_TOKEN": "m" * 32},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            "print(settings.DEBUG)",
+        ],
+        env={
+            **os.environ,
+            "CONTROLPLANE_ENV": "production",
+            "SECRET_KEY": "x" * 50,
+            "METRICS_TOKEN": "m" * 32,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
@@ -97,12 +110,19 @@ def test_typed_helpers_fail_on_bad_values(monkeypatch):
 
 def test_outside_the_tests_each_process_keeps_its_connections_in_a_pool():
     done = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-         "db = settings.DATABASES['default']; "
-         "print(db['CONN_MAX_AGE'], db['OPTIONS']['pool']['max_size'], db['OPTIONS']['options'])"],
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            "db = settings.DATABASES['default']; "
+            "options = db['OPTIONS']; "
+            "print(db['CONN_MAX_AGE'], options['pool']['max_size'], options['options'])",
+        ],
         env={**os.environ, "CONTROLPLANE_ENV": "demo", "DB_POOL_MAX_SIZE": "7"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     # The pool's connections keep the generic plans the prepared statements rely on.
     assert done.stdout.split() == ["0", "7", "-c", "plan_cache_mode=force_generic_plan"]

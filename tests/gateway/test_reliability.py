@@ -81,15 +81,29 @@ def client_for(url: str, token: str, journal: Path) -> EngineClient:
 def emit_orders(client: EngineClient, first: int, last: int) -> None:
     for n in range(first, last):
         coid = f"o-{n}"
-        client.emit(p.OrderEvent(
-            ts=p.utc_now(), client_order_id=coid, symbol="AAPL", side="buy", order_type="market",
-            quantity=Decimal(FILLS_PER_ORDER), status="accepted",
-        ))  # fmt: skip
+        client.emit(
+            p.OrderEvent(
+                ts=p.utc_now(),
+                client_order_id=coid,
+                symbol="AAPL",
+                side="buy",
+                order_type="market",
+                quantity=Decimal(FILLS_PER_ORDER),
+                status="accepted",
+            )
+        )
         for k in range(FILLS_PER_ORDER):
-            client.emit(p.FillEvent(
-                ts=p.utc_now(), fill_id=f"f-{n}-{k}", client_order_id=coid, symbol="AAPL",
-                side="buy", quantity=Decimal(1), price=Decimal("100") + k,
-            ))  # fmt: skip
+            client.emit(
+                p.FillEvent(
+                    ts=p.utc_now(),
+                    fill_id=f"f-{n}-{k}",
+                    client_order_id=coid,
+                    symbol="AAPL",
+                    side="buy",
+                    quantity=Decimal(1),
+                    price=Decimal("100") + k,
+                )
+            )
 
 
 async def wait_acked_some(client: EngineClient) -> None:

@@ -69,7 +69,7 @@ HEAD = "ts,equity\n"
         (HEAD + "2026-11-16,100\n", "At least 2 rows"),
         (HEAD + "2026-11-16,NaN\n2026-11-17,101\n", "line 2, column equity: 'NaN' is not a number"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_curve_is_refused_naming_the_line_and_column(text: str, expected: str) -> None:
     with pytest.raises(ValidationError) as exc:
         parse_equity_curve_csv(text)
@@ -92,9 +92,11 @@ def test_the_admin_stores_nothing_when_the_csv_is_bad(
     client = Client()
     client.force_login(admin_user)
     form = {
-        "engine": week_data["alpha"].pk, "name": "bt v3", "tolerance_pct": "20",
+        "engine": week_data["alpha"].pk,
+        "name": "bt v3",
+        "tolerance_pct": "20",
         "expected_annual_return_pct": "25",
-    }  # fmt: skip
+    }
     bad = SimpleUploadedFile("curve.csv", b"ts,equity\n2026-11-16,100\n2026-11-17,abc\n")
     add = reverse("admin:dashboard_baseline_add")
     response = client.post(add, {**form, "equity_curve_csv": bad})
@@ -115,8 +117,13 @@ def test_the_admin_stores_nothing_when_the_csv_is_bad(
 
 
 def alpha_baseline(engine: Any, **extra: Any) -> Baseline:
-    fields = {"expected_annual_return_pct": 25.0, "sharpe": 2.0, "trades_per_day": 2.0,
-              "win_rate_pct": 60.0, **extra}  # fmt: skip
+    fields = {
+        "expected_annual_return_pct": 25.0,
+        "sharpe": 2.0,
+        "trades_per_day": 2.0,
+        "win_rate_pct": 60.0,
+        **extra,
+    }
     return Baseline.objects.create(engine=engine, name="bt 2026-10 v3", **fields)
 
 
@@ -170,8 +177,9 @@ def test_divergence_is_the_largest_relative_gap_of_the_last_30_days(
     assert close(
         rule_metrics.backtest_divergence_pct(alpha, WEEK_END), DIVERGENCE_30D_PCT, rel=1e-7
     )
-    assert close(METRICS["backtest_divergence_pct"].measure(alpha, WEEK_END), DIVERGENCE_30D_PCT,
-                 rel=1e-7)  # fmt: skip
+    assert close(
+        METRICS["backtest_divergence_pct"].measure(alpha, WEEK_END), DIVERGENCE_30D_PCT, rel=1e-7
+    )
 
 
 def test_an_alert_rule_on_the_divergence_fires(week_data: dict[str, Any]) -> None:
@@ -179,9 +187,13 @@ def test_an_alert_rule_on_the_divergence_fires(week_data: dict[str, Any]) -> Non
     alpha_baseline(alpha)
     AlertRule.objects.filter(metric="backtest_divergence_pct").delete()
     rule = AlertRule.objects.create(
-        name="Live diverges from backtest", metric="backtest_divergence_pct", comparator=">",
-        threshold=50, scope="engine", scope_value="alpha",
-    )  # fmt: skip
+        name="Live diverges from backtest",
+        metric="backtest_divergence_pct",
+        comparator=">",
+        threshold=50,
+        scope="engine",
+        scope_value="alpha",
+    )
     evaluate_engine(alpha.pk, now=datetime(2026, 11, 23, tzinfo=UTC))
     alert = Alert.objects.get(rule=rule, engine=alpha)
     assert alert.state == Alert.State.FIRING

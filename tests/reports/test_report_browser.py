@@ -22,9 +22,13 @@ def test_the_report_page_draws_its_charts(
     page: Page, uvicorn_server: UvicornServer, viewer: User, week_data: dict[str, Any]
 ) -> None:
     Baseline.objects.create(
-        engine=week_data["alpha"], name="bt 2026-10 v3", expected_annual_return_pct=25.0,
-        sharpe=2.0, trades_per_day=2.0, win_rate_pct=60.0,
-    )  # fmt: skip
+        engine=week_data["alpha"],
+        name="bt 2026-10 v3",
+        expected_annual_return_pct=25.0,
+        sharpe=2.0,
+        trades_per_day=2.0,
+        win_rate_pct=60.0,
+    )
     page.goto(f"{uvicorn_server.url}/login/?next=/reports/{WEEK}/")
     page.get_by_label("Username").fill(viewer.username)
     page.get_by_label("Password").fill(PASSWORD)
