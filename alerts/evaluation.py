@@ -18,7 +18,7 @@ from django.db.models import Q
 
 from alerts.models import Alert, AlertRule, Comparator, Notification, RuleAction, Silence
 from alerts.registry import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
-from controlplane import services as engine_services
+from controlplane.commands import issuing
 from controlplane.models import CommandKind, Engine, TradingState
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def _act(alert: Alert) -> None:
         return
     kind = CommandKind.KILL if rule.action == RuleAction.KILL else CommandKind.PAUSE
     params = {"flatten": True} if kind == CommandKind.KILL else {"cancel_open": True}
-    engine_services.command_issue(
+    issuing.command_issue(
         kind=kind, selector=f"engine:{engine.name}", reason=alert.summary, params=params,
         actor=None, actor_label=f"alert rule {rule.name}",
     )  # fmt: skip

@@ -12,8 +12,8 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from controlplane import delivery
 from controlplane.asgi import application
+from controlplane.commands import delivery
 from controlplane.models import Command, Engine, Fill, Order
 from engine_sdk import protocol as p
 from tests.gateway import factories as f
