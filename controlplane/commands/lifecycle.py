@@ -183,7 +183,7 @@ _RESULT_WHERE, _RESULTED = transition_sql(
     *sorted(set(Command.RESULT_EVENTS.values())), status="c.status", event="r.event"
 )
 
-# Each statement locks its rows in id order, as the services do (engine rows first, then
+# Each statement locks its rows in id order, as issuing does (engine rows first, then
 # commands): two transactions that take several of the same rows then queue instead of
 # deadlocking.
 _ANSWER_ENGINES = f"""

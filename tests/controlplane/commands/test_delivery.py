@@ -142,10 +142,16 @@ def plain_client(
     **kwargs: Any,
 ) -> EngineClient:
     return cls(
-        f"{server.ws_url}/ws/engine/v1", token, journal_dir=journal,
+        f"{server.ws_url}/ws/engine/v1",
+        token,
+        journal_dir=journal,
         hello=HelloInfo(engine_build="t", config_hash="t", mode="paper", broker="sim", account="a"),
-        batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.3, fsync=False, **kwargs,
-    )  # fmt: skip
+        batch_interval_s=0.005,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.3,
+        fsync=False,
+        **kwargs,
+    )
 
 
 async def started(client: EngineClient) -> EngineClient:
@@ -199,10 +205,14 @@ def test_a_kill_issued_while_the_engine_is_offline_is_obeyed_on_reconnect(
 
     def paper() -> PaperEngine:
         return PaperEngine.create(
-            f"{fast_server.ws_url}/ws/engine/v1", token, journal_dir=journal,
+            f"{fast_server.ws_url}/ws/engine/v1",
+            token,
+            journal_dir=journal,
             engine_options={"seed": 5, "report_every": 1, "book_path": book},
-            batch_interval_s=0.005, backoff_initial_s=0.05, fsync=False,
-        )  # fmt: skip
+            batch_interval_s=0.005,
+            backoff_initial_s=0.05,
+            fsync=False,
+        )
 
     async def trade_then_stop() -> dict[str, Decimal]:
         sim = paper()
@@ -264,10 +274,17 @@ def test_no_order_is_accepted_after_the_kill_is_acknowledged(
             except OrderRejected:
                 rejected.append(time.time())
             else:
-                client.emit(p.OrderEvent(
-                    ts=p.utc_now(), client_order_id=f"o-{n}", symbol="AAPL", side="buy",
-                    order_type="market", quantity=Decimal(1), status="accepted",
-                ))  # fmt: skip
+                client.emit(
+                    p.OrderEvent(
+                        ts=p.utc_now(),
+                        client_order_id=f"o-{n}",
+                        symbol="AAPL",
+                        side="buy",
+                        order_type="market",
+                        quantity=Decimal(1),
+                        status="accepted",
+                    )
+                )
                 accepted.append((n, time.time()))
             await asyncio.sleep(0)
 
@@ -331,9 +348,14 @@ def test_with_redis_down_at_issue_time_the_kill_arrives_within_a_heartbeat(
         )
         command = batch.commands.get()
         frames = delivery.frames_for(
-            [(command.engine_id, command.pk)], kind="kill", params=command.params, reason="x",
-            issued_by="x", issued_at=command.created_at, expires_at=None,
-        )  # fmt: skip
+            [(command.engine_id, command.pk)],
+            kind="kill",
+            params=command.params,
+            reason="x",
+            issued_by="x",
+            issued_at=command.created_at,
+            expires_at=None,
+        )
         assert not delivery.push(frames)
     command = batch.commands.get()
 
@@ -397,8 +419,8 @@ def test_a_stale_resume_cannot_lift_a_kill(
     wait_for(lambda: finished(kill.commands.get()), "killed")
     # A resume from before the kill, replayed (say by a proxy), carries no approval and is older.
     stale = Command.objects.create(
-        engine=engine, kind="resume", reason="old", issued_by_label="otto-operator",
-    )  # fmt: skip
+        engine=engine, kind="resume", reason="old", issued_by_label="otto-operator"
+    )
     Command.objects.filter(pk=stale.pk).update(created_at=pause.created_at)
 
     done = wait_for(lambda: finished(stale), "answered")
@@ -410,9 +432,14 @@ def test_a_stale_resume_cannot_lift_a_kill(
 
 
 def test_an_approved_resume_lifts_the_kill(
-    fast_server, engine_loop, engine_and_token, operator, risk_manager, second_risk_manager,
+    fast_server,
+    engine_loop,
+    engine_and_token,
+    operator,
+    risk_manager,
+    second_risk_manager,
     tmp_path,
-):  # fmt: skip
+):
     engine, token = engine_and_token
     client = engine_loop.run(started(plain_client(fast_server, token, tmp_path / "j")))
     kill = issuing.command_issue(

@@ -46,30 +46,32 @@ def test_answers_of_many_engines_are_stored_together_as_each_alone_would_be(make
     limits = command(gamma, kind="set_limits")
     untouched = command(alpha, kind="pause", status="pending")
 
-    lifecycle.command_answers([
-        (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
-        (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
-        (beta.pk, p.CommandAck(command_id=untouched.pk)),  # not beta's: changes nothing
-        (alpha.pk, result(kill_alpha, data={"cancelled": 3}, trading_state="HALTED",
-                          detail="halted")),
-        (alpha.pk, result(kill_alpha, "failed", trading_state="HALTED")),  # a repeat
-        (beta.pk, result(untouched, trading_state="ACTIVE")),  # not beta's either
-        (gamma.pk, result(limits, data={"limits_version": 7})),
-    ])  # fmt: skip
+    lifecycle.command_answers(
+        [
+            (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
+            (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
+            (beta.pk, p.CommandAck(command_id=untouched.pk)),  # not beta's: changes nothing
+            (
+                alpha.pk,
+                result(kill_alpha, data={"cancelled": 3}, trading_state="HALTED", detail="halted"),
+            ),
+            (alpha.pk, result(kill_alpha, "failed", trading_state="HALTED")),  # a repeat
+            (beta.pk, result(untouched, trading_state="ACTIVE")),  # not beta's either
+            (gamma.pk, result(limits, data={"limits_version": 7})),
+        ]
+    )
 
     kill_alpha.refresh_from_db()
-    assert (kill_alpha.status, kill_alpha.result, kill_alpha.detail, kill_alpha.state_after) == (
-        "succeeded", {"cancelled": 3}, "halted", "HALTED",
-    )  # fmt: skip
+    stored = (kill_alpha.status, kill_alpha.result, kill_alpha.detail, kill_alpha.state_after)
+    assert stored == ("succeeded", {"cancelled": 3}, "halted", "HALTED")
     assert kill_alpha.acknowledged_at is not None
     assert kill_alpha.completed_at >= kill_alpha.acknowledged_at
     kill_beta.refresh_from_db()
     assert kill_beta.status == "acknowledged"
     assert kill_beta.delivered_at == kill_beta.acknowledged_at is not None
     untouched.refresh_from_db()
-    assert (untouched.status, untouched.acknowledged_at, untouched.completed_at) == (
-        "pending", None, None,
-    )  # fmt: skip
+    left = (untouched.status, untouched.acknowledged_at, untouched.completed_at)
+    assert left == ("pending", None, None)
     limits.refresh_from_db()
     assert limits.status == "succeeded"
     assert Engine.objects.get(pk=alpha.pk).reported_state == "HALTED"
@@ -82,9 +84,8 @@ def test_answers_of_many_engines_are_stored_together_as_each_alone_would_be(make
     audits = {a.target_id: a for a in AuditEvent.objects.filter(action__endswith="_result")}
     assert set(audits) == {str(kill_alpha.pk), str(limits.pk)}
     kill_audit = audits[str(kill_alpha.pk)]
-    assert (kill_audit.action, kill_audit.actor, kill_audit.outcome, kill_audit.reason) == (
-        "command_kill_result", "engine:alpha", "succeeded", "halted",
-    )  # fmt: skip
+    audited = (kill_audit.action, kill_audit.actor, kill_audit.outcome, kill_audit.reason)
+    assert audited == ("command_kill_result", "engine:alpha", "succeeded", "halted")
     assert (kill_audit.target_type, kill_audit.target_label) == ("command", str(kill_alpha))
     assert kill_audit.data == {"data": {"cancelled": 3}, "trading_state": "HALTED", "batch": None}
 
@@ -95,12 +96,14 @@ def test_an_engine_answering_another_engines_command_first_drops_none_of_its_ans
     beta, _ = make_engine("beta")
     kill = command(alpha)
 
-    lifecycle.command_answers([
-        (beta.pk, p.CommandAck(command_id=kill.pk)),
-        (beta.pk, result(kill, "failed", detail="beta's")),
-        (alpha.pk, p.CommandAck(command_id=kill.pk)),
-        (alpha.pk, result(kill, detail="alpha's", trading_state="HALTED")),
-    ])  # fmt: skip
+    lifecycle.command_answers(
+        [
+            (beta.pk, p.CommandAck(command_id=kill.pk)),
+            (beta.pk, result(kill, "failed", detail="beta's")),
+            (alpha.pk, p.CommandAck(command_id=kill.pk)),
+            (alpha.pk, result(kill, detail="alpha's", trading_state="HALTED")),
+        ]
+    )
 
     kill.refresh_from_db()
     assert (kill.status, kill.detail, kill.state_after) == ("succeeded", "alpha's", "HALTED")
@@ -115,10 +118,12 @@ def test_a_set_limits_version_counts_only_for_an_open_set_limits_command(make_en
     kill = command(alpha)
     done = command(alpha, kind="set_limits", status="succeeded")
 
-    lifecycle.command_answers([
-        (alpha.pk, result(kill, data={"limits_version": 3})),
-        (alpha.pk, result(done, data={"limits_version": 4})),
-    ])  # fmt: skip
+    lifecycle.command_answers(
+        [
+            (alpha.pk, result(kill, data={"limits_version": 3})),
+            (alpha.pk, result(done, data={"limits_version": 4})),
+        ]
+    )
 
     assert Engine.objects.get(pk=alpha.pk).limits_version is None
 
@@ -129,12 +134,14 @@ def test_an_answer_the_database_refuses_costs_only_its_own_engine(make_engine):
     beta, _ = make_engine("beta")
     kill_alpha, kill_beta = command(alpha), command(beta)
 
-    failed = consumers._store_answers([
-        (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
-        (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
-        (alpha.pk, result(kill_alpha, data=REFUSED)),
-        (beta.pk, result(kill_beta, trading_state="HALTED")),
-    ])  # fmt: skip
+    failed = consumers._store_answers(
+        [
+            (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
+            (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
+            (alpha.pk, result(kill_alpha, data=REFUSED)),
+            (beta.pk, result(kill_beta, trading_state="HALTED")),
+        ]
+    )
 
     assert failed == {alpha.pk}
     # Nothing of alpha's answers is stored (the engine sends them again after reconnecting).
@@ -174,17 +181,15 @@ async def test_on_the_socket_answers_are_stored_and_a_refused_one_closes_its_soc
 
     for ws, kill in ((ws_alpha, kill_alpha), (ws_beta, kill_beta)):
         await ws.send_to(text_data=p.encode(p.CommandAck(command_id=kill.pk)).decode())
-    assert await settled({"alpha": "acknowledged", "beta": "acknowledged"}) == {
-        "alpha": "acknowledged", "beta": "acknowledged",
-    }  # fmt: skip
+    acknowledged = {"alpha": "acknowledged", "beta": "acknowledged"}
+    assert await settled(acknowledged) == acknowledged
 
     await ws_alpha.send_to(text_data=p.encode(result(kill_alpha, data=REFUSED)).decode())
     await ws_beta.send_to(text_data=p.encode(result(kill_beta)).decode())
 
     assert await closed_with(ws_alpha) == 1011
-    assert await settled({"alpha": "acknowledged", "beta": "succeeded"}) == {
-        "alpha": "acknowledged", "beta": "succeeded",
-    }  # fmt: skip
+    only_beta_answered = {"alpha": "acknowledged", "beta": "succeeded"}
+    assert await settled(only_beta_answered) == only_beta_answered
     # beta's socket is still open.
     await ws_beta.send_to(text_data=p.encode(p.CommandAck(command_id=uuid.uuid4())).decode())
     assert await ws_beta.receive_nothing(timeout=0.2)
@@ -216,9 +221,12 @@ async def test_answers_that_could_not_even_be_tried_close_their_sockets(make_eng
 @pytest.mark.django_db
 def test_commands_past_their_expiry_expire_and_kills_never_do(fleet, operator, risk_manager):
     pause = issuing.command_issue(
-        kind="pause", selector="engine:alpha", reason="x", actor=operator,
+        kind="pause",
+        selector="engine:alpha",
+        reason="x",
+        actor=operator,
         expires_in=timedelta(seconds=30),
-    ).commands.get()  # fmt: skip
+    ).commands.get()
     factories.kill(risk_manager, selector="engine:beta")
 
     assert lifecycle.commands_expire(now=timezone.now() + timedelta(seconds=29)) == 0
@@ -233,9 +241,12 @@ def test_commands_past_their_expiry_expire_and_kills_never_do(fleet, operator, r
 def test_the_gateway_and_the_periodic_task_expire_through_one_function(make_engine, monkeypatch):
     engine, _ = make_engine("alpha")
     late = Command.objects.create(
-        engine=engine, kind="pause", reason="r", issued_by_label="o",
+        engine=engine,
+        kind="pause",
+        reason="r",
+        issued_by_label="o",
         expires_at=timezone.now() - timedelta(seconds=1),
-    )  # fmt: skip
+    )
     calls = []
     expire = lifecycle.commands_expire
 
@@ -308,9 +319,13 @@ def test_every_status_and_event_moves_as_the_table_says_or_not_at_all(make_engin
     engine, _ = make_engine("alpha")
     expires_at = timezone.now() - timedelta(seconds=1) if event == Event.EXPIRE else None
     subject = Command.objects.create(
-        engine=engine, kind=KIND.get(event, "pause"), reason="r", issued_by_label="o",
-        status=status, expires_at=expires_at,
-    )  # fmt: skip
+        engine=engine,
+        kind=KIND.get(event, "pause"),
+        reason="r",
+        issued_by_label="o",
+        status=status,
+        expires_at=expires_at,
+    )
 
     _apply(event, engine, subject)
 

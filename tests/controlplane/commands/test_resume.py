@@ -29,12 +29,13 @@ def test_a_resume_after_a_kill_is_asked_by_one_person_and_approved_by_another(
 
     assert command.kind == "resume" and command.status == Command.Status.PENDING
     assert command.params == {
-        "approved_by": "rex-risk", "requested_by": "otto-operator", "resume_request": request.pk,
-    }  # fmt: skip
+        "approved_by": "rex-risk",
+        "requested_by": "otto-operator",
+        "resume_request": request.pk,
+    }
     request.refresh_from_db()
-    assert (request.status, request.decided_by, request.command) == (
-        "approved", second_risk_manager, command,
-    )  # fmt: skip
+    decided = (request.status, request.decided_by, request.command)
+    assert decided == ("approved", second_risk_manager, command)
     assert Engine.objects.get(pk=halted.pk).desired_state == "ACTIVE"
     actions = set(AuditEvent.objects.values_list("action", "outcome"))
     assert {("resume_request", "ok"), ("resume_approve", "ok"), ("command_resume", "ok")} <= actions
