@@ -20,7 +20,7 @@ from alerts import events as alert_events
 from alerts.models import Alert, AlertRule, Comparator, Notification, RuleAction, Silence
 from alerts.notify import notification_enqueue
 from alerts.rule_metrics import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
-from controlplane import services as engine_services
+from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine, TradingState
 
@@ -224,7 +224,7 @@ def _act(alert: Alert) -> None:
         return
     kind = CommandKind.KILL if rule.action == RuleAction.KILL else CommandKind.PAUSE
     params = {"flatten": True} if kind == CommandKind.KILL else {"cancel_open": True}
-    engine_services.command_issue(
+    issuing.command_issue(
         kind=kind, selector=f"engine:{engine.name}", reason=alert.summary, params=params,
         actor=None, actor_label=f"alert rule {rule.name}",
     )  # fmt: skip

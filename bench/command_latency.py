@@ -485,7 +485,8 @@ def traced_application() -> Any:
 
     from channels import consumer as channels_consumer
 
-    from controlplane import consumers, delivery, gateway, hub, services
+    from controlplane import consumers, gateway, hub
+    from controlplane.commands import delivery, issuing, lifecycle
     from controlplane.config import asgi
 
     out = open(os.environ["BENCH_TRACE_FILE"], "a", buffering=1)  # noqa: SIM115
@@ -530,7 +531,7 @@ def traced_application() -> Any:
         return [type(frame).__name__, engine_id]
 
     # The API's entry (command_issue calls it too).
-    issue = services.command_batch_issue
+    issue = issuing.command_batch_issue
 
     def counted_issue(*args: Any, **kwargs: Any) -> Any:
         from django.db import connection
@@ -552,14 +553,14 @@ def traced_application() -> Any:
         finally:
             notes.append(("issue_queries", now(), now(), queries))
 
-    services.command_batch_issue = sync_span("command_issue", counted_issue)
+    issuing.command_batch_issue = sync_span("command_issue", counted_issue)
     delivery.push = sync_span("push", delivery.push)
     hub.publish = sync_span("publish", hub.publish)
     channels_consumer.aclose_old_connections = async_span(
         "dispatch_hop", channels_consumer.aclose_old_connections
     )
     gateway.record = sync_span("record", gateway.record, frame_type)
-    gateway.mark_delivered = sync_span("mark_delivered", gateway.mark_delivered)
+    lifecycle.mark_delivered = sync_span("mark_delivered", lifecycle.mark_delivered)
     gateway.events_many = sync_span("events", gateway.events_many)
     engine_consumer = consumers.EngineConsumer
     engine_consumer.push_commands = async_span(

@@ -25,6 +25,8 @@ from pydantic import ConfigDict
 
 from controlplane import selectors, services
 from controlplane.audit import client_ip
+from controlplane.commands import issuing, resume
+from controlplane.commands.errors import CommandInvalid, CommandRefused
 from controlplane.models import Command, CommandBatch, Engine, Mode, ResumeRequest
 
 
@@ -118,13 +120,13 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> Any:
     return api.create_response(request, {"detail": detail, "errors": errors}, status=422)
 
 
-@api.exception_handler(services.CommandRefused)
-def _refused(request: HttpRequest, exc: services.CommandRefused) -> Any:
+@api.exception_handler(CommandRefused)
+def _refused(request: HttpRequest, exc: CommandRefused) -> Any:
     return api.create_response(request, {"detail": str(exc)}, status=403)
 
 
-@api.exception_handler(services.CommandInvalid)
-def _invalid(request: HttpRequest, exc: services.CommandInvalid) -> Any:
+@api.exception_handler(CommandInvalid)
+def _invalid(request: HttpRequest, exc: CommandInvalid) -> Any:
     errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
     detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
     return api.create_response(request, {"detail": detail, "errors": errors}, status=422)
@@ -215,7 +217,7 @@ class CommandIn(Schema):
     expires_in_s: int | None = Field(
         None,
         ge=1,
-        le=services.MAX_EXPIRY_S,
+        le=issuing.MAX_EXPIRY_S,
         description="pause, reduce, flatten and cancel_all may expire; kill never does",
     )
     confirm: str | None = Field(
@@ -281,13 +283,7 @@ def command_create(request: HttpRequest, payload: CommandIn) -> Any:
     A kill must be confirmed: ``confirm`` is the engine's name for ``engine:<name>``, KILL ALL
     for any other selector. 403 names what the caller may not do; 422 names each bad field.
     """
-    if payload.kind == "kill":
-        expected = services.kill_confirmation(payload.selector)
-        if (payload.confirm or "").strip() != expected:
-            raise services.CommandInvalid(
-                {"confirm": f"type {expected!r} to confirm a kill of {payload.selector}"}
-            )
-    batch, issued = services.command_batch_issue(
+    batch, issued = issuing.command_batch_issue(
         kind=payload.kind,
         selector=payload.selector,
         reason=payload.reason,
@@ -297,6 +293,7 @@ def command_create(request: HttpRequest, payload: CommandIn) -> Any:
         expires_in=timedelta(seconds=payload.expires_in_s)
         if payload.expires_in_s is not None
         else None,
+        confirmation=payload.confirm,
     )
     # The commands as issued, not read back: building the answer runs while the engines are
     # being told, in the same process.
@@ -352,7 +349,7 @@ _resume_requests = ResumeRequest.objects.select_related("engine")
 def resume_request_create(request: HttpRequest, name: str, payload: ReasonIn) -> Any:
     """Ask for a HALTED engine to be resumed; a second person (a risk manager) approves."""
     engine = get_object_or_404(Engine, name=name)
-    resume_request = services.resume_request_create(
+    resume_request = resume.resume_request_create(
         engine=engine,
         reason=payload.reason,
         actor=request.user,  # type: ignore[arg-type]
@@ -382,7 +379,7 @@ def resume_request_approve(request: HttpRequest, request_id: int, payload: Reaso
     resume_request = get_object_or_404(
         ResumeRequest.objects.select_related("engine"), pk=request_id
     )
-    command = services.resume_request_approve(
+    command = resume.resume_request_approve(
         resume_request=resume_request,
         actor=request.user,  # type: ignore[arg-type]
         reason=payload.reason,
@@ -400,7 +397,7 @@ def resume_request_reject(request: HttpRequest, request_id: int, payload: Reason
     resume_request = get_object_or_404(
         ResumeRequest.objects.select_related("engine"), pk=request_id
     )
-    return services.resume_request_reject(
+    return resume.resume_request_reject(
         resume_request=resume_request,
         actor=request.user,  # type: ignore[arg-type]
         reason=payload.reason,

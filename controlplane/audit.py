@@ -54,7 +54,7 @@ def audit_event(
     ip_address: str | None = None,
 ) -> AuditEvent:
     """An audit row, not saved yet: ``audit_record`` saves it; a command batch writes it in the
-    same round trip as its other statements (controlplane.services)."""
+    same round trip as its other statements (controlplane.commands.issuing)."""
     user_id = getattr(actor, "pk", None) if actor is not None else None
     label = actor_label or (actor.get_username() if user_id is not None else "system")
     return AuditEvent(

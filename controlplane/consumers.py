@@ -13,7 +13,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from controlplane import delivery, events, gateway
+from controlplane import events, gateway
+from controlplane.commands import delivery, lifecycle
 from controlplane.ingest import COPY_MIN_ROWS
 from controlplane.loops import PerLoop
 from controlplane.ratelimit import TokenBucket
@@ -293,7 +294,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.close(code=p.CLOSE_REPLACED)
 
     async def push_commands(self, entries: list[tuple[str, str]]) -> list[uuid.UUID]:
-        """A command push (controlplane.delivery): send this engine its frames.
+        """A command push (controlplane.commands.delivery): send this engine its frames.
 
         Returns the ids sent, which the push marks delivered; before the hello is answered the
         frames wait and go out right after the welcome (the engine's ack marks them).
@@ -402,7 +403,7 @@ _events = PerLoop(_EventsWriter).get
 class _AnswerWriter:
     """The command_acks and command_results of every engine socket of this process, stored in
     arrival order, those that arrive while a write is in flight together in the next one
-    (gateway.command_answers).
+    (lifecycle.command_answers).
 
     A fleet kill brings a hundred acks within milliseconds, then a hundred results: one
     transaction each cost more of the process's CPU than the kill's push, and competed with it.
@@ -447,10 +448,10 @@ class _AnswerWriter:
                 events.announce(events.command_answered, engine_ids=engine_ids, answers=results)
 
 
-def _store_answers(answers: list[gateway.Answer]) -> set[int]:
+def _store_answers(answers: list[lifecycle.Answer]) -> set[int]:
     """Store the answers; return the engines whose answers could not be stored."""
     try:
-        gateway.command_answers(answers)
+        lifecycle.command_answers(answers)
         return set()
     except Exception:
         if len({engine_id for engine_id, _ in answers}) == 1:
@@ -458,12 +459,12 @@ def _store_answers(answers: list[gateway.Answer]) -> set[int]:
             return {answers[0][0]}
     # One engine's answer (a result the database refuses, say) must not cost the others theirs.
     failed: set[int] = set()
-    by_engine: dict[int, list[gateway.Answer]] = {}
+    by_engine: dict[int, list[lifecycle.Answer]] = {}
     for engine_id, frame in answers:
         by_engine.setdefault(engine_id, []).append((engine_id, frame))
     for engine_id, own in by_engine.items():
         try:
-            gateway.command_answers(own)
+            lifecycle.command_answers(own)
         except Exception:
             log.exception("engine %s: command answers not stored", engine_id)
             failed.add(engine_id)

@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane import events, gateway
+from controlplane.commands import delivery
 from controlplane.input_guard import frames_checked_by_the_view
 from controlplane.models import Engine
 from controlplane.ratelimit import TokenBucket
@@ -115,4 +116,4 @@ def get_commands(request: HttpRequest) -> HttpResponse:
         return engine
     if refused := _rate_limited(engine):
         return refused
-    return _frames(gateway.pending_commands(engine.pk))
+    return _frames(delivery.pending_commands(engine.pk))

@@ -18,16 +18,16 @@ import msgspec
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
-from django.db.models import F
 from django.db.models.functions import Greatest
 
 from controlplane import partitions
-from controlplane.audit import audit_add, audit_event, audit_record
+from controlplane.commands.delivery import pending_commands
+from controlplane.commands.desired_state import enforce_desired_state, timed_pauses_end
+from controlplane.commands.lifecycle import command_answers, limits_replace
 from controlplane.events import announce, batch_stored, limits_for
 from controlplane.ingest import IngestResult, UnknownEngine, ingest_batches
-from controlplane.models import Command, CommandKind, Engine, TradingState, hash_token
-from controlplane.services import timed_pauses_end
-from controlplane.sqlscript import Script, json_text, text_array
+from controlplane.models import Engine, hash_token
+from controlplane.sqlscript import json_text
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -105,209 +105,6 @@ def bearer_token(headers: Any) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def pending_commands(
-    engine_id: int, *, now: datetime | None = None, undelivered_only: bool = False
-) -> list[p.Command]:
-    """Commands without a result that have not expired, oldest first, marked delivered.
-
-    On a (re)connection every open command is sent again, acknowledged ones too: an engine that
-    crashed between its ack and its result must still carry it out (the engine applies each
-    command_id once). On a heartbeat only the undelivered ones are: those a lost push left behind.
-    """
-    now = now or datetime.now(UTC)
-    statuses = [Command.Status.PENDING] if undelivered_only else list(Command.OPEN)
-    with transaction.atomic():
-        _expire(engine_id, now)
-        commands = list(
-            Command.objects.select_for_update(skip_locked=True)
-            .filter(engine_id=engine_id, status__in=statuses)
-            .order_by("created_at")
-        )
-        if commands:
-            Command.objects.filter(pk__in=[c.pk for c in commands]).update(
-                delivery_attempts=F("delivery_attempts") + 1
-            )
-            fresh = [c.pk for c in commands if c.status == Command.Status.PENDING]
-            Command.objects.filter(pk__in=fresh, status=Command.Status.PENDING).update(
-                status=Command.Status.DELIVERED, delivered_at=now
-            )
-    return [command_frame(c) for c in commands]
-
-
-def _expire(engine_id: int, now: datetime) -> None:
-    # Only commands the engine has not acknowledged: an acknowledged one is the engine's to
-    # finish, and it reports an expired one as failed itself.
-    Command.objects.filter(
-        engine_id=engine_id,
-        status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
-        expires_at__lte=now,
-    ).update(status=Command.Status.EXPIRED, completed_at=now, detail="expired before delivery")
-
-
-def mark_delivered(delivered: list[tuple[int, uuid.UUID]]) -> None:
-    """Pushes reached these engines' sockets: (engine id, command id) pairs, in one statement.
-
-    The engine may have acknowledged already; then only the attempt is counted. The engine id
-    is matched too, so a command is only ever marked for the engine it belongs to. The rows are
-    locked in id order, as command_answers locks them.
-    """
-    if not delivered:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            WITH l AS (
-                SELECT c.id FROM controlplane_command c
-                  JOIN unnest(%(engines)s::bigint[], %(ids)s::uuid[]) AS d(engine_id, id)
-                    ON c.id = d.id AND c.engine_id = d.engine_id
-                 ORDER BY c.id FOR UPDATE OF c
-            )
-            UPDATE controlplane_command AS c
-               SET status = CASE WHEN c.status = %(pending)s THEN %(delivered)s ELSE c.status END,
-                   delivered_at = CASE WHEN c.status = %(pending)s THEN %(now)s
-                                       ELSE c.delivered_at END,
-                   delivery_attempts = c.delivery_attempts + 1
-              FROM l WHERE c.id = l.id
-            """,
-            {
-                "pending": Command.Status.PENDING.value,
-                "delivered": Command.Status.DELIVERED.value,
-                "now": datetime.now(UTC),
-                "engines": [engine_id for engine_id, _ in delivered],
-                "ids": [command_id for _, command_id in delivered],
-            },
-        )
-
-
-_OPEN = ", ".join(f"'{status}'" for status in Command.OPEN)
-
-# Each statement locks its rows in id order, as the services do (engine rows first, then
-# commands): two transactions that take several of the same rows then queue instead of
-# deadlocking.
-_ANSWER_ENGINES = f"""
-    WITH d AS (
-        SELECT * FROM json_to_recordset(%s::json)
-            AS d(engine_id bigint, state text, limits_command uuid, limits_version integer)
-    ), l AS (
-        SELECT e.id FROM controlplane_engine e JOIN d ON d.engine_id = e.id
-        ORDER BY e.id FOR UPDATE OF e
-    )
-    UPDATE controlplane_engine AS e
-       SET reported_state = COALESCE(d.state, e.reported_state),
-           limits_version = COALESCE((
-               SELECT d.limits_version FROM controlplane_command c
-                WHERE c.id = d.limits_command AND c.engine_id = e.id
-                  AND c.kind = '{CommandKind.SET_LIMITS}' AND c.status IN ({_OPEN})
-           ), e.limits_version)
-      FROM l, d
-     WHERE e.id = l.id AND d.engine_id = e.id"""
-# An engine can only touch its own commands; a repeated or late ack never moves a command
-# backwards. A push acknowledged before it was marked delivered gets its delivered_at too.
-_ANSWER_ACKS = f"""
-    WITH l AS (
-        SELECT c.id FROM controlplane_command c
-          JOIN unnest(%s::bigint[], %s::uuid[]) AS a(engine_id, id)
-            ON c.id = a.id AND c.engine_id = a.engine_id
-         WHERE c.status IN ('{Command.Status.PENDING}', '{Command.Status.DELIVERED}')
-         ORDER BY c.id FOR UPDATE OF c
-    )
-    UPDATE controlplane_command AS c
-       SET status = '{Command.Status.ACKNOWLEDGED}', acknowledged_at = %s,
-           delivered_at = COALESCE(c.delivered_at, %s)
-      FROM l WHERE c.id = l.id"""
-# Only an open command takes a result: a repeated one changes nothing (and is not audited).
-_ANSWER_RESULTS = f"""
-    WITH r AS (
-        SELECT * FROM json_to_recordset(%s::json) AS r(engine_id bigint, id uuid, status text,
-            result jsonb, detail text, state_after text)
-    ), l AS (
-        SELECT c.id FROM controlplane_command c JOIN r ON c.id = r.id AND c.engine_id = r.engine_id
-         WHERE c.status IN ({_OPEN})
-         ORDER BY c.id FOR UPDATE OF c
-    )
-    UPDATE controlplane_command AS c
-       SET status = r.status, completed_at = %s, acknowledged_at = COALESCE(c.acknowledged_at, %s),
-           delivered_at = COALESCE(c.delivered_at, %s), result = r.result, detail = r.detail,
-           state_after = r.state_after
-      FROM l, r
-     WHERE c.id = l.id AND r.id = c.id AND r.engine_id = c.engine_id
-    RETURNING c.id, c.engine_id, c.kind, c.batch_id, c.status,
-              (SELECT e.name FROM controlplane_engine e WHERE e.id = c.engine_id)"""
-
-Answer = tuple[int, p.CommandAck | p.CommandResult]
-
-
-def command_answers(answers: list[Answer]) -> None:
-    """Store engines' command_acks and command_results, (engine id, frame) in arrival order, in
-    one transaction and two round trips whatever their number.
-
-    A fleet kill brings a hundred acks and a hundred results within milliseconds; stored one
-    transaction each, they cost the web process more than the kill's own push, on the same CPU.
-    A result audits its command and records the engine's reported state (and, for set_limits,
-    the revision it now enforces). Raises on a database failure (nothing is then stored).
-    """
-    # Keyed by (engine, command): an answer naming another engine's command (which the
-    # statements ignore) must not take the place of that engine's own answer in the batch.
-    acks: set[tuple[int, uuid.UUID]] = set()
-    results: dict[tuple[int, uuid.UUID], p.CommandResult] = {}
-    engines: dict[int, dict[str, Any]] = {}
-    for engine_id, frame in answers:
-        if isinstance(frame, p.CommandAck):
-            acks.add((engine_id, frame.command_id))
-            continue
-        results.setdefault((engine_id, frame.command_id), frame)  # the first one counts
-        version = frame.data.get("limits_version")
-        limits = frame.status == "succeeded" and isinstance(version, int)
-        if frame.trading_state is None and not limits:
-            continue
-        update = engines.setdefault(engine_id, {"engine_id": engine_id})
-        if frame.trading_state is not None:
-            update["state"] = frame.trading_state  # the last one wins
-        if limits:
-            update["limits_command"], update["limits_version"] = frame.command_id, version
-    now = datetime.now(UTC)
-    with transaction.atomic(), connection.cursor() as cursor:
-        script = Script(cursor)
-        if engines:
-            script.add(_ANSWER_ENGINES, [json_text([engines[k] for k in sorted(engines)])],
-                       prepare=False)  # fmt: skip
-        if acks:
-            script.add(_ANSWER_ACKS, [
-                text_array(str(engine_id) for engine_id, _ in acks),
-                text_array(str(command_id) for _, command_id in acks), now, now,
-            ], prepare=False)  # fmt: skip
-        if results:
-            script.add(_ANSWER_RESULTS, [json_text([
-                {"engine_id": engine_id, "id": command_id, "status": frame.status,
-                 "result": frame.data, "detail": frame.detail,
-                 "state_after": frame.trading_state or ""}
-                for (engine_id, command_id), frame in results.items()
-            ]), now, now, now], fetch="results", prepare=False)  # fmt: skip
-        completed = script.run().get("results", ())
-        for command_id, engine_id, kind, batch_id, status, engine_name in completed:
-            frame = results[engine_id, command_id]
-            command = Command(id=command_id, engine_id=engine_id, kind=kind, status=status)
-            audit_add(script, audit_event(
-                action=f"command_{kind}_result", actor_label=f"engine:{engine_name}",
-                target=command, outcome=frame.status, reason=frame.detail[:2000],
-                data={"data": frame.data, "trading_state": frame.trading_state,
-                      "batch": str(batch_id) if batch_id else None},
-            ), now)  # fmt: skip
-        script.run()
-
-
-def command_frame(command: Command) -> p.Command:
-    return p.Command(
-        command_id=command.pk,
-        kind=command.kind,  # type: ignore[arg-type]
-        params=command.params,
-        reason=command.reason,
-        issued_by=command.issued_by_label,
-        issued_at=command.created_at,
-        expires_at=command.expires_at,
-    )
-
-
 def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> list[p.ServerFrame]:
     """Register a (re)connection and build the welcome. Refusals come back as error frames."""
     if frame.protocol != p.PROTOCOL_VERSION:
@@ -341,14 +138,8 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     # dead-man pause lifts), not PAUSED until the periodic sweep comes round.
     timed_pauses_end(now=now, engine_id=engine.pk)
     engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until", "strategy_tags"])
-    # The welcome carries the current limits: set_limits not yet delivered are obsolete.
-    Command.objects.filter(
-        engine_id=engine.pk, kind=CommandKind.SET_LIMITS,
-        status__in=[Command.Status.PENDING, Command.Status.DELIVERED],
-    ).update(
-        status=Command.Status.SUPERSEDED, completed_at=now,
-        detail="superseded by the limits sent in the welcome",
-    )  # fmt: skip
+    # The welcome carries the current limits: set_limits not yet acknowledged are obsolete.
+    limits_replace(engine_id=engine.pk, now=now)
     limits_version, limits = limits_for(engine)
     latched = enforce_desired_state(engine, frame.trading_state)
     commands = pending_commands(engine.pk)
@@ -645,52 +436,6 @@ def _advance_watermark(engine_id: int, seq: int) -> bool:
         log.warning("engine %s: watermark not moved to %d: %s", engine_id, seq, exc)
         return False
     return True
-
-
-def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
-    """The latch: an engine reporting a looser state than the one it should be in is told again.
-
-    A HALTED engine that says it is anything else gets a kill (its open kill, or a new one when
-    the earlier kill was carried out and then lost, say with the engine's disk); a PAUSED one that
-    says ACTIVE while the pause lasts gets the pause for the rest of its time. Returns the id of
-    the command that does it.
-    """
-    desired = engine.desired_state
-    now = datetime.now(UTC)
-    if desired == TradingState.HALTED and reported != TradingState.HALTED:
-        kind, params, expires_at = CommandKind.KILL, {"flatten": True}, None
-    elif (
-        desired == TradingState.PAUSED
-        and reported == TradingState.ACTIVE
-        and (engine.desired_until is None or engine.desired_until > now)
-    ):
-        params = {"cancel_open": False}
-        if engine.desired_until is not None:
-            params["duration"] = max(1, int((engine.desired_until - now).total_seconds()))
-        kind, expires_at = CommandKind.PAUSE, engine.desired_until
-    else:
-        return None
-    with transaction.atomic():
-        open_command = (
-            Command.objects.filter(engine_id=engine.pk, kind=kind, status__in=Command.OPEN)
-            .order_by("-created_at")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if open_command is not None:
-            return open_command
-        command = Command.objects.create(
-            engine_id=engine.pk, kind=kind, params=params, expires_at=expires_at,
-            reason=f"the engine reported {reported} while the control plane wants it {desired}",
-            issued_by_label="control plane (latched state)",
-        )  # fmt: skip
-        audit_record(
-            action=f"command_{kind}", actor_label="control plane (latched state)", target=command,
-            reason=command.reason, data={"engine": engine.name, "reported": reported},
-        )  # fmt: skip
-    log.warning("engine %s reported %s, wants %s: sent %s again", engine.name, reported,
-                desired, kind)  # fmt: skip
-    return command.pk
 
 
 _HEARTBEAT_SQL = """

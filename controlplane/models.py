@@ -7,7 +7,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, get_args
+from typing import Any, ClassVar, get_args
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -145,7 +145,7 @@ class Engine(models.Model):
 
     def desired_state_at(self, now: datetime) -> str:
         """The desired state as of ``now``: a timed pause whose time has passed is over, even
-        before the sweep (services.timed_pauses_end) has written ACTIVE back."""
+        before the sweep (commands.desired_state.timed_pauses_end) has written ACTIVE back."""
         return desired_state_at(self.desired_state, self.desired_until, now)
 
     @property
@@ -425,7 +425,53 @@ class Command(models.Model):
         EXPIRED = "expired"
         SUPERSEDED = "superseded"
 
+    class Event(models.TextChoices):
+        """What can happen to a command. Each moves it as TRANSITIONS says, or leaves it be."""
+
+        DELIVER = "deliver"  # its frame reached the engine's socket
+        ACKNOWLEDGE = "acknowledge"  # the engine's command_ack
+        SUCCEED = "succeed"  # a command_result "succeeded"
+        SUCCEED_PARTLY = "succeed_partly"  # a command_result "partial"
+        FAIL = "fail"  # a command_result "failed"
+        EXPIRE = "expire"  # its expiry passed before the engine acknowledged it
+        SUPERSEDE = "supersede"  # a newer command made it obsolete before it was delivered
+        # The engine's welcome carries what it says (the current limits) before the engine
+        # acknowledged it: on a reconnection, a set_limits delivered to the old socket too.
+        REPLACE = "replace"
+
+    # The lifecycle, whole: (status, event) -> status. A pair not in it changes nothing (a late or
+    # repeated answer never moves a command backwards). Every write of a command's status names
+    # its event, and its SQL conditions are built from this (controlplane.commands.lifecycle).
+    TRANSITIONS: ClassVar[dict[tuple[str, str], str]] = {
+        (Status.PENDING, Event.DELIVER): Status.DELIVERED,
+        (Status.PENDING, Event.ACKNOWLEDGE): Status.ACKNOWLEDGED,
+        (Status.DELIVERED, Event.ACKNOWLEDGE): Status.ACKNOWLEDGED,
+        (Status.PENDING, Event.SUCCEED): Status.SUCCEEDED,
+        (Status.DELIVERED, Event.SUCCEED): Status.SUCCEEDED,
+        (Status.ACKNOWLEDGED, Event.SUCCEED): Status.SUCCEEDED,
+        (Status.PENDING, Event.SUCCEED_PARTLY): Status.PARTIAL,
+        (Status.DELIVERED, Event.SUCCEED_PARTLY): Status.PARTIAL,
+        (Status.ACKNOWLEDGED, Event.SUCCEED_PARTLY): Status.PARTIAL,
+        (Status.PENDING, Event.FAIL): Status.FAILED,
+        (Status.DELIVERED, Event.FAIL): Status.FAILED,
+        (Status.ACKNOWLEDGED, Event.FAIL): Status.FAILED,
+        # An acknowledged command is the engine's to finish: it reports an expired one as failed.
+        (Status.PENDING, Event.EXPIRE): Status.EXPIRED,
+        (Status.DELIVERED, Event.EXPIRE): Status.EXPIRED,
+        (Status.PENDING, Event.SUPERSEDE): Status.SUPERSEDED,
+        (Status.PENDING, Event.REPLACE): Status.SUPERSEDED,
+        (Status.DELIVERED, Event.REPLACE): Status.SUPERSEDED,
+    }
+
+    # The statuses some event still moves out of: a command in one has no result yet.
     OPEN = (Status.PENDING, Status.DELIVERED, Status.ACKNOWLEDGED)
+
+    # A command_result's status (engine_sdk.protocol.CommandResultStatus) is one of these events.
+    RESULT_EVENTS: ClassVar[dict[str, str]] = {
+        "succeeded": Event.SUCCEED,
+        "partial": Event.SUCCEED_PARTLY,
+        "failed": Event.FAIL,
+    }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # No index of its own: command_engine_recent_idx and command_open_idx both start with it, and
@@ -477,6 +523,16 @@ class Command(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} -> {self.engine_id} ({self.status})"
+
+    @classmethod
+    def sources(cls, event: str) -> list[str]:
+        """The statuses ``event`` moves a command out of, in the order of Status."""
+        return [status for status in cls.Status if (status, event) in cls.TRANSITIONS]
+
+    @classmethod
+    def moved(cls, status: str, event: str) -> str | None:
+        """The status ``event`` moves a command in ``status`` to; None when it does not move it."""
+        return cls.TRANSITIONS.get((status, event))
 
     @property
     def shortfall(self) -> str:

@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 
 from controlplane import partitions
+from controlplane.commands import desired_state, lifecycle
 
 
 @shared_task
@@ -27,14 +28,10 @@ def drop_old_event_partitions() -> list[str]:
 def expire_commands() -> int:
     """Mark commands whose expiry passed before any engine acknowledged them (an engine that is
     offline does not do it at its next connection until then); returns how many."""
-    from controlplane.services import commands_expire
-
-    return commands_expire()
+    return lifecycle.commands_expire()
 
 
 @shared_task
 def end_timed_pauses() -> int:
     """Write ACTIVE back for engines whose timed pause is over; returns how many."""
-    from controlplane.services import timed_pauses_end
-
-    return len(timed_pauses_end())
+    return len(desired_state.timed_pauses_end())

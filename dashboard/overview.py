@@ -155,7 +155,7 @@ def _state_cause() -> Subquery:
     """The command that set each engine's desired state, as one JSON value per engine row.
 
     Issuing writes the batch's commands and the engines' new desired states with one timestamp
-    (controlplane.services._set_desired_states), so that command is the one of a state-setting
+    (controlplane.commands.desired_state), so that command is the one of a state-setting
     kind created at the engine's desired_changed_at: an index lookup per engine
     (command_engine_recent_idx) inside the engines' own query, not a query per engine.
     """

@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import Count, DecimalField, ExpressionWrapper, F, Func, Q, QuerySet, Sum
 from django.db.models.functions import Abs, Coalesce
 
-from controlplane import services
+from controlplane.commands import issuing
 from controlplane.models import AuditEvent, CommandKind, Engine, Position, TradingState
 
 
@@ -110,8 +110,8 @@ class KillScope:
 
 def kill_scope(selector: str) -> KillScope:
     """The active engines ``selector`` names (as issuing a command would select them), and their
-    gross exposure as the fleet page sums it. Raises services.CommandInvalid for a bad one."""
-    engines = services.engines_select(selector)
+    gross exposure as the fleet page sums it. Raises CommandInvalid for a bad one."""
+    engines = issuing.engines_select(selector)
     counts = engines.aggregate(
         n=Count("pk"), halted=Count("pk", filter=Q(desired_state=TradingState.HALTED))
     )

@@ -18,8 +18,10 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from controlplane import selectors, services
+from controlplane import selectors
 from controlplane.audit import client_ip
+from controlplane.commands import issuing, resume, rights
+from controlplane.commands.errors import CommandInvalid, CommandRefused, command_refuse
 from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
 from dashboard import charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
@@ -137,7 +139,7 @@ def kill_scope(request: HttpRequest) -> JsonResponse:
     selector = request.GET.get("selector", "")
     try:
         scope = selector_kill_scope(selector)
-    except services.CommandInvalid as exc:
+    except CommandInvalid as exc:
         return JsonResponse({"errors": exc.message_dict}, status=400)
     return JsonResponse(
         {
@@ -153,11 +155,11 @@ def kill_scope(request: HttpRequest) -> JsonResponse:
 @require_POST
 def command_issue(request: HttpRequest) -> HttpResponse:
     """Every command dialog posts here; success lands on the batch page."""
-    if not any(request.user.has_perm(perm) for perm in services.COMMAND_PERMISSIONS):
+    if not any(request.user.has_perm(perm) for perm in rights.COMMAND_PERMISSIONS):
         # Someone who may issue no command at all is refused outright (a 403), and it is recorded,
         # under the kind asked for when it is one (the audit's action is a short known name).
         asked = request.POST.get("kind", "")
-        services.command_refuse(
+        command_refuse(
             f"{request.user.get_username()} may not issue commands",
             action=f"command_{asked}" if asked in CommandKind.values else "command",
             actor=request.user,
@@ -169,28 +171,26 @@ def command_issue(request: HttpRequest) -> HttpResponse:
         _form_errors(request, form)
         return _back(request)
     kind, selector = form.cleaned_data["kind"], form.cleaned_data["selector"]
-    if kind == CommandKind.KILL:
-        expected = services.kill_confirmation(selector)
-        if form.cleaned_data["confirm"] != expected:
-            messages.error(
-                request,
-                f"Kill not issued: type {expected} exactly to confirm a kill of {selector}.",
-            )
-            return _back(request)
     try:
-        batch = services.command_issue(
+        batch = issuing.command_issue(
             kind=kind,
             selector=selector,
             reason=form.cleaned_data["reason"],
             params=form.params(),
             actor=request.user,  # type: ignore[arg-type]
             ip_address=client_ip(request),
+            confirmation=form.cleaned_data["confirm"],
         )
-    except services.CommandRefused as exc:
+    except CommandRefused as exc:
         messages.error(request, str(exc))
         return _back(request)
-    except services.CommandInvalid as exc:
-        _error_messages(request, exc)
+    except CommandInvalid as exc:
+        confirm = exc.message_dict.get("confirm") if hasattr(exc, "error_dict") else None
+        if confirm:
+            # The service's words, as the API gives them, said as the dialog's outcome.
+            messages.error(request, f"Kill not issued: {confirm[0]}.")
+        else:
+            _error_messages(request, exc)
         return _back(request)
     messages.success(request, f"{kind} issued to {selector}.")
     if request.POST.get("return_here"):
@@ -253,9 +253,9 @@ def engine_commands(request: HttpRequest, name: str) -> HttpResponse:
 @permission_required("controlplane.view_resumerequest", raise_exception=True)
 def resume_requests(request: HttpRequest) -> HttpResponse:
     open_requests = list(selectors.resume_requests_open().order_by("created_at"))
-    # Requests to release a kill this person issued: they may reject, not approve (services).
+    # Requests to release a kill this person issued: they may reject, not approve (commands.resume).
     engine_ids = [r.engine_id for r in open_requests]
-    latched = services.kills_latched_by(request.user, engine_ids) if engine_ids else set()  # type: ignore[arg-type]
+    latched = resume.kills_latched_by(request.user, engine_ids) if engine_ids else set()  # type: ignore[arg-type]
     own_kills = {r.pk for r in open_requests if r.engine_id in latched}
     return render(
         request,
@@ -272,16 +272,16 @@ def resume_request_create(request: HttpRequest, name: str) -> HttpResponse:
         _form_errors(request, form)
         return _back(request)
     try:
-        services.resume_request_create(
+        resume.resume_request_create(
             engine=engine,
             reason=form.cleaned_data["reason"],
             actor=request.user,  # type: ignore[arg-type]
             ip_address=client_ip(request),
         )
-    except services.CommandRefused as exc:
+    except CommandRefused as exc:
         messages.error(request, str(exc))
         return _back(request)
-    except services.CommandInvalid as exc:
+    except CommandInvalid as exc:
         _error_messages(request, exc)
         return _back(request)
     messages.success(request, f"Resume of {engine.name} asked for: a second person must approve.")
@@ -296,7 +296,7 @@ def _decide(request: HttpRequest, request_id: int, *, approve: bool) -> HttpResp
     if not form.is_valid():
         _form_errors(request, form)
         return redirect("dashboard:resume_requests")
-    decide = services.resume_request_approve if approve else services.resume_request_reject
+    decide = resume.resume_request_approve if approve else resume.resume_request_reject
     try:
         result = decide(
             resume_request=resume_request,
@@ -304,10 +304,10 @@ def _decide(request: HttpRequest, request_id: int, *, approve: bool) -> HttpResp
             reason=form.cleaned_data["reason"],
             ip_address=client_ip(request),
         )
-    except services.CommandRefused as exc:
+    except CommandRefused as exc:
         messages.error(request, str(exc))
         return redirect("dashboard:resume_requests")
-    except services.CommandInvalid as exc:
+    except CommandInvalid as exc:
         _error_messages(request, exc)
         return redirect("dashboard:resume_requests")
     engine = resume_request.engine.name

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane import services as engine_services
+from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine, TradingState
 from risk import events as risk_events
@@ -280,7 +280,7 @@ def _act(limit: RiskLimit, engine: Engine, message: str) -> Any:
         Action.REDUCE: (CommandKind.REDUCE, {"target_pct": float(limit.reduce_to_pct or 0)}),
         Action.KILL: (CommandKind.KILL, {"flatten": True}),
     }[limit.action]  # type: ignore[index]
-    batch = engine_services.command_issue(
+    batch = issuing.command_issue(
         kind=kind, selector=f"engine:{engine.name}", reason=message, params=params,
         actor=None, actor_label=f"limit #{limit.pk} {limit.kind}",
     )  # fmt: skip

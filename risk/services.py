@@ -11,8 +11,8 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from controlplane import services as engine_services
 from controlplane.audit import audit_record
+from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine
 from risk import events, selectors
@@ -96,7 +96,7 @@ def limits_push() -> int:
     for engine in Engine.objects.filter(is_active=True, connected=True).order_by("pk"):
         revision, limits = selectors.pretrade_limits_for(engine)
         try:
-            engine_services.command_issue(
+            issuing.command_issue(
                 kind=CommandKind.SET_LIMITS, selector=f"engine:{engine.name}",
                 reason=f"risk limits revision {revision}", actor=None,
                 actor_label=f"risk limits r{revision}",

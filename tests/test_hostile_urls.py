@@ -29,7 +29,7 @@ from django.urls.exceptions import Resolver404
 from django.urls.resolvers import RegexPattern, RoutePattern
 
 from alerts.models import Alert, AlertRule
-from controlplane import services
+from controlplane.commands import issuing
 from controlplane.models import (
     AccountSnapshot,
     EngineLog,
@@ -250,8 +250,12 @@ def year_one_engine(make_engine, risk_manager):
     EngineLog.objects.create(engine=engine, ts=YEAR_ONE, level="error", message="old", seq=5)
     engine.last_seen_at = YEAR_ONE
     engine.save(update_fields=["last_seen_at"])
-    batch = services.command_issue(
-        kind="kill", selector=f"engine:{engine.name}", reason="drill", actor=risk_manager
+    batch = issuing.command_issue(
+        kind="kill",
+        selector=f"engine:{engine.name}",
+        reason="drill",
+        actor=risk_manager,
+        confirmation=engine.name,
     )
     rule = AlertRule.objects.create(name="old rule", metric="latency_ms", threshold=1)
     Alert.objects.create(

@@ -13,6 +13,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from controlplane import services
+from controlplane.commands import rights
 from controlplane.models import AuditEvent, Command, Engine, ResumeRequest
 from controlplane.sqlscript import readable
 
@@ -65,11 +66,11 @@ def test_a_kill_must_be_confirmed_by_typing_what_it_hits(fleet, risk_manager):
 
     status, body = post(client, "/api/v1/commands", {**KILL_ALL, "confirm": "kill all"})
     assert status == 422
-    assert body["errors"]["confirm"] == "type 'KILL ALL' to confirm a kill of all"
+    assert body["errors"]["confirm"] == "type KILL ALL exactly to confirm a kill of all"
 
     one = {"kind": "kill", "selector": "engine:alpha", "reason": "x", "confirm": "KILL ALL"}
     status, body = post(client, "/api/v1/commands", one)
-    assert status == 422 and "type 'alpha'" in body["errors"]["confirm"]
+    assert status == 422 and "type alpha exactly" in body["errors"]["confirm"]
 
     assert not Command.objects.exists()
     status, _ = post(client, "/api/v1/commands", {**one, "confirm": "alpha"})
@@ -213,9 +214,9 @@ def test_a_token_brings_exactly_the_permissions_of_its_user_and_groups(persona, 
     with CaptureQueriesContext(connection) as queries:
         by_token = services.api_token_user(token)
         prefilled = by_token.get_all_permissions()
-        checks = [by_token.has_perm(p) for p in sorted(services.COMMAND_PERMISSIONS)]
+        checks = [by_token.has_perm(p) for p in sorted(rights.COMMAND_PERMISSIONS)]
     fresh = User.objects.get(pk=user.pk)
 
     assert prefilled == ModelBackend().get_all_permissions(fresh)
-    assert checks == [fresh.has_perm(p) for p in sorted(services.COMMAND_PERMISSIONS)]
+    assert checks == [fresh.has_perm(p) for p in sorted(rights.COMMAND_PERMISSIONS)]
     assert len(_statements(queries)) == 2  # the token (with the permissions), its last use

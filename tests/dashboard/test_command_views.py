@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from controlplane import gateway, services
 from controlplane.audit import audit_record
+from controlplane.commands import errors, issuing, resume
 from controlplane.models import AuditEvent, Command, CommandBatch, Engine, ResumeRequest
 from engine_sdk import protocol as p
 
@@ -68,8 +69,12 @@ def kill_all(client: Client, **overrides: str) -> object:
 
 
 def halt(engine: Engine, actor: User) -> None:
-    services.command_issue(
-        kind="kill", selector=f"engine:{engine.name}", reason="runaway", actor=actor
+    issuing.command_issue(
+        kind="kill",
+        selector=f"engine:{engine.name}",
+        reason="runaway",
+        actor=actor,
+        confirmation=engine.name,
     )
 
 
@@ -107,6 +112,27 @@ def test_a_kill_confirmation_that_does_not_match_issues_nothing(
     assert "Kill not issued: type KILL ALL exactly to confirm a kill of all." in text(response)
     assert not Command.objects.exists()
     assert set(Engine.objects.values_list("desired_state", flat=True)) == {"ACTIVE"}
+
+
+@pytest.mark.parametrize(
+    ("selector", "typed"), [("all", "kill all"), ("engine:alpha", "KILL ALL"), ("live", "")]
+)
+def test_the_page_and_the_api_refuse_a_wrong_confirmation_with_the_same_words(
+    fleet: dict[str, Engine], risk_manager: User, selector: str, typed: str
+) -> None:
+    expected = issuing.kill_confirmation(selector)
+    words = f"type {expected} exactly to confirm a kill of {selector}"
+
+    page = kill_all(client_for(risk_manager), selector=selector, confirm=typed)
+    status, body = api_post(
+        risk_manager, {"kind": "kill", "selector": selector, "reason": "r", "confirm": typed}
+    )
+
+    assert f"Kill not issued: {words}." in text(page)
+    assert (status, body["errors"]) == (422, {"confirm": words})
+    assert not Command.objects.exists()
+    # Mistyped is not refused: nothing of it reaches the audit log, from either.
+    assert not AuditEvent.objects.filter(action="command_kill").exists()
 
 
 def test_a_kill_of_one_engine_is_confirmed_by_its_name_not_by_kill_all(
@@ -268,7 +294,7 @@ def test_a_reduce_to_zero_of_everything_needs_the_flatten_right_on_the_page_and_
 def test_an_operator_cannot_resume_a_risk_managers_flatten_on_the_page_or_the_api(
     fleet: dict[str, Engine], operator: User, risk_manager: User
 ) -> None:
-    services.command_issue(kind="flatten", selector="engine:alpha", reason="x", actor=risk_manager)
+    issuing.command_issue(kind="flatten", selector="engine:alpha", reason="x", actor=risk_manager)
     resume = {"kind": "resume", "selector": "engine:alpha", "reason": "all good"}
 
     page = client_for(operator).post(ISSUE, resume, follow=True)
@@ -360,7 +386,9 @@ def test_the_fleet_page_query_count_does_not_grow_with_the_engines(
 def test_the_batch_page_shows_progress_timings_and_the_shortfall_in_red(
     fleet: dict[str, Engine], risk_manager: User, viewer: User
 ) -> None:
-    batch = services.command_issue(kind="kill", selector="live", reason="r", actor=risk_manager)
+    batch = issuing.command_issue(
+        kind="kill", selector="live", reason="r", actor=risk_manager, confirmation="KILL ALL"
+    )
     alpha, beta = (batch.commands.get(engine__name=n) for n in ("alpha", "beta"))
     gateway.record(fleet["alpha"].pk, p.CommandAck(command_id=alpha.pk))
     gateway.record(
@@ -393,7 +421,9 @@ def test_an_unknown_batch_is_404_and_a_user_without_view_command_is_403(
     fleet: dict[str, Engine], operator: User, outsider: User, risk_manager: User
 ) -> None:
     assert client_for(operator).get(f"/commands/batches/{uuid.uuid4()}/").status_code == 404
-    batch = services.command_issue(kind="kill", selector="all", reason="r", actor=risk_manager)
+    batch = issuing.command_issue(
+        kind="kill", selector="all", reason="r", actor=risk_manager, confirmation="KILL ALL"
+    )
     assert client_for(outsider).get(f"/commands/batches/{batch.pk}/").status_code == 403
 
 
@@ -404,7 +434,7 @@ def test_the_batch_page_query_count_does_not_grow_with_the_engines(
 ) -> None:
     for n in range(12):
         make_engine(f"e-{n}")
-    batch = services.command_issue(kind="pause", selector="all", reason="r", actor=risk_manager)
+    batch = issuing.command_issue(kind="pause", selector="all", reason="r", actor=risk_manager)
     client = client_for(risk_manager)
 
     # session, user, permissions, group permissions, the batch, its commands, the fleet kill
@@ -416,9 +446,13 @@ def test_the_batch_page_query_count_does_not_grow_with_the_engines(
 def test_the_engine_commands_page_lists_its_commands_newest_first_with_shortfalls(
     fleet: dict[str, Engine], operator: User, risk_manager: User
 ) -> None:
-    services.command_issue(kind="pause", selector="engine:gamma", reason="first", actor=operator)
-    batch = services.command_issue(
-        kind="kill", selector="engine:gamma", reason="second", actor=risk_manager
+    issuing.command_issue(kind="pause", selector="engine:gamma", reason="first", actor=operator)
+    batch = issuing.command_issue(
+        kind="kill",
+        selector="engine:gamma",
+        reason="second",
+        actor=risk_manager,
+        confirmation="gamma",
     )
     kill = batch.commands.get()
     gateway.record(
@@ -427,7 +461,7 @@ def test_the_engine_commands_page_lists_its_commands_newest_first_with_shortfall
             command_id=kill.pk, status="failed", data={"left": {"AAPL": "10"}}, detail="broker down"
         ),
     )
-    services.command_issue(kind="pause", selector="engine:alpha", reason="other", actor=operator)
+    issuing.command_issue(kind="pause", selector="engine:alpha", reason="other", actor=operator)
 
     page = text(client_for(operator).get("/engines/gamma/commands/"))
 
@@ -488,7 +522,7 @@ def test_the_risk_manager_who_killed_cannot_approve_the_release_on_the_page(
     fleet: dict[str, Engine], operator: User, risk_manager: User
 ) -> None:
     halt(fleet["alpha"], risk_manager)
-    resume_request = services.resume_request_create(
+    resume_request = resume.resume_request_create(
         engine=fleet["alpha"], reason="fixed", actor=operator
     )
 
@@ -512,7 +546,7 @@ def test_an_operator_may_ask_for_a_resume_but_not_approve_one(
     fleet: dict[str, Engine], operator: User, risk_manager: User
 ) -> None:
     halt(fleet["beta"], risk_manager)
-    resume_request = services.resume_request_create(
+    resume_request = resume.resume_request_create(
         engine=fleet["beta"], reason="fixed", actor=risk_manager
     )
     client = client_for(operator)
@@ -534,8 +568,8 @@ def test_a_second_risk_manager_may_reject_and_the_requester_may_withdraw(
 ) -> None:
     halt(fleet["alpha"], risk_manager)
     halt(fleet["beta"], risk_manager)
-    first = services.resume_request_create(engine=fleet["alpha"], reason="a", actor=operator)
-    second = services.resume_request_create(engine=fleet["beta"], reason="b", actor=operator)
+    first = resume.resume_request_create(engine=fleet["alpha"], reason="a", actor=operator)
+    second = resume.resume_request_create(engine=fleet["beta"], reason="b", actor=operator)
 
     rejected = client_for(second_risk_manager).post(
         f"/commands/resume-requests/{first.pk}/reject/", {"reason": "not yet"}, follow=True
@@ -567,9 +601,11 @@ def test_a_resume_request_for_an_engine_that_is_not_halted_shows_why(
 
 @pytest.fixture
 def audit_trail(fleet: dict[str, Engine], operator: User, risk_manager: User, viewer: User) -> None:
-    services.command_issue(kind="pause", selector="live", reason="news", actor=operator)
-    with pytest.raises(services.CommandRefused):
-        services.command_issue(kind="kill", selector="all", reason="panic", actor=viewer)
+    issuing.command_issue(kind="pause", selector="live", reason="news", actor=operator)
+    with pytest.raises(errors.CommandRefused):
+        issuing.command_issue(
+            kind="kill", selector="all", reason="panic", actor=viewer, confirmation="KILL ALL"
+        )
     halt(fleet["gamma"], risk_manager)
 
 

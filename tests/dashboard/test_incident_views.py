@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from controlplane import services
+from controlplane.commands import issuing, resume
 from controlplane.ingest import ingest_events
 from controlplane.models import Engine, ResumeRequest
 from dashboard import overview
@@ -42,7 +42,7 @@ def test_a_paused_engine_row_says_who_paused_it_when_and_why(
     make_engine: MakeEngine, operator: User
 ) -> None:
     make_engine("alpha")
-    batch = services.command_issue(
+    batch = issuing.command_issue(
         kind="pause", selector="engine:alpha", reason="earnings call", actor=operator
     )
 
@@ -61,20 +61,20 @@ def test_a_kill_by_a_risk_limit_is_the_cause_until_a_later_command_changes_the_s
     make_engine: MakeEngine, risk_manager: User, second_risk_manager: User
 ) -> None:
     engine, _ = make_engine("alpha")
-    services.command_issue(
+    issuing.command_issue(
         kind="kill", selector="engine:alpha", reason="daily loss 5,200 beyond 5,000",
         actor=None, actor_label="limit #3 max_daily_loss",
     )  # fmt: skip
     # Commands that leave the state as it is (a cancel) do not take the cause over.
-    services.command_issue(
+    issuing.command_issue(
         kind="cancel_all", selector="engine:alpha", reason="sweep", actor=risk_manager
     )
     assert (row_of("alpha").cause_by, row_of("alpha").cause_reason) == (
         "limit #3 max_daily_loss", "daily loss 5,200 beyond 5,000"
     )  # fmt: skip
 
-    request = services.resume_request_create(engine=engine, reason="fixed", actor=risk_manager)
-    services.resume_request_approve(
+    request = resume.resume_request_create(engine=engine, reason="fixed", actor=risk_manager)
+    resume.resume_request_approve(
         resume_request=ResumeRequest.objects.get(pk=request.pk), actor=second_risk_manager
     )
 
@@ -87,7 +87,7 @@ def test_a_state_changed_without_a_command_shows_no_stale_cause(
     make_engine: MakeEngine, operator: User
 ) -> None:
     make_engine("alpha")
-    services.command_issue(kind="pause", selector="engine:alpha", reason="r", actor=operator)
+    issuing.command_issue(kind="pause", selector="engine:alpha", reason="r", actor=operator)
     # As a timed pause running out would leave it: ACTIVE again, not by the pause.
     Engine.objects.filter(name="alpha").update(
         desired_state="ACTIVE", desired_changed_at=datetime.now(UTC)
@@ -102,7 +102,7 @@ def test_a_timed_pause_that_ran_out_is_no_longer_the_cause(
     make_engine: MakeEngine, operator: User
 ) -> None:
     make_engine("alpha")
-    services.command_issue(
+    issuing.command_issue(
         kind="pause", selector="engine:alpha", reason="r", actor=operator,
         params={"duration": 60},
     )  # fmt: skip
@@ -139,7 +139,7 @@ def test_the_fleet_row_and_the_engine_page_show_the_cause(
     make_engine: MakeEngine, operator: User, viewer: User
 ) -> None:
     make_engine("alpha")
-    services.command_issue(
+    issuing.command_issue(
         kind="pause", selector="engine:alpha", reason="earnings <call>", actor=operator
     )
 
@@ -161,11 +161,18 @@ def test_a_fleet_kill_shows_a_banner_on_every_page_until_every_engine_is_release
     client = client_for(viewer)
     assert 'id="fleet-kill-banner"' not in client.get("/").content.decode()
     # A kill of one engine is not a fleet kill.
-    services.command_issue(kind="kill", selector="engine:alpha", reason="one", actor=risk_manager)
+    issuing.command_issue(
+        kind="kill", selector="engine:alpha", reason="one", actor=risk_manager, confirmation="alpha"
+    )
     assert 'id="fleet-kill-banner"' not in client.get("/").content.decode()
 
-    services.command_issue(kind="kill", selector="all", reason="exchange outage",
-                           actor=risk_manager)  # fmt: skip
+    issuing.command_issue(
+        kind="kill",
+        selector="all",
+        reason="exchange outage",
+        actor=risk_manager,
+        confirmation="KILL ALL",
+    )
 
     for url in ("/", "/engines/alpha/", "/alerts/", "/audit/"):
         page = text(client.get(url))
@@ -176,10 +183,10 @@ def test_a_fleet_kill_shows_a_banner_on_every_page_until_every_engine_is_release
         assert "2 engines still HALTED by it" in banner.group(0)
 
     for name in ("alpha", "bravo"):
-        request = services.resume_request_create(
+        request = resume.resume_request_create(
             engine=Engine.objects.get(name=name), reason="venue back", actor=risk_manager
         )
-        services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+        resume.resume_request_approve(resume_request=request, actor=second_risk_manager)
         page = text(client.get("/"))
         still = name == "alpha"
         assert ('id="fleet-kill-banner"' in page) is still, name
@@ -205,7 +212,13 @@ def test_the_kill_scope_counts_the_engines_and_their_gross_exposure(
                             side=side, quantity=Decimal(abs(quantity)), price=Decimal(price)),
             ],
         )  # fmt: skip
-    services.command_issue(kind="kill", selector="engine:charlie", reason="r", actor=risk_manager)
+    issuing.command_issue(
+        kind="kill",
+        selector="engine:charlie",
+        reason="r",
+        actor=risk_manager,
+        confirmation="charlie",
+    )
     client = client_for(viewer)
 
     every = client.get("/commands/kill-scope/", {"selector": "all"}).json()

@@ -17,6 +17,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from controlplane import services
+from controlplane.commands import issuing
 from controlplane.ingest import ingest_events
 from controlplane.models import Engine, Instrument, Position
 from engine_sdk import protocol as p
@@ -208,7 +209,7 @@ def test_the_fleet_needs_a_role_to_be_seen(trading: Engine, outsider: User, view
 def test_the_engine_page_shows_positions_ledger_beside_reported_orders_fills_logs_and_commands(
     trading: Engine, operator: User
 ) -> None:
-    services.command_issue(kind="pause", selector="engine:alpha", reason="earnings", actor=operator)
+    issuing.command_issue(kind="pause", selector="engine:alpha", reason="earnings", actor=operator)
 
     page = text(client_for(operator).get("/engines/alpha/"))
 

@@ -9,7 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from controlplane import gateway, services
+from controlplane import gateway
+from controlplane.commands import issuing
 from controlplane.models import CommandBatch, Engine
 from engine_sdk import protocol as p
 from tests.conftest import PASSWORD
@@ -183,8 +184,12 @@ def test_a_halted_engine_is_resumed_by_a_second_risk_manager(
     make_engine: Callable[..., tuple[Engine, str]],
 ) -> None:
     engine, _ = make_engine("delta", mode="live")
-    services.command_issue(
-        kind="kill", selector="engine:delta", reason="runaway", actor=risk_manager
+    issuing.command_issue(
+        kind="kill",
+        selector="engine:delta",
+        reason="runaway",
+        actor=risk_manager,
+        confirmation="delta",
     )
     _log_in(page, uvicorn_server, operator)
 

@@ -18,7 +18,7 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from controlplane import services
+from controlplane.commands import issuing, resume
 from controlplane.ingest import ingest_events
 from controlplane.models import Engine
 from engine_sdk import protocol as p
@@ -146,11 +146,11 @@ def incident(make_engine: MakeEngine, operator: User) -> dict[str, Engine]:
     _with_position(charlie, 2, "MSFT", 50, "400")
     for engine in (alpha, bravo, charlie, delta):
         _connected(engine)
-    services.command_issue(
+    issuing.command_issue(
         kind="pause", selector=f"engine:{bravo.name}", actor=operator,
         reason="earnings call in 5 minutes: no new risk until the numbers are out",
     )  # fmt: skip
-    services.command_issue(
+    issuing.command_issue(
         kind="kill", selector=f"engine:{charlie.name}", actor=None,
         actor_label="limit #3 max_daily_loss", reason="daily loss 5,200 beyond the limit of 5,000",
     )  # fmt: skip
@@ -204,7 +204,7 @@ def test_a_state_set_while_the_page_is_open_shows_its_cause_without_a_reload(
     page.wait_for_function("window.fleetLive && window.fleetLive.state.snapshots >= 1")
 
     # echo is offline: issuing publishes its row at once.
-    services.command_issue(
+    issuing.command_issue(
         kind="pause", selector="engine:echo-offline", actor=risk_manager, reason="venue halt"
     )
 
@@ -284,8 +284,12 @@ def test_a_fleet_kill_puts_a_banner_on_every_page_until_it_is_lifted(
     second_risk_manager: User,
     incident: dict[str, Engine],
 ) -> None:
-    services.command_issue(
-        kind="kill", selector="all", reason="exchange outage: orders unanswered", actor=risk_manager
+    issuing.command_issue(
+        kind="kill",
+        selector="all",
+        reason="exchange outage: orders unanswered",
+        actor=risk_manager,
+        confirmation="KILL ALL",
     )
     _log_in(page, uvicorn_server, second_risk_manager)
 
@@ -303,10 +307,10 @@ def test_a_fleet_kill_puts_a_banner_on_every_page_until_it_is_lifted(
     _shot(page, "fleet-fleet-kill-1280")
 
     for engine in incident.values():
-        request = services.resume_request_create(
+        request = resume.resume_request_create(
             engine=engine, reason="venue answers again", actor=risk_manager
         )
-        services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+        resume.resume_request_approve(resume_request=request, actor=second_risk_manager)
     for url in ("/", "/engines/alpha-momentum-us/", "/alerts/"):
         page.goto(f"{uvicorn_server.url}{url}")
         expect(page.locator("#fleet-kill-banner")).to_have_count(0)

@@ -20,7 +20,7 @@ from controlplane.models import Engine
 from engine_sdk.client import ClientConfig, HelloInfo
 from engine_sdk.simulator import PaperEngine
 from tests.conftest import PASSWORD
-from tests.gateway.test_command_delivery import EngineLoop
+from tests.controlplane.commands.test_delivery import EngineLoop
 from tests.servers import ARTIFACTS_DIR, UvicornServer
 
 pytestmark = pytest.mark.e2e

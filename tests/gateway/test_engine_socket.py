@@ -12,7 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from controlplane import delivery
+from controlplane.commands import delivery
 from controlplane.config.asgi import application
 from controlplane.models import Command, Engine, Fill, Order
 from engine_sdk import protocol as p

@@ -13,7 +13,8 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from controlplane import delivery, gateway, hub, services
+from controlplane import hub
+from controlplane.commands import delivery, issuing, lifecycle
 from controlplane.models import Command, CommandKind
 from engine_sdk import protocol as p
 from tests.gateway.test_engine_socket import greeted
@@ -64,8 +65,12 @@ async def test_a_fleet_push_is_one_subscription_and_each_engine_gets_only_its_ow
     ws_alpha, _ = await greeted(alpha_token)
     ws_beta, _ = await greeted(beta_token)
 
-    batch = await database_sync_to_async(services.command_issue)(
-        kind="kill", selector="all", reason="desk stop", actor=risk_manager
+    batch = await database_sync_to_async(issuing.command_issue)(
+        kind="kill",
+        selector="all",
+        reason="desk stop",
+        actor=risk_manager,
+        confirmation="KILL ALL",
     )
     got_alpha, got_beta = await next_command(ws_alpha), await next_command(ws_beta)
 
@@ -115,7 +120,7 @@ async def test_the_subscription_comes_back_after_redis_drops_it(make_engine, ris
     await asyncio.wait_for(delivery.commands_hub().ready.wait(), 5)
 
     # No heartbeat in this test: only the push can bring the command.
-    await database_sync_to_async(services.command_issue)(
+    await database_sync_to_async(issuing.command_issue)(
         kind="pause", selector=f"engine:{engine.name}", reason="after the outage",
         actor=risk_manager,
     )  # fmt: skip
@@ -157,23 +162,23 @@ async def test_a_listener_that_fails_does_not_keep_the_others_or_later_pushes_fr
 
 def test_a_delivery_mark_only_touches_the_engine_the_command_belongs_to(make_engine, risk_manager):
     (alpha, _), (beta, _) = make_engine(), make_engine()
-    batch = services.command_issue(
+    batch = issuing.command_issue(
         kind=CommandKind.PAUSE, selector=f"engine:{alpha.name}", reason="x", actor=risk_manager
     )
     command = batch.commands.get()
 
-    gateway.mark_delivered([(beta.pk, command.pk)])  # the wrong engine: nothing changes
+    lifecycle.mark_delivered([(beta.pk, command.pk)])  # the wrong engine: nothing changes
     command.refresh_from_db()
     assert (command.status, command.delivered_at, command.delivery_attempts) == ("pending", None, 0)
 
-    gateway.mark_delivered([(alpha.pk, command.pk)])
+    lifecycle.mark_delivered([(alpha.pk, command.pk)])
     command.refresh_from_db()
     assert (command.status, command.delivery_attempts) == ("delivered", 1)
     assert command.delivered_at is not None
 
     # Acknowledged before the mark landed: only the attempt is counted.
-    gateway.command_answers([(alpha.pk, p.CommandAck(command_id=command.pk))])
-    gateway.mark_delivered([(alpha.pk, command.pk)])
+    lifecycle.command_answers([(alpha.pk, p.CommandAck(command_id=command.pk))])
+    lifecycle.mark_delivered([(alpha.pk, command.pk)])
     command.refresh_from_db()
     assert (command.status, command.delivery_attempts) == ("acknowledged", 2)
 

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import Client
 
-from controlplane import gateway, services, tasks
+from controlplane import gateway, tasks
+from controlplane.commands import desired_state
 from controlplane.models import AuditEvent, Engine
 from dashboard import overview
 from engine_sdk import protocol as p
@@ -77,7 +78,7 @@ def test_the_sweep_writes_active_back_once_and_leaves_other_pauses_alone(make_en
     Engine.objects.filter(pk=halted.pk).update(desired_state="HALTED")
 
     assert tasks.end_timed_pauses() == 1
-    assert services.timed_pauses_end() == []  # run again: nothing more to end
+    assert desired_state.timed_pauses_end() == []  # run again: nothing more to end
 
     states = dict(Engine.objects.values_list("name", "desired_state"))
     assert states == {
@@ -97,7 +98,7 @@ def test_a_pause_issued_again_before_the_sweep_is_not_ended_by_it(alpha):
     new_end = datetime.now(UTC) + timedelta(minutes=10)
     Engine.objects.filter(pk=alpha.pk).update(desired_until=new_end)
 
-    assert services.timed_pauses_end(now=datetime.now(UTC)) == []
+    assert desired_state.timed_pauses_end(now=datetime.now(UTC)) == []
     assert Engine.objects.get(pk=alpha.pk).desired_state == "PAUSED"
 
 

@@ -17,7 +17,7 @@ from engine_sdk.config import ClientConfig
 from engine_sdk.simulator import PaperEngine
 from risk import selectors, services
 from risk.models import RiskEvent, RiskLimit
-from tests.gateway.test_command_delivery import EngineLoop, finished, wait_for
+from tests.controlplane.commands.test_delivery import EngineLoop, finished, wait_for
 from tests.servers import UvicornServer, current_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,7 +22,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from controlplane import delivery, services
+from controlplane.commands import delivery, issuing, resume
 from controlplane.models import AuditEvent, Command, Order
 from engine_sdk import protocol as p
 from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient, HelloInfo
@@ -176,8 +176,12 @@ def test_a_kill_is_pushed_to_a_connected_engine_at_once(
         started(plain_client(slow_server, token, tmp_path / "j", on_command=handler))
     )
 
-    batch = services.command_issue(
-        kind="kill", selector="engine:alpha", reason="stop", actor=risk_manager
+    batch = issuing.command_issue(
+        kind="kill",
+        selector="engine:alpha",
+        reason="stop",
+        actor=risk_manager,
+        confirmation="alpha",
     )
     command = batch.commands.get()
 
@@ -225,7 +229,9 @@ def test_a_kill_issued_while_the_engine_is_offline_is_obeyed_on_reconnect(
 
     held = engine_loop.run(trade_then_stop())
     assert held
-    batch = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+    batch = issuing.command_issue(
+        kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
+    )
     command = batch.commands.get()
     assert command.status == "pending"  # nobody to deliver it to
 
@@ -268,16 +274,25 @@ def test_no_order_is_accepted_after_the_kill_is_acknowledged(
             except OrderRejected:
                 rejected.append(time.time())
             else:
-                client.emit(p.OrderEvent(
-                    ts=p.utc_now(), client_order_id=f"o-{n}", symbol="AAPL", side="buy",
-                    order_type="market", quantity=Decimal(1), status="accepted",
-                ))  # fmt: skip
+                client.emit(
+                    p.OrderEvent(
+                        ts=p.utc_now(),
+                        client_order_id=f"o-{n}",
+                        symbol="AAPL",
+                        side="buy",
+                        order_type="market",
+                        quantity=Decimal(1),
+                        status="accepted",
+                    )
+                )
                 accepted.append((n, time.time()))
             await asyncio.sleep(0)
 
     bursting = asyncio.run_coroutine_threadsafe(burst(), engine_loop.loop)
     wait_for(lambda: len(accepted) > 200, "orders flowing")
-    batch = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+    batch = issuing.command_issue(
+        kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
+    )
     command = wait_for(lambda: finished(batch.commands.get()), "killed")
     wait_for(lambda: len(rejected) > 50, "orders rejected after the kill")
     stop.set()
@@ -301,7 +316,7 @@ def test_the_same_command_delivered_twice_is_applied_once(
     client = engine_loop.run(
         started(plain_client(fast_server, token, tmp_path / "j", on_command=handler))
     )
-    batch = services.command_issue(
+    batch = issuing.command_issue(
         kind="reduce", selector="all", reason="x", actor=operator, params={"target_pct": 50}
     )
     command = wait_for(lambda: finished(batch.commands.get()), "reduced")
@@ -328,12 +343,19 @@ def test_with_redis_down_at_issue_time_the_kill_arrives_within_a_heartbeat(
     )
     # The issuing side's Redis is unreachable: the push fails, the issue must not.
     with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
-        batch = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+        batch = issuing.command_issue(
+            kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
+        )
         command = batch.commands.get()
         frames = delivery.frames_for(
-            [(command.engine_id, command.pk)], kind="kill", params=command.params, reason="x",
-            issued_by="x", issued_at=command.created_at, expires_at=None,
-        )  # fmt: skip
+            [(command.engine_id, command.pk)],
+            kind="kill",
+            params=command.params,
+            reason="x",
+            issued_by="x",
+            issued_at=command.created_at,
+            expires_at=None,
+        )
         assert not delivery.push(frames)
     command = batch.commands.get()
 
@@ -352,7 +374,9 @@ def test_an_engine_back_active_while_halted_gets_a_kill_before_anything_else(
     first = engine_loop.run(
         started(plain_client(fast_server, token, tmp_path / "j1", on_command=handler))
     )
-    batch = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+    batch = issuing.command_issue(
+        kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
+    )
     wait_for(lambda: finished(batch.commands.get()), "killed")
     engine_loop.run(first.close())
 
@@ -387,14 +411,16 @@ def test_a_stale_resume_cannot_lift_a_kill(
 ):
     engine, token = engine_and_token
     client = engine_loop.run(started(plain_client(fast_server, token, tmp_path / "j")))
-    pause = services.command_issue(kind="pause", selector="all", reason="x", actor=operator)
+    pause = issuing.command_issue(kind="pause", selector="all", reason="x", actor=operator)
     wait_for(lambda: finished(pause.commands.get()), "paused")
-    kill = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+    kill = issuing.command_issue(
+        kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
+    )
     wait_for(lambda: finished(kill.commands.get()), "killed")
     # A resume from before the kill, replayed (say by a proxy), carries no approval and is older.
     stale = Command.objects.create(
-        engine=engine, kind="resume", reason="old", issued_by_label="otto-operator",
-    )  # fmt: skip
+        engine=engine, kind="resume", reason="old", issued_by_label="otto-operator"
+    )
     Command.objects.filter(pk=stale.pk).update(created_at=pause.created_at)
 
     done = wait_for(lambda: finished(stale), "answered")
@@ -406,16 +432,23 @@ def test_a_stale_resume_cannot_lift_a_kill(
 
 
 def test_an_approved_resume_lifts_the_kill(
-    fast_server, engine_loop, engine_and_token, operator, risk_manager, second_risk_manager,
+    fast_server,
+    engine_loop,
+    engine_and_token,
+    operator,
+    risk_manager,
+    second_risk_manager,
     tmp_path,
-):  # fmt: skip
+):
     engine, token = engine_and_token
     client = engine_loop.run(started(plain_client(fast_server, token, tmp_path / "j")))
-    kill = services.command_issue(kind="kill", selector="all", reason="x", actor=risk_manager)
+    kill = issuing.command_issue(
+        kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
+    )
     wait_for(lambda: finished(kill.commands.get()), "killed")
-    request = services.resume_request_create(engine=engine, reason="fixed", actor=operator)
+    request = resume.resume_request_create(engine=engine, reason="fixed", actor=operator)
 
-    command = services.resume_request_approve(resume_request=request, actor=second_risk_manager)
+    command = resume.resume_request_approve(resume_request=request, actor=second_risk_manager)
     done = wait_for(lambda: finished(command), "resumed")
 
     assert done.status == "succeeded" and done.state_after == "ACTIVE"

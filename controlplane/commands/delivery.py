@@ -1,10 +1,11 @@
-"""Pushing commands to the engines' sockets.
+"""Getting commands to the engines: pushed to their sockets, and handed over when they connect.
 
 One Redis message per push, whatever the number of engines: a kill of 100 engines is one publish.
 Every web process holds one subscription (controlplane.hub), decodes the message once and hands
 each engine connected to it its own frames; the delivered commands of a push are then marked in
 one statement. The push is best effort: a message lost on the way (Redis down, a process
-resubscribing) is picked up by the gateway's check on the engine's next heartbeat.
+resubscribing) is picked up by the gateway's check on the engine's next heartbeat, which hands
+the engine what waits (pending_commands), as its welcome does.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import transaction
 
 from controlplane import hub
+from controlplane.commands import lifecycle
+from controlplane.models import Command
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -75,11 +79,51 @@ def frames_for(
     frames: Frames = defaultdict(list)
     for engine_id, command_id in targets:
         frame = p.Command(
-            command_id=command_id, kind=kind, params=params, reason=reason,  # type: ignore[arg-type]
-            issued_by=issued_by, issued_at=issued_at, expires_at=expires_at,
-        )  # fmt: skip
+            command_id=command_id,
+            kind=kind,  # type: ignore[arg-type]
+            params=params,
+            reason=reason,
+            issued_by=issued_by,
+            issued_at=issued_at,
+            expires_at=expires_at,
+        )
         frames[str(engine_id)].append((str(command_id), p.encode(frame).decode()))
     return dict(frames)
+
+
+def command_frame(command: Command) -> p.Command:
+    return p.Command(
+        command_id=command.pk,
+        kind=command.kind,  # type: ignore[arg-type]
+        params=command.params,
+        reason=command.reason,
+        issued_by=command.issued_by_label,
+        issued_at=command.created_at,
+        expires_at=command.expires_at,
+    )
+
+
+def pending_commands(
+    engine_id: int, *, now: datetime | None = None, undelivered_only: bool = False
+) -> list[p.Command]:
+    """Commands without a result that have not expired, oldest first, marked delivered.
+
+    On a (re)connection every open command is sent again, acknowledged ones too: an engine that
+    crashed between its ack and its result must still carry it out (the engine applies each
+    command_id once). On a heartbeat only the undelivered ones are: those a lost push left behind.
+    """
+    now = now or datetime.now(UTC)
+    waiting = Command.sources(Command.Event.DELIVER)
+    statuses = waiting if undelivered_only else list(Command.OPEN)
+    with transaction.atomic():
+        lifecycle.commands_expire(now=now, engine_id=engine_id)
+        commands = list(
+            Command.objects.select_for_update(skip_locked=True)
+            .filter(engine_id=engine_id, status__in=statuses)
+            .order_by("created_at")
+        )
+        lifecycle.commands_deliver(commands, now=now)
+    return [command_frame(c) for c in commands]
 
 
 def push(frames: Frames) -> bool:
@@ -91,8 +135,9 @@ def push(frames: Frames) -> bool:
     except Exception as exc:  # any Redis failure only delays delivery
         log.warning(
             "command push to %d engines failed (%s); they get it on their next heartbeat",
-            len(frames), exc,
-        )  # fmt: skip
+            len(frames),
+            exc,
+        )
         return False
     return True
 
@@ -128,12 +173,10 @@ async def _dispatch(commands_hub: hub.Hub, data: bytes) -> None:
         else:
             delivered.extend((engine_id, command_id) for command_id in result)
     if delivered:
-        from controlplane.gateway import mark_delivered
-
         # Not awaited: the engines' acks (already on their way) must not queue behind this
         # bookkeeping; an ack that wins fills in delivered_at itself.
         task = asyncio.create_task(
-            database_sync_to_async(mark_delivered, thread_sensitive=False)(delivered)
+            database_sync_to_async(lifecycle.mark_delivered, thread_sensitive=False)(delivered)
         )
         _background.add(task)
         task.add_done_callback(_background.discard)
