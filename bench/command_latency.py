@@ -485,9 +485,10 @@ def traced_application() -> Any:
 
     from channels import consumer as channels_consumer
 
-    from controlplane import consumers, gateway, hub
+    from controlplane import hub
     from controlplane.commands import delivery, issuing, lifecycle
     from controlplane.config import asgi
+    from controlplane.gateway import batches, session, socket
 
     out = open(os.environ["BENCH_TRACE_FILE"], "a", buffering=1)  # noqa: SIM115
     notes: list[tuple[Any, ...]] = []
@@ -559,10 +560,10 @@ def traced_application() -> Any:
     channels_consumer.aclose_old_connections = async_span(
         "dispatch_hop", channels_consumer.aclose_old_connections
     )
-    gateway.record = sync_span("record", gateway.record, frame_type)
+    session.record = sync_span("record", session.record, frame_type)
     lifecycle.mark_delivered = sync_span("mark_delivered", lifecycle.mark_delivered)
-    gateway.events_many = sync_span("events", gateway.events_many)
-    engine_consumer = consumers.EngineConsumer
+    batches.events_many = sync_span("events", batches.events_many)
+    engine_consumer = socket.EngineConsumer
     engine_consumer.push_commands = async_span(
         "consumer", engine_consumer.push_commands, lambda self, entries: self.engine_id
     )

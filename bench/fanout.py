@@ -375,8 +375,8 @@ def traced_application() -> Any:
     import atexit
     import threading
 
-    from controlplane import gateway
     from controlplane.config import asgi
+    from controlplane.gateway import batches
     from dashboard import consumers as live_consumers
     from dashboard import live
 
@@ -398,7 +398,7 @@ def traced_application() -> Any:
     atexit.register(flush)
     now = time.perf_counter
 
-    events_many = gateway.events_many
+    events_many = batches.events_many
 
     def traced_events(batches: Any) -> Any:
         start = now()
@@ -407,7 +407,7 @@ def traced_application() -> Any:
         finally:
             notes.append(("events", start, now(), len(batches)))
 
-    gateway.events_many = traced_events
+    batches.events_many = traced_events
     publisher_cls = live.Publisher
     mark = publisher_cls.mark
 

@@ -4,7 +4,7 @@ A batch is stored in one transaction: the raw events go to the partitioned event
 projected into orders, fills, the position ledger, account snapshots, metrics and logs, and the
 engine's running figures. The batch is acknowledged only after the commit. Several engines'
 batches may share the transaction (``ingest_batches``): the engine socket stores the small frames
-that wait at the same time together (controlplane.consumers._EventsWriter).
+that wait at the same time together (controlplane.socket._EventsWriter).
 
 Idempotence: per engine, events are stored in seq order and the engine row keeps the highest
 seq processed (``Engine.last_seq``, updated under a row lock in the same transaction). An event at

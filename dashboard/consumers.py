@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from controlplane import hub
-from controlplane.consumers import DirectDispatch
+from controlplane.hub import DirectDispatch
 from controlplane.models import Engine
 from dashboard import live
 

@@ -6,7 +6,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
-from controlplane.consumers import EngineConsumer
+from controlplane.gateway.socket import EngineConsumer
 from dashboard.consumers import LiveConsumer
 
 

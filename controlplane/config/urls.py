@@ -8,8 +8,9 @@ from django.templatetags.static import static
 from django.urls import include, path
 
 from alerts import prometheus
-from controlplane import api, engine_http
+from controlplane import api
 from controlplane.config import health
+from controlplane.gateway import http
 from dashboard import live_views
 
 admin.site.site_header = "Trading Control Plane"
@@ -28,8 +29,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/v1/engine/events", engine_http.post_frame, name="engine-events"),
-    path("api/v1/engine/commands", engine_http.get_commands, name="engine-commands"),
+    path("api/v1/engine/events", http.post_frame, name="engine-events"),
+    path("api/v1/engine/commands", http.get_commands, name="engine-commands"),
     path("api/v1/", api.urls()),
     path("live/fleet.json", live_views.fleet_snapshot, name="live-fleet"),
     path("live/engines/<slug:name>.json", live_views.engine_snapshot, name="live-engine"),

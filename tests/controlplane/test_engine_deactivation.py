@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.gateway import engine_by_token
+from controlplane.gateway.session import engine_by_token
 from controlplane.models import AuditEvent
 
 pytestmark = pytest.mark.django_db

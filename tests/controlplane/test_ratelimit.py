@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.ratelimit import TokenBucket
+from controlplane.gateway.ratelimit import TokenBucket
 
 
 def test_a_full_bucket_lets_a_burst_through_then_refuses():

@@ -15,9 +15,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from controlplane import gateway, services
+from controlplane import services
 from controlplane.audit import audit_record
 from controlplane.commands import errors, issuing, resume
+from controlplane.gateway import session
 from controlplane.models import AuditEvent, Command, CommandBatch, Engine, ResumeRequest
 from engine_sdk import protocol as p
 
@@ -390,12 +391,12 @@ def test_the_batch_page_shows_progress_timings_and_the_shortfall_in_red(
         kind="kill", selector="live", reason="r", actor=risk_manager, confirmation="KILL ALL"
     )
     alpha, beta = (batch.commands.get(engine__name=n) for n in ("alpha", "beta"))
-    gateway.record(fleet["alpha"].pk, p.CommandAck(command_id=alpha.pk))
-    gateway.record(
+    session.record(fleet["alpha"].pk, p.CommandAck(command_id=alpha.pk))
+    session.record(
         fleet["alpha"].pk,
         p.CommandResult(command_id=alpha.pk, status="succeeded", trading_state="HALTED"),
     )
-    gateway.record(
+    session.record(
         fleet["beta"].pk,
         p.CommandResult(
             command_id=beta.pk,
@@ -455,7 +456,7 @@ def test_the_engine_commands_page_lists_its_commands_newest_first_with_shortfall
         confirmation="gamma",
     )
     kill = batch.commands.get()
-    gateway.record(
+    session.record(
         fleet["gamma"].pk,
         p.CommandResult(
             command_id=kill.pk, status="failed", data={"left": {"AAPL": "10"}}, detail="broker down"

@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from controlplane import gateway
 from controlplane.commands import issuing
+from controlplane.gateway import session
 from controlplane.models import CommandBatch, Engine
 from engine_sdk import protocol as p
 from tests.conftest import PASSWORD
@@ -69,8 +69,8 @@ def test_an_operator_pauses_an_engine_from_its_row_and_watches_the_batch_finish(
 
     # The engine answers; the page follows without a reload.
     command = batch.commands.get()
-    gateway.record(alpha.pk, p.CommandAck(command_id=command.pk))
-    gateway.record(
+    session.record(alpha.pk, p.CommandAck(command_id=command.pk))
+    session.record(
         alpha.pk,
         p.CommandResult(command_id=command.pk, status="succeeded", trading_state="PAUSED"),
     )
@@ -147,7 +147,7 @@ def test_a_risk_manager_kills_all_through_the_guarded_dialog_and_sees_the_shortf
     batch = CommandBatch.objects.get()
     bravo = engines[1]
     command = batch.commands.get(engine=bravo)
-    gateway.record(
+    session.record(
         bravo.pk,
         p.CommandResult(
             command_id=command.pk,

@@ -372,7 +372,7 @@ async def test_an_engine_deactivated_before_its_hello_is_refused_with_4401(engin
 async def test_an_engine_gone_between_two_heartbeats_leaves_no_error_on_the_task(settings):
     from uvicorn.protocols.utils import ClientDisconnected
 
-    from controlplane.consumers import EngineConsumer
+    from controlplane.gateway.socket import EngineConsumer
 
     async def gone(message: dict) -> None:
         raise ClientDisconnected()

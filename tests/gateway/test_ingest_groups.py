@@ -1,5 +1,5 @@
 """Several engines' batches stored in one transaction (ingest.ingest_batches), as the socket's
-writer does with the frames that wait together (consumers._EventsWriter): they store exactly what
+writer does with the frames that wait together (socket._EventsWriter): they store exactly what
 each batch alone would, and one engine's refused batch costs the others nothing."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import connection
 
-from controlplane import consumers, gateway
+from controlplane.gateway import batches, decoding, socket
 from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
 from controlplane.models import EngineLog, Fill, MetricSample, Position
 from engine_sdk import protocol as p
@@ -108,8 +108,8 @@ def test_a_stored_fill_id_resent_in_a_large_group_is_counted_once(make_engine):
     assert Position.objects.get(engine=second).quantity == Decimal(half)
 
 
-def _decoded(*events: p.Event) -> gateway.Decoded:
-    return gateway.decode_frame(f.events_frame(*events))
+def _decoded(*events: p.Event) -> decoding.Decoded:
+    return decoding.decode_frame(f.events_frame(*events))
 
 
 def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make_engine):
@@ -120,7 +120,7 @@ def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make
     # Equity falls from 1 to -9,999,999: a drawdown of 10^9 %, which its column cannot hold.
     overflow = f.account(4, "-9999999")
 
-    outcomes = gateway.events_many([
+    outcomes = batches.events_many([
         (good.pk, _decoded(f.metric(1), f.account(2, "1000"))),
         (bad.pk, _decoded(f.metric(2), f.account(3, "1"), overflow, f.metric(5))),
         (gone_id, _decoded(f.metric(1))),
@@ -162,13 +162,13 @@ def test_a_watermark_the_database_refuses_costs_the_others_in_its_group_nothing(
     def refused(seq: int) -> str:  # refused for good, acked: the watermark moves past it
         return f'{{"kind": "metric", "seq": {seq}, "ts": "{f.T0.isoformat()}", "name": "Bad Name"}}'
 
-    def frame(*raws: str) -> gateway.Decoded:
-        return gateway.decode_frame('{"type": "events", "events": [' + ", ".join(raws) + "]}")
+    def frame(*raws: str) -> decoding.Decoded:
+        return decoding.decode_frame('{"type": "events", "events": [' + ", ".join(raws) + "]}")
 
     metric = p.encode_event(f.metric(1)).decode()
     # After the group's commit, each engine's ack for its refused seqs moves its watermark:
     # stuck's move fails, and only stuck's answer shows it.
-    outcomes = gateway.events_many(
+    outcomes = batches.events_many(
         [(stuck.pk, frame(refused(4))), (moving.pk, frame(metric, refused(3)))]
     )
 
@@ -187,13 +187,13 @@ def test_a_watermark_the_database_refuses_costs_the_others_in_its_group_nothing(
 def _noted_groups(monkeypatch) -> list[list[int]]:
     """The engines of each group the socket writer stores, in order."""
     calls: list[list[int]] = []
-    events_many = gateway.events_many
+    events_many = batches.events_many
 
-    def noted(batches):
-        calls.append([engine_id for engine_id, _ in batches])
-        return events_many(batches)
+    def noted(groups):
+        calls.append([engine_id for engine_id, _ in groups])
+        return events_many(groups)
 
-    monkeypatch.setattr(gateway, "events_many", noted)
+    monkeypatch.setattr(batches, "events_many", noted)
     return calls
 
 
@@ -204,7 +204,7 @@ async def test_the_socket_writer_stores_the_frames_that_wait_together_in_one_gro
 ):
     engines = [(await database_sync_to_async(make_engine)(f"w-{n}"))[0] for n in range(3)]
     calls = _noted_groups(monkeypatch)
-    writer = consumers._EventsWriter()
+    writer = socket._EventsWriter()
 
     answers = await asyncio.gather(
         *(writer.store(engine.pk, _decoded(f.metric(1), f.metric(2))) for engine in engines)
@@ -241,7 +241,7 @@ async def test_two_sockets_of_one_engine_never_share_a_group(make_engine, monkey
     # An engine's new socket replays what its old one (not closed yet) sent: the same seqs.
     engine, other = [(await database_sync_to_async(make_engine)(f"s-{n}"))[0] for n in range(2)]
     calls = _noted_groups(monkeypatch)
-    writer = consumers._EventsWriter()
+    writer = socket._EventsWriter()
 
     answers = await asyncio.gather(
         writer.store(engine.pk, _decoded(f.metric(1), f.metric(2))),

@@ -12,7 +12,7 @@ import pytest
 
 from alerts import evaluation
 from alerts.models import Alert
-from controlplane import gateway
+from controlplane.gateway import batches, decoding
 from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
 from controlplane.models import Engine, EngineEvent, EngineLog, Fill, Order, Position
 from engine_sdk import protocol as p
@@ -32,7 +32,7 @@ def _ingest(engine: Engine, *events: p.Event):
 
 def _send(engine: Engine, *events: p.Event) -> list[p.ServerFrame]:
     """Through the gateway, as a frame from the engine: the error frames, then the ack."""
-    frames, _ = gateway.events(engine.pk, gateway.decode_frame(f.events_frame(*events)))
+    frames, _ = batches.events(engine.pk, decoding.decode_frame(f.events_frame(*events)))
     return frames
 
 
@@ -130,7 +130,7 @@ def test_the_field_names_the_event_by_its_place_in_the_frame_past_events_refused
     raw = json_events(f.metric(3), f.fill(4, "f-1", "o-1", qty="12"))
     raw.insert(0, {"kind": "metric", "seq": 5, "ts": "not a time", "name": "x", "value": 1})
 
-    frames, _ = gateway.events(engine.pk, gateway.decode_frame(msgspec.json.encode(
+    frames, _ = batches.events(engine.pk, decoding.decode_frame(msgspec.json.encode(
         {"type": "events", "events": raw}
     )))  # fmt: skip
 

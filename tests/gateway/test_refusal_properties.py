@@ -24,8 +24,9 @@ from django.db import connection
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from controlplane import gateway, services
+from controlplane import services
 from controlplane.config.asgi import application
+from controlplane.gateway import batches, decoding
 from controlplane.ingest import ingest_events
 from controlplane.models import Engine, EngineEvent
 from engine_sdk import protocol as p
@@ -230,8 +231,8 @@ def test_each_event_is_stored_or_refused_by_itself_and_the_stream_goes_on(events
     engine, _ = services.engine_create(name=f"prop-{Engine.objects.count() + 1}")
     before = _stored_before(engine)
 
-    decoded = gateway.decode_frame(json.dumps({"type": "events", "events": events}))
-    (outcome,) = gateway.events_many([(engine.pk, decoded)])
+    decoded = decoding.decode_frame(json.dumps({"type": "events", "events": events}))
+    (outcome,) = batches.events_many([(engine.pk, decoded)])
 
     assert not isinstance(outcome, BaseException), outcome
     answer, result = outcome
@@ -239,7 +240,7 @@ def test_each_event_is_stored_or_refused_by_itself_and_the_stream_goes_on(events
     ack = _check(engine, events, answer, before)
     # The engine's stream goes on.
     later = ack + 1
-    (outcome,) = gateway.events_many([(engine.pk, gateway.decode_frame(f.events_frame(
+    (outcome,) = batches.events_many([(engine.pk, decoding.decode_frame(f.events_frame(
         f.metric(later)
     )))])  # fmt: skip
     assert outcome[0] == [p.Ack(seq=later)]

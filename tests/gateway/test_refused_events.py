@@ -16,7 +16,7 @@ from django.db import connection
 from alerts import rule_metrics
 from alerts.evaluation import evaluate_engine
 from alerts.models import Alert, AlertRule
-from controlplane import gateway
+from controlplane.gateway import batches, decoding
 from controlplane.ingest import ingest_events
 from controlplane.models import (
     AccountSnapshot,
@@ -33,12 +33,12 @@ from tests.gateway import factories as f
 from tests.servers import UvicornServer
 
 
-def _decoded(*events: p.Event) -> gateway.Decoded:
-    return gateway.decode_frame(f.events_frame(*events))
+def _decoded(*events: p.Event) -> decoding.Decoded:
+    return decoding.decode_frame(f.events_frame(*events))
 
 
 def _answer(engine: Engine, *events: p.Event) -> tuple[list[p.ServerFrame], object]:
-    (outcome,) = gateway.events_many([(engine.pk, _decoded(*events))])
+    (outcome,) = batches.events_many([(engine.pk, _decoded(*events))])
     assert not isinstance(outcome, BaseException), outcome
     return outcome
 

@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import Client
 
-from controlplane import gateway, tasks
+from controlplane import tasks
 from controlplane.commands import desired_state
+from controlplane.gateway import session
 from controlplane.models import AuditEvent, Engine
 from dashboard import overview
 from engine_sdk import protocol as p
@@ -48,7 +49,7 @@ def alpha(engine_and_token) -> Engine:
 def test_a_hello_after_a_timed_pause_ended_is_told_active_and_the_row_says_active(alpha):
     paused_until(alpha, datetime.now(UTC) - timedelta(seconds=1))
 
-    (welcome,) = gateway.hello(alpha, hello("PAUSED"), uuid.uuid4())
+    (welcome,) = session.hello(alpha, hello("PAUSED"), uuid.uuid4())
 
     assert isinstance(welcome, p.Welcome)
     # A dead-man pause lifts only on ACTIVE: PAUSED here would keep the engine paused for good.
@@ -62,7 +63,7 @@ def test_a_hello_during_a_timed_pause_is_still_told_paused(alpha):
     until = datetime.now(UTC) + timedelta(minutes=10)
     paused_until(alpha, until)
 
-    (welcome,) = gateway.hello(alpha, hello("PAUSED"), uuid.uuid4())
+    (welcome,) = session.hello(alpha, hello("PAUSED"), uuid.uuid4())
 
     assert welcome.desired_state == "PAUSED"
     assert Engine.objects.get(pk=alpha.pk).desired_until == until
@@ -122,16 +123,16 @@ def test_screens_say_active_the_moment_a_timed_pause_ends_before_the_sweep(alpha
 
 def test_a_final_heartbeat_saying_stopping_shows_the_engine_stopped_until_its_next_hello(alpha):
     connection = uuid.uuid4()
-    gateway.hello(alpha, hello("ACTIVE"), connection)
-    gateway.heartbeat(alpha.pk, heartbeat())
+    session.hello(alpha, hello("ACTIVE"), connection)
+    session.heartbeat(alpha.pk, heartbeat())
     assert Engine.objects.get(pk=alpha.pk).stopped_at is None
 
-    gateway.heartbeat(alpha.pk, heartbeat(stopping=True))
-    gateway.disconnect(alpha.pk, connection)
+    session.heartbeat(alpha.pk, heartbeat(stopping=True))
+    session.disconnect(alpha.pk, connection)
 
     (row,) = overview.fleet_rows(engine_ids=[alpha.pk])
     assert row.connection == "stopped"
-    gateway.hello(alpha, hello("ACTIVE"), uuid.uuid4())
+    session.hello(alpha, hello("ACTIVE"), uuid.uuid4())
     assert Engine.objects.get(pk=alpha.pk).stopped_at is None
     (row,) = overview.fleet_rows(engine_ids=[alpha.pk])
     assert row.connection == "online"
@@ -139,9 +140,9 @@ def test_a_final_heartbeat_saying_stopping_shows_the_engine_stopped_until_its_ne
 
 def test_an_engine_that_drops_without_saying_so_is_offline_not_stopped(alpha):
     connection = uuid.uuid4()
-    gateway.hello(alpha, hello("ACTIVE"), connection)
-    gateway.heartbeat(alpha.pk, heartbeat())
-    gateway.disconnect(alpha.pk, connection)
+    session.hello(alpha, hello("ACTIVE"), connection)
+    session.heartbeat(alpha.pk, heartbeat())
+    session.disconnect(alpha.pk, connection)
 
     (row,) = overview.fleet_rows(engine_ids=[alpha.pk])
     assert row.connection == "offline"

@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
-from controlplane import gateway, sqlscript
+from controlplane import sqlscript
+from controlplane.gateway import batches, decoding
 from controlplane.models import Command, Engine, Instrument
 from risk import evaluation, services
 from risk.models import LimitState, RiskEvent, RiskLimit
@@ -52,7 +53,7 @@ def send(monkeypatch):
 
     def send(engine: Engine, *events) -> list[str]:
         seen.clear()
-        frames, result = gateway.events(engine.pk, gateway.decode_frame(f.events_frame(*events)))
+        frames, result = batches.events(engine.pk, decoding.decode_frame(f.events_frame(*events)))
         assert result is not None and not result.errors, frames
         return list(seen)
 

@@ -14,8 +14,9 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from controlplane import consumers, tasks
+from controlplane import tasks
 from controlplane.commands import delivery, issuing, lifecycle
+from controlplane.gateway import socket
 from controlplane.models import AuditEvent, Command, Engine
 from engine_sdk import protocol as p
 from tests.controlplane.commands import factories
@@ -134,7 +135,7 @@ def test_an_answer_the_database_refuses_costs_only_its_own_engine(make_engine):
     beta, _ = make_engine("beta")
     kill_alpha, kill_beta = command(alpha), command(beta)
 
-    failed = consumers._store_answers(
+    failed = socket._store_answers(
         [
             (alpha.pk, p.CommandAck(command_id=kill_alpha.pk)),
             (beta.pk, p.CommandAck(command_id=kill_beta.pk)),
@@ -172,7 +173,7 @@ async def test_on_the_socket_answers_are_stored_and_a_refused_one_closes_its_soc
             found = await statuses()
             if found == expected:
                 break
-            task = consumers._answers()._task
+            task = socket._answers()._task
             if task is not None and not task.done():
                 await task  # the writer's drain in flight
             else:
@@ -206,7 +207,7 @@ async def test_answers_that_could_not_even_be_tried_close_their_sockets(make_eng
     def broken(answers):
         raise RuntimeError("no database thread")
 
-    monkeypatch.setattr(consumers, "_store_answers", broken)
+    monkeypatch.setattr(socket, "_store_answers", broken)
     await ws.send_to(text_data=p.encode(p.CommandAck(command_id=kill.pk)).decode())
 
     # Closed: on reconnecting the engine is sent the command again and acknowledges it again.

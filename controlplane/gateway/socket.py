@@ -8,16 +8,17 @@ import logging
 import uuid
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from controlplane import events, gateway
+from controlplane import events
 from controlplane.commands import delivery, lifecycle
+from controlplane.gateway import batches, decoding, session
+from controlplane.gateway.ratelimit import TokenBucket
+from controlplane.hub import DirectDispatch
 from controlplane.ingest import COPY_MIN_ROWS
 from controlplane.loops import PerLoop
-from controlplane.ratelimit import TokenBucket
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -34,22 +35,6 @@ _RESEND = p.Error(
     message="the control plane could not store an earlier batch on this connection; nothing "
     "after it is stored or acknowledged: reconnect and resend from the last ack",
 )
-
-
-class DirectDispatch:
-    """Consumers' dispatch without Channels' per-message close_old_connections.
-
-    Channels runs it through asgiref's single shared thread for every message, which makes a
-    hundred sockets queue behind each other (a fleet kill's fan-out took a second). The
-    consumers here touch the database only through database_sync_to_async, which closes stale
-    connections in its own thread anyway.
-    """
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
 
 class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
@@ -69,7 +54,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._queued: list[gateway.Decoded] = []
+        self._queued: list[decoding.Decoded] = []
         self._queued_events = 0
         self._written = asyncio.Event()
         # Per connection: one engine's flood costs it its own frames, never another's.
@@ -77,8 +62,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         self._refused = 0
 
     async def connect(self) -> None:
-        token = gateway.bearer_token(self.scope.get("headers", []))
-        engine = await database_sync_to_async(gateway.engine_by_token)(token)
+        token = decoding.bearer_token(self.scope.get("headers", []))
+        engine = await database_sync_to_async(session.engine_by_token)(token)
         # Accept first: a close code (4401) can only be sent on an accepted socket.
         await self.accept()
         if engine is None:
@@ -109,7 +94,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         delivery.stop_listening(self.engine_id, self)
         await self.channel_layer.group_discard(engine_group(self.engine_id), self.channel_name)
         if self.greeted:
-            await database_sync_to_async(gateway.disconnect)(self.engine_id, self.connection_id)
+            await database_sync_to_async(session.disconnect)(self.engine_id, self.connection_id)
             events.announce(events.engines_changed, engine_ids=[self.engine_id])
 
     async def send_frames(self, frames: list[p.ServerFrame]) -> None:
@@ -123,7 +108,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         if not self._rate.take():
             await self._rate_limited(data)
             return
-        decoded = gateway.decode_frame(data)
+        decoded = decoding.decode_frame(data)
         if not self.greeted:
             await self._expect_hello(decoded)
             return
@@ -140,7 +125,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             _answers().add(self, frame)
         elif isinstance(frame, p.Heartbeat):
             # Not thread-sensitive: a hundred engines' heartbeats are not queued on one thread.
-            answer = await database_sync_to_async(gateway.heartbeat, thread_sensitive=False)(
+            answer = await database_sync_to_async(session.heartbeat, thread_sensitive=False)(
                 self.engine_id, frame
             )
             await self.send_frames(answer)
@@ -156,7 +141,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         is closed too, once it has had as many frames refused as the burst allows.
         """
         self._refused += 1
-        close = gateway.frame_type(data) == "events" or self._refused >= self._rate.burst
+        close = decoding.frame_type(data) == "events" or self._refused >= self._rate.burst
         limit = f"more than {self._rate.rate:g} frames a second (bursts of {self._rate.burst})"
         then = "closing: reconnect and resend from the last ack" if close else "slow down"
         message = f"{limit}: this frame was not processed; {then}"
@@ -180,7 +165,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     # --- events: stored in order, the frames that queue behind a write stored together ----------
 
-    async def _queue_events(self, decoded: gateway.Decoded) -> None:
+    async def _queue_events(self, decoded: decoding.Decoded) -> None:
         """Queue an events frame for this connection's writer.
 
         One write at a time per engine, in arrival order. Frames that arrive while a write is in
@@ -214,7 +199,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 self._written.set()
                 await self._send_quietly([_RESEND])
                 continue
-            merged = batch[0] if take == 1 else gateway.Decoded(
+            merged = batch[0] if take == 1 else decoding.Decoded(
                 None,
                 [event for decoded in batch for event in decoded.events or ()],
                 [error for decoded in batch for error in decoded.errors],
@@ -249,7 +234,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             return False
         return True
 
-    async def _expect_hello(self, decoded: gateway.Decoded) -> None:
+    async def _expect_hello(self, decoded: decoding.Decoded) -> None:
         if self._hello_timer is not None:
             self._hello_timer.cancel()  # the first frame came in time, hello or not
         if not isinstance(decoded.frame, p.Hello):
@@ -260,7 +245,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.send_frames(errors)
             await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
             return
-        frames = await database_sync_to_async(gateway.hello)(
+        frames = await database_sync_to_async(session.hello)(
             self.engine, decoded.frame, self.connection_id
         )
         await self.send_frames(frames)
@@ -289,7 +274,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         if not self.greeted or message["connection_id"] == str(self.connection_id):
             return
         # The database, not the order in which layer messages arrive, says which is newest.
-        current = await database_sync_to_async(gateway.current_connection)(self.engine_id)
+        current = await database_sync_to_async(session.current_connection)(self.engine_id)
         if current != self.connection_id:
             await self.close(code=p.CLOSE_REPLACED)
 
@@ -319,7 +304,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
 class _EventsWriter:
     """The events frames of every engine socket of this process, those that wait for a
-    transaction stored together (gateway.events_many): at most CONCURRENT transactions at once,
+    transaction stored together (batches.events_many): at most CONCURRENT transactions at once,
     each taking the frames waiting when it starts, up to MAX_EVENTS events.
 
     Engines send small frames, and a small frame's transaction costs PostgreSQL and this process
@@ -338,15 +323,15 @@ class _EventsWriter:
     ALONE_FROM = COPY_MIN_ROWS
 
     def __init__(self) -> None:
-        self._pending: list[tuple[int, gateway.Decoded, asyncio.Future[gateway.Outcome]]] = []
+        self._pending: list[tuple[int, decoding.Decoded, asyncio.Future[batches.Outcome]]] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def store(
-        self, engine_id: int, decoded: gateway.Decoded
+        self, engine_id: int, decoded: decoding.Decoded
     ) -> tuple[list[p.ServerFrame], Any]:
         if len(decoded.events or ()) >= self.ALONE_FROM:
-            (outcome,) = await database_sync_to_async(gateway.events_many, thread_sensitive=False)(
+            (outcome,) = await database_sync_to_async(batches.events_many, thread_sensitive=False)(
                 [(engine_id, decoded)]
             )
         else:
@@ -355,8 +340,8 @@ class _EventsWriter:
             raise outcome
         return outcome
 
-    async def _grouped(self, engine_id: int, decoded: gateway.Decoded) -> gateway.Outcome:
-        future: asyncio.Future[gateway.Outcome] = asyncio.get_running_loop().create_future()
+    async def _grouped(self, engine_id: int, decoded: decoding.Decoded) -> batches.Outcome:
+        future: asyncio.Future[batches.Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append((engine_id, decoded, future))
         if self._running < self.CONCURRENT:
             self._running += 1
@@ -384,8 +369,8 @@ class _EventsWriter:
                     count += size
                 self._pending = rest
                 try:
-                    outcomes: list[gateway.Outcome] = await database_sync_to_async(
-                        gateway.events_many, thread_sensitive=False
+                    outcomes: list[batches.Outcome] = await database_sync_to_async(
+                        batches.events_many, thread_sensitive=False
                     )([(engine_id, decoded) for engine_id, decoded, _ in batch])
                 except Exception as exc:  # not even tried (no thread, no connection)
                     outcomes = [exc] * len(batch)

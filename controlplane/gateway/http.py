@@ -17,11 +17,12 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from controlplane import events, gateway
+from controlplane import events
 from controlplane.commands import delivery
+from controlplane.gateway import batches, decoding, session
+from controlplane.gateway.ratelimit import TokenBucket
 from controlplane.input_guard import frames_checked_by_the_view
 from controlplane.models import Engine
-from controlplane.ratelimit import TokenBucket
 from engine_sdk import protocol as p
 
 JSON = "application/json"
@@ -33,7 +34,7 @@ def _frames(frames: list[p.ServerFrame], status: int = 200) -> HttpResponse:
 
 
 def _authenticate(request: HttpRequest) -> Engine | HttpResponse:
-    engine = gateway.engine_by_token(gateway.bearer_token(request.headers))
+    engine = session.engine_by_token(decoding.bearer_token(request.headers))
     if engine is None:
         response = _frames(
             [p.Error(code="unauthorized", message="missing or invalid engine bearer token")], 401
@@ -82,9 +83,9 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     except RequestDataTooBig:  # DATA_UPLOAD_MAX_MEMORY_SIZE, above the protocol's own limit
         message = f"the body is over the limit of {p.MAX_FRAME_BYTES} bytes: send smaller batches"
         return _frames([p.Error(code="frame_too_large", message=message)], 400)
-    decoded = gateway.decode_frame(body)
+    decoded = decoding.decode_frame(body)
     if decoded.events is not None:
-        frames, result = gateway.events(engine.pk, decoded)
+        frames, result = batches.events(engine.pk, decoded)
         if result is not None and result.stored:
             events.announce(events.engines_changed, engine_ids=[engine.pk])
         status = 503 if result is None else 200
@@ -93,14 +94,14 @@ def post_frame(request: HttpRequest) -> HttpResponse:
     if frame is None:
         return _frames(decoded.errors, 400)
     if isinstance(frame, p.Hello):
-        frames = gateway.hello(engine, frame, connection_id=None)
+        frames = session.hello(engine, frame, connection_id=None)
         if isinstance(frames[0], p.Welcome):
             return _frames(frames)
         unauthorized = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
         return _frames(frames, 401 if unauthorized else 400)
     if isinstance(frame, p.Events):  # decoded.events is set for every events frame
         return _frames([])
-    commands = gateway.record(engine.pk, frame)
+    commands = session.record(engine.pk, frame)
     # Over HTTP the answer to a heartbeat is the server's liveness signal (the dead-man's),
     # followed by any command not delivered yet.
     if isinstance(frame, p.Heartbeat):
