@@ -126,18 +126,6 @@ class Publisher:
             self._loop = loop
             self._task = loop.create_task(self._run(), name="live-publisher")
 
-    def mark_soon(self, engine_id: int) -> None:
-        """The same from any thread (the HTTP engine endpoints run in worker threads)."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None:
-            self.mark(engine_id)
-        elif loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(self.mark, engine_id)
-
     async def _run(self) -> None:
         # Runs while there is something to publish, then ends; the next mark starts it again.
         # The first change is published at once; later ones wait for the rest of the interval.

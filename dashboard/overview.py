@@ -47,12 +47,6 @@ from controlplane.models import (
 ZERO = Decimal(0)
 
 
-def session_start(now: datetime | None = None) -> datetime:
-    """Day P&L and today's counts start at 00:00 UTC, as the gateway's day P&L does."""
-    now = now or datetime.now(UTC)
-    return now.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 def connection_status(engine: Engine, now: datetime) -> str:
     if engine.stopped:
         return "stopped"  # shut down on purpose: not lost, not down

@@ -6,7 +6,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from risk import selectors
-from risk.models import PRE_TRADE, RiskEvent
+from risk.models import RiskEvent
 
 
 @require_GET
@@ -15,7 +15,7 @@ def limits(request: HttpRequest) -> HttpResponse:
     """Every limit with each engine's utilisation; engines still on older limits."""
     rows = selectors.limits_overview()
     for row in rows:
-        row["pre_trade"] = row["limit"].kind in PRE_TRADE
+        row["pre_trade"] = row["limit"].pre_trade
         for state in row["states"]:
             state.bar = min(max(state.utilisation, 0.0), 100.0)
             state.colour = {"ok": "green", "warning": "amber", "breached": "red"}[state.level]
