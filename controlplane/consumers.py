@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from controlplane import delivery, events, gateway
-from controlplane.ingest import COPY_MIN_ROWS
+from controlplane.ingest.store import COPY_MIN_ROWS
 from controlplane.loops import PerLoop
 from controlplane.ratelimit import TokenBucket
 from engine_sdk import protocol as p

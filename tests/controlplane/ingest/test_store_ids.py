@@ -13,7 +13,7 @@ import pytest
 from alerts import evaluation
 from alerts.models import Alert
 from controlplane import gateway
-from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_batches, ingest_events
 from controlplane.models import Engine, EngineEvent, EngineLog, Fill, Order, Position
 from engine_sdk import protocol as p
 from tests.gateway import factories as f

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from django.db import connection
 
-from controlplane.ingest import COPY_MIN_ROWS, ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_events
 from controlplane.models import (
     AccountSnapshot,
     Engine,

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from django.db import connection
 
-from controlplane.ingest import _Position, apply_fill, ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import (
     AccountSnapshot,
     Engine,
@@ -186,29 +186,6 @@ def test_position_ledger_realises_pnl_and_flips_through_zero(engine):
     assert pos.quantity == Decimal("-50")
     assert pos.avg_price == Decimal("12")  # the remaining short opened at the flip price
     assert pos.realized_pnl == Decimal("198.5")  # 100 * (12 - 10) - 1.5 fee
-
-
-def test_apply_fill_handles_shorts_and_multipliers():
-    pos = _Position(instrument_id=1)
-    apply_fill(
-        pos,
-        side="sell",
-        quantity=Decimal(2),
-        price=Decimal(100),
-        fee=Decimal(0),
-        multiplier=Decimal(50),
-    )
-    apply_fill(
-        pos,
-        side="buy",
-        quantity=Decimal(1),
-        price=Decimal(90),
-        fee=Decimal(0),
-        multiplier=Decimal(50),
-    )
-    assert pos.quantity == Decimal(-1)
-    assert pos.avg_price == Decimal(100)
-    assert pos.realized_pnl == Decimal(500)  # 1 contract * 10 points * 50
 
 
 def test_a_reported_position_that_disagrees_with_the_ledger_is_flagged_until_it_agrees(engine):

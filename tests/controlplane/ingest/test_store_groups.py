@@ -12,11 +12,11 @@ from channels.db import database_sync_to_async
 from django.db import connection
 
 from controlplane import consumers, gateway
-from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_batches, ingest_events
 from controlplane.models import EngineLog, Fill, MetricSample, Position
 from engine_sdk import protocol as p
+from tests.controlplane.ingest.test_store_round_trips import NOW, _statements, _stored, _stream
 from tests.gateway import factories as f
-from tests.gateway.test_ingest_round_trips import NOW, _statements, _stored, _stream
 
 pytestmark = pytest.mark.django_db
 
