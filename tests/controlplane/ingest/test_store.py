@@ -253,13 +253,22 @@ def test_a_batch_is_one_frame_of_its_stored_events_in_seq_order(engine):
     assert [(first, last) for first, last, _ in frames] == [(1, 2), (4, 4)]
     assert [[e["seq"] for e in json.loads(text)] for _, _, text in frames] == [[1, 2], [4]]
     assert json.loads(frames[1][2])[0] == {
-        "kind": "fill", "seq": 4, "ts": "2026-11-23T14:00:04Z", "fill_id": "f-1",
-        "client_order_id": "o-1", "symbol": "AAPL", "side": "buy", "quantity": "10",
-        "price": "190.25", "fee": "0",
-    }  # fmt: skip
+        "kind": "fill",
+        "seq": 4,
+        "ts": "2026-11-23T14:00:04Z",
+        "fill_id": "f-1",
+        "client_order_id": "o-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": "10",
+        "price": "190.25",
+        "fee": "0",
+    }
     assert list(EngineEvent.objects.filter(engine=engine).values_list("seq", "kind")) == [
-        (1, "order"), (2, "metric"), (4, "fill"),
-    ]  # fmt: skip
+        (1, "order"),
+        (2, "metric"),
+        (4, "fill"),
+    ]
 
 
 def test_the_event_log_reads_back_through_the_orm_as_sent(engine):
