@@ -192,7 +192,8 @@ def position_pct(engine: Engine, now: datetime) -> float | None:
 
 
 def _reused_id_lines(engine: Engine) -> QuerySet[EngineLog]:
-    # The ingest logs each event it refuses for reusing an id (controlplane.ingest._refuse_id).
+    # The ingest logs each event it refuses for reusing an id
+    # (controlplane.ingest.store._refuse_id).
     return EngineLog.objects.filter(engine=engine, level="error", context__code="duplicate_id")
 
 

@@ -204,16 +204,21 @@ class Order(models.Model):
     OrderType = wire_choices("OrderType", p.OrderType)
 
     # No index of its own: order_unique_id and order_engine_recent_idx both start with it, and
-    # every index is one more write for each order the engines report.
+    # every index is one more write for each order the engines report. No foreign key in the
+    # database for engine and instrument (migration 0008): the ingest checks them set-based.
     engine = models.ForeignKey(
-        Engine, on_delete=models.CASCADE, related_name="orders", db_index=False
+        Engine, on_delete=models.CASCADE, related_name="orders", db_index=False, db_constraint=False
     )
     client_order_id = models.CharField(max_length=64)
     broker_order_id = models.CharField(max_length=64, blank=True)
     # No index: only deleting an instrument reads orders by it (Django's PROTECT check, which
     # then scans), and every index is one more write for each order reported.
     instrument = models.ForeignKey(
-        Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False
+        Instrument,
+        on_delete=models.PROTECT,
+        related_name="orders",
+        db_index=False,
+        db_constraint=False,
     )
     side = models.CharField(max_length=4, choices=Side.choices)
     order_type = models.CharField(max_length=10, choices=OrderType.choices)
@@ -252,7 +257,12 @@ class Order(models.Model):
 
 
 class Fill(models.Model):
-    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="fills")
+    # No foreign keys in the database (migration 0005): the ingest checks them set-based, once a
+    # batch, and deletes go through Django's collector, which applies on_delete itself. No index
+    # of its own for engine either: fill_unique_id and fill_engine_recent_idx both start with it.
+    engine = models.ForeignKey(
+        Engine, on_delete=models.CASCADE, related_name="fills", db_index=False, db_constraint=False
+    )
     fill_id = models.CharField(max_length=64)
     # Neither has an index: nothing reads fills by order or by instrument but Django's checks
     # when one is deleted (rare, and they then scan), where each index cost every fill stored
@@ -260,10 +270,14 @@ class Fill(models.Model):
     # RESTRICT, not PROTECT: an order with fills cannot be deleted on its own, but deleting
     # the engine deletes both (PROTECT refused to delete any engine that had a fill).
     order = models.ForeignKey(
-        Order, on_delete=models.RESTRICT, related_name="fills", db_index=False
+        Order, on_delete=models.RESTRICT, related_name="fills", db_index=False, db_constraint=False
     )
     instrument = models.ForeignKey(
-        Instrument, on_delete=models.PROTECT, related_name="fills", db_index=False
+        Instrument,
+        on_delete=models.PROTECT,
+        related_name="fills",
+        db_index=False,
+        db_constraint=False,
     )
     side = models.CharField(max_length=4, choices=Side.choices)
     quantity = models.DecimalField(**QTY)
@@ -478,16 +492,29 @@ class Command(models.Model):
     # a fleet kill writes a hundred commands while every engine waits. (The database has no
     # foreign keys for engine, batch and issued_by either: migration 0010.)
     engine = models.ForeignKey(
-        Engine, on_delete=models.CASCADE, related_name="commands", db_index=False
+        Engine,
+        on_delete=models.CASCADE,
+        related_name="commands",
+        db_index=False,
+        db_constraint=False,
     )
     batch = models.ForeignKey(
-        CommandBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="commands"
+        CommandBatch,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="commands",
+        db_constraint=False,
     )
     kind = models.CharField(max_length=12, choices=CommandKind.choices)
     params = models.JSONField(default=dict, blank=True)
     reason = models.TextField()
     issued_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        db_constraint=False,
     )
     # "alice", or "limit:12 max_daily_loss" when a risk limit issued it.
     issued_by_label = models.CharField(max_length=150)

@@ -19,7 +19,7 @@ from django.db.models.functions import Greatest
 from controlplane import partitions
 from controlplane.events import announce, batch_stored
 from controlplane.gateway.decoding import Decoded
-from controlplane.ingest import IngestResult, UnknownEngine, ingest_batches
+from controlplane.ingest.store import IngestResult, UnknownEngine, ingest_batches
 from controlplane.models import Engine
 from controlplane.sqlscript import json_text
 from engine_sdk import protocol as p

@@ -17,7 +17,7 @@ from controlplane.commands import delivery, lifecycle
 from controlplane.gateway import batches, decoding, session
 from controlplane.gateway.ratelimit import TokenBucket
 from controlplane.hub import DirectDispatch
-from controlplane.ingest import COPY_MIN_ROWS
+from controlplane.ingest.store import COPY_MIN_ROWS
 from controlplane.loops import PerLoop
 from engine_sdk import protocol as p
 

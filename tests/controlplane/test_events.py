@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from controlplane import events, hub
-from controlplane.ingest import IngestResult
+from controlplane.ingest.store import IngestResult
 from controlplane.models import Fill
 from engine_sdk import protocol as p
 from risk.models import LimitKind, RiskLimit, Scope

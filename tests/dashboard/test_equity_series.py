@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine
 from dashboard import live, overview
 from engine_sdk import protocol as p

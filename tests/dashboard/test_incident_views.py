@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from controlplane.commands import issuing, resume
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine, ResumeRequest
 from dashboard import overview
 from engine_sdk import protocol as p

@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 
 from controlplane import services
 from controlplane.commands import issuing
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine, Instrument, Position
 from engine_sdk import protocol as p
 from tests.gateway import factories as f

@@ -19,7 +19,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
 from controlplane.commands import issuing, resume
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine
 from engine_sdk import protocol as p
 from tests.conftest import PASSWORD

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from django.db.models import Q
 
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine, Fill, Order
 from dashboard import overview
 from engine_sdk import protocol as p

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from controlplane import services
 from controlplane.config.asgi import application
 from controlplane.gateway import batches, decoding
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine, EngineEvent
 from engine_sdk import protocol as p
 from tests.gateway import factories as f

@@ -17,7 +17,7 @@ from alerts import rule_metrics
 from alerts.evaluation import evaluate_engine
 from alerts.models import Alert, AlertRule
 from controlplane.gateway import batches, decoding
-from controlplane.ingest import ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import (
     AccountSnapshot,
     Engine,

@@ -13,7 +13,7 @@ import pytest
 from alerts import evaluation
 from alerts.models import Alert
 from controlplane.gateway import batches, decoding
-from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_batches, ingest_events
 from controlplane.models import Engine, EngineEvent, EngineLog, Fill, Order, Position
 from engine_sdk import protocol as p
 from tests.gateway import factories as f
@@ -130,13 +130,13 @@ def test_the_field_names_the_event_by_its_place_in_the_frame_past_events_refused
     raw = json_events(f.metric(3), f.fill(4, "f-1", "o-1", qty="12"))
     raw.insert(0, {"kind": "metric", "seq": 5, "ts": "not a time", "name": "x", "value": 1})
 
-    frames, _ = batches.events(engine.pk, decoding.decode_frame(msgspec.json.encode(
-        {"type": "events", "events": raw}
-    )))  # fmt: skip
+    frame = msgspec.json.encode({"type": "events", "events": raw})
+    frames, _ = batches.events(engine.pk, decoding.decode_frame(frame))
 
     assert [(e.code, e.field) for e in frames[:-1]] == [
-        ("invalid_event", "events[0].ts"), ("duplicate_id", "events[2].fill_id"),
-    ]  # fmt: skip
+        ("invalid_event", "events[0].ts"),
+        ("duplicate_id", "events[2].fill_id"),
+    ]
 
 
 @pytest.mark.asyncio
@@ -194,11 +194,9 @@ def test_in_a_group_only_the_engine_that_reuses_a_fill_id_is_refused(make_engine
     reuser, other = make_engine("reuser")[0], make_engine("other")[0]
     ingest_events(engine_id=reuser.pk, events=[f.order(1, "o-1"), f.fill(2, "f-1", "o-1")])
 
-    results = ingest_batches([
-        (reuser.pk, [f.fill(3, "f-1", "o-1", price="1"), *_many_fills(4, bulk)]),
-        (other.pk, [f.order(1, "o-1"), f.fill(2, "f-1", "o-1", price="1"),
-                    *_many_fills(3, bulk)]),
-    ])  # fmt: skip
+    reused = [f.fill(3, "f-1", "o-1", price="1"), *_many_fills(4, bulk)]
+    fresh = [f.order(1, "o-1"), f.fill(2, "f-1", "o-1", price="1"), *_many_fills(3, bulk)]
+    results = ingest_batches([(reuser.pk, reused), (other.pk, fresh)])
 
     assert [(e.code, e.seq) for e in results[0].errors] == [("duplicate_id", 3)]
     assert results[1].errors == []
@@ -325,9 +323,11 @@ def test_an_amended_order_s_first_reports_replayed_after_its_end_are_silent(engi
     )
 
     # An engine that lost its journal reports its history again, under new seqs.
-    history = [f.order(1, "o-1", qty="100", status="new"),
-               f.order(2, "o-1", qty="80", status="accepted"),
-               f.order(3, "o-1", qty="80", status="cancelled")]  # fmt: skip
+    history = [
+        f.order(1, "o-1", qty="100", status="new"),
+        f.order(2, "o-1", qty="80", status="accepted"),
+        f.order(3, "o-1", qty="80", status="cancelled"),
+    ]
     frames = _send(engine, *(msgspec.structs.replace(o, seq=o.seq + 3) for o in history))
 
     assert frames == [p.Ack(seq=6)]
@@ -337,14 +337,18 @@ def test_an_amended_order_s_first_reports_replayed_after_its_end_are_silent(engi
 
 def test_engines_have_their_own_client_order_ids_and_fill_ids(make_engine):
     first, second = make_engine("first")[0], make_engine("second")[0]
-    ended = [f.order(1, "o-1", status="new"), f.fill(2, "f-1", "o-1", qty="100"),
-             f.order(3, "o-1", status="filled", filled="100")]  # fmt: skip
+    ended = [
+        f.order(1, "o-1", status="new"),
+        f.fill(2, "f-1", "o-1", qty="100"),
+        f.order(3, "o-1", status="filled", filled="100"),
+    ]
     ingest_events(engine_id=first.pk, events=ended)
 
-    result = ingest_events(engine_id=second.pk, events=[
+    same_ids = [
         f.order(1, "o-1", symbol="MSFT", side="sell", status="new"),
         f.fill(2, "f-1", "o-1", symbol="MSFT", side="sell", qty="3", price="400"),
-    ])  # fmt: skip
+    ]
+    result = ingest_events(engine_id=second.pk, events=same_ids)
 
     assert result.errors == []
     assert _order(first, "o-1") == ("AAPL", "buy", 100, "filled", 100, 3)

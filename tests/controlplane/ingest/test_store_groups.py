@@ -1,4 +1,4 @@
-"""Several engines' batches stored in one transaction (ingest.ingest_batches), as the socket's
+"""Several engines' batches stored in one transaction (ingest.store.ingest_batches), as the socket's
 writer does with the frames that wait together (socket._EventsWriter): they store exactly what
 each batch alone would, and one engine's refused batch costs the others nothing."""
 
@@ -12,11 +12,11 @@ from channels.db import database_sync_to_async
 from django.db import connection
 
 from controlplane.gateway import batches, decoding, socket
-from controlplane.ingest import COPY_MIN_ROWS, ingest_batches, ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_batches, ingest_events
 from controlplane.models import EngineLog, Fill, MetricSample, Position
 from engine_sdk import protocol as p
+from tests.controlplane.ingest.test_store_round_trips import NOW, _statements, _stored, _stream
 from tests.gateway import factories as f
-from tests.gateway.test_ingest_round_trips import NOW, _statements, _stored, _stream
 
 pytestmark = pytest.mark.django_db
 
@@ -61,9 +61,14 @@ def test_a_group_takes_two_round_trips_whatever_its_number_of_engines(make_engin
     engines = [make_engine(f"e-{n}")[0] for n in range(5)]
     ingest_events(engine_id=make_engine("first")[0].pk, events=[f.order(1, "o-0")])  # AAPL known
     batch = [
-        f.order(1, "o-1"), f.fill(2, "f-1", "o-1"), f.position(3, "100"), f.metric(4),
-        f.log(5), f.account(6, "1000"), f.state(7, "ACTIVE"),
-    ]  # fmt: skip
+        f.order(1, "o-1"),
+        f.fill(2, "f-1", "o-1"),
+        f.position(3, "100"),
+        f.metric(4),
+        f.log(5),
+        f.account(6, "1000"),
+        f.state(7, "ACTIVE"),
+    ]
 
     sent = _statements(lambda: ingest_batches([(e.pk, batch) for e in engines]))
 
@@ -79,15 +84,16 @@ def test_each_engine_keeps_its_own_watermark_in_a_group(make_engine):
     ahead, behind = make_engine("ahead")[0], make_engine("behind")[0]
     ingest_events(engine_id=ahead.pk, events=[f.metric(1, value=1.0), f.metric(2, value=2.0)])
 
-    results = ingest_batches([
+    batches = [
         (ahead.pk, [f.metric(2, value=9.0), f.metric(3, value=3.0)]),
         (behind.pk, [f.metric(1, value=1.0)]),
-    ])  # fmt: skip
+    ]
+    results = ingest_batches(batches)
 
     assert [(r.ack_seq, r.stored, r.replayed) for r in results] == [(3, 1, 1), (1, 1, 0)]
     assert [r.engine.pk for r in results] == [ahead.pk, behind.pk]
-    assert list(MetricSample.objects.filter(engine=ahead).order_by("seq")
-                .values_list("seq", "value")) == [(1, 1.0), (2, 2.0), (3, 3.0)]  # fmt: skip
+    samples = MetricSample.objects.filter(engine=ahead).order_by("seq")
+    assert list(samples.values_list("seq", "value")) == [(1, 1.0), (2, 2.0), (3, 3.0)]
 
 
 def test_a_stored_fill_id_resent_in_a_large_group_is_counted_once(make_engine):
@@ -120,11 +126,12 @@ def test_a_batch_the_database_refuses_costs_the_others_in_its_group_nothing(make
     # Equity falls from 1 to -9,999,999: a drawdown of 10^9 %, which its column cannot hold.
     overflow = f.account(4, "-9999999")
 
-    outcomes = batches.events_many([
+    groups = [
         (good.pk, _decoded(f.metric(1), f.account(2, "1000"))),
         (bad.pk, _decoded(f.metric(2), f.account(3, "1"), overflow, f.metric(5))),
         (gone_id, _decoded(f.metric(1))),
-    ])  # fmt: skip
+    ]
+    outcomes = batches.events_many(groups)
 
     good_frames, good_result = outcomes[0]
     assert good_frames[-1] == p.Ack(seq=2)

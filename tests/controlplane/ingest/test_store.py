@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from django.db import connection
 
-from controlplane.ingest import _Position, apply_fill, ingest_events
+from controlplane.ingest.store import ingest_events
 from controlplane.models import (
     AccountSnapshot,
     Engine,
@@ -188,29 +188,6 @@ def test_position_ledger_realises_pnl_and_flips_through_zero(engine):
     assert pos.realized_pnl == Decimal("198.5")  # 100 * (12 - 10) - 1.5 fee
 
 
-def test_apply_fill_handles_shorts_and_multipliers():
-    pos = _Position(instrument_id=1)
-    apply_fill(
-        pos,
-        side="sell",
-        quantity=Decimal(2),
-        price=Decimal(100),
-        fee=Decimal(0),
-        multiplier=Decimal(50),
-    )
-    apply_fill(
-        pos,
-        side="buy",
-        quantity=Decimal(1),
-        price=Decimal(90),
-        fee=Decimal(0),
-        multiplier=Decimal(50),
-    )
-    assert pos.quantity == Decimal(-1)
-    assert pos.avg_price == Decimal(100)
-    assert pos.realized_pnl == Decimal(500)  # 1 contract * 10 points * 50
-
-
 def test_a_reported_position_that_disagrees_with_the_ledger_is_flagged_until_it_agrees(engine):
     _ingest(engine, f.order(1, "o-1"), f.fill(2, "f-1", "o-1", qty="10"), f.position(3, "12"))
     pos = Position.objects.get(engine=engine)
@@ -276,13 +253,22 @@ def test_a_batch_is_one_frame_of_its_stored_events_in_seq_order(engine):
     assert [(first, last) for first, last, _ in frames] == [(1, 2), (4, 4)]
     assert [[e["seq"] for e in json.loads(text)] for _, _, text in frames] == [[1, 2], [4]]
     assert json.loads(frames[1][2])[0] == {
-        "kind": "fill", "seq": 4, "ts": "2026-11-23T14:00:04Z", "fill_id": "f-1",
-        "client_order_id": "o-1", "symbol": "AAPL", "side": "buy", "quantity": "10",
-        "price": "190.25", "fee": "0",
-    }  # fmt: skip
+        "kind": "fill",
+        "seq": 4,
+        "ts": "2026-11-23T14:00:04Z",
+        "fill_id": "f-1",
+        "client_order_id": "o-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": "10",
+        "price": "190.25",
+        "fee": "0",
+    }
     assert list(EngineEvent.objects.filter(engine=engine).values_list("seq", "kind")) == [
-        (1, "order"), (2, "metric"), (4, "fill"),
-    ]  # fmt: skip
+        (1, "order"),
+        (2, "metric"),
+        (4, "fill"),
+    ]
 
 
 def test_the_event_log_reads_back_through_the_orm_as_sent(engine):

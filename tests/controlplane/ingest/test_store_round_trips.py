@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from django.db import connection
 
-from controlplane.ingest import COPY_MIN_ROWS, ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_events
 from controlplane.models import (
     AccountSnapshot,
     Engine,
@@ -45,19 +45,18 @@ def _stream(orders: int) -> list[p.Event]:
         side = "buy" if n % 3 else "sell"
         coid = f"o-{n}" if n % 4 else f"o-{n}-{ODD}"
         expected = str(100 + n % 9)
-        add(f.order(0, coid, symbol=symbol, side=side, qty="30", expected=expected))
-        add(f.fill(0, f"f-{n}-a", coid, symbol=symbol, side=side, qty="10",
-                   price=f"{100 + n % 11}.25", fee="0.01"))  # fmt: skip
-        add(f.fill(0, f"f-{n}-b", coid, symbol=symbol, side=side, qty="20", price="101.5"))
+        same = {"symbol": symbol, "side": side}
+        first = {"qty": "10", "price": f"{100 + n % 11}.25", "fee": "0.01"}
+        add(f.order(0, coid, qty="30", expected=expected, **same))
+        add(f.fill(0, f"f-{n}-a", coid, **first, **same))
+        add(f.fill(0, f"f-{n}-b", coid, qty="20", price="101.5", **same))
         if n % 10 == 3:  # replayed: counted once
-            add(f.fill(0, f"f-{n}-a", coid, symbol=symbol, side=side, qty="10",
-                       price=f"{100 + n % 11}.25", fee="0.01"))  # fmt: skip
+            add(f.fill(0, f"f-{n}-a", coid, **first, **same))
         if n % 20 == 13:  # reused for another fill: refused
-            add(f.fill(0, f"f-{n}-b", coid, symbol=symbol, side=side, qty="20", price="102"))
+            add(f.fill(0, f"f-{n}-b", coid, qty="20", price="102", **same))
         if n % 25 == 7:
             add(f.fill(0, f"f-{n}-x", "never-sent", symbol=symbol))
-        add(f.order(0, coid, symbol=symbol, side=side, qty="30", status="filled", filled="30",
-                    expected=expected))  # fmt: skip
+        add(f.order(0, coid, qty="30", status="filled", filled="30", expected=expected, **same))
         if n % 30 == 17:  # the id reused for a new order after this one filled: refused
             add(f.order(0, coid, symbol=symbol, side=side, qty="31", status="new"))
         if n % 6 == 0:
@@ -228,10 +227,16 @@ def test_a_small_batch_takes_two_round_trips_and_a_replayed_one_takes_one(engine
     engine = engine_and_token[0]
     ingest_events(engine_id=engine.pk, events=[f.order(1, "o-1", symbol="AAPL")])
     batch = [
-        f.order(2, "o-2"), f.fill(3, "f-1", "o-2"), f.fill(4, "f-2", "o-1"),
-        f.order(5, "o-2", status="filled", filled="20"), f.position(6, "20"), f.metric(7),
-        f.log(8), f.account(9, "1000"), f.state(10, "ACTIVE"),
-    ]  # fmt: skip
+        f.order(2, "o-2"),
+        f.fill(3, "f-1", "o-2"),
+        f.fill(4, "f-2", "o-1"),
+        f.order(5, "o-2", status="filled", filled="20"),
+        f.position(6, "20"),
+        f.metric(7),
+        f.log(8),
+        f.account(9, "1000"),
+        f.state(10, "ACTIVE"),
+    ]
 
     assert len(_statements(lambda: ingest_events(engine_id=engine.pk, events=batch))) == 2
     assert len(_statements(lambda: ingest_events(engine_id=engine.pk, events=batch))) == 1
@@ -268,6 +273,7 @@ def test_a_large_batch_resending_a_stored_fill_id_under_a_new_seq_stores_the_oth
     position = Position.objects.get(engine=engine)
     assert position.quantity == Decimal(len(fills))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM controlplane_engineevent WHERE engine_id = %s",
-                       [engine.pk])  # fmt: skip
+        cursor.execute(
+            "SELECT count(*) FROM controlplane_engineevent WHERE engine_id = %s", [engine.pk]
+        )
         assert cursor.fetchone() == (2 + len(fills) - 1,)
