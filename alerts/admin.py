@@ -132,8 +132,20 @@ class NotificationAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     list_select_related = ("channel",)
     search_fields = ("key", "subject")
     date_hierarchy = "created_at"
-    fields = ("key", "alert", "channel", "event", "status", "attempts", "last_error",
-              "claimed_until", "created_at", "sent_at", "subject", "body")  # fmt: skip
+    fields = (
+        "key",
+        "alert",
+        "channel",
+        "event",
+        "status",
+        "attempts",
+        "last_error",
+        "claimed_until",
+        "created_at",
+        "sent_at",
+        "subject",
+        "body",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -160,23 +172,49 @@ class AlertRuleForm(forms.ModelForm):
     metric = forms.ChoiceField(
         choices=metric_choices,
         help_text="What the rule watches, for each engine in its scope (docs/alerts.md).",
-        error_messages={"invalid_choice": "%(value)s is not a metric of the registry: choose one "
-                                          "of the list (docs/alerts.md, the metric registry)."},
-    )  # fmt: skip
+        error_messages={
+            "invalid_choice": "%(value)s is not a metric of the registry: choose one "
+            "of the list (docs/alerts.md, the metric registry)."
+        },
+    )
 
     class Meta:
         model = AlertRule
-        fields = ("name", "metric", "comparator", "threshold", "hysteresis", "pending_s",
-                  "severity", "scope", "scope_value", "channels", "repeat_interval_s",
-                  "escalate_after_s", "escalation_channels", "action", "enabled",
-                  "description")  # fmt: skip
+        fields = (
+            "name",
+            "metric",
+            "comparator",
+            "threshold",
+            "hysteresis",
+            "pending_s",
+            "severity",
+            "scope",
+            "scope_value",
+            "channels",
+            "repeat_interval_s",
+            "escalate_after_s",
+            "escalation_channels",
+            "action",
+            "enabled",
+            "description",
+        )
 
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
     form = AlertRuleForm
-    list_display = ("name", "metric", "comparator", "threshold", "severity", "scope",
-                    "scope_value", "action", "enabled", "notifies")  # fmt: skip
+    list_display = (
+        "name",
+        "metric",
+        "comparator",
+        "threshold",
+        "severity",
+        "scope",
+        "scope_value",
+        "action",
+        "enabled",
+        "notifies",
+    )
     list_filter = ("enabled", "severity", "scope", "action")
     search_fields = ("name", "metric", "description")
     filter_horizontal = ("channels", "escalation_channels")
@@ -200,8 +238,10 @@ class AlertRuleAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         if not form.instance.channels.filter(enabled=True).exists() and form.instance.enabled:
-            message = (f"{form.instance.name}: {NO_CHANNEL}: its alerts show in the app only; "
-                       "add a channel to have anyone told.")  # fmt: skip
+            message = (
+                f"{form.instance.name}: {NO_CHANNEL}: its alerts show in the app only; "
+                "add a channel to have anyone told."
+            )
             messages.warning(request, message)
 
 
@@ -210,8 +250,16 @@ class AlertRuleAdmin(admin.ModelAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(BoundedDateHierarchy, admin.ModelAdmin):
-    list_display = ("started_at", "state", "severity", "summary", "engine", "rule",
-                    "acknowledged_at", "acknowledged_by_label")  # fmt: skip
+    list_display = (
+        "started_at",
+        "state",
+        "severity",
+        "summary",
+        "engine",
+        "rule",
+        "acknowledged_at",
+        "acknowledged_by_label",
+    )
     list_filter = ("state", "severity", "rule")
     list_select_related = ("engine", "rule")
     search_fields = ("summary",)
@@ -233,8 +281,9 @@ class AlertAdmin(BoundedDateHierarchy, admin.ModelAdmin):
     def has_acknowledge_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("alerts.acknowledge_alert")
 
-    @admin.action(description="Acknowledge (stops repeats and escalation)",
-                  permissions=["acknowledge"])  # fmt: skip
+    @admin.action(
+        description="Acknowledge (stops repeats and escalation)", permissions=["acknowledge"]
+    )
     def acknowledge(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         ip_address = client_ip(request)
         done = 0
@@ -284,9 +333,13 @@ class SilenceAdmin(admin.ModelAdmin):
             return
         silence = services.silence_create(
             actor=request.user,  # type: ignore[arg-type]
-            reason=obj.reason, ends_at=obj.ends_at, rule=obj.rule, engine=obj.engine,
-            tag=obj.tag, ip_address=client_ip(request),
-        )  # fmt: skip
+            reason=obj.reason,
+            ends_at=obj.ends_at,
+            rule=obj.rule,
+            engine=obj.engine,
+            tag=obj.tag,
+            ip_address=client_ip(request),
+        )
         obj.pk = silence.pk
         obj.starts_at = silence.starts_at
         obj.created_by = silence.created_by

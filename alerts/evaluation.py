@@ -79,8 +79,9 @@ def engine_down(engine: Engine | None, rule: AlertRule | None) -> bool:
     ).exists()
 
 
-def _notify(alert: Alert, event: str, *, sequence: int = 0, channels: Iterable | None = None,
-            now: datetime) -> bool:  # fmt: skip
+def _notify(
+    alert: Alert, event: str, *, sequence: int = 0, channels: Iterable | None = None, now: datetime
+) -> bool:
     """Enqueue the notifications of an event, unless silenced or suppressed; say whether sent."""
     if silenced(alert, alert.engine, now) or engine_down(alert.engine, alert.rule):
         return False
@@ -122,9 +123,14 @@ def step(rule: AlertRule, engine: Engine, value: float, *, now: datetime) -> Ale
         try:
             with transaction.atomic():
                 alert = Alert.objects.create(
-                    rule=rule, engine=engine, state=Alert.State.PENDING, severity=rule.severity,
-                    summary=summary(rule, engine, value, now=now), value=value, started_at=now,
-                )  # fmt: skip
+                    rule=rule,
+                    engine=engine,
+                    state=Alert.State.PENDING,
+                    severity=rule.severity,
+                    summary=summary(rule, engine, value, now=now),
+                    value=value,
+                    started_at=now,
+                )
         except IntegrityError:
             return None  # another worker opened it first
         if rule.pending_s == 0:
@@ -153,8 +159,10 @@ def summary(
     metric = METRICS.get(rule.metric)
     unit = f" {metric.unit}" if metric and metric.unit not in ("count", "") else ""
     where = engine.name if engine else "fleet"
-    text = (f"{where}: {rule.name}: {rule.metric} {value:.4g}{unit} "
-            f"{rule.get_comparator_display()} {rule.threshold:g}{unit}")  # fmt: skip
+    text = (
+        f"{where}: {rule.name}: {rule.metric} {value:.4g}{unit} "
+        f"{rule.get_comparator_display()} {rule.threshold:g}{unit}"
+    )
     # The figures behind the value (which id was reused, which positions are orphaned) say what
     # the comparison alone cannot.
     detail = (
@@ -225,9 +233,13 @@ def _act(alert: Alert) -> None:
     kind = CommandKind.KILL if rule.action == RuleAction.KILL else CommandKind.PAUSE
     params = {"flatten": True} if kind == CommandKind.KILL else {"cancel_open": True}
     issuing.command_issue(
-        kind=kind, selector=f"engine:{engine.name}", reason=alert.summary, params=params,
-        actor=None, actor_label=f"alert rule {rule.name}",
-    )  # fmt: skip
+        kind=kind,
+        selector=f"engine:{engine.name}",
+        reason=alert.summary,
+        params=params,
+        actor=None,
+        actor_label=f"alert rule {rule.name}",
+    )
 
 
 def repeat_and_escalate(*, now: datetime | None = None) -> int:
@@ -247,8 +259,9 @@ def repeat_and_escalate(*, now: datetime | None = None) -> int:
                 pk=alert.pk, last_notified_at=alert.last_notified_at, notifications_sent=sent
             ).update(last_notified_at=now, notifications_sent=sent + 1)
             if claimed == 1:
-                _notify(alert, Notification.Event.REPEAT, sequence=alert.notifications_sent,
-                        now=now)  # fmt: skip
+                _notify(
+                    alert, Notification.Event.REPEAT, sequence=alert.notifications_sent, now=now
+                )
                 moved += 1
         fired = alert.fired_at or alert.started_at
         if (
@@ -260,8 +273,12 @@ def repeat_and_escalate(*, now: datetime | None = None) -> int:
                 escalated_at=now
             )
             if claimed == 1:
-                _notify(alert, Notification.Event.ESCALATION,
-                        channels=list(rule.escalation_channels.all()), now=now)  # fmt: skip
+                _notify(
+                    alert,
+                    Notification.Event.ESCALATION,
+                    channels=list(rule.escalation_channels.all()),
+                    now=now,
+                )
                 moved += 1
     return moved
 

@@ -78,8 +78,7 @@ class _Debouncer:
                 try:
                     evaluate_engines_task.apply_async(args=[chunk], expires=30, retry=False)
                 except Exception:
-                    log.warning("engines %s: alert evaluation not scheduled", chunk,
-                                exc_info=True)  # fmt: skip
+                    log.warning("engines %s: alert evaluation not scheduled", chunk, exc_info=True)
             # Wake for new data, or when a gathered engine's window ends.
             self._wake.wait(timeout=wait)
             self._wake.clear()
@@ -155,9 +154,14 @@ def risk_event(event_id: int) -> None:
     try:
         with transaction.atomic():
             alert = Alert.objects.create(
-                rule=rule, source=source, engine=event.engine, state=Alert.State.PENDING,
-                severity=severity, summary=event.message[:300], value=event.utilisation,
-            )  # fmt: skip
+                rule=rule,
+                source=source,
+                engine=event.engine,
+                state=Alert.State.PENDING,
+                severity=severity,
+                summary=event.message[:300],
+                value=event.utilisation,
+            )
     except IntegrityError:
         return
     evaluation.fire(alert, now=now)

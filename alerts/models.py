@@ -137,8 +137,10 @@ class AlertRule(models.Model):
 
 
 def unknown_metric(name: str) -> str:
-    return (f"{name!r} is not a metric of the registry: choose one of the list "
-            "(docs/alerts.md, the metric registry).")  # fmt: skip
+    return (
+        f"{name!r} is not a metric of the registry: choose one of the list "
+        "(docs/alerts.md, the metric registry)."
+    )
 
 
 class Alert(models.Model):
@@ -149,14 +151,18 @@ class Alert(models.Model):
 
     OPEN = (State.PENDING, State.FIRING)
 
-    rule = models.ForeignKey(AlertRule, null=True, blank=True, on_delete=models.SET_NULL,
-                             related_name="alerts")  # fmt: skip
+    rule = models.ForeignKey(
+        AlertRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
+    )
     # Alerts not from a rule (a risk limit's warning or breach) say where they came from.
     source = models.CharField(max_length=64, default="rule")
     engine = models.ForeignKey(
-        "controlplane.Engine", null=True, blank=True, on_delete=models.CASCADE,
+        "controlplane.Engine",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
         related_name="alerts",
-    )  # fmt: skip
+    )
     state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
     severity = models.CharField(max_length=8, choices=Severity.choices)
     summary = models.CharField(max_length=300)
@@ -169,9 +175,12 @@ class Alert(models.Model):
     escalated_at = models.DateTimeField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
-    )  # fmt: skip
+    )
     acknowledged_by_label = models.CharField(max_length=150, blank=True)
 
     class Meta:
@@ -194,20 +203,27 @@ class Alert(models.Model):
 class Silence(models.Model):
     """While it lasts, matching alerts still change state but notify nobody."""
 
-    rule = models.ForeignKey(AlertRule, null=True, blank=True, on_delete=models.CASCADE,
-                             help_text="Empty: every rule.")  # fmt: skip
+    rule = models.ForeignKey(
+        AlertRule, null=True, blank=True, on_delete=models.CASCADE, help_text="Empty: every rule."
+    )
     engine = models.ForeignKey(
-        "controlplane.Engine", null=True, blank=True, on_delete=models.CASCADE,
+        "controlplane.Engine",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
         help_text="Empty: every engine.",
-    )  # fmt: skip
+    )
     tag = models.CharField(max_length=64, blank=True, help_text="Engines with this strategy tag.")
     starts_at = models.DateTimeField(default=timezone.now)
     ends_at = models.DateTimeField()
     reason = models.TextField()
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
-    )  # fmt: skip
+    )
     created_by_label = models.CharField(max_length=150, blank=True)
 
     class Meta:
@@ -238,10 +254,12 @@ class Notification(models.Model):
         FAILED = "failed"
 
     key = models.CharField(max_length=200, unique=True)
-    alert = models.ForeignKey(Alert, null=True, blank=True, on_delete=models.CASCADE,
-                              related_name="notifications")  # fmt: skip
-    channel = models.ForeignKey(NotificationChannel, on_delete=models.CASCADE,
-                                related_name="notifications")  # fmt: skip
+    alert = models.ForeignKey(
+        Alert, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.CASCADE, related_name="notifications"
+    )
     event = models.CharField(max_length=10, choices=Event.choices)
     subject = models.CharField(max_length=300)
     body = models.TextField()

@@ -140,9 +140,14 @@ def notification_enqueue(
             continue
         row, created = Notification.objects.get_or_create(
             key=f"{alert.pk}:{event}:{sequence}:{channel.pk}",
-            defaults={"alert": alert, "channel": channel, "event": event,
-                      "subject": subject, "body": body},
-        )  # fmt: skip
+            defaults={
+                "alert": alert,
+                "channel": channel,
+                "event": event,
+                "subject": subject,
+                "body": body,
+            },
+        )
         rows.append(row)
         if created:
             created_ids.append(row.pk)
@@ -262,12 +267,14 @@ def stuck_notification_ids(*, now: datetime | None = None, limit: int = 500) -> 
 def channel_test(*, channel: NotificationChannel) -> Notification:
     """Send a test message to ``channel`` now, through the same path; returns the row."""
     subject = f"[TEST] {channel.name}: the control plane can reach this channel"
-    body = "\n".join([
-        f"This is a test notification for the channel {channel.name!r} ({channel.kind}).",
-        "",
-        "Alerts routed to this channel will arrive here.",
-        f"Sent at {_when(timezone.now())}.",
-    ])  # fmt: skip
+    body = "\n".join(
+        [
+            f"This is a test notification for the channel {channel.name!r} ({channel.kind}).",
+            "",
+            "Alerts routed to this channel will arrive here.",
+            f"Sent at {_when(timezone.now())}.",
+        ]
+    )
     notification = Notification.objects.create(
         key=f"test:{channel.pk}:{uuid.uuid4().hex}",
         channel=channel,

@@ -184,8 +184,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not _authorised(request):
         message = "A valid bearer token is required.\n"
         if not settings.METRICS_TOKEN:
-            message = ("/metrics is closed: set METRICS_TOKEN (then send it as a bearer token), "
-                       "or METRICS_PUBLIC=true to open it.\n")  # fmt: skip
+            message = (
+                "/metrics is closed: set METRICS_TOKEN (then send it as a bearer token), "
+                "or METRICS_PUBLIC=true to open it.\n"
+            )
         response = HttpResponse(message, status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

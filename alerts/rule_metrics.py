@@ -104,9 +104,10 @@ def slippage_bps(engine: Engine, now: datetime) -> float | None:
 
 def fill_rate_pct(engine: Engine, now: datetime) -> float | None:
     counts = Order.objects.filter(
-        engine=engine, updated_at__gte=now - WINDOW,
+        engine=engine,
+        updated_at__gte=now - WINDOW,
         status__in=["filled", "cancelled", "rejected", "expired"],
-    ).aggregate(n=Count("pk"), filled=Count("pk", filter=Q(status="filled")))  # fmt: skip
+    ).aggregate(n=Count("pk"), filled=Count("pk", filter=Q(status="filled")))
     if counts["n"] < MIN_ORDERS:
         return None
     return 100.0 * counts["filled"] / counts["n"]
@@ -164,8 +165,10 @@ def orphaned_detail(engine: Engine, now: datetime) -> str:
     named = ", ".join(f"{symbol} {quantity.normalize():f}" for symbol, quantity, _ in positions[:8])
     more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
     gross = sum((exposure for _, _, exposure in positions), Decimal(0))
-    return (f"{how}, holding {len(positions)} position{'s' if len(positions) != 1 else ''} "
-            f"(gross exposure {gross:,.2f}): {named}{more}")  # fmt: skip
+    return (
+        f"{how}, holding {len(positions)} position{'s' if len(positions) != 1 else ''} "
+        f"(gross exposure {gross:,.2f}): {named}{more}"
+    )
 
 
 def position_mismatch_s(engine: Engine, now: datetime) -> float | None:

@@ -33,9 +33,10 @@ def sweep() -> int:
     """Every few seconds: rules that time alone can trip (an engine gone quiet), then repeats
     and escalations of firing alerts."""
     time_based = any(
-        METRICS[m].time_based for m in evaluation.AlertRule.objects.filter(enabled=True)
-        .values_list("metric", flat=True) if m in METRICS
-    )  # fmt: skip
+        METRICS[m].time_based
+        for m in evaluation.AlertRule.objects.filter(enabled=True).values_list("metric", flat=True)
+        if m in METRICS
+    )
     moved = 0
     if time_based:
         for engine_id in Engine.objects.filter(is_active=True).values_list("pk", flat=True):

@@ -23,8 +23,9 @@ SEVERITY_RANK = Case(
     default=Value(2),
     output_field=IntegerField(),
 )
-STATE_RANK = Case(When(state=Alert.State.FIRING, then=Value(0)), default=Value(1),
-                  output_field=IntegerField())  # fmt: skip
+STATE_RANK = Case(
+    When(state=Alert.State.FIRING, then=Value(0)), default=Value(1), output_field=IntegerField()
+)
 
 
 @require_GET
@@ -34,24 +35,30 @@ def alert_list(request: HttpRequest) -> HttpResponse:
     silent_rules = selectors.rules_without_channel()
     silent_ids = {rule.pk for rule in silent_rules}
     open_alerts = list(
-        Alert.objects.filter(state__in=Alert.OPEN).select_related("engine", "rule")
+        Alert.objects.filter(state__in=Alert.OPEN)
+        .select_related("engine", "rule")
         # Critical first, then warning, then info; firing before pending; newest first.
         .order_by(SEVERITY_RANK, STATE_RANK, "-started_at")
-    )  # fmt: skip
+    )
     for alert in open_alerts:
         # An alert without a rule (a risk limit's, with no risk-limit rule) reaches nobody.
         alert.no_channel = alert.rule_id is None or alert.rule_id in silent_ids
-    return render(request, "alerts/list.html", {
-        "open_alerts": open_alerts,
-        "silent_rules": silent_rules,
-        "resolved": Alert.objects.filter(state=Alert.State.RESOLVED)
-        .select_related("engine", "rule").order_by("-resolved_at")[:50],
-        "silences": Silence.objects.filter(ends_at__gt=now).select_related("rule", "engine"),
-        "rules": AlertRule.objects.order_by("name"),
-        "engines": Engine.objects.filter(is_active=True).order_by("name"),
-        "can_ack": request.user.has_perm("alerts.acknowledge_alert"),
-        "can_silence": request.user.has_perm("alerts.add_silence"),
-    })  # fmt: skip
+    return render(
+        request,
+        "alerts/list.html",
+        {
+            "open_alerts": open_alerts,
+            "silent_rules": silent_rules,
+            "resolved": Alert.objects.filter(state=Alert.State.RESOLVED)
+            .select_related("engine", "rule")
+            .order_by("-resolved_at")[:50],
+            "silences": Silence.objects.filter(ends_at__gt=now).select_related("rule", "engine"),
+            "rules": AlertRule.objects.order_by("name"),
+            "engines": Engine.objects.filter(is_active=True).order_by("name"),
+            "can_ack": request.user.has_perm("alerts.acknowledge_alert"),
+            "can_silence": request.user.has_perm("alerts.add_silence"),
+        },
+    )
 
 
 @require_GET
@@ -110,10 +117,14 @@ def silence(request: HttpRequest) -> HttpResponse:
     minutes = max(min(minutes, services.MAX_SILENCE // timedelta(minutes=1) + 1), 0)
     try:
         services.silence_create(
-            actor=request.user, reason=data.get("reason", ""),
-            ends_at=timezone.now() + timedelta(minutes=minutes), rule=rule, engine=engine,
-            tag=data.get("tag", ""), ip_address=client_ip(request),
-        )  # fmt: skip
+            actor=request.user,
+            reason=data.get("reason", ""),
+            ends_at=timezone.now() + timedelta(minutes=minutes),
+            rule=rule,
+            engine=engine,
+            tag=data.get("tag", ""),
+            ip_address=client_ip(request),
+        )
     except PermissionDenied as exc:
         messages.error(request, str(exc))
     except ValidationError as exc:

@@ -44,10 +44,19 @@ def start_uvicorn(
     """uvicorn with the product's options (or ``app``: another application, ``--factory ..``)
     on 127.0.0.1:``port``; returns once it listens."""
     command = [
-        sys.executable, "-m", "uvicorn", *(app or ["controlplane.config.asgi:application"]),
-        "--host", "127.0.0.1", "--port", str(port), *UVICORN_OPTIONS,
-        *(["--log-level", "warning"] if quiet else []), "--workers", str(workers),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        *(app or ["controlplane.config.asgi:application"]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *UVICORN_OPTIONS,
+        *(["--log-level", "warning"] if quiet else []),
+        "--workers",
+        str(workers),
+    ]
     server = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.monotonic() + 30
     while not embedded.port_in_use(port):

@@ -94,9 +94,15 @@ def setup_data(n_engines: int, hook_url: str) -> None:
     channel.target = hook_url
     channel.save()
     rule = AlertRule.objects.create(
-        name=RULE_NAME, metric="daily_pnl_pct", comparator="<", threshold=-3, hysteresis=0.5,
-        pending_s=0, severity="critical", repeat_interval_s=0,
-    )  # fmt: skip
+        name=RULE_NAME,
+        metric="daily_pnl_pct",
+        comparator="<",
+        threshold=-3,
+        hysteresis=0.5,
+        pending_s=0,
+        severity="critical",
+        repeat_interval_s=0,
+    )
     rule.channels.set([channel])
     AlertRule.objects.exclude(pk=rule.pk).update(enabled=False)
     tokens = {}
@@ -274,13 +280,20 @@ class Engine:
         from engine_sdk import protocol as p
 
         hello = p.Hello(
-            protocol=p.PROTOCOL_VERSION, engine_build="bench", config_hash="bench", mode="paper",
-            broker="bench", account="bench", trading_state="ACTIVE", last_seq=0,
-        )  # fmt: skip
+            protocol=p.PROTOCOL_VERSION,
+            engine_build="bench",
+            config_hash="bench",
+            mode="paper",
+            broker="bench",
+            account="bench",
+            trading_state="ACTIVE",
+            last_seq=0,
+        )
         async with websockets.connect(
-            self.ws_url, additional_headers={"Authorization": f"Bearer {self.token}"},
+            self.ws_url,
+            additional_headers={"Authorization": f"Bearer {self.token}"},
             compression=None,
-        ) as ws:  # fmt: skip
+        ) as ws:
             self.ws = ws
             await ws.send(p.encode(hello).decode())
             welcome = p.decode_server_frame(await ws.recv())
@@ -390,9 +403,11 @@ def product_rows(db_url: str) -> dict[tuple[str, str, float], dict[str, float]]:
 
 
 def print_stages(
-    breaches: list[Breach], rows: dict[tuple[str, str, float], dict[str, float]],
-    notes: list[tuple[str, str, Any, float]], engine_ids: dict[str, int],
-) -> None:  # fmt: skip
+    breaches: list[Breach],
+    rows: dict[tuple[str, str, float], dict[str, float]],
+    notes: list[tuple[str, str, Any, float]],
+    engine_ids: dict[str, int],
+) -> None:
     ms = 1000.0
     stages: dict[str, list[float]] = {}
 
@@ -445,8 +460,9 @@ def print_stages(
     print("where the time goes, counted breaches (ms; stages from the product's rows)")
     print(f"  {'':<50} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
     for name, values in stages.items():
-        cells = " ".join(f"{v:>8.1f}" for v in (pct(values, 50), pct(values, 90),
-                                                 pct(values, 99), max(values)))  # fmt: skip
+        cells = " ".join(
+            f"{v:>8.1f}" for v in (pct(values, 50), pct(values, 90), pct(values, 99), max(values))
+        )
         print(f"  {name:<50} {len(values):>5} {cells}")
 
 
@@ -514,31 +530,68 @@ def main() -> int:
         server = worker = None
         try:
             child_env = {
-                **env, "DATABASE_URL": db_url, "CONTROLPLANE_ENV": "demo", "DEBUG": "0",
-                "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-            }  # fmt: skip
+                **env,
+                "DATABASE_URL": db_url,
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
             if trace_file is not None:
                 child_env[TRACE_ENV] = str(trace_file)
             subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env,
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env=child_env,
                 check=True,
-            )  # fmt: skip
+            )
             stage("migrate")
-            tokens = json.loads(subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--setup", str(args.engines),
-                 hook_url],
-                cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
-            ).stdout.strip().splitlines()[-1])  # fmt: skip
+            tokens = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "--setup",
+                        str(args.engines),
+                        hook_url,
+                    ],
+                    cwd=ROOT,
+                    env=child_env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             stage("rule, channel, engines")
             include = ["--include", "bench.alert_latency"] if trace_file is not None else []
             with worker_log.open("w") as log:
                 worker = subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "controlplane.config.celery", "worker",
-                     "--loglevel", "INFO", "--pool", args.pool,
-                     "--concurrency", str(args.concurrency), "-n", "alert-bench@%h",
-                     "--without-gossip", "--without-mingle", *include],
-                    cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "controlplane.config.celery",
+                        "worker",
+                        "--loglevel",
+                        "INFO",
+                        "--pool",
+                        args.pool,
+                        "--concurrency",
+                        str(args.concurrency),
+                        "-n",
+                        "alert-bench@%h",
+                        "--without-gossip",
+                        "--without-mingle",
+                        *include,
+                    ],
+                    cwd=ROOT,
+                    env=child_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             port = free_port()
             app = ["controlplane.config.asgi:application"]
             if trace_file is not None:
@@ -582,17 +635,21 @@ def main() -> int:
     missed_resolved = sum(math.isnan(b.resolved_received) for b in counted)
     firing_notices = [r for r in hook.received if r[1] == "firing"]
     retried = sum(1 for r in rows.values() if r["attempts"] > 1)
-    print(f"worker: {args.pool} pool, concurrency {args.concurrency}; {args.engines} engines x "
-          f"{args.breaches} breaches (+{args.warmup} warm-up each); {os.cpu_count()} CPUs, load "
-          f"average {load_before:.1f} before the breaches, {load_after:.1f} after")  # fmt: skip
+    print(
+        f"worker: {args.pool} pool, concurrency {args.concurrency}; {args.engines} engines x "
+        f"{args.breaches} breaches (+{args.warmup} warm-up each); {os.cpu_count()} CPUs, load "
+        f"average {load_before:.1f} before the breaches, {load_after:.1f} after"
+    )
     print(
         f"{time.monotonic() - started:.0f}s in all: "
         + ", ".join(f"{name} {t:.1f}s" for name, t in stages)
     )
-    print(f"notices received: {len(firing_notices)} firing, "
-          f"{len(hook.received) - len(firing_notices)} resolved; missed within "
-          f"{STEP_TIMEOUT_S:.0f}s: {missed} firing, {missed_resolved} resolved; unexpected or "
-          f"duplicated: {len(hook.unexpected)}; deliveries retried: {retried}")  # fmt: skip
+    print(
+        f"notices received: {len(firing_notices)} firing, "
+        f"{len(hook.received) - len(firing_notices)} resolved; missed within "
+        f"{STEP_TIMEOUT_S:.0f}s: {missed} firing, {missed_resolved} resolved; unexpected or "
+        f"duplicated: {len(hook.unexpected)}; deliveries retried: {retried}"
+    )
     for line in hook.unexpected[:5]:
         print(f"  unexpected: {line}")
     print("event written -> webhook has the notice (ms)")
@@ -601,16 +658,20 @@ def main() -> int:
     print(row("clear -> resolved notice", resolved))
     print(row("warm-up breaches (not counted)", warm))
     print_stages(breaches, rows, notes, engine_ids)
-    print(json.dumps({
-        "metric": "alert_p99_ms",
-        "value": round(pct(fired, 99), 1) if fired else None,
-        "p50": round(pct(fired, 50), 1) if fired else None,
-        "max": round(max(fired), 1) if fired else None,
-        "samples": len(fired),
-        "missed": missed,
-        "resolved_p99_ms": round(pct(resolved, 99), 1) if resolved else None,
-        "engines": args.engines,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "metric": "alert_p99_ms",
+                "value": round(pct(fired, 99), 1) if fired else None,
+                "p50": round(pct(fired, 50), 1) if fired else None,
+                "max": round(max(fired), 1) if fired else None,
+                "samples": len(fired),
+                "missed": missed,
+                "resolved_p99_ms": round(pct(resolved, 99), 1) if resolved else None,
+                "engines": args.engines,
+            }
+        )
+    )
     return 0 if fired and not missed else 1
 
 

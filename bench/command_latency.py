@@ -94,8 +94,15 @@ def setup_data(n_fleet: int) -> None:
         services.engine_create(name=f"fleet-{i:03d}", strategy_tags=[FLEET_TAG], **hello)[1]
         for i in range(n_fleet)
     ]
-    print(json.dumps({"api_token": api_token, "solo": {"solo": solo},
-                      "fleet": {f"fleet-{i:03d}": t for i, t in enumerate(fleet)}}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "api_token": api_token,
+                "solo": {"solo": solo},
+                "fleet": {f"fleet-{i:03d}": t for i, t in enumerate(fleet)},
+            }
+        )
+    )
 
 
 # --- the engines: real EngineClients, in this process or in helper processes -------------------
@@ -124,9 +131,12 @@ class Share:
         )
         for name, token in self.tokens.items():
             client = EngineClient(
-                self.ws_url, token, journal_dir=self.journal_root / name, hello=hello,
+                self.ws_url,
+                token,
+                journal_dir=self.journal_root / name,
+                hello=hello,
                 on_command=self._handler(name),
-            )  # fmt: skip
+            )
             client.on_state_change(self._on_change(name))
             self.clients[name] = client
         await asyncio.gather(*(c.start() for c in self.clients.values()))
@@ -152,8 +162,11 @@ class Share:
                 self.late_halts += 1
                 self.halted.setdefault(name, now)
             if command.kind == "kill":
-                return CommandOutcome(status="succeeded", detail="nothing to cancel or flatten",
-                                      trading_state="HALTED")  # fmt: skip
+                return CommandOutcome(
+                    status="succeeded",
+                    detail="nothing to cancel or flatten",
+                    trading_state="HALTED",
+                )
             return CommandOutcome(status="failed", detail=f"{command.kind} is not benchmarked")
 
         return on_command
@@ -180,9 +193,13 @@ class Share:
             await asyncio.sleep(0.002)
 
     def report(self) -> dict[str, Any]:
-        return {"halted": dict(self.halted), "handled": dict(self.handled),
-                "max_stall": self.max_stall, "late_halts": self.late_halts,
-                "ids": {name: c.engine_id for name, c in self.clients.items()}}  # fmt: skip
+        return {
+            "halted": dict(self.halted),
+            "handled": dict(self.handled),
+            "max_stall": self.max_stall,
+            "late_halts": self.late_halts,
+            "ids": {name: c.engine_id for name, c in self.clients.items()},
+        }
 
     async def reset(self) -> None:
         for client in self.clients.values():
@@ -282,8 +299,12 @@ class Engines:
 
         reports = await asyncio.gather(local(), *(r.call("wait", within) for r in self.remote))
         merged: dict[str, Any] = {
-            "halted": {}, "handled": {}, "max_stall": 0.0, "late_halts": 0, "ids": {}
-        }  # fmt: skip
+            "halted": {},
+            "handled": {},
+            "max_stall": 0.0,
+            "late_halts": 0,
+            "ids": {},
+        }
         for report in reports:
             merged["ids"].update(report["ids"])
             merged["halted"].update(report["halted"])
@@ -375,9 +396,15 @@ class Phase:
 
 
 async def kill_round(
-    engines: Engines, port: int, api_token: str, db_url: str, selector: str, confirm: str,
-    phase: Phase | None, round_no: int,
-) -> None:  # fmt: skip
+    engines: Engines,
+    port: int,
+    api_token: str,
+    db_url: str,
+    selector: str,
+    confirm: str,
+    phase: Phase | None,
+    round_no: int,
+) -> None:
     await engines.arm()
     sent = await asyncio.to_thread(
         post_kill, port, api_token, selector, confirm, f"command latency bench, round {round_no}"
@@ -430,10 +457,21 @@ def reset_desired(db_url: str, names: list[str]) -> None:
 
 
 async def run_phase(
-    tokens: dict[str, str], selector: str, confirm: str, rounds: int, *, ws_url: str, port: int,
-    api_token: str, db_url: str, journal_root: Path, procs: int,
-    profile: Path | None = None, server_pid: int | None = None, stop_at: float | None = None,
-) -> Phase:  # fmt: skip
+    tokens: dict[str, str],
+    selector: str,
+    confirm: str,
+    rounds: int,
+    *,
+    ws_url: str,
+    port: int,
+    api_token: str,
+    db_url: str,
+    journal_root: Path,
+    procs: int,
+    profile: Path | None = None,
+    server_pid: int | None = None,
+    stop_at: float | None = None,
+) -> Phase:
     engines = Engines(ws_url, tokens, journal_root, procs)
     phase = Phase(engines=len(tokens))
     spy = None
@@ -443,9 +481,15 @@ async def run_phase(
             if round_no == 1 and profile is not None and server_pid is not None:
                 spy = start_profiler(profile, server_pid)
             await kill_round(
-                engines, port, api_token, db_url, selector, confirm,
-                phase if round_no else None, round_no,
-            )  # fmt: skip
+                engines,
+                port,
+                api_token,
+                db_url,
+                selector,
+                confirm,
+                phase if round_no else None,
+                round_no,
+            )
             if stop_at is not None and round_no >= MIN_ROUNDS and time.monotonic() > stop_at:
                 break  # a slow machine gets fewer rounds rather than a late answer
             await asyncio.to_thread(reset_desired, db_url, list(tokens))
@@ -466,10 +510,24 @@ def start_profiler(directory: Path, pid: int) -> subprocess.Popen[bytes] | None:
         return None
     directory.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--rate", "1000", "--threads", "--idle",
-         "--format", "raw", "--output", str(directory / "uvicorn.txt"), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "1000",
+            "--threads",
+            "--idle",
+            "--format",
+            "raw",
+            "--output",
+            str(directory / "uvicorn.txt"),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # --- --trace: where the time goes inside the server ---------------------------------------------
@@ -656,10 +714,12 @@ def print_breakdown(title: str, phase: Phase, notes: list[tuple[str, float, floa
     print(f"  {'durations (every occurrence in the rounds)':<50} {'n':>6} {'p50':>8} {'p99':>8}")
     for name, values in durations.items():
         if values:
-            label = {"dispatch_hop": "consumer dispatch: close_old_connections hop",
-                     "mark_delivered": "mark_delivered (db thread)",
-                     "record": "heartbeat/ack/result write (db thread)",
-                     "events": "events write (db thread)"}.get(name, name)  # fmt: skip
+            label = {
+                "dispatch_hop": "consumer dispatch: close_old_connections hop",
+                "mark_delivered": "mark_delivered (db thread)",
+                "record": "heartbeat/ack/result write (db thread)",
+                "events": "events write (db thread)",
+            }.get(name, name)
             print(f"  {label:<50} {len(values):>6} {pct(values, 50):>8.1f} {pct(values, 99):>8.1f}")
 
 
@@ -711,9 +771,11 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=8, help="fleet kills counted")
     parser.add_argument(
-        "--budget", type=float, default=75.0,
+        "--budget",
+        type=float,
+        default=75.0,
         help=f"seconds after which no new fleet round starts (at least {MIN_ROUNDS} are run)",
-    )  # fmt: skip
+    )
     parser.add_argument("--solo-rounds", type=int, default=30, help="one-engine kills counted")
     parser.add_argument("--procs", type=int, default=1, help="processes the engines run in")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
@@ -748,18 +810,32 @@ def main() -> int:
         server = None
         try:
             child_env = {
-                **env, "DATABASE_URL": db_url, "CONTROLPLANE_ENV": "demo", "DEBUG": "0",
-                "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-            }  # fmt: skip
+                **env,
+                "DATABASE_URL": db_url,
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
             subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env,
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env=child_env,
                 check=True,
-            )  # fmt: skip
+            )
             stage("migrate")
-            data = json.loads(subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--setup", str(args.engines)],
-                cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
-            ).stdout.strip().splitlines()[-1])  # fmt: skip
+            data = json.loads(
+                subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--setup", str(args.engines)],
+                    cwd=ROOT,
+                    env=child_env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             stage("engines and token")
             port = free_port()
             app = ["controlplane.config.asgi:application"]
@@ -768,22 +844,40 @@ def main() -> int:
                 child_env["BENCH_TRACE_FILE"] = str(trace_file)
             server = start_uvicorn(port, child_env, app=app, workers=args.workers)
             common = {
-                "ws_url": f"ws://127.0.0.1:{port}/ws/engine/v1", "port": port,
-                "api_token": data["api_token"], "db_url": db_url,
-            }  # fmt: skip
+                "ws_url": f"ws://127.0.0.1:{port}/ws/engine/v1",
+                "port": port,
+                "api_token": data["api_token"],
+                "db_url": db_url,
+            }
             stage("uvicorn")
             load_before = os.getloadavg()[0]
             with journal_directory() as journal_root:
-                solo = asyncio.run(run_phase(
-                    data["solo"], "engine:solo", "solo", args.solo_rounds, **common,
-                    journal_root=journal_root / "solo", procs=1,
-                ))  # fmt: skip
+                solo = asyncio.run(
+                    run_phase(
+                        data["solo"],
+                        "engine:solo",
+                        "solo",
+                        args.solo_rounds,
+                        **common,
+                        journal_root=journal_root / "solo",
+                        procs=1,
+                    )
+                )
                 stage("one engine")
-                fleet = asyncio.run(run_phase(
-                    data["fleet"], f"tag:{FLEET_TAG}", "KILL ALL", args.rounds, **common,
-                    journal_root=journal_root / "fleet", procs=args.procs,
-                    profile=args.profile, server_pid=server.pid, stop_at=started + args.budget,
-                ))  # fmt: skip
+                fleet = asyncio.run(
+                    run_phase(
+                        data["fleet"],
+                        f"tag:{FLEET_TAG}",
+                        "KILL ALL",
+                        args.rounds,
+                        **common,
+                        journal_root=journal_root / "fleet",
+                        procs=args.procs,
+                        profile=args.profile,
+                        server_pid=server.pid,
+                        stop_at=started + args.budget,
+                    )
+                )
                 stage("fleet")
             load_after = os.getloadavg()[0]
             import psycopg
@@ -800,9 +894,11 @@ def main() -> int:
                 trace_file.unlink(missing_ok=True)
     stage("cleanup")
 
-    print(f"uvicorn workers: {args.workers}; engines in {args.procs} process(es); {nproc} CPUs, "
-          f"load average {load_before:.1f} before the rounds, {load_after:.1f} after; "
-          f"{stray} latched re-sends")  # fmt: skip
+    print(
+        f"uvicorn workers: {args.workers}; engines in {args.procs} process(es); {nproc} CPUs, "
+        f"load average {load_before:.1f} before the rounds, {load_after:.1f} after; "
+        f"{stray} latched re-sends"
+    )
     print(
         f"{time.monotonic() - started:.0f}s in all: "
         + ", ".join(f"{name} {t:.1f}s" for name, t in stages)
@@ -812,18 +908,22 @@ def main() -> int:
     if args.trace:
         print_breakdown("one engine", solo, notes)
         print_breakdown("fleet", fleet, notes)
-    print(json.dumps({
-        "metric": f"kill_p99_ms_{fleet.engines}_engines",
-        "value": round(pct(fleet.received, 99), 1),
-        "p50": round(pct(fleet.received, 50), 1),
-        "max": round(max(fleet.received), 1),
-        "ack_p99_ms": round(pct(fleet.acked, 99), 1),
-        "done_p99_ms": round(pct(fleet.done, 99), 1),
-        "one_engine_p99_ms": round(pct(solo.received, 99), 1),
-        "one_engine_ack_p99_ms": round(pct(solo.acked, 99), 1),
-        "engines": fleet.engines,
-        "samples": len(fleet.received),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "metric": f"kill_p99_ms_{fleet.engines}_engines",
+                "value": round(pct(fleet.received, 99), 1),
+                "p50": round(pct(fleet.received, 50), 1),
+                "max": round(max(fleet.received), 1),
+                "ack_p99_ms": round(pct(fleet.acked, 99), 1),
+                "done_p99_ms": round(pct(fleet.done, 99), 1),
+                "one_engine_p99_ms": round(pct(solo.received, 99), 1),
+                "one_engine_ack_p99_ms": round(pct(solo.acked, 99), 1),
+                "engines": fleet.engines,
+                "samples": len(fleet.received),
+            }
+        )
+    )
     return 0
 
 

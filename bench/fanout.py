@@ -105,8 +105,9 @@ def make_frames(n_batches: int, per_batch: int, start: datetime, interval: float
         while len(events) < body:
             events.append(p.MetricEvent(ts=ts, name="cpu_pct", value=float(len(events))))
         events.append(p.MetricEvent(ts=ts, name="latency_ms", value=1.0 + k % 10))
-        events.append(p.AccountEvent(ts=ts, equity=Decimal(EQUITY_BASE + k),
-                                     cash=Decimal(EQUITY_BASE)))  # fmt: skip
+        events.append(
+            p.AccountEvent(ts=ts, equity=Decimal(EQUITY_BASE + k), cash=Decimal(EQUITY_BASE))
+        )
         for event in events:
             seq += 1
             event.seq = seq
@@ -144,9 +145,16 @@ class Browser:
 
 
 async def run_engine(
-    ws_url: str, token: str, run: EngineRun, frames: list[bytes], last_seqs: list[int],
-    start: asyncio.Event, times: list[float], interval: float, window: int,
-) -> None:  # fmt: skip
+    ws_url: str,
+    token: str,
+    run: EngineRun,
+    frames: list[bytes],
+    last_seqs: list[int],
+    start: asyncio.Event,
+    times: list[float],
+    interval: float,
+    window: int,
+) -> None:
     """Send frame k at t0 + k * interval (times = [t0, end]) with at most ``window`` unacked;
     stop sending at ``end`` (a server that falls behind gets fewer frames, and says so in the
     events/s), then wait for the acks of what was sent."""
@@ -155,13 +163,22 @@ async def run_engine(
     from engine_sdk import protocol as p
 
     hello = p.Hello(
-        protocol=p.PROTOCOL_VERSION, engine_build="bench", config_hash="bench", mode="paper",
-        broker="bench", account="bench", trading_state="ACTIVE", last_seq=0,
-    )  # fmt: skip
+        protocol=p.PROTOCOL_VERSION,
+        engine_build="bench",
+        config_hash="bench",
+        mode="paper",
+        broker="bench",
+        account="bench",
+        trading_state="ACTIVE",
+        last_seq=0,
+    )
     async with websockets.connect(
-        ws_url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=16 * 2**20,
-        compression=None, ping_interval=None,
-    ) as ws:  # fmt: skip
+        ws_url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=16 * 2**20,
+        compression=None,
+        ping_interval=None,
+    ) as ws:
         await ws.send(p.encode(hello).decode())
         welcome = p.decode_server_frame(await ws.recv())
         assert isinstance(welcome, p.Welcome), welcome
@@ -191,8 +208,9 @@ async def run_engine(
                 room.clear()
                 waiting = asyncio.ensure_future(room.wait())
                 left = limit - time.perf_counter()
-                await asyncio.wait({waiting, reading}, timeout=max(left, 0.0),
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                await asyncio.wait(
+                    {waiting, reading}, timeout=max(left, 0.0), return_when=asyncio.FIRST_COMPLETED
+                )
                 waiting.cancel()
                 if reading.done():
                     reading.result()  # the connection failed: say why
@@ -222,9 +240,14 @@ async def run_engine(
 
 
 async def run_browser(
-    url: str, headers: dict[str, str], browser: Browser, runs: dict[str, EngineRun],
-    window: list[float], ready: asyncio.Event, stop: asyncio.Event,
-) -> None:  # fmt: skip
+    url: str,
+    headers: dict[str, str],
+    browser: Browser,
+    runs: dict[str, EngineRun],
+    window: list[float],
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
     import websockets
 
     async with websockets.connect(
@@ -325,9 +348,9 @@ async def run_all(
         ready = asyncio.Event()
         readies.append(ready)
         headers = {"Cookie": f"{data['cookie']}={key}", "Origin": origin}
-        browser_tasks.append(asyncio.create_task(
-            run_browser(live_url, headers, browser, runs, window, ready, stop)
-        ))  # fmt: skip
+        browser_tasks.append(
+            asyncio.create_task(run_browser(live_url, headers, browser, runs, window, ready, stop))
+        )
         await asyncio.sleep(0)
     waiting = asyncio.gather(*(r.wait() for r in readies))
     done, _ = await asyncio.wait(
@@ -557,11 +580,25 @@ def start_profiler(directory: Path, pid: int) -> subprocess.Popen[bytes] | None:
         return None
     directory.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250", "--threads",
-         "--idle",
-         "--format", "raw", "--output", str(directory / "uvicorn.txt"), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--rate",
+            "250",
+            "--threads",
+            "--idle",
+            "--format",
+            "raw",
+            "--output",
+            str(directory / "uvicorn.txt"),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -604,18 +641,38 @@ def main() -> int:
         server = spy = None
         try:
             child_env = {
-                **env, "DATABASE_URL": db_url, "CONTROLPLANE_ENV": "demo", "DEBUG": "0",
-                "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-            }  # fmt: skip
+                **env,
+                "DATABASE_URL": db_url,
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
             subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env,
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env=child_env,
                 check=True,
-            )  # fmt: skip
-            data = json.loads(subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--setup", str(args.engines),
-                 str(args.browsers), prefix],
-                cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
-            ).stdout.strip().splitlines()[-1])  # fmt: skip
+            )
+            data = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "--setup",
+                        str(args.engines),
+                        str(args.browsers),
+                        prefix,
+                    ],
+                    cwd=ROOT,
+                    env=child_env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             port = free_port()
             app = ["controlplane.config.asgi:application"]
             if trace_file is not None:
@@ -678,51 +735,67 @@ def main() -> int:
     ]
     per_event = 1e6 / stored
 
-    print(f"{len(browsers)} browsers on /ws/live/v1 (fleet), {len(runs)} engines x "
-          f"{args.rate} events/s in frames of {per_batch} every {args.batch_interval * 1000:.0f} "
-          f"ms; uvicorn workers: {args.workers}; {os.cpu_count()} CPUs, load average "
-          f"{load_before:.1f} "
-          f"before, {load_after:.1f} after")  # fmt: skip
-    print(f"{time.monotonic() - began:.0f}s in all; browsers connected in "
-          f"{outcome.connect_s:.1f}s; measured {measured:.0f}s after {args.warmup:.0f}s of "
-          f"warm-up")  # fmt: skip
-    print(f"events stored: {stored} in {outcome.streamed:.1f}s = {events_per_s:,.0f} events/s "
-          f"(asked for {args.rate * len(runs):,}); a frame left at most "
-          f"{max(r.late for r in runs.values()) * 1000:.0f} ms behind its schedule")  # fmt: skip
+    print(
+        f"{len(browsers)} browsers on /ws/live/v1 (fleet), {len(runs)} engines x "
+        f"{args.rate} events/s in frames of {per_batch} every {args.batch_interval * 1000:.0f} "
+        f"ms; uvicorn workers: {args.workers}; {os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} "
+        f"before, {load_after:.1f} after"
+    )
+    print(
+        f"{time.monotonic() - began:.0f}s in all; browsers connected in "
+        f"{outcome.connect_s:.1f}s; measured {measured:.0f}s after {args.warmup:.0f}s of "
+        f"warm-up"
+    )
+    print(
+        f"events stored: {stored} in {outcome.streamed:.1f}s = {events_per_s:,.0f} events/s "
+        f"(asked for {args.rate * len(runs):,}); a frame left at most "
+        f"{max(r.late for r in runs.values()) * 1000:.0f} ms behind its schedule"
+    )
     print(f"  {'ms':<34} {'samples':>7} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
     print(row("engine send -> ack (stored)", ack_ms))
     print(row("engine send -> row in browser", row_ms))
     print(row("every batch: send -> on screen", batch_ms))
-    print(f"updates per browser per second: mean {sum(rates) / len(rates):.2f}, max "
-          f"{max(rates):.2f}; most in one second {busiest}; shortest gap "
-          f"{shortest_gap * 1000:.0f} ms")  # fmt: skip
-    print(f"rows seen again {sum(b.repeats for b in browsers)}, older than shown "
-          f"{sum(b.regressions for b in browsers)}, resync asked "
-          f"{sum(b.resyncs for b in browsers)}, browser seq gaps "
-          f"{sum(b.seq_gaps for b in browsers)}, rows of other runs "
-          f"{sum(b.foreign_rows for b in browsers)}; bench loop's longest stall "
-          f"{outcome.stall * 1000:.0f} ms")  # fmt: skip
+    print(
+        f"updates per browser per second: mean {sum(rates) / len(rates):.2f}, max "
+        f"{max(rates):.2f}; most in one second {busiest}; shortest gap "
+        f"{shortest_gap * 1000:.0f} ms"
+    )
+    print(
+        f"rows seen again {sum(b.repeats for b in browsers)}, older than shown "
+        f"{sum(b.regressions for b in browsers)}, resync asked "
+        f"{sum(b.resyncs for b in browsers)}, browser seq gaps "
+        f"{sum(b.seq_gaps for b in browsers)}, rows of other runs "
+        f"{sum(b.foreign_rows for b in browsers)}; bench loop's longest stall "
+        f"{outcome.stall * 1000:.0f} ms"
+    )
     if max(rates) > 10:
         print("WARNING: a browser got more than 10 updates a second")
     pg_part = f"PostgreSQL {pg_cpu / wall:.2f}" if pg_cpu is not None else "PostgreSQL ?"
-    print(f"CPU (cores busy over the run): web {web_cpu / wall:.2f}, {pg_part}, bench "
-          f"{client_cpu / wall:.2f}; web per stored event "
-          f"{web_cpu * per_event:.0f} us")  # fmt: skip
+    print(
+        f"CPU (cores busy over the run): web {web_cpu / wall:.2f}, {pg_part}, bench "
+        f"{client_cpu / wall:.2f}; web per stored event "
+        f"{web_cpu * per_event:.0f} us"
+    )
     if notes:
         print_breakdown(notes, window)
     if not row_ms:
         raise SystemExit("no row reached a browser in the measured seconds")
-    print(json.dumps({
-        "metric": "fanout_p99_ms",
-        "value": round(pct(row_ms, 99), 1),
-        "p50": round(pct(row_ms, 50), 1),
-        "max": round(max(row_ms), 1),
-        "every_batch_p99_ms": round(pct(batch_ms, 99), 1),
-        "browsers": len(browsers),
-        "workers": args.workers,
-        "events_per_s": round(events_per_s),
-        "updates_per_browser_per_s_max": round(max(rates), 2),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "metric": "fanout_p99_ms",
+                "value": round(pct(row_ms, 99), 1),
+                "p50": round(pct(row_ms, 50), 1),
+                "max": round(max(row_ms), 1),
+                "every_batch_p99_ms": round(pct(batch_ms, 99), 1),
+                "browsers": len(browsers),
+                "workers": args.workers,
+                "events_per_s": round(events_per_s),
+                "updates_per_browser_per_s_max": round(max(rates), 2),
+            }
+        )
+    )
     return 0
 
 

@@ -59,20 +59,35 @@ def make_frames(n_events: int, batch: int, fills_per_order: int) -> list[bytes]:
         seq += 1
         coid = f"o-{order_no}"
         qty = Decimal(fills_per_order * 10)
-        events.append(p.OrderEvent(
-            seq=seq, ts=t0 + timedelta(milliseconds=seq), client_order_id=coid,
-            symbol=f"SYM{order_no % 50}", side="buy" if order_no % 2 else "sell",
-            order_type="limit", quantity=qty, limit_price=Decimal("100.5"), status="accepted",
-            expected_price=Decimal("100.25"),
-        ))  # fmt: skip
+        events.append(
+            p.OrderEvent(
+                seq=seq,
+                ts=t0 + timedelta(milliseconds=seq),
+                client_order_id=coid,
+                symbol=f"SYM{order_no % 50}",
+                side="buy" if order_no % 2 else "sell",
+                order_type="limit",
+                quantity=qty,
+                limit_price=Decimal("100.5"),
+                status="accepted",
+                expected_price=Decimal("100.25"),
+            )
+        )
         for k in range(fills_per_order):
             seq += 1
-            events.append(p.FillEvent(
-                seq=seq, ts=t0 + timedelta(milliseconds=seq), fill_id=f"f-{order_no}-{k}",
-                client_order_id=coid, symbol=f"SYM{order_no % 50}",
-                side="buy" if order_no % 2 else "sell", quantity=Decimal(10),
-                price=Decimal("100.25") + Decimal(k) / 100, fee=Decimal("0.01"),
-            ))  # fmt: skip
+            events.append(
+                p.FillEvent(
+                    seq=seq,
+                    ts=t0 + timedelta(milliseconds=seq),
+                    fill_id=f"f-{order_no}-{k}",
+                    client_order_id=coid,
+                    symbol=f"SYM{order_no % 50}",
+                    side="buy" if order_no % 2 else "sell",
+                    quantity=Decimal(10),
+                    price=Decimal("100.25") + Decimal(k) / 100,
+                    fee=Decimal("0.01"),
+                )
+            )
     events = events[:n_events]
     return [p.encode(p.Events(events=events[i : i + batch])) for i in range(0, len(events), batch)]
 
@@ -86,9 +101,15 @@ async def run_engine(
     from engine_sdk import protocol as p
 
     hello = p.Hello(
-        protocol=p.PROTOCOL_VERSION, engine_build="bench", config_hash="bench", mode="paper",
-        broker="bench", account="bench", trading_state="ACTIVE", last_seq=0,
-    )  # fmt: skip
+        protocol=p.PROTOCOL_VERSION,
+        engine_build="bench",
+        config_hash="bench",
+        mode="paper",
+        broker="bench",
+        account="bench",
+        trading_state="ACTIVE",
+        last_seq=0,
+    )
     last_seqs = [p.decode_engine_frame(f).events[-1].seq for f in frames]  # type: ignore[union-attr]
     # No permessage-deflate: a client compressing on this same 2-core machine would spend the
     # server's CPU (about 3 us an event). Inflating costs the server about 0.5 us an event when an
@@ -136,10 +157,22 @@ def copy_baseline(db_url: str, rows: int) -> float:
         ).fetchone()
         ts = datetime(2026, 11, 23, 14, tzinfo=UTC)
         data = [
-            (engine_id, f"c-{i}", order_id, instrument_id, "buy", Decimal(10),
-             Decimal("100.25"), Decimal("0.01"), Decimal("100.25"), "", ts, i + 1)
+            (
+                engine_id,
+                f"c-{i}",
+                order_id,
+                instrument_id,
+                "buy",
+                Decimal(10),
+                Decimal("100.25"),
+                Decimal("0.01"),
+                Decimal("100.25"),
+                "",
+                ts,
+                i + 1,
+            )
             for i in range(rows)
-        ]  # fmt: skip
+        ]
         started = time.perf_counter()
         # Decimals and datetimes to text in one pass, as the ingest does: psycopg's own dumper
         # for an aware datetime costs more than the rest of the row.
@@ -177,22 +210,39 @@ def main() -> int:
         server = None
         try:
             child_env = {
-                **env, "DATABASE_URL": db_url, "CONTROLPLANE_ENV": "demo", "DEBUG": "0",
-                "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-            }  # fmt: skip
+                **env,
+                "DATABASE_URL": db_url,
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
             subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env,
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env=child_env,
                 check=True,
-            )  # fmt: skip
-            tokens = json.loads(subprocess.run(
-                [sys.executable, "-c",
-                 "import django, json, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
-                 "'controlplane.config.settings'); django.setup();"
-                 "from controlplane import services;"
-                 f"print(json.dumps([services.engine_create(name=f'bench-{{i}}')[1] "
-                 f"for i in range({args.engines})]))"],
-                cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
-            ).stdout.strip().splitlines()[-1])  # fmt: skip
+            )
+            tokens = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import django, json, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
+                        "'controlplane.config.settings'); django.setup();"
+                        "from controlplane import services;"
+                        f"print(json.dumps([services.engine_create(name=f'bench-{{i}}')[1] "
+                        f"for i in range({args.engines})]))",
+                    ],
+                    cwd=ROOT,
+                    env=child_env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             port = free_port()
             server = start_uvicorn(port, child_env, workers=args.workers, quiet=False)
             per_engine = args.events // args.engines
@@ -238,16 +288,24 @@ def main() -> int:
     print(f"end to end over WebSocket with acks: {rate:,.0f} events/s in {elapsed:.2f}s")
     per_event = 1e6 / total
     pg_part = f"PostgreSQL {pg_cpu * per_event:.1f}" if pg_cpu is not None else "PostgreSQL ?"
-    print(f"CPU per event: web {web_cpu * per_event:.1f} us, {pg_part} us, bench clients "
-          f"{client_cpu * per_event:.1f} us (on {os.cpu_count()} cores, 50,000 events/s leaves "
-          f"{os.cpu_count() * 20:.0f} us)")  # fmt: skip
+    print(
+        f"CPU per event: web {web_cpu * per_event:.1f} us, {pg_part} us, bench clients "
+        f"{client_cpu * per_event:.1f} us (on {os.cpu_count()} cores, 50,000 events/s leaves "
+        f"{os.cpu_count() * 20:.0f} us)"
+    )
     print(f"load average of the machine (1 min) before the run: {load_before:.1f}")
     print(f"raw psycopg COPY into an equal table: {baseline:,.0f} rows/s")
     print(f"ratio: {rate / baseline:.3f}")
-    print(json.dumps({
-        "metric": "ingest_events_per_s", "value": round(rate), "baseline": round(baseline),
-        "ratio": round(rate / baseline, 3),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "metric": "ingest_events_per_s",
+                "value": round(rate),
+                "baseline": round(baseline),
+                "ratio": round(rate / baseline, 3),
+            }
+        )
+    )
     return 0
 
 

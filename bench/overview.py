@@ -61,18 +61,28 @@ def seed(n_engines: int, n_positions: int) -> Any:
     )
     engines = Engine.objects.bulk_create(
         Engine(
-            name=f"engine-{i:03d}", mode=modes[i % len(modes)], broker="bench", account=f"acct-{i}",
+            name=f"engine-{i:03d}",
+            mode=modes[i % len(modes)],
+            broker="bench",
+            account=f"acct-{i}",
             strategy_tags=[["momentum", "meanrev", "stat-arb", "market-making"][i % 4], "bench"],
-            desired_state="ACTIVE", reported_state="PAUSED" if i % 10 == 3 else "ACTIVE",
-            token_hash=f"bench-overview-{i:04d}", token_hint=f"{i:04d}", connected=i % 7 != 0,
-            last_seen_at=now - timedelta(seconds=i % 20), last_seq=1000,
-            equity=Decimal(1_000_000 + 1000 * i), cash=Decimal(400_000),
-            session_start_equity=Decimal(1_000_000), session_start_at=now.replace(hour=0),
-            high_water_mark=Decimal(1_010_000 + 1000 * i), day_pnl=Decimal(1000 * i - 20_000),
+            desired_state="ACTIVE",
+            reported_state="PAUSED" if i % 10 == 3 else "ACTIVE",
+            token_hash=f"bench-overview-{i:04d}",
+            token_hint=f"{i:04d}",
+            connected=i % 7 != 0,
+            last_seen_at=now - timedelta(seconds=i % 20),
+            last_seq=1000,
+            equity=Decimal(1_000_000 + 1000 * i),
+            cash=Decimal(400_000),
+            session_start_equity=Decimal(1_000_000),
+            session_start_at=now.replace(hour=0),
+            high_water_mark=Decimal(1_010_000 + 1000 * i),
+            day_pnl=Decimal(1000 * i - 20_000),
             drawdown_pct=Decimal("0.99"),
         )
         for i in range(n_engines)
-    )  # fmt: skip
+    )
     positions = []
     for e, engine in enumerate(engines):
         for j in range(per_engine):
@@ -80,30 +90,51 @@ def seed(n_engines: int, n_positions: int) -> Any:
                 break
             instrument = instruments[(e * 7 + j) % len(instruments)]
             quantity = Decimal(0 if j % 10 == 9 else (j % 13 - 6) * 100 or 50)
-            positions.append(Position(
-                engine=engine, instrument=instrument, quantity=quantity,
-                avg_price=Decimal("100.25"), last_price=Decimal("101.5"),
-                realized_pnl=Decimal(j * 3),
-                reported_quantity=quantity + (1 if j == 5 and e % 5 == 0 else 0),
-                reported_at=now, mismatch_since=now if j == 5 and e % 5 == 0 else None,
-            ))  # fmt: skip
+            positions.append(
+                Position(
+                    engine=engine,
+                    instrument=instrument,
+                    quantity=quantity,
+                    avg_price=Decimal("100.25"),
+                    last_price=Decimal("101.5"),
+                    realized_pnl=Decimal(j * 3),
+                    reported_quantity=quantity + (1 if j == 5 and e % 5 == 0 else 0),
+                    reported_at=now,
+                    mismatch_since=now if j == 5 and e % 5 == 0 else None,
+                )
+            )
     Position.objects.bulk_create(positions, batch_size=2000)
     orders = []
     samples = []
     for engine in engines:
         for j in range(40):
             status = ["accepted", "partially_filled", "filled", "cancelled", "rejected"][j % 5]
-            orders.append(Order(
-                engine=engine, client_order_id=f"o-{j}", instrument=instruments[j],
-                side="buy" if j % 2 else "sell", order_type="limit", quantity=Decimal(100),
-                limit_price=Decimal("100.5"), status=status, filled_quantity=Decimal(0),
-                created_at=now - timedelta(minutes=j), updated_at=now, last_seq=j + 1,
-            ))  # fmt: skip
+            orders.append(
+                Order(
+                    engine=engine,
+                    client_order_id=f"o-{j}",
+                    instrument=instruments[j],
+                    side="buy" if j % 2 else "sell",
+                    order_type="limit",
+                    quantity=Decimal(100),
+                    limit_price=Decimal("100.5"),
+                    status=status,
+                    filled_quantity=Decimal(0),
+                    created_at=now - timedelta(minutes=j),
+                    updated_at=now,
+                    last_seq=j + 1,
+                )
+            )
         for j in range(60):
-            samples.append(MetricSample(
-                engine=engine, ts=now - timedelta(seconds=j), name="latency_ms",
-                value=2.0 + j % 5, seq=100 + j,
-            ))  # fmt: skip
+            samples.append(
+                MetricSample(
+                    engine=engine,
+                    ts=now - timedelta(seconds=j),
+                    name="latency_ms",
+                    value=2.0 + j % 5,
+                    seq=100 + j,
+                )
+            )
     Order.objects.bulk_create(orders, batch_size=2000)
     MetricSample.objects.bulk_create(samples, batch_size=2000)
     user = User.objects.create_user("bench-viewer", email="viewer@example.invalid")
@@ -174,13 +205,18 @@ def main() -> int:
         recreate_database(admin_url, BENCH_DB)
         try:
             settings_env = {
-                "DATABASE_URL": db_url, "REDIS_URL": env["REDIS_URL"],
-                "CONTROLPLANE_ENV": "demo", "DEBUG": "0", "LOG_LEVEL": "WARNING",
-            }  # fmt: skip
+                "DATABASE_URL": db_url,
+                "REDIS_URL": env["REDIS_URL"],
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+            }
             subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT,
-                env={**env, **settings_env}, check=True,
-            )  # fmt: skip
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env={**env, **settings_env},
+                check=True,
+            )
             os.environ.update(settings_env)
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
             import django
@@ -214,27 +250,43 @@ def main() -> int:
     wall, queries, sql, response = page
     p50, p99 = pct(wall, 50), pct(wall, 99)
     bare_p50 = pct(bare, 50)
-    print(f"{counts[0]} engines, {counts[1]} positions (seeded in {seeded_s:.1f}s); "
-          f"{args.renders} timed requests each after 3 untimed; {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}; {time.monotonic() - began:.0f}s in all")  # fmt: skip
+    print(
+        f"{counts[0]} engines, {counts[1]} positions (seeded in {seeded_s:.1f}s); "
+        f"{args.renders} timed requests each after 3 untimed; {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}; {time.monotonic() - began:.0f}s in all"
+    )
     print(f"  {'ms':<24} {'p50':>8} {'p99':>8} {'max':>8} {'SQL p50':>8} queries")
     print(line("GET / (fleet page)", wall, queries, sql))
     print(line("GET /live/fleet.json", *snapshot[:3]))
-    print(f"  {'bare psycopg SELECT':<24} {bare_p50:>8.1f} {pct(bare, 99):>8.1f} "
-          f"{max(bare):>8.1f}")  # fmt: skip
-    print(f"/ is {len(response.content):,} bytes; fleet.json has {rows} rows, "
-          f"{len(snapshot[3].content):,} bytes")  # fmt: skip
-    print(f"ratio to the bare SELECT (p50): page {p50 / bare_p50:.1f}x, "
-          f"fleet.json {pct(snapshot[0], 50) / bare_p50:.1f}x")  # fmt: skip
-    print(f"target: p50 under {TARGET_MS:.0f} ms: {'met' if p50 < TARGET_MS else 'MISSED'}; "
-          f"outside SQL (Python: view, template) {p50 - pct(sql, 50):.1f} ms of the "
-          f"p50")  # fmt: skip
-    print(json.dumps({
-        "metric": "overview_render_ms_p50", "value": round(p50, 1), "p99": round(p99, 1),
-        "queries": max(queries), "json_p50": round(pct(snapshot[0], 50), 1),
-        "json_queries": max(snapshot[1]), "baseline_select_ms_p50": round(bare_p50, 2),
-        "engines": counts[0], "positions": counts[1],
-    }))  # fmt: skip
+    print(f"  {'bare psycopg SELECT':<24} {bare_p50:>8.1f} {pct(bare, 99):>8.1f} {max(bare):>8.1f}")
+    print(
+        f"/ is {len(response.content):,} bytes; fleet.json has {rows} rows, "
+        f"{len(snapshot[3].content):,} bytes"
+    )
+    print(
+        f"ratio to the bare SELECT (p50): page {p50 / bare_p50:.1f}x, "
+        f"fleet.json {pct(snapshot[0], 50) / bare_p50:.1f}x"
+    )
+    print(
+        f"target: p50 under {TARGET_MS:.0f} ms: {'met' if p50 < TARGET_MS else 'MISSED'}; "
+        f"outside SQL (Python: view, template) {p50 - pct(sql, 50):.1f} ms of the "
+        f"p50"
+    )
+    print(
+        json.dumps(
+            {
+                "metric": "overview_render_ms_p50",
+                "value": round(p50, 1),
+                "p99": round(p99, 1),
+                "queries": max(queries),
+                "json_p50": round(pct(snapshot[0], 50), 1),
+                "json_queries": max(snapshot[1]),
+                "baseline_select_ms_p50": round(bare_p50, 2),
+                "engines": counts[0],
+                "positions": counts[1],
+            }
+        )
+    )
     return 0
 
 

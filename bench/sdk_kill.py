@@ -49,11 +49,19 @@ class Server:
     async def handle(self, ws: Any) -> None:
         hello = p.decode_engine_frame(await ws.recv())
         assert isinstance(hello, p.Hello), hello
-        await ws.send(p.encode(p.Welcome(
-            protocol=p.PROTOCOL_VERSION, engine_id=len(self.sockets) + 1, engine_name="bench",
-            last_seq=hello.last_seq, heartbeat_interval_s=5.0, desired_state="ACTIVE",
-            limits_version=0,
-        )).decode())  # fmt: skip
+        await ws.send(
+            p.encode(
+                p.Welcome(
+                    protocol=p.PROTOCOL_VERSION,
+                    engine_id=len(self.sockets) + 1,
+                    engine_name="bench",
+                    last_seq=hello.last_seq,
+                    heartbeat_interval_s=5.0,
+                    desired_state="ACTIVE",
+                    limits_version=0,
+                )
+            ).decode()
+        )
         self.sockets.append(ws)
         beat = asyncio.create_task(self._beat(ws))
         try:
@@ -73,10 +81,16 @@ class Server:
                 await ws.send(p.encode(p.ServerHeartbeat(ts=p.utc_now())).decode())
 
     async def kill(self) -> float:
-        frame = p.encode(p.Command(
-            command_id=uuid.uuid4(), kind="kill", params={"flatten": False}, reason="bench",
-            issued_by="bench", issued_at=p.utc_now(),
-        )).decode()  # fmt: skip
+        frame = p.encode(
+            p.Command(
+                command_id=uuid.uuid4(),
+                kind="kill",
+                params={"flatten": False},
+                reason="bench",
+                issued_by="bench",
+                issued_at=p.utc_now(),
+            )
+        ).decode()
         started = time.perf_counter()
         await asyncio.gather(*(ws.send(frame) for ws in list(self.sockets)))
         return started
@@ -108,10 +122,18 @@ async def rounds(
 
 async def bare_phase(url: str, server: Server, n: int, count: int) -> list[list[float]]:
     received: dict[int, float] = {}
-    hello = p.encode(p.Hello(
-        protocol=p.PROTOCOL_VERSION, engine_build="bench", config_hash="bench", mode="paper",
-        broker="bench", account="bench", trading_state="ACTIVE", last_seq=0,
-    )).decode()  # fmt: skip
+    hello = p.encode(
+        p.Hello(
+            protocol=p.PROTOCOL_VERSION,
+            engine_build="bench",
+            config_hash="bench",
+            mode="paper",
+            broker="bench",
+            account="bench",
+            trading_state="ACTIVE",
+            last_seq=0,
+        )
+    ).decode()
 
     async def reader(i: int, ws: Any) -> None:
         async for message in ws:
@@ -177,10 +199,14 @@ def summary(name: str, per_round: list[list[float]]) -> tuple[float, float]:
     every = [t for times in per_round for t in times]
     last = [max(times) for times in per_round]
     print(f"{name}: {len(per_round)} rounds, ms from the start of the kill's writes")
-    print(f"  every receiver  p50 {pct(every, 50):7.1f}  p99 {pct(every, 99):7.1f}  "
-          f"max {max(every):7.1f}")  # fmt: skip
-    print(f"  last of a round p50 {pct(last, 50):7.1f}  p99 {pct(last, 99):7.1f}  "
-          f"max {max(last):7.1f}")  # fmt: skip
+    print(
+        f"  every receiver  p50 {pct(every, 50):7.1f}  p99 {pct(every, 99):7.1f}  "
+        f"max {max(every):7.1f}"
+    )
+    print(
+        f"  last of a round p50 {pct(last, 50):7.1f}  p99 {pct(last, 99):7.1f}  "
+        f"max {max(last):7.1f}"
+    )
     return pct(every, 99), pct(every, 50)
 
 
@@ -194,10 +220,12 @@ async def main_async(n: int, count: int) -> dict[str, Any]:
     baseline, _ = summary(f"{n} bare websockets connections (baseline)", bare)
     value, p50 = summary(f"{n} EngineClients (gate HALTED)", sdk)
     return {
-        "metric": f"sdk_kill_p99_ms_{n}_clients", "value": round(value, 1),
-        "p50": round(p50, 1), "baseline": round(baseline, 1),
+        "metric": f"sdk_kill_p99_ms_{n}_clients",
+        "value": round(value, 1),
+        "p50": round(p50, 1),
+        "baseline": round(baseline, 1),
         "ratio": round(value / baseline, 2) if baseline else None,
-    }  # fmt: skip
+    }
 
 
 def main() -> int:

@@ -139,10 +139,21 @@ def soak_application() -> Any:
     libc = ctypes.CDLL("libc.so.6")
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-            "fordblks", "keepcost",
-        )]  # fmt: skip
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     libc.mallinfo2.restype = MallInfo2
     snapshots = itertools.count(1)
@@ -287,9 +298,13 @@ def big_context(size_kb: int, rng: random.Random) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     size = 0
     while size < size_kb * 1024 - 200:
-        row = {"symbol": f"SYM{rng.randrange(SYMBOLS)}", "bid": round(rng.uniform(90, 110), 4),
-               "ask": round(rng.uniform(90, 110), 4), "signal": rng.random(),
-               "note": "x" * rng.randrange(10, 60)}  # fmt: skip
+        row = {
+            "symbol": f"SYM{rng.randrange(SYMBOLS)}",
+            "bid": round(rng.uniform(90, 110), 4),
+            "ask": round(rng.uniform(90, 110), 4),
+            "signal": rng.random(),
+            "note": "x" * rng.randrange(10, 60),
+        }
         rows.append(row)
         size += len(json.dumps(row)) + 2
     return {
@@ -334,10 +349,13 @@ class EngineLoad:
         equity = 1_000_000.0
         while not stop.is_set():
             client = EngineClient(
-                url, self.token, journal_dir=self.target.journals / self.name, hello=hello,
+                url,
+                self.token,
+                journal_dir=self.target.journals / self.name,
+                hello=hello,
                 on_error=lambda e: self.counts.errors.append(f"{e.code}: {e.message}"),
                 config=ClientConfig(fsync=False),
-            )  # fmt: skip
+            )
             await client.start()
             await client.wait_connected(60)
             self.counts.engine_connects += 1
@@ -347,18 +365,23 @@ class EngineLoad:
                     ts = datetime.now(UTC)
                     equity += self.rng.uniform(-50, 50)
                     events = self._order_events(1)
-                    events.append(p.MetricEvent(ts=ts, name="latency_ms",
-                                                value=self.rng.uniform(0.5, 20)))  # fmt: skip
-                    events.append(p.AccountEvent(ts=ts, equity=Decimal(f"{equity:.2f}"),
-                                                 cash=Decimal(500_000)))  # fmt: skip
+                    events.append(
+                        p.MetricEvent(ts=ts, name="latency_ms", value=self.rng.uniform(0.5, 20))
+                    )
+                    events.append(
+                        p.AccountEvent(
+                            ts=ts, equity=Decimal(f"{equity:.2f}"), cash=Decimal(500_000)
+                        )
+                    )
                     now = loop.time()
                     if now >= next_log:
                         next_log = now + LOG_EVERY_S
                         size = self.rng.choice(CONTEXT_KB)
                         context = big_context(size, self.rng)
                         message = "order book snapshot " + "y" * self.rng.randrange(100, 8000)
-                        events.append(p.LogEvent(ts=ts, level="info", message=message[:8192],
-                                                 context=context))  # fmt: skip
+                        events.append(
+                            p.LogEvent(ts=ts, level="info", message=message[:8192], context=context)
+                        )
                         self.counts.log_bytes += size * 1024
                     if now >= next_burst:
                         next_burst = now + BURST_EVERY_S
@@ -544,13 +567,17 @@ def print_growth(before: Path, after: Path, top: int = 15) -> None:
     grew = Counter(second["types"])
     grew.subtract(first["types"])
     for name, what in (("start", first), ("after quiet", second)):
-        print(f"{name}: garbage collected {what['collected']:,} objects; glibc malloc in use "
-              f"{what['malloc_in_use'] / MB:.1f} MB, free but held "
-              f"{what['malloc_free_held'] / MB:.1f} MB; Python's small-object allocator "
-              f"{what['pymalloc_arenas']} arenas of 1 MB holding "
-              f"{what['pymalloc_bytes'] / MB:.1f} MB of objects")  # fmt: skip
-    print(f"objects tracked by gc: {sum(first['types'].values()):,} at start, "
-          f"{sum(second['types'].values()):,} after quiet; most grown types:")  # fmt: skip
+        print(
+            f"{name}: garbage collected {what['collected']:,} objects; glibc malloc in use "
+            f"{what['malloc_in_use'] / MB:.1f} MB, free but held "
+            f"{what['malloc_free_held'] / MB:.1f} MB; Python's small-object allocator "
+            f"{what['pymalloc_arenas']} arenas of 1 MB holding "
+            f"{what['pymalloc_bytes'] / MB:.1f} MB of objects"
+        )
+    print(
+        f"objects tracked by gc: {sum(first['types'].values()):,} at start, "
+        f"{sum(second['types'].values()):,} after quiet; most grown types:"
+    )
     for name, delta in grew.most_common(top):
         if delta > 0:
             was, now = first["types"].get(name, 0), second["types"][name]
@@ -561,12 +588,16 @@ def print_growth(before: Path, after: Path, top: int = 15) -> None:
     import tracemalloc
 
     old, new = (tracemalloc.Snapshot.load(str(s)) for s in snaps)
-    print(f"Python allocations traced: {first['traced'] / MB:.1f} MB at start, "
-          f"{second['traced'] / MB:.1f} MB after quiet; most grown by line:")  # fmt: skip
+    print(
+        f"Python allocations traced: {first['traced'] / MB:.1f} MB at start, "
+        f"{second['traced'] / MB:.1f} MB after quiet; most grown by line:"
+    )
     for stat in new.compare_to(old, "lineno")[:top]:
         frame = stat.traceback[0]
-        print(f"  {stat.size_diff / 1024:>+9.0f} KB {stat.count_diff:>+8,}  "
-              f"{frame.filename.removeprefix(str(ROOT) + '/')}:{frame.lineno}")  # fmt: skip
+        print(
+            f"  {stat.size_diff / 1024:>+9.0f} KB {stat.count_diff:>+8,}  "
+            f"{frame.filename.removeprefix(str(ROOT) + '/')}:{frame.lineno}"
+        )
     print("most grown by traceback (innermost last):")
     for stat in new.compare_to(old, "traceback")[:5]:
         print(f"  {stat.size_diff / 1024:>+9.0f} KB {stat.count_diff:>+8,}")
@@ -578,9 +609,12 @@ def print_growth(before: Path, after: Path, top: int = 15) -> None:
 
 
 async def soak(
-    target: Target, sampler: Sampler, counts: Counts, args: argparse.Namespace,
+    target: Target,
+    sampler: Sampler,
+    counts: Counts,
+    args: argparse.Namespace,
     note: Any,
-) -> None:  # fmt: skip
+) -> None:
     await asyncio.sleep(5)  # idle after start: imports only
     sampler.phase = "warm-up"
     await run_load(target, counts, args.warmup_s, args)
@@ -627,7 +661,7 @@ def main() -> int:
         help="trace the server's allocations (diagnosis)",
     )
     parser.add_argument("--setup", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     if args.setup is not None:
         setup_data(int(args.setup[0]), int(args.setup[1]), args.setup[2])
         return 0
@@ -654,26 +688,48 @@ def main() -> int:
         server = None
         try:
             child_env = {
-                **env, "DATABASE_URL": db_url, "CONTROLPLANE_ENV": "demo", "DEBUG": "0",
-                "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+                **env,
+                "DATABASE_URL": db_url,
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
                 "BENCH_SNAPSHOT_DIR": str(snapshots),
-            }  # fmt: skip
+            }
             if args.tracemalloc:
                 child_env["BENCH_TRACEMALLOC"] = str(args.tracemalloc)
             subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=child_env,
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env=child_env,
                 check=True,
-            )  # fmt: skip
-            data = json.loads(subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--setup", str(args.engines),
-                 str(args.browsers), prefix],
-                cwd=ROOT, env=child_env, check=True, capture_output=True, text=True,
-            ).stdout.strip().splitlines()[-1])  # fmt: skip
+            )
+            data = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "--setup",
+                        str(args.engines),
+                        str(args.browsers),
+                        prefix,
+                    ],
+                    cwd=ROOT,
+                    env=child_env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             port = free_port()
             server = start_uvicorn(
-                port, child_env, app=["--factory", "bench.soak:soak_application"],
+                port,
+                child_env,
+                app=["--factory", "bench.soak:soak_application"],
                 workers=args.workers,
-            )  # fmt: skip
+            )
             time.sleep(1.0)  # the workers have started
             pids = app_pids(server.pid, args.workers)
             target = Target(port, data, journals)
@@ -691,7 +747,7 @@ def main() -> int:
                         backends = conn.execute(
                             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
                             [BENCH_DB],
-                        ).fetchone()[0]  # fmt: skip
+                        ).fetchone()[0]
                     connections.append((what, backends))
                     if what in ("start", "after quiet"):
                         notes[what] = signal_and_wait(
@@ -718,17 +774,21 @@ def main() -> int:
     after = sampler.settled("quiet")
     warm_peak = max(sampler.of("warm-up"))
     growth = (after / start - 1) * 100
-    print(f"uvicorn workers: {args.workers} (memory: the sum of {len(pids)} process(es)); "
-          f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after; "
-          f"{time.monotonic() - began:.0f}s in all")  # fmt: skip
-    print(f"load: {args.engines} engines (reconnecting every ~{args.engine_life_s:.0f}s, "
-          f"{counts.engine_connects} connections), {counts.events:,} events emitted and "
-          f"{stored:,} stored (acked), {counts.frames_large} bursts of {BURST_EVENTS} events, "
-          f"{counts.log_bytes / MB:.0f} MB of log context; {args.browsers} browsers "
-          f"({counts.browser_connects} connections) got {counts.browser_messages:,} messages, "
-          f"{counts.browser_bytes / MB:.0f} MB; {sum(counts.http.values()):,} GETs "
-          f"{dict(counts.http)}, {counts.http_bytes / MB:.0f} MB, the largest "
-          f"{counts.http_largest / 1024:.0f} KB; commands {dict(counts.commands)}")  # fmt: skip
+    print(
+        f"uvicorn workers: {args.workers} (memory: the sum of {len(pids)} process(es)); "
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after; "
+        f"{time.monotonic() - began:.0f}s in all"
+    )
+    print(
+        f"load: {args.engines} engines (reconnecting every ~{args.engine_life_s:.0f}s, "
+        f"{counts.engine_connects} connections), {counts.events:,} events emitted and "
+        f"{stored:,} stored (acked), {counts.frames_large} bursts of {BURST_EVENTS} events, "
+        f"{counts.log_bytes / MB:.0f} MB of log context; {args.browsers} browsers "
+        f"({counts.browser_connects} connections) got {counts.browser_messages:,} messages, "
+        f"{counts.browser_bytes / MB:.0f} MB; {sum(counts.http.values()):,} GETs "
+        f"{dict(counts.http)}, {counts.http_bytes / MB:.0f} MB, the largest "
+        f"{counts.http_largest / 1024:.0f} KB; commands {dict(counts.commands)}"
+    )
     if args.tracemalloc:
         print(
             f"NOTE: Python allocations traced ({args.tracemalloc} frames): the server is "
@@ -738,28 +798,39 @@ def main() -> int:
         f"resident memory (MB): idle after start {idle / MB:.1f}; warm-up "
         f"({args.warmup_s:.0f}s of the same load, not counted) peak {warm_peak / MB:.1f}; "
     )
-    print(f"  start (after warm-up and {args.settle_s:.0f}s quiet) {start / MB:.1f}; peak during "
-          f"{args.minutes:g} min of load {peak / MB:.1f}; after {args.quiet_s:.0f}s quiet "
-          f"{after / MB:.1f}: x{after / start:.3f}, growth {growth:+.1f} %")  # fmt: skip
+    print(
+        f"  start (after warm-up and {args.settle_s:.0f}s quiet) {start / MB:.1f}; peak during "
+        f"{args.minutes:g} min of load {peak / MB:.1f}; after {args.quiet_s:.0f}s quiet "
+        f"{after / MB:.1f}: x{after / start:.3f}, growth {growth:+.1f} %"
+    )
     collected = sum(n["collected"] for n in trim_notes)
     in_use = sum(n["malloc_in_use"] for n in trim_notes)
-    print(f"  diagnosis, after the figures: after gc.collect() {collected_rss / MB:.1f}; after "
-          f"another ({collected} objects) and malloc_trim(0) {trimmed / MB:.1f} (what that gave "
-          f"back was free memory the allocator held; glibc malloc has {in_use / MB:.1f} MB "
-          f"in use)")  # fmt: skip
+    print(
+        f"  diagnosis, after the figures: after gc.collect() {collected_rss / MB:.1f}; after "
+        f"another ({collected} objects) and malloc_trim(0) {trimmed / MB:.1f} (what that gave "
+        f"back was free memory the allocator held; glibc malloc has {in_use / MB:.1f} MB "
+        f"in use)"
+    )
     for at, what, rss in timeline:
         print(f"  {at:>6.0f}s {what}: {rss / MB:.1f} MB")
-    print("the web process's PostgreSQL connections: "
-          + ", ".join(f"{n} at {what}" for what, n in connections))  # fmt: skip
-    tidies = [json.loads(line) for p in snapshots.glob("*-tidied.jsonl")
-              for line in p.read_text().splitlines()]  # fmt: skip
+    print(
+        "the web process's PostgreSQL connections: "
+        + ", ".join(f"{n} at {what}" for what, n in connections)
+    )
+    tidies = [
+        json.loads(line)
+        for p in snapshots.glob("*-tidied.jsonl")
+        for line in p.read_text().splitlines()
+    ]
     if tidies:
         when = ", ".join(f"{t['at'] - began:.0f}s" for t in tidies)
-        print(f"the web process tidied its memory {len(tidies)} times "
-              f"(controlplane.config.memory), at {when}; the longest "
-              f"took {max(t['whole_s'] for t in tidies) * 1000:.0f} ms (the event loop waits "
-              f"for the collection), of which malloc_trim "
-              f"{max(t['trim_s'] for t in tidies) * 1000:.0f} ms (without the GIL)")  # fmt: skip
+        print(
+            f"the web process tidied its memory {len(tidies)} times "
+            f"(controlplane.config.memory), at {when}; the longest "
+            f"took {max(t['whole_s'] for t in tidies) * 1000:.0f} ms (the event loop waits "
+            f"for the collection), of which malloc_trim "
+            f"{max(t['trim_s'] for t in tidies) * 1000:.0f} ms (without the GIL)"
+        )
     else:
         print("the web process did not tidy its memory (MEMORY_TIDY_ENABLED off)")
     if len(notes) == 2:
@@ -771,23 +842,27 @@ def main() -> int:
         counts.errors.append(f"{counts.events} events emitted, {stored} stored")
     if counts.errors:
         print(f"errors ({len(counts.errors)}): {counts.errors[:5]}")
-    print(json.dumps({
-        "metric": "soak_rss_growth_pct",
-        "value": round(growth, 1),
-        "start_mb": round(start / MB, 1),
-        "peak_mb": round(peak / MB, 1),
-        "after_quiet_mb": round(after / MB, 1),
-        "ratio": round(after / start, 3),
-        "idle_mb": round(idle / MB, 1),
-        "after_gc_mb": round(collected_rss / MB, 1),
-        "after_trim_mb": round(trimmed / MB, 1),
-        "minutes": args.minutes,
-        "quiet_s": args.quiet_s,
-        "workers": args.workers,
-        "tracemalloc": bool(args.tracemalloc),
-        "tidied": len(tidies),
-        "errors": len(counts.errors),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "metric": "soak_rss_growth_pct",
+                "value": round(growth, 1),
+                "start_mb": round(start / MB, 1),
+                "peak_mb": round(peak / MB, 1),
+                "after_quiet_mb": round(after / MB, 1),
+                "ratio": round(after / start, 3),
+                "idle_mb": round(idle / MB, 1),
+                "after_gc_mb": round(collected_rss / MB, 1),
+                "after_trim_mb": round(trimmed / MB, 1),
+                "minutes": args.minutes,
+                "quiet_s": args.quiet_s,
+                "workers": args.workers,
+                "tracemalloc": bool(args.tracemalloc),
+                "tidied": len(tidies),
+                "errors": len(counts.errors),
+            }
+        )
+    )
     return 1 if counts.errors else 0
 
 

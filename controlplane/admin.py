@@ -46,22 +46,54 @@ class ReadOnlyAdmin(BoundedDateHierarchy, admin.ModelAdmin):
 @admin.register(Engine)
 class EngineAdmin(admin.ModelAdmin):
     list_display = (
-        "name", "mode", "connected", "reported_state", "desired_state", "equity", "day_pnl",
-        "last_seen_at", "is_active",
-    )  # fmt: skip
+        "name",
+        "mode",
+        "connected",
+        "reported_state",
+        "desired_state",
+        "equity",
+        "day_pnl",
+        "last_seen_at",
+        "is_active",
+    )
     list_filter = ("mode", "connected", "reported_state", "desired_state", "is_active", "broker")
     search_fields = ("name", "broker", "account", "strategy_tags")
     readonly_fields = (
-        "token_hint", "connected", "last_seen_at", "reported_state", "desired_state",
-        "engine_build", "config_hash", "last_seq", "limits_version", "equity", "cash",
-        "session_start_at", "session_start_equity", "high_water_mark", "day_pnl", "drawdown_pct",
+        "token_hint",
+        "connected",
+        "last_seen_at",
+        "reported_state",
+        "desired_state",
+        "engine_build",
+        "config_hash",
+        "last_seq",
+        "limits_version",
+        "equity",
+        "cash",
+        "session_start_at",
+        "session_start_equity",
+        "high_water_mark",
+        "day_pnl",
+        "drawdown_pct",
         "created_at",
-    )  # fmt: skip
+    )
     fieldsets = (
-        (None, {"fields": ("name", "mode", "broker", "account", "strategy_tags", "description",
-                           "is_active")}),
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "mode",
+                    "broker",
+                    "account",
+                    "strategy_tags",
+                    "description",
+                    "is_active",
+                )
+            },
+        ),
         ("Live", {"fields": readonly_fields}),
-    )  # fmt: skip
+    )
 
     actions = ("deactivate",)
 
@@ -105,9 +137,17 @@ class InstrumentAdmin(admin.ModelAdmin):
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
     list_display = (
-        "client_order_id", "engine", "instrument", "side", "order_type", "quantity",
-        "limit_price", "status", "filled_quantity", "updated_at",
-    )  # fmt: skip
+        "client_order_id",
+        "engine",
+        "instrument",
+        "side",
+        "order_type",
+        "quantity",
+        "limit_price",
+        "status",
+        "filled_quantity",
+        "updated_at",
+    )
     list_filter = ("status", "side", "order_type", "engine")
     search_fields = ("client_order_id", "broker_order_id", "instrument__symbol")
     list_select_related = ("engine", "instrument")
@@ -126,9 +166,14 @@ class FillAdmin(ReadOnlyAdmin):
 @admin.register(Position)
 class PositionAdmin(ReadOnlyAdmin):
     list_display = (
-        "engine", "instrument", "quantity", "avg_price", "realized_pnl", "reported_quantity",
+        "engine",
+        "instrument",
+        "quantity",
+        "avg_price",
+        "realized_pnl",
+        "reported_quantity",
         "mismatch_since",
-    )  # fmt: skip
+    )
     list_filter = ("engine", ("mismatch_since", admin.EmptyFieldListFilter))
     search_fields = ("instrument__symbol",)
     list_select_related = ("engine", "instrument")
@@ -168,9 +213,15 @@ class CommandBatchAdmin(ReadOnlyAdmin):
 @admin.register(Command)
 class CommandAdmin(ReadOnlyAdmin):
     list_display = (
-        "id", "engine", "kind", "status", "issued_by_label", "created_at", "acknowledged_at",
+        "id",
+        "engine",
+        "kind",
+        "status",
+        "issued_by_label",
+        "created_at",
+        "acknowledged_at",
         "completed_at",
-    )  # fmt: skip
+    )
     list_filter = ("status", "kind", "engine")
     search_fields = ("id", "reason", "issued_by_label")
     list_select_related = ("engine",)
@@ -190,8 +241,13 @@ class ResumeRequestAdmin(ReadOnlyAdmin):
     """Decided in the app (Resume requests page or API), where the four-eyes rule is applied."""
 
     list_display = (
-        "engine", "status", "requested_by_label", "created_at", "decided_by_label", "decided_at",
-    )  # fmt: skip
+        "engine",
+        "status",
+        "requested_by_label",
+        "created_at",
+        "decided_by_label",
+        "decided_at",
+    )
     list_filter = ("status",)
     list_select_related = ("engine",)
 
@@ -210,9 +266,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: ApiToken) -> None:
         audit_record(
-            action="api_token_revoke", actor=request.user, target=obj,
-            ip_address=client_ip(request), data={"user": obj.user.get_username()},
-        )  # fmt: skip
+            action="api_token_revoke",
+            actor=request.user,
+            target=obj,
+            ip_address=client_ip(request),
+            data={"user": obj.user.get_username()},
+        )
         super().delete_model(request, obj)
 
 

@@ -83,9 +83,15 @@ def audit_record(
     ip_address: str | None = None,
 ) -> AuditEvent:
     event = audit_event(
-        action=action, actor=actor, actor_label=actor_label, target=target, reason=reason,
-        outcome=outcome, data=data, ip_address=ip_address,
-    )  # fmt: skip
+        action=action,
+        actor=actor,
+        actor_label=actor_label,
+        target=target,
+        reason=reason,
+        outcome=outcome,
+        data=data,
+        ip_address=ip_address,
+    )
     event.save(force_insert=True)
     return event
 
@@ -104,7 +110,17 @@ def audit_add(script: Script, event: AuditEvent, ts: datetime) -> None:
     event.ts = ts
     script.add(
         _INSERT,
-        [event.ts, event.actor_id, event.actor, event.action, event.target_type, event.target_id,
-         event.target_label, event.ip_address, event.reason, event.outcome,
-         json.dumps(event.data)],
-    )  # fmt: skip
+        [
+            event.ts,
+            event.actor_id,
+            event.actor,
+            event.action,
+            event.target_type,
+            event.target_id,
+            event.target_label,
+            event.ip_address,
+            event.reason,
+            event.outcome,
+            json.dumps(event.data),
+        ],
+    )

@@ -98,8 +98,11 @@ class Hub:
             # Only the first listener waits, and not long: with Redis down the subscription is
             # retried in the background and every later listener goes on at once.
             waiter = asyncio.create_task(self.ready.wait())
-            await asyncio.wait([waiter, self._task], timeout=PUBLISH_TIMEOUT_S * 2,
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            await asyncio.wait(
+                [waiter, self._task],
+                timeout=PUBLISH_TIMEOUT_S * 2,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             waiter.cancel()
 
     def discard(self, key: Hashable, listener: Any) -> None:

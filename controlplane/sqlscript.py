@@ -68,8 +68,12 @@ def literal(value: Any, escape: Callable[[bytes], bytes]) -> str:
 # A prepared statement's parameter types, from the first values it runs with. A string is text
 # (a statement that wants json or an array casts it), and None leaves the type to the context.
 _TYPES = {
-    str: "text", int: "bigint", Decimal: "numeric", datetime: "timestamptz", date: "date",
-}  # fmt: skip
+    str: "text",
+    int: "bigint",
+    Decimal: "numeric",
+    datetime: "timestamptz",
+    date: "date",
+}
 
 
 @cache

@@ -160,8 +160,16 @@ class Publisher:
         for engine_id, delta in deltas.items():
             topic = engine_topic(engine_id)
             row = next((r.as_dict() for r in rows if r.id == engine_id), None)
-            updates.append({"type": "live.update", "topic": topic, "source": self.source,
-                            "seq": self._next(topic), "row": row, **delta})  # fmt: skip
+            updates.append(
+                {
+                    "type": "live.update",
+                    "topic": topic,
+                    "source": self.source,
+                    "seq": self._next(topic),
+                    "row": row,
+                    **delta,
+                }
+            )
         await redis.publish(channel, encode(updates))
         self.published += 1
 
@@ -222,8 +230,13 @@ async def watch(engine_id: int) -> None:
 
 def fleet_update(source: str, seq: int, rows: list[overview.FleetRow]) -> dict[str, Any]:
     """A ``fleet`` topic update, as every publisher (web process or worker) sends it."""
-    return {"type": "live.update", "topic": FLEET, "source": source, "seq": seq,
-            "rows": [r.as_dict() for r in rows]}  # fmt: skip
+    return {
+        "type": "live.update",
+        "topic": FLEET,
+        "source": source,
+        "seq": seq,
+        "rows": [r.as_dict() for r in rows],
+    }
 
 
 publisher = Publisher()

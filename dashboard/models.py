@@ -57,14 +57,17 @@ class Baseline(models.Model):
     )
     name = models.CharField(max_length=128, help_text="Which backtest, e.g. 'bt 2026-10 v3'.")
     expected_annual_return_pct = models.FloatField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="Blank: derived from the uploaded equity curve, if there is one.",
-    )  # fmt: skip
+    )
     sharpe = models.FloatField(null=True, blank=True)
     trades_per_day = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0)],
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
         help_text="Fills per weekday.",
-    )  # fmt: skip
+    )
     win_rate_pct = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(100)]
     )

@@ -162,11 +162,14 @@ def _state_cause() -> Subquery:
         .order_by("-created_at")
         .values(
             cause=JSONObject(
-                kind="kind", by="issued_by_label", reason="reason", at="created_at",
+                kind="kind",
+                by="issued_by_label",
+                reason="reason",
+                at="created_at",
                 batch="batch_id",
             )
         )[:1]
-    )  # fmt: skip
+    )
     return Subquery(command, output_field=JSONField())
 
 
@@ -477,8 +480,12 @@ def equity_series(
         ts.append(at.isoformat())
         equity.append(v)
         drawdown.append(_drawdown_pct(v, peak))
-    return {"ts": ts[-limit:], "equity": equity[-limit:], "drawdown_pct": drawdown[-limit:],
-            "peak": peak}  # fmt: skip
+    return {
+        "ts": ts[-limit:],
+        "equity": equity[-limit:],
+        "drawdown_pct": drawdown[-limit:],
+        "peak": peak,
+    }
 
 
 def metric_series(

@@ -163,9 +163,11 @@ def command_issue(request: HttpRequest) -> HttpResponse:
             f"{request.user.get_username()} may not issue commands",
             action=f"command_{asked}" if asked in CommandKind.values else "command",
             actor=request.user,
-            actor_label=None, reason=request.POST.get("reason", ""),
-            ip_address=client_ip(request), data={"selector": request.POST.get("selector")},
-        )  # fmt: skip
+            actor_label=None,
+            reason=request.POST.get("reason", ""),
+            ip_address=client_ip(request),
+            data={"selector": request.POST.get("selector")},
+        )
     form = CommandForm(request.POST)
     if not form.is_valid():
         _form_errors(request, form)

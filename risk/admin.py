@@ -24,8 +24,17 @@ class RiskLimitForm(forms.ModelForm):
 
     class Meta:
         model = RiskLimit
-        fields = ("kind", "scope", "scope_value", "threshold", "warning_levels", "action",
-                  "reduce_to_pct", "enabled", "description")  # fmt: skip
+        fields = (
+            "kind",
+            "scope",
+            "scope_value",
+            "threshold",
+            "warning_levels",
+            "action",
+            "reduce_to_pct",
+            "enabled",
+            "description",
+        )
 
     def clean_change_reason(self) -> str:
         reason = self.cleaned_data["change_reason"].strip()
@@ -50,8 +59,19 @@ class ChangeInline(admin.TabularInline):
 @admin.register(RiskLimit)
 class RiskLimitAdmin(admin.ModelAdmin):
     form = RiskLimitForm
-    list_display = ("id", "kind", "scope", "scope_value", "threshold", "warning_levels",
-                    "action", "enabled", "version", "updated_by", "updated_at")  # fmt: skip
+    list_display = (
+        "id",
+        "kind",
+        "scope",
+        "scope_value",
+        "threshold",
+        "warning_levels",
+        "action",
+        "enabled",
+        "version",
+        "updated_by",
+        "updated_at",
+    )
     list_filter = ("enabled", "kind", "scope", "action")
     search_fields = ("scope_value", "description")
     readonly_fields = ("version", "updated_by", "updated_at")
@@ -78,9 +98,12 @@ class RiskLimitAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         if events.limit_channel_count() == 0:
-            messages.warning(request, f"{NO_CHANNEL}: the warnings and breaches of risk limits "
-                             "show in the app and notify nobody. Give the \"Risk limits\" alert "
-                             "rule a channel.")  # fmt: skip
+            messages.warning(
+                request,
+                f"{NO_CHANNEL}: the warnings and breaches of risk limits "
+                'show in the app and notify nobody. Give the "Risk limits" alert '
+                "rule a channel.",
+            )
         return super().changelist_view(request, extra_context)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -89,9 +112,11 @@ class RiskLimitAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: RiskLimit, form: Any, change: bool) -> None:
         change_entry = services.limit_save(
-            limit=obj, reason=form.cleaned_data["change_reason"], actor=request.user,
+            limit=obj,
+            reason=form.cleaned_data["change_reason"],
+            actor=request.user,
             ip_address=client_ip(request),
-        )  # fmt: skip
+        )
         if change_entry is None:
             messages.info(request, "Nothing changed: the limit is as it was.")
 

@@ -51,9 +51,13 @@ MEASURED_KINDS = frozenset({"fill", "account", "order"})
 # engine id -> (limits revision, UTC day) of its last complete evaluation in this process.
 _evaluated: dict[int, tuple[int, date]] = {}
 # The limit kinds measured on the open positions.
-_EXPOSURE_KINDS = frozenset({
-    LimitKind.MAX_POSITION_PCT, LimitKind.MAX_SECTOR_PCT, LimitKind.MAX_GROSS_EXPOSURE_PCT,
-})  # fmt: skip
+_EXPOSURE_KINDS = frozenset(
+    {
+        LimitKind.MAX_POSITION_PCT,
+        LimitKind.MAX_SECTOR_PCT,
+        LimitKind.MAX_GROSS_EXPOSURE_PCT,
+    }
+)
 
 
 def _post_trade_limits() -> list[RiskLimit]:
@@ -100,10 +104,14 @@ def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, Lim
         for symbol, sector, quantity, last, avg in inputs.positions
     ]
     book = _Book(
-        equity=engine.equity, exposures=exposures, day_pnl=engine.day_pnl,
-        session_equity=engine.session_start_equity, drawdown_pct=engine.drawdown_pct,
-        trades_today=fills, orders_today=(orders, rejected),
-    )  # fmt: skip
+        equity=engine.equity,
+        exposures=exposures,
+        day_pnl=engine.day_pnl,
+        session_equity=engine.session_start_equity,
+        drawdown_pct=engine.drawdown_pct,
+        trades_today=fills,
+        orders_today=(orders, rejected),
+    )
     return book, inputs.states
 
 
@@ -233,38 +241,58 @@ def _move(
     claimed = LimitState.objects.filter(
         pk=state.pk, level=state.level, warned_at_level=state.warned_at_level
     ).update(
-        value=value.quantize(quantum), utilisation=utilisation, level=level,
-        warned_at_level=warned, breached_at=breached_at,
-    )  # fmt: skip
+        value=value.quantize(quantum),
+        utilisation=utilisation,
+        level=level,
+        warned_at_level=warned,
+        breached_at=breached_at,
+    )
     if claimed != 1 or not changed:
         return []
     return [_raise(limit, engine, kind, at, value, utilisation, about) for kind, at in events]
 
 
 def _raise(
-    limit: RiskLimit, engine: Engine, kind: str, level: int, value: Decimal, utilisation: float,
+    limit: RiskLimit,
+    engine: Engine,
+    kind: str,
+    level: int,
+    value: Decimal,
+    utilisation: float,
     about: str,
-) -> RiskEvent:  # fmt: skip
+) -> RiskEvent:
     what = limit.get_kind_display()
     if kind == RiskEvent.Kind.BREACH:
-        message = (f"{engine.name}: {what} breached ({about}: {value:.2f} against "
-                   f"{limit.threshold:.2f}); action: {limit.get_action_display()}")  # fmt: skip
+        message = (
+            f"{engine.name}: {what} breached ({about}: {value:.2f} against "
+            f"{limit.threshold:.2f}); action: {limit.get_action_display()}"
+        )
     elif kind == RiskEvent.Kind.WARNING:
-        message = (f"{engine.name}: {what} at {utilisation:.0f}% of its limit ({about}: "
-                   f"{value:.2f} of {limit.threshold:.2f})")  # fmt: skip
+        message = (
+            f"{engine.name}: {what} at {utilisation:.0f}% of its limit ({about}: "
+            f"{value:.2f} of {limit.threshold:.2f})"
+        )
     elif level:
-        message = (f"{engine.name}: {what} back under its limit, still over its {level}% "
-                   f"warning level ({utilisation:.0f}%)")  # fmt: skip
+        message = (
+            f"{engine.name}: {what} back under its limit, still over its {level}% "
+            f"warning level ({utilisation:.0f}%)"
+        )
     else:
         message = f"{engine.name}: {what} back under its warning levels ({utilisation:.0f}%)"
     command = None
     if kind == RiskEvent.Kind.BREACH and limit.action != Action.ALERT:
         command = _act(limit, engine, message)
     event = RiskEvent.objects.create(
-        limit=limit, engine=engine, kind=kind, level=level, threshold=limit.threshold,
-        value=value.quantize(Decimal("0.00000001")), utilisation=utilisation, message=message,
+        limit=limit,
+        engine=engine,
+        kind=kind,
+        level=level,
+        threshold=limit.threshold,
+        value=value.quantize(Decimal("0.00000001")),
+        utilisation=utilisation,
+        message=message,
         command=command,
-    )  # fmt: skip
+    )
     log.warning("risk: %s", message)
     transaction.on_commit(lambda: announce(risk_events.limit_event_raised, event_id=event.pk))
     return event
@@ -281,9 +309,13 @@ def _act(limit: RiskLimit, engine: Engine, message: str) -> Any:
         Action.KILL: (CommandKind.KILL, {"flatten": True}),
     }[limit.action]  # type: ignore[index]
     batch = issuing.command_issue(
-        kind=kind, selector=f"engine:{engine.name}", reason=message, params=params,
-        actor=None, actor_label=f"limit #{limit.pk} {limit.kind}",
-    )  # fmt: skip
+        kind=kind,
+        selector=f"engine:{engine.name}",
+        reason=message,
+        params=params,
+        actor=None,
+        actor_label=f"limit #{limit.pk} {limit.kind}",
+    )
     return batch.commands.get()
 
 

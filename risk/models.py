@@ -36,16 +36,27 @@ class LimitKind(models.TextChoices):
     MAX_REJECTION_RATE_PCT = "max_rejection_rate_pct", "Max rejection rate (%)"
 
 
-PRE_TRADE = frozenset({
-    LimitKind.MAX_ORDER_QTY, LimitKind.MAX_ORDER_NOTIONAL, LimitKind.PRICE_COLLAR_PCT,
-    LimitKind.MAX_ORDER_RATE, LimitKind.DUPLICATE_ORDER,
-})  # fmt: skip
+PRE_TRADE = frozenset(
+    {
+        LimitKind.MAX_ORDER_QTY,
+        LimitKind.MAX_ORDER_NOTIONAL,
+        LimitKind.PRICE_COLLAR_PCT,
+        LimitKind.MAX_ORDER_RATE,
+        LimitKind.DUPLICATE_ORDER,
+    }
+)
 POST_TRADE = frozenset(set(LimitKind) - PRE_TRADE)
 # Thresholds that are a share of something: at most 100 %.
-PERCENT = frozenset({
-    LimitKind.PRICE_COLLAR_PCT, LimitKind.MAX_POSITION_PCT, LimitKind.MAX_SECTOR_PCT,
-    LimitKind.MAX_DAILY_LOSS_PCT, LimitKind.MAX_DRAWDOWN_PCT, LimitKind.MAX_REJECTION_RATE_PCT,
-})  # fmt: skip
+PERCENT = frozenset(
+    {
+        LimitKind.PRICE_COLLAR_PCT,
+        LimitKind.MAX_POSITION_PCT,
+        LimitKind.MAX_SECTOR_PCT,
+        LimitKind.MAX_DAILY_LOSS_PCT,
+        LimitKind.MAX_DRAWDOWN_PCT,
+        LimitKind.MAX_REJECTION_RATE_PCT,
+    }
+)
 # Gross exposure may be levered: up to 1,000 % of equity.
 MAX_GROSS_PCT = Decimal(1000)
 
@@ -84,10 +95,13 @@ class RiskLimit(models.Model):
     )
     action = models.CharField(max_length=8, choices=Action.choices, default=Action.ALERT)
     reduce_to_pct = models.DecimalField(
-        max_digits=5, decimal_places=2, null=True, blank=True,
+        max_digits=5,
+        decimal_places=2,
+        null=True,
+        blank=True,
         validators=[MinValueValidator(Decimal(0))],
         help_text="For 'reduce': the % of each position to keep.",
-    )  # fmt: skip
+    )
     enabled = models.BooleanField(default=True)
     description = models.CharField(max_length=200, blank=True)
     version = models.PositiveIntegerField(default=0, editable=False)
@@ -161,9 +175,12 @@ class RiskLimit(models.Model):
         """The limit as engines receive it (docs/protocol.md, pre-trade limits)."""
         scope = {Scope.SYMBOL: "symbol", Scope.SECTOR: "sector"}.get(self.scope, "all")  # type: ignore[call-overload]
         return {
-            "id": self.pk, "kind": self.kind, "threshold": _plain(self.threshold), "scope": scope,
+            "id": self.pk,
+            "kind": self.kind,
+            "threshold": _plain(self.threshold),
+            "scope": scope,
             "scope_value": self.scope_value if scope != "all" else None,
-        }  # fmt: skip
+        }
 
 
 def _plain(value: Decimal) -> str:
@@ -184,9 +201,12 @@ class RiskLimitChange(models.Model):
     version = models.PositiveIntegerField()
     change = models.CharField(max_length=10, default="changed")  # created / changed
     changed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
-    )  # fmt: skip
+    )
     changed_by_label = models.CharField(max_length=150)
     changed_at = models.DateTimeField(auto_now_add=True)
     reason = models.TextField()

@@ -20,8 +20,17 @@ from risk.models import Level, LimitState, RiskLimit, RiskLimitChange
 
 log = logging.getLogger(__name__)
 
-TRACKED = ("kind", "scope", "scope_value", "threshold", "warning_levels", "action",
-           "reduce_to_pct", "enabled", "description")  # fmt: skip
+TRACKED = (
+    "kind",
+    "scope",
+    "scope_value",
+    "threshold",
+    "warning_levels",
+    "action",
+    "reduce_to_pct",
+    "enabled",
+    "description",
+)
 
 
 class ReasonRequired(ValueError):
@@ -77,15 +86,24 @@ def limit_save(
         limit.updated_by = label
         limit.save()
         change = RiskLimitChange.objects.create(
-            limit=limit, limit_label=str(limit), version=limit.version,
-            change="created" if before is None else "changed", changed_by=actor,
-            changed_by_label=label, reason=reason, changes=changes,
-        )  # fmt: skip
+            limit=limit,
+            limit_label=str(limit),
+            version=limit.version,
+            change="created" if before is None else "changed",
+            changed_by=actor,
+            changed_by_label=label,
+            reason=reason,
+            changes=changes,
+        )
         audit_record(
             action="risk_limit_create" if before is None else "risk_limit_change",
-            actor=actor, actor_label=label, target=limit, reason=reason,
-            ip_address=ip_address, data={"version": limit.version, "changes": changes},
-        )  # fmt: skip
+            actor=actor,
+            actor_label=label,
+            target=limit,
+            reason=reason,
+            ip_address=ip_address,
+            data={"version": limit.version, "changes": changes},
+        )
         transaction.on_commit(limits_push)
     return change
 
@@ -97,11 +115,13 @@ def limits_push() -> int:
         revision, limits = selectors.pretrade_limits_for(engine)
         try:
             issuing.command_issue(
-                kind=CommandKind.SET_LIMITS, selector=f"engine:{engine.name}",
-                reason=f"risk limits revision {revision}", actor=None,
+                kind=CommandKind.SET_LIMITS,
+                selector=f"engine:{engine.name}",
+                reason=f"risk limits revision {revision}",
+                actor=None,
                 actor_label=f"risk limits r{revision}",
                 params={"limits_version": revision, "limits": limits},
-            )  # fmt: skip
+            )
             pushed += 1
         except Exception:  # one engine's trouble must not keep the others on old limits
             log.exception("set_limits to %s failed", engine.name)

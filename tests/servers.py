@@ -87,9 +87,11 @@ def server_env(**overrides: str) -> dict[str, str]:
     # With the connection pool, as outside the tests; PGAPPNAME names the servers' connections
     # to PostgreSQL (pg_stat_activity.application_name), for tests that cut them.
     env.update(
-        CONTROLPLANE_ENV="test", PYTHONUNBUFFERED="1", DB_POOL_ENABLED="true",
+        CONTROLPLANE_ENV="test",
+        PYTHONUNBUFFERED="1",
+        DB_POOL_ENABLED="true",
         PGAPPNAME=SERVER_APPLICATION_NAME,
-    )  # fmt: skip
+    )
     env.update(overrides)
     return env
 
@@ -158,9 +160,16 @@ class UvicornServer:
         if self.running:
             raise ServerError(f"uvicorn is already running on port {self.port}")
         command = [
-            sys.executable, "-m", "uvicorn", "controlplane.config.asgi:application",
-            "--host", "127.0.0.1", "--port", str(self.port), *UVICORN_OPTIONS,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "controlplane.config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *UVICORN_OPTIONS,
+        ]
         env = server_env(
             **{"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url, **self.extra_env}
         )

@@ -75,16 +75,59 @@ REGEX_SAMPLES = [
 # a field holds one value at a time: NUL bytes everywhere; too small (negative, year 1); too big
 # (huge numbers, year 9999, long strings); text where a number or a date belongs.
 FIELDS = [
-    "limit", "page", "p", "o", "q", "e", "mode", "tag", "status", "engine", "actor", "action",
-    "outcome", "target", "date_from", "date_to", "kind", "selector", "reason", "confirm",
-    "expires_in_s", "duration_min", "target_pct", "symbols", "flatten", "cancel_open", "minutes",
-    "rule", "next", "return_here", "timezone", "weekly_report", "name", "username", "password",
-    "_selected_action", "index", "post", "select_across",
-]  # fmt: skip
+    "limit",
+    "page",
+    "p",
+    "o",
+    "q",
+    "e",
+    "mode",
+    "tag",
+    "status",
+    "engine",
+    "actor",
+    "action",
+    "outcome",
+    "target",
+    "date_from",
+    "date_to",
+    "kind",
+    "selector",
+    "reason",
+    "confirm",
+    "expires_in_s",
+    "duration_min",
+    "target_pct",
+    "symbols",
+    "flatten",
+    "cancel_open",
+    "minutes",
+    "rule",
+    "next",
+    "return_here",
+    "timezone",
+    "weekly_report",
+    "name",
+    "username",
+    "password",
+    "_selected_action",
+    "index",
+    "post",
+    "select_across",
+]
 NUMERIC = {
-    "limit", "page", "p", "e", "expires_in_s", "duration_min", "target_pct", "minutes", "rule",
-    "engine", "index",
-}  # fmt: skip
+    "limit",
+    "page",
+    "p",
+    "e",
+    "expires_in_s",
+    "duration_min",
+    "target_pct",
+    "minutes",
+    "rule",
+    "engine",
+    "index",
+}
 DATES = {"date_from", "date_to"}
 
 
@@ -235,14 +278,30 @@ def year_one_engine(make_engine, risk_manager):
     engine, _ = make_engine(EXISTING_ENGINE, mode="paper", strategy_tags=["momentum"])
     instrument = Instrument.objects.create(symbol="OLD")
     order = Order.objects.create(
-        engine=engine, client_order_id="o-1", instrument=instrument, side="buy",
-        order_type="limit", quantity=Decimal(1), limit_price=Decimal(1), status="filled",
-        filled_quantity=Decimal(1), created_at=YEAR_ONE, updated_at=YEAR_ONE, last_seq=1,
-    )  # fmt: skip
+        engine=engine,
+        client_order_id="o-1",
+        instrument=instrument,
+        side="buy",
+        order_type="limit",
+        quantity=Decimal(1),
+        limit_price=Decimal(1),
+        status="filled",
+        filled_quantity=Decimal(1),
+        created_at=YEAR_ONE,
+        updated_at=YEAR_ONE,
+        last_seq=1,
+    )
     Fill.objects.create(
-        engine=engine, fill_id="f-1", order=order, instrument=instrument, side="buy",
-        quantity=Decimal(1), price=Decimal(1), ts=YEAR_ONE, seq=2,
-    )  # fmt: skip
+        engine=engine,
+        fill_id="f-1",
+        order=order,
+        instrument=instrument,
+        side="buy",
+        quantity=Decimal(1),
+        price=Decimal(1),
+        ts=YEAR_ONE,
+        seq=2,
+    )
     AccountSnapshot.objects.create(
         engine=engine, ts=YEAR_ONE, equity=Decimal(100), cash=Decimal(100), seq=3
     )
@@ -259,9 +318,13 @@ def year_one_engine(make_engine, risk_manager):
     )
     rule = AlertRule.objects.create(name="old rule", metric="latency_ms", threshold=1)
     Alert.objects.create(
-        rule=rule, engine=engine, state=Alert.State.FIRING, severity="critical",
-        started_at=YEAR_ONE, summary="old",
-    )  # fmt: skip
+        rule=rule,
+        engine=engine,
+        state=Alert.State.FIRING,
+        severity="critical",
+        started_at=YEAR_ONE,
+        summary="old",
+    )
     return engine, batch
 
 

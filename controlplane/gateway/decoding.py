@@ -49,9 +49,17 @@ def decode_frame(data: str | bytes) -> Decoded:
             events, errors, positions = p.decode_events_positioned(data)
             return Decoded(None, events, errors, positions)
         if probe_type is not None and probe_type not in ENGINE_FRAME_TYPES:
-            return Decoded(None, None, [p.Error(
-                code="unknown_type", message=f"unknown frame type {probe_type!r}", field="type",
-            )])  # fmt: skip
+            return Decoded(
+                None,
+                None,
+                [
+                    p.Error(
+                        code="unknown_type",
+                        message=f"unknown frame type {probe_type!r}",
+                        field="type",
+                    )
+                ],
+            )
         text, field = p.error_field(str(exc))
         return Decoded(None, None, [p.Error(code="invalid_frame", message=text, field=field)])
     except msgspec.DecodeError as exc:

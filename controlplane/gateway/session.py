@@ -36,12 +36,14 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         )
         return [p.Error(code="protocol_version", message=message, field="protocol")]
     if frame.mode != engine.mode:
-        return [p.Error(
-            code="engine_mismatch",
-            message=f"this token belongs to {engine.name}, registered as {engine.mode}; "
-                    f"the engine says it runs {frame.mode}",
-            field="mode",
-        )]  # fmt: skip
+        return [
+            p.Error(
+                code="engine_mismatch",
+                message=f"this token belongs to {engine.name}, registered as {engine.mode}; "
+                f"the engine says it runs {frame.mode}",
+                field="mode",
+            )
+        ]
     now = datetime.now(UTC)
     update: dict[str, Any] = {
         "reported_state": frame.trading_state,
@@ -113,8 +115,7 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
             Engine.objects.filter(pk=engine_id).update(stopped_at=values[0])
             log.info("engine %s: stopping (shut down by its operator)", engine_id)
         name, desired, desired_until, waiting = row
-        engine = Engine(pk=engine_id, name=name, desired_state=desired,
-                        desired_until=desired_until)  # fmt: skip
+        engine = Engine(pk=engine_id, name=name, desired_state=desired, desired_until=desired_until)
         if desired != frame.trading_state and enforce_desired_state(engine, frame.trading_state):
             waiting = True
         return list(pending_commands(engine_id, undelivered_only=True)) if waiting else []

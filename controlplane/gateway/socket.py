@@ -119,8 +119,9 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         if frame is None:
             await self.send_frames(decoded.errors)
         elif isinstance(frame, p.Hello):
-            await self.send_frames([p.Error(code="invalid_frame", message="hello was already sent",
-                                            field="type")])  # fmt: skip
+            await self.send_frames(
+                [p.Error(code="invalid_frame", message="hello was already sent", field="type")]
+            )
         elif isinstance(frame, p.CommandAck | p.CommandResult):
             _answers().add(self, frame)
         elif isinstance(frame, p.Heartbeat):
@@ -199,14 +200,21 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
                 self._written.set()
                 await self._send_quietly([_RESEND])
                 continue
-            merged = batch[0] if take == 1 else decoding.Decoded(
-                None,
-                [event for decoded in batch for event in decoded.events or ()],
-                [error for decoded in batch for error in decoded.errors],
-                # Each event keeps its position in the frame it came in.
-                [i for decoded in batch
-                 for i in decoded.positions or range(len(decoded.events or ()))],
-            )  # fmt: skip
+            merged = (
+                batch[0]
+                if take == 1
+                else decoding.Decoded(
+                    None,
+                    [event for decoded in batch for event in decoded.events or ()],
+                    [error for decoded in batch for error in decoded.errors],
+                    # Each event keeps its position in the frame it came in.
+                    [
+                        i
+                        for decoded in batch
+                        for i in decoded.positions or range(len(decoded.events or ()))
+                    ],
+                )
+            )
             try:
                 frames, result = await _events().store(self.engine_id, merged)
             except Exception:
@@ -238,10 +246,13 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         if self._hello_timer is not None:
             self._hello_timer.cancel()  # the first frame came in time, hello or not
         if not isinstance(decoded.frame, p.Hello):
-            errors = decoded.errors or [p.Error(
-                code="not_hello", message="the first frame on a connection must be hello",
-                field="type",
-            )]  # fmt: skip
+            errors = decoded.errors or [
+                p.Error(
+                    code="not_hello",
+                    message="the first frame on a connection must be hello",
+                    field="type",
+                )
+            ]
             await self.send_frames(errors)
             await self.close(code=p.CLOSE_PROTOCOL_VIOLATION)
             return

@@ -29,9 +29,16 @@ from dashboard.overview import slippage_bps
 TRADING_DAYS_PER_YEAR = 252
 ZERO = Decimal(0)
 FILL_FIELDS = (
-    "engine_id", "instrument_id", "side", "quantity", "price", "fee", "expected_price", "ts",
+    "engine_id",
+    "instrument_id",
+    "side",
+    "quantity",
+    "price",
+    "fee",
+    "expected_price",
+    "ts",
     "instrument__multiplier",
-)  # fmt: skip
+)
 FINAL_ORDER_STATUSES = ("filled", "cancelled", "rejected", "expired")
 _WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -447,9 +454,13 @@ def _period(start: datetime, end: datetime, tz: ZoneInfo | None) -> Period:
 
 
 def engines_analytics(
-    engines: Sequence[Engine], start: datetime, end: datetime, *,
-    tz: ZoneInfo | None = None, now: datetime | None = None,
-) -> Analytics:  # fmt: skip
+    engines: Sequence[Engine],
+    start: datetime,
+    end: datetime,
+    *,
+    tz: ZoneInfo | None = None,
+    now: datetime | None = None,
+) -> Analytics:
     period = _period(start, end, tz)
     data = collect([e.pk for e in engines], period.start, period.end, now=now)
     return summarise(list(data.values()), period)

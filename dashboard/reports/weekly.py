@@ -97,19 +97,33 @@ def weekly_report(week: str, tz: ZoneInfo, *, now: datetime | None = None) -> We
 # --- CSV -----------------------------------------------------------------------------------------
 
 CSV_COLUMNS = [
-    ("return_pct", "return_pct"), ("pnl", "pnl"), ("start_equity", "start_equity"),
-    ("end_equity", "end_equity"), ("sharpe", "sharpe"), ("sortino", "sortino"),
-    ("max_drawdown_pct", "max_drawdown_pct"), ("trades", "trades"),
-    ("round_trips", "round_trips"), ("win_rate_pct", "win_rate_pct"),
-    ("profit_factor", "profit_factor"), ("avg_slippage_bps", "avg_slippage_bps"),
-    ("worst_slippage_bps", "worst_slippage_bps"), ("rejection_rate_pct", "rejection_rate_pct"),
-    ("fill_rate_pct", "fill_rate_pct"), ("uptime_pct", "uptime_pct"),
-    ("alerts_fired", "alerts_fired"), ("commands_issued", "commands_issued"),
-]  # fmt: skip
+    ("return_pct", "return_pct"),
+    ("pnl", "pnl"),
+    ("start_equity", "start_equity"),
+    ("end_equity", "end_equity"),
+    ("sharpe", "sharpe"),
+    ("sortino", "sortino"),
+    ("max_drawdown_pct", "max_drawdown_pct"),
+    ("trades", "trades"),
+    ("round_trips", "round_trips"),
+    ("win_rate_pct", "win_rate_pct"),
+    ("profit_factor", "profit_factor"),
+    ("avg_slippage_bps", "avg_slippage_bps"),
+    ("worst_slippage_bps", "worst_slippage_bps"),
+    ("rejection_rate_pct", "rejection_rate_pct"),
+    ("fill_rate_pct", "fill_rate_pct"),
+    ("uptime_pct", "uptime_pct"),
+    ("alerts_fired", "alerts_fired"),
+    ("commands_issued", "commands_issued"),
+]
 COMPARISON_COLUMNS = [
-    "expected_return_pct", "return_diff_pp", "trade_ratio", "win_rate_diff_pp",
-    "divergence_pct", "flagged",
-]  # fmt: skip
+    "expected_return_pct",
+    "return_diff_pp",
+    "trade_ratio",
+    "win_rate_diff_pp",
+    "divergence_pct",
+    "flagged",
+]
 
 
 def _cell(value: object) -> str:
@@ -136,10 +150,13 @@ def report_csv(report: WeeklyReport) -> str:
         extra = empty
         if comparison is not None:
             extra = [
-                _cell(comparison.expected_return_pct), _cell(comparison.return_diff_pp),
-                _cell(comparison.trade_ratio), _cell(comparison.win_rate_diff_pp),
-                _cell(comparison.divergence_pct), _cell(comparison.flagged),
-            ]  # fmt: skip
+                _cell(comparison.expected_return_pct),
+                _cell(comparison.return_diff_pp),
+                _cell(comparison.trade_ratio),
+                _cell(comparison.win_rate_diff_pp),
+                _cell(comparison.divergence_pct),
+                _cell(comparison.flagged),
+            ]
         writer.writerow([report.week, scope, name, *values, *extra])
 
     row("fleet", "fleet", report.fleet, None)

@@ -43,9 +43,10 @@ def only_rules(*names: str) -> None:
 
 def day_loss(engine: Engine, loss: int) -> None:
     Engine.objects.filter(pk=engine.pk).update(
-        session_start_equity=Decimal(100000), day_pnl=Decimal(-loss),
+        session_start_equity=Decimal(100000),
+        day_pnl=Decimal(-loss),
         equity=Decimal(100000 - loss),
-    )  # fmt: skip
+    )
 
 
 def evaluate_limits(engine: Engine) -> list[str]:
@@ -147,14 +148,23 @@ def test_switching_a_rule_off_in_the_admin_resolves_its_alerts(alpha, admin_user
 
 def rule_form(rule: AlertRule, **overrides: str) -> dict[str, object]:
     form: dict[str, object] = {
-        "name": rule.name, "metric": rule.metric, "comparator": rule.comparator,
-        "threshold": str(rule.threshold), "hysteresis": str(rule.hysteresis),
-        "pending_s": str(rule.pending_s), "severity": rule.severity, "scope": rule.scope,
-        "scope_value": rule.scope_value, "channels": [c.pk for c in rule.channels.all()],
-        "repeat_interval_s": str(rule.repeat_interval_s), "escalate_after_s": "",
-        "escalation_channels": [], "action": rule.action, "enabled": "on",
+        "name": rule.name,
+        "metric": rule.metric,
+        "comparator": rule.comparator,
+        "threshold": str(rule.threshold),
+        "hysteresis": str(rule.hysteresis),
+        "pending_s": str(rule.pending_s),
+        "severity": rule.severity,
+        "scope": rule.scope,
+        "scope_value": rule.scope_value,
+        "channels": [c.pk for c in rule.channels.all()],
+        "repeat_interval_s": str(rule.repeat_interval_s),
+        "escalate_after_s": "",
+        "escalation_channels": [],
+        "action": rule.action,
+        "enabled": "on",
         "description": rule.description,
-    }  # fmt: skip
+    }
     form.update(overrides)
     return {key: value for key, value in form.items() if value != "" or key != "enabled"}
 
@@ -194,9 +204,12 @@ def test_the_page_lists_critical_first_and_flags_rules_that_notify_nobody(
     for engine, severity in zip(engines, ("info", "critical", "warning"), strict=True):
         # Created info, critical, warning: alphabetically "warning" sorted first, critical last.
         Alert.objects.create(
-            rule=rule, engine=engine, state="firing", severity=severity,
+            rule=rule,
+            engine=engine,
+            state="firing",
+            severity=severity,
             summary=f"{engine.name}: something {severity}",
-        )  # fmt: skip
+        )
     client = Client()
     client.force_login(viewer)
 
@@ -240,9 +253,12 @@ def hold(engine: Engine, **positions: tuple[int, str]) -> None:
     for symbol, (quantity, price) in positions.items():
         instrument, _ = Instrument.objects.get_or_create(symbol=symbol)
         Position.objects.create(
-            engine=engine, instrument=instrument, quantity=Decimal(quantity),
-            avg_price=Decimal(price), last_price=Decimal(price),
-        )  # fmt: skip
+            engine=engine,
+            instrument=instrument,
+            quantity=Decimal(quantity),
+            avg_price=Decimal(price),
+            last_price=Decimal(price),
+        )
 
 
 def test_an_engine_gone_silent_with_positions_raises_orphaned_positions_naming_them(alpha, channel):

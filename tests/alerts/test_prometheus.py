@@ -32,17 +32,22 @@ def fleet(make_engine: Any) -> None:
     now = timezone.now()
     alpha, beta, gamma = (make_engine(name)[0] for name in ("alpha", "beta", "gamma"))
     Engine.objects.filter(pk=alpha.pk).update(
-        connected=True, reported_state="ACTIVE", last_seq=1200,
+        connected=True,
+        reported_state="ACTIVE",
+        last_seq=1200,
         last_seen_at=now - timedelta(seconds=2),
-    )  # fmt: skip
+    )
     Engine.objects.filter(pk=beta.pk).update(
-        connected=True, reported_state="PAUSED", last_seq=40,
+        connected=True,
+        reported_state="PAUSED",
+        last_seq=40,
         last_seen_at=now - timedelta(seconds=30),
-    )  # fmt: skip
+    )
     # Pause latencies of 0.1 s .. 1.0 s; one kill at 0.2 s; an old and an unacknowledged command.
     for tenths in range(1, 11):
-        command = Command.objects.create(engine=alpha, kind="pause", reason="t",
-                                         issued_by_label="t")  # fmt: skip
+        command = Command.objects.create(
+            engine=alpha, kind="pause", reason="t", issued_by_label="t"
+        )
         Command.objects.filter(pk=command.pk).update(
             acknowledged_at=command.created_at + timedelta(seconds=tenths / 10)
         )
@@ -56,16 +61,26 @@ def fleet(make_engine: Any) -> None:
     )
     Command.objects.create(engine=gamma, kind="pause", reason="t", issued_by_label="t")
 
-    for severity, state in (("critical", "firing"), ("critical", "firing"),
-                            ("warning", "firing"), ("info", "resolved")):  # fmt: skip
-        Alert.objects.create(engine=None, source=f"test-{Alert.objects.count()}", state=state,
-                             severity=severity, summary="s")  # fmt: skip
+    for severity, state in (
+        ("critical", "firing"),
+        ("critical", "firing"),
+        ("warning", "firing"),
+        ("info", "resolved"),
+    ):
+        Alert.objects.create(
+            engine=None,
+            source=f"test-{Alert.objects.count()}",
+            state=state,
+            severity=severity,
+            summary="s",
+        )
     channel = NotificationChannel(name="mail", kind="email")
     channel.target = "desk@example.com"
     channel.save()
     for i, status in enumerate(("failed", "failed", "pending", "sending", "sent")):
-        Notification.objects.create(key=str(i), channel=channel, event="firing", subject="s",
-                                    body="b", status=status)  # fmt: skip
+        Notification.objects.create(
+            key=str(i), channel=channel, event="firing", subject="s", body="b", status=status
+        )
 
 
 def test_it_exposes_the_fleet_commands_alerts_and_deliveries(
@@ -136,8 +151,12 @@ def test_with_a_token_set_it_refuses_a_missing_or_wrong_token(
     client: Client, settings: Any
 ) -> None:
     settings.METRICS_TOKEN = "scrape-me-please"
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me-please"},
-                    {"Authorization": "Basic scrape-me-please"}):  # fmt: skip
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "scrape-me-please"},
+        {"Authorization": "Basic scrape-me-please"},
+    ):
         response = client.get("/metrics", headers=headers)
         assert response.status_code == 401
         assert response["WWW-Authenticate"].startswith("Bearer")

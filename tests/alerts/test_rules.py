@@ -42,9 +42,11 @@ def alpha(make_engine) -> Engine:
 
 def set_pnl(engine: Engine, pct: float) -> Engine:
     Engine.objects.filter(pk=engine.pk).update(
-        session_start_equity=Decimal(100000), day_pnl=Decimal(str(pct * 1000)),
-        equity=Decimal(100000) + Decimal(str(pct * 1000)), last_seen_at=T0,
-    )  # fmt: skip
+        session_start_equity=Decimal(100000),
+        day_pnl=Decimal(str(pct * 1000)),
+        equity=Decimal(100000) + Decimal(str(pct * 1000)),
+        last_seen_at=T0,
+    )
     engine.refresh_from_db()
     return engine
 
@@ -126,8 +128,12 @@ def test_a_pending_alert_that_clears_tells_nobody(alpha, loss_rule):
 
 def test_a_silence_holds(alpha, loss_rule, operator):
     only_rules("Daily loss")
-    services.silence_create(actor=operator, reason="known: rebalancing", engine=alpha,
-                            ends_at=datetime.now(UTC) + timedelta(hours=1))  # fmt: skip
+    services.silence_create(
+        actor=operator,
+        reason="known: rebalancing",
+        engine=alpha,
+        ends_at=datetime.now(UTC) + timedelta(hours=1),
+    )
     set_pnl(alpha, -5)
 
     run(alpha, datetime.now(UTC))
@@ -144,14 +150,17 @@ def test_a_silence_holds(alpha, loss_rule, operator):
 
 def test_bad_silences_are_refused_naming_the_problem(alpha, operator, viewer):
     with pytest.raises(Exception, match="Say why"):
-        services.silence_create(actor=operator, reason=" ",
-                                ends_at=datetime.now(UTC) + timedelta(hours=1))  # fmt: skip
+        services.silence_create(
+            actor=operator, reason=" ", ends_at=datetime.now(UTC) + timedelta(hours=1)
+        )
     with pytest.raises(Exception, match="at most 7 days"):
-        services.silence_create(actor=operator, reason="x",
-                                ends_at=datetime.now(UTC) + timedelta(days=8))  # fmt: skip
+        services.silence_create(
+            actor=operator, reason="x", ends_at=datetime.now(UTC) + timedelta(days=8)
+        )
     with pytest.raises(Exception, match="may not silence"):
-        services.silence_create(actor=viewer, reason="x",
-                                ends_at=datetime.now(UTC) + timedelta(hours=1))  # fmt: skip
+        services.silence_create(
+            actor=viewer, reason="x", ends_at=datetime.now(UTC) + timedelta(hours=1)
+        )
     assert not Silence.objects.exists()
 
 
@@ -164,8 +173,9 @@ def test_engine_down_suppresses_the_engines_other_alerts(alpha, loss_rule, chann
     run(alpha)
 
     assert set(Alert.objects.values_list("rule__name", "state")) == {
-        ("Engine down", "firing"), ("Daily loss", "firing"),
-    }  # fmt: skip
+        ("Engine down", "firing"),
+        ("Daily loss", "firing"),
+    }
     assert [n.alert.rule.name for n in sent()] == ["Engine down"]
 
 
@@ -184,8 +194,10 @@ def test_unacknowledged_alerts_repeat_and_escalate_once_and_an_ack_stops_them(
     evaluation.repeat_and_escalate(now=T0 + timedelta(minutes=16))
     evaluation.repeat_and_escalate(now=T0 + timedelta(minutes=16))
     assert [(n.event, n.channel.name) for n in sent()] == [
-        ("firing", "desk-mail"), ("repeat", "desk-mail"), ("escalation", "pager"),
-    ]  # fmt: skip
+        ("firing", "desk-mail"),
+        ("repeat", "desk-mail"),
+        ("escalation", "pager"),
+    ]
 
     assert services.alert_acknowledge(alert=Alert.objects.get(), actor=operator)
     assert not services.alert_acknowledge(alert=Alert.objects.get(), actor=operator)
@@ -218,8 +230,9 @@ def test_a_risk_limit_breach_is_an_alert_through_the_risk_rule_and_clears(
     risk_evaluation.forget_cached_limits()
     risk_services.limit_save(
         limit=RiskLimit(kind="max_daily_loss", threshold=Decimal(1000), action="alert"),
-        reason="x", actor=risk_manager,
-    )  # fmt: skip
+        reason="x",
+        actor=risk_manager,
+    )
     set_pnl(alpha, -1.2)  # a 1,200 loss
     for event in risk_evaluation.evaluate_engine(alpha.pk):
         hooks.risk_event(event.pk)

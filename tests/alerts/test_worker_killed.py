@@ -69,24 +69,46 @@ def inbox() -> Iterator[tuple[StallingInbox, int]]:
 
 def worker(port: int, log: Path) -> subprocess.Popen[bytes]:
     env = server_env(
-        DATABASE_URL=current_database_url(), REDIS_URL=settings.REDIS_URL,
-        EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(port), NOTIFICATION_LEASE_S=LEASE_S,
-    )  # fmt: skip
+        DATABASE_URL=current_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=str(port),
+        NOTIFICATION_LEASE_S=LEASE_S,
+    )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "controlplane.config.celery", "worker",
-             "--pool", "threads", "--concurrency", "2", "--without-gossip", "--without-mingle",
-             "--loglevel", "INFO"],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "controlplane.config.celery",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for(condition: Callable[[], Any], what: str, log: Path) -> Any:
     deadline = time.monotonic() + WAIT_S
     while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {WAIT_S:.0f}s; workers said:\n"
-                                 f"{log.read_text(errors='replace')[-6000:]}")  # fmt: skip
+            raise AssertionError(
+                f"not {what} within {WAIT_S:.0f}s; workers said:\n"
+                f"{log.read_text(errors='replace')[-6000:]}"
+            )
         time.sleep(0.05)  # another process's work: there is no event to await
     return value
 
@@ -100,11 +122,17 @@ def test_a_worker_killed_mid_send_neither_loses_nor_doubles_the_notification(
     channel = NotificationChannel(name="desk", kind="email")
     channel.target = "desk@example.com"
     channel.save()
-    rule = AlertRule.objects.create(name="Loss", metric="daily_pnl_pct", comparator="<",
-                                    threshold=-3, severity="critical")  # fmt: skip
+    rule = AlertRule.objects.create(
+        name="Loss", metric="daily_pnl_pct", comparator="<", threshold=-3, severity="critical"
+    )
     rule.channels.add(channel)
-    alert = Alert.objects.create(rule=rule, engine=engine, state="firing", severity="critical",
-                                 summary="alpha: Loss: daily_pnl_pct -5 % below -3 %")  # fmt: skip
+    alert = Alert.objects.create(
+        rule=rule,
+        engine=engine,
+        state="firing",
+        severity="critical",
+        summary="alpha: Loss: daily_pnl_pct -5 % below -3 %",
+    )
     celery_app.control.purge()  # what earlier tests queued and nobody ran is not this test's
     first = worker(port, log)
     try:
@@ -121,8 +149,11 @@ def test_a_worker_killed_mid_send_neither_loses_nor_doubles_the_notification(
         second = worker(port, log)
         try:
             assert resend_stuck_notifications() == 1
-            wait_for(lambda: Notification.objects.filter(pk=row.pk, status="sent").exists(),
-                     "sent by the second worker", log)  # fmt: skip
+            wait_for(
+                lambda: Notification.objects.filter(pk=row.pk, status="sent").exists(),
+                "sent by the second worker",
+                log,
+            )
             # The sweep may run again meanwhile: nothing more goes out.
             assert resend_stuck_notifications() == 0
         finally:

@@ -108,9 +108,11 @@ def test_a_browser_session_needs_the_csrf_token_to_post(fleet, risk_manager):
     client.get("/")  # sets the CSRF cookie, as any page does
     token = client.cookies["csrftoken"].value
     response = client.post(
-        "/api/v1/commands", json.dumps(KILL_ALL), content_type="application/json",
+        "/api/v1/commands",
+        json.dumps(KILL_ALL),
+        content_type="application/json",
         headers={"X-CSRFToken": token},
-    )  # fmt: skip
+    )
     assert response.status_code == 201
 
 
@@ -151,8 +153,9 @@ def test_four_eyes_through_the_api(fleet, operator, risk_manager, second_risk_ma
 
 def test_the_engines_list_needs_a_view_permission(fleet, viewer, outsider):
     assert [e["name"] for e in token_client(viewer).get("/api/v1/engines").json()] == [
-        "alpha", "beta",
-    ]  # fmt: skip
+        "alpha",
+        "beta",
+    ]
     assert token_client(outsider).get("/api/v1/engines").status_code == 403
 
 

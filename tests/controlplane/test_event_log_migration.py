@@ -23,7 +23,7 @@ ROWS = [
         (E1, 3, "metric", "2020-01-02T09:00:00Z", "2020-01-02T09:00:01Z"),
         (E2, 7, "log", "2020-01-02T09:00:00Z", "2020-01-02T09:00:01Z"),
     ]
-]  # fmt: skip
+]
 
 
 def _migrate(target: tuple[str, str] | None) -> None:

@@ -17,17 +17,32 @@ def order(engine_and_token):
     engine, _ = engine_and_token
     instrument = Instrument.objects.create(symbol="AAPL", sector="Technology")
     return Order.objects.create(
-        engine=engine, client_order_id="o-1", instrument=instrument, side="buy",
-        order_type="limit", quantity=Decimal("100"), limit_price=Decimal("190.5"),
-        status="accepted", created_at=NOW, updated_at=NOW, last_seq=1,
-    )  # fmt: skip
+        engine=engine,
+        client_order_id="o-1",
+        instrument=instrument,
+        side="buy",
+        order_type="limit",
+        quantity=Decimal("100"),
+        limit_price=Decimal("190.5"),
+        status="accepted",
+        created_at=NOW,
+        updated_at=NOW,
+        last_seq=1,
+    )
 
 
 def _fill(order: Order, fill_id: str, **overrides) -> Fill:
     values = dict(
-        engine=order.engine, fill_id=fill_id, order=order, instrument=order.instrument, side="buy",
-        quantity=Decimal("10"), price=Decimal("190.25"), ts=NOW, seq=2,
-    )  # fmt: skip
+        engine=order.engine,
+        fill_id=fill_id,
+        order=order,
+        instrument=order.instrument,
+        side="buy",
+        quantity=Decimal("10"),
+        price=Decimal("190.25"),
+        ts=NOW,
+        seq=2,
+    )
     values.update(overrides)
     return Fill.objects.create(**values)
 
@@ -42,10 +57,17 @@ def test_the_database_refuses_a_second_fill_with_the_same_engine_and_fill_id(ord
 def _order_of(engine: Engine, like: Order) -> Order:
     """An order of ``engine`` with ``like``'s client order id and instrument."""
     return Order.objects.create(
-        engine=engine, client_order_id=like.client_order_id, instrument=like.instrument,
-        side="buy", order_type="market", quantity=Decimal("5"), status="accepted",
-        created_at=NOW, updated_at=NOW, last_seq=1,
-    )  # fmt: skip
+        engine=engine,
+        client_order_id=like.client_order_id,
+        instrument=like.instrument,
+        side="buy",
+        order_type="market",
+        quantity=Decimal("5"),
+        status="accepted",
+        created_at=NOW,
+        updated_at=NOW,
+        last_seq=1,
+    )
 
 
 def test_the_same_fill_id_is_allowed_for_another_engine(order, make_engine):

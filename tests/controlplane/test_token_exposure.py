@@ -30,8 +30,15 @@ def test_a_new_engines_token_is_shown_once_on_the_page_but_never_put_in_a_cookie
 ) -> None:
     client = Client()
     client.force_login(admin_user)
-    form = {"name": "zulu", "mode": "paper", "broker": "", "account": "", "strategy_tags": "",
-            "description": "", "is_active": "on"}  # fmt: skip
+    form = {
+        "name": "zulu",
+        "mode": "paper",
+        "broker": "",
+        "account": "",
+        "strategy_tags": "",
+        "description": "",
+        "is_active": "on",
+    }
 
     added = client.post("/admin/controlplane/engine/add/", form)
     shown = client.get(added["Location"])
@@ -57,14 +64,17 @@ def test_requests_with_engine_and_api_tokens_log_neither(
 
     with caplog.at_level(logging.DEBUG):
         responses = [
-            Client().post("/api/v1/engine/events", data=f.events_frame(f.order(1, "o-1")),
-                          content_type="application/json",
-                          headers={"Authorization": f"Bearer {token}"})
+            Client().post(
+                "/api/v1/engine/events",
+                data=f.events_frame(f.order(1, "o-1")),
+                content_type="application/json",
+                headers={"Authorization": f"Bearer {token}"},
+            )
             for token in (engine_token, wrong)
         ] + [
             Client().get("/api/v1/engines", headers={"Authorization": f"Bearer {token}"})
             for token in (api_token, api_token[:-4] + "AAAA", engine_token)
-        ]  # fmt: skip
+        ]
 
     assert [r.status_code for r in responses] == [200, 401, 200, 401, 401]
     assert caplog.records, "the requests logged nothing at all: the test would prove nothing"

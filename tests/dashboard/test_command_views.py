@@ -282,9 +282,9 @@ def test_a_reduce_to_zero_of_everything_needs_the_flatten_right_on_the_page_and_
     reduce = {"kind": "reduce", "selector": "engine:alpha", "target_pct": "0", "reason": "r"}
     refused = client_for(operator).post(ISSUE, reduce, follow=True)
     status, body = api_post(
-        operator, {"kind": "reduce", "selector": "engine:alpha", "reason": "r",
-                   "params": {"target_pct": 0}},
-    )  # fmt: skip
+        operator,
+        {"kind": "reduce", "selector": "engine:alpha", "reason": "r", "params": {"target_pct": 0}},
+    )
 
     message = "otto-operator may not flatten every position (a reduce to 0 %)"
     assert message in text(refused)

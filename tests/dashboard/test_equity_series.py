@@ -50,9 +50,12 @@ def session(make_engine: MakeEngine) -> tuple[Engine, list[tuple[datetime, float
     # Yesterday's session ended far higher: the all-time high-water mark is not today's peak.
     ingest_events(
         engine_id=engine.pk,
-        events=[p.AccountEvent(seq=1, ts=today - timedelta(hours=2), equity=Decimal(200_000),
-                               cash=Decimal(200_000))],
-    )  # fmt: skip
+        events=[
+            p.AccountEvent(
+                seq=1, ts=today - timedelta(hours=2), equity=Decimal(200_000), cash=Decimal(200_000)
+            )
+        ],
+    )
     points = _session(engine, today + timedelta(minutes=1))
     engine.refresh_from_db()
     assert engine.high_water_mark == Decimal(200_000)
@@ -107,10 +110,11 @@ def test_the_live_points_take_their_drawdown_from_the_session_peak_before_them(
     ingest_events(
         engine_id=engine.pk,
         events=[
-            p.AccountEvent(seq=10 + SESSION_POINTS, ts=later, equity=Decimal(90_000),
-                           cash=Decimal(90_000)),
+            p.AccountEvent(
+                seq=10 + SESSION_POINTS, ts=later, equity=Decimal(90_000), cash=Decimal(90_000)
+            ),
         ],
-    )  # fmt: skip
+    )
     delta = live.engine_delta(engine.pk, cursor)
 
     assert delta is not None

@@ -49,8 +49,10 @@ def test_a_paused_engine_row_says_who_paused_it_when_and_why(
     row = row_of("alpha")
 
     assert (row.cause_kind, row.cause_by, row.cause_reason) == (
-        "pause", "otto-operator", "earnings call"
-    )  # fmt: skip
+        "pause",
+        "otto-operator",
+        "earnings call",
+    )
     assert row.cause_at == batch.created_at.astimezone(UTC).isoformat()
     assert row.cause_batch == str(batch.pk)
     assert row.cause_title.startswith("PAUSED by otto-operator (pause) at ")
@@ -62,16 +64,20 @@ def test_a_kill_by_a_risk_limit_is_the_cause_until_a_later_command_changes_the_s
 ) -> None:
     engine, _ = make_engine("alpha")
     issuing.command_issue(
-        kind="kill", selector="engine:alpha", reason="daily loss 5,200 beyond 5,000",
-        actor=None, actor_label="limit #3 max_daily_loss",
-    )  # fmt: skip
+        kind="kill",
+        selector="engine:alpha",
+        reason="daily loss 5,200 beyond 5,000",
+        actor=None,
+        actor_label="limit #3 max_daily_loss",
+    )
     # Commands that leave the state as it is (a cancel) do not take the cause over.
     issuing.command_issue(
         kind="cancel_all", selector="engine:alpha", reason="sweep", actor=risk_manager
     )
     assert (row_of("alpha").cause_by, row_of("alpha").cause_reason) == (
-        "limit #3 max_daily_loss", "daily loss 5,200 beyond 5,000"
-    )  # fmt: skip
+        "limit #3 max_daily_loss",
+        "daily loss 5,200 beyond 5,000",
+    )
 
     request = resume.resume_request_create(engine=engine, reason="fixed", actor=risk_manager)
     resume.resume_request_approve(
@@ -103,9 +109,12 @@ def test_a_timed_pause_that_ran_out_is_no_longer_the_cause(
 ) -> None:
     make_engine("alpha")
     issuing.command_issue(
-        kind="pause", selector="engine:alpha", reason="r", actor=operator,
+        kind="pause",
+        selector="engine:alpha",
+        reason="r",
+        actor=operator,
         params={"duration": 60},
-    )  # fmt: skip
+    )
     assert row_of("alpha").cause_by == "otto-operator"
     Engine.objects.filter(name="alpha").update(desired_until=datetime.now(UTC))
 
@@ -119,9 +128,12 @@ def test_the_engines_own_reason_for_pausing_itself_is_shown_until_it_reports_ano
     at = datetime.now(UTC)
     ingest_events(
         engine_id=engine.pk,
-        events=[p.StateEvent(seq=1, ts=at, trading_state="PAUSED",
-                             reason="dead-man: no server for 15 s")],
-    )  # fmt: skip
+        events=[
+            p.StateEvent(
+                seq=1, ts=at, trading_state="PAUSED", reason="dead-man: no server for 15 s"
+            )
+        ],
+    )
 
     row = row_of("alpha")
     assert (row.cause_by, row.cause_reason) == ("engine", "dead-man: no server for 15 s")
@@ -205,13 +217,28 @@ def test_the_kill_scope_counts_the_engines_and_their_gross_exposure(
         ingest_events(
             engine_id=engine.pk,
             events=[
-                p.OrderEvent(seq=1, ts=now, client_order_id="o", symbol=symbol, side=side,
-                             order_type="market", quantity=Decimal(abs(quantity)),
-                             status="filled"),
-                p.FillEvent(seq=2, ts=now, fill_id="f", client_order_id="o", symbol=symbol,
-                            side=side, quantity=Decimal(abs(quantity)), price=Decimal(price)),
+                p.OrderEvent(
+                    seq=1,
+                    ts=now,
+                    client_order_id="o",
+                    symbol=symbol,
+                    side=side,
+                    order_type="market",
+                    quantity=Decimal(abs(quantity)),
+                    status="filled",
+                ),
+                p.FillEvent(
+                    seq=2,
+                    ts=now,
+                    fill_id="f",
+                    client_order_id="o",
+                    symbol=symbol,
+                    side=side,
+                    quantity=Decimal(abs(quantity)),
+                    price=Decimal(price),
+                ),
             ],
-        )  # fmt: skip
+        )
     issuing.command_issue(
         kind="kill",
         selector="engine:charlie",
@@ -222,8 +249,13 @@ def test_the_kill_scope_counts_the_engines_and_their_gross_exposure(
     client = client_for(viewer)
 
     every = client.get("/commands/kill-scope/", {"selector": "all"}).json()
-    assert every == {"selector": "all", "engines": 3, "halted_already": 1,
-                     "gross_exposure": 40_000.0, "gross_exposure_text": "40,000"}  # fmt: skip
+    assert every == {
+        "selector": "all",
+        "engines": 3,
+        "halted_already": 1,
+        "gross_exposure": 40_000.0,
+        "gross_exposure_text": "40,000",
+    }
     live = client.get("/commands/kill-scope/", {"selector": "live"}).json()
     assert (live["engines"], live["gross_exposure"]) == (2, 20_000.0)
     one = client.get("/commands/kill-scope/", {"selector": "engine:bravo"}).json()

@@ -57,15 +57,27 @@ def order_with_fill(symbol: str, quantity: int) -> list[p.Event]:
     now = p.utc_now()
     return [
         p.OrderEvent(
-            seq=1, ts=now, client_order_id="o-1", symbol=symbol, side="buy",
-            order_type="market", quantity=Decimal(quantity), status="accepted",
+            seq=1,
+            ts=now,
+            client_order_id="o-1",
+            symbol=symbol,
+            side="buy",
+            order_type="market",
+            quantity=Decimal(quantity),
+            status="accepted",
             expected_price=Decimal("100"),
         ),
         p.FillEvent(
-            seq=2, ts=now, fill_id="f-1", client_order_id="o-1", symbol=symbol, side="buy",
-            quantity=Decimal(quantity), price=Decimal("100.05"),
+            seq=2,
+            ts=now,
+            fill_id="f-1",
+            client_order_id="o-1",
+            symbol=symbol,
+            side="buy",
+            quantity=Decimal(quantity),
+            price=Decimal("100.05"),
         ),
-    ]  # fmt: skip
+    ]
 
 
 async def next_update(ws: WebsocketCommunicator) -> dict:
@@ -83,9 +95,10 @@ async def test_a_browser_without_a_session_is_refused(engine_and_token):
 async def test_a_browser_from_a_foreign_origin_is_refused(viewer):
     with override_settings(ALLOWED_HOSTS=["desk.example"]):
         ws = WebsocketCommunicator(
-            application, "/ws/live/v1",
+            application,
+            "/ws/live/v1",
             headers=[(b"origin", b"https://evil.example"), (b"host", b"desk.example")],
-        )  # fmt: skip
+        )
         connected, _ = await ws.connect()
     assert not connected
 
@@ -116,10 +129,15 @@ async def test_updates_are_coalesced_to_at_most_ten_a_second(engine_and_token, v
     row = {"id": engine.pk, "name": "alpha", "day_pnl": 0.0}
 
     for n in range(1, 51):
-        publish({
-            "type": "live.update", "topic": "fleet", "source": "s1", "seq": n,
-            "rows": [{**row, "day_pnl": float(n)}],
-        })  # fmt: skip
+        publish(
+            {
+                "type": "live.update",
+                "topic": "fleet",
+                "source": "s1",
+                "seq": n,
+                "rows": [{**row, "day_pnl": float(n)}],
+            }
+        )
     loop = asyncio.get_running_loop()
     started = loop.time()
     updates = []
@@ -140,10 +158,15 @@ async def test_a_dropped_publication_makes_the_browser_resync(engine_and_token, 
     engine, _ = engine_and_token
     screen = await subscribed(viewer, "fleet")
     for seq in (1, 3):  # 2 was lost on the way
-        publish({
-            "type": "live.update", "topic": "fleet", "source": "s1", "seq": seq,
-            "rows": [{"id": engine.pk, "name": "alpha"}],
-        })  # fmt: skip
+        publish(
+            {
+                "type": "live.update",
+                "topic": "fleet",
+                "source": "s1",
+                "seq": seq,
+                "rows": [{"id": engine.pk, "name": "alpha"}],
+            }
+        )
         update = await next_update(screen)
 
     assert update["resync"] == ["fleet"]
@@ -255,8 +278,15 @@ async def test_a_steady_stream_is_sent_promptly_but_never_more_than_ten_in_a_sec
 
     reader = asyncio.create_task(read())
     for n in range(1, 26):  # every 30 ms: faster than ten a second
-        publish({"type": "live.update", "topic": "fleet", "source": "s2", "seq": n,
-                 "rows": [{**row, "day_pnl": float(n)}]})  # fmt: skip
+        publish(
+            {
+                "type": "live.update",
+                "topic": "fleet",
+                "source": "s2",
+                "seq": n,
+                "rows": [{**row, "day_pnl": float(n)}],
+            }
+        )
         await asyncio.sleep(0.03)
     await asyncio.wait_for(reader, 5)
 

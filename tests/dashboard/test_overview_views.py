@@ -55,25 +55,58 @@ def trading(make_engine: MakeEngine) -> Engine:
     now = datetime.now(UTC)
     now_events(
         engine,
-        p.AccountEvent(seq=1, ts=now - timedelta(seconds=30), equity=Decimal("100000"),
-                       cash=Decimal("100000")),
-        p.OrderEvent(seq=2, ts=now, client_order_id="o-1", symbol="AAPL", side="buy",
-                     order_type="market", quantity=Decimal(10), status="accepted",
-                     expected_price=Decimal("200")),
-        p.FillEvent(seq=3, ts=now, fill_id="f-1", client_order_id="o-1", symbol="AAPL",
-                    side="buy", quantity=Decimal(10), price=Decimal("200.10")),
-        p.OrderEvent(seq=4, ts=now, client_order_id="o-2", symbol="MSFT", side="sell",
-                     order_type="limit", quantity=Decimal(5), limit_price=Decimal("410"),
-                     status="accepted"),
-        p.OrderEvent(seq=5, ts=now, client_order_id="o-3", symbol="MSFT", side="sell",
-                     order_type="limit", quantity=Decimal(5), limit_price=Decimal("400"),
-                     status="rejected"),
+        p.AccountEvent(
+            seq=1, ts=now - timedelta(seconds=30), equity=Decimal("100000"), cash=Decimal("100000")
+        ),
+        p.OrderEvent(
+            seq=2,
+            ts=now,
+            client_order_id="o-1",
+            symbol="AAPL",
+            side="buy",
+            order_type="market",
+            quantity=Decimal(10),
+            status="accepted",
+            expected_price=Decimal("200"),
+        ),
+        p.FillEvent(
+            seq=3,
+            ts=now,
+            fill_id="f-1",
+            client_order_id="o-1",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(10),
+            price=Decimal("200.10"),
+        ),
+        p.OrderEvent(
+            seq=4,
+            ts=now,
+            client_order_id="o-2",
+            symbol="MSFT",
+            side="sell",
+            order_type="limit",
+            quantity=Decimal(5),
+            limit_price=Decimal("410"),
+            status="accepted",
+        ),
+        p.OrderEvent(
+            seq=5,
+            ts=now,
+            client_order_id="o-3",
+            symbol="MSFT",
+            side="sell",
+            order_type="limit",
+            quantity=Decimal(5),
+            limit_price=Decimal("400"),
+            status="rejected",
+        ),
         p.PositionEvent(seq=6, ts=now, symbol="AAPL", quantity=Decimal(12)),
         p.AccountEvent(seq=7, ts=now, equity=Decimal("98765.43"), cash=Decimal("96764.43")),
         p.MetricEvent(seq=8, ts=now, name="latency_ms", value=12.34),
         p.LogEvent(seq=9, ts=now, level="error", message="market data gap on MSFT"),
         p.StateEvent(seq=10, ts=now, trading_state="ACTIVE", reason="start"),
-    )  # fmt: skip
+    )
     Engine.objects.filter(pk=engine.pk).update(connected=True, last_seen_at=now)
     engine.refresh_from_db()
     return engine
@@ -157,11 +190,16 @@ def _fleet_of(n_engines: int, positions_each: int) -> None:
             name=f"e-{n_engines}-{e:03d}", mode="paper", strategy_tags=["t"]
         )
         Position.objects.bulk_create(
-            Position(engine=engine, instrument=i, quantity=Decimal(e + 1),
-                     avg_price=Decimal("10"), last_price=Decimal("11"),
-                     reported_quantity=Decimal(e + 2) if n % 50 == 0 else None)
+            Position(
+                engine=engine,
+                instrument=i,
+                quantity=Decimal(e + 1),
+                avg_price=Decimal("10"),
+                last_price=Decimal("11"),
+                reported_quantity=Decimal(e + 2) if n % 50 == 0 else None,
+            )
             for n, i in enumerate(instruments)
-        )  # fmt: skip
+        )
 
 
 def test_the_fleet_page_takes_a_fixed_number_of_queries_with_50_engines_and_5000_positions(
@@ -238,9 +276,11 @@ def test_the_engine_page_shows_positions_ledger_beside_reported_orders_fills_log
     # CSRF token spells it now and then.)
     sources = re.findall(r'<(?:script|link)\b[^>]*(?:src|href)="([^"]*)"', page)
     assert sources and all(url.startswith("/") for url in sources)
-    equity = json.loads(re.search(
-        r'<script id="equity-figure" type="application/json">(.*?)</script>', page, re.S
-    ).group(1))  # type: ignore[union-attr]  # fmt: skip
+    equity = json.loads(
+        re.search(
+            r'<script id="equity-figure" type="application/json">(.*?)</script>', page, re.S
+        ).group(1)
+    )  # type: ignore[union-attr]
     assert equity["data"][0]["y"] == [100000.0, 98765.43]
     for figure in ("latency-figure", "rejection-figure", "plot-config", "plot-traces"):
         assert f'<script id="{figure}" type="application/json">' in page
@@ -276,13 +316,29 @@ def test_the_engine_page_query_count_does_not_grow_with_its_data(
         n = seq
         now_events(
             trading,
-            p.OrderEvent(seq=n, ts=now, client_order_id=f"x-{n}", symbol="NVDA", side="buy",
-                         order_type="market", quantity=Decimal(1), status="accepted"),
-            p.FillEvent(seq=n + 1, ts=now, fill_id=f"xf-{n}", client_order_id=f"x-{n}",
-                        symbol="NVDA", side="buy", quantity=Decimal(1), price=Decimal("120")),
+            p.OrderEvent(
+                seq=n,
+                ts=now,
+                client_order_id=f"x-{n}",
+                symbol="NVDA",
+                side="buy",
+                order_type="market",
+                quantity=Decimal(1),
+                status="accepted",
+            ),
+            p.FillEvent(
+                seq=n + 1,
+                ts=now,
+                fill_id=f"xf-{n}",
+                client_order_id=f"x-{n}",
+                symbol="NVDA",
+                side="buy",
+                quantity=Decimal(1),
+                price=Decimal("120"),
+            ),
             p.AccountEvent(seq=n + 2, ts=now, equity=Decimal(99000 + n), cash=Decimal(0)),
             p.MetricEvent(seq=n + 3, ts=now, name="latency_ms", value=float(n)),
-        )  # fmt: skip
+        )
     with CaptureQueriesContext(connection) as after:
         client.get("/engines/alpha/")
 
@@ -294,10 +350,15 @@ def test_a_command_issued_from_the_engine_page_comes_back_to_it(
 ) -> None:
     response = client_for(operator).post(
         "/commands/",
-        {"kind": "pause", "selector": "engine:alpha", "reason": "news",
-         "next": "/engines/alpha/", "return_here": "1"},
+        {
+            "kind": "pause",
+            "selector": "engine:alpha",
+            "reason": "news",
+            "next": "/engines/alpha/",
+            "return_here": "1",
+        },
         follow=True,
-    )  # fmt: skip
+    )
 
     assert response.redirect_chain == [("/engines/alpha/", 302)]  # type: ignore[attr-defined]
     assert "pause issued to engine:alpha." in text(response)

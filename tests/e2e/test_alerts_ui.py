@@ -41,9 +41,15 @@ def test_a_firing_alert_shows_a_toast_and_the_count_then_its_resolution(
     AlertRule.objects.exclude(name="Daily loss").update(enabled=False)
     AlertRule.objects.update_or_create(
         name="Daily loss",
-        defaults={"metric": "daily_pnl_pct", "comparator": "<", "threshold": -3,
-                  "hysteresis": 0.5, "severity": "critical", "enabled": True},
-    )  # fmt: skip
+        defaults={
+            "metric": "daily_pnl_pct",
+            "comparator": "<",
+            "threshold": -3,
+            "hysteresis": 0.5,
+            "severity": "critical",
+            "enabled": True,
+        },
+    )
     _log_in(page, uvicorn_server, operator)
     page.goto(f"{uvicorn_server.url}/risk/")  # any page: alerts reach them all
     badge = page.locator("#alerts-badge")
@@ -51,9 +57,10 @@ def test_a_firing_alert_shows_a_toast_and_the_count_then_its_resolution(
 
     def day(pnl: int) -> None:
         Engine.objects.filter(pk=engine.pk).update(
-            session_start_equity=Decimal(100000), day_pnl=Decimal(pnl),
+            session_start_equity=Decimal(100000),
+            day_pnl=Decimal(pnl),
             equity=Decimal(100000 + pnl),
-        )  # fmt: skip
+        )
         evaluation.evaluate_engine(engine.pk)
 
     expect(badge).to_have_attribute("data-live", "on")  # the page's alert socket is open
@@ -77,17 +84,25 @@ def _mixed_alerts(make_engine: Callable[..., tuple[Engine, str]]) -> None:
     """Twelve open alerts: the severities interleaved by time, so that only the rank sorts."""
     rule, _ = AlertRule.objects.update_or_create(
         name="Drawdown",
-        defaults={"metric": "drawdown_pct", "comparator": ">", "threshold": 10,
-                  "severity": "warning", "enabled": True},
-    )  # fmt: skip
+        defaults={
+            "metric": "drawdown_pct",
+            "comparator": ">",
+            "threshold": 10,
+            "severity": "warning",
+            "enabled": True,
+        },
+    )
     now = datetime.now(UTC)
     for i, severity in enumerate(["info", "warning", "critical"] * 4):
         engine = make_engine(f"desk-{i:02d}")[0]
         Alert.objects.create(
-            rule=rule, engine=engine, state="firing" if i % 5 else "pending", severity=severity,
+            rule=rule,
+            engine=engine,
+            state="firing" if i % 5 else "pending",
+            severity=severity,
             summary=f"desk-{i:02d}: Drawdown: drawdown_pct {11 + i} % above 10 %",
             started_at=now - timedelta(minutes=i),
-        )  # fmt: skip
+        )
 
 
 def test_the_alerts_page_colours_and_ranks_severity_and_flags_silent_rules(
@@ -131,15 +146,21 @@ def test_the_overview_shows_a_stopped_engine_grey_and_an_orphaned_one_alerting(
     AlertRule.objects.exclude(name="Orphaned positions").update(enabled=False)
     AlertRule.objects.update_or_create(
         name="Orphaned positions",
-        defaults={"metric": "orphaned_exposure", "comparator": ">", "threshold": 0,
-                  "severity": "critical", "enabled": True},
-    )  # fmt: skip
+        defaults={
+            "metric": "orphaned_exposure",
+            "comparator": ">",
+            "threshold": 0,
+            "severity": "critical",
+            "enabled": True,
+        },
+    )
     now = datetime.now(UTC)
     live = make_engine("live-one")[0]
     stopped = make_engine("stopped-flat")[0]
     orphaned = make_engine("orphaned")[0]
-    Engine.objects.filter(pk=live.pk).update(connected=True, last_seen_at=now + timedelta(hours=1),
-                                             reported_state="ACTIVE")  # fmt: skip
+    Engine.objects.filter(pk=live.pk).update(
+        connected=True, last_seen_at=now + timedelta(hours=1), reported_state="ACTIVE"
+    )
     Engine.objects.filter(pk=stopped.pk).update(
         connected=False, stopped_at=now, last_seen_at=now, reported_state="ACTIVE"
     )
@@ -147,8 +168,13 @@ def test_the_overview_shows_a_stopped_engine_grey_and_an_orphaned_one_alerting(
         connected=False, last_seen_at=now - timedelta(minutes=3), reported_state="ACTIVE"
     )
     instrument = Instrument.objects.create(symbol="AAPL")
-    Position.objects.create(engine=orphaned, instrument=instrument, quantity=Decimal(300),
-                            avg_price=Decimal(190), last_price=Decimal(191))  # fmt: skip
+    Position.objects.create(
+        engine=orphaned,
+        instrument=instrument,
+        quantity=Decimal(300),
+        avg_price=Decimal(190),
+        last_price=Decimal(191),
+    )
     for engine in (live, stopped, orphaned):
         evaluation.evaluate_engine(engine.pk)
     _log_in(page, uvicorn_server, operator)

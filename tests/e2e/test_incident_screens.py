@@ -73,10 +73,14 @@ def _quiet_engine(make_engine: MakeEngine, name: str) -> Engine:
         engine_id=engine.pk,
         events=[
             p.AccountEvent(seq=1, ts=earlier, equity=Decimal(100_000), cash=Decimal(100_000)),
-            p.AccountEvent(seq=2, ts=earlier + timedelta(minutes=5), equity=Decimal(99_500),
-                           cash=Decimal(99_500)),
+            p.AccountEvent(
+                seq=2,
+                ts=earlier + timedelta(minutes=5),
+                equity=Decimal(99_500),
+                cash=Decimal(99_500),
+            ),
         ],
-    )  # fmt: skip
+    )
     return engine
 
 
@@ -118,19 +122,38 @@ def _with_position(engine: Engine, seq: int, symbol: str, quantity: int, price: 
     ingest_events(
         engine_id=engine.pk,
         events=[
-            p.AccountEvent(seq=seq - 1, ts=now - timedelta(minutes=1), equity=Decimal("1250000"),
-                           cash=Decimal("1250000")),
-            p.AccountEvent(seq=seq + 2, ts=now, equity=Decimal("1234567.89"),
-                           cash=Decimal("1200000")),
+            p.AccountEvent(
+                seq=seq - 1,
+                ts=now - timedelta(minutes=1),
+                equity=Decimal("1250000"),
+                cash=Decimal("1250000"),
+            ),
+            p.AccountEvent(
+                seq=seq + 2, ts=now, equity=Decimal("1234567.89"), cash=Decimal("1200000")
+            ),
             p.MetricEvent(seq=seq + 3, ts=now, name="latency_ms", value=12.34),
-            p.OrderEvent(seq=seq, ts=now, client_order_id=f"{symbol}-1", symbol=symbol,
-                         side="buy", order_type="market", quantity=Decimal(quantity),
-                         status="filled"),
-            p.FillEvent(seq=seq + 1, ts=now, fill_id=f"{symbol}-f1", client_order_id=f"{symbol}-1",
-                        symbol=symbol, side="buy", quantity=Decimal(quantity),
-                        price=Decimal(price)),
+            p.OrderEvent(
+                seq=seq,
+                ts=now,
+                client_order_id=f"{symbol}-1",
+                symbol=symbol,
+                side="buy",
+                order_type="market",
+                quantity=Decimal(quantity),
+                status="filled",
+            ),
+            p.FillEvent(
+                seq=seq + 1,
+                ts=now,
+                fill_id=f"{symbol}-f1",
+                client_order_id=f"{symbol}-1",
+                symbol=symbol,
+                side="buy",
+                quantity=Decimal(quantity),
+                price=Decimal(price),
+            ),
         ],
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -147,18 +170,29 @@ def incident(make_engine: MakeEngine, operator: User) -> dict[str, Engine]:
     for engine in (alpha, bravo, charlie, delta):
         _connected(engine)
     issuing.command_issue(
-        kind="pause", selector=f"engine:{bravo.name}", actor=operator,
+        kind="pause",
+        selector=f"engine:{bravo.name}",
+        actor=operator,
         reason="earnings call in 5 minutes: no new risk until the numbers are out",
-    )  # fmt: skip
+    )
     issuing.command_issue(
-        kind="kill", selector=f"engine:{charlie.name}", actor=None,
-        actor_label="limit #3 max_daily_loss", reason="daily loss 5,200 beyond the limit of 5,000",
-    )  # fmt: skip
+        kind="kill",
+        selector=f"engine:{charlie.name}",
+        actor=None,
+        actor_label="limit #3 max_daily_loss",
+        reason="daily loss 5,200 beyond the limit of 5,000",
+    )
     ingest_events(
         engine_id=delta.pk,
-        events=[p.StateEvent(seq=1, ts=datetime.now(UTC), trading_state="PAUSED",
-                             reason="dead-man: no server for 15 s")],
-    )  # fmt: skip
+        events=[
+            p.StateEvent(
+                seq=1,
+                ts=datetime.now(UTC),
+                trading_state="PAUSED",
+                reason="dead-man: no server for 15 s",
+            )
+        ],
+    )
     return {e.name: e for e in (alpha, bravo, charlie, delta, echo)}
 
 

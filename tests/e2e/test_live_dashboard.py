@@ -43,13 +43,21 @@ class Simulation:
     def start(self, token: str, name: str, seed: int, mode: str = "paper") -> PaperEngine:
         async def begin() -> PaperEngine:
             sim = PaperEngine.create(
-                f"{self.server.ws_url}/ws/engine/v1", token,
-                journal_dir=self.tmp_path / name, engine_options={"seed": seed, "report_every": 1},
-                hello=HelloInfo(engine_build="paper-sim/e2e", config_hash="momentum", mode=mode,
-                                broker="paper-sim", account=name),
-                config=ClientConfig(batch_interval_s=0.005, backoff_initial_s=0.05,
-                                    backoff_max_s=0.5, fsync=False),
-            )  # fmt: skip
+                f"{self.server.ws_url}/ws/engine/v1",
+                token,
+                journal_dir=self.tmp_path / name,
+                engine_options={"seed": seed, "report_every": 1},
+                hello=HelloInfo(
+                    engine_build="paper-sim/e2e",
+                    config_hash="momentum",
+                    mode=mode,
+                    broker="paper-sim",
+                    account=name,
+                ),
+                config=ClientConfig(
+                    batch_interval_s=0.005, backoff_initial_s=0.05, backoff_max_s=0.5, fsync=False
+                ),
+            )
             await sim.client.start()  # type: ignore[attr-defined]
             await sim.client.wait_connected(15)  # type: ignore[attr-defined]
             return sim

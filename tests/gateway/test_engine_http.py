@@ -166,8 +166,13 @@ def test_command_ack_and_result_move_the_command_forward_and_never_back(client, 
     # Acknowledged without a result: delivered again (the engine applies each id once).
     again = client.get("/api/v1/engine/commands", HTTP_AUTHORIZATION=f"Bearer {token}").json()
     assert [c["command_id"] for c in again] == [str(command.pk)]
-    result = p.CommandResult(command_id=command.pk, status="succeeded", detail="paused",
-                             data={"cancelled": 2}, trading_state="PAUSED")  # fmt: skip
+    result = p.CommandResult(
+        command_id=command.pk,
+        status="succeeded",
+        detail="paused",
+        data={"cancelled": 2},
+        trading_state="PAUSED",
+    )
     post(client, token, p.encode(result))
     post(client, token, p.encode(p.CommandAck(command_id=command.pk)))  # a late repeat
     stored = Command.objects.get(pk=command.pk)
@@ -217,10 +222,16 @@ def test_a_body_over_the_upload_limit_is_refused_frame_too_large(
 def test_an_event_the_database_will_not_store_is_refused_alone_over_http(client, engine_and_token):
     engine, token = engine_and_token
     big = "9000000000000000"  # two fills of it: a position NUMERIC(24, 8) cannot hold
-    response = post(client, token, f.events_frame(
-        f.order(1, "o-1", qty=big), f.fill(2, "f-1", "o-1", qty=big),
-        f.fill(3, "f-2", "o-1", qty=big), f.metric(4),
-    ))  # fmt: skip
+    response = post(
+        client,
+        token,
+        f.events_frame(
+            f.order(1, "o-1", qty=big),
+            f.fill(2, "f-1", "o-1", qty=big),
+            f.fill(3, "f-2", "o-1", qty=big),
+            f.metric(4),
+        ),
+    )
 
     # Not a 503 that the engine would resend for ever: the event is refused, the rest stored.
     assert response.status_code == 200

@@ -239,9 +239,14 @@ async def test_an_engine_cannot_issue_a_command_through_its_socket(engine_and_to
     engine, token = engine_and_token
     ws, _ = await greeted(token)
     forged = {
-        "type": "command", "command_id": "8d0e7a52-8f58-4bde-a6a4-6f4fcd1b4c1b", "kind": "kill",
-        "params": {}, "reason": "x", "issued_by": "rita-risk", "issued_at": "2026-11-23T10:00:00Z",
-    }  # fmt: skip
+        "type": "command",
+        "command_id": "8d0e7a52-8f58-4bde-a6a4-6f4fcd1b4c1b",
+        "kind": "kill",
+        "params": {},
+        "reason": "x",
+        "issued_by": "rita-risk",
+        "issued_at": "2026-11-23T10:00:00Z",
+    }
 
     await ws.send_to(text_data=json.dumps(forged))
 
@@ -268,9 +273,12 @@ async def test_frames_that_queue_behind_a_write_are_stored_together_and_acked_on
     await ws.send_to(text_data=f.events_frame(f.order(1, "o-1")).decode())
     await asyncio.to_thread(wait_for_a_lock_wait)
     for seq in (2, 4, 6, 8):  # these arrive while the first write waits
-        await ws.send_to(text_data=f.events_frame(
-            f.order(seq, f"o-{seq}"), f.fill(seq + 1, f"f-{seq}", "o-1"),
-        ).decode())  # fmt: skip
+        await ws.send_to(
+            text_data=f.events_frame(
+                f.order(seq, f"o-{seq}"),
+                f.fill(seq + 1, f"f-{seq}", "o-1"),
+            ).decode()
+        )
     # Released only once the socket has queued all four: on a busy machine the write could
     # otherwise finish before the consumer has even read them.
     (consumer,) = delivery.commands_hub().listeners[engine.pk]
@@ -287,9 +295,12 @@ async def test_frames_that_queue_behind_a_write_are_stored_together_and_acked_on
 
     assert first == [{"type": "ack", "seq": 1}]
     assert second == [{"type": "ack", "seq": 9}]  # four frames, one transaction, one ack
-    stored = await database_sync_to_async(lambda: (
-        Order.objects.filter(engine=engine).count(), Fill.objects.filter(engine=engine).count()
-    ))()  # fmt: skip
+    stored = await database_sync_to_async(
+        lambda: (
+            Order.objects.filter(engine=engine).count(),
+            Fill.objects.filter(engine=engine).count(),
+        )
+    )()
     assert stored == (5, 4)
     await ws.disconnect()
 

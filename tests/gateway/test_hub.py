@@ -49,9 +49,10 @@ def hub_connections() -> list[str]:
         db = str(client.connection_pool.connection_kwargs["db"])
         # This test process's own: parallel workers and other servers share the Redis server.
         return [
-            c["id"] for c in client.client_list()
+            c["id"]
+            for c in client.client_list()
             if c["name"] == name and c["db"] == db and c["sub"] == "1"
-        ]  # fmt: skip
+        ]
     finally:
         client.close()
 
@@ -80,8 +81,10 @@ async def test_a_fleet_push_is_one_subscription_and_each_engine_gets_only_its_ow
     assert got_alpha["command_id"] == commands[alpha.pk]
     assert got_beta["command_id"] == commands[beta.pk]
     assert (got_alpha["kind"], got_alpha["reason"], got_alpha["issued_by"]) == (
-        "kill", "desk stop", risk_manager.username,
-    )  # fmt: skip
+        "kill",
+        "desk stop",
+        risk_manager.username,
+    )
     # Two sockets, one subscriber: the process listens once, whatever its number of engines.
     assert await asyncio.to_thread(subscribers, delivery.HUB) == 1
     delivered = await database_sync_to_async(
@@ -121,9 +124,11 @@ async def test_the_subscription_comes_back_after_redis_drops_it(make_engine, ris
 
     # No heartbeat in this test: only the push can bring the command.
     await database_sync_to_async(issuing.command_issue)(
-        kind="pause", selector=f"engine:{engine.name}", reason="after the outage",
+        kind="pause",
+        selector=f"engine:{engine.name}",
+        reason="after the outage",
         actor=risk_manager,
-    )  # fmt: skip
+    )
 
     assert (await next_command(ws))["kind"] == "pause"
     await ws.disconnect()
@@ -186,9 +191,14 @@ def test_a_delivery_mark_only_touches_the_engine_the_command_belongs_to(make_eng
 def test_a_push_names_each_engine_once_with_all_its_frames() -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
     frames = delivery.frames_for(
-        [(3, first), (3, second)], kind="cancel_all", params={"symbols": []}, reason="r",
-        issued_by="ops", issued_at=p.utc_now(), expires_at=None,
-    )  # fmt: skip
+        [(3, first), (3, second)],
+        kind="cancel_all",
+        params={"symbols": []},
+        reason="r",
+        issued_by="ops",
+        issued_at=p.utc_now(),
+        expires_at=None,
+    )
     assert list(frames) == ["3"]
     assert [command_id for command_id, _ in frames["3"]] == [str(first), str(second)]
     decoded = p.decode_server_frame(frames["3"][1][1])

@@ -63,9 +63,15 @@ class RawEngine:
 
     async def hello(self, last_seq: int = 0) -> dict[str, Any]:
         hello = p.Hello(
-            protocol=p.PROTOCOL_VERSION, engine_build="t", config_hash="t", mode="paper",
-            broker="sim", account="a", trading_state="ACTIVE", last_seq=last_seq,
-        )  # fmt: skip
+            protocol=p.PROTOCOL_VERSION,
+            engine_build="t",
+            config_hash="t",
+            mode="paper",
+            broker="sim",
+            account="a",
+            trading_state="ACTIVE",
+            last_seq=last_seq,
+        )
         await self.send(p.encode(hello))
         return await self.frame()
 
@@ -123,9 +129,11 @@ def web(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., Uvicor
 
     def start(**env: str) -> UvicornServer:
         server = UvicornServer(
-            database_url=current_database_url(), redis_url=settings.REDIS_URL,
-            log_path=tmp_path / f"uvicorn-{len(servers)}.log", env=env,
-        )  # fmt: skip
+            database_url=current_database_url(),
+            redis_url=settings.REDIS_URL,
+            log_path=tmp_path / f"uvicorn-{len(servers)}.log",
+            env=env,
+        )
         servers.append(server)
         server.start()
         return server
@@ -416,9 +424,16 @@ def test_deactivating_an_engine_in_the_admin_closes_its_socket_at_once(
         # The change form, as a person unticks "Is active" and saves.
         response = client.post(
             f"/admin/controlplane/engine/{alpha.pk}/change/",
-            {"name": alpha.name, "mode": alpha.mode, "broker": "", "account": "",
-             "strategy_tags": "", "description": "", "_save": "Save"},
-        )  # fmt: skip
+            {
+                "name": alpha.name,
+                "mode": alpha.mode,
+                "broker": "",
+                "account": "",
+                "strategy_tags": "",
+                "description": "",
+                "_save": "Save",
+            },
+        )
         assert response.status_code == 302, response.content.decode()[:2000]
 
     async def scenario() -> None:
@@ -474,8 +489,15 @@ def test_an_answer_naming_another_engines_command_drops_none_of_that_engines_ans
             await b.send(answer(kill.pk, "failed", detail="beta's"))
             await b.probe()
             await a.send(p.encode(p.CommandAck(command_id=kill.pk)))
-            await a.send(answer(kill.pk, "succeeded", detail="alpha's", data={"cancelled": 2},
-                                trading_state="HALTED"))  # fmt: skip
+            await a.send(
+                answer(
+                    kill.pk,
+                    "succeeded",
+                    detail="alpha's",
+                    data={"cancelled": 2},
+                    trading_state="HALTED",
+                )
+            )
             await a.probe()
             await held.rollback()
         await eventually(
@@ -487,8 +509,11 @@ def test_an_answer_naming_another_engines_command_drops_none_of_that_engines_ans
     asyncio.run(scenario())
     kill.refresh_from_db()
     assert (kill.status, kill.detail, kill.result, kill.state_after) == (
-        "succeeded", "alpha's", {"cancelled": 2}, "HALTED",
-    )  # fmt: skip
+        "succeeded",
+        "alpha's",
+        {"cancelled": 2},
+        "HALTED",
+    )
     assert kill.acknowledged_at is not None
     [audit] = AuditEvent.objects.filter(action="command_kill_result")
     assert (audit.actor, audit.outcome) == ("engine:alpha", "succeeded")

@@ -45,10 +45,25 @@ POOLS = {
 KINDS = ["fill", "fill", "account", "account", *sorted(p._EVENT_TYPES)]
 BIG = "9000000000000000"
 EDGE_DECIMALS = [
-    "0", "1", "-1", "0.00000001", "0.000000005", "0.000000001", "-0.000000001", "1E-1000000",
-    "1E-1000", "9999999999999999.99999999", "-9999999999999999.99999999", "1e16", "-1e16",
-    "NaN", "Infinity", "0.123456789012345678901234567890", BIG, "-" + BIG,
-]  # fmt: skip
+    "0",
+    "1",
+    "-1",
+    "0.00000001",
+    "0.000000005",
+    "0.000000001",
+    "-0.000000001",
+    "1E-1000000",
+    "1E-1000",
+    "9999999999999999.99999999",
+    "-9999999999999999.99999999",
+    "1e16",
+    "-1e16",
+    "NaN",
+    "Infinity",
+    "0.123456789012345678901234567890",
+    BIG,
+    "-" + BIG,
+]
 EDGE_TEXT = ["\x00", "a\x00b", "é", "\U0001f600", ""]
 OFFSETS = st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(
     lambda minutes: timezone(timedelta(minutes=minutes))
@@ -63,9 +78,14 @@ def _deep(depth: int) -> Any:
     return value
 
 
-json_leaves = st.none() | st.booleans() | st.integers() | st.floats(
-    allow_nan=False, allow_infinity=False
-) | st.text(max_size=8) | st.sampled_from(EDGE_TEXT)  # fmt: skip
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | st.sampled_from(EDGE_TEXT)
+)
 json_values = st.recursive(
     json_leaves,
     lambda children: (
@@ -83,12 +103,12 @@ def _mostly(valid: st.SearchStrategy[Any], edge: st.SearchStrategy[Any]) -> st.S
 
 VALID_DECIMALS = st.sampled_from(["1", "100.25", "0.00000001", BIG, "9999999999999999"]) | (
     st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("9999999999999999"), places=8)
-).map(str)  # fmt: skip
+).map(str)
 # The fields that may be negative.
 SIGNED = {"fee", "equity", "cash"}
 VALID_SIGNED = st.sampled_from(["-1", "1000", "1", "-" + BIG, BIG]) | st.decimals(
     min_value=Decimal("-9999999999999999"), max_value=Decimal("9999999999999999"), places=8
-).map(str)  # fmt: skip
+).map(str)
 NEAR = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 31))
 ANYWHERE = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30))
 
@@ -126,9 +146,14 @@ def _strategy(name: str, info: Any) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.DictType):
         return _mostly(
             st.dictionaries(st.text(max_size=5), json_values, max_size=3),
-            st.sampled_from([{"deep": _deep(p.MAX_JSON_DEPTH - 1)},
-                             {"deep": _deep(p.MAX_JSON_DEPTH)}, {"deep": _deep(40)}]),
-        )  # fmt: skip
+            st.sampled_from(
+                [
+                    {"deep": _deep(p.MAX_JSON_DEPTH - 1)},
+                    {"deep": _deep(p.MAX_JSON_DEPTH)},
+                    {"deep": _deep(40)},
+                ]
+            ),
+        )
     raise AssertionError(f"no strategy for {name}: {info}")  # a new type in the schema
 
 
@@ -183,10 +208,16 @@ def _names(error: p.Error, position: int, seq: int | None) -> bool:
 
 
 def _stored_before(engine: Engine) -> dict[str, set[tuple]]:
-    ingest_events(engine_id=engine.pk, events=[
-        f.order(1, "o-1", symbol="AAA", qty=BIG), f.fill(2, "f-x", "o-1", symbol="AAA", qty=BIG),
-        f.metric(3), f.log(4), f.account(5, "1000"),
-    ])  # fmt: skip
+    ingest_events(
+        engine_id=engine.pk,
+        events=[
+            f.order(1, "o-1", symbol="AAA", qty=BIG),
+            f.fill(2, "f-x", "o-1", symbol="AAA", qty=BIG),
+            f.metric(3),
+            f.log(4),
+            f.account(5, "1000"),
+        ],
+    )
     return _before(engine)
 
 
@@ -240,9 +271,9 @@ def test_each_event_is_stored_or_refused_by_itself_and_the_stream_goes_on(events
     ack = _check(engine, events, answer, before)
     # The engine's stream goes on.
     later = ack + 1
-    (outcome,) = batches.events_many([(engine.pk, decoding.decode_frame(f.events_frame(
-        f.metric(later)
-    )))])  # fmt: skip
+    (outcome,) = batches.events_many(
+        [(engine.pk, decoding.decode_frame(f.events_frame(f.metric(later))))]
+    )
     assert outcome[0] == [p.Ack(seq=later)]
 
 
@@ -252,8 +283,16 @@ async def _over_the_socket(token: str, events: list[dict]) -> tuple[list[p.Serve
     ws = WebsocketCommunicator(application, "/ws/engine/v1", headers=headers)
     connected, _ = await ws.connect()
     assert connected
-    hello = p.Hello(protocol=p.PROTOCOL_VERSION, engine_build="b", config_hash="c", mode="paper",
-                    broker="sim", account="a", trading_state="ACTIVE", last_seq=PREFIX)  # fmt: skip
+    hello = p.Hello(
+        protocol=p.PROTOCOL_VERSION,
+        engine_build="b",
+        config_hash="c",
+        mode="paper",
+        broker="sim",
+        account="a",
+        trading_state="ACTIVE",
+        last_seq=PREFIX,
+    )
     await ws.send_to(text_data=p.encode(hello).decode())
 
     async def answer() -> list[p.ServerFrame]:

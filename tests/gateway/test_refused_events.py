@@ -144,8 +144,12 @@ def test_a_refused_event_raises_the_default_alert(make_engine):
     assert rule_metrics.METRICS["refused_events"].measure(engine, now) == 0
     assert AlertRule.objects.filter(metric="refused_events").exists()  # installed by default
 
-    _answer(engine, f.order(1, "o-1", qty=BIG), f.fill(2, "f-1", "o-1", qty=BIG),
-            f.fill(3, "f-2", "o-1", qty=BIG))  # fmt: skip
+    _answer(
+        engine,
+        f.order(1, "o-1", qty=BIG),
+        f.fill(2, "f-1", "o-1", qty=BIG),
+        f.fill(3, "f-2", "o-1", qty=BIG),
+    )
 
     engine.refresh_from_db()
     assert rule_metrics.METRICS["refused_events"].measure(engine, datetime.now(UTC)) == 1
@@ -205,9 +209,17 @@ def test_over_the_socket_each_bad_event_is_refused_by_name_and_the_rest_stored(
     uvicorn_server: UvicornServer, engine_and_token
 ):
     engine, token = engine_and_token
-    hello = {"type": "hello", "protocol": 1, "engine_build": "b", "config_hash": "c",
-             "mode": "paper", "broker": "sim", "account": "a", "trading_state": "ACTIVE",
-             "last_seq": 0}  # fmt: skip
+    hello = {
+        "type": "hello",
+        "protocol": 1,
+        "engine_build": "b",
+        "config_hash": "c",
+        "mode": "paper",
+        "broker": "sim",
+        "account": "a",
+        "trading_state": "ACTIVE",
+        "last_seq": 0,
+    }
     deep: object = 1
     for _ in range(40):
         deep = [deep]
@@ -303,9 +315,17 @@ def test_over_the_socket_each_bad_event_is_refused_by_name_and_the_rest_stored(
             # The socket is open and the stream goes on.
             await ws.send(json.dumps({"type": "events", "events": [_metric(14)]}))
             assert await _until_ack(ws) == [{"type": "ack", "seq": 14}]
-            await ws.send(json.dumps({"type": "heartbeat", "ts": "2026-11-23T14:00:00Z",
-                                  "trading_state": "ACTIVE", "last_seq": 14,
-                                  "limits_version": 2**31}))  # fmt: skip
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "heartbeat",
+                        "ts": "2026-11-23T14:00:00Z",
+                        "trading_state": "ACTIVE",
+                        "last_seq": 14,
+                        "limits_version": 2**31,
+                    }
+                )
+            )
             refused = await _next(ws)
             assert (refused["code"], refused["field"]) == ("invalid_frame", "limits_version")
             await ws.send(json.dumps({"type": "events", "events": [_metric(15)]}))
@@ -317,8 +337,11 @@ def test_over_the_socket_each_bad_event_is_refused_by_name_and_the_rest_stored(
     engine.refresh_from_db()
     assert (engine.last_seq, engine.refused_events) == (15, 2)
     assert sorted(MetricSample.objects.filter(engine=engine).values_list("seq", flat=True)) == [
-        1, 13, 14, 15,
-    ]  # fmt: skip
+        1,
+        13,
+        14,
+        15,
+    ]
     assert list(Order.objects.filter(engine=engine).values_list("last_seq", flat=True)) == [8]
     assert list(Fill.objects.filter(engine=engine).values_list("seq", flat=True)) == [9]
     assert list(AccountSnapshot.objects.filter(engine=engine).values_list("seq", flat=True)) == [11]

@@ -56,8 +56,12 @@ def simulate(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "simulate", *args],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return process, log
 
 
@@ -88,8 +92,10 @@ def run_until(
     assert process.returncode == 0, output
     wait_for(
         lambda: not Engine.objects.filter(name__in=NAMES, connected=True).exists(),
-        timeout=10, what="engines marked offline", log=log,
-    )  # fmt: skip
+        timeout=10,
+        what="engines marked offline",
+        log=log,
+    )
     return output
 
 
@@ -98,9 +104,14 @@ def test_simulated_engines_trade_against_the_server_and_go_offline_on_ctrl_c(
     uvicorn_server: UvicornServer, tmp_path: Path
 ) -> None:
     output = run_until(
-        tmp_path, uvicorn_server.url, engines_are_trading, signal.SIGINT,
-        "--wait-for-server", "--seed", "7",
-    )  # fmt: skip
+        tmp_path,
+        uvicorn_server.url,
+        engines_are_trading,
+        signal.SIGINT,
+        "--wait-for-server",
+        "--seed",
+        "7",
+    )
 
     assert "engine connected as" not in output, "one line per connection, not two"
     for name in NAMES:

@@ -24,9 +24,15 @@ pytestmark = pytest.mark.django_db
 
 def hello(trading_state: str = "PAUSED") -> p.Hello:
     return p.Hello(
-        protocol=p.PROTOCOL_VERSION, engine_build="b1", config_hash="c1", mode="paper",
-        broker="sim", account="acc", trading_state=trading_state, last_seq=0,
-    )  # fmt: skip
+        protocol=p.PROTOCOL_VERSION,
+        engine_build="b1",
+        config_hash="c1",
+        mode="paper",
+        broker="sim",
+        account="acc",
+        trading_state=trading_state,
+        last_seq=0,
+    )
 
 
 def heartbeat(*, stopping: bool = False) -> p.Heartbeat:
@@ -83,8 +89,11 @@ def test_the_sweep_writes_active_back_once_and_leaves_other_pauses_alone(make_en
 
     states = dict(Engine.objects.values_list("name", "desired_state"))
     assert states == {
-        "ended": "ACTIVE", "running": "PAUSED", "indefinite": "PAUSED", "halted": "HALTED",
-    }  # fmt: skip
+        "ended": "ACTIVE",
+        "running": "PAUSED",
+        "indefinite": "PAUSED",
+        "halted": "HALTED",
+    }
     ended.refresh_from_db()
     assert ended.desired_until is None and ended.desired_changed_at >= now
     (audit,) = AuditEvent.objects.filter(action="pause_end")

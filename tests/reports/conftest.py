@@ -132,9 +132,12 @@ class Builder:
 
     def equity(self, ts: datetime, equity: str) -> None:
         AccountSnapshot.objects.create(
-            engine=self.engine, ts=ts, equity=Decimal(equity), cash=Decimal(equity),
+            engine=self.engine,
+            ts=ts,
+            equity=Decimal(equity),
+            cash=Decimal(equity),
             seq=self.next_seq(),
-        )  # fmt: skip
+        )
 
     def metric(self, ts: datetime, name: str = "cpu_pct", value: float = 12.0) -> None:
         MetricSample.objects.create(
@@ -144,23 +147,44 @@ class Builder:
     def order(self, ts: datetime, side: str, qty: str, symbol: str, status: str) -> Order:
         seq = self.next_seq()
         return Order.objects.create(
-            engine=self.engine, client_order_id=f"o{seq}", instrument=self.instruments[symbol],
-            side=side, order_type="market", quantity=Decimal(qty), status=status,
+            engine=self.engine,
+            client_order_id=f"o{seq}",
+            instrument=self.instruments[symbol],
+            side=side,
+            order_type="market",
+            quantity=Decimal(qty),
+            status=status,
             filled_quantity=Decimal(qty) if status == "filled" else Decimal(0),
-            created_at=ts, updated_at=ts, last_seq=seq,
-        )  # fmt: skip
+            created_at=ts,
+            updated_at=ts,
+            last_seq=seq,
+        )
 
     def fill(
-        self, ts: datetime, side: str, qty: str, symbol: str, price: str, fee: str,
+        self,
+        ts: datetime,
+        side: str,
+        qty: str,
+        symbol: str,
+        price: str,
+        fee: str,
         expected: str | None,
-    ) -> Fill:  # fmt: skip
+    ) -> Fill:
         order = self.order(ts - timedelta(minutes=1), side, qty, symbol, "filled")
         seq = self.next_seq()
         return Fill.objects.create(
-            engine=self.engine, fill_id=f"f{seq}", order=order, instrument=self.instruments[symbol],
-            side=side, quantity=Decimal(qty), price=Decimal(price), fee=Decimal(fee),
-            expected_price=Decimal(expected) if expected else None, ts=ts, seq=seq,
-        )  # fmt: skip
+            engine=self.engine,
+            fill_id=f"f{seq}",
+            order=order,
+            instrument=self.instruments[symbol],
+            side=side,
+            quantity=Decimal(qty),
+            price=Decimal(price),
+            fee=Decimal(fee),
+            expected_price=Decimal(expected) if expected else None,
+            ts=ts,
+            seq=seq,
+        )
 
     def command(self, ts: datetime, kind: str = "pause") -> None:
         command = Command.objects.create(
@@ -170,9 +194,14 @@ class Builder:
 
     def alert(self, fired_at: datetime | None, state: str, source: str = "rule") -> None:
         Alert.objects.create(
-            engine=self.engine, state=state, severity=Severity.WARNING, summary="test alert",
-            source=source, started_at=fired_at or at(19, 12), fired_at=fired_at,
-        )  # fmt: skip
+            engine=self.engine,
+            state=state,
+            severity=Severity.WARNING,
+            summary="test alert",
+            source=source,
+            started_at=fired_at or at(19, 12),
+            fired_at=fired_at,
+        )
 
 
 @pytest.fixture
@@ -183,10 +212,15 @@ def week_data(
     beta = make_engine("beta", mode="paper", strategy_tags=["mean-rev"])[0]
     a = Builder(alpha, instruments)
     for ts, equity in [
-        (at(13, 20), "100000"), (at(16, 10), "100500"), (at(16, 20), "101000"),
-        (at(17, 9), "99500"), (at(17, 12), "99990"), (at(18, 20), "101989.8"),
-        (at(19, 20), "100969.902"), (at(23, 0), "50000"),
-    ]:  # fmt: skip
+        (at(13, 20), "100000"),
+        (at(16, 10), "100500"),
+        (at(16, 20), "101000"),
+        (at(17, 9), "99500"),
+        (at(17, 12), "99990"),
+        (at(18, 20), "101989.8"),
+        (at(19, 20), "100969.902"),
+        (at(23, 0), "50000"),
+    ]:
         a.equity(ts, equity)
     a.metric(at(16, 10, 0, 30))
     a.metric(at(16, 10, 1))
@@ -205,9 +239,13 @@ def week_data(
     a.alert(at(13, 9), "resolved")  # before the week
     a.alert(None, "pending", source="risk:test")  # never fired
     Alert.objects.create(
-        engine=None, state="resolved", severity=Severity.INFO, summary="fleet-wide",
-        started_at=at(18, 8), fired_at=at(18, 8),
-    )  # fmt: skip
+        engine=None,
+        state="resolved",
+        severity=Severity.INFO,
+        summary="fleet-wide",
+        started_at=at(18, 8),
+        fired_at=at(18, 8),
+    )
     a.command(at(16, 12))
     a.command(at(18, 9), kind="resume")
     a.command(at(23, 1))  # next week

@@ -43,9 +43,13 @@ def logged_in(user: User) -> Client:
 @pytest.fixture
 def baseline(week_data: dict[str, Any]) -> Baseline:
     return Baseline.objects.create(
-        engine=week_data["alpha"], name="bt 2026-10 v3", expected_annual_return_pct=25.0,
-        sharpe=2.0, trades_per_day=2.0, win_rate_pct=60.0,
-    )  # fmt: skip
+        engine=week_data["alpha"],
+        name="bt 2026-10 v3",
+        expected_annual_return_pct=25.0,
+        sharpe=2.0,
+        trades_per_day=2.0,
+        win_rate_pct=60.0,
+    )
 
 
 def figure(html: str, element_id: str) -> dict[str, Any]:
@@ -105,9 +109,12 @@ def test_the_csv_has_the_hand_computed_figures(
     assert response["Content-Disposition"] == 'attachment; filename="report-2026-W47.csv"'
     rows = {(r["scope"], r["name"]): r for r in csv.DictReader(io.StringIO(response.text))}
     assert set(rows) == {
-        ("fleet", "fleet"), ("tag", "mean-rev"), ("tag", "momentum"),
-        ("engine", "alpha"), ("engine", "beta"),
-    }  # fmt: skip
+        ("fleet", "fleet"),
+        ("tag", "mean-rev"),
+        ("tag", "momentum"),
+        ("engine", "alpha"),
+        ("engine", "beta"),
+    }
 
     alpha = rows[("engine", "alpha")]
     assert alpha["week"] == WEEK
@@ -115,11 +122,15 @@ def test_the_csv_has_the_hand_computed_figures(
     assert alpha["start_equity"] == "100000"
     assert alpha["end_equity"] == "100969.902"
     for column, expected in [
-        ("return_pct", ALPHA_RETURN_PCT), ("sharpe", ALPHA_SHARPE), ("sortino", ALPHA_SORTINO),
-        ("max_drawdown_pct", ALPHA_MAX_DRAWDOWN_PCT), ("win_rate_pct", ALPHA_WIN_RATE_PCT),
-        ("profit_factor", ALPHA_PROFIT_FACTOR), ("avg_slippage_bps", ALPHA_AVG_SLIPPAGE_BPS),
+        ("return_pct", ALPHA_RETURN_PCT),
+        ("sharpe", ALPHA_SHARPE),
+        ("sortino", ALPHA_SORTINO),
+        ("max_drawdown_pct", ALPHA_MAX_DRAWDOWN_PCT),
+        ("win_rate_pct", ALPHA_WIN_RATE_PCT),
+        ("profit_factor", ALPHA_PROFIT_FACTOR),
+        ("avg_slippage_bps", ALPHA_AVG_SLIPPAGE_BPS),
         ("uptime_pct", ALPHA_UPTIME_PCT),
-    ]:  # fmt: skip
+    ]:
         assert close(float(alpha[column]), expected, rel=1e-6), column
     assert (alpha["trades"], alpha["round_trips"]) == ("5", "3")
     assert (alpha["rejection_rate_pct"], alpha["fill_rate_pct"]) == ("12.5", "71.42857143")
@@ -198,5 +209,8 @@ def test_the_page_uses_the_viewers_timezone(viewer: User, week_data: dict[str, A
     assert "(Asia/Tokyo)" in html
     # Tokyo days: Mon 16, Tue 17, Thu 19, Fri 20 (see test_analytics).
     assert figure(html, "figure-pnl")["data"][0]["x"] == [
-        "2026-11-16", "2026-11-17", "2026-11-19", "2026-11-20",
-    ]  # fmt: skip
+        "2026-11-16",
+        "2026-11-17",
+        "2026-11-19",
+        "2026-11-20",
+    ]

@@ -166,8 +166,11 @@ def test_the_subscribed_user_gets_the_report_with_inline_charts(
 
     delivery = ReportDelivery.objects.get()
     assert (delivery.user, delivery.week, delivery.status, delivery.attempts) == (
-        readers["subscribed"], WEEK, "sent", 1,
-    )  # fmt: skip
+        readers["subscribed"],
+        WEEK,
+        "sent",
+        1,
+    )
     assert delivery.sent_at is not None
 
 

@@ -106,11 +106,20 @@ def test_a_batch_of_metrics_is_evaluated_when_the_limits_changed_since(
 def test_exposure_limits_read_the_positions_the_batch_left(make_engine, risk_manager, send):
     engine = make_engine("alpha")[0]
     Instrument.objects.create(symbol="XOM", sector="energy")
-    save(risk_manager, kind="max_sector_pct", threshold=Decimal(30), scope="sector",
-         scope_value="energy")  # fmt: skip
+    save(
+        risk_manager,
+        kind="max_sector_pct",
+        threshold=Decimal(30),
+        scope="sector",
+        scope_value="energy",
+    )
 
-    send(engine, f.account(1, "10000"), f.order(2, "o-1", symbol="XOM", qty="40"),
-         f.fill(3, "f-1", "o-1", symbol="XOM", qty="40", price="100"))  # fmt: skip
+    send(
+        engine,
+        f.account(1, "10000"),
+        f.order(2, "o-1", symbol="XOM", qty="40"),
+        f.fill(3, "f-1", "o-1", symbol="XOM", qty="40", price="100"),
+    )
 
     (breach,) = RiskEvent.objects.filter(engine=engine)
     assert breach.kind == "breach" and "sector energy" in breach.message

@@ -39,11 +39,19 @@ def admin_client(user) -> Client:
 
 
 FORM = {
-    "kind": "max_daily_loss_pct", "scope": "global", "scope_value": "", "threshold": "5",
-    "warning_levels": "50,75,90", "action": "kill", "reduce_to_pct": "", "enabled": "on",
-    "description": "", "change_reason": "new desk policy",
-    "changes-TOTAL_FORMS": "0", "changes-INITIAL_FORMS": "0",
-}  # fmt: skip
+    "kind": "max_daily_loss_pct",
+    "scope": "global",
+    "scope_value": "",
+    "threshold": "5",
+    "warning_levels": "50,75,90",
+    "action": "kill",
+    "reduce_to_pct": "",
+    "enabled": "on",
+    "description": "",
+    "change_reason": "new desk policy",
+    "changes-TOTAL_FORMS": "0",
+    "changes-INITIAL_FORMS": "0",
+}
 
 
 @pytest.mark.parametrize(
@@ -130,8 +138,13 @@ def test_a_limit_needs_a_reason_and_valid_scope(risk_manager):
     with pytest.raises(services.ReasonRequired):
         save(risk_manager, reason=" ", kind="max_order_qty", threshold=Decimal(10))
     with pytest.raises(ValidationError) as caught:
-        save(risk_manager, kind="max_order_qty", threshold=Decimal(10), scope="engine",
-             scope_value="ghost")  # fmt: skip
+        save(
+            risk_manager,
+            kind="max_order_qty",
+            threshold=Decimal(10),
+            scope="engine",
+            scope_value="ghost",
+        )
     assert "No engine is named 'ghost'" in str(caught.value)
     with pytest.raises(ValidationError, match="its action is 'alert only'"):
         save(risk_manager, kind="max_order_qty", threshold=Decimal(10), action="kill")
@@ -152,18 +165,33 @@ def test_an_unchanged_save_records_nothing(risk_manager):
 def test_an_engine_gets_the_pretrade_limits_that_apply_to_it(make_engine, risk_manager):
     alpha = make_engine("alpha", strategy_tags=["momentum"])[0]
     save(risk_manager, kind="max_order_qty", threshold=Decimal(500))
-    save(risk_manager, kind="max_order_notional", threshold=Decimal(10000), scope="tag",
-         scope_value="meanrev")  # fmt: skip
-    collar = save(risk_manager, kind="price_collar_pct", threshold=Decimal(5), scope="symbol",
-                  scope_value="AAPL")  # fmt: skip
+    save(
+        risk_manager,
+        kind="max_order_notional",
+        threshold=Decimal(10000),
+        scope="tag",
+        scope_value="meanrev",
+    )
+    collar = save(
+        risk_manager,
+        kind="price_collar_pct",
+        threshold=Decimal(5),
+        scope="symbol",
+        scope_value="AAPL",
+    )
     save(risk_manager, kind="max_daily_loss_pct", threshold=Decimal(3), action="kill")
 
     revision, limits = selectors.pretrade_limits_for(alpha)
 
     assert revision == RiskLimitChange.objects.latest("pk").pk
     assert [limit["kind"] for limit in limits] == ["max_order_qty", "price_collar_pct"]
-    assert limits[1] == {"id": collar.pk, "kind": "price_collar_pct", "threshold": "5",
-                         "scope": "symbol", "scope_value": "AAPL"}  # fmt: skip
+    assert limits[1] == {
+        "id": collar.pk,
+        "kind": "price_collar_pct",
+        "threshold": "5",
+        "scope": "symbol",
+        "scope_value": "AAPL",
+    }
 
 
 def test_a_change_is_pushed_to_connected_engines_as_set_limits(
@@ -176,8 +204,13 @@ def test_a_change_is_pushed_to_connected_engines_as_set_limits(
     with django_capture_on_commit_callbacks(execute=True):
         save(risk_manager, kind="max_order_qty", threshold=Decimal(500))
     with django_capture_on_commit_callbacks(execute=True):
-        second = save(risk_manager, kind="max_order_qty", threshold=Decimal(50),
-                      scope="symbol", scope_value="TSLA")  # fmt: skip
+        second = save(
+            risk_manager,
+            kind="max_order_qty",
+            threshold=Decimal(50),
+            scope="symbol",
+            scope_value="TSLA",
+        )
 
     pushed = Command.objects.filter(kind="set_limits").order_by("created_at")
     assert {c.engine for c in pushed} == {alpha}
@@ -194,9 +227,11 @@ def test_a_change_is_pushed_to_connected_engines_as_set_limits(
 
 def set_day(engine: Engine, *, start: str, now: str) -> None:
     Engine.objects.filter(pk=engine.pk).update(
-        session_start_equity=Decimal(start), equity=Decimal(now),
-        day_pnl=Decimal(now) - Decimal(start), high_water_mark=Decimal(start),
-    )  # fmt: skip
+        session_start_equity=Decimal(start),
+        equity=Decimal(now),
+        day_pnl=Decimal(now) - Decimal(start),
+        high_water_mark=Decimal(start),
+    )
 
 
 def test_a_daily_loss_warns_at_each_level_then_kills_once(make_engine, risk_manager):
@@ -244,12 +279,20 @@ def test_a_sector_over_its_limit_is_reduced(make_engine, risk_manager):
     energy = Instrument.objects.create(symbol="XOM", sector="energy")
     for instrument, quantity in ((tech[0], 100), (tech[1], 100), (energy, 50)):
         Position.objects.create(
-            engine=engine, instrument=instrument, quantity=Decimal(quantity),
-            avg_price=Decimal(100), last_price=Decimal(100),
-        )  # fmt: skip
+            engine=engine,
+            instrument=instrument,
+            quantity=Decimal(quantity),
+            avg_price=Decimal(100),
+            last_price=Decimal(100),
+        )
     Engine.objects.filter(pk=engine.pk).update(equity=Decimal(50000))
-    limit = save(risk_manager, kind="max_sector_pct", threshold=Decimal(30), action="reduce",
-                 reduce_to_pct=Decimal(50))  # fmt: skip
+    limit = save(
+        risk_manager,
+        kind="max_sector_pct",
+        threshold=Decimal(30),
+        action="reduce",
+        reduce_to_pct=Decimal(50),
+    )
 
     (breach,) = evaluation.evaluate_engine(engine.pk)
 
@@ -264,8 +307,14 @@ def test_a_sector_over_its_limit_is_reduced(make_engine, risk_manager):
 def test_a_limit_for_another_engine_or_disabled_is_not_evaluated(make_engine, risk_manager):
     alpha = make_engine("alpha")[0]
     make_engine("beta")
-    save(risk_manager, kind="max_daily_loss", threshold=Decimal(10), action="kill", scope="engine",
-         scope_value="beta")  # fmt: skip
+    save(
+        risk_manager,
+        kind="max_daily_loss",
+        threshold=Decimal(10),
+        action="kill",
+        scope="engine",
+        scope_value="beta",
+    )
     save(risk_manager, kind="max_daily_loss", threshold=Decimal(10), action="kill", enabled=False)
     set_day(alpha, start="1000", now="900")
 

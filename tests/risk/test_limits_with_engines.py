@@ -26,9 +26,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def server(transactional_db: None, tmp_path: Path) -> Iterator[UvicornServer]:
     server = UvicornServer(
-        database_url=current_database_url(), redis_url=settings.REDIS_URL,
-        log_path=tmp_path / "uvicorn.log", env={"ENGINE_HEARTBEAT_INTERVAL_S": "0.5"},
-    )  # fmt: skip
+        database_url=current_database_url(),
+        redis_url=settings.REDIS_URL,
+        log_path=tmp_path / "uvicorn.log",
+        env={"ENGINE_HEARTBEAT_INTERVAL_S": "0.5"},
+    )
     server.start()
     yield server
     server.close()
@@ -99,8 +101,13 @@ def test_a_limit_change_reaches_a_connected_engine_and_the_next_order_obeys_it(
     sim = engine_loop.run(connected(paper(server, token, tmp_path / "j")))
     assert not isinstance(sim.submit_manual("MSFT", "buy", 300), str)
 
-    notional = limit(risk_manager, kind="max_order_qty", threshold=Decimal(200), scope="symbol",
-                     scope_value="MSFT")  # fmt: skip
+    notional = limit(
+        risk_manager,
+        kind="max_order_qty",
+        threshold=Decimal(200),
+        scope="symbol",
+        scope_value="MSFT",
+    )
     revision = selectors.limits_revision()
     wait_for(
         lambda: Engine.objects.get(pk=engine.pk).limits_version == revision,

@@ -116,10 +116,16 @@ async def test_sigterm_cancels_working_orders_says_why_and_closes_as_stopping(
     script.write_text(ENGINE_SCRIPT)
     root = ROOT
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), control_plane.url, control_plane.token,
-        str(tmp_path / "journal"), cwd=root, env={"PYTHONPATH": str(root)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        sys.executable,
+        str(script),
+        control_plane.url,
+        control_plane.token,
+        str(tmp_path / "journal"),
+        cwd=root,
+        env={"PYTHONPATH": str(root)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     assert process.stdout is not None
     lines: list[str] = []
     try:
@@ -142,8 +148,10 @@ async def test_sigterm_cancels_working_orders_says_why_and_closes_as_stopping(
     assert rest.strip().endswith("closed")
     orders = control_plane.events_of(p.OrderEvent)
     assert sorted(o.client_order_id for o in orders if o.status == "cancelled") == [
-        "o-0", "o-1", "o-2",
-    ]  # fmt: skip
+        "o-0",
+        "o-1",
+        "o-2",
+    ]
     (state,) = control_plane.events_of(p.StateEvent)
     assert state.reason == (
         "shutdown (SIGTERM): 3 working orders cancelled, 0 still working; trading state ACTIVE"

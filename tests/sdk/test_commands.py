@@ -171,9 +171,11 @@ async def test_a_result_out_of_bounds_still_reaches_the_server_without_its_data(
 
     async def on_command(command: p.Command) -> CommandOutcome:
         return CommandOutcome(
-            status="succeeded", detail="broker said \x00", data={"deep": deep},
+            status="succeeded",
+            detail="broker said \x00",
+            data={"deep": deep},
             trading_state="PAUSED",
-        )  # fmt: skip
+        )
 
     client = make_client(control_plane.url, on_command=on_command)
     await client.start()

@@ -266,9 +266,14 @@ def test_events_outside_the_bounds_cannot_even_be_built() -> None:
     # Checked on construction (__post_init__), so no engine code can hold one.
     with pytest.raises(ValueError, match=r"0.00000001 - at `\$.price`"):
         p.FillEvent(
-            ts=datetime.now(UTC), fill_id="f", client_order_id="o", symbol="A", side="buy",
-            quantity=Decimal(1), price=Decimal("1e-9"),
-        )  # fmt: skip
+            ts=datetime.now(UTC),
+            fill_id="f",
+            client_order_id="o",
+            symbol="A",
+            side="buy",
+            quantity=Decimal(1),
+            price=Decimal("1e-9"),
+        )
     with pytest.raises(ValueError, match=r"UTC offset.*`\$.ts`"):
         p.MetricEvent(
             ts=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=20))), name="x", value=1.0

@@ -262,9 +262,17 @@ def test_lenient_decoding_never_raises_on_any_bytes(data: bytes) -> None:
         assert len(errors) == 1
 
 
-FILL = {"kind": "fill", "seq": 1, "ts": "2026-01-05T14:30:00Z", "fill_id": "f-1",
-        "client_order_id": "o-1", "symbol": "AAPL", "side": "buy", "quantity": "10",
-        "price": "100.25"}  # fmt: skip
+FILL = {
+    "kind": "fill",
+    "seq": 1,
+    "ts": "2026-01-05T14:30:00Z",
+    "fill_id": "f-1",
+    "client_order_id": "o-1",
+    "symbol": "AAPL",
+    "side": "buy",
+    "quantity": "10",
+    "price": "100.25",
+}
 
 
 @pytest.mark.parametrize(
@@ -304,8 +312,17 @@ def test_a_fill_at_the_edges_of_its_bounds_is_accepted(field, value):
 # --- bounds: whatever the schema accepts, the server's database can hold ---------------------
 
 T = "2026-01-05T14:30:00Z"
-ORDER = {"kind": "order", "seq": 1, "ts": T, "client_order_id": "o-1", "symbol": "AAPL",
-         "side": "buy", "order_type": "limit", "quantity": "10", "status": "rejected"}  # fmt: skip
+ORDER = {
+    "kind": "order",
+    "seq": 1,
+    "ts": T,
+    "client_order_id": "o-1",
+    "symbol": "AAPL",
+    "side": "buy",
+    "order_type": "limit",
+    "quantity": "10",
+    "status": "rejected",
+}
 LOG = {"kind": "log", "seq": 1, "ts": T, "level": "info", "message": "m"}
 METRIC = {"kind": "metric", "seq": 1, "ts": T, "name": "latency_ms", "value": 1.5}
 
@@ -397,9 +414,16 @@ def test_json_nested_too_deep_to_decode_is_a_frame_error_not_a_crash():
     ],
 )
 def test_a_hello_the_database_could_not_hold_is_refused_naming_the_field(frame, field):
-    hello = {"type": "hello", "protocol": 1, "engine_build": "b", "config_hash": "c",
-             "mode": "paper", "broker": "sim", "account": "a",
-             "trading_state": "ACTIVE"}  # fmt: skip
+    hello = {
+        "type": "hello",
+        "protocol": 1,
+        "engine_build": "b",
+        "config_hash": "c",
+        "mode": "paper",
+        "broker": "sim",
+        "account": "a",
+        "trading_state": "ACTIVE",
+    }
 
     with pytest.raises(msgspec.ValidationError) as refused:
         p.decode_engine_frame(json.dumps({**hello, **frame}))
@@ -408,8 +432,13 @@ def test_a_hello_the_database_could_not_hold_is_refused_naming_the_field(frame, 
 
 
 def test_a_heartbeat_with_a_limits_version_beyond_int32_is_refused():
-    beat = {"type": "heartbeat", "ts": T, "trading_state": "ACTIVE", "last_seq": 0,
-            "limits_version": 2**31}  # fmt: skip
+    beat = {
+        "type": "heartbeat",
+        "ts": T,
+        "trading_state": "ACTIVE",
+        "last_seq": 0,
+        "limits_version": 2**31,
+    }
 
     with pytest.raises(msgspec.ValidationError, match="limits_version"):
         p.decode_engine_frame(json.dumps(beat))

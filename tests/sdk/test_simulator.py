@@ -196,8 +196,13 @@ def test_it_reports_metrics_logs_and_sizes_positions_within_five_percent_of_equi
 
     names = {m.name for m in client.of(p.MetricEvent)}
     assert names == {
-        "latency_ms", "md_latency_ms", "quote_age_ms", "cpu_pct", "memory_mb", "queue_depth"
-    }  # fmt: skip
+        "latency_ms",
+        "md_latency_ms",
+        "quote_age_ms",
+        "cpu_pct",
+        "memory_mb",
+        "queue_depth",
+    }
     assert {"info", "warning", "error"} <= {e.level for e in client.of(p.LogEvent)}
     for symbol, quantity in engine.positions.items():
         # A fill of the last order may take a position a little past the cap, never far.
@@ -369,8 +374,12 @@ def test_a_restarted_engine_keeps_its_book_and_never_reuses_an_order_id(tmp_path
 def test_every_symbol_of_the_universe_belongs_to_a_sector() -> None:
     engine, _ = paper_engine()
     assert set(engine.sectors.values()) == {
-        "Technology", "Financials", "Energy", "Health Care", "Consumer"
-    }  # fmt: skip
+        "Technology",
+        "Financials",
+        "Energy",
+        "Health Care",
+        "Consumer",
+    }
     assert len({i.symbol for i in UNIVERSE}) == len(UNIVERSE)
 
 

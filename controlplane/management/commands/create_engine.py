@@ -17,8 +17,9 @@ class Command(BaseCommand):
         parser.add_argument("--mode", choices=Mode.values, default=Mode.PAPER)
         parser.add_argument("--broker", default="")
         parser.add_argument("--account", default="")
-        parser.add_argument("--tag", action="append", default=[], dest="tags",
-                            help="strategy tag (repeatable)")  # fmt: skip
+        parser.add_argument(
+            "--tag", action="append", default=[], dest="tags", help="strategy tag (repeatable)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -67,16 +67,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--engines", type=int, default=3, help="how many engines (default 3)")
-        parser.add_argument("--url", default="http://127.0.0.1:8000",
-                            help="the control plane's web URL")  # fmt: skip
-        parser.add_argument("--wait-for-server", action="store_true",
-                            help="wait until GET /healthz answers before connecting")  # fmt: skip
-        parser.add_argument("--wait-timeout", type=float, default=60.0,
-                            help="seconds --wait-for-server waits (default 60)")  # fmt: skip
-        parser.add_argument("--tick", type=float, default=0.2,
-                            help="seconds per simulated step (default 0.2)")  # fmt: skip
-        parser.add_argument("--seed", type=int, default=None,
-                            help="make the simulation repeatable")  # fmt: skip
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000", help="the control plane's web URL"
+        )
+        parser.add_argument(
+            "--wait-for-server",
+            action="store_true",
+            help="wait until GET /healthz answers before connecting",
+        )
+        parser.add_argument(
+            "--wait-timeout",
+            type=float,
+            default=60.0,
+            help="seconds --wait-for-server waits (default 60)",
+        )
+        parser.add_argument(
+            "--tick", type=float, default=0.2, help="seconds per simulated step (default 0.2)"
+        )
+        parser.add_argument("--seed", type=int, default=None, help="make the simulation repeatable")
         parser.add_argument("--prefix", default="sim", help="engine names: <prefix>-1..N")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -141,9 +149,13 @@ class Command(BaseCommand):
             if engine is None:
                 try:
                     engine, token = services.engine_create(
-                        name=name, mode=Mode.PAPER, broker=BROKER, account=name,
-                        strategy_tags=[strategy], actor_label=ACTOR,
-                    )  # fmt: skip
+                        name=name,
+                        mode=Mode.PAPER,
+                        broker=BROKER,
+                        account=name,
+                        strategy_tags=[strategy],
+                        actor_label=ACTOR,
+                    )
                 except ValidationError as exc:
                     raise CommandError(f"Engine {name} not created: {exc.messages}") from None
                 self.stdout.write(f"Engine {name} created ({strategy}).")
@@ -177,22 +189,27 @@ class Command(BaseCommand):
         # working orders cancelled, a final state event, then "stopping" to the control plane.
         for _, client in engines:
             client.install_signal_handlers(
-                (signal.SIGINT, signal.SIGTERM), on_signal=lambda signum: stop.set(),
+                (signal.SIGINT, signal.SIGTERM),
+                on_signal=lambda signum: stop.set(),
                 timeout=FLUSH_TIMEOUT_S,
-            )  # fmt: skip
+            )
         self.stdout.write(f"Running {len(engines)} paper engines against {ws_url} (Ctrl+C stops).")
         try:
             results = await asyncio.gather(
-                *(self._drive(spec.name, engine, client, stop, tick)
-                  for spec, (engine, client) in zip(specs, engines, strict=True))
-            )  # fmt: skip
+                *(
+                    self._drive(spec.name, engine, client, stop, tick)
+                    for spec, (engine, client) in zip(specs, engines, strict=True)
+                )
+            )
         finally:
             # Whatever is not acked within the timeout stays in the journal for the next run.
             await asyncio.gather(
-                *(client.shutdown("simulation stopped", timeout=FLUSH_TIMEOUT_S)
-                  for _, client in engines),
+                *(
+                    client.shutdown("simulation stopped", timeout=FLUSH_TIMEOUT_S)
+                    for _, client in engines
+                ),
                 return_exceptions=True,
-            )  # fmt: skip
+            )
         self.stdout.write(f"Stopped {len(engines)} paper engines.")
         return results.count(False)
 

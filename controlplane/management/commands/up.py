@@ -134,7 +134,9 @@ class Command(BaseCommand):
         user = user_model.objects.create_superuser(username=username, password=password, email="")
         user.groups.add(Group.objects.get(name=ADMIN))
         shown = "from DEMO_ADMIN_PASSWORD" if os.environ.get("DEMO_ADMIN_PASSWORD") else password
-        self.stdout.write(self.style.WARNING(
-            f"\n  Demo admin created: username '{username}', password {shown}\n"
-            "  (shown once; it is not stored anywhere in clear text)\n"
-        ))  # fmt: skip
+        self.stdout.write(
+            self.style.WARNING(
+                f"\n  Demo admin created: username '{username}', password {shown}\n"
+                "  (shown once; it is not stored anywhere in clear text)\n"
+            )
+        )
