@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Avg, Count, F, Q, QuerySet
 
+from controlplane import partitions
 from controlplane.models import Engine, EngineLog, Fill, MetricSample, Order, Position
 
 WINDOW = timedelta(minutes=15)
@@ -63,8 +64,8 @@ def error_count(engine: Engine, now: datetime) -> float | None:
     )
 
 
-_REFUSED_SQL = """
-    SELECT count(*) FROM controlplane_eventframe
+_REFUSED_SQL = f"""
+    SELECT count(*) FROM {partitions.PARENT}
     WHERE engine_id = %s AND refused IS NOT NULL AND received_at >= %s"""
 
 

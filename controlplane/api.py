@@ -1,6 +1,6 @@
 """The operators' and scripts' HTTP API under /api/v1/ (OpenAPI at /api/v1/openapi.json, docs at
 /api/v1/docs). Authenticated by the browser session (with its CSRF token) or by a personal API
-token (``Authorization: Bearer cpu_...``). The engines' own endpoints are in engine_http.py.
+token (``Authorization: Bearer cpu_...``). The engines' own endpoints are in gateway/http.py.
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ def audit_record(
     return event
 
 
-_INSERT = """
-    INSERT INTO controlplane_auditevent
+_INSERT = f"""
+    INSERT INTO {AuditEvent._meta.db_table}
         (ts, actor_id, actor, action, target_type, target_id, target_label, ip_address, reason,
          outcome, data)
     VALUES (%s, %s::bigint, %s, %s, %s, %s, %s, %s::inet, %s, %s, %s::jsonb)

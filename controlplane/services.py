@@ -121,7 +121,7 @@ def _token_user_sql() -> tuple[str, list[str]]:
                                        JOIN {groups} ug ON ug.group_id = gp.group_id
                                       WHERE ug.user_id = u.{pk})),
                {columns}
-          FROM controlplane_apitoken t
+          FROM {ApiToken._meta.db_table} t
           JOIN {meta.db_table} u ON u.{pk} = t.user_id
          WHERE t.token_hash = %s
     """

@@ -399,7 +399,7 @@ EQUITY_POINTS = 2000
 # is split into %(buckets)s + 1 equal spans of time, and each span keeps its deepest drawdown and
 # its highest equity (often the same point); the session's last point is always kept. A session
 # short enough is returned whole.
-_SESSION_EQUITY_SQL = """
+_SESSION_EQUITY_SQL = f"""
 WITH s AS (
     SELECT ts, equity,
            max(equity) OVER (ORDER BY ts, seq) AS peak,
@@ -407,7 +407,7 @@ WITH s AS (
            count(*) OVER () AS n,
            min(ts) OVER () AS first_ts,
            max(ts) OVER () AS last_ts
-      FROM controlplane_accountsnapshot
+      FROM {AccountSnapshot._meta.db_table}
      WHERE engine_id = %(engine)s AND ts >= %(since)s
 ), d AS (
     SELECT ts, equity, peak, i, n,

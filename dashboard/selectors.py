@@ -11,7 +11,15 @@ from django.db.models import Count, DecimalField, ExpressionWrapper, F, Func, Q,
 from django.db.models.functions import Abs, Coalesce
 
 from controlplane.commands import issuing
-from controlplane.models import AuditEvent, CommandKind, Engine, Position, TradingState
+from controlplane.models import (
+    AuditEvent,
+    Command,
+    CommandBatch,
+    CommandKind,
+    Engine,
+    Position,
+    TradingState,
+)
 
 
 def audit_actions() -> list[str]:
@@ -77,11 +85,11 @@ class FleetKill:
 # engine already HALTED before the kill kept its earlier time).
 _FLEET_KILL_SQL = f"""
 SELECT b.id, b.issued_by_label, b.created_at, b.reason,
-       (SELECT count(*) FROM controlplane_command c
-          JOIN controlplane_engine e ON e.id = c.engine_id
+       (SELECT count(*) FROM {Command._meta.db_table} c
+          JOIN {Engine._meta.db_table} e ON e.id = c.engine_id
          WHERE c.batch_id = b.id AND e.desired_state = '{TradingState.HALTED.value}'
            AND e.desired_changed_at <= b.created_at AND e.is_active)
-  FROM (SELECT id, issued_by_label, created_at, reason FROM controlplane_commandbatch
+  FROM (SELECT id, issued_by_label, created_at, reason FROM {CommandBatch._meta.db_table}
          WHERE kind = '{CommandKind.KILL.value}' AND selector = 'all'
          ORDER BY created_at DESC LIMIT 1) b
 """

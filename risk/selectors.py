@@ -9,7 +9,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Max
 
-from controlplane.models import Engine
+from controlplane.models import Engine, Instrument, Position
 from controlplane.sqlscript import Script
 from risk.models import PRE_TRADE, LimitState, RiskLimit, RiskLimitChange, Scope
 
@@ -66,9 +66,15 @@ class PostTradeInputs:
 
 _STATE_FIELDS = list(LimitState._meta.concrete_fields)
 _STATE_SELECT = (
-    f"SELECT {', '.join(f.column for f in _STATE_FIELDS)} FROM risk_limitstate "
+    f"SELECT {', '.join(f.column for f in _STATE_FIELDS)} FROM {LimitState._meta.db_table} "
     "WHERE engine_id = %s AND limit_id = ANY(%s::bigint[])"
 )
+
+
+_OPEN_POSITIONS_SQL = f"""
+    SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price
+      FROM {Position._meta.db_table} p JOIN {Instrument._meta.db_table} i ON i.id = p.instrument_id
+     WHERE p.engine_id = %s AND NOT p.quantity = 0"""
 
 
 def post_trade_inputs(
@@ -85,9 +91,7 @@ def post_trade_inputs(
         script = Script(cursor)
         if positions:
             script.add(
-                "SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price FROM "
-                "controlplane_position p JOIN controlplane_instrument i ON i.id = p.instrument_id "
-                "WHERE p.engine_id = %s AND NOT p.quantity = 0",
+                _OPEN_POSITIONS_SQL,
                 [engine_id],
                 fetch="positions",
                 prepare=False,

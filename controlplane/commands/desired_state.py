@@ -20,16 +20,16 @@ from controlplane.sqlscript import Script, text_array
 
 log = logging.getLogger(__name__)
 
-_SET_DESIRED_STATE = """
-    UPDATE controlplane_engine
+_SET_DESIRED_STATE = f"""
+    UPDATE {Engine._meta.db_table}
        SET desired_state = %s, desired_until = %s::timestamptz, desired_changed_at = %s,
            desired_set_by_right = %s
      WHERE id = ANY(%s::bigint[])
 """
 
 # A state held by a stronger right than the one that set it (see _HOLDS_STATE).
-_SET_DESIRED_RIGHT = """
-    UPDATE controlplane_engine SET desired_set_by_right = %s WHERE id = ANY(%s::bigint[])
+_SET_DESIRED_RIGHT = f"""
+    UPDATE {Engine._meta.db_table} SET desired_set_by_right = %s WHERE id = ANY(%s::bigint[])
 """
 
 # The kinds that, issued to an engine already in a state, hold it there (and their right with it).

@@ -304,15 +304,15 @@ def command_batch_issue(
     return batch, commands
 
 
-_INSERT_BATCH = """
-    INSERT INTO controlplane_commandbatch
+_INSERT_BATCH = f"""
+    INSERT INTO {CommandBatch._meta.db_table}
         (id, kind, selector, reason, issued_by_id, issued_by_label, created_at)
     VALUES (%s::uuid, %s, %s, %s, %s::integer, %s, %s)
 """
 
 # A command starts pending; from there only the lifecycle moves it (Command.TRANSITIONS).
 _INSERT_COMMANDS = f"""
-    INSERT INTO controlplane_command
+    INSERT INTO {Command._meta.db_table}
         (id, engine_id, batch_id, kind, params, reason, issued_by_id, issued_by_label, status,
          created_at, expires_at, delivery_attempts, result, detail, state_after)
     SELECT c.id, c.engine_id, %s::uuid, %s, %s::jsonb, %s, %s::integer, %s,

@@ -18,7 +18,7 @@ from django.db.models import Case, F, QuerySet, Value, When
 from django.utils import timezone
 
 from controlplane.audit import audit_add, audit_event
-from controlplane.models import Command, CommandKind
+from controlplane.models import Command, CommandKind, Engine
 from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
 
@@ -90,7 +90,7 @@ _SUPERSEDE_WHERE, _SUPERSEDED = transition_sql(Event.SUPERSEDE)
 
 # Not prepared: the command table grows all day, and this lookup's plan must see how big it is.
 SUPERSEDE = f"""
-    UPDATE controlplane_command
+    UPDATE {Command._meta.db_table}
        SET status = {_SUPERSEDED}, completed_at = %s, detail = %s
      WHERE engine_id = ANY(%s::bigint[]) AND kind = ANY(%s::text[])
        AND {_SUPERSEDE_WHERE} AND created_at <= %s
@@ -142,12 +142,12 @@ _DELIVER_WHERE, _DELIVERED = transition_sql(Event.DELIVER, status="c.status")
 # The engine may have acknowledged already; then only the attempt is counted.
 _MARK_DELIVERED = f"""
     WITH l AS (
-        SELECT c.id FROM controlplane_command c
+        SELECT c.id FROM {Command._meta.db_table} c
           JOIN unnest(%(engines)s::bigint[], %(ids)s::uuid[]) AS d(engine_id, id)
             ON c.id = d.id AND c.engine_id = d.engine_id
          ORDER BY c.id FOR UPDATE OF c
     )
-    UPDATE controlplane_command AS c
+    UPDATE {Command._meta.db_table} AS c
        SET status = CASE WHEN {_DELIVER_WHERE} THEN {_DELIVERED} ELSE c.status END,
            delivered_at = CASE WHEN {_DELIVER_WHERE} THEN %(now)s ELSE c.delivered_at END,
            delivery_attempts = c.delivery_attempts + 1
@@ -191,13 +191,13 @@ _ANSWER_ENGINES = f"""
         SELECT * FROM json_to_recordset(%s::json)
             AS d(engine_id bigint, state text, limits_command uuid, limits_version integer)
     ), l AS (
-        SELECT e.id FROM controlplane_engine e JOIN d ON d.engine_id = e.id
+        SELECT e.id FROM {Engine._meta.db_table} e JOIN d ON d.engine_id = e.id
         ORDER BY e.id FOR UPDATE OF e
     )
-    UPDATE controlplane_engine AS e
+    UPDATE {Engine._meta.db_table} AS e
        SET reported_state = COALESCE(d.state, e.reported_state),
            limits_version = COALESCE((
-               SELECT d.limits_version FROM controlplane_command c
+               SELECT d.limits_version FROM {Command._meta.db_table} c
                 WHERE c.id = d.limits_command AND c.engine_id = e.id
                   AND c.kind = '{CommandKind.SET_LIMITS}' AND {_LIMITS_OPEN}
            ), e.limits_version)
@@ -207,13 +207,13 @@ _ANSWER_ENGINES = f"""
 # backwards. A push acknowledged before it was marked delivered gets its delivered_at too.
 _ANSWER_ACKS = f"""
     WITH l AS (
-        SELECT c.id FROM controlplane_command c
+        SELECT c.id FROM {Command._meta.db_table} c
           JOIN unnest(%s::bigint[], %s::uuid[]) AS a(engine_id, id)
             ON c.id = a.id AND c.engine_id = a.engine_id
          WHERE {_ACK_WHERE}
          ORDER BY c.id FOR UPDATE OF c
     )
-    UPDATE controlplane_command AS c
+    UPDATE {Command._meta.db_table} AS c
        SET status = {_ACKNOWLEDGED}, acknowledged_at = %s,
            delivered_at = COALESCE(c.delivered_at, %s)
       FROM l WHERE c.id = l.id"""
@@ -223,11 +223,12 @@ _ANSWER_RESULTS = f"""
         SELECT * FROM json_to_recordset(%s::json) AS r(engine_id bigint, id uuid, event text,
             result jsonb, detail text, state_after text)
     ), l AS (
-        SELECT c.id FROM controlplane_command c JOIN r ON c.id = r.id AND c.engine_id = r.engine_id
+        SELECT c.id FROM {Command._meta.db_table} c
+          JOIN r ON c.id = r.id AND c.engine_id = r.engine_id
          WHERE {_RESULT_WHERE}
          ORDER BY c.id FOR UPDATE OF c
     )
-    UPDATE controlplane_command AS c
+    UPDATE {Command._meta.db_table} AS c
        SET status = {_RESULTED}, completed_at = %s,
            acknowledged_at = COALESCE(c.acknowledged_at, %s),
            delivered_at = COALESCE(c.delivered_at, %s), result = r.result, detail = r.detail,
@@ -235,7 +236,7 @@ _ANSWER_RESULTS = f"""
       FROM l, r
      WHERE c.id = l.id AND r.id = c.id AND r.engine_id = c.engine_id
     RETURNING c.id, c.engine_id, c.kind, c.batch_id, c.status,
-              (SELECT e.name FROM controlplane_engine e WHERE e.id = c.engine_id)"""
+              (SELECT e.name FROM {Engine._meta.db_table} e WHERE e.id = c.engine_id)"""
 
 Answer = tuple[int, p.CommandAck | p.CommandResult]
 

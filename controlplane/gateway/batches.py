@@ -208,12 +208,12 @@ def _refused_field(event: p.Event, exc: BaseException) -> str | None:
 # when no other connection of the engine stored or refused that seq meanwhile.
 
 
-_REFUSE = """
+_REFUSE = f"""
     WITH e AS (
-        UPDATE controlplane_engine SET last_seq = %(seq)s, refused_events = refused_events + 1
+        UPDATE {Engine._meta.db_table} SET last_seq = %(seq)s, refused_events = refused_events + 1
         WHERE id = %(engine_id)s AND last_seq < %(seq)s RETURNING id
     )
-    INSERT INTO controlplane_eventframe (engine_id, first_seq, last_seq, received_at, events,
+    INSERT INTO {partitions.PARENT} (engine_id, first_seq, last_seq, received_at, events,
         refused)
     SELECT e.id, %(seq)s, %(seq)s, %(now)s, %(events)s::json, %(reason)s FROM e"""
 

@@ -16,7 +16,7 @@ from controlplane.commands.delivery import pending_commands
 from controlplane.commands.desired_state import enforce_desired_state, timed_pauses_end
 from controlplane.commands.lifecycle import command_answers, limits_replace
 from controlplane.events import limits_for
-from controlplane.models import Engine, hash_token
+from controlplane.models import Command, Engine, hash_token
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,15 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     return [welcome]
 
 
-_HEARTBEAT_SQL = """
-    UPDATE controlplane_engine SET last_seen_at = %s, reported_state = %s,
+# Whether anything waits for delivery: a command the deliver transition can still move.
+_UNDELIVERED = ", ".join(f"'{status}'" for status in Command.sources(Command.Event.DELIVER))
+_HEARTBEAT_SQL = f"""
+    UPDATE {Engine._meta.db_table} SET last_seen_at = %s, reported_state = %s,
         limits_version = COALESCE(%s, limits_version)
     WHERE id = %s AND is_active
     RETURNING name, desired_state, desired_until,
-        EXISTS (SELECT 1 FROM controlplane_command
-                WHERE engine_id = %s AND status = 'pending')
+        EXISTS (SELECT 1 FROM {Command._meta.db_table}
+                WHERE engine_id = %s AND status IN ({_UNDELIVERED}))
 """
 
 
