@@ -543,9 +543,12 @@ def traced_application() -> Any:
 
     from channels import consumer as channels_consumer
 
+    # The ASGI app first: importing it sets Django up, which the modules below need.
+    from controlplane.config import asgi
+
+    application = asgi.application
     from controlplane import hub
     from controlplane.commands import delivery, issuing, lifecycle
-    from controlplane.config import asgi
     from controlplane.gateway import batches, session, socket
 
     out = open(os.environ["BENCH_TRACE_FILE"], "a", buffering=1)  # noqa: SIM115
@@ -637,7 +640,7 @@ def traced_application() -> Any:
             notes.append(("receive", start, now(), [kind, self.engine_id]))
 
     engine_consumer.receive = traced_receive
-    return asgi.application
+    return application
 
 
 def read_trace(path: Path) -> list[tuple[str, float, float, Any]]:
