@@ -30,6 +30,9 @@ def wire_choices(name: str, vocabulary: Any) -> Any:
 
 
 Mode = wire_choices("Mode", p.Mode)
+Stage = wire_choices("Stage", p.Stage)
+# The stages whose engines may send real orders (an engine in live mode).
+REAL_MONEY_STAGES = (Stage.SMALL_CAPITAL, Stage.FULL)
 TradingState = wire_choices("TradingState", p.TradingState)
 Side = wire_choices("Side", p.Side)
 OrderStatus = wire_choices("OrderStatus", p.OrderStatus)
@@ -57,6 +60,9 @@ def new_engine_token() -> str:
 class Engine(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.PAPER)
+    # The control plane's decision on how far the engine has come towards real money: the mode
+    # it reports must fit it (docs/going-live.md).
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.PAPER)
     broker = models.CharField(max_length=64, blank=True)
     account = models.CharField(max_length=64, blank=True)
     strategy_tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)

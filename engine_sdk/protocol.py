@@ -66,6 +66,7 @@ __all__ = [
     "ServerFrame",
     "ServerHeartbeat",
     "Side",
+    "Stage",
     "StateEvent",
     "TradingState",
     "Welcome",
@@ -119,6 +120,8 @@ CLOSE_GOING_AWAY: Final = 1001
 
 Side = Literal["buy", "sell"]
 Mode = Literal["backtest", "paper", "shadow", "live"]
+# The step of the way to real money the control plane has an engine on (docs/going-live.md).
+Stage = Literal["backtest", "paper", "shadow", "small_capital", "full"]
 TradingState = Literal["ACTIVE", "PAUSED", "REDUCING", "HALTED"]
 OrderStatus = Literal[
     "new", "accepted", "partially_filled", "filled", "cancelled", "rejected", "expired"

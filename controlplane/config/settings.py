@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "controlplane",
     "risk",
     "alerts",
+    "golive",
     "dashboard",
     "controlplane.config.apps.WiringConfig",  # the wiring, once every app is loaded
 ]
