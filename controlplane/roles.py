@@ -12,7 +12,13 @@ OPERATOR = "operator"
 RISK_MANAGER = "risk_manager"
 ADMIN = "admin"
 
-_VIEW = ["controlplane.view_*", "risk.view_*", "alerts.view_*", "dashboard.view_*"]
+_VIEW = [
+    "controlplane.view_*",
+    "risk.view_*",
+    "alerts.view_*",
+    "golive.view_*",
+    "dashboard.view_*",
+]
 _OPERATE = [
     "controlplane.issue_pause",  # pause, and resume from a pause
     "controlplane.issue_reduce",  # reduce, cancel working orders
@@ -25,6 +31,7 @@ _RISK = [
     "controlplane.approve_resume",  # the second person of a resume after a kill
     "risk.add_*",
     "risk.change_*",
+    "golive.change_promotioncriterion",  # the promotion policy
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

@@ -1,3 +1,106 @@
-"""The promotion policy and the promotions of engines from one stage to the next."""
+"""The promotion policy: for each step from one stage to the next, its criteria and thresholds.
+
+One row per criterion of a step. Which criteria exist, and how each is measured, is fixed by
+the code (golive.policy.CATALOG, golive.gates); risk managers switch them on or off and set their
+thresholds, each change with a reason, kept in the criterion's history and the audit log.
+"""
 
 from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from controlplane.models import Stage
+from golive import policy
+
+
+class PromotionCriterion(models.Model):
+    from_stage = models.CharField(
+        max_length=16,
+        choices=[(s.value, s.label) for s in Stage if s.value in policy.NEXT_STAGE],
+        editable=False,
+        help_text="The step this criterion decides: from this stage to the next.",
+    )
+    key = models.CharField(max_length=40, editable=False)
+    enabled = models.BooleanField(default=True)
+    threshold = models.DecimalField(max_digits=18, decimal_places=6)
+    threshold_high = models.DecimalField(
+        max_digits=18,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="The upper bound, for criteria that take a range (e.g. the trade count ratio).",
+    )
+    version = models.PositiveIntegerField(default=0, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["from_stage", "key"]
+        verbose_name = "promotion criterion"
+        verbose_name_plural = "promotion policy (criteria of each step)"
+        constraints = [
+            models.UniqueConstraint(fields=["from_stage", "key"], name="golive_criterion_unique")
+        ]
+
+    def __str__(self) -> str:
+        spec = self.spec
+        label = spec.label if spec is not None else self.key
+        return f"{self.step_label}: {label}"
+
+    @property
+    def spec(self) -> policy.Spec | None:
+        return policy.CATALOG.get((self.from_stage, self.key))
+
+    @property
+    def to_stage(self) -> str:
+        return policy.NEXT_STAGE[self.from_stage]
+
+    @property
+    def step_label(self) -> str:
+        return f"{Stage(self.from_stage).label} → {Stage(self.to_stage).label}"
+
+    @property
+    def threshold_text(self) -> str:
+        spec = self.spec
+        if spec is None:
+            return str(self.threshold)
+        return spec.threshold_text(self.threshold, self.threshold_high)
+
+    def clean(self) -> None:
+        spec = self.spec
+        if spec is None:
+            step = self.from_stage
+            raise ValidationError({"key": f"No criterion {self.key!r} is measured from {step}."})
+        errors = spec.errors(self.threshold, self.threshold_high)
+        if errors:
+            raise ValidationError(errors)
+
+
+class PromotionCriterionChange(models.Model):
+    """One change of a criterion: who, when, why, and each field from which value to which."""
+
+    criterion = models.ForeignKey(
+        PromotionCriterion, null=True, on_delete=models.SET_NULL, related_name="changes"
+    )
+    criterion_label = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    change = models.CharField(max_length=10, default="changed")  # created / changed
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    changed_by_label = models.CharField(max_length=150)
+    changed_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField()
+    changes = models.JSONField(default=dict, help_text="{field: [old, new]}")
+
+    class Meta:
+        ordering = ["-changed_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.criterion_label} v{self.version} by {self.changed_by_label}"

@@ -1,0 +1,883 @@
+"""The gates: for an engine at a stage, each criterion of the step to the next, measured live from
+what is stored.
+
+``reports(engines, now)`` reads the whole fleet in a fixed number of queries (one per source
+below, whatever the number of engines); ``report(engine, now)`` is the same for one engine.
+A criterion that cannot be measured yet (no data, or data the control plane does not record yet)
+is ``passed=None`` with ``value_text`` saying what is missing: never a pass.
+
+The period of a stage runs from its start to ``now``. Its start comes from the stage history
+when one is registered (``stage_history_from``); without it, from the engine's first stored data
+(its first fill or account snapshot), or its registration when it has none.
+
+Each criterion: what is measured (the value), when it passes, and where it is read from.
+
+backtest -> paper (no live data: the engine's backtest baseline, dashboard Baseline)
+  baseline_sharpe            the baseline's Sharpe ratio; passes if > threshold.
+  baseline_max_drawdown_pct  the largest fall of the baseline equity curve from its running
+                             peak, in %; passes if < threshold.
+  baseline_profit_factor     the baseline's profit factor; passes if > threshold. Unknown for
+                             now: a baseline records no profit factor (and a curve no trades).
+  baseline_history_days      days from the first to the last point of the baseline equity
+                             curve; passes if >= threshold.
+paper -> shadow (the period: the stage's start to now)
+  min_days                   whole days since the stage began; passes if >= threshold; since:
+                             start + threshold days. Source: stage history, else first data.
+  min_round_trips            round trips closed in the period (docs/analytics.md, from every
+                             fill before now); passes if >= threshold. Source: fills.
+  return_vs_baseline_pct     |live - expected| / |expected| * 100, live = last daily close /
+                             opening equity - 1 (the last snapshot before the period, else its
+                             first), expected = baseline annual return * weekdays / 252;
+                             passes if <= threshold. Source: account snapshots, baseline.
+  win_rate_vs_baseline_pp    |live win rate - baseline win rate| in points, live = round trips
+                             with P&L > 0 / round trips * 100; passes if <= threshold.
+  trade_count_ratio          fills in the period / (baseline trades per day * weekdays);
+                             passes if threshold <= ratio <= upper bound. Source: fills.
+  rejection_rate_pct         rejected / orders created in the period * 100; passes if <
+                             threshold; unknown without an order. Source: orders.
+  error_logs                 logs at level error or critical in the period; passes if <=
+                             threshold; since: the last one (or the start). Source: engine logs.
+  disconnects_recovered      frames of the event log received more than 60 s after the
+                             previous one and more than 60 s after their first event's time
+                             (events the engine's journal held while it was disconnected, sent
+                             after it reconnected); passes if >= threshold and the period's
+                             frames, in seq order, leave no gap in seq and hold no refused
+                             event (else it fails, naming them). Unknown without frames.
+shadow -> small_capital
+  min_days                   as above.
+  slippage_bps               mean of the period's fills' slippage against their expected price
+                             (bps, positive is worse, as the slippage alert metric); passes if
+                             <= threshold, the modelled slippage (no model records one yet).
+  unexplained_critical_alerts  critical alerts fired in the period; 0 passes; more are unknown,
+                             as alerts record no explanation yet. Source: alerts.
+small_capital -> full
+  min_days                   as above.
+  sharpe_vs_paper_pct        |Sharpe in this stage - Sharpe in the paper stage| / |Sharpe in
+                             paper| * 100, Sharpe of daily closes (docs/analytics.md); passes
+                             if <= threshold. Unknown until the stage history records the paper
+                             period. Source: account snapshots, stage history.
+  kill_drill_days            days since the engine last completed a kill (status succeeded,
+                             HALTED after it); passes if <= threshold. Unknown with none: kill
+                             drills are not recorded yet. Source: commands.
+  post_trade_limit_kinds_missing  post-trade limit kinds with no enabled limit covering the
+                             engine (global, its name, or one of its tags); passes if <=
+                             threshold. Source: risk limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from django.db import connection
+from django.urls import reverse
+
+from alerts.models import Alert, Severity
+from controlplane.models import (
+    AccountSnapshot,
+    Command,
+    CommandKind,
+    EngineLog,
+    Fill,
+    Instrument,
+    Order,
+    TradingState,
+)
+from controlplane.models import Engine as EngineModel
+from golive import policy
+from golive.models import PromotionCriterion
+from risk.models import POST_TRADE, RiskLimit, Scope
+
+TRADING_DAYS_PER_YEAR = 252
+# A frame received this long after its first event happened, after as long a silence, was held
+# in the engine's journal while it could not deliver: a disconnect it recovered from.
+RECOVERY_LAG = timedelta(seconds=60)
+ZERO = Decimal(0)
+EVENT_FRAMES = "controlplane_eventframe"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    key: str
+    label: str
+    threshold_text: str
+    value: float | None
+    value_text: str
+    passed: bool | None  # None: unknown, not enough data
+    since: datetime | None  # when it started passing, if knowable
+    evidence: str | None  # a URL path to what it was measured from
+    source: str
+
+
+@dataclass(frozen=True)
+class GateReport:
+    engine: EngineModel
+    from_stage: str
+    to_stage: str | None  # None: full production, the last stage
+    criteria: list[Criterion]
+
+    @property
+    def ready(self) -> bool:
+        """Every enabled criterion passed (a step with no criterion is not a step: not ready)."""
+        return bool(self.criteria) and all(c.passed is True for c in self.criteria)
+
+    @property
+    def failed(self) -> list[Criterion]:
+        return [c for c in self.criteria if c.passed is False]
+
+    @property
+    def unknown(self) -> list[Criterion]:
+        return [c for c in self.criteria if c.passed is None]
+
+
+# --- What the layers above hand over -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaselineFigures:
+    """What an engine's backtest baseline says (dashboard.models.Baseline, read by the reports)."""
+
+    name: str = ""
+    sharpe: float | None = None
+    max_drawdown_pct: float | None = None
+    profit_factor: float | None = None
+    history_days: int | None = None
+    annual_return_pct: float | None = None
+    win_rate_pct: float | None = None
+    trades_per_day: float | None = None
+
+
+BaselineProvider = Callable[[Sequence[int]], Mapping[int, BaselineFigures]]
+# engine ids -> for each, the stages it has been in: [(stage, started at)], oldest first.
+StageHistory = Callable[[Sequence[int]], Mapping[int, Sequence[tuple[str, datetime]]]]
+
+_baselines: BaselineProvider | None = None
+_stage_history: StageHistory | None = None
+
+
+def baselines_from(provider: BaselineProvider | None) -> None:
+    """The baselines live with the reports, a layer above: they hand their reader over when they
+    load (dashboard.apps). It takes engine ids and answers in one query."""
+    global _baselines
+    _baselines = provider
+
+
+def stage_history_from(provider: StageHistory | None) -> None:
+    """Where each engine's stage periods come from, once recorded; one query for all."""
+    global _stage_history
+    _stage_history = provider
+
+
+# --- The fleet's figures, read set-based ---------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    """One engine's period: [start, end)."""
+
+    engine_id: int
+    start: datetime
+    end: datetime
+
+
+@dataclass
+class _Measures:
+    trips: list[Decimal] = field(default_factory=list)
+    fills: int = 0
+    slippage_bps: float | None = None
+    slipped_fills: int = 0
+    orders: int = 0
+    rejected: int = 0
+    error_logs: int = 0
+    last_error_at: datetime | None = None
+    critical_alerts: int = 0
+    last_critical_at: datetime | None = None
+    frames: int = 0
+    seq_gaps: int = 0
+    refused: int = 0
+    recoveries: int = 0
+    first_recovery_at: datetime | None = None
+    opening_equity: Decimal | None = None
+    closes: list[tuple[date, Decimal]] = field(default_factory=list)
+
+    @property
+    def return_pct(self) -> float | None:
+        if not self.closes or not self.opening_equity:
+            return None
+        return float(self.closes[-1][1] / self.opening_equity - 1) * 100
+
+    @property
+    def sharpe(self) -> float | None:
+        returns = []
+        previous = self.opening_equity
+        for _, close in self.closes:
+            if previous:
+                returns.append(float(close / previous - 1))
+            previous = close
+        return sharpe_ratio(returns)
+
+
+def sharpe_ratio(returns: Sequence[float]) -> float | None:
+    """Mean daily return over its sample standard deviation, times sqrt(252) (docs/analytics.md)."""
+    if len(returns) < 2:
+        return None
+    deviation = statistics.stdev(returns)
+    if deviation == 0:
+        return None
+    return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
+
+
+def round_trips(fills: Iterable[tuple], start: datetime, end: datetime) -> list[Decimal]:
+    """P&L of the round trips closing in [start, end), from one instrument's fills in order:
+    (side, quantity, price, fee, multiplier, ts). The definition of docs/analytics.md."""
+    trips: list[Decimal] = []
+    position = ZERO
+    cash = ZERO
+    for side, quantity, price, fee, multiplier, ts in fills:
+        signed = quantity if side == "buy" else -quantity
+        closing = ZERO
+        if position != 0 and (position > 0) != (signed > 0):
+            closing = min(quantity, abs(position))
+        if closing:
+            share = closing / quantity
+            cash += _flow(side, closing, price, multiplier) - fee * share
+            position += closing if signed > 0 else -closing
+            if position == 0:
+                if start <= ts < end:
+                    trips.append(cash)
+                cash = ZERO
+            rest = quantity - closing
+            if rest:
+                cash += _flow(side, rest, price, multiplier) - fee * (1 - share)
+                position += rest if signed > 0 else -rest
+        else:
+            cash += _flow(side, quantity, price, multiplier) - fee
+            position += signed
+    return trips
+
+
+def _flow(side: str, quantity: Decimal, price: Decimal, multiplier: Decimal) -> Decimal:
+    value = quantity * price * multiplier
+    return value if side == "sell" else -value
+
+
+def weekdays_between(start: datetime, end: datetime) -> int:
+    """Dates Monday to Friday (UTC) that [start, end) touches, partly or whole."""
+    if end <= start:
+        return 0
+    first = start.astimezone(UTC).date()
+    last = (end - timedelta(microseconds=1)).astimezone(UTC).date()
+    days = (last - first).days + 1
+    whole, rest = divmod(days, 7)
+    count = whole * 5
+    for offset in range(rest):
+        if (first + timedelta(days=whole * 7 + offset)).weekday() < 5:
+            count += 1
+    return count
+
+
+def _windows_sql(windows: Sequence[_Window]) -> dict[str, list]:
+    return {
+        "ids": [w.engine_id for w in windows],
+        "starts": [w.start for w in windows],
+        "ends": [w.end for w in windows],
+    }
+
+
+_WINDOWS = (
+    "unnest(%(ids)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[]) "
+    "WITH ORDINALITY AS w(engine_id, start, stop, n)"
+)
+
+
+def _rows(sql: str, params: Mapping[str, object]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _first_data(ids: list[int]) -> dict[int, datetime]:
+    """Each engine's first fill or account snapshot (two index probes per engine, one query)."""
+    sql = f"""
+        SELECT e.id, LEAST(
+            (SELECT min(ts) FROM {Fill._meta.db_table} WHERE engine_id = e.id),
+            (SELECT min(ts) FROM {AccountSnapshot._meta.db_table} WHERE engine_id = e.id))
+        FROM unnest(%(ids)s::bigint[]) AS e(id)
+    """
+    return {engine_id: first for engine_id, first in _rows(sql, {"ids": ids}) if first}
+
+
+def _equity(windows: Sequence[_Window]) -> list[_Measures]:
+    """Per window: the opening equity (the last snapshot before it, else its first) and the
+    close of each UTC day in it."""
+    measures = [_Measures() for _ in windows]
+    if not windows:
+        return measures
+    snapshots = AccountSnapshot._meta.db_table
+    sql = f"""
+        SELECT w.n, NULL::date, COALESCE(
+            (SELECT equity FROM {snapshots} a WHERE a.engine_id = w.engine_id AND a.ts < w.start
+              ORDER BY a.ts DESC, a.seq DESC LIMIT 1),
+            (SELECT equity FROM {snapshots} a WHERE a.engine_id = w.engine_id AND a.ts >= w.start
+                AND a.ts < w.stop ORDER BY a.ts, a.seq LIMIT 1))
+        FROM {_WINDOWS}
+        UNION ALL
+        SELECT * FROM (
+            SELECT DISTINCT ON (w.n, day) w.n, (a.ts AT TIME ZONE 'UTC')::date AS day, a.equity
+            FROM {_WINDOWS}
+            JOIN {snapshots} a ON a.engine_id = w.engine_id AND a.ts >= w.start AND a.ts < w.stop
+            ORDER BY w.n, day, a.ts DESC, a.seq DESC
+        ) AS closes
+        ORDER BY 1, 2 NULLS FIRST
+    """
+    for n, day, equity in _rows(sql, _windows_sql(windows)):
+        item = measures[n - 1]
+        if day is None:
+            item.opening_equity = equity
+        elif equity is not None:
+            item.closes.append((day, equity))
+    return measures
+
+
+def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
+    """Round trips closing in each window, from every fill before its end (a round trip closing
+    in the window may have opened before it)."""
+    if not windows:
+        return
+    by_engine = {w.engine_id: (w, m) for w, m in zip(windows, measures, strict=True)}
+    sql = f"""
+        SELECT f.engine_id, f.instrument_id, f.side, f.quantity, f.price, f.fee, i.multiplier, f.ts
+        FROM {_WINDOWS}
+        JOIN {Fill._meta.db_table} f ON f.engine_id = w.engine_id AND f.ts < w.stop
+        JOIN {Instrument._meta.db_table} i ON i.id = f.instrument_id
+        ORDER BY f.engine_id, f.instrument_id, f.ts, f.seq
+    """
+    current: tuple[int, int] | None = None
+    fills: list[tuple] = []
+
+    def close() -> None:
+        if current is not None:
+            window, item = by_engine[current[0]]
+            item.trips.extend(round_trips(fills, window.start, window.end))
+
+    for engine_id, instrument_id, side, qty, price, fee, multiplier, ts in _rows(
+        sql, _windows_sql(windows)
+    ):
+        if (engine_id, instrument_id) != current:
+            close()
+            current, fills = (engine_id, instrument_id), []
+        fills.append((side, qty, price, fee, multiplier, ts))
+    close()
+
+
+def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
+    """Fills, slippage, orders, error logs and critical alerts of each window: one query."""
+    if not windows:
+        return
+    sql = f"""
+        SELECT w.n,
+            (SELECT count(*) FROM {Fill._meta.db_table} f
+              WHERE f.engine_id = w.engine_id AND f.ts >= w.start AND f.ts < w.stop),
+            s.slip, s.slipped,
+            o.n, o.rejected,
+            l.n, l.last_at,
+            al.n, al.last_at
+        FROM {_WINDOWS}
+        CROSS JOIN LATERAL (
+            SELECT avg(CASE WHEN f.side = 'buy' THEN f.price - f.expected_price
+                            ELSE f.expected_price - f.price END / f.expected_price) * 10000
+                       AS slip,
+                   count(*) AS slipped
+            FROM {Fill._meta.db_table} f
+            WHERE f.engine_id = w.engine_id AND f.ts >= w.start AND f.ts < w.stop
+              AND f.expected_price > 0) AS s
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n, count(*) FILTER (WHERE o.status = 'rejected') AS rejected
+            FROM {Order._meta.db_table} o
+            WHERE o.engine_id = w.engine_id AND o.created_at >= w.start
+              AND o.created_at < w.stop) AS o
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n, max(l.ts) AS last_at FROM {EngineLog._meta.db_table} l
+            WHERE l.engine_id = w.engine_id AND l.level IN ('error', 'critical')
+              AND l.ts >= w.start AND l.ts < w.stop) AS l
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n, max(al.fired_at) AS last_at FROM {Alert._meta.db_table} al
+            WHERE al.engine_id = w.engine_id AND al.severity = %(critical)s
+              AND al.fired_at >= w.start AND al.fired_at < w.stop) AS al
+    """
+    params = {**_windows_sql(windows), "critical": Severity.CRITICAL.value}
+    for n, fills, slip, slipped, orders, rejected, logs, last_log, crit, last_crit in _rows(
+        sql, params
+    ):
+        item = measures[n - 1]
+        item.fills, item.slipped_fills = fills, slipped
+        item.slippage_bps = float(slip) if slip is not None else None
+        item.orders, item.rejected = orders, rejected
+        item.error_logs, item.last_error_at = logs, last_log
+        item.critical_alerts, item.last_critical_at = crit, last_crit
+
+
+def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
+    """Frames received in each window: how many, gaps in seq between them, refused events, and
+    recoveries (a frame that arrives after a silence, its first event older than RECOVERY_LAG)."""
+    if not windows:
+        return
+    sql = f"""
+        WITH f AS (
+            SELECT w.n, f.first_seq, f.last_seq, f.received_at, f.refused, f.events,
+                lag(f.last_seq) OVER frames AS previous_seq,
+                lag(f.received_at) OVER frames AS previous_at
+            FROM {_WINDOWS}
+            JOIN {EVENT_FRAMES} f ON f.engine_id = w.engine_id
+                AND f.received_at >= w.start AND f.received_at < w.stop
+            WINDOW frames AS (PARTITION BY w.n ORDER BY f.first_seq, f.received_at)
+        )
+        SELECT n, count(*),
+            count(*) FILTER (WHERE first_seq > previous_seq + 1),
+            count(*) FILTER (WHERE refused IS NOT NULL),
+            count(*) FILTER (WHERE recovered),
+            min(received_at) FILTER (WHERE recovered)
+        FROM (
+            SELECT *, CASE WHEN refused IS NULL AND received_at - previous_at > %(lag)s
+                THEN received_at - (events -> 0 ->> 'ts')::timestamptz > %(lag)s
+                ELSE false END AS recovered
+            FROM f
+        ) AS frames
+        GROUP BY n
+    """
+    params = {**_windows_sql(windows), "lag": RECOVERY_LAG}
+    for n, frames, gaps, refused, recoveries, first_recovery in _rows(sql, params):
+        item = measures[n - 1]
+        item.frames, item.seq_gaps, item.refused = frames, gaps, refused
+        item.recoveries, item.first_recovery_at = recoveries, first_recovery
+
+
+def _last_kills(ids: list[int]) -> dict[int, datetime]:
+    rows = (
+        Command.objects.filter(
+            engine_id__in=ids,
+            kind=CommandKind.KILL,
+            status=Command.Status.SUCCEEDED,
+            state_after=TradingState.HALTED,
+            completed_at__isnull=False,
+        )
+        .order_by("engine_id", "-completed_at")
+        .distinct("engine_id")
+        .values_list("engine_id", "completed_at")
+    )
+    return dict(rows)
+
+
+def _covered_kinds(engines: Sequence[EngineModel]) -> dict[int, set[str]]:
+    limits = list(
+        RiskLimit.objects.filter(enabled=True, kind__in=list(POST_TRADE)).values_list(
+            "kind", "scope", "scope_value"
+        )
+    )
+    covered: dict[int, set[str]] = {}
+    for engine in engines:
+        tags = set(engine.strategy_tags or [])
+        covered[engine.pk] = {
+            kind
+            for kind, scope, value in limits
+            if scope == Scope.GLOBAL
+            or (scope == Scope.ENGINE and value == engine.name)
+            or (scope == Scope.TAG and value in tags)
+        }
+    return covered
+
+
+# --- The criteria --------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+@dataclass
+class _Context:
+    engine: EngineModel
+    now: datetime
+    start: datetime
+    started_known: bool
+    baseline: BaselineFigures | None
+    measures: _Measures | None = None
+    paper: _Measures | None = None
+    paper_known: bool = False
+    last_kill: datetime | None = None
+    covered: set[str] = field(default_factory=set)
+
+    def url(self, anchor: str = "") -> str:
+        return reverse("dashboard:engine", args=[self.engine.name]) + anchor
+
+    def admin(self, model: str, **filters: object) -> str:
+        query = "&".join(
+            f"{k}={v}" for k, v in {"engine__id__exact": self.engine.pk, **filters}.items()
+        )
+        return f"{reverse(f'admin:controlplane_{model}_changelist')}?{query}"
+
+
+Measure = tuple[float | None, str, bool | None, datetime | None, str | None, str]
+
+
+def _judge(
+    row: PromotionCriterion, spec: policy.Spec, ctx: _Context, measure: Callable[..., Measure]
+) -> Criterion:
+    value, text, known, since, evidence, source = measure(ctx, row, spec)
+    passed: bool | None
+    if known is False:
+        passed = False
+    elif value is None or not math.isfinite(value):
+        passed = None
+    else:
+        passed = spec.passes(value, row.threshold, row.threshold_high)
+    return Criterion(
+        key=spec.key,
+        label=spec.label,
+        threshold_text=row.threshold_text,
+        value=value,
+        value_text=text,
+        passed=passed,
+        since=since if passed else None,
+        evidence=evidence,
+        source=source,
+    )
+
+
+def _baseline_figure(name: str, digits: int, unit: str, missing: str) -> Callable[..., Measure]:
+    def measure(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+        evidence = ctx.url("#baseline")
+        if ctx.baseline is None:
+            return None, "no backtest baseline uploaded", None, None, evidence, "baseline"
+        value = getattr(ctx.baseline, name)
+        if value is None:
+            return None, missing, None, None, evidence, "baseline"
+        return float(value), _fmt(float(value), digits, unit), None, None, evidence, "baseline"
+
+    return measure
+
+
+def _days(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    days = (ctx.now - ctx.start) / timedelta(days=1)
+    since = ctx.start + timedelta(days=float(row.threshold))
+    origin = "stage history" if ctx.started_known else "first stored data"
+    text = f"{math.floor(days)} days (since {ctx.start:%Y-%m-%d}, {origin})"
+    return float(math.floor(days)), text, None, since, ctx.url(), origin
+
+
+def _round_trip_count(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.admin("fill", ts__gte=ctx.start.date().isoformat())
+    return float(len(m.trips)), f"{len(m.trips)} round trips", None, None, evidence, "fills"
+
+
+def _return_vs_baseline(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.url("#baseline")
+    source = "account snapshots, baseline"
+    if ctx.baseline is None or ctx.baseline.annual_return_pct is None:
+        return None, "no baseline return to compare with", None, None, evidence, source
+    live = m.return_pct
+    if live is None:
+        return None, "no account snapshot in the period", None, None, evidence, source
+    weekdays = weekdays_between(ctx.start, ctx.now)
+    expected = ctx.baseline.annual_return_pct * weekdays / TRADING_DAYS_PER_YEAR
+    if expected == 0:
+        return None, "the baseline expects no return over the period", None, None, evidence, source
+    diff = abs(live - expected) / abs(expected) * 100
+    text = f"{diff:.1f} % (live {live:+.2f} %, baseline {expected:+.2f} % over {weekdays} weekdays)"
+    return diff, text, None, None, evidence, source
+
+
+def _win_rate_vs_baseline(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.url("#baseline")
+    source = "fills (round trips), baseline"
+    if ctx.baseline is None or ctx.baseline.win_rate_pct is None:
+        return None, "the baseline has no win rate", None, None, evidence, source
+    if not m.trips:
+        return None, "no round trip closed in the period", None, None, evidence, source
+    live = 100.0 * sum(1 for t in m.trips if t > 0) / len(m.trips)
+    diff = abs(live - ctx.baseline.win_rate_pct)
+    text = f"{diff:.1f} pp (live {live:.1f} %, baseline {ctx.baseline.win_rate_pct:.1f} %)"
+    return diff, text, None, None, evidence, source
+
+
+def _trade_ratio(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.admin("fill", ts__gte=ctx.start.date().isoformat())
+    source = "fills, baseline"
+    if ctx.baseline is None or not ctx.baseline.trades_per_day:
+        return None, "the baseline has no trades per day", None, None, evidence, source
+    expected = ctx.baseline.trades_per_day * weekdays_between(ctx.start, ctx.now)
+    if not expected:
+        return None, "no weekday in the period yet", None, None, evidence, source
+    ratio = m.fills / expected
+    return (
+        ratio,
+        f"{ratio:.2f} ({m.fills} fills, {expected:.0f} expected)",
+        None,
+        None,
+        evidence,
+        source,
+    )
+
+
+def _rejection_rate(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.admin("order", status__exact="rejected")
+    if not m.orders:
+        return None, "no order in the period", None, None, evidence, "orders"
+    rate = 100.0 * m.rejected / m.orders
+    text = f"{rate:.2f} % ({m.rejected} of {m.orders} orders)"
+    return rate, text, None, None, evidence, "orders"
+
+
+def _error_logs(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.admin("enginelog", level__exact="error")
+    since = m.last_error_at or ctx.start
+    text = f"{m.error_logs} error or critical logs"
+    if m.last_error_at is not None:
+        text += f" (last {m.last_error_at:%Y-%m-%d %H:%M})"
+    return float(m.error_logs), text, None, since, evidence, "engine logs"
+
+
+def _recoveries(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.url("#logs-table")
+    source = "event log"
+    if not m.frames:
+        return None, "no event frame received in the period", None, None, evidence, source
+    text = f"{m.recoveries} recovered"
+    lost = []
+    if m.seq_gaps:
+        lost.append(f"{m.seq_gaps} gaps in seq")
+    if m.refused:
+        lost.append(f"{m.refused} refused events")
+    if lost:
+        return (
+            float(m.recoveries),
+            f"{text}; events lost: {', '.join(lost)}",
+            False,
+            None,
+            (evidence),
+            source,
+        )
+    if not m.recoveries:
+        text = "no disconnect recovered in the period (none seen in the event log)"
+    return float(m.recoveries), text, None, m.first_recovery_at, evidence, source
+
+
+def _slippage(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.admin("fill", ts__gte=ctx.start.date().isoformat())
+    if m.slippage_bps is None:
+        return None, "no fill with an expected price in the period", None, None, evidence, "fills"
+    text = f"{m.slippage_bps:.2f} bps over {m.slipped_fills} fills"
+    return m.slippage_bps, text, None, None, evidence, "fills"
+
+
+def _critical_alerts(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = f"{reverse('alerts:list')}?engine={ctx.engine.name}"
+    if not m.critical_alerts:
+        return 0.0, "no critical alert in the period", None, ctx.start, evidence, "alerts"
+    text = (
+        f"{m.critical_alerts} critical alerts (last {m.last_critical_at:%Y-%m-%d %H:%M}); "
+        "alerts record no explanation yet"
+    )
+    return None, text, None, None, evidence, "alerts"
+
+
+def _sharpe_vs_paper(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    m = ctx.measures
+    assert m is not None
+    evidence = ctx.url("#equity-chart")
+    source = "account snapshots, stage history"
+    if not ctx.paper_known or ctx.paper is None:
+        return (
+            None,
+            "the paper period is not recorded (no stage history)",
+            None,
+            None,
+            evidence,
+            (source),
+        )
+    paper, live = ctx.paper.sharpe, m.sharpe
+    if paper is None or live is None:
+        missing = "paper" if paper is None else "this stage"
+        return (
+            None,
+            f"no Sharpe ratio for {missing} (fewer than 2 days)",
+            None,
+            None,
+            evidence,
+            (source),
+        )
+    if paper == 0:
+        return None, "the paper Sharpe ratio is 0", None, None, evidence, source
+    diff = abs(live - paper) / abs(paper) * 100
+    return diff, f"{diff:.1f} % (now {live:.2f}, paper {paper:.2f})", None, None, evidence, source
+
+
+def _kill_drill(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    evidence = reverse("dashboard:engine_commands", args=[ctx.engine.name])
+    if ctx.last_kill is None:
+        return None, "no kill drill recorded yet", None, None, evidence, "commands"
+    days = (ctx.now - ctx.last_kill) / timedelta(days=1)
+    text = f"{math.floor(days)} days ago (a kill completed {ctx.last_kill:%Y-%m-%d})"
+    return float(math.floor(days)), text, None, ctx.last_kill, evidence, "commands"
+
+
+def _limit_kinds(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    missing = sorted(POST_TRADE - ctx.covered)
+    text = "every post-trade kind configured" if not missing else "missing: " + ", ".join(missing)
+    return float(len(missing)), text, None, None, reverse("risk:limits"), "risk limits"
+
+
+MEASURES: dict[tuple[str, str], Callable[..., Measure]] = {
+    (policy.BACKTEST, "baseline_sharpe"): _baseline_figure(
+        "sharpe", 2, "", "the baseline has no Sharpe ratio"
+    ),
+    (policy.BACKTEST, "baseline_max_drawdown_pct"): _baseline_figure(
+        "max_drawdown_pct", 1, " %", "the baseline has no equity curve to measure a drawdown on"
+    ),
+    (policy.BACKTEST, "baseline_profit_factor"): _baseline_figure(
+        "profit_factor", 2, "", "the baseline records no profit factor yet"
+    ),
+    (policy.BACKTEST, "baseline_history_days"): _baseline_figure(
+        "history_days", 0, " days", "the baseline has no equity curve to date its history"
+    ),
+    (policy.PAPER, "min_days"): _days,
+    (policy.PAPER, "min_round_trips"): _round_trip_count,
+    (policy.PAPER, "return_vs_baseline_pct"): _return_vs_baseline,
+    (policy.PAPER, "win_rate_vs_baseline_pp"): _win_rate_vs_baseline,
+    (policy.PAPER, "trade_count_ratio"): _trade_ratio,
+    (policy.PAPER, "rejection_rate_pct"): _rejection_rate,
+    (policy.PAPER, "error_logs"): _error_logs,
+    (policy.PAPER, "disconnects_recovered"): _recoveries,
+    (policy.SHADOW, "min_days"): _days,
+    (policy.SHADOW, "slippage_bps"): _slippage,
+    (policy.SHADOW, "unexplained_critical_alerts"): _critical_alerts,
+    (policy.SMALL_CAPITAL, "min_days"): _days,
+    (policy.SMALL_CAPITAL, "sharpe_vs_paper_pct"): _sharpe_vs_paper,
+    (policy.SMALL_CAPITAL, "kill_drill_days"): _kill_drill,
+    (policy.SMALL_CAPITAL, "post_trade_limit_kinds_missing"): _limit_kinds,
+}
+
+
+# --- The reports ---------------------------------------------------------------------------------
+
+
+def _periods(
+    engines: Sequence[EngineModel], now: datetime
+) -> tuple[dict[int, tuple[datetime, bool]], dict[int, tuple[datetime, datetime]]]:
+    """Each engine's current stage start (and whether the stage history said so), and its last
+    paper period, where the history records one."""
+    ids = [e.pk for e in engines]
+    history = _stage_history(ids) if _stage_history is not None else {}
+    starts: dict[int, tuple[datetime, bool]] = {}
+    papers: dict[int, tuple[datetime, datetime]] = {}
+    missing = []
+    for engine in engines:
+        entries = list(history.get(engine.pk, ()))
+        if entries and entries[-1][0] == engine.stage:
+            starts[engine.pk] = (entries[-1][1], True)
+        else:
+            missing.append(engine)
+        for (stage, began), (_, ended) in itertools.pairwise(entries):
+            if stage == policy.PAPER:
+                papers[engine.pk] = (began, ended)
+    if missing:
+        firsts = _first_data([e.pk for e in missing])
+        for engine in missing:
+            first = firsts.get(engine.pk) or engine.created_at or now
+            starts[engine.pk] = (min(first, now), False)
+    return starts, papers
+
+
+def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
+    """The gate of each engine's next step, in the order given; a fixed number of queries."""
+    engines = list(engines)
+    if not engines:
+        return []
+    rows: dict[str, list[PromotionCriterion]] = defaultdict(list)
+    for row in PromotionCriterion.objects.filter(enabled=True):
+        if (row.from_stage, row.key) in MEASURES:
+            rows[row.from_stage].append(row)
+    order = {spec_key: i for i, spec_key in enumerate(policy.CATALOG)}
+    for items in rows.values():
+        items.sort(key=lambda r: order[(r.from_stage, r.key)])
+
+    stepping = [e for e in engines if e.stage in policy.NEXT_STAGE and rows.get(e.stage)]
+    starts, papers = _periods(stepping, now)
+    baselines: Mapping[int, BaselineFigures] = {}
+    if _baselines is not None and any(e.stage in (policy.BACKTEST, policy.PAPER) for e in stepping):
+        baselines = _baselines(
+            [e.pk for e in stepping if e.stage in (policy.BACKTEST, policy.PAPER)]
+        )
+
+    live = [e for e in stepping if e.stage != policy.BACKTEST]
+    windows = [_Window(e.pk, starts[e.pk][0], now) for e in live]
+    measures = _equity(windows)
+    _activity(windows, measures)
+    by_engine = dict(zip([e.pk for e in live], measures, strict=True))
+    paper_engines = [i for i, e in enumerate(live) if e.stage == policy.PAPER]
+    _round_trips([windows[i] for i in paper_engines], [measures[i] for i in paper_engines])
+    _event_log([windows[i] for i in paper_engines], [measures[i] for i in paper_engines])
+
+    small = [e for e in live if e.stage == policy.SMALL_CAPITAL]
+    paper_windows = [_Window(e.pk, *papers[e.pk]) for e in small if e.pk in papers]
+    paper_measures = dict(
+        zip([w.engine_id for w in paper_windows], _equity(paper_windows), strict=True)
+    )
+    kills = _last_kills([e.pk for e in small]) if small else {}
+    covered = _covered_kinds(small) if small else {}
+
+    stepping_ids = {e.pk for e in stepping}
+    result = []
+    for engine in engines:
+        to_stage = policy.NEXT_STAGE.get(engine.stage)
+        criteria: list[Criterion] = []
+        if engine.pk in stepping_ids:
+            start, known = starts[engine.pk]
+            ctx = _Context(
+                engine=engine,
+                now=now,
+                start=start,
+                started_known=known,
+                baseline=baselines.get(engine.pk),
+                measures=by_engine.get(engine.pk),
+                paper=paper_measures.get(engine.pk),
+                paper_known=engine.pk in papers,
+                last_kill=kills.get(engine.pk),
+                covered=covered.get(engine.pk, set()),
+            )
+            for row in rows[engine.stage]:
+                spec = policy.CATALOG[(row.from_stage, row.key)]
+                criteria.append(_judge(row, spec, ctx, MEASURES[(row.from_stage, row.key)]))
+        result.append(GateReport(engine, engine.stage, to_stage, criteria))
+    return result
+
+
+def report(engine: EngineModel, now: datetime) -> GateReport:
+    """The gate of one engine's next step."""
+    return reports([engine], now)[0]
