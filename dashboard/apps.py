@@ -12,6 +12,8 @@ class DashboardConfig(AppConfig):
         from controlplane import events
         from dashboard import live
         from dashboard.reports import baselines
+        from dashboard.reports import golive as golive_baselines
+        from golive import gates
 
         # What the screens show follows the domain's events (dashboard.live).
         events.engines_changed.connect(live.on_engines_changed, dispatch_uid="dashboard-engines")
@@ -19,3 +21,5 @@ class DashboardConfig(AppConfig):
         alert_events.alert_changed.connect(live.on_alert_changed, dispatch_uid="dashboard-alerts")
         # The alert rule on backtest divergence measures it with the reports' baselines.
         rule_metrics.measure_divergence_with(baselines.divergence_pct)
+        # The go-live gates compare engines with their baselines, read by the reports.
+        gates.baselines_from(golive_baselines.baseline_figures)

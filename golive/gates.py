@@ -188,7 +188,7 @@ class _Window:
 
 @dataclass
 class _Measures:
-    trips: list[Decimal] = field(default_factory=list)
+    trips: list[float] = field(default_factory=list)
     fills: int = 0
     slippage_bps: float | None = None
     slipped_fills: int = 0
@@ -233,36 +233,37 @@ def sharpe_ratio(returns: Sequence[float]) -> float | None:
     return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
 
 
-def round_trips(fills: Iterable[tuple], start: datetime, end: datetime) -> list[Decimal]:
+def round_trips(fills: Iterable[Sequence], start: float, end: float) -> list[float]:
     """P&L of the round trips closing in [start, end), from one instrument's fills in order:
-    (side, quantity, price, fee, multiplier, ts). The definition of docs/analytics.md."""
-    trips: list[Decimal] = []
+    (side, quantity (Decimal), price, fee, multiplier, ts (epoch seconds)), the definition of
+    docs/analytics.md."""
+    trips: list[float] = []
     position = ZERO
-    cash = ZERO
+    cash = 0.0
     for side, quantity, price, fee, multiplier, ts in fills:
         signed = quantity if side == "buy" else -quantity
         closing = ZERO
         if position != 0 and (position > 0) != (signed > 0):
             closing = min(quantity, abs(position))
         if closing:
-            share = closing / quantity
-            cash += _flow(side, closing, price, multiplier) - fee * share
+            share = float(closing / quantity)
+            cash += _flow(side, float(closing), price, multiplier) - fee * share
             position += closing if signed > 0 else -closing
             if position == 0:
                 if start <= ts < end:
                     trips.append(cash)
-                cash = ZERO
+                cash = 0.0
             rest = quantity - closing
             if rest:
-                cash += _flow(side, rest, price, multiplier) - fee * (1 - share)
+                cash += _flow(side, float(rest), price, multiplier) - fee * (1 - share)
                 position += rest if signed > 0 else -rest
         else:
-            cash += _flow(side, quantity, price, multiplier) - fee
+            cash += _flow(side, float(quantity), price, multiplier) - fee
             position += signed
     return trips
 
 
-def _flow(side: str, quantity: Decimal, price: Decimal, multiplier: Decimal) -> Decimal:
+def _flow(side: str, quantity: float, price: float, multiplier: float) -> float:
     value = quantity * price * multiplier
     return value if side == "sell" else -value
 
@@ -351,8 +352,12 @@ def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     if not windows:
         return
     by_engine = {w.engine_id: (w, m) for w, m in zip(windows, measures, strict=True)}
+    # Only the quantity is exact (a position must come back to exactly zero); prices, fees and
+    # times come as floats, several times cheaper to read, as only the trips' signs and counts
+    # are used here.
     sql = f"""
-        SELECT f.engine_id, f.instrument_id, f.side, f.quantity, f.price, f.fee, i.multiplier, f.ts
+        SELECT f.engine_id, f.instrument_id, f.side, f.quantity, f.price::float8, f.fee::float8,
+            i.multiplier::float8, extract(epoch FROM f.ts)::float8
         FROM {_WINDOWS}
         JOIN {Fill._meta.db_table} f ON f.engine_id = w.engine_id AND f.ts < w.stop
         JOIN {Instrument._meta.db_table} i ON i.id = f.instrument_id
@@ -364,15 +369,14 @@ def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     def close() -> None:
         if current is not None:
             window, item = by_engine[current[0]]
-            item.trips.extend(round_trips(fills, window.start, window.end))
+            start, end = window.start.timestamp(), window.end.timestamp()
+            item.trips.extend(round_trips(fills, start, end))
 
-    for engine_id, instrument_id, side, qty, price, fee, multiplier, ts in _rows(
-        sql, _windows_sql(windows)
-    ):
+    for engine_id, instrument_id, *fill in _rows(sql, _windows_sql(windows)):
         if (engine_id, instrument_id) != current:
             close()
             current, fills = (engine_id, instrument_id), []
-        fills.append((side, qty, price, fee, multiplier, ts))
+        fills.append(fill)
     close()
 
 
@@ -382,21 +386,19 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
         return
     sql = f"""
         SELECT w.n,
-            (SELECT count(*) FROM {Fill._meta.db_table} f
-              WHERE f.engine_id = w.engine_id AND f.ts >= w.start AND f.ts < w.stop),
-            s.slip, s.slipped,
+            s.n, s.slip, s.slipped,
             o.n, o.rejected,
             l.n, l.last_at,
             al.n, al.last_at
         FROM {_WINDOWS}
         CROSS JOIN LATERAL (
-            SELECT avg(CASE WHEN f.side = 'buy' THEN f.price - f.expected_price
-                            ELSE f.expected_price - f.price END / f.expected_price) * 10000
-                       AS slip,
-                   count(*) AS slipped
+            SELECT count(*) AS n,
+                avg(CASE WHEN f.side = 'buy' THEN f.price - f.expected_price
+                         ELSE f.expected_price - f.price END / f.expected_price * 10000)
+                    FILTER (WHERE f.expected_price > 0) AS slip,
+                count(*) FILTER (WHERE f.expected_price > 0) AS slipped
             FROM {Fill._meta.db_table} f
-            WHERE f.engine_id = w.engine_id AND f.ts >= w.start AND f.ts < w.stop
-              AND f.expected_price > 0) AS s
+            WHERE f.engine_id = w.engine_id AND f.ts >= w.start AND f.ts < w.stop) AS s
         CROSS JOIN LATERAL (
             SELECT count(*) AS n, count(*) FILTER (WHERE o.status = 'rejected') AS rejected
             FROM {Order._meta.db_table} o
@@ -428,33 +430,35 @@ def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     recoveries (a frame that arrives after a silence, its first event older than RECOVERY_LAG)."""
     if not windows:
         return
+    # Per engine, its frames in seq order straight from the primary key (no sort): the lag of
+    # each frame's arrival; the JSON of a frame is read only after a silence.
     sql = f"""
-        WITH f AS (
-            SELECT w.n, f.first_seq, f.last_seq, f.received_at, f.refused, f.events,
-                lag(f.last_seq) OVER frames AS previous_seq,
-                lag(f.received_at) OVER frames AS previous_at
-            FROM {_WINDOWS}
-            JOIN {EVENT_FRAMES} f ON f.engine_id = w.engine_id
-                AND f.received_at >= w.start AND f.received_at < w.stop
-            WINDOW frames AS (PARTITION BY w.n ORDER BY f.first_seq, f.received_at)
-        )
-        SELECT n, count(*),
-            count(*) FILTER (WHERE first_seq > previous_seq + 1),
-            count(*) FILTER (WHERE refused IS NOT NULL),
-            count(*) FILTER (WHERE recovered),
-            min(received_at) FILTER (WHERE recovered)
-        FROM (
-            SELECT *, CASE WHEN refused IS NULL AND received_at - previous_at > %(lag)s
-                THEN received_at - (events -> 0 ->> 'ts')::timestamptz > %(lag)s
-                ELSE false END AS recovered
-            FROM f
-        ) AS frames
-        GROUP BY n
+        SELECT w.n, x.frames, x.missing, x.refused, x.recoveries, x.first_recovery
+        FROM {_WINDOWS}
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS frames,
+                max(last_seq) - min(first_seq) + 1 - sum(last_seq - first_seq + 1) AS missing,
+                count(*) FILTER (WHERE refused IS NOT NULL) AS refused,
+                count(*) FILTER (WHERE recovered) AS recoveries,
+                min(received_at) FILTER (WHERE recovered) AS first_recovery
+            FROM (
+                SELECT first_seq, last_seq, received_at, refused,
+                    CASE WHEN refused IS NULL AND received_at - lag(received_at)
+                        OVER (ORDER BY first_seq, received_at) > %(lag)s
+                    THEN received_at - (events -> 0 ->> 'ts')::timestamptz > %(lag)s
+                    ELSE false END AS recovered
+                FROM {EVENT_FRAMES} f
+                WHERE f.engine_id = w.engine_id
+                    AND f.received_at >= w.start AND f.received_at < w.stop
+                ORDER BY first_seq, received_at
+            ) AS frames
+        ) AS x
+        WHERE x.frames > 0
     """
     params = {**_windows_sql(windows), "lag": RECOVERY_LAG}
     for n, frames, gaps, refused, recoveries, first_recovery in _rows(sql, params):
         item = measures[n - 1]
-        item.frames, item.seq_gaps, item.refused = frames, gaps, refused
+        item.frames, item.seq_gaps, item.refused = frames, int(gaps), refused
         item.recoveries, item.first_recovery_at = recoveries, first_recovery
 
 
@@ -515,14 +519,23 @@ class _Context:
     last_kill: datetime | None = None
     covered: set[str] = field(default_factory=set)
 
+    links: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def path(self, name: str, arg: str | None = None) -> str:
+        """reverse(), once per name and argument in a reports() call (a fleet asks it often)."""
+        key = (name, arg or "")
+        if key not in self.links:
+            self.links[key] = reverse(name, args=[arg] if arg is not None else None)
+        return self.links[key]
+
     def url(self, anchor: str = "") -> str:
-        return reverse("dashboard:engine", args=[self.engine.name]) + anchor
+        return self.path("dashboard:engine", self.engine.name) + anchor
 
     def admin(self, model: str, **filters: object) -> str:
         query = "&".join(
             f"{k}={v}" for k, v in {"engine__id__exact": self.engine.pk, **filters}.items()
         )
-        return f"{reverse(f'admin:controlplane_{model}_changelist')}?{query}"
+        return f"{self.path(f'admin:controlplane_{model}_changelist')}?{query}"
 
 
 Measure = tuple[float | None, str, bool | None, datetime | None, str | None, str]
@@ -667,9 +680,9 @@ def _recoveries(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Me
     text = f"{m.recoveries} recovered"
     lost = []
     if m.seq_gaps:
-        lost.append(f"{m.seq_gaps} gaps in seq")
+        lost.append(f"{m.seq_gaps} missing from the seq")
     if m.refused:
-        lost.append(f"{m.refused} refused events")
+        lost.append(f"{m.refused} refused")
     if lost:
         return (
             float(m.recoveries),
@@ -697,7 +710,7 @@ def _slippage(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Meas
 def _critical_alerts(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
     m = ctx.measures
     assert m is not None
-    evidence = f"{reverse('alerts:list')}?engine={ctx.engine.name}"
+    evidence = f"{ctx.path('alerts:list')}?engine={ctx.engine.name}"
     if not m.critical_alerts:
         return 0.0, "no critical alert in the period", None, ctx.start, evidence, "alerts"
     text = (
@@ -739,7 +752,7 @@ def _sharpe_vs_paper(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) 
 
 
 def _kill_drill(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
-    evidence = reverse("dashboard:engine_commands", args=[ctx.engine.name])
+    evidence = ctx.path("dashboard:engine_commands", ctx.engine.name)
     if ctx.last_kill is None:
         return None, "no kill drill recorded yet", None, None, evidence, "commands"
     days = (ctx.now - ctx.last_kill) / timedelta(days=1)
@@ -750,7 +763,7 @@ def _kill_drill(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Me
 def _limit_kinds(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
     missing = sorted(POST_TRADE - ctx.covered)
     text = "every post-trade kind configured" if not missing else "missing: " + ", ".join(missing)
-    return float(len(missing)), text, None, None, reverse("risk:limits"), "risk limits"
+    return float(len(missing)), text, None, None, ctx.path("risk:limits"), "risk limits"
 
 
 MEASURES: dict[tuple[str, str], Callable[..., Measure]] = {
@@ -853,6 +866,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
     covered = _covered_kinds(small) if small else {}
 
     stepping_ids = {e.pk for e in stepping}
+    links: dict[tuple[str, str], str] = {}
     result = []
     for engine in engines:
         to_stage = policy.NEXT_STAGE.get(engine.stage)
@@ -870,6 +884,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
                 paper_known=engine.pk in papers,
                 last_kill=kills.get(engine.pk),
                 covered=covered.get(engine.pk, set()),
+                links=links,
             )
             for row in rows[engine.stage]:
                 spec = policy.CATALOG[(row.from_stage, row.key)]

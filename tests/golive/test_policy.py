@@ -70,7 +70,9 @@ def test_a_change_needs_a_reason_and_is_kept_with_before_and_after(risk_manager)
         ("paper", "min_round_trips", "30", "40", "threshold_high", "leave this blank"),
     ],
 )
-def test_bad_thresholds_are_refused_naming_the_field(from_stage, key, threshold, high, field, words):
+def test_bad_thresholds_are_refused_naming_the_field(
+    from_stage, key, threshold, high, field, words
+):
     criterion = _criterion(from_stage, key)
     criterion.threshold = Decimal(threshold)
     criterion.threshold_high = Decimal(high) if high is not None else None

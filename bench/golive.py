@@ -1,0 +1,262 @@
+"""Time to recompute every engine's go-live gate: 100 engines with 30 days of data each.
+
+    .venv/bin/python bench/golive.py [--engines 100] [--days 30] [--runs 7]
+
+Starts what it needs (embedded PostgreSQL/Redis unless DATABASE_URL / REDIS_URL are set), creates
+a scratch database, migrates it and seeds, with set-based SQL, per engine and day: 40 fills (20
+round trips) and their orders (one in 150 rejected), an account snapshot every 30 minutes, 50
+logs (an error every few days), and an event frame every 5 minutes (with a disconnect recovered
+once). The engines are spread over the five stages, those in backtest and paper with a baseline.
+Then, in this process, ``golive.gates.reports`` of every engine ``--runs`` times after one untimed
+run, counting the queries. Floor, in the same run on the same database: one aggregate query over
+every fill (count and notional per engine). The last line printed is the JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _common import drop_database, recreate_database, with_database  # noqa: E402
+
+from controlplane.config import embedded  # noqa: E402
+
+BENCH_DB = "controlplane_bench_golive"
+TARGET_MS = 1000.0
+STAGES = ["backtest", "paper", "shadow", "small_capital", "full"]
+
+SEED_SQL = """
+INSERT INTO controlplane_instrument (symbol, sector, asset_class, multiplier, currency)
+SELECT 'S' || i, 'tech', 'equity', 1, 'USD' FROM generate_series(1, 10) AS i;
+
+-- 20 round trips a day: a buy at 100 then a sell 2 minutes later at 100.5 or 99.6.
+INSERT INTO controlplane_order (engine_id, client_order_id, broker_order_id, instrument_id, side,
+    order_type, quantity, expected_price, status, filled_quantity, reject_reason, created_at,
+    updated_at, last_seq)
+SELECT e.id, 'o' || g, '', (SELECT min(id) FROM controlplane_instrument) + (g / 2) %% 10,
+    CASE WHEN g %% 2 = 0 THEN 'buy' ELSE 'sell' END, 'market', 10, 100,
+    CASE WHEN g %% 150 = 149 THEN 'rejected' ELSE 'filled' END, 10, '',
+    %(start)s + (g / 2) * interval '36 minutes' + (g %% 2) * interval '2 minutes',
+    %(start)s + (g / 2) * interval '36 minutes' + (g %% 2) * interval '2 minutes', g + 1
+FROM controlplane_engine e, generate_series(0, %(fills)s - 1) AS g;
+
+INSERT INTO controlplane_fill (engine_id, fill_id, order_id, instrument_id, side, quantity, price,
+    fee, expected_price, liquidity, ts, seq)
+SELECT o.engine_id, 'f' || o.last_seq, o.id, o.instrument_id, o.side, 10,
+    CASE WHEN o.side = 'buy' THEN 100.01
+         WHEN (o.last_seq / 2) %% 5 < 3 THEN 100.5 ELSE 99.6 END,
+    0.1, 100, 'taker', o.created_at, o.last_seq
+FROM controlplane_order o WHERE o.status = 'filled';
+
+INSERT INTO controlplane_accountsnapshot (engine_id, ts, equity, cash, margin_used, currency, seq)
+SELECT e.id, %(start)s + g * interval '30 minutes',
+    1000000 + g * 5 + (g %% 48) * 20 - e.id %% 7 * g, 500000, 0, 'USD', 100000 + g
+FROM controlplane_engine e, generate_series(0, %(snapshots)s - 1) AS g;
+
+INSERT INTO controlplane_enginelog (engine_id, ts, level, message, context, seq)
+SELECT e.id, %(start)s + g * interval '1 day' / 50,
+    CASE WHEN g %% 173 = 0 AND e.id %% 2 = 0 THEN 'error' ELSE 'info' END, 'tick', '{}',
+    200000 + g
+FROM controlplane_engine e, generate_series(0, %(logs)s - 1) AS g;
+
+-- A frame every 5 minutes; one gap of 20 minutes in the middle, after which the first frame
+-- holds events the journal kept (their time 10 minutes before they arrived).
+INSERT INTO controlplane_eventframe (engine_id, first_seq, last_seq, received_at, events)
+SELECT e.id, 1 + g * 10, 10 + g * 10, %(start)s + g * interval '5 minutes',
+    json_build_array(json_build_object('seq', 1 + g * 10, 'kind', 'log', 'ts',
+        %(start)s + g * interval '5 minutes'
+        - CASE WHEN g = %(frames)s / 2 + 4 THEN interval '10 minutes' ELSE interval '0' END))
+FROM controlplane_engine e, generate_series(0, %(frames)s - 1) AS g
+WHERE g NOT BETWEEN %(frames)s / 2 + 1 AND %(frames)s / 2 + 3;
+"""
+
+
+def seed(n_engines: int, days: int) -> dict[str, int]:
+    from django.db import connection
+
+    from controlplane.models import Engine
+    from dashboard.models import Baseline
+
+    now = datetime.now(UTC)
+    start = now - timedelta(days=days)
+    Engine.objects.bulk_create(
+        Engine(
+            name=f"engine-{i:03d}",
+            mode="live" if STAGES[i % 5] in ("small_capital", "full") else "paper",
+            stage=STAGES[i % 5],
+            strategy_tags=["bench"],
+            token_hash=f"bench-golive-{i:04d}",
+            token_hint=f"{i:04d}",
+        )
+        for i in range(n_engines)
+    )
+    Engine.objects.update(created_at=start)
+    curve_start = start - timedelta(days=400)
+    Baseline.objects.bulk_create(
+        Baseline(
+            engine=engine,
+            name="bt",
+            sharpe=1.4,
+            win_rate_pct=60.0,
+            trades_per_day=40.0,
+            expected_annual_return_pct=10.0,
+            equity_curve=[
+                [(curve_start + timedelta(days=d)).isoformat(), str(100 + d % 9)]
+                for d in range(0, 400, 5)
+            ],
+        )
+        for engine in Engine.objects.filter(stage__in=["backtest", "paper"])
+    )
+    params = {
+        "start": start,
+        "fills": days * 40,
+        "snapshots": days * 48,
+        "logs": days * 50,
+        "frames": days * 288,
+    }
+    with connection.cursor() as cursor:
+        for statement in SEED_SQL.split(";\n\n"):
+            if statement.strip():
+                cursor.execute(
+                    statement, {k: v for k, v in params.items() if f"%({k})" in statement}
+                )
+        cursor.execute("ANALYZE")
+        counts = {}
+        for table in ("fill", "order", "accountsnapshot", "enginelog", "eventframe"):
+            cursor.execute(f"SELECT count(*) FROM controlplane_{table}")
+            counts[table] = cursor.fetchone()[0]
+    return counts
+
+
+def floor_ms(runs: int) -> list[float]:
+    from django.db import connection
+
+    times = []
+    with connection.cursor() as cursor:
+        for i in range(runs + 1):
+            started = time.perf_counter()
+            cursor.execute(
+                "SELECT engine_id, count(*), sum(price * quantity) FROM controlplane_fill "
+                "GROUP BY engine_id"
+            )
+            cursor.fetchall()
+            if i:
+                times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--engines", type=int, default=100)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    began = time.monotonic()
+
+    with embedded.embedded_services(quiet=True) as service_env:
+        env = {**os.environ, **service_env}
+        admin_url = env["DATABASE_URL"]
+        db_url = with_database(admin_url, BENCH_DB)
+        recreate_database(admin_url, BENCH_DB)
+        try:
+            settings_env = {
+                "DATABASE_URL": db_url,
+                "REDIS_URL": env["REDIS_URL"],
+                "CONTROLPLANE_ENV": "demo",
+                "DEBUG": "0",
+                "LOG_LEVEL": "WARNING",
+            }
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "-v", "0"],
+                cwd=ROOT,
+                env={**env, **settings_env},
+                check=True,
+            )
+            os.environ.update(settings_env)
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
+            import django
+
+            django.setup()
+            from django.db import connection
+            from django.test.utils import CaptureQueriesContext
+
+            from controlplane.models import Engine
+            from golive import gates
+
+            seeding = time.perf_counter()
+            counts = seed(args.engines, args.days)
+            seeded_s = time.perf_counter() - seeding
+            engines = list(Engine.objects.order_by("name"))
+            now = datetime.now(UTC)
+            gates.reports(engines, now)  # warm-up
+            wall, queries = [], []
+            reports = []
+            for _ in range(args.runs):
+                with CaptureQueriesContext(connection) as captured:
+                    started = time.perf_counter()
+                    reports = gates.reports(engines, now)
+                    wall.append((time.perf_counter() - started) * 1000)
+                queries.append(len(captured.captured_queries))
+            if os.environ.get("BENCH_PROFILE"):
+                for q in captured.captured_queries:
+                    print(q["time"], " ".join(q["sql"].split())[:110])
+            floor = floor_ms(args.runs)
+            ready = {stage: 0 for stage in STAGES}
+            unknown = sum(len(r.unknown) for r in reports)
+            criteria = sum(len(r.criteria) for r in reports)
+            for r in reports:
+                ready[r.from_stage] += r.ready
+            load = os.getloadavg()[0]
+        finally:
+            if "django" in sys.modules:
+                from django.db import connections
+
+                connections.close_all()
+            drop_database(admin_url, BENCH_DB)
+
+    best, median = min(wall), statistics.median(wall)
+    floor_best = min(floor)
+    print(
+        f"{args.engines} engines x {args.days} days: "
+        + ", ".join(f"{n:,} {table}s" for table, n in counts.items())
+        + f" (seeded in {seeded_s:.1f}s); {os.cpu_count()} CPUs, load average {load:.1f}; "
+        f"{time.monotonic() - began:.0f}s in all"
+    )
+    print(
+        f"  reports(all engines): best {best:.0f} ms, median {median:.0f} ms over {args.runs} "
+        f"runs, {max(queries)} queries; {criteria} criteria, {unknown} unknown"
+    )
+    print(f"  floor (one aggregate over every fill): best {floor_best:.1f} ms")
+    print(f"  ratio to the floor (best): {best / floor_best:.1f}x")
+    print(f"  ready for the next stage, by stage: {ready}")
+    print(f"target: under {TARGET_MS:.0f} ms: {'met' if median < TARGET_MS else 'MISSED'}")
+    print(
+        json.dumps(
+            {
+                "metric": "golive_reports_ms_median",
+                "value": round(median, 1),
+                "best": round(best, 1),
+                "queries": max(queries),
+                "floor_ms": round(floor_best, 2),
+                "ratio_to_floor": round(best / floor_best, 1),
+                "engines": args.engines,
+                "days": args.days,
+                "fills": counts["fill"],
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
