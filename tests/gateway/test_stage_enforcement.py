@@ -27,7 +27,12 @@ def stage_rule_with_a_channel() -> NotificationChannel:
     channel = NotificationChannel(name="desk-mail", kind="email")
     channel.target = "desk@example.com"
     channel.save()
-    AlertRule.objects.get(metric="stage_violation").channels.add(channel)
+    # The rule migration 0006 ships (a transactional test before this one may have flushed it).
+    rule, _ = AlertRule.objects.get_or_create(
+        name="Stage violations",
+        defaults={"metric": "stage_violation", "severity": "critical", "threshold": 0},
+    )
+    rule.channels.add(channel)
     return channel
 
 
