@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
-from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC
+from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC
 from alerts.transports import TRANSPORTS
 from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
@@ -164,7 +164,11 @@ class NotificationAdmin(BoundedDateHierarchy, admin.ModelAdmin):
 def metric_choices() -> list[tuple[str, str]]:
     choices = [(m.name, f"{m.name} ({m.unit}): {m.description}") for m in METRICS.values()]
     risk = (RISK_LIMIT_METRIC, f"{RISK_LIMIT_METRIC}: the warnings and breaches of risk limits")
-    return [("", "---------"), *sorted(choices), risk]
+    stage = (
+        STAGE_VIOLATION_METRIC,
+        f"{STAGE_VIOLATION_METRIC}: an engine said hello in a mode its stage forbids",
+    )
+    return [("", "---------"), *sorted(choices), risk, stage]
 
 
 class AlertRuleForm(forms.ModelForm):

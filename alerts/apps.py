@@ -18,5 +18,6 @@ class AlertsConfig(AppConfig):
         risk_events.limit_event_raised.connect(
             hooks.on_limit_event_raised, dispatch_uid="alerts-limit-event"
         )
+        events.stage_violated.connect(hooks.on_stage_violated, dispatch_uid="alerts-stage")
         risk_events.limit_disabled.connect(hooks.on_limit_disabled, dispatch_uid="alerts-limit")
         risk_events.limit_channels.connect(hooks.on_limit_channels, dispatch_uid="alerts-channels")

@@ -19,7 +19,13 @@ from django.db.models import Q
 from alerts import events as alert_events
 from alerts.models import Alert, AlertRule, Comparator, Notification, RuleAction, Silence
 from alerts.notify import notification_enqueue
-from alerts.rule_metrics import ENGINE_DOWN_METRIC, METRICS, ORPHANED_METRIC, RISK_LIMIT_METRIC
+from alerts.rule_metrics import (
+    ENGINE_DOWN_METRIC,
+    EVENT_METRICS,
+    METRICS,
+    ORPHANED_METRIC,
+    STAGE_VIOLATION_METRIC,
+)
 from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine, TradingState
@@ -69,9 +75,11 @@ def silenced(alert: Alert, engine: Engine | None, now: datetime) -> bool:
 
 def engine_down(engine: Engine | None, rule: AlertRule | None) -> bool:
     """An engine-down alert firing for this engine suppresses its other alerts' notifications."""
-    # Engine down itself, and the orphaned positions that come with an engine down, are told.
+    # Engine down itself, and the orphaned positions that come with an engine down, are told; so
+    # is a refused live hello, which leaves the engine down by design.
     if engine is None or (
-        rule is not None and rule.metric in (ENGINE_DOWN_METRIC, ORPHANED_METRIC)
+        rule is not None
+        and rule.metric in (ENGINE_DOWN_METRIC, ORPHANED_METRIC, STAGE_VIOLATION_METRIC)
     ):
         return False
     return Alert.objects.filter(
@@ -90,7 +98,7 @@ def _notify(
 
 
 def _rules() -> list[AlertRule]:
-    rules = AlertRule.objects.filter(enabled=True).exclude(metric=RISK_LIMIT_METRIC)
+    rules = AlertRule.objects.filter(enabled=True).exclude(metric__in=EVENT_METRICS)
     # Engine down first: when it fires, the engine's other alerts of this round stay quiet.
     return sorted(rules, key=lambda r: (r.metric != ENGINE_DOWN_METRIC, r.name))
 

@@ -14,9 +14,10 @@ from django.db import IntegrityError, transaction
 
 from alerts import evaluation
 from alerts.models import Alert, AlertRule, Notification, Severity
-from alerts.rule_metrics import RISK_LIMIT_METRIC
+from alerts.rule_metrics import RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC
 from alerts.selectors import risk_limit_channel_count
 from alerts.tasks import evaluate_engines_task
+from controlplane.models import Engine
 from risk.models import RiskEvent
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,41 @@ def risk_event(event_id: int) -> None:
     except IntegrityError:
         return
     evaluation.fire(alert, now=now)
+
+
+def on_stage_violated(sender: Any, *, engine_id: int, stage: str, mode: str, **kwargs: Any) -> None:
+    """controlplane.events.stage_violated."""
+    stage_violation(engine_id, stage=stage, mode=mode)
+
+
+def stage_violation(engine_id: int, *, stage: str, mode: str) -> Alert | None:
+    """An engine said hello in a mode its stage forbids: a critical alert through the
+    stage-violation rule's channels. One open alert per engine: a second refusal while it is
+    open adds nothing (the engine is HALTED already)."""
+    rule = AlertRule.objects.filter(metric=STAGE_VIOLATION_METRIC, enabled=True).first()
+    engine = Engine.objects.filter(pk=engine_id).first()
+    if engine is None:
+        return None
+    source = "stage"
+    if Alert.objects.filter(source=source, engine=engine, rule=rule, state__in=Alert.OPEN).exists():
+        return None
+    summary = (
+        f"{engine.name} said hello in {mode} mode at stage {stage}: refused and HALTED "
+        "(docs/going-live.md)"
+    )
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                rule=rule,
+                source=source,
+                engine=engine,
+                state=Alert.State.PENDING,
+                severity=Severity.CRITICAL,
+                summary=summary[:300],
+            )
+    except IntegrityError:
+        return None
+    return evaluation.fire(alert, now=datetime.now(UTC))
 
 
 def on_limit_disabled(sender: Any, *, limit_id: int, actor_label: str, **kwargs: Any) -> int:

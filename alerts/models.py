@@ -18,7 +18,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC
+from alerts.rule_metrics import EVENT_METRICS, METRICS
 
 
 def _fernet() -> Fernet:
@@ -132,7 +132,7 @@ class AlertRule(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if self.metric not in METRICS and self.metric != RISK_LIMIT_METRIC:
+        if self.metric not in METRICS and self.metric not in EVENT_METRICS:
             raise ValidationError({"metric": unknown_metric(self.metric)})
 
 

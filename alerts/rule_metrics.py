@@ -338,6 +338,11 @@ METRICS: dict[str, Metric] = {
 
 # Risk limits raise alerts through the rule with this metric (its channels, its severity).
 RISK_LIMIT_METRIC = "risk_limit"
+# An engine said hello in a mode its stage forbids (a live hello before small capital): a critical
+# alert through the rule with this metric.
+STAGE_VIOLATION_METRIC = "stage_violation"
+# Rules raised by what happens, not measured: the sweeps never evaluate them.
+EVENT_METRICS = (RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC)
 ENGINE_DOWN_METRIC = "heartbeat_age_s"
 # Raised when an engine is down or stopped: never kept quiet by an engine-down alert.
 ORPHANED_METRIC = "orphaned_exposure"

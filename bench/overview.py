@@ -54,6 +54,8 @@ def seed(n_engines: int, n_positions: int) -> Any:
     now = datetime.now(UTC)
     per_engine = math.ceil(n_positions / n_engines)
     modes = ["live", "paper", "shadow", "backtest"]
+    # Each engine at the stage its mode needs (the live ones in full production).
+    stage_of_mode = {"live": "full", "paper": "paper", "shadow": "shadow", "backtest": "backtest"}
     sectors = ["tech", "energy", "health", "finance", "consumer", "industrial"]
     instruments = Instrument.objects.bulk_create(
         Instrument(symbol=f"S{i:04d}", sector=sectors[i % len(sectors)])
@@ -63,6 +65,7 @@ def seed(n_engines: int, n_positions: int) -> Any:
         Engine(
             name=f"engine-{i:03d}",
             mode=modes[i % len(modes)],
+            stage=stage_of_mode[modes[i % len(modes)]],
             broker="bench",
             account=f"acct-{i}",
             strategy_tags=[["momentum", "meanrev", "stat-arb", "market-making"][i % 4], "bench"],

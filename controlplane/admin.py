@@ -4,7 +4,9 @@ from typing import Any
 
 from axes import admin as axes_admin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django_celery_beat import admin as celery_beat_admin
@@ -14,6 +16,7 @@ from controlplane import services
 from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import audit_record, client_ip
 from controlplane.models import (
+    CREATION_STAGES,
     AccountSnapshot,
     ApiToken,
     AuditEvent,
@@ -27,7 +30,9 @@ from controlplane.models import (
     Order,
     Position,
     ResumeRequest,
+    StageChange,
 )
+from controlplane.stages import stage_record_first
 
 
 class ReadOnlyAdmin(BoundedDateHierarchy, admin.ModelAdmin):
@@ -43,11 +48,29 @@ class ReadOnlyAdmin(BoundedDateHierarchy, admin.ModelAdmin):
         return False
 
 
+class EngineForm(forms.ModelForm):
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.instance.pk is None and "mode" in data:
+            # A new engine: at the stage chosen, or the one its mode implies, backtest or paper
+            # only (services.creation_stage_check, as create_engine and the API's callers).
+            try:
+                stage = services.creation_stage_check(
+                    stage=data.get("stage") or None, mode=data["mode"]
+                )
+            except ValidationError as exc:
+                raise ValidationError(exc.message_dict) from None
+            data["stage"] = self.instance.stage = stage
+        return data
+
+
 @admin.register(Engine)
 class EngineAdmin(admin.ModelAdmin):
+    form = EngineForm
     list_display = (
         "name",
         "mode",
+        "stage",
         "connected",
         "reported_state",
         "desired_state",
@@ -56,7 +79,15 @@ class EngineAdmin(admin.ModelAdmin):
         "last_seen_at",
         "is_active",
     )
-    list_filter = ("mode", "connected", "reported_state", "desired_state", "is_active", "broker")
+    list_filter = (
+        "mode",
+        "stage",
+        "connected",
+        "reported_state",
+        "desired_state",
+        "is_active",
+        "broker",
+    )
     search_fields = ("name", "broker", "account", "strategy_tags")
     readonly_fields = (
         "token_hint",
@@ -84,6 +115,7 @@ class EngineAdmin(admin.ModelAdmin):
                 "fields": (
                     "name",
                     "mode",
+                    "stage",
                     "broker",
                     "account",
                     "strategy_tags",
@@ -97,6 +129,21 @@ class EngineAdmin(admin.ModelAdmin):
 
     actions = ("deactivate",)
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # An engine's stage moves through the gates (a recorded stage change), never here.
+        return (*self.readonly_fields, "stage") if obj is not None else self.readonly_fields
+
+    def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "stage":
+            # Only on the add form (read-only after): a new engine starts at backtest or paper.
+            kwargs["choices"] = [
+                ("", "(the mode's)"),
+                *((s.value, s.label) for s in CREATION_STAGES),
+            ]
+            kwargs["required"] = False
+            kwargs["help_text"] = services.NEW_ENGINE_STAGE_REFUSAL.capitalize() + "."
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
     def save_model(self, request: HttpRequest, obj: Engine, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
@@ -108,8 +155,13 @@ class EngineAdmin(admin.ModelAdmin):
         token = services.engine_assign_token(engine=obj)
         super().save_model(request, obj, form, change)
         audit_record(
-            action="engine_create", actor=request.user, target=obj, ip_address=client_ip(request)
+            action="engine_create",
+            actor=request.user,
+            target=obj,
+            ip_address=client_ip(request),
+            data={"mode": obj.mode, "stage": obj.stage, "broker": obj.broker},
         )
+        stage_record_first(engine=obj, actor=request.user)
         messages.warning(
             request,
             f"Engine token for {obj.name} (shown once, store it in the engine's secrets): {token}",
@@ -250,6 +302,16 @@ class ResumeRequestAdmin(ReadOnlyAdmin):
     )
     list_filter = ("status",)
     list_select_related = ("engine",)
+
+
+@admin.register(StageChange)
+class StageChangeAdmin(ReadOnlyAdmin):
+    """An engine's stage history: moved through the going-live policy, shown here as evidence."""
+
+    list_display = ("engine", "from_stage", "to_stage", "override", "actor_label", "at")
+    list_filter = ("to_stage", "override")
+    list_select_related = ("engine",)
+    search_fields = ("engine__name", "actor_label", "reason")
 
 
 @admin.register(ApiToken)

@@ -45,6 +45,11 @@ engines_changed = DomainEvent("engines_changed")
 # engines' sockets; receivers must return at once.
 command_answered = DomainEvent("command_answered")
 
+# An engine said hello in a mode its stage does not allow (``engine_id``; ``stage``: its stage;
+# ``mode``: the mode it said, live): refused, and held HALTED by a kill from the control plane
+# (gateway.session.stage_violation). Sent after the commit; the alerts app raises a critical alert.
+stage_violated = DomainEvent("stage_violated")
+
 # Asked, not announced: the pre-trade limits an engine gets in its welcome (``engine``: the
 # Engine). The risk app answers ``(limits revision, [limit in wire form, ...])``.
 limits_wanted = DomainEvent("limits_wanted")

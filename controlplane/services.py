@@ -10,19 +10,25 @@ from functools import cache, partial
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
 from controlplane.audit import audit_record
 from controlplane.commands import delivery
 from controlplane.models import (
+    CREATION_STAGES,
+    MODES_OF_STAGE,
     ApiToken,
     Engine,
     Mode,
+    Stage,
     hash_token,
+    mode_refusal,
     new_engine_token,
 )
 from controlplane.sqlscript import Script
+from controlplane.stages import stage_record_first
 
 
 def engine_assign_token(*, engine: Engine) -> str:
@@ -32,19 +38,47 @@ def engine_assign_token(*, engine: Engine) -> str:
     return token
 
 
+NEW_ENGINE_STAGE_REFUSAL = (
+    "a new engine starts at backtest or paper; shadow and above are reached through the gates "
+    "(docs/going-live.md)"
+)
+
+
+def creation_stage_check(*, stage: str | None, mode: str) -> str:
+    """The stage a new engine starts at: ``stage`` if given (backtest or paper only), else the
+    one its mode implies (backtest or paper), else paper. A mode the stage does not allow is
+    refused by the engine's own validation (Engine.clean)."""
+    if stage is None:
+        stage = mode if mode in CREATION_STAGES else Stage.PAPER
+    if stage not in CREATION_STAGES:
+        raise ValidationError({"stage": NEW_ENGINE_STAGE_REFUSAL})
+    if mode not in MODES_OF_STAGE[stage]:
+        raise ValidationError({"mode": f"{mode_refusal(stage, mode)}: {NEW_ENGINE_STAGE_REFUSAL}"})
+    return stage
+
+
 @transaction.atomic
 def engine_create(
     *,
     name: str,
     mode: str = Mode.PAPER,
+    stage: str | None = None,
     broker: str = "",
     account: str = "",
     strategy_tags: list[str] | None = None,
     actor: AbstractBaseUser | None = None,
     actor_label: str | None = None,
 ) -> tuple[Engine, str]:
+    """Register an engine at ``stage`` (backtest or paper: ``creation_stage_check``); its mode
+    must be one the stage allows (``MODES_OF_STAGE``). Its stage history starts here."""
+    stage = creation_stage_check(stage=stage, mode=mode)
     engine = Engine(
-        name=name, mode=mode, broker=broker, account=account, strategy_tags=strategy_tags or []
+        name=name,
+        mode=mode,
+        stage=stage,
+        broker=broker,
+        account=account,
+        strategy_tags=strategy_tags or [],
     )
     token = engine_assign_token(engine=engine)
     engine.full_clean()
@@ -54,8 +88,9 @@ def engine_create(
         actor=actor,
         actor_label=actor_label,
         target=engine,
-        data={"mode": mode, "broker": broker},
+        data={"mode": mode, "stage": stage, "broker": broker},
     )
+    stage_record_first(engine=engine, actor=actor, actor_label=actor_label)
     return engine, token
 
 

@@ -39,11 +39,17 @@ from engine_sdk import protocol
 from engine_sdk.commands import CommandHandler, CommandOutcome, CommandRunner
 from engine_sdk.config import ClientConfig, HelloInfo
 from engine_sdk.connection import Connection
-from engine_sdk.errors import BackpressureError, EngineClientError, EngineReplaced, Unauthorized
+from engine_sdk.errors import (
+    BackpressureError,
+    EngineClientError,
+    EngineReplaced,
+    StageForbidsLive,
+    Unauthorized,
+)
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.journal import MAX_EVENT_BYTES, JournalWriter
 from engine_sdk.limits import LimitRejected, PreTradeLimits
-from engine_sdk.protocol import Event, Side, TradingState, Welcome, utc_now
+from engine_sdk.protocol import Event, Side, Stage, TradingState, Welcome, utc_now
 from engine_sdk.state import StateStore
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "HelloInfo",
     "LimitRejected",
     "OrderRejected",
+    "StageForbidsLive",
     "StateChange",
     "Unauthorized",
 ]
@@ -156,7 +163,8 @@ class EngineClient:
 
     @property
     def error(self) -> BaseException | None:
-        """Why the client stopped for good (Unauthorized, EngineReplaced), if it did."""
+        """Why the client stopped for good (Unauthorized, EngineReplaced,
+        StageForbidsLive), if it did."""
         return self.connection.error
 
     @property
@@ -179,6 +187,11 @@ class EngineClient:
     @property
     def engine_name(self) -> str | None:
         return self.connection.engine_name
+
+    @property
+    def stage(self) -> Stage | None:
+        """The engine's stage, as the control plane's welcome said (docs/going-live.md)."""
+        return self.connection.stage
 
     @property
     def desired_state(self) -> TradingState | None:

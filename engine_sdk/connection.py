@@ -26,7 +26,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from engine_sdk import __version__, protocol
 from engine_sdk.commands import CommandRunner
 from engine_sdk.config import ClientConfig, HelloInfo
-from engine_sdk.errors import EngineClientError, EngineReplaced, ServerTrouble, Unauthorized
+from engine_sdk.errors import (
+    EngineClientError,
+    EngineReplaced,
+    ServerTrouble,
+    StageForbidsLive,
+    Unauthorized,
+)
 from engine_sdk.journal import JournalWriter
 from engine_sdk.protocol import Command, CommandResult, Welcome, utc_now
 from engine_sdk.state import StateStore
@@ -78,6 +84,9 @@ class Connection:
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.engine_id: int | None = None
         self.engine_name: str | None = None
+        # The engine's stage on the way to real money, from the welcome (None before it, or from
+        # a server that predates stages).
+        self.stage: protocol.Stage | None = None
 
         self.ws: ClientConnection | None = None
         self.connected = asyncio.Event()
@@ -119,7 +128,7 @@ class Connection:
             except Unauthorized as exc:
                 self._stop_for_good(exc)
                 return
-            except EngineReplaced as exc:
+            except (EngineReplaced, StageForbidsLive) as exc:
                 self._stop_for_good(exc)
                 return
             except asyncio.CancelledError:
@@ -178,6 +187,10 @@ class Connection:
                 raise EngineReplaced(
                     f"another connection took over this engine: {reason or code}"
                 ) from exc
+            if code == protocol.CLOSE_STAGE_FORBIDS:
+                raise StageForbidsLive(
+                    f"server refused the engine's mode: {reason or code}"
+                ) from exc
             if code == protocol.CLOSE_RATE_LIMITED:
                 # The backoff keeps growing: reconnecting at once would flood it again.
                 raise ServerTrouble(f"server closed: frames over its rate ({code})") from exc
@@ -208,6 +221,8 @@ class Connection:
                     break
                 if isinstance(frame, protocol.Error):
                     self._report_error(frame)
+                    if frame.code == "stage_forbids_live":
+                        raise StageForbidsLive(frame.message)
                     raise EngineClientError(f"server refused hello: {frame.code}: {frame.message}")
         await self._take_welcome(frame)
         self._welcomed = True
@@ -246,6 +261,7 @@ class Connection:
         self._dead_man_tripped = False
         self.engine_id = welcome.engine_id
         self.engine_name = welcome.engine_name
+        self.stage = welcome.stage
         self.state.take_welcome(welcome)
         self.heartbeat_interval_s = welcome.heartbeat_interval_s
         writer = self.writer

@@ -7,6 +7,7 @@ __all__ = [
     "EngineClientError",
     "EngineReplaced",
     "ServerTrouble",
+    "StageForbidsLive",
     "Unauthorized",
 ]
 
@@ -24,6 +25,15 @@ class EngineReplaced(EngineClientError):
 
     Two processes are running as the same engine; they would hand out the same seqs, so this one
     stops rather than fight for the connection.
+    """
+
+
+class StageForbidsLive(EngineClientError):
+    """The control plane refused a live-mode hello: the engine's stage sends no real orders
+    (error ``stage_forbids_live``, close code 4403). The message is the server's, naming the stage.
+
+    The control plane holds the engine HALTED; a person must promote it or start it in the mode
+    its stage allows, so the client stops instead of reconnecting.
     """
 
 

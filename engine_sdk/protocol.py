@@ -27,6 +27,7 @@ __all__ = [
     "CLOSE_RATE_LIMITED",
     "CLOSE_REPLACED",
     "CLOSE_SERVER_ERROR",
+    "CLOSE_STAGE_FORBIDS",
     "CLOSE_UNAUTHORIZED",
     "ERROR_CODES",
     "MAX_DECIMAL_ABS",
@@ -113,6 +114,9 @@ MAX_JSON_DEPTH: Final = 16
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_PROTOCOL_VIOLATION: Final = 4400
 CLOSE_REPLACED: Final = 4409
+# The engine's stage does not allow the mode it said hello in (a live hello from an engine the
+# control plane has not promoted to real money): a person must act, so the engine stops.
+CLOSE_STAGE_FORBIDS: Final = 4403
 # The engine sent frames faster than the server takes them (see docs/protocol.md, section 13).
 CLOSE_RATE_LIMITED: Final = 4429
 CLOSE_SERVER_ERROR: Final = 1011
@@ -150,6 +154,7 @@ ErrorCode = Literal[
     "unauthorized",
     "rate_limited",
     "event_refused",
+    "stage_forbids_live",
 ]
 ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
 
@@ -509,6 +514,9 @@ class Welcome(_FrameBase, kw_only=True, tag="welcome"):
     # Pending commands, oldest first. The same command may also arrive later as a command frame;
     # the engine applies each command_id once.
     commands: list[Command] = []
+    # The engine's stage on the way to real money (docs/going-live.md); None from a server that
+    # predates stages.
+    stage: Stage | None = None
 
 
 class Ack(_FrameBase, kw_only=True, tag="ack"):

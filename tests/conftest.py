@@ -8,13 +8,21 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 
-from controlplane import roles, services
-from controlplane.models import Engine
+from controlplane import roles, services, stages
+from controlplane.models import CREATION_STAGES, Engine, Mode, Stage
 
 # Fixtures that start real processes (uvicorn against the test database, browsers) live here.
 pytest_plugins = ["tests.servers"]
 
 PASSWORD = "correct horse battery staple"
+# The stage an engine made in a mode is placed at (as migration 0016 placed those registered
+# before stages).
+STAGE_OF_MODE = {
+    Mode.BACKTEST: Stage.BACKTEST,
+    Mode.PAPER: Stage.PAPER,
+    Mode.SHADOW: Stage.SHADOW,
+    Mode.LIVE: Stage.FULL,
+}
 
 
 def _make_user(username: str, role: str | None, **extra: Any) -> User:
@@ -58,8 +66,19 @@ def outsider(db: None) -> User:
 def make_engine(db: None) -> Callable[..., tuple[Engine, str]]:
     counter = iter(range(1, 10_000))
 
-    def make(name: str | None = None, **kwargs: Any) -> tuple[Engine, str]:
-        return services.engine_create(name=name or f"engine-{next(counter)}", **kwargs)
+    def make(
+        name: str | None = None, stage: str | None = None, **kwargs: Any
+    ) -> tuple[Engine, str]:
+        """An engine as ``services.engine_create`` makes it; one whose mode or ``stage`` is above
+        paper (reached through the gates in the app) is created at paper, then placed at that
+        stage (a live one in full production) with a recorded stage change."""
+        name = name or f"engine-{next(counter)}"
+        target = stage or STAGE_OF_MODE.get(kwargs.get("mode", Mode.PAPER))
+        if target is None or target in CREATION_STAGES:
+            return services.engine_create(name=name, stage=target, **kwargs)
+        engine, token = services.engine_create(name=name, **kwargs | {"mode": Mode.PAPER})
+        stages.stage_set(engine=engine, to_stage=target, reason="test: placed at its stage")
+        return engine, token
 
     return make
 

@@ -26,6 +26,8 @@ from controlplane.models import Engine
 from engine_sdk import protocol as p
 
 JSON = "application/json"
+# The status of a refused hello (docs/protocol.md, section 14); any other refusal is 400.
+HELLO_REFUSAL_STATUS = {"unauthorized": 401, "stage_forbids_live": 403}
 
 
 def _frames(frames: list[p.ServerFrame], status: int = 200) -> HttpResponse:
@@ -97,8 +99,8 @@ def post_frame(request: HttpRequest) -> HttpResponse:
         frames = session.hello(engine, frame, connection_id=None)
         if isinstance(frames[0], p.Welcome):
             return _frames(frames)
-        unauthorized = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
-        return _frames(frames, 401 if unauthorized else 400)
+        code = frames[0].code if isinstance(frames[0], p.Error) else ""
+        return _frames(frames, HELLO_REFUSAL_STATUS.get(code, 400))
     if isinstance(frame, p.Events):  # decoded.events is set for every events frame
         return _frames([])
     commands = session.record(engine.pk, frame)

@@ -7,16 +7,28 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
+from controlplane import events
 from controlplane.commands.delivery import pending_commands
 from controlplane.commands.desired_state import enforce_desired_state, timed_pauses_end
+from controlplane.commands.issuing import command_issue
 from controlplane.commands.lifecycle import command_answers, limits_replace
 from controlplane.events import limits_for
-from controlplane.models import Command, Engine, hash_token
+from controlplane.models import (
+    REAL_MONEY_STAGES,
+    Command,
+    CommandKind,
+    Engine,
+    Mode,
+    Stage,
+    TradingState,
+    hash_token,
+)
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,12 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
             f"protocol {frame.protocol} is not supported; this server speaks {p.PROTOCOL_VERSION}"
         )
         return [p.Error(code="protocol_version", message=message, field="protocol")]
+    if frame.mode == Mode.LIVE:
+        # The stage is read afresh: a promotion may have come since the socket authenticated.
+        engine.refresh_from_db(fields=["stage", "mode"])
+        if engine.stage not in REAL_MONEY_STAGES:
+            # Before the registered mode's check: what the engine must hear is its stage.
+            return [stage_violation(engine, frame)]
     if frame.mode != engine.mode:
         return [
             p.Error(
@@ -62,7 +80,8 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     # A timed pause that is over is over in this welcome too: the engine is told ACTIVE (and a
     # dead-man pause lifts), not PAUSED until the periodic sweep comes round.
     timed_pauses_end(now=now, engine_id=engine.pk)
-    engine.refresh_from_db(fields=["last_seq", "desired_state", "desired_until", "strategy_tags"])
+    fields = ["last_seq", "desired_state", "desired_until", "strategy_tags", "stage"]
+    engine.refresh_from_db(fields=fields)
     # The welcome carries the current limits: set_limits not yet acknowledged are obsolete.
     limits_replace(engine_id=engine.pk, now=now)
     limits_version, limits = limits_for(engine)
@@ -82,8 +101,45 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         limits_version=limits_version,
         limits=limits,
         commands=commands,
+        stage=engine.stage,  # type: ignore[arg-type]
     )
     return [welcome]
+
+
+STAGE_ACTOR = "control plane (stage)"
+
+
+def stage_violation(engine: Engine, frame: p.Hello) -> p.Error:
+    """A live hello from an engine whose stage sends no real orders: refused, the engine held
+    HALTED by a kill (latched, audited, visible), and ``stage_violated`` announced (alerts raise
+    a critical alert)."""
+    stage = engine.stage
+    words = Stage(stage).label.lower()
+    message = (
+        f"engine {engine.name} is at stage {words}, which sends no real orders: a live-mode "
+        "hello is refused until it is promoted to small capital (docs/going-live.md)"
+    )
+    log.warning("engine %s: %s", engine.pk, message)
+    desired = Engine.objects.filter(pk=engine.pk).values_list("desired_state", flat=True).first()
+    if desired != TradingState.HALTED:
+        reason = f"live-mode hello refused: engine at stage {words} (docs/going-live.md)"
+        command_issue(
+            kind=CommandKind.KILL,
+            selector=f"engine:{engine.name}",
+            reason=reason,
+            actor=None,
+            actor_label=STAGE_ACTOR,
+        )
+    transaction.on_commit(
+        partial(
+            events.announce,
+            events.stage_violated,
+            engine_id=engine.pk,
+            stage=stage,
+            mode=frame.mode,
+        )
+    )
+    return p.Error(code="stage_forbids_live", message=message, field="mode")
 
 
 # Whether anything waits for delivery: a command the deliver transition can still move.

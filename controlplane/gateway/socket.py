@@ -30,6 +30,15 @@ MAX_QUEUED_EVENTS = 4 * p.MAX_EVENTS_PER_FRAME
 
 engine_group = delivery.engine_group
 
+# How a refused hello closes the socket (docs/protocol.md, section 12); any other refusal is a
+# protocol violation (4400).
+HELLO_REFUSAL_CLOSE = {
+    # An engine deactivated since its token was checked: as a bad token.
+    "unauthorized": p.CLOSE_UNAUTHORIZED,
+    # A live hello its stage forbids: the engine stops until a person acts.
+    "stage_forbids_live": p.CLOSE_STAGE_FORBIDS,
+}
+
 _RESEND = p.Error(
     code="internal_error",
     message="the control plane could not store an earlier batch on this connection; nothing "
@@ -261,9 +270,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
         )
         await self.send_frames(frames)
         if not isinstance(frames[0], p.Welcome):
-            # An engine deactivated since its token was checked: as a bad token.
-            refused = isinstance(frames[0], p.Error) and frames[0].code == "unauthorized"
-            await self.close(code=p.CLOSE_UNAUTHORIZED if refused else p.CLOSE_PROTOCOL_VIOLATION)
+            code = frames[0].code if isinstance(frames[0], p.Error) else ""
+            await self.close(code=HELLO_REFUSAL_CLOSE.get(code, p.CLOSE_PROTOCOL_VIOLATION))
             return
         self.greeted = True
         events.announce(events.engines_changed, engine_ids=[self.engine_id])

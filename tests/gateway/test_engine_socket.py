@@ -113,9 +113,11 @@ async def test_the_first_frame_must_be_hello(engine_and_token):
 
 
 async def test_a_hello_with_the_wrong_mode_is_refused(engine_and_token):
+    # Not live: a live hello the stage forbids is refused for its stage (tests/gateway/
+    # test_stage_enforcement.py).
     _, token = engine_and_token
     ws = await open_socket(token)
-    await ws.send_to(text_data=hello_frame(mode="live"))
+    await ws.send_to(text_data=hello_frame(mode="shadow"))
     error = await ws.receive_json_from(timeout=5)
     assert error["code"] == "engine_mismatch"
     assert error["field"] == "mode"

@@ -64,6 +64,10 @@ class FakeControlPlane:
         self.connection: ServerConnection | None = None
         self.server: Server | None = None
         self.close_code_for_bad_token = p.CLOSE_UNAUTHORIZED
+        # The stage the welcome says (None: as a server that predates stages), and a refusal of
+        # the hello instead of a welcome: the error frame, then the close code.
+        self.stage: p.Stage | None = None
+        self.hello_refusal: tuple[p.Error, int] | None = None
         self._changed = asyncio.Event()
 
     @property
@@ -100,6 +104,13 @@ class FakeControlPlane:
             await ws.close(p.CLOSE_PROTOCOL_VIOLATION, "first frame must be hello")
             return
         self.hellos.append(hello)
+        if self.hello_refusal is not None:
+            error, code = self.hello_refusal
+            await ws.send(p.encode(error).decode())
+            await ws.close(code, error.code)
+            self.close_codes.append(code)
+            self._pulse()
+            return
         welcome = p.Welcome(
             protocol=p.PROTOCOL_VERSION,
             engine_id=7,
@@ -110,6 +121,7 @@ class FakeControlPlane:
             limits_version=self.limits_version,
             limits=list(self.limits),
             commands=list(self.welcome_commands),
+            stage=self.stage,
         )
         await ws.send(p.encode(welcome).decode())
         self.connection = ws

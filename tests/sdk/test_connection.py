@@ -12,7 +12,13 @@ from decimal import Decimal
 import pytest
 
 from engine_sdk import protocol as p
-from engine_sdk.client import MAX_EVENT_BYTES, EngineClient, EngineReplaced, Unauthorized
+from engine_sdk.client import (
+    MAX_EVENT_BYTES,
+    EngineClient,
+    EngineReplaced,
+    StageForbidsLive,
+    Unauthorized,
+)
 from engine_sdk.gate import OrderRejected
 from tests.sdk.conftest import TOKEN, FakeControlPlane, a_metric
 
@@ -244,4 +250,51 @@ async def test_after_an_internal_error_it_reconnects_and_resends(
     await client.flush(timeout=5)
     assert control_plane.received_seqs == [1, 1]
     assert len(control_plane.hellos) == 2
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_learns_its_stage_from_the_welcome(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    control_plane.stage = "shadow"
+    client = make_client(control_plane.url)
+    assert client.stage is None
+    await client.start()
+    await client.wait_connected(timeout=5)
+    assert client.stage == "shadow"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_server_without_stages_leaves_the_stage_unknown(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = make_client(control_plane.url)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    assert client.stage is None
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_it_stops_for_good_when_its_stage_forbids_live_with_the_servers_message(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    message = (
+        "engine alpha is at stage paper, which sends no real orders: a live-mode hello is "
+        "refused until it is promoted to small capital (docs/going-live.md)"
+    )
+    refusal = p.Error(code="stage_forbids_live", message=message, field="mode")
+    control_plane.hello_refusal = (refusal, p.CLOSE_STAGE_FORBIDS)
+    client = make_client(control_plane.url)
+    await client.start()
+
+    with pytest.raises(StageForbidsLive, match="at stage paper"):
+        await client.wait_connected(timeout=5)
+
+    assert isinstance(client.error, StageForbidsLive)
+    assert str(client.error) == message
+    await asyncio.sleep(0.1)  # the backoff would have come round several times
+    assert control_plane.connection_attempts == 1
     await client.close()

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from controlplane import services
-from controlplane.models import Mode
+from controlplane.models import Mode, Stage
 
 
 class Command(BaseCommand):
@@ -15,6 +15,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="unique slug, e.g. momo-us-1")
         parser.add_argument("--mode", choices=Mode.values, default=Mode.PAPER)
+        parser.add_argument(
+            "--stage",
+            # Every stage is a choice, so that one above paper gets the service's explanation.
+            choices=Stage.values,
+            default=None,
+            help="backtest or paper (default: the mode's, else paper); shadow and above are "
+            "reached through the gates (docs/going-live.md)",
+        )
         parser.add_argument("--broker", default="")
         parser.add_argument("--account", default="")
         parser.add_argument(
@@ -26,6 +34,7 @@ class Command(BaseCommand):
             engine, token = services.engine_create(
                 name=options["name"],
                 mode=options["mode"],
+                stage=options["stage"],
                 broker=options["broker"],
                 account=options["account"],
                 strategy_tags=options["tags"],
@@ -34,6 +43,7 @@ class Command(BaseCommand):
         except ValidationError as exc:
             problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
             raise CommandError(f"Engine not created: {problems}") from None
-        self.stdout.write(f"Engine {engine.name} (id {engine.pk}, {engine.mode}) created.")
+        where = f"id {engine.pk}, {engine.mode}, stage {engine.stage}"
+        self.stdout.write(f"Engine {engine.name} ({where}) created.")
         self.stdout.write("Token (shown once; store it in the engine's secrets):")
         self.stdout.write(token)

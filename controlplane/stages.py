@@ -1,0 +1,91 @@
+"""An engine's stage: the control plane's decision on how far it has come towards real money
+(docs/going-live.md), written with its history and its audit record.
+
+Whether a move is allowed (the gates, who may override them) is the going-live policy's
+question, decided above the core; this module only records a decision and keeps the engine's
+registered mode fitting its stage.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from controlplane import events
+from controlplane.audit import audit_record
+from controlplane.models import MODES_OF_STAGE, Engine, Stage, StageChange
+
+
+def stage_set(
+    *,
+    engine: Engine,
+    to_stage: str,
+    reason: str,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
+    override: bool = False,
+) -> StageChange:
+    """Move ``engine`` to ``to_stage``: the engine row (locked), a StageChange and an audit
+    record in one transaction; ``engines_changed`` after the commit.
+
+    An engine whose registered mode does not fit the new stage is given the stage's own mode
+    (``MODES_OF_STAGE``): promoted to small capital, it must say ``hello`` in live mode; put
+    back to paper, a live hello is refused (gateway.session.hello).
+    """
+    if to_stage not in Stage.values:
+        raise ValidationError({"stage": f"{to_stage!r} is not a stage: one of {Stage.values}"})
+    if not reason.strip():
+        raise ValidationError({"reason": "a stage change needs a reason"})
+    label = actor_label or (actor.get_username() if actor is not None else "control plane")
+    with transaction.atomic():
+        locked = Engine.objects.select_for_update().only("pk", "name", "mode", "stage")
+        row = locked.get(pk=engine.pk)
+        from_stage = row.stage
+        mode = row.mode if row.mode in MODES_OF_STAGE[to_stage] else MODES_OF_STAGE[to_stage][0]
+        Engine.objects.filter(pk=row.pk).update(stage=to_stage, mode=mode)
+        change = StageChange.objects.create(
+            engine_id=row.pk,
+            from_stage=from_stage,
+            to_stage=to_stage,
+            actor=actor,
+            actor_label=label,
+            reason=reason,
+            override=override,
+        )
+        data = {"from": from_stage, "to": to_stage, "override": override}
+        if mode != row.mode:
+            data |= {"mode_from": row.mode, "mode_to": mode}
+        audit_record(
+            action="engine_stage",
+            actor=actor,
+            actor_label=label,
+            target=row,
+            reason=reason,
+            data=data,
+        )
+        transaction.on_commit(partial(events.announce, events.engines_changed, engine_ids=[row.pk]))
+    engine.stage, engine.mode = to_stage, mode
+    return change
+
+
+def stage_record_first(
+    *,
+    engine: Engine,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
+    reason: str = "",
+) -> StageChange:
+    """The first row of a new engine's history: from nothing to the stage it was created at.
+    Written in the creation's transaction (its audit record says the stage)."""
+    label = actor_label or (actor.get_username() if actor is not None else "system")
+    return StageChange.objects.create(
+        engine=engine,
+        from_stage="",
+        to_stage=engine.stage,
+        actor=actor,
+        actor_label=label,
+        reason=reason or "created",
+    )
