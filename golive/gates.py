@@ -7,8 +7,9 @@ A criterion that cannot be measured yet (no data, or data the control plane does
 is ``passed=None`` with ``value_text`` saying what is missing: never a pass.
 
 The period of a stage runs from its start to ``now``. Its start comes from the stage history
-when one is registered (``stage_history_from``); without it, from the engine's first stored data
-(its first fill or account snapshot), or its registration when it has none.
+(controlplane StageChange); an engine whose history does not say when its current stage began
+(none recorded) is taken from its first stored data (its first fill or account snapshot), or its
+registration when it has none.
 
 Each criterion: what is measured (the value), when it passes, and where it is read from.
 
@@ -87,6 +88,7 @@ from controlplane.models import (
     Fill,
     Instrument,
     Order,
+    StageChange,
     TradingState,
 )
 from controlplane.models import Engine as EngineModel
@@ -158,7 +160,23 @@ BaselineProvider = Callable[[Sequence[int]], Mapping[int, BaselineFigures]]
 StageHistory = Callable[[Sequence[int]], Mapping[int, Sequence[tuple[str, datetime]]]]
 
 _baselines: BaselineProvider | None = None
-_stage_history: StageHistory | None = None
+
+
+def recorded_stage_history(ids: Sequence[int]) -> dict[int, list[tuple[str, datetime]]]:
+    """Each engine's stages, oldest first, as the core's stage history (StageChange) records them;
+    one query for all."""
+    history: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
+    rows = (
+        StageChange.objects.filter(engine_id__in=ids)
+        .order_by("engine_id", "at", "pk")
+        .values_list("engine_id", "to_stage", "at")
+    )
+    for engine_id, stage, at in rows:
+        history[engine_id].append((stage, at))
+    return history
+
+
+_stage_history: StageHistory = recorded_stage_history
 
 
 def baselines_from(provider: BaselineProvider | None) -> None:
@@ -169,9 +187,9 @@ def baselines_from(provider: BaselineProvider | None) -> None:
 
 
 def stage_history_from(provider: StageHistory | None) -> None:
-    """Where each engine's stage periods come from, once recorded; one query for all."""
+    """Read the stage periods from ``provider`` instead (None: the recorded history again)."""
     global _stage_history
-    _stage_history = provider
+    _stage_history = provider or recorded_stage_history
 
 
 # --- The fleet's figures, read set-based ---------------------------------------------------------
@@ -806,7 +824,7 @@ def _periods(
     """Each engine's current stage start (and whether the stage history said so), and its last
     paper period, where the history records one."""
     ids = [e.pk for e in engines]
-    history = _stage_history(ids) if _stage_history is not None else {}
+    history = _stage_history(ids)
     starts: dict[int, tuple[datetime, bool]] = {}
     papers: dict[int, tuple[datetime, datetime]] = {}
     missing = []
