@@ -86,8 +86,8 @@ def fleet(request: HttpRequest) -> HttpResponse:
             # Which engines are ready for their next stage, computed once for the page (the live
             # updates leave this badge as the page drew it).
             "ready_for": {
-                engine_id: report.to_stage
-                for engine_id, report in gates.reports_for([r.id for r in rows], now).items()
+                report.engine.pk: report.to_stage
+                for report in gates.reports(Engine.objects.filter(pk__in=[r.id for r in rows]), now)
                 if report.ready
             },
             "totals": overview.fleet_totals(rows),
@@ -165,8 +165,8 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
         {
             "engine": engine,
             "report": report,
-            "failing": sum(1 for c in report.criteria if c.passed is False),
-            "unknown": sum(1 for c in report.criteria if c.passed is None),
+            "failing": len(report.failed),
+            "unknown": len(report.unknown),
             "ladder": ladder,
             "stage_index": ladder.index(engine.stage),
             "history": StageChange.objects.filter(engine=engine).order_by("-at", "-pk")[:50],
