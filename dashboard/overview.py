@@ -63,6 +63,7 @@ class FleetRow:
     id: int
     name: str
     mode: str
+    stage: str
     strategy_tags: list[str]
     connection: str
     last_seen_at: str | None
@@ -272,6 +273,7 @@ def fleet_rows(
                 id=engine.pk,
                 name=engine.name,
                 mode=engine.mode,
+                stage=engine.stage,
                 strategy_tags=list(engine.strategy_tags),
                 connection=connection_status(engine, now),
                 last_seen_at=engine.last_seen_at.isoformat() if engine.last_seen_at else None,

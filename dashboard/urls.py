@@ -24,6 +24,7 @@ urlpatterns = [
     ),
     path("engines/<slug:name>/", views.engine, name="engine"),
     path("engines/<slug:name>/commands/", views.engine_commands, name="engine_commands"),
+    path("engines/<slug:name>/go-live/", views.engine_golive, name="engine_golive"),
     path(
         "engines/<slug:name>/resume-requests/",
         views.resume_request_create,

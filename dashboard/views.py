@@ -22,13 +22,23 @@ from controlplane import selectors
 from controlplane.audit import client_ip
 from controlplane.commands import issuing, resume, rights
 from controlplane.commands.errors import CommandInvalid, CommandRefused, command_refuse
-from controlplane.models import Command, CommandBatch, CommandKind, Engine, Mode, ResumeRequest
+from controlplane.models import (
+    Command,
+    CommandBatch,
+    CommandKind,
+    Engine,
+    Mode,
+    ResumeRequest,
+    Stage,
+    StageChange,
+)
 from dashboard import charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
 from dashboard.reports import baselines
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
+from golive import gates
 
 AUDIT_PAGE_SIZE = 50
 
@@ -67,11 +77,19 @@ def fleet(request: HttpRequest) -> HttpResponse:
     tag = request.GET.get("tag") or None
     rows = overview.fleet_rows(mode=mode, tag=tag)
     user = request.user
+    now = timezone.now()
     return render(
         request,
         "dashboard/fleet.html",
         {
             "rows": rows,
+            # Which engines are ready for their next stage, computed once for the page (the live
+            # updates leave this badge as the page drew it).
+            "ready_for": {
+                report.engine.pk: report.to_stage
+                for report in gates.reports(Engine.objects.filter(pk__in=[r.id for r in rows]), now)
+                if report.ready
+            },
             "totals": overview.fleet_totals(rows),
             "firing_alerts_total": sum(r.firing_alerts for r in rows),
             "modes": Mode.choices,
@@ -79,7 +97,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
             "tag": tag,
             "tags": strategy_tags(),
             "stale_after_s": settings.ENGINE_STALE_AFTER_S,
-            "now": timezone.now(),
+            "now": now,
             # Asked once, not once per row.
             "can_pause": user.has_perm("controlplane.issue_pause"),
             "can_reduce": user.has_perm("controlplane.issue_reduce"),
@@ -128,6 +146,31 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
             "report": {"compared": [{"engine": engine, "comparison": comparison}]}
             if comparison is not None
             else None,
+        },
+    )
+
+
+@require_GET
+@permission_required("controlplane.view_engine", raise_exception=True)
+def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
+    """The engine's way to real money: its stage, the gates of its next step computed now from its
+    own recorded data, and the history of its stage (docs/going-live.md)."""
+    engine = get_object_or_404(Engine, name=name)
+    now = timezone.now()
+    report = gates.report(engine, now)
+    ladder = list(Stage)
+    return render(
+        request,
+        "dashboard/golive.html",
+        {
+            "engine": engine,
+            "report": report,
+            "failing": len(report.failed),
+            "unknown": len(report.unknown),
+            "ladder": ladder,
+            "stage_index": ladder.index(engine.stage),
+            "history": StageChange.objects.filter(engine=engine).order_by("-at", "-pk")[:50],
+            "now": now,
         },
     )
 

@@ -4,6 +4,7 @@ live update never changes a cell's look, only its value."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from django import template
 
@@ -90,6 +91,26 @@ def quantity(value: float | None) -> str:
 @register.filter
 def mode_label(value: str) -> str:
     return str(MODE_LABELS.get(value, value))
+
+
+STAGE_LABELS = {
+    "backtest": "Backtest",
+    "paper": "Paper",
+    "shadow": "Shadow",
+    "small_capital": "Small capital",
+    "full": "Full production",
+}
+
+
+@register.filter
+def stage_label(value: str | None) -> str:
+    return STAGE_LABELS.get(value or "", value or DASH)
+
+
+@register.filter
+def lookup(mapping: dict[Any, Any] | None, key: Any) -> Any:
+    """``mapping[key]``, or None (templates cannot index by a variable)."""
+    return (mapping or {}).get(key)
 
 
 def _parse(value: str | datetime | None) -> datetime | None:

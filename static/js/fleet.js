@@ -38,8 +38,23 @@
     badge.textContent = "≠ " + mismatches;
   }
 
+  var STAGE_LABELS = {backtest: "Backtest", paper: "Paper", shadow: "Shadow",
+                      small_capital: "Small capital", full: "Full production"};
+
+  function renderStage(tr, row) {
+    // A promotion shows at once; whether the new stage is ready for the next is the page's to say.
+    var badge = tr.querySelector(".stage-badge");
+    if (!badge || !row.stage || badge.dataset.stage === row.stage) return;
+    badge.dataset.stage = row.stage;
+    badge.className = "stage-badge stage-" + row.stage;
+    badge.textContent = STAGE_LABELS[row.stage] || row.stage;
+    badge.title = "Stage: " + badge.textContent + " (changed since the page was drawn)";
+    flash(badge.parentNode);
+  }
+
   function renderRow(tr, row) {
     Live.renderConnection(cell(tr, "connection").querySelector(".conn"), row.connection, row.last_seen_at);
+    renderStage(tr, row);
 
     var state = cell(tr, "state");
     var reported = state.querySelector(".state");
