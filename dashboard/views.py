@@ -83,13 +83,6 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "dashboard/fleet.html",
         {
             "rows": rows,
-            # Which engines are ready for their next stage, computed once for the page (the live
-            # updates leave this badge as the page drew it).
-            "ready_for": {
-                report.engine.pk: report.to_stage
-                for report in gates.reports(Engine.objects.filter(pk__in=[r.id for r in rows]), now)
-                if report.ready
-            },
             "totals": overview.fleet_totals(rows),
             "firing_alerts_total": sum(r.firing_alerts for r in rows),
             "modes": Mode.choices,

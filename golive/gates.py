@@ -830,7 +830,8 @@ def _periods(
     missing = []
     for engine in engines:
         entries = list(history.get(engine.pk, ()))
-        if entries and entries[-1][0] == engine.stage:
+        # A start after ``now`` (a moment asked about before the history began) says nothing.
+        if entries and entries[-1][0] == engine.stage and entries[-1][1] <= now:
             starts[engine.pk] = (entries[-1][1], True)
         else:
             missing.append(engine)

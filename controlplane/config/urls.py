@@ -33,6 +33,7 @@ urlpatterns = [
     path("api/v1/engine/commands", http.get_commands, name="engine-commands"),
     path("api/v1/", api.urls()),
     path("live/fleet.json", live_views.fleet_snapshot, name="live-fleet"),
+    path("live/readiness.json", live_views.fleet_readiness, name="live-readiness"),
     path("live/engines/<slug:name>.json", live_views.engine_snapshot, name="live-engine"),
     path("risk/", include("risk.urls")),
     path("alerts/", include("alerts.urls")),

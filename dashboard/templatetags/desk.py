@@ -4,7 +4,6 @@ live update never changes a cell's look, only its value."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from django import template
 
@@ -105,12 +104,6 @@ STAGE_LABELS = {
 @register.filter
 def stage_label(value: str | None) -> str:
     return STAGE_LABELS.get(value or "", value or DASH)
-
-
-@register.filter
-def lookup(mapping: dict[Any, Any] | None, key: Any) -> Any:
-    """``mapping[key]``, or None (templates cannot index by a variable)."""
-    return (mapping or {}).get(key)
 
 
 def _parse(value: str | datetime | None) -> datetime | None:

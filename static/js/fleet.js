@@ -210,6 +210,26 @@
     if (changed && complete) renderTotals(computeTotals());
   }
 
+  // Which engines are ready for their next stage: asked once the table is drawn (the gates read
+  // every engine's recorded data, which the fleet must not wait for).
+  function markReadiness() {
+    fetch(table.dataset.readinessUrl, {credentials: "same-origin"})
+      .then(function (response) { return response.ok ? response.json() : {ready: {}}; })
+      .then(function (data) {
+        Object.keys(data.ready).forEach(function (id) {
+          var badge = table.querySelector('tbody tr[data-id="' + id + '"] .stage-badge');
+          if (!badge || badge.dataset.stage === data.ready[id]) return;
+          var next = STAGE_LABELS[data.ready[id]] || data.ready[id];
+          badge.classList.add("ready");
+          badge.textContent = (STAGE_LABELS[badge.dataset.stage] || badge.dataset.stage) + " \u2191";
+          badge.title = "Stage: " + (STAGE_LABELS[badge.dataset.stage] || badge.dataset.stage) +
+            "; ready for " + next + ": every criterion of the step passes";
+        });
+      })
+      .catch(function () { /* the badges stay as drawn: the go-live page says it all */ });
+  }
+  if (table.dataset.readinessUrl) markReadiness();
+
   window.fleetLive = Live.connect({
     topics: ["fleet"],
     snapshotUrl: table.dataset.snapshotUrl,
