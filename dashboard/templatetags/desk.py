@@ -101,9 +101,18 @@ STAGE_LABELS = {
 }
 
 
+# As the fleet's badges say them: its name column must stay narrow on a phone.
+STAGE_SHORT = {**STAGE_LABELS, "small_capital": "Small cap", "full": "Full"}
+
+
 @register.filter
 def stage_label(value: str | None) -> str:
     return STAGE_LABELS.get(value or "", value or DASH)
+
+
+@register.filter
+def stage_short(value: str | None) -> str:
+    return STAGE_SHORT.get(value or "", value or DASH)
 
 
 def _parse(value: str | datetime | None) -> datetime | None:

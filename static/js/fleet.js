@@ -40,6 +40,9 @@
 
   var STAGE_LABELS = {backtest: "Backtest", paper: "Paper", shadow: "Shadow",
                       small_capital: "Small capital", full: "Full production"};
+  // The badges' short names (desk.stage_short): the name column stays narrow on a phone.
+  var STAGE_SHORT = {backtest: "Backtest", paper: "Paper", shadow: "Shadow",
+                     small_capital: "Small cap", full: "Full"};
 
   function renderStage(tr, row) {
     // A promotion shows at once; whether the new stage is ready for the next is the page's to say.
@@ -47,8 +50,8 @@
     if (!badge || !row.stage || badge.dataset.stage === row.stage) return;
     badge.dataset.stage = row.stage;
     badge.className = "stage-badge stage-" + row.stage;
-    badge.textContent = STAGE_LABELS[row.stage] || row.stage;
-    badge.title = "Stage: " + badge.textContent + " (changed since the page was drawn)";
+    badge.textContent = STAGE_SHORT[row.stage] || row.stage;
+    badge.title = "Stage: " + (STAGE_LABELS[row.stage] || row.stage) + " (changed since the page was drawn)";
     flash(badge.parentNode);
   }
 
@@ -221,7 +224,7 @@
           if (!badge || badge.dataset.stage === data.ready[id]) return;
           var next = STAGE_LABELS[data.ready[id]] || data.ready[id];
           badge.classList.add("ready");
-          badge.textContent = (STAGE_LABELS[badge.dataset.stage] || badge.dataset.stage) + " \u2191";
+          badge.textContent = (STAGE_SHORT[badge.dataset.stage] || badge.dataset.stage) + " \u2191";
           badge.title = "Stage: " + (STAGE_LABELS[badge.dataset.stage] || badge.dataset.stage) +
             "; ready for " + next + ": every criterion of the step passes";
         });

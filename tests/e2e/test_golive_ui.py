@@ -59,7 +59,9 @@ def test_the_fleet_marks_the_ready_engine_and_its_page_says_why(
     page.screenshot(path=str(SCREENSHOTS / f"golive-fleet-{width}.png"))
 
     ready_badge.click()
-    expect(page.get_by_role("heading", name=re.compile("Next step: Paper → Shadow"))).to_be_visible()
+    expect(
+        page.get_by_role("heading", name=re.compile("Next step: Paper → Shadow"))
+    ).to_be_visible()
     expect(page.locator("#gate-verdict")).to_have_text("ready")
     row = page.locator('tr[data-key="min_days"]')
     expect(row).to_contain_text("pass")

@@ -23,10 +23,11 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
-from controlplane import services
+from controlplane import services, stages
 from controlplane.config import embedded
-from controlplane.models import Engine, Instrument, Mode
-from engine_sdk.client import EngineClient, EngineClientError
+from controlplane.models import Engine, Instrument, Mode, Stage
+from engine_sdk import __version__
+from engine_sdk.client import EngineClient, EngineClientError, HelloInfo
 from engine_sdk.protocol import Welcome
 from engine_sdk.simulator import STRATEGIES, UNIVERSE, PaperEngine, Strategy
 
@@ -60,6 +61,9 @@ class SimEngine:
     token: str
     strategy: Strategy
     journal_dir: Path
+    # The mode its hello says: the one its stage allows (a simulated engine at small capital
+    # says live; its orders are simulated all the same).
+    mode: str = Mode.PAPER
 
 
 class Command(BaseCommand):
@@ -86,6 +90,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--seed", type=int, default=None, help="make the simulation repeatable")
         parser.add_argument("--prefix", default="sim", help="engine names: <prefix>-1..N")
+        parser.add_argument(
+            "--stages",
+            default="",
+            help="the stage of each new engine, in order (the demo's: paper,shadow,small_capital); "
+            "the simulator places an engine above paper itself, saying so in its stage history",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         count: int = options["engines"]
@@ -100,7 +110,11 @@ class Command(BaseCommand):
             logging.getLogger("engine_sdk").setLevel(logging.WARNING)
         if options["wait_for_server"]:
             self._wait_for_server(_health_url(options["url"]), options["wait_timeout"])
-        engines = self._prepare(options["prefix"], count)
+        placed = [stage.strip() for stage in options["stages"].split(",") if stage.strip()]
+        unknown = [stage for stage in placed if stage not in Stage.values]
+        if unknown:
+            raise CommandError(f"--stages: {', '.join(unknown)} is not a stage ({Stage.values})")
+        engines = self._prepare(options["prefix"], count, placed)
         # The loop below never touches the database; do not hold connections open meanwhile.
         connections.close_all()
         failed = asyncio.run(self._run(engines, ws_url, tick, options["seed"]))
@@ -138,7 +152,7 @@ class Command(BaseCommand):
             time.sleep(0.25)
 
     @transaction.atomic
-    def _prepare(self, prefix: str, count: int) -> list[SimEngine]:
+    def _prepare(self, prefix: str, count: int, placed: list[str]) -> list[SimEngine]:
         self._describe_instruments()
         data_dir = embedded.data_dir() / "sim"
         engines = []
@@ -159,15 +173,24 @@ class Command(BaseCommand):
                 except ValidationError as exc:
                     raise CommandError(f"Engine {name} not created: {exc.messages}") from None
                 self.stdout.write(f"Engine {name} created ({strategy}).")
+                stage = placed[number - 1] if number <= len(placed) else Stage.PAPER
+                if stage != engine.stage:
+                    # The demo shows the way to real money: its engines start at different stages.
+                    stages.stage_set(
+                        engine=engine,
+                        to_stage=stage,
+                        reason=f"placed at {stage} by the simulator (simulate --stages)",
+                        actor_label=ACTOR,
+                    )
+                    engine.refresh_from_db(fields=["stage", "mode"])
             else:
-                if engine.mode != Mode.PAPER or not engine.is_active:
-                    state = "inactive" if not engine.is_active else f"a {engine.mode} engine"
+                if not engine.is_active:
                     raise CommandError(
-                        f"Engine {name} exists and is {state}; the simulator only runs active "
-                        f"paper engines. Choose other names with --prefix."
+                        f"Engine {name} exists and is inactive; the simulator only runs active "
+                        f"engines. Choose other names with --prefix."
                     )
                 token = services.engine_rotate_token(engine=engine, actor_label=ACTOR)
-            engines.append(SimEngine(name, token, strategy, data_dir / name))
+            engines.append(SimEngine(name, token, strategy, data_dir / name, engine.mode))
         return engines
 
     def _describe_instruments(self) -> None:
@@ -193,7 +216,9 @@ class Command(BaseCommand):
                 on_signal=lambda signum: stop.set(),
                 timeout=FLUSH_TIMEOUT_S,
             )
-        self.stdout.write(f"Running {len(engines)} paper engines against {ws_url} (Ctrl+C stops).")
+        self.stdout.write(
+            f"Running {len(engines)} simulated engines against {ws_url} (Ctrl+C stops)."
+        )
         try:
             results = await asyncio.gather(
                 *(
@@ -228,6 +253,13 @@ class Command(BaseCommand):
             journal_dir=spec.journal_dir,
             account=spec.name,
             strategy=spec.strategy,
+            hello=HelloInfo(
+                engine_build=f"paper-sim/{__version__}",
+                config_hash=spec.strategy,
+                mode=spec.mode,  # type: ignore[arg-type]
+                broker=BROKER,
+                account=spec.name,
+            ),
             on_welcome=connected,
             engine_options={"seed": None if seed is None else f"{seed}:{spec.name}"},
         )
