@@ -227,3 +227,32 @@ def test_sigterm_stops_the_engines_on_purpose_and_the_server_shows_them_stopped(
         assert final.payload["reason"].startswith("shutdown (SIGTERM): ")
         assert "working orders cancelled, 0 still working" in final.payload["reason"]
     assert {row.connection for row in fleet_rows()} == {"stopped"}
+
+
+@pytest.mark.django_db
+def test_the_demo_places_its_engines_at_their_stages_and_says_so() -> None:
+    from controlplane.management.commands.simulate import Command as Simulate
+    from controlplane.models import Engine, StageChange
+
+    specs = Simulate()._prepare("staged", 3, ["paper", "shadow", "small_capital"])
+    assert [(s.name, s.mode) for s in specs] == [
+        ("staged-1", "paper"),
+        ("staged-2", "shadow"),
+        ("staged-3", "live"),
+    ]
+    engines = Engine.objects.filter(name__startswith="staged-").order_by("name")
+    assert [(e.stage, e.mode) for e in engines] == [
+        ("paper", "paper"),
+        ("shadow", "shadow"),
+        ("small_capital", "live"),
+    ]
+    placed = StageChange.objects.get(engine__name="staged-3", to_stage="small_capital")
+    assert placed.reason == "placed at small_capital by the simulator (simulate --stages)"
+
+
+@pytest.mark.django_db
+def test_an_unknown_stage_is_refused_by_name() -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--stages: promoted is not a stage"):
+        call_command("simulate", "--engines", "1", "--stages", "paper,promoted")
