@@ -66,7 +66,10 @@ def test_the_right_password_lands_on_the_fleet_page_with_the_engines_of_the_data
     rows = page.locator("#fleet-table tbody tr")
     expect(rows).to_have_count(2)
     expect(page.locator('tr[data-engine="alpha"]')).to_contain_text("Paper")
-    expect(page.locator('tr[data-engine="bravo"]')).to_contain_text("Live")
+    # A live engine is in full production: the row says its stage, its mode in the badge's title.
+    bravo_stage = page.locator('tr[data-engine="bravo"] .stage-badge')
+    expect(bravo_stage).to_have_text("Full")
+    expect(bravo_stage).to_have_attribute("title", "Stage: Full production (mode Live)")
     # An operator is not staff: no link to the admin.
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)
 
