@@ -117,6 +117,9 @@ class Engine(models.Model):
     # the current one may mark the engine disconnected.
     connection_id = models.UUIDField(null=True, blank=True, editable=False)
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    # The engine's clock minus the server's at its last heartbeat, in ms (the heartbeat's ts against
+    # its arrival): the pre-flight's clock check (docs/going-live.md). Includes the transit time.
+    clock_offset_ms = models.IntegerField(null=True, blank=True)
     engine_build = models.CharField(max_length=128, blank=True)
     config_hash = models.CharField(max_length=128, blank=True)
     last_seq = models.BigIntegerField(default=0, help_text="Highest event seq durably stored.")

@@ -38,7 +38,7 @@ from dashboard.reports import baselines
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
-from golive import gates
+from golive import gates, preflight
 
 AUDIT_PAGE_SIZE = 50
 
@@ -162,6 +162,10 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             "unknown": len(report.unknown),
             "ladder": ladder,
             "stage_index": ladder.index(engine.stage),
+            # A step into real orders also needs what must hold right now.
+            "preflight": preflight.checks(engine, now)
+            if preflight.needed(report.to_stage)
+            else None,
             "history": StageChange.objects.filter(engine=engine).order_by("-at", "-pk")[:50],
             "now": now,
         },

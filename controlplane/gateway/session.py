@@ -146,12 +146,21 @@ def stage_violation(engine: Engine, frame: p.Hello) -> p.Error:
 _UNDELIVERED = ", ".join(f"'{status}'" for status in Command.sources(Command.Event.DELIVER))
 _HEARTBEAT_SQL = f"""
     UPDATE {Engine._meta.db_table} SET last_seen_at = %s, reported_state = %s,
-        limits_version = COALESCE(%s, limits_version)
+        limits_version = COALESCE(%s, limits_version), clock_offset_ms = %s
     WHERE id = %s AND is_active
     RETURNING name, desired_state, desired_until,
         EXISTS (SELECT 1 FROM {Command._meta.db_table}
                 WHERE engine_id = %s AND status IN ({_UNDELIVERED}))
 """
+
+
+# Beyond this the offset is stored as this (an int column; the protocol bounds ts to 1900-2999).
+_MAX_OFFSET_MS = 2**31 - 1
+
+
+def _clock_offset_ms(engine_ts: datetime, now: datetime) -> int:
+    offset = round((engine_ts - now).total_seconds() * 1000)
+    return max(-_MAX_OFFSET_MS, min(_MAX_OFFSET_MS, offset))
 
 
 def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
@@ -162,7 +171,9 @@ def heartbeat(engine_id: int, frame: p.Heartbeat) -> list[p.ServerFrame]:
     """
     try:
         with connection.cursor() as cursor:
-            values = [datetime.now(UTC), frame.trading_state, frame.limits_version, engine_id]
+            now = datetime.now(UTC)
+            offset_ms = _clock_offset_ms(frame.ts, now)
+            values = [now, frame.trading_state, frame.limits_version, offset_ms, engine_id]
             cursor.execute(_HEARTBEAT_SQL, [*values, engine_id])
             row = cursor.fetchone()
         if row is None:

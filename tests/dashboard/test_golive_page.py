@@ -93,3 +93,17 @@ def test_who_may_not_see_engines_sees_neither_the_page_nor_the_readiness(make_en
     assert client.get("/engines/alpha/go-live/").status_code == 403
     assert client.get("/live/readiness.json").status_code == 403
     assert Client().get("/live/readiness.json").status_code == 302  # to the login page
+
+
+def test_the_step_into_real_money_shows_the_pre_flight_checks(make_engine, viewer):
+    make_engine("shadowy", mode="shadow")
+    make_engine("papery", mode="paper")
+    client = logged_in(viewer)
+    page = client.get("/engines/shadowy/go-live/").content.decode()
+    assert "Next step: Shadow → Small capital" in page
+    assert '<section class="preflight" id="preflight">' in page
+    for key in ("market_data_fresh", "risk_system_active", "kill_switch_drilled", "clock_in_sync"):
+        assert f'data-key="{key}"' in page
+    assert "no heartbeat recorded its clock yet" in page
+    # Paper to shadow sends no real order: no pre-flight.
+    assert 'id="preflight"' not in client.get("/engines/papery/go-live/").content.decode()
