@@ -25,6 +25,7 @@ _OPERATE = [
     "alerts.acknowledge_*",
     "alerts.add_silence",
     "alerts.change_silence",
+    "golive.request_promotion",  # ask for an engine's next stage
 ]
 _RISK = [
     "controlplane.issue_kill",  # kill, flatten the fleet
@@ -32,6 +33,7 @@ _RISK = [
     "risk.add_*",
     "risk.change_*",
     "golive.change_promotioncriterion",  # the promotion policy
+    "golive.approve_promotion",  # the second person of a promotion; overrides a failing gate
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

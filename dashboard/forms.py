@@ -62,6 +62,11 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=2000, required=False)
 
 
+class PromotionDecisionForm(ReasonForm):
+    # Approve although the gate fails or is not known; the reason is then required.
+    override = forms.BooleanField(required=False)
+
+
 OUTCOMES = ["ok", "refused", "succeeded", "partial", "failed"]
 
 

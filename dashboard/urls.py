@@ -26,6 +26,16 @@ urlpatterns = [
     path("engines/<slug:name>/commands/", views.engine_commands, name="engine_commands"),
     path("engines/<slug:name>/go-live/", views.engine_golive, name="engine_golive"),
     path(
+        "engines/<slug:name>/go-live/promotion/",
+        views.promotion_request,
+        name="promotion_request",
+    ),
+    path(
+        "go-live/promotions/<int:request_id>/<str:decision>/",
+        views.promotion_decide,
+        name="promotion_decide",
+    ),
+    path(
         "engines/<slug:name>/resume-requests/",
         views.resume_request_create,
         name="resume_request_create",

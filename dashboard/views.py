@@ -11,7 +11,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -33,12 +39,14 @@ from controlplane.models import (
     StageChange,
 )
 from dashboard import charts, overview
-from dashboard.forms import AuditFilterForm, CommandForm, ReasonForm
+from dashboard.forms import AuditFilterForm, CommandForm, PromotionDecisionForm, ReasonForm
 from dashboard.reports import baselines
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
 from golive import gates, preflight
+from golive import services as golive_services
+from golive.models import PromotionRequest
 
 AUDIT_PAGE_SIZE = 50
 
@@ -168,8 +176,92 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             else None,
             "history": StageChange.objects.filter(engine=engine).order_by("-at", "-pk")[:50],
             "now": now,
+            "pending": PromotionRequest.objects.filter(engine=engine, status="pending").first(),
+            "decided": PromotionRequest.objects.filter(engine=engine)
+            .exclude(status="pending")
+            .order_by("-decided_at", "-pk")[:10],
         },
     )
+
+
+def _to_golive(engine: Engine) -> HttpResponseRedirect:
+    return redirect("dashboard:engine_golive", name=engine.name)
+
+
+@require_POST
+def promotion_request(request: HttpRequest, name: str) -> HttpResponse:
+    """Ask for the engine's next stage (golive.services.promotion_request). Who lacks the right
+    gets a 403, recorded; a refusal of the request itself returns to the page with its words."""
+    engine = get_object_or_404(Engine, name=name)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        _form_errors(request, form)
+        return _to_golive(engine)
+    try:
+        created = golive_services.promotion_request(
+            engine=engine,
+            actor=request.user,  # type: ignore[arg-type]
+            reason=form.cleaned_data["reason"],
+            ip_address=client_ip(request),
+        )
+    except golive_services.PromotionForbidden:
+        raise
+    except golive_services.PromotionRefused as exc:
+        messages.error(request, str(exc))
+        return _to_golive(engine)
+    except ValidationError as exc:
+        _error_messages(request, exc)
+        return _to_golive(engine)
+    to_stage = Stage(created.to_stage).label
+    messages.success(
+        request, f"Promotion of {engine.name} to {to_stage} requested: a risk manager decides."
+    )
+    return _to_golive(engine)
+
+
+@require_POST
+def promotion_decide(request: HttpRequest, request_id: int, decision: str) -> HttpResponse:
+    """Approve, reject or cancel a pending promotion (the services check who may)."""
+    promotion = get_object_or_404(PromotionRequest.objects.select_related("engine"), pk=request_id)
+    engine = promotion.engine
+    form = PromotionDecisionForm(request.POST)
+    if decision not in ("approve", "reject", "cancel"):
+        raise Http404("no such decision")
+    if not form.is_valid():
+        _form_errors(request, form)
+        return _to_golive(engine)
+    common = {
+        "request": promotion,
+        "actor": request.user,
+        "reason": form.cleaned_data["reason"],
+        "ip_address": client_ip(request),
+    }
+    try:
+        if decision == "approve":
+            golive_services.promotion_approve(**common, override=form.cleaned_data["override"])
+        elif decision == "reject":
+            golive_services.promotion_reject(**common)
+        else:
+            golive_services.promotion_cancel(**common)
+    except golive_services.PromotionForbidden:
+        raise
+    except golive_services.PromotionRefused as exc:
+        messages.error(request, str(exc))
+        return _to_golive(engine)
+    except ValidationError as exc:
+        _error_messages(request, exc)
+        return _to_golive(engine)
+    promotion.refresh_from_db()
+    step = promotion.step_label
+    if decision != "approve":
+        messages.success(request, f"Promotion of {engine.name} ({step}) {promotion.status}.")
+    elif promotion.override:
+        messages.warning(
+            request, f"{engine.name} promoted ({step}) over its failing gate: an override."
+        )
+    else:
+        messages.success(request, f"{engine.name} promoted ({step}).")
+    return _to_golive(engine)
 
 
 @require_GET

@@ -10,8 +10,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 
-from controlplane.models import Stage
+from controlplane.models import Engine, Stage
 from golive import policy
 
 
@@ -104,3 +105,65 @@ class PromotionCriterionChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.criterion_label} v{self.version} by {self.changed_by_label}"
+
+
+class PromotionRequest(models.Model):
+    """A step of an engine to its next stage: one person asks, a second one with the risk right
+    approves (golive.services). While a gate fails the approval is refused, unless the approver
+    overrides it with a written reason."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        CANCELLED = "cancelled"
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="promotion_requests")
+    from_stage = models.CharField(max_length=16, choices=Stage.choices)
+    to_stage = models.CharField(max_length=16, choices=Stage.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_label = models.CharField(max_length=150)
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    decided_by_label = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+    # Approved although a gate failed or was not known: the written reason is decision_reason.
+    override = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [
+            ("request_promotion", "Can request an engine's promotion to its next stage"),
+            ("approve_promotion", "Can approve or reject a promotion, and override its gates"),
+        ]
+        constraints = [
+            # At most one pending request per engine: a second ask is refused, naming the first.
+            models.UniqueConstraint(
+                fields=["engine"],
+                condition=Q(status="pending"),
+                name="promotion_request_one_pending",
+            ),
+            # Four eyes, enforced by the database too: the approver is never the requester.
+            models.CheckConstraint(
+                condition=~Q(status="approved") | ~Q(decided_by=models.F("requested_by")),
+                name="promotion_request_four_eyes",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"promotion of {self.engine} to {self.to_stage} ({self.status})"
+
+    @property
+    def step_label(self) -> str:
+        return f"{Stage(self.from_stage).label} → {Stage(self.to_stage).label}"
