@@ -27,11 +27,13 @@ ROWS = [
 
 
 def _migrate(target: tuple[str, str] | None) -> None:
-    """Migrate controlplane to ``target``; None: to its latest migration, as the tests after
-    this one expect the schema (a later migration's column must be back)."""
+    """Migrate controlplane to ``target``; None: every app to its latest migration, as the tests
+    after this one expect the schema. Going back unapplies the other apps' migrations that depend
+    on a later controlplane one (golive's), so all of them must come back, not controlplane's only.
+    """
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    executor.migrate([target] if target else executor.loader.graph.leaf_nodes("controlplane"))
+    executor.migrate([target] if target else executor.loader.graph.leaf_nodes())
 
 
 def _events() -> list[tuple]:
