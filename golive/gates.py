@@ -80,6 +80,7 @@ from django.db import connection
 from django.urls import reverse
 
 from alerts.models import Alert, Severity
+from controlplane import partitions
 from controlplane.models import (
     AccountSnapshot,
     Command,
@@ -101,7 +102,6 @@ TRADING_DAYS_PER_YEAR = 252
 # in the engine's journal while it could not deliver: a disconnect it recovered from.
 RECOVERY_LAG = timedelta(seconds=60)
 ZERO = Decimal(0)
-EVENT_FRAMES = "controlplane_eventframe"
 
 
 @dataclass(frozen=True)
@@ -465,7 +465,7 @@ def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
                         OVER (ORDER BY first_seq, received_at) > %(lag)s
                     THEN received_at - (events -> 0 ->> 'ts')::timestamptz > %(lag)s
                     ELSE false END AS recovered
-                FROM {EVENT_FRAMES} f
+                FROM {partitions.PARENT} f
                 WHERE f.engine_id = w.engine_id
                     AND f.received_at >= w.start AND f.received_at < w.stop
                 ORDER BY first_seq, received_at
