@@ -120,6 +120,11 @@ class Engine(models.Model):
     # The engine's clock minus the server's at its last heartbeat, in ms (the heartbeat's ts against
     # its arrival): the pre-flight's clock check (docs/going-live.md). Includes the transit time.
     clock_offset_ms = models.IntegerField(null=True, blank=True)
+    # The capital the engine is meant to trade in full production, in its account currency, and
+    # the share of it the capital ramp allows now (25, 50, 100 %): together its capital ceiling,
+    # set at the real-money stages only (docs/going-live.md).
+    target_capital = models.DecimalField(**MONEY, null=True, blank=True)
+    capital_pct = models.PositiveSmallIntegerField(null=True, blank=True)
     engine_build = models.CharField(max_length=128, blank=True)
     config_hash = models.CharField(max_length=128, blank=True)
     last_seq = models.BigIntegerField(default=0, help_text="Highest event seq durably stored.")
@@ -181,6 +186,16 @@ class Engine(models.Model):
         return self.desired_state_at(datetime.now(UTC))
 
     @property
+    def capital_ceiling(self) -> Decimal | None:
+        """The most the engine may hold, gross: its ramp's share of its target capital, at the
+        real-money stages; None when no ceiling applies (or none can be computed)."""
+        if self.stage not in REAL_MONEY_STAGES or self.target_capital is None:
+            return None
+        if self.capital_pct is None:
+            return None
+        return (self.target_capital * self.capital_pct / 100).quantize(Decimal("0.01"))
+
+    @property
     def stopped(self) -> bool:
         """Disconnected after saying it was stopping: shut down on purpose, not lost."""
         return not self.connected and self.stopped_at is not None
@@ -220,6 +235,9 @@ class StageChange(models.Model):
     reason = models.TextField(blank=True)
     # A risk manager moved the engine although a gate was not passed (shown apart, in red).
     override = models.BooleanField(default=False)
+    # The share of its target capital the engine may use from this change on (None: no ceiling).
+    # A step of the capital ramp is a row whose from_stage and to_stage are the same.
+    capital_pct = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-at", "-pk"]

@@ -132,7 +132,9 @@ OrderStatus = Literal[
 ]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-CommandKind = Literal["pause", "resume", "reduce", "flatten", "cancel_all", "kill", "set_limits"]
+CommandKind = Literal[
+    "pause", "resume", "reduce", "flatten", "cancel_all", "kill", "set_limits", "kill_drill"
+]
 CommandResultStatus = Literal["succeeded", "partial", "failed"]
 EventKind = Literal["order", "fill", "position", "account", "metric", "log", "state"]
 ErrorCode = Literal[
@@ -517,6 +519,10 @@ class Welcome(_FrameBase, kw_only=True, tag="welcome"):
     # The engine's stage on the way to real money (docs/going-live.md); None from a server that
     # predates stages.
     stage: Stage | None = None
+    # The most the engine may hold, gross, in its account currency: a decimal string, None when
+    # its stage sets no ceiling (docs/going-live.md, the capital ramp). A string, not a number,
+    # so that a value this SDK cannot read is reported rather than refusing the whole welcome.
+    capital_ceiling: str | None = None
 
 
 class Ack(_FrameBase, kw_only=True, tag="ack"):
