@@ -49,7 +49,7 @@ from engine_sdk.errors import (
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.journal import MAX_EVENT_BYTES, JournalWriter
 from engine_sdk.limits import LimitRejected, PreTradeLimits
-from engine_sdk.protocol import Event, Side, Stage, TradingState, Welcome, utc_now
+from engine_sdk.protocol import Event, PositionEvent, Side, Stage, TradingState, Welcome, utc_now
 from engine_sdk.state import StateStore
 
 __all__ = [
@@ -190,8 +190,22 @@ class EngineClient:
 
     @property
     def stage(self) -> Stage | None:
-        """The engine's stage, as the control plane's welcome said (docs/going-live.md)."""
-        return self.connection.stage
+        """The engine's stage, as the control plane last said it (welcome, set_limits;
+        docs/going-live.md)."""
+        return self.state.stage
+
+    @property
+    def capital_ceiling(self) -> Decimal | None:
+        """The most the engine may hold, gross, in its account currency: ``check_order`` refuses
+        an order that would take the exposure above it (engine_sdk.ceiling). None when the
+        engine's stage sets no ceiling."""
+        return self.state.capital_ceiling
+
+    @property
+    def gross_exposure(self) -> Decimal:
+        """The gross exposure the ceiling is measured on: the positions the engine emitted or
+        passed to ``check_order``, at their latest known prices."""
+        return self.state.capital.exposure()
 
     @property
     def desired_state(self) -> TradingState | None:
@@ -276,7 +290,11 @@ class EngineClient:
         (docs/protocol.md): the event then takes no seq and is not sent. Safe to call from any
         thread: seqs follow the order of the calls.
         """
-        return self.writer.emit(event)
+        seq = self.writer.emit(event)
+        if type(event) is PositionEvent:
+            # The capital ceiling is measured on the positions the engine reports.
+            self.state.capital.track_position(event.symbol, event.quantity, event.avg_price)
+        return seq
 
     async def emit_wait(self, event: Event, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Like ``emit``, but wait for room instead of raising BackpressureError."""

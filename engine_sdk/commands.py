@@ -129,7 +129,13 @@ class CommandRunner:
         if command.kind == "set_limits" and outcome.status != "failed":
             version, note = state.apply_limits(command.params)
             detail = "; ".join(text for text in (outcome.detail, note) if text)
-            data = {**outcome.data, "limits_version": version}
+            # The ceiling it now enforces, so that the server can tell (docs/going-live.md).
+            ceiling = state.capital_ceiling
+            data = {
+                **outcome.data,
+                "limits_version": version,
+                "capital_ceiling": None if ceiling is None else str(ceiling),
+            }
             outcome = dataclasses.replace(outcome, detail=detail, data=data)
         if outcome.trading_state is not None:
             until = outcome.paused_until

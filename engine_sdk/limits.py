@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 from engine_sdk.gate import OrderRejected
 from engine_sdk.protocol import Side
 
-__all__ = ["KINDS", "RATE_WINDOW_S", "Limit", "LimitRejected", "PreTradeLimits"]
+__all__ = ["KINDS", "RATE_WINDOW_S", "Limit", "LimitRejected", "PreTradeLimits", "to_decimal"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _parse_limit(raw: Any) -> Limit | None:
     limit_id = raw.get("id")
     if isinstance(limit_id, bool) or not isinstance(limit_id, int):
         raise _Malformed(f"{kind}: id must be an integer")
-    threshold = _to_decimal(raw.get("threshold"))
+    threshold = to_decimal(raw.get("threshold"))
     if threshold is None or threshold < 0:
         raise _Malformed(f"{kind} (#{limit_id}): threshold must be a decimal string >= 0")
     scope = raw.get("scope", "all")
@@ -129,7 +129,7 @@ def _parse_limit(raw: Any) -> Limit | None:
     return Limit(id=limit_id, kind=kind, threshold=threshold, scope=scope, scope_value=scope_value)
 
 
-def _to_decimal(value: Any) -> Decimal | None:
+def to_decimal(value: Any) -> Decimal | None:
     """A finite Decimal from a decimal string or a number, else None."""
     if isinstance(value, bool):
         return None
@@ -147,7 +147,7 @@ def _to_decimal(value: Any) -> Decimal | None:
 
 def _price(value: Number | None) -> Decimal | None:
     # A price that is missing, not a number or not positive is no price at all.
-    number = _to_decimal(value) if value is not None else None
+    number = to_decimal(value) if value is not None else None
     return number if number is not None and number > 0 else None
 
 
@@ -264,7 +264,7 @@ class PreTradeLimits:
         if not self.limits:
             return
         at = time.monotonic() if now is None else now
-        qty = _to_decimal(quantity)
+        qty = to_decimal(quantity)
         order_price = _price(price)
         reference = _price(reference_price)
         for index, limit in enumerate(self.limits):
@@ -291,7 +291,7 @@ class PreTradeLimits:
         """Remember an order that passed, for the rate and duplicate windows."""
         if self._horizon <= 0:
             return
-        qty = _to_decimal(quantity)
+        qty = to_decimal(quantity)
         if qty is None:
             return
         at = time.monotonic() if now is None else now

@@ -1,8 +1,10 @@
-"""The engine's trading state as the client keeps it: the gate, its file, the pre-trade limits.
+"""The engine's trading state as the client keeps it: the gate, its file, the pre-trade limits,
+the stage and the capital ceiling.
 
 The trading state and the last limits received survive a restart (``state.json`` and
-``limits.json`` in the journal directory): a killed engine must not come back ACTIVE, nor trade
-without its limits, before it has even reached the server.
+``limits.json`` in the journal directory, the stage and the ceiling with the limits): a killed
+engine must not come back ACTIVE, nor trade without its limits or above its ceiling, before it
+has even reached the server.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import msgspec
 
 from engine_sdk import protocol
+from engine_sdk.ceiling import CapitalCeiling, ceiling_from, parse_ceiling
 from engine_sdk.errors import EngineClientError
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.journal import _write_atomically
-from engine_sdk.limits import LimitRejected, PreTradeLimits
-from engine_sdk.protocol import Command, Side, TradingState, Welcome
+from engine_sdk.limits import LimitRejected, PreTradeLimits, to_decimal
+from engine_sdk.protocol import Command, Side, Stage, TradingState, Welcome
 
 __all__ = ["LIMITS_FILE", "STATE_FILE", "StateListener", "StateStore"]
 
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE: Final = "state.json"
 LIMITS_FILE: Final = "limits.json"
+_STAGES: Final = frozenset(get_args(Stage))
 
 StateListener = Callable[[StateChange], Any]
 
@@ -117,6 +121,9 @@ class StateStore:
         # The limits' rate and duplicate windows are not thread-safe; check_order and a change
         # of limits take turns.
         self._limits_lock = threading.Lock()
+        # The engine's stage and its capital ceiling, as the control plane last said them.
+        self.stage: Stage | None = None
+        self.capital = CapitalCeiling()
         self._load_limits()
 
     # --- the trading state -----------------------------------------------------------------
@@ -201,12 +208,29 @@ class StateStore:
             self.save(self.gate.state, self.gate.paused_until)
 
     def take_welcome(self, welcome: Welcome) -> None:
-        """The desired state and the limits of a welcome; the server's limits replace ours."""
+        """The desired state, the limits, the stage and the capital ceiling of a welcome; the
+        server's replace ours."""
         self.desired_state = welcome.desired_state
         self.limits_version = welcome.limits_version
         self.limits = list(welcome.limits)
+        self.stage = welcome.stage
+        try:
+            ceiling = parse_ceiling(welcome.capital_ceiling)
+        except ValueError as exc:
+            ceiling, unreadable = None, str(exc)
+        else:
+            unreadable = None
+        self.capital.ceiling = ceiling
         # The server's limits replace whatever this engine had, older version or not.
         self.enforce_limits(PreTradeLimits(welcome.limits_version, self.limits), self.limits)
+        if unreadable is not None:
+            # Fail closed: an engine whose ceiling cannot be read must not trade as if it had none.
+            with self._limits_lock:
+                self.limits_unknown = (
+                    f"capital ceiling unknown ({unreadable}); new orders are refused until the "
+                    "control plane sends one this SDK can read"
+                )
+            log.error("engine: %s", self.limits_unknown)
 
     def follow_welcome(self, welcome: Welcome) -> None:
         """Once the session is set up, follow the state the server wants."""
@@ -295,11 +319,36 @@ class StateStore:
             if self.limits_unknown is not None:
                 raise LimitRejected(self.limits_unknown, limit_id=None, limit_kind="limits_unknown")
             pretrade = self.pretrade
-            if pretrade is None:
-                return
             now = time.monotonic()
-            pretrade.check(symbol, side, quantity, price, reference_price, sector, now)
-            pretrade.record(symbol, side, quantity, price, sector, now)
+            if pretrade is not None:
+                pretrade.check(symbol, side, quantity, price, reference_price, sector, now)
+            if self.capital.ceiling is not None:
+                self._check_ceiling(
+                    symbol, side, quantity, current_position, price, reference_price
+                )
+            if pretrade is not None:
+                # Counted in the windows only once every check has passed.
+                pretrade.record(symbol, side, quantity, price, sector, now)
+
+    def _check_ceiling(
+        self,
+        symbol: str,
+        side: Side,
+        quantity: Decimal | int,
+        current_position: Decimal | int,
+        price: Decimal | int | None,
+        reference_price: Decimal | int | None,
+    ) -> None:
+        qty, position = to_decimal(quantity), to_decimal(current_position)
+        if qty is None or position is None:
+            raise LimitRejected(
+                f"capital ceiling {self.capital.ceiling}: quantity {quantity!r} or position "
+                f"{current_position!r} is not a number",
+                limit_id=None,
+                limit_kind="capital_ceiling",
+            )
+        at = to_decimal(price) if price is not None else to_decimal(reference_price)
+        self.capital.check(symbol, side, qty, position, at)
 
     @staticmethod
     def refuse_limits(command: Command) -> str | None:
@@ -308,6 +357,7 @@ class StateStore:
             return None
         try:
             PreTradeLimits.from_wire(command.params)
+            ceiling_from(command.params)
         except ValueError as exc:
             return f"set_limits not applied: {exc}"
         return None
@@ -324,8 +374,21 @@ class StateStore:
             return current.version, note
         self.limits_version = limits.version
         self.limits = list(params["limits"])
+        # A set_limits from a server that predates stages says neither: both stay as they are.
+        said, ceiling = ceiling_from(params)
+        if said:
+            self.capital.ceiling = ceiling
+        stage = params.get("stage")
+        if stage in _STAGES:
+            self.stage = stage
+        elif stage is not None:
+            log.warning("engine: ignoring unknown stage %r in set_limits", str(stage)[:32])
         self.enforce_limits(limits, self.limits)
         return limits.version, ""
+
+    @property
+    def capital_ceiling(self) -> Decimal | None:
+        return self.capital.ceiling
 
     def enforce_limits(self, limits: PreTradeLimits, raw: list[Any]) -> None:
         with self._limits_lock:
@@ -346,6 +409,7 @@ class StateStore:
             data = path.read_bytes()
             saved = msgspec.json.decode(data)
             self.pretrade = PreTradeLimits.from_wire(saved)
+            _, self.capital.ceiling = ceiling_from(saved)
         except FileNotFoundError:
             return
         except (OSError, msgspec.MsgspecError, ValueError) as exc:
@@ -358,11 +422,20 @@ class StateStore:
             return
         self.limits_version = self.pretrade.version
         self.limits = list(saved["limits"])
+        stage = saved.get("stage")
+        self.stage = stage if stage in _STAGES else None
         self._saved_limits = data
 
     def _save_limits(self, version: int, raw: list[Any]) -> None:
         try:
-            data = msgspec.json.encode({"limits_version": version, "limits": raw})
+            data = msgspec.json.encode(
+                {
+                    "limits_version": version,
+                    "limits": raw,
+                    "stage": self.stage,
+                    "capital_ceiling": _text(self.capital.ceiling),
+                }
+            )
         except (msgspec.EncodeError, TypeError) as exc:
             log.error("engine: cannot keep pre-trade limits in %s: %s", LIMITS_FILE, exc)
             return
@@ -374,3 +447,7 @@ class StateStore:
             log.exception("engine: could not write %s", LIMITS_FILE)
             return
         self._saved_limits = data
+
+
+def _text(ceiling: Decimal | None) -> str | None:
+    return None if ceiling is None else str(ceiling)

@@ -67,6 +67,7 @@ class FakeControlPlane:
         # The stage the welcome says (None: as a server that predates stages), and a refusal of
         # the hello instead of a welcome: the error frame, then the close code.
         self.stage: p.Stage | None = None
+        self.capital_ceiling: str | None = None
         self.hello_refusal: tuple[p.Error, int] | None = None
         self._changed = asyncio.Event()
 
@@ -122,6 +123,7 @@ class FakeControlPlane:
             limits=list(self.limits),
             commands=list(self.welcome_commands),
             stage=self.stage,
+            capital_ceiling=self.capital_ceiling,
         )
         await ws.send(p.encode(welcome).decode())
         self.connection = ws

@@ -382,7 +382,8 @@ async def test_a_set_limits_command_replaces_the_limits_for_the_next_order(
     ]
     result = await set_limits(control_plane, 4, new_limits)
 
-    assert (result.status, result.data) == ("succeeded", {"limits_version": 4})
+    assert result.status == "succeeded"
+    assert result.data == {"limits_version": 4, "capital_ceiling": None}
     assert (client.limits_version, client.limits) == (4, new_limits)
     with pytest.raises(LimitRejected) as info:
         client.check_order("AAPL", "buy", Decimal(100), Decimal(0))
@@ -413,7 +414,7 @@ async def test_an_older_or_unreadable_set_limits_leaves_the_limits_alone(
     not_a_list = await set_limits(control_plane, 8, {"id": 1})
 
     assert stale.status == "succeeded"
-    assert stale.data == {"limits_version": 7}
+    assert stale.data == {"limits_version": 7, "capital_ceiling": None}
     assert "older than 7; not applied" in stale.detail
     assert unreadable.status == not_a_list.status == "failed"
     assert "limits_version must be an integer" in unreadable.detail
@@ -448,7 +449,12 @@ async def test_a_restarted_engine_enforces_its_last_limits_before_it_reaches_the
     assert control_plane.hellos[-1].limits_version == 5
     second.check_order("AAPL", "buy", Decimal(1000), Decimal(0))
     saved = msgspec.json.decode((second.journal_dir / LIMITS_FILE).read_bytes())
-    assert saved == {"limits_version": 6, "limits": control_plane.limits}
+    assert saved == {
+        "limits_version": 6,
+        "limits": control_plane.limits,
+        "stage": None,
+        "capital_ceiling": None,
+    }
     await second.close()
 
 
