@@ -8,7 +8,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django_celery_beat import admin as celery_beat_admin
 from django_celery_beat.models import PeriodicTask
 
@@ -20,6 +22,7 @@ from controlplane.models import (
     AccountSnapshot,
     ApiToken,
     AuditEvent,
+    BrokerStatement,
     Command,
     CommandBatch,
     Engine,
@@ -31,8 +34,10 @@ from controlplane.models import (
     Position,
     ResumeRequest,
     StageChange,
+    StatementDifference,
 )
 from controlplane.stages import stage_record_first
+from controlplane.statements import MAX_BYTES, StatementRefused, statement_import
 
 
 class ReadOnlyAdmin(BoundedDateHierarchy, admin.ModelAdmin):
@@ -338,6 +343,115 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 # django_celery_beat's schedule list drills down by start date too.
+class StatementImportForm(forms.Form):
+    engine = forms.ModelChoiceField(queryset=Engine.objects.order_by("name"))
+    file = forms.FileField(
+        help_text="CSV: type,date,trade_id,order_id,symbol,side,quantity,price,fee "
+        "(docs/going-live.md, Broker statements). One day of one engine's account."
+    )
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        if upload.size > MAX_BYTES:
+            raise ValidationError(f"The file is larger than {MAX_BYTES // 1024 // 1024} MB.")
+        return upload
+
+
+class StatementDifferenceInline(admin.TabularInline):
+    model = StatementDifference
+    extra = 0
+    can_delete = False
+    fields = ("kind", "line", "symbol", "trade_id", "ledger_value", "broker_value", "detail")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BrokerStatement)
+class BrokerStatementAdmin(BoundedDateHierarchy, admin.ModelAdmin):
+    """Statements are imported (the add page reads a file), never edited: a statement that was
+    wrong is corrected by importing the right one, and both stay."""
+
+    list_display = (
+        "engine",
+        "statement_date",
+        "trades",
+        "positions",
+        "differences_count",
+        "imported_by_label",
+        "imported_at",
+    )
+    list_filter = ("engine",)
+    date_hierarchy = "statement_date"
+    readonly_fields = (
+        "engine",
+        "statement_date",
+        "filename",
+        "sha256",
+        "trades",
+        "positions",
+        "differences_count",
+        "ledger_summary",
+        "broker_summary",
+        "imported_by_label",
+        "imported_at",
+    )
+    fields = readonly_fields
+    inlines = (StatementDifferenceInline,)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("controlplane.import_statement")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            return super().add_view(request, form_url, extra_context)  # Django's 403
+        form = StatementImportForm(request.POST or None, request.FILES or None)
+        refusal: StatementRefused | None = None
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                statement = statement_import(
+                    engine=form.cleaned_data["engine"],
+                    data=upload.read(),
+                    filename=upload.name or "",
+                    actor=request.user,  # type: ignore[arg-type]
+                    ip_address=client_ip(request),
+                )
+            except StatementRefused as exc:
+                refusal = exc
+            else:
+                if statement.matched:
+                    messages.success(request, f"{statement}: matches the ledger.")
+                else:
+                    messages.warning(
+                        request,
+                        f"{statement}: {statement.differences_count} differences with the "
+                        "ledger, listed below; an alert is raised.",
+                    )
+                url = reverse("admin:controlplane_brokerstatement_change", args=[statement.pk])
+                return HttpResponseRedirect(url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import a broker statement",
+            "opts": self.model._meta,
+            "form": form,
+            "refusal": refusal,
+        }
+        return TemplateResponse(request, "admin/controlplane/brokerstatement/import.html", context)
+
+
 admin.site.unregister(PeriodicTask)
 
 

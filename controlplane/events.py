@@ -50,6 +50,11 @@ command_answered = DomainEvent("command_answered")
 # (gateway.session.stage_violation). Sent after the commit; the alerts app raises a critical alert.
 stage_violated = DomainEvent("stage_violated")
 
+# A broker statement of an engine was imported and reconciled against the ledger
+# (``statement_id``, ``engine_id``; ``differences``: how many). Sent after the commit; the alerts
+# app raises an alert when they differ (controlplane.statements).
+statement_reconciled = DomainEvent("statement_reconciled")
+
 # Asked, not announced: the pre-trade limits an engine gets in its welcome (``engine``: the
 # Engine). The risk app answers ``(limits revision, [limit in wire form, ...])``.
 limits_wanted = DomainEvent("limits_wanted")

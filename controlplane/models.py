@@ -801,3 +801,69 @@ class ApiToken(models.Model):
     def set_token(self, token: str) -> None:
         self.token_hash = hash_token(token)
         self.token_hint = token[: len(self.PREFIX) + 4]
+
+
+class BrokerStatement(models.Model):
+    """One day of an engine's account as its broker states it (trades and end-of-day positions),
+    reconciled against the fill ledger when imported (controlplane.statements)."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="statements")
+    statement_date = models.DateField()
+    filename = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64)
+    trades = models.PositiveIntegerField(default=0)
+    positions = models.PositiveIntegerField(default=0)
+    differences_count = models.PositiveIntegerField(default=0)
+    # The day's fees and realised cash flow as each side has them: P&L verified when they agree.
+    ledger_summary = models.JSONField(default=dict)
+    broker_summary = models.JSONField(default=dict)
+    imported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    imported_by_label = models.CharField(max_length=150)
+    imported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-statement_date", "-imported_at", "-pk"]
+        permissions = [("import_statement", "Can import a broker statement")]
+        indexes = [
+            models.Index(fields=["engine", "-statement_date"], name="statement_engine_date_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.engine} {self.statement_date} ({self.differences_count} differences)"
+
+    @property
+    def matched(self) -> bool:
+        return self.differences_count == 0
+
+
+class StatementDifference(models.Model):
+    """One way the broker's statement and the ledger disagree."""
+
+    class Kind(models.TextChoices):
+        MISSING_IN_LEDGER = "missing_in_ledger", "Trade missing in the ledger"
+        MISSING_AT_BROKER = "missing_at_broker", "Fill missing from the statement"
+        SIDE = "side", "Side differs"
+        QUANTITY = "quantity", "Quantity differs"
+        PRICE = "price", "Price differs"
+        FEE = "fee", "Fee differs"
+        POSITION = "position", "End-of-day position differs"
+
+    statement = models.ForeignKey(
+        BrokerStatement, on_delete=models.CASCADE, related_name="differences"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # The statement's line (None for what only the ledger has).
+    line = models.PositiveIntegerField(null=True, blank=True)
+    symbol = models.CharField(max_length=32, blank=True)
+    trade_id = models.CharField(max_length=64, blank=True)
+    ledger_value = models.CharField(max_length=64, blank=True)
+    broker_value = models.CharField(max_length=64, blank=True)
+    detail = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["statement", "line", "pk"]
+
+    def __str__(self) -> str:
+        return self.detail

@@ -34,6 +34,7 @@ _RISK = [
     "risk.change_*",
     "golive.change_promotioncriterion",  # the promotion policy
     "golive.approve_promotion",  # the second person of a promotion; overrides a failing gate
+    "controlplane.import_statement",  # a broker statement, reconciled against the ledger
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {
