@@ -15,7 +15,12 @@ from django.views.decorators.http import require_POST
 
 from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
-from alerts.rule_metrics import METRICS, RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC
+from alerts.rule_metrics import (
+    METRICS,
+    RISK_LIMIT_METRIC,
+    STAGE_VIOLATION_METRIC,
+    STATEMENT_METRIC,
+)
 from alerts.transports import TRANSPORTS
 from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
@@ -168,7 +173,11 @@ def metric_choices() -> list[tuple[str, str]]:
         STAGE_VIOLATION_METRIC,
         f"{STAGE_VIOLATION_METRIC}: an engine said hello in a mode its stage forbids",
     )
-    return [("", "---------"), *sorted(choices), risk, stage]
+    statement = (
+        STATEMENT_METRIC,
+        f"{STATEMENT_METRIC}: a broker statement differs from the ledger",
+    )
+    return [("", "---------"), *sorted(choices), risk, stage, statement]
 
 
 class AlertRuleForm(forms.ModelForm):

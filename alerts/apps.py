@@ -19,5 +19,8 @@ class AlertsConfig(AppConfig):
             hooks.on_limit_event_raised, dispatch_uid="alerts-limit-event"
         )
         events.stage_violated.connect(hooks.on_stage_violated, dispatch_uid="alerts-stage")
+        events.statement_reconciled.connect(
+            hooks.on_statement_reconciled, dispatch_uid="alerts-statement"
+        )
         risk_events.limit_disabled.connect(hooks.on_limit_disabled, dispatch_uid="alerts-limit")
         risk_events.limit_channels.connect(hooks.on_limit_channels, dispatch_uid="alerts-channels")

@@ -14,10 +14,10 @@ from django.db import IntegrityError, transaction
 
 from alerts import evaluation
 from alerts.models import Alert, AlertRule, Notification, Severity
-from alerts.rule_metrics import RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC
+from alerts.rule_metrics import RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC, STATEMENT_METRIC
 from alerts.selectors import risk_limit_channel_count
 from alerts.tasks import evaluate_engines_task
-from controlplane.models import Engine
+from controlplane.models import BrokerStatement, Engine
 from risk.models import RiskEvent
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,60 @@ def stage_violation(engine_id: int, *, stage: str, mode: str) -> Alert | None:
     except IntegrityError:
         return None
     return evaluation.fire(alert, now=datetime.now(UTC))
+
+
+def on_statement_reconciled(sender: Any, *, statement_id: int, **kwargs: Any) -> None:
+    """controlplane.events.statement_reconciled."""
+    statement_reconciled(statement_id)
+
+
+def statement_reconciled(statement_id: int) -> Alert | None:
+    """A broker statement was reconciled. Differences raise a critical alert, one per engine and
+    statement day; a later statement of that day with none resolves it."""
+    statement = BrokerStatement.objects.select_related("engine").filter(pk=statement_id).first()
+    if statement is None:
+        return None
+    engine = statement.engine
+    source = f"statement:{statement.statement_date.isoformat()}"
+    now = datetime.now(UTC)
+    open_alerts = Alert.objects.filter(source=source, engine=engine, state__in=Alert.OPEN)
+    if statement.matched:
+        for alert in open_alerts.select_related("rule", "engine"):
+            Alert.objects.filter(pk=alert.pk).update(
+                summary=(
+                    f"{engine.name}: the statement of {statement.statement_date} now matches "
+                    "the ledger"
+                )[:300]
+            )
+            alert.refresh_from_db()
+            evaluation.close(alert, now=now)
+        return None
+    rule = AlertRule.objects.filter(metric=STATEMENT_METRIC, enabled=True).first()
+    summary = (
+        f"{engine.name}: the broker statement of {statement.statement_date} differs from the "
+        f"ledger in {statement.differences_count} "
+        f"{'place' if statement.differences_count == 1 else 'places'} (docs/broker-statements.md)"
+    )
+    current = open_alerts.first()
+    if current is not None:
+        Alert.objects.filter(pk=current.pk).update(
+            summary=summary[:300], value=statement.differences_count
+        )
+        return None
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                rule=rule,
+                source=source,
+                engine=engine,
+                state=Alert.State.PENDING,
+                severity=Severity.CRITICAL,
+                summary=summary[:300],
+                value=statement.differences_count,
+            )
+    except IntegrityError:
+        return None
+    return evaluation.fire(alert, now=now)
 
 
 def on_limit_disabled(sender: Any, *, limit_id: int, actor_label: str, **kwargs: Any) -> int:

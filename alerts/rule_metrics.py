@@ -341,8 +341,12 @@ RISK_LIMIT_METRIC = "risk_limit"
 # An engine said hello in a mode its stage forbids (a live hello before small capital): a critical
 # alert through the rule with this metric.
 STAGE_VIOLATION_METRIC = "stage_violation"
+# A broker statement differs from the ledger (controlplane.statements): a critical alert through
+# the rule with this metric, one per engine and statement day, resolved by a statement of that day
+# that matches.
+STATEMENT_METRIC = "statement_difference"
 # Rules raised by what happens, not measured: the sweeps never evaluate them.
-EVENT_METRICS = (RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC)
+EVENT_METRICS = (RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC, STATEMENT_METRIC)
 ENGINE_DOWN_METRIC = "heartbeat_age_s"
 # Raised when an engine is down or stopped: never kept quiet by an engine-down alert.
 ORPHANED_METRIC = "orphaned_exposure"

@@ -13,6 +13,7 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from alerts.models import Alert
 from controlplane import events
 from controlplane.ingest.store import ingest_events
 from controlplane.models import AuditEvent, BrokerStatement, Engine, StatementDifference
@@ -239,3 +240,28 @@ def test_the_admin_imports_for_a_risk_manager_and_refuses_an_operator(
 
 def _upload(name: str, data: bytes) -> SimpleUploadedFile:
     return SimpleUploadedFile(name, data, content_type="text/csv")
+
+
+def test_differences_raise_a_critical_alert_that_a_matching_statement_of_the_day_resolves(
+    engine: Engine, django_capture_on_commit_callbacks: Callable
+) -> None:
+    bad = SAMPLE.read_bytes().replace(b"190.25", b"190.35")
+    with django_capture_on_commit_callbacks(execute=True):
+        statement_import(engine=engine, data=bad, actor=None)
+        # A second bad statement of the same day updates the alert rather than adding one.
+        statement_import(engine=engine, data=bad, actor=None)
+
+    alert = Alert.objects.get(engine=engine)
+    assert (alert.state, alert.severity, alert.rule.metric) == (
+        "firing",
+        "critical",
+        "statement_difference",
+    )
+    assert alert.source == "statement:2026-12-04"
+    assert "differs from the ledger in 1 place (" in alert.summary
+
+    with django_capture_on_commit_callbacks(execute=True):
+        statement_import(engine=engine, data=SAMPLE.read_bytes(), actor=None)
+    alert.refresh_from_db()
+    assert alert.state == "resolved"
+    assert "now matches the ledger" in alert.summary
