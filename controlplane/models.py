@@ -362,6 +362,8 @@ class Fill(models.Model):
     price = models.DecimalField(**MONEY)
     fee = models.DecimalField(**MONEY, default=Decimal(0))
     expected_price = models.DecimalField(**MONEY, null=True, blank=True)
+    # A simulated fill's price a real order would have got (protocol: fill.market_price).
+    market_price = models.DecimalField(**MONEY, null=True, blank=True)
     liquidity = models.CharField(max_length=5, blank=True)
     ts = models.DateTimeField()
     seq = models.BigIntegerField()

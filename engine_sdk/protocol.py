@@ -331,6 +331,10 @@ class FillEvent(_EventBase, kw_only=True, tag="fill"):
     # Negative for a rebate.
     fee: Decimal = _ZERO
     liquidity: Literal["maker", "taker"] | None = None
+    # For a simulated fill (paper, shadow): the price a real order would have got at that moment,
+    # the far side of the live quote (the ask for a buy, the bid for a sell). Left out for real
+    # fills. The control plane compares the two: how well the engine models its slippage.
+    market_price: Decimal | None = None
 
     def __post_init__(self) -> None:
         # The server decodes thousands of fills a second: the usual case (a UTC time, decimals
@@ -344,6 +348,7 @@ class FillEvent(_EventBase, kw_only=True, tag="fill"):
                 and MIN_POSITIVE_DECIMAL <= self.quantity < MAX_DECIMAL_ABS
                 and MIN_POSITIVE_DECIMAL <= self.price < MAX_DECIMAL_ABS
                 and _MIN_DECIMAL < self.fee < MAX_DECIMAL_ABS
+                and self.market_price is None
                 # Without an exponent, the places are fewer than the characters.
                 and "E" not in (text := f"{self.quantity}{self.price}{self.fee}")
                 and len(text) < MAX_DECIMAL_PLACES
@@ -359,6 +364,7 @@ class FillEvent(_EventBase, kw_only=True, tag="fill"):
         _check_decimal("quantity", self.quantity, low=">0")
         _check_decimal("price", self.price, low=">0")
         _check_decimal("fee", self.fee)
+        _check_decimal("market_price", self.market_price, low=">0")
 
 
 class PositionEvent(_EventBase, kw_only=True, tag="position"):

@@ -192,12 +192,13 @@ UPSERT_ORDERS_STAGED = _UPSERT_ORDERS.replace("{rows}", rows(ORDER_COLUMNS, stag
 # batch, and takes the order's expected price as that upsert left it.
 INSERT_FILLS = f"""
     INSERT INTO {FILL} (engine_id, fill_id, order_id, instrument_id, side, quantity,
-        price, fee, expected_price, liquidity, ts, seq)
+        price, fee, expected_price, market_price, liquidity, ts, seq)
     SELECT k.engine_id, k.fill_id, o.id, k.instrument_id, k.side, k.quantity, k.price, k.fee,
-        o.expected_price, k.liquidity, k.ts, k.seq
+        o.expected_price, k.market_price, k.liquidity, k.ts, k.seq
     FROM json_to_recordset(%s::json) AS k(engine_id bigint, fill_id text,
         client_order_id text, instrument_id bigint, side text, quantity numeric,
-        price numeric, fee numeric, liquidity text, ts timestamptz, seq bigint)
+        price numeric, fee numeric, market_price numeric, liquidity text, ts timestamptz,
+        seq bigint)
     {_ORDER_BY_PAIR}"""
 # The fill table's columns as the COPY of many fills writes them.
 FILL_COLUMNS = (
@@ -210,6 +211,7 @@ FILL_COLUMNS = (
     "price",
     "fee",
     "expected_price",
+    "market_price",
     "liquidity",
     "ts",
     "seq",

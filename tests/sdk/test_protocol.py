@@ -286,6 +286,8 @@ FILL = {
         ("price", "1e16", "a finite `decimal` with |x| < 1e16"),
         ("fee", "-1e16", "a finite `decimal` with |x| < 1e16"),
         ("fee", "-Infinity", "a finite `decimal` with |x| < 1e16"),
+        ("market_price", "0", "`decimal` >= 0.00000001"),
+        ("market_price", "NaN", "a finite `decimal` with |x| < 1e16"),
     ],
 )
 def test_a_fill_with_a_bad_decimal_is_refused_naming_the_field(field, value, expected):
@@ -299,7 +301,13 @@ def test_a_fill_with_a_bad_decimal_is_refused_naming_the_field(field, value, exp
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("quantity", "0.00000001"), ("price", "9999999999999999.99"), ("fee", "-0.5"), ("fee", "0")],
+    [
+        ("quantity", "0.00000001"),
+        ("price", "9999999999999999.99"),
+        ("fee", "-0.5"),
+        ("fee", "0"),
+        ("market_price", "100.035"),
+    ],
 )
 def test_a_fill_at_the_edges_of_its_bounds_is_accepted(field, value):
     frame = json.dumps({"type": "events", "events": [{**FILL, field: value}]})

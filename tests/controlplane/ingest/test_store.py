@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from django.db import connection
 
-from controlplane.ingest.store import ingest_events
+from controlplane.ingest.store import COPY_MIN_ROWS, ingest_events
 from controlplane.models import (
     AccountSnapshot,
     Engine,
@@ -160,6 +160,23 @@ def test_fills_keep_their_exact_decimals_times_and_the_order_expected_price(engi
     with connection.cursor() as cursor:
         cursor.execute("SELECT ts, payload->>'price' FROM controlplane_engineevent WHERE seq = 2")
         assert cursor.fetchall() == [(f.at(2), "12345678.12345678")]
+
+
+@pytest.mark.parametrize("fills", [1, COPY_MIN_ROWS], ids=["statement", "copy"])
+def test_a_simulated_fill_keeps_the_price_a_real_order_would_have_got(engine, fills):
+    events = [f.order(1, "o-1", expected="100")]
+    events += [
+        msgspec.structs.replace(
+            f.fill(n + 2, f"f-{n}", "o-1", qty="1", price="100.01"),
+            market_price=Decimal("100.035") if n % 2 == 0 else None,
+        )
+        for n in range(fills)
+    ]
+    _ingest(engine, *events)
+    stored = dict(Fill.objects.filter(engine=engine).values_list("fill_id", "market_price"))
+    assert len(stored) == fills
+    assert stored["f-0"] == Decimal("100.035")
+    assert all(stored[f"f-{n}"] is None for n in range(1, fills, 2))
 
 
 def test_a_fill_for_an_unknown_order_is_refused_by_name_and_the_rest_is_stored(engine):
