@@ -69,6 +69,9 @@ class EngineForm(forms.ModelForm):
         return data
 
 
+CAPITAL = ("target_capital", "capital_pct", "capital_ceiling")
+
+
 @admin.register(Engine)
 class EngineAdmin(admin.ModelAdmin):
     form = EngineForm
@@ -130,13 +133,23 @@ class EngineAdmin(admin.ModelAdmin):
             },
         ),
         ("Live", {"fields": readonly_fields}),
+        (
+            "Capital",
+            {
+                "fields": CAPITAL,
+                "description": "Set by a risk manager on the engine's go-live page, with a "
+                "reason; the share follows the stage and the capital ramp.",
+            },
+        ),
     )
 
     actions = ("deactivate",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        # An engine's stage moves through the gates (a recorded stage change), never here.
-        return (*self.readonly_fields, "stage") if obj is not None else self.readonly_fields
+        # An engine's stage moves through the gates (a recorded stage change), never here; its
+        # capital is set on its go-live page (audited, pushed to the engine).
+        fields = (*self.readonly_fields, *CAPITAL)
+        return (*fields, "stage") if obj is not None else fields
 
     def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "stage":

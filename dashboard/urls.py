@@ -31,6 +31,11 @@ urlpatterns = [
         name="promotion_request",
     ),
     path(
+        "engines/<slug:name>/go-live/target-capital/",
+        views.target_capital,
+        name="target_capital",
+    ),
+    path(
         "go-live/promotions/<int:request_id>/<str:decision>/",
         views.promotion_decide,
         name="promotion_decide",

@@ -44,6 +44,7 @@ from dashboard.reports import baselines
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
+from golive import capital as golive_capital
 from golive import gates, preflight
 from golive import services as golive_services
 from golive.models import PromotionRequest
@@ -176,6 +177,9 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             else None,
             "history": StageChange.objects.filter(engine=engine).order_by("-at", "-pk")[:50],
             "now": now,
+            "ramp": golive_capital.ramp_status(engine, now),
+            "ramp_steps": settings.CAPITAL_RAMP_STEPS,
+            "ramp_days": settings.CAPITAL_RAMP_STEP_DAYS,
             "pending": PromotionRequest.objects.filter(engine=engine, status="pending").first(),
             "decided": PromotionRequest.objects.filter(engine=engine)
             .exclude(status="pending")
@@ -216,6 +220,26 @@ def promotion_request(request: HttpRequest, name: str) -> HttpResponse:
     messages.success(
         request, f"Promotion of {engine.name} to {to_stage} requested: a risk manager decides."
     )
+    return _to_golive(engine)
+
+
+@require_POST
+def target_capital(request: HttpRequest, name: str) -> HttpResponse:
+    """Set the engine's target capital (golive.capital.target_capital_set): who lacks the risk
+    right gets a 403, recorded; a bad amount or no reason returns to the page with its words."""
+    engine = get_object_or_404(Engine, name=name)
+    try:
+        amount = golive_capital.target_capital_set(
+            engine=engine,
+            value=request.POST.get("target_capital", ""),
+            reason=request.POST.get("reason", "")[:2000],
+            actor=request.user,  # type: ignore[arg-type]
+            ip_address=client_ip(request),
+        )
+    except ValidationError as exc:
+        _error_messages(request, exc)
+        return _to_golive(engine)
+    messages.success(request, f"Target capital of {engine.name} set to {money(amount)}.")
     return _to_golive(engine)
 
 

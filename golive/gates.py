@@ -77,6 +77,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
+from django.db.models import F
 from django.urls import reverse
 
 from alerts.models import Alert, Severity
@@ -164,10 +165,12 @@ _baselines: BaselineProvider | None = None
 
 def recorded_stage_history(ids: Sequence[int]) -> dict[int, list[tuple[str, datetime]]]:
     """Each engine's stages, oldest first, as the core's stage history (StageChange) records them;
-    one query for all."""
+    one query for all. A step of the capital ramp (small capital to small capital) begins no
+    stage: the stage's period runs on from its entry."""
     history: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
     rows = (
         StageChange.objects.filter(engine_id__in=ids)
+        .exclude(from_stage=F("to_stage"))
         .order_by("engine_id", "at", "pk")
         .values_list("engine_id", "to_stage", "at")
     )

@@ -34,6 +34,9 @@ class Spec:
     minimum: Decimal = Decimal(0)
     maximum: Decimal | None = None
     integer: bool = False
+    # Grows with time alone (days in the stage, trades closed): it cannot pass before its time,
+    # so the capital ramp does not wait for it (golive.ramp).
+    accrues: bool = False
 
     def passes(self, value: float, low: Decimal, high: Decimal | None) -> bool:
         lo = float(low)
@@ -102,8 +105,8 @@ SPECS = (
     Spec(BACKTEST, "baseline_profit_factor", "Backtest profit factor", ">", "", D("1.3")),
     Spec(BACKTEST, "baseline_history_days", "Backtest history", ">=", "days", D(365), integer=True),
     # Paper → shadow: the paper period against the baseline, and the plumbing.
-    Spec(PAPER, "min_days", "Days in paper", ">=", "days", D(14), integer=True),
-    Spec(PAPER, "min_round_trips", "Round trips", ">=", "", D(30), integer=True),
+    Spec(PAPER, "min_days", "Days in paper", ">=", "days", D(14), integer=True, accrues=True),
+    Spec(PAPER, "min_round_trips", "Round trips", ">=", "", D(30), integer=True, accrues=True),
     Spec(
         PAPER,
         "return_vs_baseline_pct",
@@ -136,7 +139,7 @@ SPECS = (
         integer=True,
     ),
     # Shadow → small capital.
-    Spec(SHADOW, "min_days", "Days in shadow", ">=", "days", D(7), integer=True),
+    Spec(SHADOW, "min_days", "Days in shadow", ">=", "days", D(7), integer=True, accrues=True),
     Spec(
         SHADOW,
         "slippage_bps",
@@ -155,7 +158,16 @@ SPECS = (
         integer=True,
     ),
     # Small capital → full.
-    Spec(SMALL_CAPITAL, "min_days", "Days with small capital", ">=", "days", D(28), integer=True),
+    Spec(
+        SMALL_CAPITAL,
+        "min_days",
+        "Days with small capital",
+        ">=",
+        "days",
+        D(28),
+        integer=True,
+        accrues=True,
+    ),
     Spec(
         SMALL_CAPITAL,
         "sharpe_vs_paper_pct",

@@ -18,6 +18,8 @@ monitoring_live       an enabled alert rule covers it, and an enabled notificati
 kill_switch_drilled   it carried out a kill to HALTED in the last 30 days (commands)
 clock_in_sync         its last heartbeat, in the last 5 minutes, put its clock within 1,000 ms
                       of the server's (heartbeats)
+target_capital_set    a risk manager set its target capital, which its capital ceiling is a
+                      share of (the engine)
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def checks(engine: Engine, now: datetime) -> list[Check]:
         _monitoring(engine, now),
         _kill_drill(engine, now),
         _clock(engine, now),
+        _target_capital(engine),
     ]
 
 
@@ -182,3 +185,12 @@ def _clock(engine: Engine, now: datetime) -> Check:
     offset = engine.clock_offset_ms
     passed = abs(offset) <= CLOCK_TOLERANCE_MS
     return Check("clock_in_sync", label, passed, f"its clock is {offset:+,} ms off the server's")
+
+
+def _target_capital(engine: Engine) -> Check:
+    label = "Target capital set (its capital ceiling is a share of it)"
+    page = reverse("dashboard:engine_golive", args=[engine.name]) + "#capital"
+    if engine.target_capital is None:
+        detail = "no target capital: a risk manager sets it on the go-live page"
+        return Check("target_capital_set", label, False, detail, page)
+    return Check("target_capital_set", label, True, f"{engine.target_capital:,.2f}", page)

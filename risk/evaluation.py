@@ -56,6 +56,7 @@ _EXPOSURE_KINDS = frozenset(
         LimitKind.MAX_POSITION_PCT,
         LimitKind.MAX_SECTOR_PCT,
         LimitKind.MAX_GROSS_EXPOSURE_PCT,
+        LimitKind.CAPITAL_CEILING_PCT,
     }
 )
 
@@ -87,6 +88,7 @@ class _Book:
     drawdown_pct: Decimal
     trades_today: int
     orders_today: tuple[int, int]  # orders, rejected
+    capital_ceiling: Decimal | None  # the engine's, at the real-money stages (the capital ramp)
 
 
 def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, LimitState]]:
@@ -111,6 +113,7 @@ def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, Lim
         drawdown_pct=engine.drawdown_pct,
         trades_today=fills,
         orders_today=(orders, rejected),
+        capital_ceiling=engine.capital_ceiling,
     )
     return book, inputs.states
 
@@ -139,6 +142,12 @@ def measure(limit: RiskLimit, book: _Book) -> tuple[Decimal, str] | None:
         if equity is None:
             return None
         return sum((e for _, _, e in book.exposures), Decimal(0)) / equity * 100, "gross"
+    if kind == LimitKind.CAPITAL_CEILING_PCT:
+        # Only engines the capital ramp gives a ceiling are measured.
+        if book.capital_ceiling is None or book.capital_ceiling <= 0:
+            return None
+        gross = sum((e for _, _, e in book.exposures), Decimal(0))
+        return gross / book.capital_ceiling * 100, f"gross of {book.capital_ceiling:,.2f}"
     if kind == LimitKind.MAX_DAILY_LOSS_PCT:
         if not book.session_equity:
             return None

@@ -34,6 +34,10 @@ class LimitKind(models.TextChoices):
     MAX_DRAWDOWN_PCT = "max_drawdown_pct", "Max drawdown from high-water mark (%)"
     MAX_TRADES_PER_DAY = "max_trades_per_day", "Max trades per day"
     MAX_REJECTION_RATE_PCT = "max_rejection_rate_pct", "Max rejection rate (%)"
+    CAPITAL_CEILING_PCT = (
+        "capital_ceiling_pct",
+        "Gross exposure (% of the engine's capital ceiling)",
+    )
 
 
 PRE_TRADE = frozenset(
@@ -55,6 +59,7 @@ PERCENT = frozenset(
         LimitKind.MAX_DAILY_LOSS_PCT,
         LimitKind.MAX_DRAWDOWN_PCT,
         LimitKind.MAX_REJECTION_RATE_PCT,
+        LimitKind.CAPITAL_CEILING_PCT,
     }
 )
 # Gross exposure may be levered: up to 1,000 % of equity.

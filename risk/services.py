@@ -12,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from controlplane.audit import audit_record
+from controlplane.capital import set_limits_params
 from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine
@@ -109,7 +110,8 @@ def limit_save(
 
 
 def limits_push() -> int:
-    """Send the current pre-trade limits to every connected engine; returns how many."""
+    """Send the current pre-trade limits to every connected engine, each with its stage and
+    capital ceiling (controlplane.capital); returns how many."""
     pushed = 0
     for engine in Engine.objects.filter(is_active=True, connected=True).order_by("pk"):
         revision, limits = selectors.pretrade_limits_for(engine)
@@ -120,7 +122,7 @@ def limits_push() -> int:
                 reason=f"risk limits revision {revision}",
                 actor=None,
                 actor_label=f"risk limits r{revision}",
-                params={"limits_version": revision, "limits": limits},
+                params=set_limits_params(engine, revision, limits),
             )
             pushed += 1
         except Exception:  # one engine's trouble must not keep the others on old limits

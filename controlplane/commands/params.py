@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from controlplane.commands.errors import CommandInvalid
-from controlplane.models import CommandKind
+from controlplane.models import CommandKind, Stage
 
 MAX_PAUSE_S = 7 * 24 * 3600
 
@@ -17,7 +18,7 @@ _ALLOWED = {
     CommandKind.FLATTEN: {"symbols"},
     CommandKind.CANCEL_ALL: {"symbols"},
     CommandKind.KILL: {"flatten"},
-    CommandKind.SET_LIMITS: {"limits_version", "limits"},
+    CommandKind.SET_LIMITS: {"limits_version", "limits", "stage", "capital_ceiling"},
 }
 
 
@@ -33,6 +34,16 @@ def _symbols(params: dict[str, Any], errors: dict[str, str]) -> list[str] | None
         errors["symbols"] = "symbols must be a non-empty list of instrument symbols"
         return None
     return sorted({s.strip() for s in symbols})
+
+
+def _positive_decimal(text: Any) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return False
+    return value.is_finite() and value > 0
 
 
 def command_params_clean(kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -81,6 +92,16 @@ def command_params_clean(kind: str, params: dict[str, Any] | None) -> dict[str, 
         if not isinstance(params.get("limits"), list):
             errors["limits"] = "limits must be a list"
         clean = {"limits_version": version, "limits": params.get("limits")}
+        # The engine's stage and capital ceiling travel with its limits (controlplane.capital).
+        if "stage" in params:
+            if params["stage"] not in Stage.values:
+                errors["stage"] = f"stage must be one of {', '.join(Stage.values)}"
+            clean["stage"] = params["stage"]
+        if "capital_ceiling" in params:
+            ceiling = params["capital_ceiling"]
+            if ceiling is not None and not _positive_decimal(ceiling):
+                errors["capital_ceiling"] = "capital_ceiling is a positive decimal string or null"
+            clean["capital_ceiling"] = ceiling
     if kind in (CommandKind.REDUCE, CommandKind.FLATTEN, CommandKind.CANCEL_ALL):
         symbols = _symbols(params, errors)
         if symbols is not None:

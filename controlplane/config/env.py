@@ -6,6 +6,7 @@ default hours later.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -75,3 +76,26 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name}={value!r} must be one of: {', '.join(choices)}.")
     return value
+
+
+def env_ramp(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Shares of a whole in %, comma-separated: whole numbers from 1 to 100, rising, the last 100
+    (the capital ramp ends at the full target)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    steps = []
+    for item in raw.split(","):
+        try:
+            steps.append(int(item.strip()))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}={raw!r}: {item.strip()!r} is not a whole number of per cent."
+            ) from None
+    if any(not 1 <= step <= 100 for step in steps):
+        raise ImproperlyConfigured(f"{name}={raw!r}: each step is between 1 and 100 (%).")
+    if any(a >= b for a, b in itertools.pairwise(steps)):
+        raise ImproperlyConfigured(f"{name}={raw!r}: the steps must rise, each above the last.")
+    if steps[-1] != 100:
+        raise ImproperlyConfigured(f"{name}={raw!r}: the last step is 100 (the full target).")
+    return tuple(steps)

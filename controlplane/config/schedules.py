@@ -50,6 +50,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": 15.0,
         "expires": 15,
     },
+    "going live: the capital ramp's steps of small-capital engines": {
+        "task": "golive.tasks.capital_ramp",
+        "schedule": crontab(minute="10"),
+        "expires": 3600,
+    },
 }
 
 

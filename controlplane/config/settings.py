@@ -17,6 +17,7 @@ from controlplane.config.env import (
     env_float,
     env_int,
     env_list,
+    env_ramp,
     env_str,
 )
 
@@ -311,6 +312,13 @@ ENGINE_MAX_FRAMES_PER_S = env_float("ENGINE_MAX_FRAMES_PER_S", 100.0, minimum=0.
 ENGINE_FRAME_BURST = env_int("ENGINE_FRAME_BURST", 500, minimum=1)
 # Days of the raw event log kept; older days' partitions are dropped whole, once a day.
 EVENT_LOG_RETENTION_DAYS = env_int("EVENT_LOG_RETENTION_DAYS", 30, minimum=1)
+
+# --- Going live ----------------------------------------------------------------------------------
+# The capital ramp (docs/going-live.md): an engine entering small capital may use the first share
+# of its target capital, and steps up to each next one once this many days have passed since its
+# last step, while its gates still pass. Full production is always 100 %.
+CAPITAL_RAMP_STEPS = env_ramp("CAPITAL_RAMP_STEPS", (25, 50, 100))
+CAPITAL_RAMP_STEP_DAYS = env_int("CAPITAL_RAMP_STEP_DAYS", 7, minimum=1)
 
 LOGGING = {
     "version": 1,

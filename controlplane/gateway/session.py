@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from controlplane import events
+from controlplane.capital import ceiling_text
 from controlplane.commands.delivery import pending_commands
 from controlplane.commands.desired_state import enforce_desired_state, timed_pauses_end
 from controlplane.commands.issuing import command_issue
@@ -81,6 +82,7 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     # dead-man pause lifts), not PAUSED until the periodic sweep comes round.
     timed_pauses_end(now=now, engine_id=engine.pk)
     fields = ["last_seq", "desired_state", "desired_until", "strategy_tags", "stage"]
+    fields += ["target_capital", "capital_pct"]
     engine.refresh_from_db(fields=fields)
     # The welcome carries the current limits: set_limits not yet acknowledged are obsolete.
     limits_replace(engine_id=engine.pk, now=now)
@@ -102,6 +104,7 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         limits=limits,
         commands=commands,
         stage=engine.stage,  # type: ignore[arg-type]
+        capital_ceiling=ceiling_text(engine),
     )
     return [welcome]
 

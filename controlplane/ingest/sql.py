@@ -54,6 +54,10 @@ _RETURNED = {
     "rejected_today",
     "fills_today",
     "working_orders",
+    # The capital ceiling's (risk's capital_ceiling_pct limit).
+    "stage",
+    "target_capital",
+    "capital_pct",
 }
 ENGINE_FIELDS = tuple(f.attname for f in Engine._meta.concrete_fields if f.attname in _RETURNED)
 assert ENGINE_FIELDS[0] == "id"  # the engines' updates are matched to their batches by it

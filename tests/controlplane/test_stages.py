@@ -111,6 +111,9 @@ def test_a_stage_change_writes_the_engine_its_history_and_the_audit(risk_manager
         "override": True,
         "mode_from": "paper",
         "mode_to": "live",
+        # Entering small capital: the capital ramp's first step.
+        "capital_pct_from": None,
+        "capital_pct_to": 25,
     }
 
 
@@ -120,7 +123,13 @@ def test_a_move_between_real_money_stages_keeps_the_live_mode():
     stages.stage_set(engine=engine, to_stage="full", reason="r", actor_label="policy")
     audit = AuditEvent.objects.filter(action="engine_stage").order_by("-pk").first()
     assert audit is not None
-    assert audit.data == {"from": "small_capital", "to": "full", "override": False}
+    assert audit.data == {
+        "from": "small_capital",
+        "to": "full",
+        "override": False,
+        "capital_pct_from": 25,
+        "capital_pct_to": 100,
+    }
     assert Engine.objects.get(pk=engine.pk).mode == "live"
 
 

@@ -70,6 +70,7 @@ def test_a_fresh_engine_is_not_ready_for_real_money_and_each_check_says_why(make
         "monitoring_live",
         "kill_switch_drilled",
         "clock_in_sync",
+        "target_capital_set",
     ]
     assert checks["market_data_fresh"].passed is None
     assert "no quote_age_ms metric" in checks["market_data_fresh"].detail
@@ -80,6 +81,8 @@ def test_a_fresh_engine_is_not_ready_for_real_money_and_each_check_says_why(make
     assert "no enabled alert rule covers the engine" in checks["monitoring_live"].detail
     assert checks["kill_switch_drilled"].passed is False
     assert checks["clock_in_sync"].passed is None
+    assert checks["target_capital_set"].passed is False
+    assert "no target capital" in checks["target_capital_set"].detail
     assert [c.key for c in preflight.failures(engine, timezone.now())] == [
         "market_data_fresh",
         "broker_connected",
@@ -87,11 +90,13 @@ def test_a_fresh_engine_is_not_ready_for_real_money_and_each_check_says_why(make
         "monitoring_live",
         "kill_switch_drilled",
         "clock_in_sync",
+        "target_capital_set",
     ]
 
 
 def test_an_engine_that_holds_everything_passes_every_check(make_engine):
     engine, _ = make_engine("ready", mode="paper")
+    Engine.objects.filter(pk=engine.pk).update(target_capital=250_000)
     metric(engine, "quote_age_ms", 120)
     metric(engine, "broker_connected", 1)
     Engine.objects.filter(pk=engine.pk).update(limits_version=limits_revision())
