@@ -18,6 +18,7 @@ _ALLOWED = {
     CommandKind.CANCEL_ALL: {"symbols"},
     CommandKind.KILL: {"flatten"},
     CommandKind.SET_LIMITS: {"limits_version", "limits"},
+    CommandKind.KILL_DRILL: set(),
 }
 
 
