@@ -163,6 +163,12 @@ def test_a_real_money_engine_s_drill_sends_kill_drill_and_nothing_changes(
     engine.refresh_from_db()
     assert engine.desired_state == "ACTIVE"
     assert not Command.objects.filter(engine=engine, kind__in=["kill", "resume"]).exists()
+    # Its batch and the engine's commands are shown as any command's.
+    client = Client()
+    client.force_login(risk_manager)
+    page = client.get(f"/commands/batches/{command.batch_id}/")
+    assert page.status_code == 200 and "1 of 1 engine drilled" in page.content.decode()
+    assert client.get("/engines/live-one/commands/").status_code == 200
 
 
 def test_refusals_are_named_and_audited(
