@@ -40,6 +40,7 @@ _ACHIEVED: dict[str, tuple[str, Callable[[Command], bool]]] = {
     CommandKind.FLATTEN: ("flattened", lambda c: c.status == Command.Status.SUCCEEDED),
     CommandKind.CANCEL_ALL: ("cancelled", lambda c: c.status == Command.Status.SUCCEEDED),
     CommandKind.SET_LIMITS: ("updated", lambda c: c.status == Command.Status.SUCCEEDED),
+    CommandKind.KILL_DRILL: ("drilled", lambda c: c.status == Command.Status.SUCCEEDED),
 }
 _DONE = (Command.Status.SUCCEEDED, Command.Status.PARTIAL)
 

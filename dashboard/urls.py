@@ -26,6 +26,11 @@ urlpatterns = [
     path("engines/<slug:name>/commands/", views.engine_commands, name="engine_commands"),
     path("engines/<slug:name>/go-live/", views.engine_golive, name="engine_golive"),
     path(
+        "engines/<slug:name>/go-live/kill-drill/",
+        views.kill_drill_start,
+        name="kill_drill_start",
+    ),
+    path(
         "engines/<slug:name>/go-live/promotion/",
         views.promotion_request,
         name="promotion_request",

@@ -45,7 +45,7 @@ from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
 from golive import capital as golive_capital
-from golive import gates, preflight
+from golive import drills, gates, preflight
 from golive import services as golive_services
 from golive.models import PromotionRequest
 
@@ -184,8 +184,33 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             "decided": PromotionRequest.objects.filter(engine=engine)
             .exclude(status="pending")
             .order_by("-decided_at", "-pk")[:10],
+            "drills": drills.drills_of(engine),
+            "drill_kind": drills.kind_for(engine),
         },
     )
+
+
+@require_POST
+def kill_drill_start(request: HttpRequest, name: str) -> HttpResponse:
+    """Start a drill of the engine's kill path (golive.drills.drill_start). Who lacks the kill
+    right gets a 403, recorded; a drill refused for the engine's state returns with its words."""
+    engine = get_object_or_404(Engine, name=name)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        _form_errors(request, form)
+        return _to_golive(engine)
+    try:
+        drills.drill_start(
+            engine=engine,
+            actor=request.user,  # type: ignore[arg-type]
+            reason=form.cleaned_data["reason"],
+            ip_address=client_ip(request),
+        )
+    except CommandInvalid as exc:
+        _error_messages(request, exc)
+        return _to_golive(engine)
+    messages.success(request, f"Kill drill of {engine.name} started: its outcome shows below.")
+    return redirect(reverse("dashboard:engine_golive", args=[engine.name]) + "#drills")
 
 
 def _to_golive(engine: Engine) -> HttpResponseRedirect:

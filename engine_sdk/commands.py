@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from engine_sdk import protocol
+from engine_sdk import drill, protocol
 from engine_sdk.journal import CommandStore
 from engine_sdk.protocol import Command, CommandResult, CommandResultStatus, TradingState, utc_now
 from engine_sdk.state import StateStore
@@ -119,6 +119,14 @@ class CommandRunner:
         elif refusal is not None:
             log.warning("engine: refused %s %s: %s", command.kind, command.command_id, refusal)
             outcome = CommandOutcome(status="failed", detail=refusal)
+        elif command.kind == "kill_drill":
+            # Answered by the SDK, never by the engine's handler: nothing can trade on a drill,
+            # and the trading state is left as it is (engine_sdk/drill.py).
+            checks = await drill.halt_path_checks(
+                handler=self.handler, gate=state.gate, directory=state.directory
+            )
+            status, detail = drill.outcome_of(checks)
+            outcome = CommandOutcome(status=status, detail=detail, data={"checks": checks})
         else:
             handler = self.handler or default_command_handler
             try:

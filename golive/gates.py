@@ -57,9 +57,9 @@ small_capital -> full
                              paper| * 100, Sharpe of daily closes (docs/analytics.md); passes
                              if <= threshold. Unknown until the stage history records the paper
                              period. Source: account snapshots, stage history.
-  kill_drill_days            days since the engine last completed a kill (status succeeded,
-                             HALTED after it); passes if <= threshold. Unknown with none: kill
-                             drills are not recorded yet. Source: commands.
+  kill_drill_days            days since the engine's last passed kill drill was done
+                             (golive.drills.last_passed); passes if <= threshold. Unknown with
+                             none. Source: kill drills.
   post_trade_limit_kinds_missing  post-trade limit kinds with no enabled limit covering the
                              engine (global, its name, or one of its tags); passes if <=
                              threshold. Source: risk limits.
@@ -84,18 +84,15 @@ from alerts.models import Alert, Severity
 from controlplane import partitions
 from controlplane.models import (
     AccountSnapshot,
-    Command,
-    CommandKind,
     EngineLog,
     Fill,
     Instrument,
     Order,
     StageChange,
-    TradingState,
 )
 from controlplane.models import Engine as EngineModel
-from golive import policy
-from golive.models import PromotionCriterion
+from golive import drills, policy
+from golive.models import KillDrill, PromotionCriterion
 from risk.models import POST_TRADE, RiskLimit, Scope
 
 TRADING_DAYS_PER_YEAR = 252
@@ -483,22 +480,6 @@ def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
         item.recoveries, item.first_recovery_at = recoveries, first_recovery
 
 
-def _last_kills(ids: list[int]) -> dict[int, datetime]:
-    rows = (
-        Command.objects.filter(
-            engine_id__in=ids,
-            kind=CommandKind.KILL,
-            status=Command.Status.SUCCEEDED,
-            state_after=TradingState.HALTED,
-            completed_at__isnull=False,
-        )
-        .order_by("engine_id", "-completed_at")
-        .distinct("engine_id")
-        .values_list("engine_id", "completed_at")
-    )
-    return dict(rows)
-
-
 def _covered_kinds(engines: Sequence[EngineModel]) -> dict[int, set[str]]:
     limits = list(
         RiskLimit.objects.filter(enabled=True, kind__in=list(POST_TRADE)).values_list(
@@ -537,7 +518,7 @@ class _Context:
     measures: _Measures | None = None
     paper: _Measures | None = None
     paper_known: bool = False
-    last_kill: datetime | None = None
+    last_drill: KillDrill | None = None
     covered: set[str] = field(default_factory=set)
 
     links: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -773,12 +754,16 @@ def _sharpe_vs_paper(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) 
 
 
 def _kill_drill(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
-    evidence = ctx.path("dashboard:engine_commands", ctx.engine.name)
-    if ctx.last_kill is None:
-        return None, "no kill drill recorded yet", None, None, evidence, "commands"
-    days = (ctx.now - ctx.last_kill) / timedelta(days=1)
-    text = f"{math.floor(days)} days ago (a kill completed {ctx.last_kill:%Y-%m-%d})"
-    return float(math.floor(days)), text, None, ctx.last_kill, evidence, "commands"
+    evidence = ctx.path("dashboard:engine_golive", ctx.engine.name) + "#drills"
+    drill = ctx.last_drill
+    if drill is None or drill.done_at is None:
+        return None, "no kill drill passed yet", None, None, evidence, "kill drills"
+    days = (ctx.now - drill.done_at) / timedelta(days=1)
+    text = (
+        f"{math.floor(days)} days ago (a kill drill passed {drill.done_at:%Y-%m-%d}, "
+        f"done in {drill.done_ms or 0:,} ms)"
+    )
+    return float(math.floor(days)), text, None, drill.done_at, evidence, "kill drills"
 
 
 def _limit_kinds(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
@@ -884,7 +869,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
     paper_measures = dict(
         zip([w.engine_id for w in paper_windows], _equity(paper_windows), strict=True)
     )
-    kills = _last_kills([e.pk for e in small]) if small else {}
+    kills = drills.last_passed([e.pk for e in small]) if small else {}
     covered = _covered_kinds(small) if small else {}
 
     stepping_ids = {e.pk for e in stepping}
@@ -904,7 +889,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
                 measures=by_engine.get(engine.pk),
                 paper=paper_measures.get(engine.pk),
                 paper_known=engine.pk in papers,
-                last_kill=kills.get(engine.pk),
+                last_drill=kills.get(engine.pk),
                 covered=covered.get(engine.pk, set()),
                 links=links,
             )

@@ -167,3 +167,61 @@ class PromotionRequest(models.Model):
     @property
     def step_label(self) -> str:
         return f"{Stage(self.from_stage).label} → {Stage(self.to_stage).label}"
+
+
+class KillDrill(models.Model):
+    """One drill of an engine's kill path (golive.drills): on an engine that sends no real orders
+    a real kill, released once it is done; on one that does, the SDK's check of its halt path
+    (the kill_drill command), nothing traded. Its latencies are the evidence for "kill switch
+    tested" (the kill_drill_days criterion, the kill_switch_drilled pre-flight check)."""
+
+    class Kind(models.TextChoices):
+        KILL_RELEASE = "kill_release", "a real kill, then released"
+        HALT_PATH = "halt_path", "the halt path verified, nothing traded"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"  # the kill (or kill_drill) is out, not answered yet
+        RELEASING = "releasing"  # the kill is done, its release is out
+        PASSED = "passed"
+        FAILED = "failed"
+
+    OPEN = (Status.RUNNING, Status.RELEASING)
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="kill_drills")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    reason = models.TextField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150)
+    # The command ids (commands are kept apart from this app's tables, in their own partitions).
+    command_id = models.UUIDField(null=True, blank=True, help_text="The kill, or the kill_drill.")
+    release_id = models.UUIDField(null=True, blank=True, help_text="The resume that released it.")
+    issued_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    ack_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Issued to acknowledged.")
+    done_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Issued to done.")
+    release_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The release, issued to done."
+    )
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            # One drill at a time per engine: a second is refused, naming the first.
+            models.UniqueConstraint(
+                fields=["engine"],
+                condition=Q(status__in=["running", "releasing"]),
+                name="kill_drill_one_open",
+            ),
+        ]
+        indexes = [models.Index(fields=["engine", "status", "-done_at"], name="kill_drill_last")]
+
+    def __str__(self) -> str:
+        return f"kill drill of {self.engine} ({self.status})"

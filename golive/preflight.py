@@ -15,7 +15,7 @@ risk_system_active    it enforces the current revision of the risk limits (its h
 reconciliation_clean  no position of it differs from what its broker reports (positions)
 monitoring_live       an enabled alert rule covers it, and an enabled notification channel
                       delivered a test in the last 7 days (alert rules, notifications)
-kill_switch_drilled   it carried out a kill to HALTED in the last 30 days (commands)
+kill_switch_drilled   a kill drill of it passed in the last 30 days (golive.drills)
 clock_in_sync         its last heartbeat, in the last 5 minutes, put its clock within 1,000 ms
                       of the server's (heartbeats)
 target_capital_set    a risk manager set its target capital, which its capital ceiling is a
@@ -31,15 +31,8 @@ from django.urls import reverse
 
 from alerts.evaluation import applies_to
 from alerts.models import AlertRule, Notification
-from controlplane.models import (
-    REAL_MONEY_STAGES,
-    Command,
-    CommandKind,
-    Engine,
-    MetricSample,
-    Position,
-    TradingState,
-)
+from controlplane.models import REAL_MONEY_STAGES, Engine, MetricSample, Position
+from golive import drills
 from risk.selectors import limits_revision
 
 FRESH = timedelta(minutes=5)
@@ -157,23 +150,16 @@ def _monitoring(engine: Engine, now: datetime) -> Check:
 
 
 def _kill_drill(engine: Engine, now: datetime) -> Check:
-    label = "Kill switch drilled (a kill carried out in the last 30 days)"
-    drill = (
-        Command.objects.filter(
-            engine=engine,
-            kind=CommandKind.KILL,
-            status=Command.Status.SUCCEEDED,
-            state_after=TradingState.HALTED,
-            completed_at__gte=now - DRILL_WITHIN,
+    label = "Kill switch drilled (a kill drill passed in the last 30 days)"
+    evidence = reverse("dashboard:engine_golive", args=[engine.name]) + "#drills"
+    drill = drills.last_passed([engine.pk]).get(engine.pk)
+    if drill is None or drill.done_at is None or drill.done_at < now - DRILL_WITHIN:
+        return Check(
+            "kill_switch_drilled", label, False, "no kill drill passed in 30 days", evidence
         )
-        .order_by("-completed_at")
-        .first()
-    )
-    if drill is None:
-        return Check("kill_switch_drilled", label, False, "no kill carried out in 30 days")
-    latency = (drill.completed_at - drill.created_at).total_seconds() * 1000
-    detail = f"last on {drill.completed_at:%Y-%m-%d}, done in {latency:,.0f} ms"
-    return Check("kill_switch_drilled", label, True, detail)
+    ack = f"acknowledged in {drill.ack_ms:,} ms, " if drill.ack_ms is not None else ""
+    detail = f"last on {drill.done_at:%Y-%m-%d}, {ack}done in {drill.done_ms or 0:,} ms"
+    return Check("kill_switch_drilled", label, True, detail, evidence)
 
 
 def _clock(engine: Engine, now: datetime) -> Check:

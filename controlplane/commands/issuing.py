@@ -49,7 +49,13 @@ _SUPERSEDES = {
     CommandKind.SET_LIMITS: (CommandKind.SET_LIMITS,),
 }
 
-_EXPIRES = (CommandKind.PAUSE, CommandKind.REDUCE, CommandKind.FLATTEN, CommandKind.CANCEL_ALL)
+_EXPIRES = (
+    CommandKind.PAUSE,
+    CommandKind.REDUCE,
+    CommandKind.FLATTEN,
+    CommandKind.CANCEL_ALL,
+    CommandKind.KILL_DRILL,
+)
 
 # What issuing reads of each engine it locks.
 _ISSUE_FIELDS = (
@@ -112,6 +118,8 @@ def command_issue(
     expires_in: timedelta | None = None,
     approved_resume: ResumeRequest | None = None,
     confirmation: str | None = None,
+    drill: bool = False,
+    releases_drill_kill: Command | None = None,
 ) -> CommandBatch:
     """Issue one command to every engine the selector names, as one batch.
 
@@ -132,6 +140,8 @@ def command_issue(
         expires_in=expires_in,
         approved_resume=approved_resume,
         confirmation=confirmation,
+        drill=drill,
+        releases_drill_kill=releases_drill_kill,
     )
     return batch
 
@@ -148,10 +158,24 @@ def command_batch_issue(
     expires_in: timedelta | None = None,
     approved_resume: ResumeRequest | None = None,
     confirmation: str | None = None,
+    drill: bool = False,
+    releases_drill_kill: Command | None = None,
 ) -> tuple[CommandBatch, list[Command]]:
     """``command_issue``, also returning the batch's commands as they were written (ordered by
     engine id): the API answers with them instead of reading back the rows it has just written,
-    which would compete with the push to the engines for the CPU."""
+    which would compete with the push to the engines for the CPU.
+
+    ``drill`` and ``releases_drill_kill`` are for the kill drill's service (golive.drills) only:
+    a kill_drill is issued with ``drill``, never from a command form or the API; and a drill's
+    own kill is released by a resume with ``releases_drill_kill`` (that kill), which needs no
+    second person, and is refused if any other kill came to the engine since.
+    """
+    if kind == CommandKind.KILL_DRILL and not drill:
+        raise CommandInvalid(
+            {"kind": "a kill drill is started from the engine's go-live page, not as a command"}
+        )
+    if releases_drill_kill is not None and kind != CommandKind.RESUME:
+        raise CommandInvalid({"kind": "only a resume releases a drill's kill"})
     if kind == CommandKind.KILL and actor is not None:
         # Before anything else, as the kill dialogs check it: a kill mistyped is never issued,
         # nor recorded as refused.
@@ -186,6 +210,10 @@ def command_batch_issue(
             raise CommandInvalid({"expires_in": f"a {kind} never expires"})
         if not timedelta(0) < expires_in <= timedelta(seconds=MAX_EXPIRY_S):
             raise CommandInvalid({"expires_in": f"expiry must be from 1 to {MAX_EXPIRY_S} s"})
+    if releases_drill_kill is not None:
+        # The engine lifts a kill only with approved_by: here the drill stands for the second
+        # person, as the kill it releases was its own.
+        clean = {"approved_by": f"kill drill of {label}", "drill_kill": str(releases_drill_kill.pk)}
     if approved_resume is not None:
         # The engine checks these: a resume out of HALTED without an approver is refused there too.
         clean = {
@@ -202,7 +230,11 @@ def command_batch_issue(
         if not engines:
             raise CommandInvalid({"selector": f"no active engine matches {selector!r}"})
         refusal = ""
-        if kind == CommandKind.RESUME and approved_resume is None:
+        if releases_drill_kill is not None:
+            refusal = _drill_release_refusal(releases_drill_kill, engines)
+            if not refusal and actor is not None:
+                refusal = resume_outranked(actor, label, engines)
+        elif kind == CommandKind.RESUME and approved_resume is None:
             halted = [e.name for e in engines if e.desired_state == TradingState.HALTED]
             if halted:
                 verb = "is" if len(halted) == 1 else "are"
@@ -302,6 +334,25 @@ def command_batch_issue(
         command._state.db = batch._state.db
         commands.append(command)
     return batch, commands
+
+
+def _drill_release_refusal(kill: Command, engines: list[Engine]) -> str:
+    """Why a drill's release may not go out, or "": read under the engines' lock, so no kill
+    can slip in between the check and the resume."""
+    if [e.pk for e in engines] != [kill.engine_id]:
+        return "a drill's release goes to the one engine its kill halted"
+    (engine,) = engines
+    if engine.desired_state != TradingState.HALTED:
+        return f"{engine.name} is not HALTED ({engine.desired_state}): nothing to release"
+    later = Command.objects.filter(
+        engine_id=engine.pk, kind=CommandKind.KILL, created_at__gt=kill.created_at
+    ).exclude(pk=kill.pk)
+    if later.exists():
+        return (
+            f"{engine.name} was killed again after the drill's kill: that kill is not the "
+            "drill's to release; a resume needs a resume request approved by a second person"
+        )
+    return ""
 
 
 _INSERT_BATCH = f"""

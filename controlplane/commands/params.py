@@ -19,6 +19,7 @@ _ALLOWED = {
     CommandKind.CANCEL_ALL: {"symbols"},
     CommandKind.KILL: {"flatten"},
     CommandKind.SET_LIMITS: {"limits_version", "limits", "stage", "capital_ceiling"},
+    CommandKind.KILL_DRILL: set(),
 }
 
 

@@ -18,6 +18,8 @@ _PERMISSION = {
     CommandKind.CANCEL_ALL: "controlplane.issue_reduce",
     CommandKind.FLATTEN: "controlplane.issue_reduce",
     CommandKind.KILL: "controlplane.issue_kill",
+    # A drill proves the kill path: who may kill may drill it.
+    CommandKind.KILL_DRILL: "controlplane.issue_kill",
 }
 
 # Whoever has none of these may issue no command at all.

@@ -22,7 +22,7 @@ from controlplane.models import (
 )
 from dashboard.models import Baseline
 from golive import gates
-from golive.models import PromotionCriterion
+from golive.models import KillDrill, PromotionCriterion
 from risk.models import POST_TRADE, RiskLimit
 
 pytestmark = pytest.mark.django_db
@@ -242,7 +242,7 @@ def test_small_capital_to_full(make_engine, instrument):
     c = by_key(gates.report(engine, NOW))
     assert c["min_days"].passed is True
     assert c["kill_drill_days"].passed is None
-    assert c["kill_drill_days"].value_text == "no kill drill recorded yet"
+    assert c["kill_drill_days"].value_text == "no kill drill passed yet"
     assert c["sharpe_vs_paper_pct"].passed is None
     # The risk migration's global capital ceiling limit covers its kind, the others are missing.
     shipped = RiskLimit.objects.filter(kind="capital_ceiling_pct", enabled=True).count()
@@ -251,19 +251,25 @@ def test_small_capital_to_full(make_engine, instrument):
 
     for kind in POST_TRADE:
         RiskLimit.objects.create(kind=kind, scope="tag", scope_value="momentum", threshold=50)
+    # A plain kill carried out to HALTED is no drill: it does not count.
     Command.objects.create(
         engine=engine,
         kind="kill",
-        reason="drill",
+        reason="risk limit",
         issued_by_label="rita",
         status="succeeded",
         state_after="HALTED",
-        completed_at=NOW - timedelta(days=3),
+        completed_at=NOW - timedelta(days=1),
     )
+    drill = {"engine": engine, "kind": "halt_path", "stage": "small_capital", "reason": "drill"}
+    KillDrill.objects.create(**drill, status="failed", done_at=NOW - timedelta(days=1))
+    assert by_key(gates.report(engine, NOW))["kill_drill_days"].passed is None
+    KillDrill.objects.create(**drill, status="passed", done_at=NOW - timedelta(days=3), done_ms=42)
     c = by_key(gates.report(engine, NOW))
     assert c["post_trade_limit_kinds_missing"].passed is True
     assert c["kill_drill_days"].value == 3 and c["kill_drill_days"].passed is True
-    assert c["kill_drill_days"].evidence == "/engines/big/commands/"
+    assert "done in 42 ms" in c["kill_drill_days"].value_text
+    assert c["kill_drill_days"].evidence == "/engines/big/go-live/#drills"
 
 
 def test_the_stage_history_gives_the_periods(make_engine):

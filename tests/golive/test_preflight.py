@@ -11,7 +11,6 @@ from django.utils import timezone
 from alerts.models import AlertRule, Notification, NotificationChannel
 from controlplane.gateway import session
 from controlplane.models import (
-    Command,
     Engine,
     Instrument,
     MetricSample,
@@ -19,6 +18,7 @@ from controlplane.models import (
 )
 from engine_sdk import protocol as p
 from golive import preflight
+from golive.models import KillDrill
 from risk.selectors import limits_revision
 
 pytestmark = pytest.mark.django_db
@@ -103,21 +103,21 @@ def test_an_engine_that_holds_everything_passes_every_check(make_engine):
     channel_tested(ago=timedelta(days=2))
     assert AlertRule.objects.filter(enabled=True).exists()
     now = timezone.now()
-    Command.objects.create(
+    KillDrill.objects.create(
         engine=engine,
-        kind="kill",
-        params={},
+        kind="kill_release",
+        stage="paper",
         reason="drill",
-        issued_by_label="ops",
-        status=Command.Status.SUCCEEDED,
-        state_after="HALTED",
-        completed_at=now,
+        status="passed",
+        done_at=now,
+        ack_ms=3,
+        done_ms=40,
     )
     heartbeat(engine, clock_off=timedelta(milliseconds=200))
     checks = by_key(engine)
     assert {key: check.passed for key, check in checks.items()} == dict.fromkeys(checks, True)
     assert checks["clock_in_sync"].detail.startswith("its clock is +")
-    assert "done in" in checks["kill_switch_drilled"].detail
+    assert "acknowledged in 3 ms, done in 40 ms" in checks["kill_switch_drilled"].detail
     assert preflight.failures(engine, timezone.now()) == []
 
 

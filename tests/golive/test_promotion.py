@@ -214,7 +214,7 @@ def test_a_step_into_real_money_waits_for_the_pre_flight_checks_even_with_an_ove
         services.promotion_approve(request=request, actor=risk_manager, reason="go", override=True)
     message = str(refused.value)
     assert "the pre-flight checks before real money do not pass" in message
-    assert "Kill switch drilled" in message and "no kill carried out in 30 days" in message
+    assert "Kill switch drilled" in message and "no kill drill passed in 30 days" in message
     shadow.refresh_from_db()
     assert (shadow.stage, shadow.mode) == ("shadow", "shadow")
     assert actions()[-1] == ("promotion_refused", "refused")
