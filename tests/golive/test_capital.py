@@ -28,7 +28,7 @@ from controlplane.models import (
 )
 from engine_sdk import protocol as p
 from golive import capital, gates
-from golive.models import PromotionCriterion
+from golive.models import KillDrill, PromotionCriterion
 from golive.tasks import capital_ramp
 from risk import evaluation
 from risk import services as risk_services
@@ -307,15 +307,15 @@ def ready_for_the_ramp(engine: Engine, *, days_ago: int) -> None:
         status=Notification.Status.SENT,
         sent_at=now,
     )
-    Command.objects.create(
+    KillDrill.objects.create(
         engine=engine,
-        kind="kill",
-        params={},
+        kind="halt_path",
+        stage="small_capital",
         reason="drill",
-        issued_by_label="ops",
-        status=Command.Status.SUCCEEDED,
-        state_after="HALTED",
-        completed_at=now,
+        status="passed",
+        done_at=now,
+        ack_ms=3,
+        done_ms=40,
     )
     beat = p.Heartbeat(
         ts=datetime.now(UTC), trading_state="ACTIVE", last_seq=0, limits_version=None
