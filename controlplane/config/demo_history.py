@@ -150,7 +150,11 @@ def seed_paper_history(engine: Engine, now: datetime, *, seed: int = 7) -> None:
     changes = StageChange.objects.filter(engine=engine)
     if changes.count() != 1 or changes.get().to_stage != "paper":
         raise ValueError(f"engine {engine.name} is not a new paper engine")
-    changes.update(at=start)
+    changes.update(
+        at=start,
+        reason="created with the demo's recorded past (simulate --seed-history): fifteen days of "
+        "paper trading stored as the engine would have sent them",
+    )
     # The gates count the weekdays from the stage's start to now; the period is to end at the
     # simulator's starting cash, so it opens that much lower.
     expected = ANNUAL_RETURN_PCT / 100 * weekdays_between(start, now) / TRADING_DAYS_PER_YEAR
