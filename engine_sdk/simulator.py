@@ -91,6 +91,8 @@ MAX_GROSS_LEVERAGE: Final = Decimal(2)
 ORDER_PROBABILITY: Final = 0.35
 LIMIT_ORDER_SHARE: Final = 0.6
 BROKER_REJECT_RATE: Final = 0.03
+# A tick now and then loses market data on a symbol (an error-level log).
+DATA_GAP_RATE: Final = 0.004
 # A resting limit order the market has not reached after this many ticks is cancelled.
 ORDER_TTL_TICKS: Final = 25
 BROKER_REJECT_REASONS: Final = (
@@ -192,11 +194,24 @@ class PaperEngine:
         report_every: int = 5,
         book_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], datetime] = utc_now,
+        order_probability: float = ORDER_PROBABILITY,
+        broker_reject_rate: float = BROKER_REJECT_RATE,
+        data_gap_rate: float = DATA_GAP_RATE,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
         if report_every < 1:
             raise ValueError("report_every must be at least 1")
+        for name, rate in (
+            ("order_probability", order_probability),
+            ("broker_reject_rate", broker_reject_rate),
+            ("data_gap_rate", data_gap_rate),
+        ):
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be a probability from 0 to 1, not {rate!r}")
+        self.order_probability = order_probability
+        self.broker_reject_rate = broker_reject_rate
+        self.data_gap_rate = data_gap_rate
         self.client = client
         self.strategy = strategy
         self.universe = tuple(universe)
@@ -320,7 +335,7 @@ class PaperEngine:
             self._log(now, "info", f"paper engine started ({self.strategy})", equity=self.equity)
         self._move_prices()
         changed = self._work_orders(now)
-        if self._rng.random() < ORDER_PROBABILITY:
+        if self._rng.random() < self.order_probability:
             changed |= self._trade(now)
         full_report = self.ticks % self.report_every == 1 or self.report_every == 1
         if full_report:
@@ -329,7 +344,7 @@ class PaperEngine:
         if full_report:
             self._report_account(now)
             self._report_metrics(now)
-        if self._rng.random() < 0.004:
+        if self._rng.random() < self.data_gap_rate:
             symbol = self._rng.choice(self.universe).symbol
             self._log(now, "error", f"market data gap on {symbol}; resubscribed", symbol=symbol)
         self._save_book()
@@ -579,7 +594,7 @@ class PaperEngine:
         added = (abs(after) - abs(position)) * self.prices[order.symbol]
         if added > 0 and self.gross_exposure + added > self.equity * MAX_GROSS_LEVERAGE:
             return "insufficient buying power"
-        if self._rng.random() < BROKER_REJECT_RATE:
+        if self._rng.random() < self.broker_reject_rate:
             return self._rng.choice(BROKER_REJECT_REASONS)
         return None
 
@@ -693,6 +708,8 @@ class PaperEngine:
             "cpu_pct": min(max(12 + 3 * len(self.working) + rng.gauss(0, 4), 1.0), 99.0),
             "memory_mb": self._memory_mb,
             "queue_depth": float(len(self.working) + rng.randint(0, 3)),
+            # The simulated broker is up whenever the engine runs (golive.preflight reads it).
+            "broker_connected": 1.0,
         }
         for name, value in values.items():
             self.client.emit(p.MetricEvent(ts=now, name=name, value=round(value, 3)))

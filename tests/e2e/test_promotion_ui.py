@@ -12,8 +12,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from controlplane.models import Engine, StageChange
-from golive.models import PromotionCriterion
+from controlplane.models import AuditEvent, Engine, StageChange
+from golive.models import PromotionCriterion, PromotionRequest
 from tests.conftest import PASSWORD
 from tests.servers import UvicornServer
 
@@ -89,16 +89,19 @@ def test_an_operator_requests_and_a_risk_manager_approves(
     assert engine.stage == "shadow"
 
 
+@pytest.mark.parametrize("width", [1280, 390])
 def test_an_approval_while_the_gate_fails_is_refused_naming_the_criterion(
     page: Page,
     uvicorn_server: UvicornServer,
     operator: User,
     risk_manager: User,
     make_engine: Callable[..., tuple[Engine, str]],
+    width: int,
 ) -> None:
     _paper_gated_by_days_alone()
     engine, _ = make_engine("eager-one", mode="paper")
     StageChange.objects.filter(engine=engine).update(at=timezone.now() - timedelta(days=3))
+    page.set_viewport_size({"width": width, "height": 800})
     _log_in(page, uvicorn_server, operator)
     _request(page, uvicorn_server, "eager-one", "looks fine to me")
 
@@ -109,6 +112,16 @@ def test_an_approval_while_the_gate_fails_is_refused_naming_the_criterion(
     expect(error).to_contain_text("Approval refused")
     expect(error).to_contain_text("Days in paper fails (threshold >= 14 days, measured 3 days")
     expect(page.locator('.stage-step[aria-current="step"]')).to_have_text("Paper")
-    page.screenshot(path=str(SCREENSHOTS / "promotion-refused.png"), full_page=True)
+    # The failing criterion is shown failing on the page too, and the request still waits.
+    expect(page.locator('tr[data-key="min_days"]')).to_contain_text("fail")
+    expect(page.locator("#promotion")).to_contain_text(
+        f"Paper → Shadow requested by {operator.username}"
+    )
+    page.screenshot(path=str(SCREENSHOTS / f"promotion-refused-{width}.png"), full_page=True)
     engine.refresh_from_db()
     assert engine.stage == "paper"
+    assert not StageChange.objects.filter(engine=engine, to_stage="shadow").exists()
+    assert PromotionRequest.objects.get(engine=engine).status == PromotionRequest.Status.PENDING
+    refusal = AuditEvent.objects.get(action="promotion_refused")
+    assert (refusal.actor, refusal.outcome) == (risk_manager.username, "refused")
+    assert "Days in paper fails" in refusal.data["refusal"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from controlplane.models import (
     Position,
 )
 from engine_sdk.journal import Journal
+from golive import preflight
 from tests.servers import REPO_ROOT, UvicornServer, current_database_url, free_port, server_env
 
 # The subprocesses see only what is committed.
@@ -135,6 +137,9 @@ def test_simulated_engines_trade_against_the_server_and_go_offline_on_ctrl_c(
         assert positions.filter(reported_quantity__isnull=False).exists()
         assert not positions.filter(mismatch_since__isnull=False).exists()
         assert not Fill.objects.filter(engine=engine, expected_price__isnull=True).exists()
+        # The pre-flight check "broker connected" is known: the simulator reports its broker up.
+        broker = {c.key: c for c in preflight.checks(engine, datetime.now(UTC))}["broker_connected"]
+        assert (broker.passed, broker.detail) == (True, "connected")
     assert Instrument.objects.get(symbol="JPM").sector == "Financials"
 
 
@@ -256,3 +261,28 @@ def test_an_unknown_stage_is_refused_by_name() -> None:
 
     with pytest.raises(CommandError, match="--stages: promoted is not a stage"):
         call_command("simulate", "--engines", "1", "--stages", "paper,promoted")
+
+
+@pytest.mark.django_db
+def test_the_demo_gives_its_paper_engine_a_recorded_past_once_and_runs_it_calm() -> None:
+    from controlplane.management.commands.simulate import Command as Simulate
+    from golive import gates
+
+    placed = ["paper", "shadow", "paper"]
+    specs = Simulate()._prepare("seeded", 3, placed, seed_history=True)
+
+    assert [(s.name, s.calm) for s in specs] == [
+        ("seeded-1", True),
+        ("seeded-2", False),
+        ("seeded-3", False),
+    ]
+    first = Engine.objects.get(name="seeded-1")
+    assert gates.report(first, datetime.now(UTC)).ready
+    assert not Fill.objects.filter(engine__name__in=["seeded-2", "seeded-3"]).exists()
+    stored = first.last_seq
+
+    # Restarted, the demo finds its candidate again and leaves its past as it is.
+    again = Simulate()._prepare("seeded", 3, placed, seed_history=True)
+    assert [s.calm for s in again] == [True, False, False]
+    first.refresh_from_db()
+    assert first.last_seq == stored

@@ -202,11 +202,39 @@ def test_it_reports_metrics_logs_and_sizes_positions_within_five_percent_of_equi
         "cpu_pct",
         "memory_mb",
         "queue_depth",
+        "broker_connected",
     }
+    # The simulated broker is up while the engine runs (the pre-flight check reads it).
+    assert {m.value for m in client.of(p.MetricEvent) if m.name == "broker_connected"} == {1.0}
     assert {"info", "warning", "error"} <= {e.level for e in client.of(p.LogEvent)}
     for symbol, quantity in engine.positions.items():
         # A fill of the last order may take a position a little past the cap, never far.
         assert abs(quantity) * engine.prices[symbol] < engine.equity * Decimal("0.07"), symbol
+
+
+def test_a_calm_engine_trades_at_its_own_rate_with_no_broker_rejection_or_data_gap() -> None:
+    engine, client = paper_engine(
+        seed=5, order_probability=0.05, broker_reject_rate=0.0, data_gap_rate=0.0
+    )
+    busy, busy_client = paper_engine(seed=5)
+    for _ in range(2000):
+        engine.tick()
+        busy.tick()
+
+    orders = {o.client_order_id for o in client.of(p.OrderEvent)}
+    busy_orders = {o.client_order_id for o in busy_client.of(p.OrderEvent)}
+    assert 0 < len(orders) < len(busy_orders) / 3
+    assert not [o for o in client.of(p.OrderEvent) if o.status == "rejected"]
+    assert [o for o in busy_client.of(p.OrderEvent) if o.status == "rejected"]
+    assert not [e for e in client.of(p.LogEvent) if e.level == "error"]
+    assert [e for e in busy_client.of(p.LogEvent) if e.level == "error"]
+
+
+@pytest.mark.parametrize("option", ["order_probability", "broker_reject_rate", "data_gap_rate"])
+@pytest.mark.parametrize("rate", [-0.1, 1.5])
+def test_a_rate_outside_zero_to_one_is_refused_by_name(option: str, rate: float) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be a probability from 0 to 1"):
+        paper_engine(**{option: rate})
 
 
 @pytest.mark.asyncio

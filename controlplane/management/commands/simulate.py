@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,9 +25,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
 
 from controlplane import services, stages
-from controlplane.config import embedded
+from controlplane.config import demo_history, embedded
 from controlplane.models import Engine, Instrument, Mode, Stage
-from engine_sdk import __version__
+from engine_sdk import __version__, simulator
 from engine_sdk.client import EngineClient, EngineClientError, HelloInfo
 from engine_sdk.protocol import Welcome
 from engine_sdk.simulator import STRATEGIES, UNIVERSE, PaperEngine, Strategy
@@ -34,6 +35,13 @@ from engine_sdk.simulator import STRATEGIES, UNIVERSE, PaperEngine, Strategy
 ACTOR = "manage.py simulate"
 BROKER = "paper-sim"
 FLUSH_TIMEOUT_S = 5.0
+# The demo's promotion candidate carries on as its recorded past went: a steady engine that
+# trades now and then, on calm prices, with no broker rejection and no data gap, so that what it
+# adds while the demo runs keeps its figures near its baseline's for a few hours.
+CALM = {"order_probability": 0.003, "broker_reject_rate": 0.0, "data_gap_rate": 0.0}
+CALM_UNIVERSE = tuple(
+    simulator.Instrument(i.symbol, i.sector, i.price, i.volatility / 50) for i in UNIVERSE
+)
 
 
 def engine_ws_url(url: str) -> str:
@@ -64,6 +72,8 @@ class SimEngine:
     # The mode its hello says: the one its stage allows (a simulated engine at small capital
     # says live; its orders are simulated all the same).
     mode: str = Mode.PAPER
+    # Seeded with a recorded past (--seed-history): runs calm, as that past did.
+    calm: bool = False
 
 
 class Command(BaseCommand):
@@ -96,6 +106,13 @@ class Command(BaseCommand):
             help="the stage of each new engine, in order (the demo's: paper,shadow,small_capital); "
             "the simulator places an engine above paper itself, saying so in its stage history",
         )
+        parser.add_argument(
+            "--seed-history",
+            action="store_true",
+            help="give the first new paper engine fifteen days of recorded paper trading that "
+            "pass its paper -> shadow gate (the demo's engine ready to promote; "
+            "docs/going-live.md), and run it calm so that it stays close to that past",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         count: int = options["engines"]
@@ -114,7 +131,9 @@ class Command(BaseCommand):
         unknown = [stage for stage in placed if stage not in Stage.values]
         if unknown:
             raise CommandError(f"--stages: {', '.join(unknown)} is not a stage ({Stage.values})")
-        engines = self._prepare(options["prefix"], count, placed)
+        engines = self._prepare(
+            options["prefix"], count, placed, seed_history=options["seed_history"]
+        )
         # The loop below never touches the database; do not hold connections open meanwhile.
         connections.close_all()
         failed = asyncio.run(self._run(engines, ws_url, tick, options["seed"]))
@@ -152,10 +171,16 @@ class Command(BaseCommand):
             time.sleep(0.25)
 
     @transaction.atomic
-    def _prepare(self, prefix: str, count: int, placed: list[str]) -> list[SimEngine]:
+    def _prepare(
+        self, prefix: str, count: int, placed: list[str], *, seed_history: bool = False
+    ) -> list[SimEngine]:
         self._describe_instruments()
         data_dir = embedded.data_dir() / "sim"
         engines = []
+        names = [f"{prefix}-{number}" for number in range(1, count + 1)]
+        # A restarted demo finds its candidate by the recorded past it was given.
+        calm = demo_history.seeded(names) if seed_history else set()
+        now = datetime.now(UTC)
         for number in range(1, count + 1):
             name = f"{prefix}-{number}"
             strategy = STRATEGIES[(number - 1) % len(STRATEGIES)]
@@ -183,6 +208,13 @@ class Command(BaseCommand):
                         actor_label=ACTOR,
                     )
                     engine.refresh_from_db(fields=["stage", "mode"])
+                elif seed_history and not calm:
+                    demo_history.seed_paper_history(engine, now)
+                    calm.add(name)
+                    self.stdout.write(
+                        f"Engine {name} given {demo_history.DAYS} days of recorded paper trading "
+                        "(ready for shadow)."
+                    )
             else:
                 if not engine.is_active:
                     raise CommandError(
@@ -190,7 +222,9 @@ class Command(BaseCommand):
                         f"engines. Choose other names with --prefix."
                     )
                 token = services.engine_rotate_token(engine=engine, actor_label=ACTOR)
-            engines.append(SimEngine(name, token, strategy, data_dir / name, engine.mode))
+            engines.append(
+                SimEngine(name, token, strategy, data_dir / name, engine.mode, name in calm)
+            )
         return engines
 
     def _describe_instruments(self) -> None:
@@ -261,7 +295,10 @@ class Command(BaseCommand):
                 account=spec.name,
             ),
             on_welcome=connected,
-            engine_options={"seed": None if seed is None else f"{seed}:{spec.name}"},
+            engine_options={
+                "seed": None if seed is None else f"{seed}:{spec.name}",
+                **({**CALM, "universe": CALM_UNIVERSE} if spec.calm else {}),
+            },
         )
         assert isinstance(engine.client, EngineClient)
         return engine, engine.client

@@ -104,7 +104,9 @@ class Command(BaseCommand):
         if engines > 0:
             base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
             # The demo's engines start at different stages of the way to real money.
-            staged = " --stages paper,shadow,small_capital" if options["demo"] else ""
+            staged = (
+                " --stages paper,shadow,small_capital --seed-history" if options["demo"] else ""
+            )
             manager.add_process(
                 "engines",
                 f"{python} {manage} simulate --engines {engines} --url {shlex.quote(base)} "
