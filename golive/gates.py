@@ -17,8 +17,8 @@ backtest -> paper (no live data: the engine's backtest baseline, dashboard Basel
   baseline_sharpe            the baseline's Sharpe ratio; passes if > threshold.
   baseline_max_drawdown_pct  the largest fall of the baseline equity curve from its running
                              peak, in %; passes if < threshold.
-  baseline_profit_factor     the baseline's profit factor; passes if > threshold. Unknown for
-                             now: a baseline records no profit factor (and a curve no trades).
+  baseline_profit_factor     the baseline's gross profit / gross loss, as given with it;
+                             passes if > threshold. Unknown without them.
   baseline_history_days      days from the first to the last point of the baseline equity
                              curve; passes if >= threshold.
 paper -> shadow (the period: the stage's start to now)
@@ -49,8 +49,9 @@ shadow -> small_capital
   slippage_bps               mean of the period's fills' slippage against their expected price
                              (bps, positive is worse, as the slippage alert metric); passes if
                              <= threshold, the modelled slippage (no model records one yet).
-  unexplained_critical_alerts  critical alerts fired in the period; 0 passes; more are unknown,
-                             as alerts record no explanation yet. Source: alerts.
+  unexplained_critical_alerts  critical alerts fired in the period with no explanation (an
+                             operator's, alerts.services.alert_explain); passes if <=
+                             threshold (0). Source: alerts.
 small_capital -> full
   min_days                   as above.
   sharpe_vs_paper_pct        |Sharpe in this stage - Sharpe in the paper stage| / |Sharpe in
@@ -215,7 +216,8 @@ class _Measures:
     error_logs: int = 0
     last_error_at: datetime | None = None
     critical_alerts: int = 0
-    last_critical_at: datetime | None = None
+    unexplained_alerts: int = 0
+    last_unexplained_at: datetime | None = None
     frames: int = 0
     seq_gaps: int = 0
     refused: int = 0
@@ -407,7 +409,7 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
             s.n, s.slip, s.slipped,
             o.n, o.rejected,
             l.n, l.last_at,
-            al.n, al.last_at
+            al.n, al.unexplained, al.last_at
         FROM {_WINDOWS}
         CROSS JOIN LATERAL (
             SELECT count(*) AS n,
@@ -427,20 +429,23 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
             WHERE l.engine_id = w.engine_id AND l.level IN ('error', 'critical')
               AND l.ts >= w.start AND l.ts < w.stop) AS l
         CROSS JOIN LATERAL (
-            SELECT count(*) AS n, max(al.fired_at) AS last_at FROM {Alert._meta.db_table} al
+            SELECT count(*) AS n,
+                count(*) FILTER (WHERE al.explanation = '') AS unexplained,
+                max(al.fired_at) FILTER (WHERE al.explanation = '') AS last_at
+            FROM {Alert._meta.db_table} al
             WHERE al.engine_id = w.engine_id AND al.severity = %(critical)s
               AND al.fired_at >= w.start AND al.fired_at < w.stop) AS al
     """
     params = {**_windows_sql(windows), "critical": Severity.CRITICAL.value}
-    for n, fills, slip, slipped, orders, rejected, logs, last_log, crit, last_crit in _rows(
-        sql, params
-    ):
+    for row in _rows(sql, params):
+        n, fills, slip, slipped, orders, rejected, logs, last_log, crit, unexplained, last = row
         item = measures[n - 1]
         item.fills, item.slipped_fills = fills, slipped
         item.slippage_bps = float(slip) if slip is not None else None
         item.orders, item.rejected = orders, rejected
         item.error_logs, item.last_error_at = logs, last_log
-        item.critical_alerts, item.last_critical_at = crit, last_crit
+        item.critical_alerts = crit
+        item.unexplained_alerts, item.last_unexplained_at = unexplained, last
 
 
 def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
@@ -729,13 +734,16 @@ def _critical_alerts(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) 
     m = ctx.measures
     assert m is not None
     evidence = f"{ctx.path('alerts:list')}?engine={ctx.engine.name}"
-    if not m.critical_alerts:
-        return 0.0, "no critical alert in the period", None, ctx.start, evidence, "alerts"
+    if not m.unexplained_alerts:
+        if not m.critical_alerts:
+            return 0.0, "no critical alert in the period", None, ctx.start, evidence, "alerts"
+        text = f"{m.critical_alerts} critical alerts in the period, each explained"
+        return 0.0, text, None, None, evidence, "alerts"
     text = (
-        f"{m.critical_alerts} critical alerts (last {m.last_critical_at:%Y-%m-%d %H:%M}); "
-        "alerts record no explanation yet"
+        f"{m.unexplained_alerts} of {m.critical_alerts} critical alerts unexplained "
+        f"(last {m.last_unexplained_at:%Y-%m-%d %H:%M})"
     )
-    return None, text, None, None, evidence, "alerts"
+    return float(m.unexplained_alerts), text, None, None, evidence, "alerts"
 
 
 def _sharpe_vs_paper(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
@@ -792,7 +800,7 @@ MEASURES: dict[tuple[str, str], Callable[..., Measure]] = {
         "max_drawdown_pct", 1, " %", "the baseline has no equity curve to measure a drawdown on"
     ),
     (policy.BACKTEST, "baseline_profit_factor"): _baseline_figure(
-        "profit_factor", 2, "", "the baseline records no profit factor yet"
+        "profit_factor", 2, "", "the baseline gives no gross profit and gross loss"
     ),
     (policy.BACKTEST, "baseline_history_days"): _baseline_figure(
         "history_days", 0, " days", "the baseline has no equity curve to date its history"
