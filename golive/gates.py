@@ -70,9 +70,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -94,15 +93,14 @@ from controlplane.models import (
     TradingState,
 )
 from controlplane.models import Engine as EngineModel
+from controlplane.trading_math import TRADING_DAYS_PER_YEAR, round_trips, sharpe_ratio
 from golive import policy
 from golive.models import PromotionCriterion
 from risk.models import POST_TRADE, RiskLimit, Scope
 
-TRADING_DAYS_PER_YEAR = 252
 # A frame received this long after its first event happened, after as long a silence, was held
 # in the engine's journal while it could not deliver: a disconnect it recovered from.
 RECOVERY_LAG = timedelta(seconds=60)
-ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -243,51 +241,6 @@ class _Measures:
         return sharpe_ratio(returns)
 
 
-def sharpe_ratio(returns: Sequence[float]) -> float | None:
-    """Mean daily return over its sample standard deviation, times sqrt(252) (docs/analytics.md)."""
-    if len(returns) < 2:
-        return None
-    deviation = statistics.stdev(returns)
-    if deviation == 0:
-        return None
-    return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
-
-
-def round_trips(fills: Iterable[Sequence], start: float, end: float) -> list[float]:
-    """P&L of the round trips closing in [start, end), from one instrument's fills in order:
-    (side, quantity (Decimal), price, fee, multiplier, ts (epoch seconds)), the definition of
-    docs/analytics.md."""
-    trips: list[float] = []
-    position = ZERO
-    cash = 0.0
-    for side, quantity, price, fee, multiplier, ts in fills:
-        signed = quantity if side == "buy" else -quantity
-        closing = ZERO
-        if position != 0 and (position > 0) != (signed > 0):
-            closing = min(quantity, abs(position))
-        if closing:
-            share = float(closing / quantity)
-            cash += _flow(side, float(closing), price, multiplier) - fee * share
-            position += closing if signed > 0 else -closing
-            if position == 0:
-                if start <= ts < end:
-                    trips.append(cash)
-                cash = 0.0
-            rest = quantity - closing
-            if rest:
-                cash += _flow(side, float(rest), price, multiplier) - fee * (1 - share)
-                position += rest if signed > 0 else -rest
-        else:
-            cash += _flow(side, float(quantity), price, multiplier) - fee
-            position += signed
-    return trips
-
-
-def _flow(side: str, quantity: float, price: float, multiplier: float) -> float:
-    value = quantity * price * multiplier
-    return value if side == "sell" else -value
-
-
 def weekdays_between(start: datetime, end: datetime) -> int:
     """Dates Monday to Friday (UTC) that [start, end) touches, partly or whole."""
     if end <= start:
@@ -390,7 +343,7 @@ def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
         if current is not None:
             window, item = by_engine[current[0]]
             start, end = window.start.timestamp(), window.end.timestamp()
-            item.trips.extend(round_trips(fills, start, end))
+            item.trips.extend(round_trips(fills, start, end, cash=float, zero=0.0))
 
     for engine_id, instrument_id, *fill in _rows(sql, _windows_sql(windows)):
         if (engine_id, instrument_id) != current:
