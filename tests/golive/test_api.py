@@ -3,28 +3,22 @@ rights, audit records and refusals, answered as 400, 403, 404 and 409."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
-from django.test import Client
 from django.utils import timezone
 
-from controlplane import services
 from controlplane.models import AuditEvent, StageChange
+from golive import services
 from golive.models import PromotionCriterion, PromotionRequest
+from tests.controlplane.test_api import post, token_client
 
 pytestmark = pytest.mark.django_db
 
 
-def token_client(user) -> Client:
-    _, token = services.api_token_create(user=user, name=f"script-{user.api_tokens.count()}")
-    return Client(headers={"Authorization": f"Bearer {token}"})
-
-
-def post(client: Client, path: str, body: dict) -> tuple[int, dict]:
-    response = client.post(path, json.dumps(body), content_type="application/json")
-    return response.status_code, response.json()
+def pending(engine, requester, reason: str) -> PromotionRequest:
+    """A request made earlier (through the service, as the page or the API would)."""
+    return services.promotion_request(engine=engine, actor=requester, reason=reason)
 
 
 def started(engine, days: int) -> None:
@@ -100,14 +94,7 @@ def test_a_failing_gate_is_a_409_naming_the_criterion_and_an_override_needs_a_re
     paper, operator, risk_manager
 ):
     started(paper, 3)
-    request = PromotionRequest.objects.create(
-        engine=paper,
-        from_stage="paper",
-        to_stage="shadow",
-        requested_by=operator,
-        requested_by_label=operator.username,
-        reason="eager",
-    )
+    request = pending(paper, operator, "eager")
     client = token_client(risk_manager)
     path = f"/api/v1/promotion-requests/{request.pk}/approve"
 
@@ -162,14 +149,7 @@ def test_who_lacks_the_right_gets_403_recorded_and_nothing_stored(paper, persona
 
 
 def test_an_operator_may_not_approve_or_reject(paper, operator, second_risk_manager):
-    request = PromotionRequest.objects.create(
-        engine=paper,
-        from_stage="paper",
-        to_stage="shadow",
-        requested_by=second_risk_manager,
-        requested_by_label=second_risk_manager.username,
-        reason="ready",
-    )
+    request = pending(paper, second_risk_manager, "ready")
     client = token_client(operator)
     for decision in ("approve", "reject"):
         status, body = post(
@@ -182,14 +162,7 @@ def test_an_operator_may_not_approve_or_reject(paper, operator, second_risk_mana
 
 
 def test_a_rejection_needs_a_reason_named_as_the_field(paper, operator, risk_manager):
-    request = PromotionRequest.objects.create(
-        engine=paper,
-        from_stage="paper",
-        to_stage="shadow",
-        requested_by=operator,
-        requested_by_label=operator.username,
-        reason="ready",
-    )
+    request = pending(paper, operator, "ready")
     path = f"/api/v1/promotion-requests/{request.pk}/reject"
     status, body = post(token_client(risk_manager), path, {"reason": "   "})
     assert status == 400
