@@ -182,6 +182,18 @@ class Alert(models.Model):
         related_name="+",
     )
     acknowledged_by_label = models.CharField(max_length=150, blank=True)
+    # What an operator found caused it (alerts.services.alert_explain): a critical alert with
+    # none holds back an engine's step from shadow to small capital (golive.gates).
+    explanation = models.TextField(blank=True)
+    explained_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    explained_by_label = models.CharField(max_length=150, blank=True)
+    explained_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]

@@ -1,4 +1,4 @@
-"""Writes of the alerts: acknowledging, silencing, saving a rule. All audited."""
+"""Writes of the alerts: acknowledging, explaining, silencing, saving a rule. All audited."""
 
 from __future__ import annotations
 
@@ -40,6 +40,45 @@ def alert_acknowledge(
             )
             evaluation._publish(alert)
     return bool(claimed)
+
+
+MAX_EXPLANATION = 2000
+
+
+def alert_explain(
+    *, alert: Alert, actor: AbstractBaseUser, text: str, ip_address: str | None = None
+) -> Alert:
+    """Record what caused ``alert`` (an operator's finding, for the go-live gate's "no critical
+    alert left unexplained"). A later explanation replaces it; the audit log keeps both."""
+    if not actor.has_perm("alerts.acknowledge_alert"):  # type: ignore[attr-defined]
+        raise PermissionDenied(f"{actor.get_username()} may not explain alerts")
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({"explanation": "Say what caused the alert."})
+    if len(text) > MAX_EXPLANATION:
+        raise ValidationError(
+            {"explanation": f"An explanation holds at most {MAX_EXPLANATION} characters."}
+        )
+    label = actor.get_username()
+    with transaction.atomic():
+        locked = Alert.objects.select_for_update().get(pk=alert.pk)
+        before = locked.explanation
+        locked.explanation = text
+        locked.explained_by = actor
+        locked.explained_by_label = label
+        locked.explained_at = timezone.now()
+        locked.save(
+            update_fields=["explanation", "explained_by", "explained_by_label", "explained_at"]
+        )
+        audit_record(
+            action="alert_explain",
+            actor=actor,
+            target=locked,
+            reason=text,
+            ip_address=ip_address,
+            data={"summary": locked.summary, "severity": locked.severity, "before": before},
+        )
+    return locked
 
 
 def silence_create(

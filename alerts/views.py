@@ -34,8 +34,11 @@ def alert_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     silent_rules = selectors.rules_without_channel()
     silent_ids = {rule.pk for rule in silent_rules}
+    # ?engine=NAME: one engine's alerts (the go-live gate's evidence link).
+    engine_name = request.GET.get("engine", "")
+    alerts = Alert.objects.filter(engine__name=engine_name) if engine_name else Alert.objects
     open_alerts = list(
-        Alert.objects.filter(state__in=Alert.OPEN)
+        alerts.filter(state__in=Alert.OPEN)
         .select_related("engine", "rule")
         # Critical first, then warning, then info; firing before pending; newest first.
         .order_by(SEVERITY_RANK, STATE_RANK, "-started_at")
@@ -49,7 +52,8 @@ def alert_list(request: HttpRequest) -> HttpResponse:
         {
             "open_alerts": open_alerts,
             "silent_rules": silent_rules,
-            "resolved": Alert.objects.filter(state=Alert.State.RESOLVED)
+            "engine_name": engine_name,
+            "resolved": alerts.filter(state=Alert.State.RESOLVED)
             .select_related("engine", "rule")
             .order_by("-resolved_at")[:50],
             "silences": Silence.objects.filter(ends_at__gt=now).select_related("rule", "engine"),
@@ -86,6 +90,28 @@ def acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
         messages.success(request, f"Acknowledged: {alert.summary}")
     else:
         messages.info(request, "That alert was already acknowledged or is over.")
+    return redirect("alerts:list")
+
+
+@require_POST
+@permission_required("alerts.acknowledge_alert", raise_exception=True)
+def explain(request: HttpRequest, alert_id: int) -> HttpResponse:
+    """Record what caused the alert (alerts.services.alert_explain)."""
+    alert = get_object_or_404(Alert, pk=alert_id)
+    try:
+        services.alert_explain(
+            alert=alert,
+            actor=request.user,
+            text=request.POST.get("explanation", ""),
+            ip_address=client_ip(request),
+        )
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    except ValidationError as exc:
+        for field, problems in exc.message_dict.items():
+            messages.error(request, f"{field}: {' '.join(problems)}")
+    else:
+        messages.success(request, f"Explained: {alert.summary}")
     return redirect("alerts:list")
 
 

@@ -25,12 +25,18 @@ class BaselineAdmin(admin.ModelAdmin):
         "sharpe",
         "trades_per_day",
         "win_rate_pct",
+        "profit_factor",
         "tolerance_pct",
         "curve_points",
         "updated_at",
     ]
     search_fields = ["engine__name", "name"]
     readonly_fields = ["curve_points", "created_at", "updated_at"]
+
+    @admin.display(description="profit factor")
+    def profit_factor(self, obj: Baseline) -> str:
+        factor = obj.profit_factor
+        return "—" if factor is None else f"{factor:.2f}"
 
     @admin.display(description="curve points")
     def curve_points(self, obj: Baseline) -> int:

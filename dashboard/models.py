@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 
 from django.conf import settings
@@ -71,6 +72,21 @@ class Baseline(models.Model):
     win_rate_pct = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(100)]
     )
+    # The backtest's trades summed: what the winners made and what the losers lost (a positive
+    # amount); the profit factor is their ratio (golive's "baseline profit factor").
+    gross_profit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Sum of the winning trades' P&L in the backtest (account currency).",
+    )
+    gross_loss = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Sum of the losing trades' losses, as a positive amount. Profit factor = "
+        "gross profit / gross loss.",
+    )
     tolerance_pct = models.FloatField(
         default=20.0,
         validators=[MinValueValidator(0)],
@@ -87,6 +103,32 @@ class Baseline(models.Model):
 
     def __str__(self) -> str:
         return f"{self.engine} baseline {self.name}"
+
+    def clean(self) -> None:
+        errors = {}
+        if (self.gross_profit is None) != (self.gross_loss is None):
+            missing = "gross_loss" if self.gross_loss is None else "gross_profit"
+            errors[missing] = (
+                "Give gross profit and gross loss together (their ratio is the profit factor)."
+            )
+        elif self.gross_loss is not None and self.gross_loss <= 0:
+            errors["gross_loss"] = (
+                "A backtest with no loss has no profit factor: check its trades, or leave both "
+                "gross figures blank."
+            )
+        for name in ("gross_profit", "gross_loss"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                errors[name] = "Must be a finite number."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def profit_factor(self) -> float | None:
+        """Gross profit over gross loss; None unless both are known and the loss is above 0."""
+        if self.gross_profit is None or not self.gross_loss:
+            return None
+        return self.gross_profit / self.gross_loss
 
 
 class ReportDelivery(models.Model):

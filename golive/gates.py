@@ -17,8 +17,8 @@ backtest -> paper (no live data: the engine's backtest baseline, dashboard Basel
   baseline_sharpe            the baseline's Sharpe ratio; passes if > threshold.
   baseline_max_drawdown_pct  the largest fall of the baseline equity curve from its running
                              peak, in %; passes if < threshold.
-  baseline_profit_factor     the baseline's profit factor; passes if > threshold. Unknown for
-                             now: a baseline records no profit factor (and a curve no trades).
+  baseline_profit_factor     the baseline's gross profit / gross loss, as given with it;
+                             passes if > threshold. Unknown without them.
   baseline_history_days      days from the first to the last point of the baseline equity
                              curve; passes if >= threshold.
 paper -> shadow (the period: the stage's start to now)
@@ -49,8 +49,9 @@ shadow -> small_capital
   slippage_bps               mean of the period's fills' slippage against their expected price
                              (bps, positive is worse, as the slippage alert metric); passes if
                              <= threshold, the modelled slippage (no model records one yet).
-  unexplained_critical_alerts  critical alerts fired in the period; 0 passes; more are unknown,
-                             as alerts record no explanation yet. Source: alerts.
+  unexplained_critical_alerts  critical alerts fired in the period with no explanation (an
+                             operator's, alerts.services.alert_explain); passes if <=
+                             threshold (0). Source: alerts.
 small_capital -> full
   min_days                   as above.
   sharpe_vs_paper_pct        |Sharpe in this stage - Sharpe in the paper stage| / |Sharpe in
@@ -69,9 +70,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -91,15 +91,14 @@ from controlplane.models import (
     StageChange,
 )
 from controlplane.models import Engine as EngineModel
+from controlplane.trading_math import TRADING_DAYS_PER_YEAR, round_trips, sharpe_ratio
 from golive import drills, policy
 from golive.models import KillDrill, PromotionCriterion
 from risk.models import POST_TRADE, RiskLimit, Scope
 
-TRADING_DAYS_PER_YEAR = 252
 # A frame received this long after its first event happened, after as long a silence, was held
 # in the engine's journal while it could not deliver: a disconnect it recovered from.
 RECOVERY_LAG = timedelta(seconds=60)
-ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -215,7 +214,8 @@ class _Measures:
     error_logs: int = 0
     last_error_at: datetime | None = None
     critical_alerts: int = 0
-    last_critical_at: datetime | None = None
+    unexplained_alerts: int = 0
+    last_unexplained_at: datetime | None = None
     frames: int = 0
     seq_gaps: int = 0
     refused: int = 0
@@ -239,51 +239,6 @@ class _Measures:
                 returns.append(float(close / previous - 1))
             previous = close
         return sharpe_ratio(returns)
-
-
-def sharpe_ratio(returns: Sequence[float]) -> float | None:
-    """Mean daily return over its sample standard deviation, times sqrt(252) (docs/analytics.md)."""
-    if len(returns) < 2:
-        return None
-    deviation = statistics.stdev(returns)
-    if deviation == 0:
-        return None
-    return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
-
-
-def round_trips(fills: Iterable[Sequence], start: float, end: float) -> list[float]:
-    """P&L of the round trips closing in [start, end), from one instrument's fills in order:
-    (side, quantity (Decimal), price, fee, multiplier, ts (epoch seconds)), the definition of
-    docs/analytics.md."""
-    trips: list[float] = []
-    position = ZERO
-    cash = 0.0
-    for side, quantity, price, fee, multiplier, ts in fills:
-        signed = quantity if side == "buy" else -quantity
-        closing = ZERO
-        if position != 0 and (position > 0) != (signed > 0):
-            closing = min(quantity, abs(position))
-        if closing:
-            share = float(closing / quantity)
-            cash += _flow(side, float(closing), price, multiplier) - fee * share
-            position += closing if signed > 0 else -closing
-            if position == 0:
-                if start <= ts < end:
-                    trips.append(cash)
-                cash = 0.0
-            rest = quantity - closing
-            if rest:
-                cash += _flow(side, float(rest), price, multiplier) - fee * (1 - share)
-                position += rest if signed > 0 else -rest
-        else:
-            cash += _flow(side, float(quantity), price, multiplier) - fee
-            position += signed
-    return trips
-
-
-def _flow(side: str, quantity: float, price: float, multiplier: float) -> float:
-    value = quantity * price * multiplier
-    return value if side == "sell" else -value
 
 
 def weekdays_between(start: datetime, end: datetime) -> int:
@@ -388,7 +343,7 @@ def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
         if current is not None:
             window, item = by_engine[current[0]]
             start, end = window.start.timestamp(), window.end.timestamp()
-            item.trips.extend(round_trips(fills, start, end))
+            item.trips.extend(round_trips(fills, start, end, cash=float, zero=0.0))
 
     for engine_id, instrument_id, *fill in _rows(sql, _windows_sql(windows)):
         if (engine_id, instrument_id) != current:
@@ -407,7 +362,7 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
             s.n, s.slip, s.slipped,
             o.n, o.rejected,
             l.n, l.last_at,
-            al.n, al.last_at
+            al.n, al.unexplained, al.last_at
         FROM {_WINDOWS}
         CROSS JOIN LATERAL (
             SELECT count(*) AS n,
@@ -427,20 +382,23 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
             WHERE l.engine_id = w.engine_id AND l.level IN ('error', 'critical')
               AND l.ts >= w.start AND l.ts < w.stop) AS l
         CROSS JOIN LATERAL (
-            SELECT count(*) AS n, max(al.fired_at) AS last_at FROM {Alert._meta.db_table} al
+            SELECT count(*) AS n,
+                count(*) FILTER (WHERE al.explanation = '') AS unexplained,
+                max(al.fired_at) FILTER (WHERE al.explanation = '') AS last_at
+            FROM {Alert._meta.db_table} al
             WHERE al.engine_id = w.engine_id AND al.severity = %(critical)s
               AND al.fired_at >= w.start AND al.fired_at < w.stop) AS al
     """
     params = {**_windows_sql(windows), "critical": Severity.CRITICAL.value}
-    for n, fills, slip, slipped, orders, rejected, logs, last_log, crit, last_crit in _rows(
-        sql, params
-    ):
+    for row in _rows(sql, params):
+        n, fills, slip, slipped, orders, rejected, logs, last_log, crit, unexplained, last = row
         item = measures[n - 1]
         item.fills, item.slipped_fills = fills, slipped
         item.slippage_bps = float(slip) if slip is not None else None
         item.orders, item.rejected = orders, rejected
         item.error_logs, item.last_error_at = logs, last_log
-        item.critical_alerts, item.last_critical_at = crit, last_crit
+        item.critical_alerts = crit
+        item.unexplained_alerts, item.last_unexplained_at = unexplained, last
 
 
 def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
@@ -713,13 +671,16 @@ def _critical_alerts(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) 
     m = ctx.measures
     assert m is not None
     evidence = f"{ctx.path('alerts:list')}?engine={ctx.engine.name}"
-    if not m.critical_alerts:
-        return 0.0, "no critical alert in the period", None, ctx.start, evidence, "alerts"
+    if not m.unexplained_alerts:
+        if not m.critical_alerts:
+            return 0.0, "no critical alert in the period", None, ctx.start, evidence, "alerts"
+        text = f"{m.critical_alerts} critical alerts in the period, each explained"
+        return 0.0, text, None, None, evidence, "alerts"
     text = (
-        f"{m.critical_alerts} critical alerts (last {m.last_critical_at:%Y-%m-%d %H:%M}); "
-        "alerts record no explanation yet"
+        f"{m.unexplained_alerts} of {m.critical_alerts} critical alerts unexplained "
+        f"(last {m.last_unexplained_at:%Y-%m-%d %H:%M})"
     )
-    return None, text, None, None, evidence, "alerts"
+    return float(m.unexplained_alerts), text, None, None, evidence, "alerts"
 
 
 def _sharpe_vs_paper(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
@@ -780,7 +741,7 @@ MEASURES: dict[tuple[str, str], Callable[..., Measure]] = {
         "max_drawdown_pct", 1, " %", "the baseline has no equity curve to measure a drawdown on"
     ),
     (policy.BACKTEST, "baseline_profit_factor"): _baseline_figure(
-        "profit_factor", 2, "", "the baseline records no profit factor yet"
+        "profit_factor", 2, "", "the baseline gives no gross profit and gross loss"
     ),
     (policy.BACKTEST, "baseline_history_days"): _baseline_figure(
         "history_days", 0, " days", "the baseline has no equity curve to date its history"

@@ -12,6 +12,10 @@ from controlplane import api
 from controlplane.config import health
 from controlplane.gateway import http
 from dashboard import live_views
+from golive import api as golive_api
+
+# The promotions (golive) sit a layer above the core that holds the API: mounted here.
+api.api.add_router("/", golive_api.router)
 
 admin.site.site_header = "Trading Control Plane"
 admin.site.site_title = "Control Plane admin"

@@ -12,7 +12,7 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -24,10 +24,14 @@ from django.utils import timezone
 
 from alerts.models import Alert
 from controlplane.models import AccountSnapshot, Command, Engine, Fill, MetricSample, Order
+from controlplane.trading_math import (
+    ZERO,
+    round_trips,
+    sharpe_ratio,
+    sortino_ratio,
+)
 from dashboard.overview import slippage_bps
 
-TRADING_DAYS_PER_YEAR = 252
-ZERO = Decimal(0)
 FILL_FIELDS = (
     "engine_id",
     "instrument_id",
@@ -137,46 +141,6 @@ class EngineData:
     @property
     def has_trading(self) -> bool:
         return self.fills > 0 or self.orders > 0
-
-
-def _flow(side: str, quantity: Decimal, price: Decimal, multiplier: Decimal) -> Decimal:
-    """Cash a fill moves: a sell brings money in, a buy pays it out (before fees)."""
-    value = quantity * price * multiplier
-    return value if side == "sell" else -value
-
-
-def round_trips(fills: Iterable[tuple], start: datetime, end: datetime) -> list[Decimal]:
-    """P&L of the round trips that close in [start, end), from one instrument's fills in order.
-
-    ``fills``: (side, quantity, price, fee, multiplier, ts). A round trip opens when the position
-    leaves zero and closes when it returns to zero; its P&L is the cash its fills moved, fees
-    included. A fill that crosses zero is split by quantity, its fee pro rata: the part that
-    brings the position to zero closes the trip, the rest opens the next one.
-    """
-    trips: list[Decimal] = []
-    position = ZERO
-    cash = ZERO
-    for side, quantity, price, fee, multiplier, ts in fills:
-        signed = quantity if side == "buy" else -quantity
-        closing = ZERO
-        if position != 0 and (position > 0) != (signed > 0):
-            closing = min(quantity, abs(position))
-        if closing:
-            share = closing / quantity
-            cash += _flow(side, closing, price, multiplier) - fee * share
-            position += closing if signed > 0 else -closing
-            if position == 0:
-                if start <= ts < end:
-                    trips.append(cash)
-                cash = ZERO
-            rest = quantity - closing
-            if rest:
-                cash += _flow(side, rest, price, multiplier) - fee * (1 - share)
-                position += rest if signed > 0 else -rest
-        else:
-            cash += _flow(side, quantity, price, multiplier) - fee
-            position += signed
-    return trips
 
 
 def _uptime_minutes(engine_ids: list[int], start: datetime, end: datetime) -> dict[int, int]:
@@ -332,26 +296,6 @@ class Analytics:
 
 def _pct(part: float, whole: float) -> float | None:
     return 100.0 * part / whole if whole else None
-
-
-def sharpe_ratio(returns: Sequence[float]) -> float | None:
-    """Mean daily return over its sample standard deviation, times sqrt(252); risk-free 0."""
-    if len(returns) < 2:
-        return None
-    deviation = statistics.stdev(returns)
-    if deviation == 0:
-        return None
-    return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
-
-
-def sortino_ratio(returns: Sequence[float]) -> float | None:
-    """Mean daily return over the downside deviation (target 0, over all days), times sqrt(252)."""
-    if len(returns) < 2:
-        return None
-    downside = math.sqrt(sum(min(r, 0.0) ** 2 for r in returns) / len(returns))
-    if downside == 0:
-        return None
-    return statistics.fmean(returns) / downside * math.sqrt(TRADING_DAYS_PER_YEAR)
 
 
 def _equity(items: Sequence[EngineData], period: Period) -> tuple[Decimal | None, list, list[Day]]:

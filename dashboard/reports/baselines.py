@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_date, parse_datetime
 
 from controlplane.models import Engine
+from controlplane.trading_math import TRADING_DAYS_PER_YEAR
 from dashboard.models import Baseline
 from dashboard.reports import analytics
 
@@ -128,7 +129,7 @@ def curve_annual_return_pct(curve: list[list[str]]) -> float | None:
     weekdays = analytics.weekdays_between(first_ts, last_ts, ZoneInfo("UTC"))
     if not weekdays or not first:
         return None
-    return float(last / first - 1) * 100 * analytics.TRADING_DAYS_PER_YEAR / weekdays
+    return float(last / first - 1) * 100 * TRADING_DAYS_PER_YEAR / weekdays
 
 
 # --- Live against baseline -----------------------------------------------------------------------
@@ -210,9 +211,7 @@ def compare(baseline: Baseline, live: analytics.Analytics, tz: ZoneInfo) -> Comp
         start = max(start, live.first_data_at)
     weekdays = analytics.weekdays_between(start, live.end, tz)
     annual = expected_annual_return_pct(baseline)
-    expected_return = (
-        annual * weekdays / analytics.TRADING_DAYS_PER_YEAR if annual is not None else None
-    )
+    expected_return = annual * weekdays / TRADING_DAYS_PER_YEAR if annual is not None else None
     expected_trades = (
         baseline.trades_per_day * weekdays if baseline.trades_per_day is not None else None
     )

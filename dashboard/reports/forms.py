@@ -38,6 +38,8 @@ class BaselineForm(forms.ModelForm):
             "sharpe",
             "trades_per_day",
             "win_rate_pct",
+            "gross_profit",
+            "gross_loss",
             "tolerance_pct",
             "notes",
         ]

@@ -40,8 +40,7 @@ def baseline_figures(engine_ids: Sequence[int]) -> dict[int, BaselineFigures]:
             name=baseline.name,
             sharpe=baseline.sharpe,
             max_drawdown_pct=curve_max_drawdown_pct(baseline.equity_curve),
-            # The baseline records no profit factor (no field, and a curve has no trades).
-            profit_factor=None,
+            profit_factor=baseline.profit_factor,
             history_days=curve_history_days(baseline.equity_curve),
             annual_return_pct=expected_annual_return_pct(baseline),
             win_rate_pct=baseline.win_rate_pct,

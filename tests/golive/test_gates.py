@@ -99,12 +99,16 @@ def test_backtest_to_paper_reads_the_baseline(make_engine):
         engine=good,
         name="bt",
         sharpe=1.6,
+        gross_profit=1500.0,
+        gross_loss=1000.0,
         equity_curve=[[day0.isoformat(), "100"], [(day0 + timedelta(days=400)).isoformat(), "130"]],
     )
     Baseline.objects.create(
         engine=poor,
         name="bt",
         sharpe=0.7,
+        gross_profit=1200.0,
+        gross_loss=1000.0,
         equity_curve=[
             [day0.isoformat(), "100"],
             [(day0 + timedelta(days=100)).isoformat(), "80"],
@@ -119,15 +123,24 @@ def test_backtest_to_paper_reads_the_baseline(make_engine):
     assert p["baseline_max_drawdown_pct"].value == pytest.approx(20)
     assert p["baseline_max_drawdown_pct"].passed is False
     assert g["baseline_history_days"].passed is True and p["baseline_history_days"].passed is False
-    # No profit factor is recorded with a baseline: unknown, never a pass.
-    assert g["baseline_profit_factor"].passed is None
-    assert "no profit factor" in g["baseline_profit_factor"].value_text
+    # Gross profit / gross loss: 1.5 passes (> 1.3), 1.2 fails.
+    assert g["baseline_profit_factor"].value == pytest.approx(1.5)
+    assert g["baseline_profit_factor"].passed is True
+    assert p["baseline_profit_factor"].value == pytest.approx(1.2)
+    assert p["baseline_profit_factor"].passed is False
+    assert g["baseline_profit_factor"].evidence == "/engines/good/#baseline"
+    assert good_r.ready is True
+    # Without gross figures: unknown, never a pass.
+    Baseline.objects.filter(engine=good).update(gross_profit=None, gross_loss=None)
+    unknown = by_key(gates.report(good, NOW))["baseline_profit_factor"]
+    assert unknown.passed is None
+    assert unknown.value_text == "the baseline gives no gross profit and gross loss"
     assert (
         b["baseline_sharpe"].passed is None
         and "no backtest baseline" in b["baseline_sharpe"].value_text
     )
     assert g["baseline_sharpe"].evidence == "/engines/good/#baseline"
-    assert not good_r.ready and not bare_r.ready
+    assert not poor_r.ready and not bare_r.ready
 
 
 def paper_engine(make_engine, instrument, name: str, *, wins: int, losses: int, days: int = 20):
@@ -215,10 +228,27 @@ def test_shadow_to_small_capital(make_engine, instrument):
     equity(slippy, start, [100_000] * 3)
     trade(calm, instrument, 0, start + timedelta(days=1), win=True, expected="99.99")  # 1 bp
     trade(slippy, instrument, 0, start + timedelta(days=1), win=True, expected="99.9")  # 10 bp
+    for engine, explanation in ((slippy, ""), (slippy, ""), (calm, "the venue's outage")):
+        Alert.objects.create(
+            engine=engine,
+            severity=Severity.CRITICAL,
+            summary="x",
+            state="resolved",
+            fired_at=NOW - timedelta(days=1),
+            explanation=explanation,
+        )
+    # Before the period, or not critical: not counted.
     Alert.objects.create(
         engine=slippy,
         severity=Severity.CRITICAL,
-        summary="x",
+        summary="old",
+        state="resolved",
+        fired_at=start - timedelta(days=1),
+    )
+    Alert.objects.create(
+        engine=slippy,
+        severity=Severity.WARNING,
+        summary="w",
         state="resolved",
         fired_at=NOW - timedelta(days=1),
     )
@@ -229,7 +259,14 @@ def test_shadow_to_small_capital(make_engine, instrument):
     assert s["slippage_bps"].value == pytest.approx(10.0, abs=0.02)
     assert s["slippage_bps"].passed is False
     assert c["unexplained_critical_alerts"].passed is True
-    assert s["unexplained_critical_alerts"].passed is None
+    assert c["unexplained_critical_alerts"].value_text == (
+        "1 critical alerts in the period, each explained"
+    )
+    assert s["unexplained_critical_alerts"].passed is False
+    assert s["unexplained_critical_alerts"].value == 2
+    assert s["unexplained_critical_alerts"].value_text.startswith(
+        "2 of 2 critical alerts unexplained (last 2026-11-26 12:00)"
+    )
     assert s["unexplained_critical_alerts"].evidence == "/alerts/?engine=slippy"
     assert c["min_days"].passed is True
     assert calm_r.ready is True and slippy_r.ready is False

@@ -113,6 +113,47 @@ def test_the_admin_stores_nothing_when_the_csv_is_bad(
     ]
 
 
+@pytest.mark.parametrize(
+    ("gross", "field", "message"),
+    [
+        ({"gross_profit": "1500"}, "gross_loss", "Give gross profit and gross loss together"),
+        ({"gross_loss": "1000"}, "gross_profit", "Give gross profit and gross loss together"),
+        ({"gross_profit": "1500", "gross_loss": "0"}, "gross_loss", "no profit factor"),
+        ({"gross_profit": "-1", "gross_loss": "1000"}, "gross_profit", "greater than or equal"),
+        ({"gross_profit": "inf", "gross_loss": "1000"}, "gross_profit", "Enter a number"),
+    ],
+)
+def test_the_admin_refuses_a_bad_gross_profit_or_loss_naming_it(
+    admin_user: User, week_data: dict[str, Any], gross: dict, field: str, message: str
+) -> None:
+    client = Client()
+    client.force_login(admin_user)
+    form = {"engine": week_data["alpha"].pk, "name": "bt v3", "tolerance_pct": "20", **gross}
+    response = client.post(reverse("admin:dashboard_baseline_add"), form)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert field in errors, errors
+    assert message in " ".join(errors[field])
+    assert not Baseline.objects.exists()
+
+
+def test_the_profit_factor_is_gross_profit_over_gross_loss(
+    admin_user: User, week_data: dict[str, Any]
+) -> None:
+    client = Client()
+    client.force_login(admin_user)
+    form = {
+        "engine": week_data["alpha"].pk,
+        "name": "bt v3",
+        "tolerance_pct": "20",
+        "gross_profit": "1500",
+        "gross_loss": "1000",
+    }
+    response = client.post(reverse("admin:dashboard_baseline_add"), form)
+    assert response.status_code == 302
+    assert Baseline.objects.get().profit_factor == pytest.approx(1.5)
+
+
 # --- Live against baseline -----------------------------------------------------------------------
 
 

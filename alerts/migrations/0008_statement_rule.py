@@ -29,5 +29,5 @@ def remove(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("alerts", "0006_stage_violation_rule")]
+    dependencies = [("alerts", "0007_alert_explanation")]
     operations = [migrations.RunPython(create, remove)]

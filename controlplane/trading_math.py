@@ -1,0 +1,96 @@
+"""The trade arithmetic every layer reads the same way (docs/analytics.md): round trips from an
+instrument's fills, and the Sharpe and Sortino ratios of daily returns. Pure functions, no
+database: the reports (dashboard.reports.analytics) and the go-live gates (golive.gates) both
+call them, so a round trip or a Sharpe ratio means one thing on every page.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+TRADING_DAYS_PER_YEAR = 252
+ZERO = Decimal(0)
+
+# The cash's number type: Decimal for the reports (exact to the cent), float for the gates (a
+# fleet's fills read many times a minute).
+Cash = TypeVar("Cash", Decimal, float)
+
+
+def _exact(quantity: Decimal) -> Decimal:
+    return quantity
+
+
+def round_trips(
+    fills: Iterable[Sequence[Any]],
+    start: Any,
+    end: Any,
+    *,
+    cash: Callable[[Decimal], Cash] = _exact,  # type: ignore[assignment]
+    zero: Cash = ZERO,  # type: ignore[assignment]
+) -> list[Cash]:
+    """P&L of the round trips that close in [start, end), from one instrument's fills in order.
+
+    ``fills``: (side, quantity (Decimal), price, fee, multiplier, ts). A round trip opens when the
+    position leaves zero and closes when it returns to zero; its P&L is the cash its fills moved,
+    fees included. A fill that crosses zero is split by quantity, its fee pro rata: the part that
+    brings the position to zero closes the trip, the rest opens the next one.
+
+    The position is counted in Decimal whatever the cash (a float position would not come back
+    to exactly zero). Prices, fees and multipliers are of the cash's type, quantities and shares
+    are turned into it by ``cash`` (with ``zero`` its 0): by default Decimal, exact; with
+    ``cash=float, zero=0.0``, floats. ``ts``, ``start`` and ``end`` only need to compare.
+    """
+    trips: list[Cash] = []
+    position = ZERO
+    moved = zero
+    for side, quantity, price, fee, multiplier, ts in fills:
+        signed = quantity if side == "buy" else -quantity
+        closing = ZERO
+        if position != 0 and (position > 0) != (signed > 0):
+            closing = min(quantity, abs(position))
+        if closing:
+            share = cash(closing / quantity)
+            moved += _flow(side, cash(closing), price, multiplier) - fee * share
+            position += closing if signed > 0 else -closing
+            if position == 0:
+                if start <= ts < end:
+                    trips.append(moved)
+                moved = zero
+            rest = quantity - closing
+            if rest:
+                moved += _flow(side, cash(rest), price, multiplier) - fee * (1 - share)
+                position += rest if signed > 0 else -rest
+        else:
+            moved += _flow(side, cash(quantity), price, multiplier) - fee
+            position += signed
+    return trips
+
+
+def _flow(side: str, quantity: Cash, price: Cash, multiplier: Cash) -> Cash:
+    """Cash a fill moves: a sell brings money in, a buy pays it out (before fees)."""
+    value = quantity * price * multiplier
+    return value if side == "sell" else -value
+
+
+def sharpe_ratio(returns: Sequence[float]) -> float | None:
+    """Mean daily return over its sample standard deviation, times sqrt(252); risk-free 0."""
+    if len(returns) < 2:
+        return None
+    deviation = statistics.stdev(returns)
+    if deviation == 0:
+        return None
+    return statistics.fmean(returns) / deviation * math.sqrt(TRADING_DAYS_PER_YEAR)
+
+
+def sortino_ratio(returns: Sequence[float]) -> float | None:
+    """Mean daily return over the downside deviation (target 0, over all days), times sqrt(252)."""
+    if len(returns) < 2:
+        return None
+    downside = math.sqrt(sum(min(r, 0.0) ** 2 for r in returns) / len(returns))
+    if downside == 0:
+        return None
+    return statistics.fmean(returns) / downside * math.sqrt(TRADING_DAYS_PER_YEAR)

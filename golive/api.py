@@ -1,0 +1,274 @@
+"""Promotions through the HTTP API (docs/going-live.md, "The API"): an engine's gate and its
+promotion requests, and the request, approval, rejection and cancellation of a step. Every write
+is a golive.services call, so four eyes, rights, the audit log and the refusals are those of the
+go-live page. The composition root mounts this router on the API (controlplane.api).
+
+Errors: 400 names each bad field (a missing reason, a request already decided), 403 a missing
+right, 404 an unknown engine or request, 409 a refusal (a failing gate, naming its criteria; the
+requester approving their own request; a failing pre-flight check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, Literal
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja import Field, Router, Schema
+from ninja.errors import HttpError
+from ninja.responses import Status
+from pydantic import ConfigDict
+
+from controlplane.api import error_responses
+from controlplane.audit import client_ip
+from controlplane.models import Engine
+from golive import gates, preflight, services
+from golive.models import PromotionRequest
+
+router = Router(tags=["promotions"])
+
+_requests = PromotionRequest.objects.select_related("engine")
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+class CriterionOut(Schema):
+    key: str
+    label: str
+    threshold: str = Field(..., description="the policy's threshold, as the page shows it")
+    value: float | None = Field(..., description="what was measured; null when not known")
+    value_text: str
+    status: Literal["pass", "fail", "unknown"]
+    since: datetime | None = Field(..., description="when it started passing, if knowable")
+    evidence: str | None = Field(..., description="a URL path to what it was measured from")
+    source: str
+
+
+class CheckOut(Schema):
+    key: str
+    label: str
+    status: Literal["pass", "fail", "unknown"]
+    detail: str
+    evidence: str | None
+
+
+class GateOut(Schema):
+    engine: str
+    stage: str
+    next_stage: str | None = Field(..., description="null in full production")
+    ready: bool = Field(..., description="every enabled criterion passes")
+    criteria: list[CriterionOut]
+    preflight: list[CheckOut] | None = Field(
+        ..., description="before a step into real orders: what must hold now; null otherwise"
+    )
+
+
+class PromotionRequestOut(Schema):
+    id: int
+    engine: str = Field(..., alias="engine.name")
+    from_stage: str
+    to_stage: str
+    requested_by: str = Field(..., alias="requested_by_label")
+    reason: str
+    created_at: datetime
+    status: str
+    decided_by: str = Field(..., alias="decided_by_label")
+    decided_at: datetime | None
+    decision_reason: str
+    override: bool = Field(..., description="approved over a failing or unknown gate")
+
+
+class PromotionReasonIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=2000)
+
+
+class PromotionApproveIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=2000, description="required with override")
+    override: bool = Field(False, description="approve over a failing gate (risk managers)")
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def _status(passed: bool | None) -> str:
+    return "unknown" if passed is None else "pass" if passed else "fail"
+
+
+def _answers(view: Callable[..., Any]) -> Callable[..., Any]:
+    """The services' refusals as the API's errors: the same words as on the page."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(request, *args, **kwargs)
+        except services.PromotionForbidden as exc:
+            return Status(403, {"detail": str(exc)})
+        except services.PromotionRefused as exc:
+            return Status(409, {"detail": str(exc)})
+        except ValidationError as exc:
+            errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
+            detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
+            return Status(400, {"detail": detail, "errors": errors})
+
+    return wrapper
+
+
+def _require(request: HttpRequest, permission: str) -> None:
+    if not request.user.has_perm(permission):  # type: ignore[union-attr]
+        raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
+
+
+def _engine(name: str) -> Engine:
+    engine = Engine.objects.filter(name=name).first()
+    if engine is None:
+        raise HttpError(404, f"no engine is named {name!r}")
+    return engine
+
+
+def _request(request_id: int) -> PromotionRequest:
+    found = _requests.filter(pk=request_id).first()
+    if found is None:
+        raise HttpError(404, f"no promotion request has the id {request_id}")
+    return found
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+@router.get("/engines/{name}/gate", response={200: GateOut, **error_responses(403, 404)})
+def gate(request: HttpRequest, name: str) -> Any:
+    """The gate of the engine's next step, computed now: each enabled criterion with its
+    threshold, what was measured, pass, fail or unknown, and its evidence."""
+    _require(request, "controlplane.view_engine")
+    engine = _engine(name)
+    now = timezone.now()
+    report = gates.report(engine, now)
+    checks = preflight.checks(engine, now) if preflight.needed(report.to_stage) else None
+    return {
+        "engine": engine.name,
+        "stage": engine.stage,
+        "next_stage": report.to_stage,
+        "ready": report.ready,
+        "criteria": [
+            {
+                "key": c.key,
+                "label": c.label,
+                "threshold": c.threshold_text,
+                "value": c.value,
+                "value_text": c.value_text,
+                "status": _status(c.passed),
+                "since": c.since,
+                "evidence": c.evidence,
+                "source": c.source,
+            }
+            for c in report.criteria
+        ],
+        "preflight": [
+            {
+                "key": c.key,
+                "label": c.label,
+                "status": _status(c.passed),
+                "detail": c.detail,
+                "evidence": c.evidence,
+            }
+            for c in checks
+        ]
+        if checks is not None
+        else None,
+    }
+
+
+@router.get(
+    "/engines/{name}/promotion-requests",
+    response={200: list[PromotionRequestOut], **error_responses(403, 404)},
+)
+def promotion_requests(request: HttpRequest, name: str) -> Any:
+    """The engine's promotion requests, newest first (at most 200)."""
+    _require(request, "controlplane.view_engine")
+    return list(_requests.filter(engine=_engine(name))[:200])
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/engines/{name}/promotion-requests",
+    response={201: PromotionRequestOut, **error_responses(403, 404)},
+)
+@_answers
+def promotion_request_create(request: HttpRequest, name: str, payload: PromotionReasonIn) -> Any:
+    """Ask for the engine's next stage, saying why; a second person with the risk right decides.
+    400 without a reason, in full production, or while a request is pending."""
+    created = services.promotion_request(
+        engine=_engine(name),
+        actor=request.user,  # type: ignore[arg-type]
+        reason=payload.reason,
+        ip_address=client_ip(request),
+    )
+    return Status(201, _requests.get(pk=created.pk))
+
+
+@router.post(
+    "/promotion-requests/{request_id}/approve",
+    response={200: PromotionRequestOut, **error_responses(403, 404, 409)},
+)
+@_answers
+def promotion_request_approve(
+    request: HttpRequest, request_id: int, payload: PromotionApproveIn
+) -> Any:
+    """Approve: the engine moves to the requested stage if its gate passes now. 409 names each
+    failing or unknown criterion; with ``override`` and a reason a risk manager approves anyway
+    (never over a failing pre-flight check)."""
+    approved = services.promotion_approve(
+        request=_request(request_id),
+        actor=request.user,  # type: ignore[arg-type]
+        reason=payload.reason,
+        override=payload.override,
+        ip_address=client_ip(request),
+    )
+    return _requests.get(pk=approved.pk)
+
+
+@router.post(
+    "/promotion-requests/{request_id}/reject",
+    response={200: PromotionRequestOut, **error_responses(403, 404, 409)},
+)
+@_answers
+def promotion_request_reject(
+    request: HttpRequest, request_id: int, payload: PromotionReasonIn
+) -> Any:
+    """Turn the request down, saying why (a risk manager other than the requester)."""
+    rejected = services.promotion_reject(
+        request=_request(request_id),
+        actor=request.user,  # type: ignore[arg-type]
+        reason=payload.reason,
+        ip_address=client_ip(request),
+    )
+    return _requests.get(pk=rejected.pk)
+
+
+@router.post(
+    "/promotion-requests/{request_id}/cancel",
+    response={200: PromotionRequestOut, **error_responses(403, 404)},
+)
+@_answers
+def promotion_request_cancel(
+    request: HttpRequest, request_id: int, payload: PromotionReasonIn
+) -> Any:
+    """Withdraw the request (its requester only)."""
+    cancelled = services.promotion_cancel(
+        request=_request(request_id),
+        actor=request.user,  # type: ignore[arg-type]
+        reason=payload.reason,
+        ip_address=client_ip(request),
+    )
+    return _requests.get(pk=cancelled.pk)

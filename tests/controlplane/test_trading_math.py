@@ -1,0 +1,47 @@
+"""The one copy of the trade arithmetic: exact in Decimal for the reports, the same trips in
+floats for the gates, and the ratios of daily returns. No database."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from controlplane.trading_math import round_trips, sharpe_ratio, sortino_ratio
+
+ONE = Decimal(1)
+# Buy 5, sell 8 (crossing zero: 5 close the trip, 3 open a short), buy 3 back; fees pro rata.
+CROSSING = [
+    ("buy", Decimal(5), Decimal(50), Decimal("0.5"), ONE, 1.0),
+    ("sell", Decimal(8), Decimal(48), Decimal("0.8"), ONE, 2.0),
+    ("buy", Decimal(3), Decimal(45), Decimal("0.3"), ONE, 3.0),
+]
+
+
+def test_decimal_round_trips_are_exact() -> None:
+    assert round_trips(CROSSING, 0.0, 10.0) == [Decimal("-11"), Decimal("8.4")]
+
+
+def test_float_round_trips_give_the_same_trips_with_an_exact_position() -> None:
+    floats = [(s, q, float(p), float(f), float(m), ts) for s, q, p, f, m, ts in CROSSING]
+    trips = round_trips(floats, 0.0, 10.0, cash=float, zero=0.0)
+    assert trips == pytest.approx([-11.0, 8.4])
+    assert all(isinstance(trip, float) for trip in trips)
+    # Thirds of a lot: a float position would not come back to zero and close the trip.
+    third = Decimal(1) / Decimal(3)
+    lots = [("buy", third, 10.0, 0.0, 1.0, 1.0)] * 3 + [("sell", third * 3, 11.0, 0.0, 1.0, 2.0)]
+    assert round_trips(lots, 0.0, 10.0, cash=float, zero=0.0) == pytest.approx([1.0])
+
+
+def test_only_trips_closing_in_the_period_count() -> None:
+    assert round_trips(CROSSING, 2.5, 10.0) == [Decimal("8.4")]
+    assert round_trips(CROSSING, 0.0, 2.0) == []
+
+
+def test_the_ratios_need_two_returns_and_some_spread() -> None:
+    assert sharpe_ratio([0.01]) is None and sortino_ratio([0.01]) is None
+    assert sharpe_ratio([0.01, 0.01]) is None
+    assert sortino_ratio([0.01, 0.02]) is None  # no down day
+    assert sharpe_ratio([0.01, -0.01, 0.02]) == pytest.approx(
+        (0.02 / 3) / 0.015275252316519466 * 252**0.5
+    )
