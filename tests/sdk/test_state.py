@@ -191,11 +191,14 @@ def test_the_end_of_a_timed_pause_is_reported_once_whichever_thread_notices_it(
     client = make_client("ws://127.0.0.1:9/", journal_dir=tmp_path / "j")
     changes: list[StateChange] = []
     client.on_state_change(changes.append)
-    client.gate.pause(until=p.utc_now() + timedelta(milliseconds=100), reason="short")
-    start = threading.Barrier(8)
+    # The test moves the gate's clock, not the machine's load: every thread is refused by the
+    # pause first, then the pause's end is passed for all of them at once.
+    now = [p.utc_now()]
+    client.gate._clock = lambda: now[0]
+    client.gate.pause(until=now[0] + timedelta(seconds=1), reason="short")
+    refused_once = threading.Barrier(9)
 
     def trade() -> int:
-        start.wait()
         refused = 0
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -203,14 +206,19 @@ def test_the_end_of_a_timed_pause_is_reported_once_whichever_thread_notices_it(
                 client.check_order("AAPL", "buy", 1, 0)
             except OrderRejected:
                 refused += 1
+                if refused == 1:
+                    refused_once.wait(timeout=5)
                 continue
             return refused
         raise AssertionError("the pause never ended")
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        refusals = list(pool.map(lambda _: trade(), range(8)))
+        results = [pool.submit(trade) for _ in range(8)]
+        refused_once.wait(timeout=5)
+        now[0] += timedelta(seconds=2)
+        refusals = [result.result() for result in results]
 
-    assert sum(refusals) > 0  # the threads did see the pause
+    assert all(count >= 1 for count in refusals)  # each thread saw the pause
     assert [(c.old, c.new, c.reason) for c in changes] == [
         ("ACTIVE", "PAUSED", "short"),
         ("PAUSED", "ACTIVE", "pause ended"),
