@@ -74,7 +74,8 @@
 
     setCell(cell(tr, "equity"), fmt.money(row.equity), "num");
     setCell(cell(tr, "day_pnl"), fmt.signed(row.day_pnl), "num " + fmt.signClass(row.day_pnl));
-    setCell(cell(tr, "drawdown_pct"), fmt.drawdown(row.drawdown_pct), row.drawdown_pct ? "num neg" : "num");
+    var drawdown = fmt.drawdown(row.drawdown_pct);
+    setCell(cell(tr, "drawdown_pct"), drawdown, drawdown !== "0.00%" ? "num neg" : "num");
     setCell(cell(tr, "gross_exposure"), fmt.money(row.gross_exposure, 0), "num");
     renderCount(cell(tr, "open_positions"), row.open_positions, row.mismatches);
     setCell(cell(tr, "working_orders"), String(row.working_orders), "num");

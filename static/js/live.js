@@ -52,7 +52,8 @@
       return value > 0 ? "pos" : "neg";
     },
     drawdown: function (value) {
-      if (!value) return "0.00%";
+      // One that rounds to 0.00 % is none (as the server writes it).
+      if (!value || Math.abs(value) < 0.005) return "0.00%";
       return MINUS + number(value, 2) + "%";
     },
     rate: function (value) {

@@ -26,15 +26,25 @@ from django.db import connections, transaction
 
 from controlplane import services, stages
 from controlplane.config import demo_history, embedded
-from controlplane.models import Engine, Instrument, Mode, Stage
+from controlplane.models import REAL_MONEY_STAGES, Engine, Instrument, Mode, Stage
 from engine_sdk import __version__, simulator
 from engine_sdk.client import EngineClient, EngineClientError, HelloInfo
 from engine_sdk.protocol import Welcome
-from engine_sdk.simulator import STRATEGIES, UNIVERSE, PaperEngine, Strategy
+from engine_sdk.simulator import (
+    MAX_GROSS_LEVERAGE,
+    STARTING_CASH,
+    STRATEGIES,
+    UNIVERSE,
+    PaperEngine,
+    Strategy,
+)
 
 ACTOR = "manage.py simulate"
 BROKER = "paper-sim"
 FLUSH_TIMEOUT_S = 5.0
+# The target capital of the demo's engines placed at a real-money stage: at the ramp's first step
+# (25 %), their ceiling is what the simulated broker lets an account hold anyway.
+DEMO_TARGET_CAPITAL = STARTING_CASH * MAX_GROSS_LEVERAGE * 4
 # The demo's promotion candidate carries on as its recorded past went: a steady engine that
 # trades now and then, on calm prices, with no broker rejection and no data gap, so that what it
 # adds while the demo runs keeps its figures near its baseline's for a few hours.
@@ -199,6 +209,9 @@ class Command(BaseCommand):
                     raise CommandError(f"Engine {name} not created: {exc.messages}") from None
                 self.stdout.write(f"Engine {name} created ({strategy}).")
                 stage = placed[number - 1] if number <= len(placed) else Stage.PAPER
+                if stage in REAL_MONEY_STAGES:
+                    # Real money is a share of a target capital (docs/going-live.md, the ramp).
+                    Engine.objects.filter(pk=engine.pk).update(target_capital=DEMO_TARGET_CAPITAL)
                 if stage != engine.stage:
                     # The demo shows the way to real money: its engines start at different stages.
                     stages.stage_set(
