@@ -49,7 +49,7 @@ def sign_class(value: float | None) -> str:
 @register.filter
 def drawdown(value: float | None) -> str:
     """Drawdown from the high-water mark, written as the loss it is (minus-signed). One that
-    rounds to 0.00 % is none: "−0.00%" in red would call a few cents an alarm."""
+    rounds to 0.00 % is none: "-0.00%" in red would call a few cents an alarm."""
     if not value or abs(value) < 0.005:
         return "0.00%"
     return f"{MINUS}{abs(value):,.2f}%"
