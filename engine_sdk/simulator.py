@@ -81,6 +81,7 @@ UNIVERSE: Final = (
 ZERO: Final = Decimal(0)
 CENT: Final = Decimal("0.01")
 AVG_PLACES: Final = Decimal("0.0001")
+MARKET_PLACES: Final = Decimal("0.0001")
 STARTING_CASH: Final = Decimal("1000000")
 FEE_PER_SHARE: Final = Decimal("0.0035")
 MIN_FEE: Final = Decimal("0.35")
@@ -197,6 +198,7 @@ class PaperEngine:
         order_probability: float = ORDER_PROBABILITY,
         broker_reject_rate: float = BROKER_REJECT_RATE,
         data_gap_rate: float = DATA_GAP_RATE,
+        market_prices: bool = True,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
@@ -221,6 +223,14 @@ class PaperEngine:
         self._rng = random.Random(seed)
         self._clock = clock
         self._volatility = {i.symbol: i.volatility for i in self.universe}
+        # Its fills are simulated (paper, shadow): each says what a real order would have got, the
+        # far side of the quote, for the control plane to hold against the modelled slippage.
+        # The quote is the mid (its price) and a half-spread that grows with the instrument's
+        # volatility: 2.2 bps for the calmest of the universe, 4.5 for the liveliest.
+        self.market_prices = market_prices
+        self._half_spread = {
+            i.symbol: Decimal(1 + i.volatility * 1000) / 10_000 for i in self.universe
+        }
 
         book = self._load_book()
         if book is None:
@@ -390,7 +400,10 @@ class PaperEngine:
             if (order.side == "buy" and price <= limit) or (
                 order.side == "sell" and price >= limit
             ):
-                self._fill(order, self._fill_size(order.remaining), limit, now, "maker")
+                # A resting order gets its own price, in the market as here.
+                self._fill(
+                    order, self._fill_size(order.remaining), limit, now, "maker", market=limit
+                )
                 changed.add(order.symbol)
             elif self.ticks - order.placed_tick >= ORDER_TTL_TICKS:
                 self._cancel(order, now)
@@ -579,11 +592,18 @@ class PaperEngine:
                 part = order.remaining if forced else self._fill_size(order.remaining)
                 slip = price * Decimal(self._rng.uniform(0, 0.0005))
                 fill_price = max(_money(price + slip if side == "buy" else price - slip), CENT)
-                self._fill(order, part, fill_price, now, "taker")
+                self._fill(order, part, fill_price, now, "taker", market=self._touch(symbol, side))
         elif limit_price is not None and (
             (side == "buy" and limit_price >= price) or (side == "sell" and limit_price <= price)
         ):
-            self._fill(order, self._fill_size(quantity), price, now, "taker")
+            self._fill(
+                order,
+                self._fill_size(quantity),
+                price,
+                now,
+                "taker",
+                market=self._touch(symbol, side),
+            )
         if order.remaining and order.status in ("accepted", "partially_filled"):
             self.working[order.client_order_id] = order
         return order
@@ -605,6 +625,8 @@ class PaperEngine:
         price: Decimal,
         now: datetime,
         liquidity: Literal["maker", "taker"],
+        *,
+        market: Decimal,
     ) -> None:
         fee = max(_money(quantity * FEE_PER_SHARE), MIN_FEE)
         order.fills += 1
@@ -622,12 +644,19 @@ class PaperEngine:
                 price=price,
                 fee=fee,
                 liquidity=liquidity,
+                market_price=market if self.market_prices else None,
             )
         )
         self._book_fill(order.symbol, order.side, quantity, price, fee)
         self._emit_order(order, now)
         if order.status == "filled":
             self.working.pop(order.client_order_id, None)
+
+    def _touch(self, symbol: str, side: Side) -> Decimal:
+        """The far side of the quote: what a real marketable order would pay or get now."""
+        mid = self.prices[symbol]
+        half = mid * self._half_spread[symbol]
+        return (mid + half if side == "buy" else mid - half).quantize(MARKET_PLACES)
 
     def _book_fill(
         self, symbol: str, side: Side, quantity: Decimal, price: Decimal, fee: Decimal

@@ -46,9 +46,12 @@ paper -> shadow (the period: the stage's start to now)
                              event (else it fails, naming them). Unknown without frames.
 shadow -> small_capital
   min_days                   as above.
-  slippage_bps               mean of the period's fills' slippage against their expected price
-                             (bps, positive is worse, as the slippage alert metric); passes if
-                             <= threshold, the modelled slippage (no model records one yet).
+  slippage_bps               how much more the market would have charged than the simulation
+                             did: the mean over the period's fills that carry market_price (the
+                             price a real order would have got, reported by a simulating engine)
+                             of (market_price - price) / price * 10000 for a buy, (price -
+                             market_price) / price * 10000 for a sell (bps, positive: the model
+                             is too kind); passes if <= threshold. Unknown without such fills.
   unexplained_critical_alerts  critical alerts fired in the period with no explanation (an
                              operator's, alerts.services.alert_explain); passes if <=
                              threshold (0). Source: alerts.
@@ -209,6 +212,13 @@ class _Measures:
     fills: int = 0
     slippage_bps: float | None = None
     slipped_fills: int = 0
+    # Simulated fills that say what a real order would have got (fill.market_price): how much
+    # more the market would have charged than the simulation did, and both against the order's
+    # expected price where it has one.
+    excess_bps: float | None = None
+    marked_fills: int = 0
+    market_bps: float | None = None
+    modelled_bps: float | None = None
     orders: int = 0
     rejected: int = 0
     error_logs: int = 0
@@ -359,7 +369,7 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
         return
     sql = f"""
         SELECT w.n,
-            s.n, s.slip, s.slipped,
+            s.n, s.slip, s.slipped, s.excess, s.marked, s.market_slip, s.model_slip,
             o.n, o.rejected,
             l.n, l.last_at,
             al.n, al.unexplained, al.last_at
@@ -369,7 +379,17 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
                 avg(CASE WHEN f.side = 'buy' THEN f.price - f.expected_price
                          ELSE f.expected_price - f.price END / f.expected_price * 10000)
                     FILTER (WHERE f.expected_price > 0) AS slip,
-                count(*) FILTER (WHERE f.expected_price > 0) AS slipped
+                count(*) FILTER (WHERE f.expected_price > 0) AS slipped,
+                avg(CASE WHEN f.side = 'buy' THEN f.market_price - f.price
+                         ELSE f.price - f.market_price END / f.price * 10000)
+                    FILTER (WHERE f.market_price > 0) AS excess,
+                count(*) FILTER (WHERE f.market_price > 0) AS marked,
+                avg(CASE WHEN f.side = 'buy' THEN f.market_price - f.expected_price
+                         ELSE f.expected_price - f.market_price END / f.expected_price * 10000)
+                    FILTER (WHERE f.market_price > 0 AND f.expected_price > 0) AS market_slip,
+                avg(CASE WHEN f.side = 'buy' THEN f.price - f.expected_price
+                         ELSE f.expected_price - f.price END / f.expected_price * 10000)
+                    FILTER (WHERE f.market_price > 0 AND f.expected_price > 0) AS model_slip
             FROM {Fill._meta.db_table} f
             WHERE f.engine_id = w.engine_id AND f.ts >= w.start AND f.ts < w.stop) AS s
         CROSS JOIN LATERAL (
@@ -391,10 +411,15 @@ def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     """
     params = {**_windows_sql(windows), "critical": Severity.CRITICAL.value}
     for row in _rows(sql, params):
-        n, fills, slip, slipped, orders, rejected, logs, last_log, crit, unexplained, last = row
+        n, fills, slip, slipped, excess, marked, market_slip, model_slip = row[:8]
+        orders, rejected, logs, last_log, crit, unexplained, last = row[8:]
         item = measures[n - 1]
         item.fills, item.slipped_fills = fills, slipped
         item.slippage_bps = float(slip) if slip is not None else None
+        item.marked_fills = marked
+        item.excess_bps = float(excess) if excess is not None else None
+        item.market_bps = float(market_slip) if market_slip is not None else None
+        item.modelled_bps = float(model_slip) if model_slip is not None else None
         item.orders, item.rejected = orders, rejected
         item.error_logs, item.last_error_at = logs, last_log
         item.critical_alerts = crit
@@ -661,10 +686,16 @@ def _slippage(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Meas
     m = ctx.measures
     assert m is not None
     evidence = ctx.admin("fill", ts__gte=ctx.start.date().isoformat())
-    if m.slippage_bps is None:
-        return None, "no fill with an expected price in the period", None, None, evidence, "fills"
-    text = f"{m.slippage_bps:.2f} bps over {m.slipped_fills} fills"
-    return m.slippage_bps, text, None, None, evidence, "fills"
+    if m.excess_bps is None:
+        text = (
+            "no fill of the period says what a real order would have got (fill.market_price, "
+            "docs/protocol.md): the engine does not report it"
+        )
+        return None, text, None, None, evidence, "fills"
+    text = f"{m.excess_bps:.2f} bps beyond the simulated prices over {m.marked_fills} fills"
+    if m.market_bps is not None and m.modelled_bps is not None:
+        text += f" (the market {m.market_bps:.2f} bps, modelled {m.modelled_bps:.2f})"
+    return m.excess_bps, text, None, None, evidence, "fills (market_price)"
 
 
 def _critical_alerts(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:

@@ -143,10 +143,10 @@ SPECS = (
     Spec(
         SHADOW,
         "slippage_bps",
-        "Mean slippage (threshold: the modelled slippage)",
+        "Slippage the market would have charged beyond the modelled",
         "<=",
         "bps",
-        D(5),
+        D(2),
     ),
     Spec(
         SHADOW,

@@ -39,8 +39,18 @@ def instrument() -> Instrument:
     return Instrument.objects.create(symbol="AAA")
 
 
-def trade(engine, instrument, n: int, ts: datetime, *, win: bool, expected: str = "100") -> None:
-    """A round trip: buy 10 at 100, sell 10 at 101 (a win) or 99 (a loss)."""
+def trade(
+    engine,
+    instrument,
+    n: int,
+    ts: datetime,
+    *,
+    win: bool,
+    expected: str = "100",
+    market: str | None = None,
+) -> None:
+    """A round trip: buy 10 at 100, sell 10 at 101 (a win) or 99 (a loss); the buy simulated at
+    ``expected`` and, given ``market``, saying what a real order would have paid."""
     for leg, (side, price) in enumerate((("buy", "100"), ("sell", "101" if win else "99"))):
         order = Order.objects.create(
             engine=engine,
@@ -64,6 +74,7 @@ def trade(engine, instrument, n: int, ts: datetime, *, win: bool, expected: str 
             quantity=10,
             price=Decimal(price),
             expected_price=Decimal(expected) if side == "buy" else None,
+            market_price=Decimal(market) if market is not None and side == "buy" else None,
             ts=ts + timedelta(minutes=leg),
             seq=2 * n + leg + 1,
         )
@@ -202,6 +213,17 @@ def test_paper_to_shadow_on_both_sides(make_engine, instrument):
     assert short_r.ready is False
 
 
+def test_slippage_is_unknown_when_no_fill_says_what_the_market_would_have_charged(
+    make_engine, instrument
+):
+    engine, _ = make_engine("real-fills")
+    engine.stage = "shadow"
+    trade(engine, instrument, 0, NOW - timedelta(days=1), win=True, expected="99.9")
+    slippage = by_key(gates.report(engine, NOW))["slippage_bps"]
+    assert slippage.passed is None
+    assert "fill.market_price" in slippage.value_text
+
+
 def test_paper_unknown_without_data(make_engine):
     engine, _ = make_engine("empty")
     c = by_key(gates.report(engine, NOW))
@@ -226,8 +248,13 @@ def test_shadow_to_small_capital(make_engine, instrument):
     start = NOW - timedelta(days=10)
     equity(calm, start, [100_000] * 10)
     equity(slippy, start, [100_000] * 3)
-    trade(calm, instrument, 0, start + timedelta(days=1), win=True, expected="99.99")  # 1 bp
-    trade(slippy, instrument, 0, start + timedelta(days=1), win=True, expected="99.9")  # 10 bp
+    # The market would have charged 1 bp more than the simulated 100, and 10 bps more.
+    trade(
+        calm, instrument, 0, start + timedelta(days=1), win=True, expected="99.99", market="100.01"
+    )
+    trade(
+        slippy, instrument, 0, start + timedelta(days=1), win=True, expected="99.9", market="100.1"
+    )
     for engine, explanation in ((slippy, ""), (slippy, ""), (calm, "the venue's outage")):
         Alert.objects.create(
             engine=engine,
@@ -256,6 +283,10 @@ def test_shadow_to_small_capital(make_engine, instrument):
     c, s = by_key(calm_r), by_key(slippy_r)
     assert (calm_r.from_stage, calm_r.to_stage) == ("shadow", "small_capital")
     assert c["slippage_bps"].value == pytest.approx(1.0, abs=0.01) and c["slippage_bps"].passed
+    # Against the expected 99.99: the market 2.00 bps, the simulation 1.00.
+    assert c["slippage_bps"].value_text == (
+        "1.00 bps beyond the simulated prices over 1 fills (the market 2.00 bps, modelled 1.00)"
+    )
     assert s["slippage_bps"].value == pytest.approx(10.0, abs=0.02)
     assert s["slippage_bps"].passed is False
     assert c["unexplained_critical_alerts"].passed is True

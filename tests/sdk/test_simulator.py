@@ -166,6 +166,39 @@ def test_orders_move_through_valid_statuses_and_their_fills_add_up() -> None:
     assert still_working == set(engine.working)
 
 
+def test_each_simulated_fill_says_what_a_real_order_would_have_got() -> None:
+    engine, client = paper_engine(seed=5)
+    for _ in range(600):
+        engine.tick()
+
+    orders = {e.client_order_id: e for e in client.of(p.OrderEvent)}
+    fills = client.of(p.FillEvent)
+    assert fills and all(f.market_price is not None for f in fills)
+    beyond = []
+    for fill in fills:
+        order = orders[fill.client_order_id]
+        if fill.liquidity == "maker":
+            # A resting order gets its own price, in the market as in the simulation.
+            assert fill.market_price == order.limit_price == fill.price
+            continue
+        # A marketable order pays the far side of the quote: above the mid it was sent at for a
+        # buy, below for a sell, by the instrument's half-spread (2.2 to 4.5 bps here).
+        assert order.expected_price is not None
+        signed = (fill.market_price - order.expected_price) / order.expected_price * 10_000
+        signed = signed if fill.side == "buy" else -signed
+        assert Decimal("2.1") <= signed <= Decimal("4.6"), (fill, order)
+        beyond.append(signed)
+    assert beyond
+
+
+def test_a_live_mode_simulation_reports_no_market_price() -> None:
+    engine, client = paper_engine(seed=5, market_prices=False)
+    for _ in range(300):
+        engine.tick()
+    assert client.of(p.FillEvent)
+    assert all(f.market_price is None for f in client.of(p.FillEvent))
+
+
 def test_account_equity_is_cash_plus_positions_marked_to_market() -> None:
     engine, client = paper_engine()
     checked = 0

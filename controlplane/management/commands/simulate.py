@@ -310,6 +310,8 @@ class Command(BaseCommand):
             on_welcome=connected,
             engine_options={
                 "seed": None if seed is None else f"{seed}:{spec.name}",
+                # A live-mode engine's fills stand for real ones: no market price beside them.
+                "market_prices": spec.mode != Mode.LIVE,
                 **({**CALM, "universe": CALM_UNIVERSE} if spec.calm else {}),
             },
         )
