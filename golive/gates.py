@@ -431,8 +431,9 @@ def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     recoveries (a frame that arrives after a silence, its first event older than RECOVERY_LAG)."""
     if not windows:
         return
-    # Per engine, its frames in seq order straight from the primary key (no sort): the lag of
-    # each frame's arrival; the JSON of a frame is read only after a silence.
+    # Per engine, its frames in seq order from the index eventframe_engine_received_idx, which
+    # holds every column read here: the lag of each frame's arrival. A frame stored before
+    # frames kept their first event's time (migration 0022) has its JSON read instead.
     sql = f"""
         SELECT w.n, x.frames, x.missing, x.refused, x.recoveries, x.first_recovery
         FROM {_WINDOWS}
@@ -446,7 +447,10 @@ def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
                 SELECT first_seq, last_seq, received_at, refused,
                     CASE WHEN refused IS NULL AND received_at - lag(received_at)
                         OVER (ORDER BY first_seq, received_at) > %(lag)s
-                    THEN received_at - (events -> 0 ->> 'ts')::timestamptz > %(lag)s
+                    THEN received_at - COALESCE(first_ts, (
+                        SELECT (g.events -> 0 ->> 'ts')::timestamptz FROM {partitions.PARENT} g
+                        WHERE g.engine_id = f.engine_id AND g.first_seq = f.first_seq
+                            AND g.received_at = f.received_at)) > %(lag)s
                     ELSE false END AS recovered
                 FROM {partitions.PARENT} f
                 WHERE f.engine_id = w.engine_id

@@ -250,8 +250,8 @@ LOG_COLUMNS = (
 # One row a batch, its events as one JSON array: a statement of its own, so that PostgreSQL
 # reads the array once, as the column's value.
 INSERT_FRAME = (
-    f"INSERT INTO {EVENT_FRAME} (engine_id, first_seq, last_seq, received_at,"
-    " events) VALUES (%s, %s, %s, %s, %s::json)"
+    f"INSERT INTO {EVENT_FRAME} (engine_id, first_seq, last_seq, received_at, first_ts,"
+    " events) VALUES (%s, %s, %s, %s, %s, %s::json)"
 )
 
 # The engine row's columns a batch may set, with their types for json_to_recordset.

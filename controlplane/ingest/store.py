@@ -338,6 +338,9 @@ def ingest_batches(
                     "engine_id": engine_id,
                     "first_seq": accepted[0].seq,
                     "last_seq": accepted[-1].seq,
+                    # When its first event happened: a frame that arrives long after it held
+                    # events the engine's journal kept while it was cut off (golive.gates).
+                    "first_ts": accepted[0].ts,
                     "events": accepted,
                 }
                 group.frames.append(frame)
@@ -913,7 +916,14 @@ def _write(script: Script, group: _Group) -> list[str]:
     for frame in group.frames:
         # One row a batch: its events as one JSON array, encoded in one call in C (msgspec).
         events = json_text(frame["events"])
-        values = [frame["engine_id"], frame["first_seq"], frame["last_seq"], group.now, events]
+        values = [
+            frame["engine_id"],
+            frame["first_seq"],
+            frame["last_seq"],
+            group.now,
+            frame["first_ts"],
+            events,
+        ]
         script.add(sql.INSERT_FRAME, values)
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for engine_id, values in group.engines.items():

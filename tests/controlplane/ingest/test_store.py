@@ -162,6 +162,16 @@ def test_fills_keep_their_exact_decimals_times_and_the_order_expected_price(engi
         assert cursor.fetchall() == [(f.at(2), "12345678.12345678")]
 
 
+def test_a_frame_keeps_its_first_events_time_for_the_gates_recovery_count(engine):
+    # The first event happened two minutes before the frame was stored: the engine held it.
+    _ingest(engine, f.metric(1), f.metric(2))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT first_ts, received_at FROM controlplane_eventframe")
+        ((first_ts, received_at),) = cursor.fetchall()
+    assert first_ts == f.at(1)
+    assert received_at > first_ts
+
+
 @pytest.mark.parametrize("fills", [1, COPY_MIN_ROWS], ids=["statement", "copy"])
 def test_a_simulated_fill_keeps_the_price_a_real_order_would_have_got(engine, fills):
     events = [f.order(1, "o-1", expected="100")]
