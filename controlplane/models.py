@@ -22,16 +22,24 @@ QTY = {"max_digits": 24, "decimal_places": 8}
 TOKEN_PREFIX = "cpe_"
 
 
-def wire_choices(name: str, vocabulary: Any) -> Any:
+def wire_choices(name: str, vocabulary: Any, labels: dict[str, str] | None = None) -> Any:
     """Model choices whose values are one of the protocol's word lists (engine_sdk.protocol):
     what engines send is what is stored, spelt in one place. A member is its value in capitals
-    (``Mode.PAPER == "paper"``), its label the value in words ("Paper", "Cancel all")."""
-    members = [(value.upper(), value) for value in get_args(vocabulary)]
+    (``Mode.PAPER == "paper"``), its label the value in words ("Paper", "Cancel all") unless
+    ``labels`` names it otherwise."""
+    words = labels or {}
+    members = [
+        (value.upper(), (value, words[value]) if value in words else value)
+        for value in get_args(vocabulary)
+    ]
     return models.TextChoices(name, members, module=__name__)
 
 
 Mode = wire_choices("Mode", p.Mode)
-Stage = wire_choices("Stage", p.Stage)
+# Said the same way on every page, message and audit line.
+Stage = wire_choices(
+    "Stage", p.Stage, {"small_capital": "Small capital", "full": "Full production"}
+)
 # The stages whose engines may send real orders (an engine in live mode).
 REAL_MONEY_STAGES = (Stage.SMALL_CAPITAL, Stage.FULL)
 # The modes an engine at each stage may run in, its own first (the mode a stage change gives an

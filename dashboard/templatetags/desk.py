@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from django import template
 
-from controlplane.models import Mode
+from controlplane.models import Mode, Stage
 
 register = template.Library()
 
@@ -93,13 +93,7 @@ def mode_label(value: str) -> str:
     return str(MODE_LABELS.get(value, value))
 
 
-STAGE_LABELS = {
-    "backtest": "Backtest",
-    "paper": "Paper",
-    "shadow": "Shadow",
-    "small_capital": "Small capital",
-    "full": "Full production",
-}
+STAGE_LABELS = dict(Stage.choices)
 
 
 # As the fleet's badges say them: its name column must stay narrow on a phone.
