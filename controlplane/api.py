@@ -6,7 +6,7 @@ token (``Authorization: Bearer cpu_...``). The engines' own endpoints are in gat
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import cache, wraps
 from typing import Any, Literal
 
@@ -27,7 +27,16 @@ from controlplane import selectors, services
 from controlplane.audit import client_ip
 from controlplane.commands import issuing, resume
 from controlplane.commands.errors import CommandInvalid, CommandRefused
-from controlplane.models import Command, CommandBatch, Engine, Mode, ResumeRequest
+from controlplane.models import (
+    BrokerStatement,
+    Command,
+    CommandBatch,
+    Engine,
+    Mode,
+    ResumeRequest,
+    StatementDifference,
+)
+from controlplane.statements import StatementRefused, statement_import
 
 
 class ApiTokenAuth(HttpBearer):
@@ -402,6 +411,102 @@ def resume_request_reject(request: HttpRequest, request_id: int, payload: Reason
         actor=request.user,  # type: ignore[arg-type]
         reason=payload.reason,
         ip_address=client_ip(request),
+    )
+
+
+# --- broker statements ----------------------------------------------------------------------
+
+
+class StatementIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    csv: str = Field(
+        ...,
+        description="The statement file's text (docs/broker-statements.md)",
+        max_length=2_000_000,
+    )
+    filename: str = Field("", max_length=255)
+
+
+class DifferenceOut(Schema):
+    kind: str
+    line: int | None
+    symbol: str
+    trade_id: str
+    ledger_value: str
+    broker_value: str
+    detail: str
+
+
+class StatementOut(Schema):
+    id: int
+    engine: str
+    statement_date: date
+    trades: int
+    positions: int
+    matched: bool
+    differences_count: int
+    ledger_summary: dict[str, str]
+    broker_summary: dict[str, str]
+    imported_by: str
+    imported_at: datetime
+    differences: list[DifferenceOut]
+
+    @staticmethod
+    def resolve_engine(statement: BrokerStatement) -> str:
+        return statement.engine.name
+
+    @staticmethod
+    def resolve_imported_by(statement: BrokerStatement) -> str:
+        return statement.imported_by_label
+
+    @staticmethod
+    def resolve_differences(statement: BrokerStatement) -> list[StatementDifference]:
+        return list(statement.differences.all())
+
+
+@api.post(
+    "/engines/{name}/statements",
+    response={201: StatementOut, **error_responses(403, 404)},
+    tags=["broker statements"],
+)
+def statement_create(request: HttpRequest, name: str, payload: StatementIn) -> Any:
+    """Import a broker statement of the engine (one day's trades and end-of-day positions, CSV)
+    and reconcile it against the fill ledger. A bad statement is refused whole (400), each bad
+    line named under ``errors`` by its number; nothing of it is stored."""
+    _require(request, "controlplane.import_statement")
+    engine = get_object_or_404(Engine, name=name)
+    if "\x00" in payload.csv:
+        raise HttpError(400, "csv: the statement contains a NUL character")
+    try:
+        statement = statement_import(
+            engine=engine,
+            data=payload.csv.encode(),
+            filename=payload.filename,
+            actor=request.user,  # type: ignore[arg-type]
+            ip_address=client_ip(request),
+        )
+    except StatementRefused as refused:
+        errors = {f"line {line}": reason for line, reason in refused.errors}
+        if refused.more:
+            errors["more"] = f"{refused.more} more bad lines"
+        return api.create_response(request, {"detail": str(refused), "errors": errors}, status=400)
+    return Status(201, statement)
+
+
+@api.get(
+    "/engines/{name}/statements",
+    response={200: list[StatementOut], **error_responses(403, 404)},
+    tags=["broker statements"],
+)
+def statements(request: HttpRequest, name: str) -> Any:
+    """The engine's imported statements, the latest day first, with their differences."""
+    _require(request, "controlplane.view_brokerstatement")
+    engine = get_object_or_404(Engine, name=name)
+    return list(
+        BrokerStatement.objects.filter(engine=engine)
+        .select_related("engine")
+        .prefetch_related("differences")[:100]
     )
 
 

@@ -265,3 +265,43 @@ def test_differences_raise_a_critical_alert_that_a_matching_statement_of_the_day
     alert.refresh_from_db()
     assert alert.state == "resolved"
     assert "now matches the ledger" in alert.summary
+
+
+def test_the_api_imports_and_lists_statements_and_refuses_bad_lines_by_number(
+    engine: Engine, risk_manager: User, operator: User
+) -> None:
+    client = Client()
+    url = f"/api/v1/engines/{engine.name}/statements"
+    client.force_login(operator)
+    refused = client.post(url, {"csv": SAMPLE.read_text()}, content_type="application/json")
+    assert refused.status_code == 403
+    assert "lacks the controlplane.import_statement permission" in refused.json()["detail"]
+
+    client.force_login(risk_manager)
+    bad = client.post(
+        url,
+        {"csv": "type,date,symbol,quantity\nposition,2026-12-04,AAPL,lots\n"},
+        content_type="application/json",
+    )
+    assert bad.status_code == 400
+    assert bad.json()["errors"] == {"line 2": "quantity 'lots' is not a number"}
+    assert not BrokerStatement.objects.exists()
+    unknown = client.post(
+        "/api/v1/engines/nobody/statements", {"csv": "x"}, content_type="application/json"
+    )
+    assert unknown.status_code == 404
+
+    done = client.post(
+        url, {"csv": SAMPLE.read_text(), "filename": "d.csv"}, content_type="application/json"
+    )
+    assert done.status_code == 201, done.content
+    body = done.json()
+    assert (body["engine"], body["statement_date"], body["matched"]) == (
+        engine.name,
+        "2026-12-04",
+        True,
+    )
+    assert body["differences"] == [] and body["broker_summary"]["cash_flow"] == "-15407.6"
+
+    listed = client.get(url)
+    assert listed.status_code == 200 and [s["id"] for s in listed.json()] == [body["id"]]
