@@ -64,6 +64,10 @@ small_capital -> full
   kill_drill_days            days since the engine's last passed kill drill was done
                              (golive.drills.last_passed); passes if <= threshold. Unknown with
                              none. Source: kill drills.
+  statement_verified_days    days since the day of the engine's latest broker statement, if it
+                             matched the ledger (controlplane.statements); fails, whatever the
+                             threshold, if that statement differs; passes if <= threshold.
+                             Unknown with none. Source: broker statements.
   post_trade_limit_kinds_missing  post-trade limit kinds with no enabled limit covering the
                              engine (global, its name, or one of its tags); passes if <=
                              threshold. Source: risk limits.
@@ -87,6 +91,7 @@ from alerts.models import Alert, Severity
 from controlplane import partitions
 from controlplane.models import (
     AccountSnapshot,
+    BrokerStatement,
     EngineLog,
     Fill,
     Instrument,
@@ -467,6 +472,16 @@ def _event_log(windows: Sequence[_Window], measures: list[_Measures]) -> None:
         item.recoveries, item.first_recovery_at = recoveries, first_recovery
 
 
+def _last_statements(ids: list[int]) -> dict[int, BrokerStatement]:
+    """Each engine's latest broker statement (the latest day, then the latest import)."""
+    rows = (
+        BrokerStatement.objects.filter(engine_id__in=ids)
+        .order_by("engine_id", "-statement_date", "-imported_at", "-pk")
+        .distinct("engine_id")
+    )
+    return {row.engine_id: row for row in rows}
+
+
 def _covered_kinds(engines: Sequence[EngineModel]) -> dict[int, set[str]]:
     limits = list(
         RiskLimit.objects.filter(enabled=True, kind__in=list(POST_TRADE)).values_list(
@@ -506,6 +521,7 @@ class _Context:
     paper: _Measures | None = None
     paper_known: bool = False
     last_drill: KillDrill | None = None
+    statement: BrokerStatement | None = None
     covered: set[str] = field(default_factory=set)
 
     links: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -762,6 +778,28 @@ def _kill_drill(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Me
     return float(math.floor(days)), text, None, drill.done_at, evidence, "kill drills"
 
 
+def _statement(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
+    evidence = ctx.admin("brokerstatement", engine__id__exact=str(ctx.engine.pk))
+    statement = ctx.statement
+    source = "broker statements"
+    if statement is None:
+        text = "no broker statement imported (docs/broker-statements.md)"
+        return None, text, None, None, evidence, source
+    day = statement.statement_date
+    if not statement.matched:
+        count = statement.differences_count
+        text = (
+            f"the last statement, of {day}, differs from the ledger in {count} "
+            f"{'place' if count == 1 else 'places'}"
+        )
+        # Not verified, whatever the threshold: a difference is never within tolerance.
+        return None, text, False, None, evidence, source
+    days = (ctx.now.date() - day).days
+    text = f"{days} days ago (the statement of {day} matched the ledger)"
+    since = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    return float(days), text, None, since, evidence, source
+
+
 def _limit_kinds(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
     missing = sorted(POST_TRADE - ctx.covered)
     text = "every post-trade kind configured" if not missing else "missing: " + ", ".join(missing)
@@ -795,6 +833,7 @@ MEASURES: dict[tuple[str, str], Callable[..., Measure]] = {
     (policy.SMALL_CAPITAL, "min_days"): _days,
     (policy.SMALL_CAPITAL, "sharpe_vs_paper_pct"): _sharpe_vs_paper,
     (policy.SMALL_CAPITAL, "kill_drill_days"): _kill_drill,
+    (policy.SMALL_CAPITAL, "statement_verified_days"): _statement,
     (policy.SMALL_CAPITAL, "post_trade_limit_kinds_missing"): _limit_kinds,
 }
 
@@ -866,6 +905,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
         zip([w.engine_id for w in paper_windows], _equity(paper_windows), strict=True)
     )
     kills = drills.last_passed([e.pk for e in small]) if small else {}
+    statements = _last_statements([e.pk for e in small]) if small else {}
     covered = _covered_kinds(small) if small else {}
 
     stepping_ids = {e.pk for e in stepping}
@@ -886,6 +926,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
                 paper=paper_measures.get(engine.pk),
                 paper_known=engine.pk in papers,
                 last_drill=kills.get(engine.pk),
+                statement=statements.get(engine.pk),
                 covered=covered.get(engine.pk, set()),
                 links=links,
             )

@@ -187,6 +187,15 @@ SPECS = (
     ),
     Spec(
         SMALL_CAPITAL,
+        "statement_verified_days",
+        "P&L verified against the broker statement, days ago",
+        "<=",
+        "days",
+        D(7),
+        integer=True,
+    ),
+    Spec(
+        SMALL_CAPITAL,
         "post_trade_limit_kinds_missing",
         "Post-trade limit kinds not configured",
         "<=",

@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from alerts.models import Alert, Severity
 from controlplane.models import (
     AccountSnapshot,
+    BrokerStatement,
     Command,
     EngineLog,
     Fill,
@@ -360,6 +361,42 @@ def test_the_stage_history_gives_the_periods(make_engine):
     assert c["min_days"].value == 30 and "stage history" in c["min_days"].value_text
     assert c["sharpe_vs_paper_pct"].value is not None
     assert c["sharpe_vs_paper_pct"].passed is True
+
+
+def test_pnl_is_verified_by_the_latest_broker_statement_matching_the_ledger(make_engine):
+    none, _ = make_engine("no-statement", stage="small_capital")
+    matched, _ = make_engine("matched", stage="small_capital")
+    differs, _ = make_engine("differs", stage="small_capital")
+    for engine, day, count in (
+        (matched, NOW.date() - timedelta(days=12), 0),
+        (matched, NOW.date() - timedelta(days=2), 0),
+        (differs, NOW.date() - timedelta(days=3), 0),
+        # The latest day differs: an earlier match does not verify it.
+        (differs, NOW.date() - timedelta(days=1), 2),
+    ):
+        BrokerStatement.objects.create(
+            engine=engine,
+            statement_date=day,
+            sha256="x",
+            differences_count=count,
+            imported_by_label="rita",
+        )
+    reports = gates.reports([none, matched, differs], NOW)
+    n, m, d = (by_key(r)["statement_verified_days"] for r in reports)
+    assert (n.passed, n.value_text) == (
+        None,
+        "no broker statement imported (docs/broker-statements.md)",
+    )
+    assert (m.passed, m.value) == (True, 2.0)
+    assert (
+        m.value_text
+        == f"2 days ago (the statement of {NOW.date() - timedelta(days=2)} matched the ledger)"
+    )
+    assert d.passed is False
+    assert d.value_text == (
+        f"the last statement, of {NOW.date() - timedelta(days=1)}, differs from the ledger "
+        "in 2 places"
+    )
 
 
 def test_a_disabled_criterion_is_left_out_and_full_has_no_step(make_engine):
