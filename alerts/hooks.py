@@ -188,6 +188,20 @@ def stage_violation(engine_id: int, *, stage: str, mode: str) -> Alert | None:
         f"{engine.name} said hello in {mode} mode at stage {stage}: refused and HALTED "
         "(docs/going-live.md)"
     )
+    return _fire_critical(rule, source=source, engine=engine, summary=summary, now=None)
+
+
+def _fire_critical(
+    rule: AlertRule | None,
+    *,
+    source: str,
+    engine: Engine,
+    summary: str,
+    now: datetime | None,
+    value: float | None = None,
+) -> Alert | None:
+    """Raise a critical alert of what happened (not measured by a rule's sweep) and tell it
+    through ``rule``'s channels; None if another process raised the same one meanwhile."""
     try:
         with transaction.atomic():
             alert = Alert.objects.create(
@@ -197,10 +211,11 @@ def stage_violation(engine_id: int, *, stage: str, mode: str) -> Alert | None:
                 state=Alert.State.PENDING,
                 severity=Severity.CRITICAL,
                 summary=summary[:300],
+                value=value,
             )
     except IntegrityError:
         return None
-    return evaluation.fire(alert, now=datetime.now(UTC))
+    return evaluation.fire(alert, now=now or datetime.now(UTC))
 
 
 def on_statement_reconciled(sender: Any, *, statement_id: int, **kwargs: Any) -> None:
@@ -241,20 +256,14 @@ def statement_reconciled(statement_id: int) -> Alert | None:
             summary=summary[:300], value=statement.differences_count
         )
         return None
-    try:
-        with transaction.atomic():
-            alert = Alert.objects.create(
-                rule=rule,
-                source=source,
-                engine=engine,
-                state=Alert.State.PENDING,
-                severity=Severity.CRITICAL,
-                summary=summary[:300],
-                value=statement.differences_count,
-            )
-    except IntegrityError:
-        return None
-    return evaluation.fire(alert, now=now)
+    return _fire_critical(
+        rule,
+        source=source,
+        engine=engine,
+        summary=summary,
+        now=now,
+        value=statement.differences_count,
+    )
 
 
 def on_limit_disabled(sender: Any, *, limit_id: int, actor_label: str, **kwargs: Any) -> int:
