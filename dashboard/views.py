@@ -45,7 +45,7 @@ from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
 from golive import capital as golive_capital
-from golive import drills, gates, preflight
+from golive import comparison, drills, gates, preflight
 from golive import services as golive_services
 from golive.models import PromotionRequest
 
@@ -186,6 +186,10 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             .order_by("-decided_at", "-pk")[:10],
             "drills": drills.drills_of(engine),
             "drill_kind": drills.kind_for(engine),
+            # Live against its backtest over the stage's period, from paper on.
+            "comparison": comparison.compare(engine, report.period_start, now)
+            if report.period_start is not None and engine.stage != Stage.BACKTEST
+            else None,
         },
     )
 

@@ -11,7 +11,7 @@ requester approving their own request; a failing pre-flight check).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from pydantic import ConfigDict
 from controlplane.api import error_responses
 from controlplane.audit import client_ip
 from controlplane.models import Engine
-from golive import gates, preflight, services
+from golive import comparison, gates, preflight, services
 from golive.models import PromotionRequest
 
 router = Router(tags=["promotions"])
@@ -142,6 +142,73 @@ def _request(request_id: int) -> PromotionRequest:
 
 
 # --- reads ------------------------------------------------------------------------------------
+
+
+class FigureOut(Schema):
+    key: str
+    label: str
+    unit: str
+    live: float | None
+    baseline: float | None
+    difference: float | None
+    text: str
+    points_at: str | None
+
+
+class CauseOut(Schema):
+    key: str
+    label: str
+    explanation: str
+    figures: list[str]
+
+
+class ComparisonOut(Schema):
+    engine: str
+    start: datetime
+    end: datetime
+    baseline: str | None
+    significant: bool | None
+    threshold_pct: float
+    figures: list[FigureOut]
+    causes: list[CauseOut]
+
+
+@router.get(
+    "/engines/{name}/comparison",
+    response={200: ComparisonOut, **error_responses(403, 404)},
+    tags=["going live"],
+)
+def engine_comparison(
+    request: HttpRequest,
+    name: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Any:
+    """The engine's record against its backtest baseline over [start, end): by default from the
+    start of its current stage to now (docs/going-live.md, "Live against the baseline")."""
+    _require(request, "controlplane.view_engine")
+    engine = _engine(name)
+    now = timezone.now()
+    end = end or now
+    if start is None:
+        start = gates.report(engine, now).period_start or engine.created_at or now
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HttpError(400, "start and end need a timezone (e.g. 2026-12-01T00:00:00Z)")
+    if not start < end:
+        raise HttpError(400, f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
+    if end - start > timedelta(days=3660):
+        raise HttpError(400, "a comparison covers at most ten years")
+    result = comparison.compare(engine, start, end)
+    return {
+        "engine": engine.name,
+        "start": start,
+        "end": end,
+        "baseline": result.baseline_name,
+        "significant": result.significant,
+        "threshold_pct": result.threshold_pct,
+        "figures": result.figures,
+        "causes": result.causes,
+    }
 
 
 @router.get("/engines/{name}/gate", response={200: GateOut, **error_responses(403, 404)})

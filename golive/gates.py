@@ -128,6 +128,8 @@ class GateReport:
     from_stage: str
     to_stage: str | None  # None: full production, the last stage
     criteria: list[Criterion]
+    # When the engine's current stage began (None for an engine with no step ahead).
+    period_start: datetime | None = None
 
     @property
     def ready(self) -> bool:
@@ -254,6 +256,21 @@ class _Measures:
                 returns.append(float(close / previous - 1))
             previous = close
         return sharpe_ratio(returns)
+
+
+def measure(engine_id: int, start: datetime, end: datetime) -> _Measures:
+    """One engine's figures over [start, end): equity closes, fills, slippage, orders, logs,
+    alerts and round trips, as the gates read them (golive.comparison uses them too)."""
+    windows = [_Window(engine_id, start, end)]
+    measures = _equity(windows)
+    _activity(windows, measures)
+    _round_trips(windows, measures)
+    return measures[0]
+
+
+def baselines_of(engine_ids: Sequence[int]) -> Mapping[int, BaselineFigures]:
+    """The engines' backtest baselines, as the reports hand them over (none before they do)."""
+    return _baselines(engine_ids) if _baselines is not None else {}
 
 
 def weekdays_between(start: datetime, end: datetime) -> int:
@@ -933,7 +950,8 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
             for row in rows[engine.stage]:
                 spec = policy.CATALOG[(row.from_stage, row.key)]
                 criteria.append(_judge(row, spec, ctx, MEASURES[(row.from_stage, row.key)]))
-        result.append(GateReport(engine, engine.stage, to_stage, criteria))
+        period = starts[engine.pk][0] if engine.pk in starts else None
+        result.append(GateReport(engine, engine.stage, to_stage, criteria, period))
     return result
 
 

@@ -319,6 +319,9 @@ EVENT_LOG_RETENTION_DAYS = env_int("EVENT_LOG_RETENTION_DAYS", 30, minimum=1)
 # last step, while its gates still pass. Full production is always 100 %.
 CAPITAL_RAMP_STEPS = env_ramp("CAPITAL_RAMP_STEPS", (25, 50, 100))
 CAPITAL_RAMP_STEP_DAYS = env_int("CAPITAL_RAMP_STEP_DAYS", 7, minimum=1)
+# Live against its baseline (golive.comparison): a return this far apart, in % of the baseline's,
+# is a significant divergence.
+DIVERGENCE_SIGNIFICANT_PCT = env_float("DIVERGENCE_SIGNIFICANT_PCT", 20.0, minimum=0.1)
 
 LOGGING = {
     "version": 1,
