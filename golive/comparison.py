@@ -214,26 +214,29 @@ def compare(engine: Engine, start: datetime, end: datetime) -> Comparison:
         )
     )
 
-    # Slippage: against the decision price, and what the market would have charged beyond the
-    # engine's simulation (fill.market_price).
+    # Slippage against the decision price: a simulating engine's fills say what the market would
+    # have charged (fill.market_price), the live figure; its simulation's own is the model.
     excess = m.excess_bps
+    simulated = m.market_bps is not None
+    live_slip = m.market_bps if simulated else m.slippage_bps
+    if live_slip is None:
+        slip_text = "no fill with an expected price"
+    elif simulated:
+        slip_text = (
+            f"the market {m.market_bps:.2f} bps, the simulation {m.modelled_bps:.2f} bps over "
+            f"{m.marked_fills} simulated fills: {excess:+.2f} bps beyond the model"
+        )
+    else:
+        slip_text = f"{live_slip:.2f} bps over {m.slipped_fills} fills"
     figures.append(
         Figure(
             "slippage_bps",
             "Slippage against the expected price",
             "bps",
-            m.slippage_bps,
-            m.modelled_bps,
-            excess,
-            "no fill with an expected price"
-            if m.slippage_bps is None
-            else f"{m.slippage_bps:.2f} bps over {m.slipped_fills} fills"
-            + (
-                f"; the market would have charged {excess:+.2f} bps beyond the simulated "
-                f"prices ({m.marked_fills} fills)"
-                if excess is not None
-                else ""
-            ),
+            live_slip,
+            m.modelled_bps if simulated else None,
+            excess if simulated else None,
+            slip_text,
             "lower_returns" if excess is not None and excess > 0 else None,
         )
     )

@@ -90,10 +90,11 @@ def test_every_figure_against_the_baseline_worked_out_by_hand(engine):
     # Win rate: 1 of 2 round trips, as the baseline's 50 %.
     assert (f["win_rate_pp"].live, f["win_rate_pp"].difference) == (50.0, 0.0)
     assert f["win_rate_pp"].points_at is None
-    # Slippage against the expected price: the first buy (100 - 99.99) / 99.99 = 1.0001 bps and
-    # the second 0: mean 0.50 bps over the two buys with one. Beyond the model: (100.02 - 100)
-    # / 100 = 2 bps over the one fill that says what the market would have charged.
-    assert f["slippage_bps"].live == pytest.approx(0.50005, abs=1e-4)
+    # Slippage against the expected price, of the one fill that says what the market would
+    # have charged: the market (100.02 - 99.99) / 99.99 = 3.0003 bps, the simulation (100 -
+    # 99.99) / 99.99 = 1.0001 bps; beyond the model (100.02 - 100) / 100 = 2 bps.
+    assert f["slippage_bps"].live == pytest.approx(3.0003, abs=1e-4)
+    assert f["slippage_bps"].baseline == pytest.approx(1.0001, abs=1e-4)
     assert f["slippage_bps"].difference == pytest.approx(2.0)
     # Max drawdown: 100,100 -> 100,000 = 0.0999 %, against the baseline's 5 %.
     assert f["max_drawdown_pct"].live == pytest.approx(100 / 100_100 * 100)
