@@ -10,11 +10,14 @@ from datetime import date, datetime, timedelta
 from functools import cache, wraps
 from typing import Any, Literal
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils.datastructures import MultiValueDict
+from django.views import defaults
 from django.views.decorators.http import require_GET
 from ninja import Field, NinjaAPI, Query, Schema
 from ninja.errors import HttpError, ValidationError
@@ -508,6 +511,18 @@ def statements(request: HttpRequest, name: str) -> Any:
         .select_related("engine")
         .prefetch_related("differences")[:100]
     )
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 400, for a request refused before any view read it (a body over the server's
+    limit, a malformed upload): on the API, JSON naming the problem; elsewhere Django's page."""
+    if not request.path.startswith("/api/"):
+        return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        detail = f"the request body is larger than this server takes ({limit:,} bytes)"
+        return JsonResponse({"detail": detail}, status=413)
+    return JsonResponse({"detail": "the request was refused as malformed"}, status=400)
 
 
 def urls() -> tuple[list[Any], str, str]:

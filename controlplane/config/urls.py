@@ -17,6 +17,9 @@ from golive import api as golive_api
 # The promotions (golive) sit a layer above the core that holds the API: mounted here.
 api.api.add_router("/", golive_api.router)
 
+# A request refused before any view (a body over the size limit) is named on the API too.
+handler400 = api.bad_request
+
 admin.site.site_header = "Trading Control Plane"
 admin.site.site_title = "Control Plane admin"
 

@@ -305,3 +305,15 @@ def test_the_api_imports_and_lists_statements_and_refuses_bad_lines_by_number(
 
     listed = client.get(url)
     assert listed.status_code == 200 and [s["id"] for s in listed.json()] == [body["id"]]
+
+
+def test_a_statement_too_large_for_the_api_is_refused_by_name(engine: Engine, risk_manager: User):
+    client = Client()
+    client.force_login(risk_manager)
+    body = {"csv": "type,date,symbol,quantity\n" + "position,2026-12-04,AAPL,1\n" * 120_000}
+    answer = client.post(
+        f"/api/v1/engines/{engine.name}/statements", body, content_type="application/json"
+    )
+    assert answer.status_code == 413
+    assert "the request body is larger than this server takes" in answer.json()["detail"]
+    assert not BrokerStatement.objects.exists()
