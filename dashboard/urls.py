@@ -36,6 +36,11 @@ urlpatterns = [
         name="promotion_request",
     ),
     path(
+        "engines/<slug:name>/go-live/divergence/<int:day_id>/note/",
+        views.divergence_note,
+        name="divergence_note",
+    ),
+    path(
         "engines/<slug:name>/go-live/target-capital/",
         views.target_capital,
         name="target_capital",

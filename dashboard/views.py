@@ -45,9 +45,9 @@ from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
 from golive import capital as golive_capital
-from golive import comparison, drills, gates, preflight
+from golive import comparison, divergence, drills, gates, preflight
 from golive import services as golive_services
-from golive.models import PromotionRequest
+from golive.models import DivergenceDay, PromotionRequest
 
 AUDIT_PAGE_SIZE = 50
 
@@ -185,6 +185,9 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             .exclude(status="pending")
             .order_by("-decided_at", "-pk")[:10],
             "drills": drills.drills_of(engine),
+            "divergence_days": divergence.days_of(engine),
+            "root_causes": DivergenceDay.RootCause.choices,
+            "divergence_alert_pct": settings.DIVERGENCE_LOG_ALERT_PCT,
             "drill_kind": drills.kind_for(engine),
             # Live against its backtest over the stage's period, from paper on.
             "comparison": comparison.compare(engine, report.period_start, now)
@@ -269,6 +272,27 @@ def target_capital(request: HttpRequest, name: str) -> HttpResponse:
         _error_messages(request, exc)
         return _to_golive(engine)
     messages.success(request, f"Target capital of {engine.name} set to {money(amount)}.")
+    return _to_golive(engine)
+
+
+@require_POST
+def divergence_note(request: HttpRequest, name: str, day_id: int) -> HttpResponse:
+    """Say what was found on a day of the divergence log (golive.divergence.note_set): who may
+    not gets a 403; an empty note or an unknown root cause returns to the page with its words."""
+    engine = get_object_or_404(Engine, name=name)
+    row = get_object_or_404(DivergenceDay, pk=day_id, engine=engine)
+    try:
+        divergence.note_set(
+            row=row,
+            actor=request.user,  # type: ignore[arg-type]
+            note=request.POST.get("note", "")[: divergence.NOTE_MAX + 1],
+            root_cause=request.POST.get("root_cause", ""),
+            ip_address=client_ip(request),
+        )
+    except ValidationError as exc:
+        _error_messages(request, exc)
+        return _to_golive(engine)
+    messages.success(request, f"Note kept on {engine.name}'s {row.day}.")
     return _to_golive(engine)
 
 

@@ -225,3 +225,38 @@ class KillDrill(models.Model):
 
     def __str__(self) -> str:
         return f"kill drill of {self.engine} ({self.status})"
+
+
+class DivergenceDay(models.Model):
+    """One engine's trading day against its baseline (golive.divergence): kept for ever, with what
+    a person found when it diverged."""
+
+    class RootCause(models.TextChoices):
+        NONE = "", "not said"
+        INFRASTRUCTURE = "infrastructure", "Infrastructure"
+        MARKET = "market", "Market"
+        STRATEGY = "strategy", "Strategy"
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="divergence_days")
+    day = models.DateField()
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    live_return_pct = models.FloatField(null=True, blank=True)
+    baseline_return_pct = models.FloatField(null=True, blank=True)
+    # |live - baseline| / |baseline| x 100, as golive.comparison measures the return.
+    divergence_pct = models.FloatField(null=True, blank=True)
+    # Every figure of the day's comparison: {key: {"live", "baseline", "difference", "text"}}.
+    figures = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(auto_now=True)
+    note = models.TextField(blank=True)
+    root_cause = models.CharField(max_length=16, choices=RootCause.choices, blank=True)
+    noted_by_label = models.CharField(max_length=150, blank=True)
+    noted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-day", "engine"]
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "day"], name="divergence_day_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.engine} {self.day}: {self.divergence_pct}"

@@ -6,6 +6,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from golive.capital import ramp_run
+from golive.divergence import record_yesterday
 
 
 @shared_task
@@ -13,3 +14,10 @@ def capital_ramp() -> int:
     """Step up the small-capital engines whose next ramp step is due and whose gates still pass
     (golive.capital); returns how many stepped."""
     return len(ramp_run(timezone.now()))
+
+
+@shared_task
+def divergence_log() -> int:
+    """Record yesterday (UTC) in the divergence log of every engine from paper on; returns how
+    many rows."""
+    return record_yesterday(timezone.now())

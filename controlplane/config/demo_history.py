@@ -33,6 +33,7 @@ from controlplane.models import Engine, StageChange
 from dashboard.models import Baseline
 from engine_sdk import protocol as p
 from engine_sdk.simulator import FEE_PER_SHARE, MIN_FEE, STARTING_CASH, UNIVERSE
+from golive import divergence
 
 DAYS = 15
 BASELINE_NAME = "bt 2026-11 momentum v2 (demo)"
@@ -240,6 +241,10 @@ def seed_paper_history(engine: Engine, now: datetime, *, seed: int = 7) -> None:
             )
         )
     deliver(engine.pk, events, outage)
+    # Its divergence log, as the nightly task would have written it day by day.
+    engine.refresh_from_db()
+    for day in days[1:-1]:
+        divergence.record_day(engine, day)
 
 
 def _round_trip(

@@ -322,6 +322,8 @@ CAPITAL_RAMP_STEP_DAYS = env_int("CAPITAL_RAMP_STEP_DAYS", 7, minimum=1)
 # Live against its baseline (golive.comparison): a return this far apart, in % of the baseline's,
 # is a significant divergence.
 DIVERGENCE_SIGNIFICANT_PCT = env_float("DIVERGENCE_SIGNIFICANT_PCT", 20.0, minimum=0.1)
+# A day of the divergence log this far apart is marked (golive.divergence).
+DIVERGENCE_LOG_ALERT_PCT = env_float("DIVERGENCE_LOG_ALERT_PCT", 10.0, minimum=0.1)
 
 LOGGING = {
     "version": 1,
