@@ -49,8 +49,11 @@ def record_day(engine: Engine, day: date) -> DivergenceDay:
 
 
 def record_yesterday(now: datetime | None = None) -> int:
-    """Record the day before ``now`` (UTC) for every active engine at a logged stage."""
+    """Record the day before ``now`` (UTC) for every active engine at a logged stage, if it was
+    a trading day (Monday to Friday, as the baselines count them)."""
     day = (now or timezone.now()).astimezone(UTC).date() - timedelta(days=1)
+    if day.weekday() >= 5:
+        return 0
     engines = Engine.objects.filter(is_active=True, stage__in=LOGGED_STAGES).order_by("pk")
     return sum(1 for engine in engines if record_day(engine, day))
 

@@ -243,7 +243,7 @@ def seed_paper_history(engine: Engine, now: datetime, *, seed: int = 7) -> None:
     deliver(engine.pk, events, outage)
     # Its divergence log, as the nightly task would have written it day by day.
     engine.refresh_from_db()
-    for day in days[1:-1]:
+    for day in trading:
         divergence.record_day(engine, day)
 
 

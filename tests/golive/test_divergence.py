@@ -76,8 +76,11 @@ def test_the_nightly_task_records_yesterday_for_engines_from_paper_on(engine, ma
     make_engine("still-backtest", mode="backtest")
     assert divergence.record_yesterday(datetime(2026, 12, 3, 0, 20, tzinfo=UTC)) == 1
     assert list(DivergenceDay.objects.values_list("engine__name", "day")) == [("logged", DAY)]
+    # A Saturday is no trading day: nothing is recorded for it.
+    assert divergence.record_yesterday(datetime(2026, 12, 6, 0, 20, tzinfo=UTC)) == 0
+    assert DivergenceDay.objects.count() == 1
     # The task itself runs for today's yesterday.
-    assert divergence_log() == 1
+    assert divergence_log() == divergence.record_yesterday()
 
 
 def test_the_page_lists_the_days_and_an_operator_notes_one(engine, operator, viewer):
