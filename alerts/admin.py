@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
 from alerts.rule_metrics import (
+    DIVERGENCE_DAY_METRIC,
     METRICS,
     RISK_LIMIT_METRIC,
     STAGE_VIOLATION_METRIC,
@@ -177,7 +178,11 @@ def metric_choices() -> list[tuple[str, str]]:
         STATEMENT_METRIC,
         f"{STATEMENT_METRIC}: a broker statement differs from the ledger",
     )
-    return [("", "---------"), *sorted(choices), risk, stage, statement]
+    divergence = (
+        DIVERGENCE_DAY_METRIC,
+        f"{DIVERGENCE_DAY_METRIC}: a day of an engine's divergence log beyond its threshold",
+    )
+    return [("", "---------"), *sorted(choices), risk, stage, statement, divergence]
 
 
 class AlertRuleForm(forms.ModelForm):

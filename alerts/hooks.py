@@ -294,3 +294,37 @@ def _close_all(alerts: Any, why: str) -> int:
         alert.summary = summary
         closed += evaluation.close(alert, now=now) is not None
     return closed
+
+
+def event_alert(
+    *, metric: str, source: str, engine: Engine, summary: str, value: float
+) -> Alert | None:
+    """Raise an alert of what happened, through the enabled rule of ``metric`` (its severity and
+    channels), one open per engine and ``source``: while one is open it is brought up to date
+    instead. Returns the alert raised, None if one was open already."""
+    rule = AlertRule.objects.filter(metric=metric, enabled=True).first()
+    if rule is None:
+        return None
+    open_alert = Alert.objects.filter(source=source, engine=engine, state__in=Alert.OPEN).first()
+    if open_alert is not None:
+        Alert.objects.filter(pk=open_alert.pk).update(summary=summary[:300], value=value)
+        return None
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                rule=rule,
+                source=source,
+                engine=engine,
+                state=Alert.State.PENDING,
+                severity=rule.severity,
+                summary=summary[:300],
+                value=value,
+            )
+    except IntegrityError:
+        return None
+    return evaluation.fire(alert, now=datetime.now(UTC))
+
+
+def event_alert_over(*, source: str, engine: Engine, why: str) -> int:
+    """What ``source`` raised for ``engine`` is over: its open alerts resolve, saying why."""
+    return _close_all(Alert.objects.filter(source=source, engine=engine, state__in=Alert.OPEN), why)

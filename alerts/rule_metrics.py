@@ -345,8 +345,11 @@ STAGE_VIOLATION_METRIC = "stage_violation"
 # the rule with this metric, one per engine and statement day, resolved by a statement of that day
 # that matches.
 STATEMENT_METRIC = "statement_difference"
+# A day of an engine's divergence log beyond its threshold (golive.divergence): an alert through
+# the rule with this metric, one per engine while its days stay beyond, resolved by a day within.
+DIVERGENCE_DAY_METRIC = "divergence_day"
 # Rules raised by what happens, not measured: the sweeps never evaluate them.
-EVENT_METRICS = (RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC, STATEMENT_METRIC)
+EVENT_METRICS = (RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC, STATEMENT_METRIC, DIVERGENCE_DAY_METRIC)
 ENGINE_DOWN_METRIC = "heartbeat_age_s"
 # Raised when an engine is down or stopped: never kept quiet by an engine-down alert.
 ORPHANED_METRIC = "orphaned_exposure"

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from alerts import hooks
+from alerts.rule_metrics import DIVERGENCE_DAY_METRIC
 from controlplane.audit import audit_record
 from controlplane.models import Engine, Stage
 from golive import comparison
 from golive.models import DivergenceDay
 
 NOTE_MAX = 4000
+# The source of the divergence alert of an engine (alerts.Alert.source).
+SOURCE = "divergence"
 # The stages whose days are logged: those that trade on live data.
 LOGGED_STAGES = (Stage.PAPER, Stage.SHADOW, Stage.SMALL_CAPITAL, Stage.FULL)
 
@@ -45,7 +50,32 @@ def record_day(engine: Engine, day: date) -> DivergenceDay:
             "figures": figures,
         },
     )
+    _tell(engine, row)
     return row
+
+
+def _tell(engine: Engine, row: DivergenceDay) -> None:
+    """A day beyond the threshold raises the divergence alert (one open per engine); a day
+    within it ends it."""
+    threshold = settings.DIVERGENCE_LOG_ALERT_PCT
+    if row.divergence_pct is None:
+        return
+    if row.divergence_pct > threshold:
+        summary = (
+            f"{engine.name} on {row.day}: return {row.live_return_pct:+.2f} % against the "
+            f"baseline's {row.baseline_return_pct:+.2f} %, {row.divergence_pct:.1f} % apart "
+            f"(beyond {threshold:g} %): say what was found in its divergence log"
+        )
+        hooks.event_alert(
+            metric=DIVERGENCE_DAY_METRIC,
+            source=SOURCE,
+            engine=engine,
+            summary=summary,
+            value=row.divergence_pct,
+        )
+    else:
+        why = f"{row.day} within {threshold:g} % of the baseline"
+        hooks.event_alert_over(source=SOURCE, engine=engine, why=why)
 
 
 def record_yesterday(now: datetime | None = None) -> int:

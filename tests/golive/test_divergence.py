@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 
+from alerts.models import Alert, AlertRule
 from controlplane.models import AccountSnapshot, AuditEvent
 from dashboard.models import Baseline
 from golive import divergence
@@ -98,3 +99,31 @@ def test_the_page_lists_the_days_and_an_operator_notes_one(engine, operator, vie
     assert done.status_code == 302
     page = client.get(f"/engines/{engine.name}/go-live/").content.decode()
     assert "Infrastructure: a stale quote at 09:31" in page
+
+
+def test_a_day_beyond_the_threshold_raises_the_divergence_alert_and_a_day_within_ends_it(
+    engine,
+):
+    # The rule migration 0009 ships (a transactional test before this one may have flushed it).
+    AlertRule.objects.get_or_create(
+        name="Divergence from the baseline",
+        defaults={"metric": "divergence_day", "severity": "warning", "threshold": 0},
+    )
+    divergence.record_day(engine, DAY)  # 50 % apart
+    alert = Alert.objects.get(engine=engine, source="divergence")
+    assert (alert.state, alert.severity, alert.value) == ("firing", "warning", pytest.approx(50.0))
+    assert "0.15 % against the baseline's +0.10 %, 50.0 % apart (beyond 10 %)" in alert.summary
+
+    # Thursday: 100,150 -> 100,250.15, +0.1 %: as the baseline expects.
+    AccountSnapshot.objects.create(
+        engine=engine,
+        ts=datetime(2026, 12, 3, 20, tzinfo=UTC),
+        equity=Decimal("100250.15"),
+        cash=0,
+        seq=9,
+    )
+    row = divergence.record_day(engine, date(2026, 12, 3))
+    assert row.divergence_pct == pytest.approx(0.0, abs=0.01)
+    alert.refresh_from_db()
+    assert alert.state == "resolved"
+    assert "2026-12-03 within 10 % of the baseline" in alert.summary
