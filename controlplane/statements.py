@@ -58,6 +58,9 @@ COLUMNS: Final = (
 REQUIRED: Final = frozenset({"type", "date", "symbol", "quantity"})
 _LIMIT: Final = Decimal(10) ** 16
 _ZERO: Final = Decimal(0)
+# The days a statement may be of: those the ledger's times can hold (the protocol's bounds).
+FIRST_DAY: Final = date(1900, 1, 1)
+LAST_DAY: Final = date(2999, 12, 31)
 
 
 class StatementRefused(ValueError):
@@ -205,6 +208,8 @@ def _row(
         day = date.fromisoformat(raw_day)
     except ValueError:
         raise ValueError(f"date {raw_day!r} is not a date (YYYY-MM-DD)") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"date {day} is outside {FIRST_DAY} to {LAST_DAY}")
     if days and day not in days:
         first_day, first_line = next(iter(days.items()))
         raise ValueError(

@@ -194,6 +194,8 @@ def engine_comparison(
         start = gates.report(engine, now).period_start or engine.created_at or now
     if start.tzinfo is None or end.tzinfo is None:
         raise HttpError(400, "start and end need a timezone (e.g. 2026-12-01T00:00:00Z)")
+    if not (1900 <= start.year <= 2999 and 1900 <= end.year <= 2999):
+        raise HttpError(400, "start and end must fall between 1900 and 2999")
     if not start < end:
         raise HttpError(400, f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
     if end - start > timedelta(days=3660):

@@ -104,8 +104,10 @@ def note_set(
     errors = {}
     if not note:
         errors["note"] = "say what was found"
-    elif len(note) > NOTE_MAX or "\x00" in note:
-        errors["note"] = f"at most {NOTE_MAX:,} characters of text"
+    elif len(note) > NOTE_MAX:
+        errors["note"] = f"at most {NOTE_MAX:,} characters"
+    elif "\x00" in note:
+        errors["note"] = "a note cannot hold a NUL character"
     if root_cause not in DivergenceDay.RootCause.values:
         allowed = ", ".join(v for v in DivergenceDay.RootCause.values if v)
         errors["root_cause"] = f"{root_cause[:40]!r} is no root cause: one of {allowed}, or none"

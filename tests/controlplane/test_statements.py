@@ -178,7 +178,8 @@ def test_a_trade_is_matched_by_its_order_when_the_fill_id_is_the_engines_own(
             b"trade,2026-12-04,T7,AAPL,buy,10\n"
             b"dividend,2026-12-04,T8,AAPL,buy,10,100\n"
             b"trade,2026-12-04,,AAPL,buy,10,100\n"
-            b"trade,2026-12-04,T9,AAPL,buy,1.123456789,100\n",
+            b"trade,2026-12-04,T9,AAPL,buy,1.123456789,100\n"
+            b"trade,9999-12-31,T10,AAPL,buy,1,100\n",
             [
                 (3, "date '2026-13-04' is not a date (YYYY-MM-DD)"),
                 (4, "trade_id 'T1' already on line 2"),
@@ -190,6 +191,7 @@ def test_a_trade_is_matched_by_its_order_when_the_fill_id_is_the_engines_own(
                 (10, "type must be trade or position, got 'dividend'"),
                 (11, "trade_id is missing"),
                 (12, "quantity '1.123456789' has more than 8 decimal places"),
+                (13, "date 9999-12-31 is outside 1900-01-01 to 2999-12-31"),
             ],
         ),
     ],
