@@ -188,10 +188,10 @@ def stage_violation(engine_id: int, *, stage: str, mode: str) -> Alert | None:
         f"{engine.name} said hello in {mode} mode at stage {stage}: refused and HALTED "
         "(docs/going-live.md)"
     )
-    return _fire_critical(rule, source=source, engine=engine, summary=summary, now=None)
+    return _fire(rule, source=source, engine=engine, summary=summary, now=None)
 
 
-def _fire_critical(
+def _fire(
     rule: AlertRule | None,
     *,
     source: str,
@@ -199,9 +199,11 @@ def _fire_critical(
     summary: str,
     now: datetime | None,
     value: float | None = None,
+    severity: str = Severity.CRITICAL,
 ) -> Alert | None:
-    """Raise a critical alert of what happened (not measured by a rule's sweep) and tell it
-    through ``rule``'s channels; None if another process raised the same one meanwhile."""
+    """Raise an alert of what happened (not measured by a rule's sweep), critical unless said
+    otherwise, and tell it through ``rule``'s channels; None if another process raised the same
+    one meanwhile."""
     try:
         with transaction.atomic():
             alert = Alert.objects.create(
@@ -209,7 +211,7 @@ def _fire_critical(
                 source=source,
                 engine=engine,
                 state=Alert.State.PENDING,
-                severity=Severity.CRITICAL,
+                severity=severity,
                 summary=summary[:300],
                 value=value,
             )
@@ -256,7 +258,7 @@ def statement_reconciled(statement_id: int) -> Alert | None:
             summary=summary[:300], value=statement.differences_count
         )
         return None
-    return _fire_critical(
+    return _fire(
         rule,
         source=source,
         engine=engine,
@@ -309,20 +311,15 @@ def event_alert(
     if open_alert is not None:
         Alert.objects.filter(pk=open_alert.pk).update(summary=summary[:300], value=value)
         return None
-    try:
-        with transaction.atomic():
-            alert = Alert.objects.create(
-                rule=rule,
-                source=source,
-                engine=engine,
-                state=Alert.State.PENDING,
-                severity=rule.severity,
-                summary=summary[:300],
-                value=value,
-            )
-    except IntegrityError:
-        return None
-    return evaluation.fire(alert, now=datetime.now(UTC))
+    return _fire(
+        rule,
+        source=source,
+        engine=engine,
+        summary=summary,
+        now=None,
+        value=value,
+        severity=rule.severity,
+    )
 
 
 def event_alert_over(*, source: str, engine: Engine, why: str) -> int:

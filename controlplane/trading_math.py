@@ -1,5 +1,6 @@
 """The trade arithmetic every layer reads the same way (docs/analytics.md): round trips from an
-instrument's fills, and the Sharpe and Sortino ratios of daily returns. Pure functions, no
+instrument's fills, the Sharpe and Sortino ratios of daily returns, an equity series' maximum
+drawdown. Pure functions, no
 database: the reports (dashboard.reports.analytics) and the go-live gates (golive.gates) both
 call them, so a round trip or a Sharpe ratio means one thing on every page.
 """
@@ -94,3 +95,17 @@ def sortino_ratio(returns: Sequence[float]) -> float | None:
     if downside == 0:
         return None
     return statistics.fmean(returns) / downside * math.sqrt(TRADING_DAYS_PER_YEAR)
+
+
+def max_drawdown_pct(equity: Sequence[Decimal]) -> float | None:
+    """The largest fall of an equity series from its running peak, in % (0 if it never fell);
+    None with fewer than two values."""
+    if len(equity) < 2:
+        return None
+    peak = ZERO
+    worst = 0.0
+    for value in equity:
+        peak = max(peak, value)
+        if peak > 0:
+            worst = max(worst, float((peak - value) / peak * 100))
+    return worst

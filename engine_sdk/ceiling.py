@@ -28,7 +28,7 @@ from typing import Any, Final
 from engine_sdk.limits import LimitRejected
 from engine_sdk.protocol import MAX_DECIMAL_ABS, Side
 
-__all__ = ["KIND", "CapitalCeiling", "ceiling_from", "parse_ceiling"]
+__all__ = ["KIND", "CapitalCeiling", "ceiling_from", "ceiling_text", "parse_ceiling"]
 
 # The limit_kind of the LimitRejected it raises.
 KIND: Final = "capital_ceiling"
@@ -119,6 +119,11 @@ class CapitalCeiling:
                     limit_id=None,
                     limit_kind=KIND,
                 )
+
+
+def ceiling_text(ceiling: Decimal | None) -> str | None:
+    """A ceiling as the wire and limits.json carry it: a decimal string, or None."""
+    return None if ceiling is None else str(ceiling)
 
 
 def ceiling_from(params: Mapping[str, Any]) -> tuple[bool, Decimal | None]:

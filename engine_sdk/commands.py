@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from engine_sdk import drill, protocol
+from engine_sdk.ceiling import ceiling_text
 from engine_sdk.journal import CommandStore
 from engine_sdk.protocol import Command, CommandResult, CommandResultStatus, TradingState, utc_now
 from engine_sdk.state import StateStore
@@ -138,11 +139,10 @@ class CommandRunner:
             version, note = state.apply_limits(command.params)
             detail = "; ".join(text for text in (outcome.detail, note) if text)
             # The ceiling it now enforces, so that the server can tell (docs/going-live.md).
-            ceiling = state.capital_ceiling
             data = {
                 **outcome.data,
                 "limits_version": version,
-                "capital_ceiling": None if ceiling is None else str(ceiling),
+                "capital_ceiling": ceiling_text(state.capital_ceiling),
             }
             outcome = dataclasses.replace(outcome, detail=detail, data=data)
         if outcome.trading_state is not None:

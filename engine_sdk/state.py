@@ -25,7 +25,7 @@ from typing import Any, Final, get_args
 import msgspec
 
 from engine_sdk import protocol
-from engine_sdk.ceiling import CapitalCeiling, ceiling_from, parse_ceiling
+from engine_sdk.ceiling import CapitalCeiling, ceiling_from, ceiling_text, parse_ceiling
 from engine_sdk.errors import EngineClientError
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.journal import _write_atomically
@@ -433,7 +433,7 @@ class StateStore:
                     "limits_version": version,
                     "limits": raw,
                     "stage": self.stage,
-                    "capital_ceiling": _text(self.capital.ceiling),
+                    "capital_ceiling": ceiling_text(self.capital.ceiling),
                 }
             )
         except (msgspec.EncodeError, TypeError) as exc:
@@ -447,7 +447,3 @@ class StateStore:
             log.exception("engine: could not write %s", LIMITS_FILE)
             return
         self._saved_limits = data
-
-
-def _text(ceiling: Decimal | None) -> str | None:
-    return None if ceiling is None else str(ceiling)

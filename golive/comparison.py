@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
 
 from controlplane.models import Engine, MetricSample, Order
-from controlplane.trading_math import TRADING_DAYS_PER_YEAR
+from controlplane.trading_math import TRADING_DAYS_PER_YEAR, max_drawdown_pct
 from golive import gates
 
 # The usual causes of a divergence, and the figures that point at each.
@@ -95,20 +94,6 @@ class Comparison:
 
     def figure(self, key: str) -> Figure:
         return next(f for f in self.figures if f.key == key)
-
-
-def _max_drawdown_pct(
-    opening: Decimal | None, closes: list[tuple[object, Decimal]]
-) -> float | None:
-    values = ([opening] if opening else []) + [close for _, close in closes]
-    if len(values) < 2:
-        return None
-    peak, worst = values[0], 0.0
-    for value in values:
-        peak = max(peak, value)
-        if peak > 0:
-            worst = max(worst, float((peak - value) / peak) * 100)
-    return worst
 
 
 def _orders_and_latency(
@@ -261,7 +246,8 @@ def compare(engine: Engine, start: datetime, end: datetime) -> Comparison:
             else None,
         )
     )
-    drawdown = _max_drawdown_pct(m.opening_equity, m.closes)
+    opening = [m.opening_equity] if m.opening_equity else []
+    drawdown = max_drawdown_pct(opening + [close for _, close in m.closes])
     base_dd = base.max_drawdown_pct if base is not None else None
     figures.append(
         Figure(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
+from controlplane.trading_math import max_drawdown_pct
 from dashboard.models import Baseline
 from dashboard.reports.baselines import expected_annual_return_pct
 from golive.gates import BaselineFigures
@@ -13,16 +14,7 @@ from golive.gates import BaselineFigures
 
 def curve_max_drawdown_pct(curve: list[list[str]]) -> float | None:
     """The equity curve's largest fall from its running peak, in % (0 if it never fell)."""
-    if len(curve) < 2:
-        return None
-    peak = Decimal(0)
-    worst = 0.0
-    for _, raw in curve:
-        equity = Decimal(raw)
-        peak = max(peak, equity)
-        if peak > 0:
-            worst = max(worst, float((peak - equity) / peak * 100))
-    return worst
+    return max_drawdown_pct([Decimal(raw) for _, raw in curve])
 
 
 def curve_history_days(curve: list[list[str]]) -> int | None:

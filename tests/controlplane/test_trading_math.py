@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from controlplane import trading_math
 from controlplane.trading_math import round_trips, sharpe_ratio, sortino_ratio
 
 ONE = Decimal(1)
@@ -45,3 +46,12 @@ def test_the_ratios_need_two_returns_and_some_spread() -> None:
     assert sharpe_ratio([0.01, -0.01, 0.02]) == pytest.approx(
         (0.02 / 3) / 0.015275252316519466 * 252**0.5
     )
+
+
+def test_the_max_drawdown_is_the_largest_fall_from_the_running_peak():
+    assert trading_math.max_drawdown_pct([Decimal(100), Decimal(95), Decimal(110)]) == 5.0
+    # 120 -> 90 after a new peak: 25 %, larger than the first fall.
+    equity = [Decimal(v) for v in (100, 95, 120, 90, 130)]
+    assert trading_math.max_drawdown_pct(equity) == 25.0
+    assert trading_math.max_drawdown_pct([Decimal(100), Decimal(101)]) == 0.0
+    assert trading_math.max_drawdown_pct([Decimal(100)]) is None
