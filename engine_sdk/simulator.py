@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -256,6 +257,7 @@ class PaperEngine:
         self.limit_rejected_orders = 0
         self._blocked_in_state: TradingState | None = None
         self._memory_mb = 240.0
+        self._book_lock = threading.Lock()
         self._started = False
 
     @classmethod
@@ -904,7 +906,10 @@ class PaperEngine:
             working=list(self.working.values()),
         )
         # Written whole and renamed, so a crash leaves the old book or the new one, never half.
-        self.book_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.book_path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(book))
-        os.replace(tmp, self.book_path)
+        # One save at a time: a hand-placed order (submit_manual, from another thread) saves too,
+        # and two writers of the one temporary file had one rename find it gone.
+        with self._book_lock:
+            self.book_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.book_path.with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.encode(book))
+            os.replace(tmp, self.book_path)
