@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "risk",
     "alerts",
     "golive",
+    "journal",
     "dashboard",
     "controlplane.config.apps.WiringConfig",  # the wiring, once every app is loaded
 ]
