@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from alerts import evaluation
 from alerts.models import Alert, AlertRule, Notification, Severity
@@ -123,6 +124,9 @@ def risk_event(event_id: int) -> None:
         return
     rule = AlertRule.objects.filter(metric=RISK_LIMIT_METRIC, enabled=True).first()
     source = f"limit#{event.limit_id}"
+    if event.portfolio_state_id is not None:
+        # A portfolio limit has one open alert per subject (the fleet, a tag, a pair).
+        source = f"{source}/p{event.portfolio_state_id}"
     now = datetime.now(UTC)
     open_alert = Alert.objects.filter(
         source=source, engine=event.engine, rule=rule, state__in=Alert.OPEN
@@ -278,7 +282,8 @@ def on_limit_channels(sender: Any, **kwargs: Any) -> int:
 
 def limit_disabled(limit_id: int, *, why: str) -> int:
     """A risk limit was switched off: its open alerts are over. Returns how many were closed."""
-    return _close_all(Alert.objects.filter(source=f"limit#{limit_id}", state__in=Alert.OPEN), why)
+    sources = Q(source=f"limit#{limit_id}") | Q(source__startswith=f"limit#{limit_id}/")
+    return _close_all(Alert.objects.filter(sources, state__in=Alert.OPEN), why)
 
 
 def rule_disabled(rule_id: int, *, why: str) -> int:

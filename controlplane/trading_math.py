@@ -1,6 +1,7 @@
 """The trade arithmetic every layer reads the same way (docs/analytics.md): round trips from an
 instrument's fills, the Sharpe and Sortino ratios of daily returns, an equity series' maximum
-drawdown. Pure functions, no
+drawdown; and the portfolio limits' figures (docs/risk.md): combined daily returns, correlation,
+historical value at risk, a combined equity's peak. Pure functions, no
 database: the reports (dashboard.reports.analytics) and the go-live gates (golive.gates) both
 call them, so a round trip or a Sharpe ratio means one thing on every page.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -109,3 +111,96 @@ def max_drawdown_pct(equity: Sequence[Decimal]) -> float | None:
         if peak > 0:
             worst = max(worst, float((peak - value) / peak * 100))
     return worst
+
+
+# Portfolio risk (docs/risk.md, portfolio limits): daily returns of one engine or of several
+# together, their correlation, historical value at risk, and a combined equity's peak.
+
+Key = TypeVar("Key")
+
+
+def combined_daily_returns(
+    closes: Mapping[Key, Sequence[tuple[date, Decimal]]],
+) -> dict[date, float]:
+    """Daily returns of engines taken together, from each one's end-of-day equity (by day).
+
+    For each day d that any engine has a close on: the engines with a close before d take part,
+    each with p = its latest close before d and c = its close on d (p if it has none on d); the
+    return is sum(c - p) / sum(p). An engine's first close brings its capital, not a return: it
+    takes part from the next day. One engine alone: its close over its previous close, - 1.
+    """
+    days = sorted({day for series in closes.values() for day, _ in series})
+    ordered = {key: sorted(series) for key, series in closes.items()}
+    latest: dict[Key, Decimal] = {}
+    index = dict.fromkeys(ordered, 0)
+    returns: dict[date, float] = {}
+    for day in days:
+        change = ZERO
+        base = ZERO
+        today: dict[Key, Decimal] = {}
+        for key, series in ordered.items():
+            i = index[key]
+            if i < len(series) and series[i][0] == day:
+                today[key] = series[i][1]
+                index[key] = i + 1
+        for key, previous in latest.items():
+            change += today.get(key, previous) - previous
+            base += previous
+        if base > 0:
+            returns[day] = float(change / base)
+        latest.update(today)
+    return returns
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's correlation of two equally long series; None with fewer than two values or
+    when either does not vary."""
+    n = len(x)
+    if n != len(y) or n < 2:
+        return None
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return None
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+def historical_var_pct(returns: Sequence[float], confidence_pct: int) -> float | None:
+    """Historical value at risk, in % of equity: the loss of the k-th worst daily return, k =
+    ceil(n x (100 - confidence) / 100) (nearest rank), 0 when that return is a gain; None
+    without a return."""
+    n = len(returns)
+    if n == 0 or not 0 < confidence_pct < 100:
+        return None
+    rank = -(-n * (100 - confidence_pct) // 100)  # the ceiling, in integers: exact
+    worst = sorted(returns)[max(rank, 1) - 1]
+    return max(-worst, 0.0) * 100
+
+
+def combined_peak(
+    start: Mapping[Key, Decimal],
+    points: Iterable[tuple[Any, Key, Decimal]],
+    peak: Decimal | None,
+) -> tuple[Decimal | None, Decimal | None]:
+    """Fold equity points into a combined equity and its running peak.
+
+    ``start``: each engine's equity before the points; ``points``: (ts, engine, equity) in time
+    order; ``peak``: the peak so far (None: none yet). The combined equity is the sum of each
+    engine's latest equity; engines reporting at the same instant move it together, so a peak
+    between them does not count. Returns (combined equity after the points, peak)."""
+    current = dict(start)
+    total: Decimal | None = sum(current.values(), ZERO) if current else None
+    if total is not None:
+        peak = total if peak is None else max(peak, total)
+    pending_ts: Any = None
+    for ts, key, equity in points:
+        if pending_ts is not None and ts != pending_ts and total is not None:
+            peak = total if peak is None else max(peak, total)
+        pending_ts = ts
+        total = (total or ZERO) + equity - current.get(key, ZERO)
+        current[key] = equity
+    if pending_ts is not None and total is not None:
+        peak = total if peak is None else max(peak, total)
+    return total, peak

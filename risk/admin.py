@@ -32,6 +32,7 @@ class RiskLimitForm(forms.ModelForm):
             "warning_levels",
             "action",
             "reduce_to_pct",
+            "window_days",
             "enabled",
             "description",
         )
@@ -123,7 +124,7 @@ class RiskLimitAdmin(admin.ModelAdmin):
 
 @admin.register(RiskEvent)
 class RiskEventAdmin(BoundedDateHierarchy, admin.ModelAdmin):
-    list_display = ("at", "engine", "kind", "level", "utilisation", "message")
+    list_display = ("at", "engine", "subject", "kind", "level", "utilisation", "message")
     list_filter = ("kind", "engine")
     list_select_related = ("engine",)
     date_hierarchy = "at"

@@ -203,18 +203,18 @@ def evaluate_engine(
     return events
 
 
-def _move(
-    limit: RiskLimit,
-    engine: Engine,
-    state: LimitState | None,
-    value: Decimal,
+def transition(
+    warning_levels: Collection[int] | None,
+    level: str,
+    warned: int,
+    breached_at: datetime | None,
     utilisation: float,
-    about: str,
-) -> list[RiskEvent]:
-    if state is None:  # the engine's first evaluation against this limit
-        state, _ = LimitState.objects.get_or_create(limit=limit, engine_id=engine.pk)
-    levels = sorted(limit.warning_levels or [])
-    level, warned, breached_at = state.level, state.warned_at_level, state.breached_at
+) -> tuple[str, int, datetime | None, list[tuple[str, int]]]:
+    """A state's next (level, warned-at level, breached at) at this utilisation, and the events
+    the move raises: (kind, level). Shared by the engines' limits and the portfolio limits
+    (risk.portfolio), so a level means one thing for both."""
+    previous = level
+    levels = sorted(warning_levels or [])
     events: list[tuple[str, int]] = []
     if utilisation >= 100:
         if level != Level.BREACHED:
@@ -240,8 +240,24 @@ def _move(
         # to a warning says so (its alert becomes a warning), and leaving the lowest warning
         # level (0: under every level) resolves the alert, whether it began as a warning or a
         # breach.
-        if breach_cleared or (level == Level.OK and state.level != Level.OK):
+        if breach_cleared or (level == Level.OK and previous != Level.OK):
             events.append((RiskEvent.Kind.CLEARED, warned))
+    return level, warned, breached_at, events
+
+
+def _move(
+    limit: RiskLimit,
+    engine: Engine,
+    state: LimitState | None,
+    value: Decimal,
+    utilisation: float,
+    about: str,
+) -> list[RiskEvent]:
+    if state is None:  # the engine's first evaluation against this limit
+        state, _ = LimitState.objects.get_or_create(limit=limit, engine_id=engine.pk)
+    level, warned, breached_at, events = transition(
+        limit.warning_levels, state.level, state.warned_at_level, state.breached_at, utilisation
+    )
     quantum = Decimal("0.00000001")
     changed = (level, warned) != (state.level, state.warned_at_level)
     if not changed and abs(utilisation - state.utilisation) < 0.5:

@@ -38,6 +38,18 @@ class LimitKind(models.TextChoices):
         "capital_ceiling_pct",
         "Gross exposure (% of the engine's capital ceiling)",
     )
+    # Portfolio: measured across engines by a periodic task (risk.portfolio), not per batch.
+    CORRELATION = "correlation", "Correlation of two engines' daily returns"
+    PORTFOLIO_DRAWDOWN_PCT = (
+        "portfolio_drawdown_pct",
+        "Portfolio drawdown from its high-water mark (%)",
+    )
+    PORTFOLIO_DAILY_LOSS_PCT = (
+        "portfolio_daily_loss_pct",
+        "Portfolio daily loss (% of session start equity)",
+    )
+    VAR_95_PCT = "var_95_pct", "Historical value at risk, 95 % (% of equity)"
+    VAR_99_PCT = "var_99_pct", "Historical value at risk, 99 % (% of equity)"
 
 
 PRE_TRADE = frozenset(
@@ -49,7 +61,34 @@ PRE_TRADE = frozenset(
         LimitKind.DUPLICATE_ORDER,
     }
 )
-POST_TRADE = frozenset(set(LimitKind) - PRE_TRADE)
+# Measured across engines (a fleet, a tag, a pair) by the periodic task of risk.portfolio.
+PORTFOLIO = frozenset(
+    {
+        LimitKind.CORRELATION,
+        LimitKind.PORTFOLIO_DRAWDOWN_PCT,
+        LimitKind.PORTFOLIO_DAILY_LOSS_PCT,
+        LimitKind.VAR_95_PCT,
+        LimitKind.VAR_99_PCT,
+    }
+)
+# Measured from daily returns over a window of days (RiskLimit.window_days).
+WINDOWED = frozenset({LimitKind.CORRELATION, LimitKind.VAR_95_PCT, LimitKind.VAR_99_PCT})
+DEFAULT_WINDOW_DAYS = {
+    LimitKind.CORRELATION: 60,
+    LimitKind.VAR_95_PCT: 365,
+    LimitKind.VAR_99_PCT: 365,
+}
+MIN_WINDOW_DAYS, MAX_WINDOW_DAYS = 10, 1000
+# The scopes each portfolio kind takes: a drawdown or a daily loss of one engine is the
+# per-engine kind's business (max_drawdown_pct, max_daily_loss_pct).
+PORTFOLIO_SCOPES = {
+    LimitKind.CORRELATION: ("global", "tag", "engine"),
+    LimitKind.PORTFOLIO_DRAWDOWN_PCT: ("global", "tag"),
+    LimitKind.PORTFOLIO_DAILY_LOSS_PCT: ("global", "tag"),
+    LimitKind.VAR_95_PCT: ("global", "tag", "engine"),
+    LimitKind.VAR_99_PCT: ("global", "tag", "engine"),
+}
+POST_TRADE = frozenset(set(LimitKind) - PRE_TRADE - PORTFOLIO)
 # Thresholds that are a share of something: at most 100 %.
 PERCENT = frozenset(
     {
@@ -60,6 +99,10 @@ PERCENT = frozenset(
         LimitKind.MAX_DRAWDOWN_PCT,
         LimitKind.MAX_REJECTION_RATE_PCT,
         LimitKind.CAPITAL_CEILING_PCT,
+        LimitKind.PORTFOLIO_DRAWDOWN_PCT,
+        LimitKind.PORTFOLIO_DAILY_LOSS_PCT,
+        LimitKind.VAR_95_PCT,
+        LimitKind.VAR_99_PCT,
     }
 )
 # Gross exposure may be levered: up to 1,000 % of equity.
@@ -106,6 +149,14 @@ class RiskLimit(models.Model):
         blank=True,
         validators=[MinValueValidator(Decimal(0))],
         help_text="For 'reduce': the % of each position to keep.",
+    )
+    window_days = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Correlation and value at risk: the calendar days of daily returns measured "
+            "(default 60 for correlation, 365 for value at risk)."
+        ),
     )
     enabled = models.BooleanField(default=True)
     description = models.CharField(max_length=200, blank=True)
@@ -158,6 +209,20 @@ class RiskLimit(models.Model):
             self.scope == Scope.ENGINE and not Engine.objects.filter(name=self.scope_value).exists()
         ):
             errors["scope_value"] = f"No engine is named {self.scope_value!r}."
+        if self.kind in PORTFOLIO and self.scope not in PORTFOLIO_SCOPES[self.kind]:  # type: ignore[index]
+            scopes = ", ".join(PORTFOLIO_SCOPES[self.kind])  # type: ignore[index]
+            errors["scope"] = f"{self.get_kind_display()} takes the scope {scopes}."
+        if self.kind == LimitKind.CORRELATION and threshold is not None and threshold > 1:
+            errors["threshold"] = "A correlation is at most 1: use a threshold from 0 to 1."
+        if self.kind in WINDOWED:
+            if self.window_days is None:
+                self.window_days = DEFAULT_WINDOW_DAYS[self.kind]  # type: ignore[index]
+            elif not MIN_WINDOW_DAYS <= self.window_days <= MAX_WINDOW_DAYS:
+                errors["window_days"] = (
+                    f"The window is {MIN_WINDOW_DAYS} to {MAX_WINDOW_DAYS} days of daily returns."
+                )
+        elif self.window_days is not None:
+            errors["window_days"] = "Only correlation and value-at-risk limits take a window."
         if self.scope == Scope.SECTOR and self.kind not in PRE_TRADE | {LimitKind.MAX_SECTOR_PCT}:
             errors["scope"] = "A sector scope applies to pre-trade limits and max sector %."
         if self.scope == Scope.SYMBOL and self.kind not in PRE_TRADE | {LimitKind.MAX_POSITION_PCT}:
@@ -253,6 +318,34 @@ class LimitState(models.Model):
         return f"{self.limit_id}/{self.engine_id}: {self.utilisation:.0f}% {self.level}"
 
 
+class PortfolioLimitState(models.Model):
+    """A portfolio limit's utilisation for one subject (the fleet, a tag, an engine, a pair of
+    engines), and how far it has gone: LimitState's levels, for what spans engines."""
+
+    limit = models.ForeignKey(RiskLimit, on_delete=models.CASCADE, related_name="portfolio_states")
+    subject = models.CharField(max_length=200)  # "fleet", "tag momentum", "alpha", "alpha & beta"
+    engine_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    value = models.DecimalField(max_digits=24, decimal_places=8, default=Decimal(0))
+    utilisation = models.FloatField(default=0.0, help_text="% of the threshold")
+    level = models.CharField(max_length=10, choices=Level.choices, default=Level.OK)
+    warned_at_level = models.PositiveSmallIntegerField(default=0)
+    breached_at = models.DateTimeField(null=True, blank=True)
+    # Portfolio drawdown: the combined equity's high-water mark, folded up to peak_at over the
+    # snapshots of engine_ids (docs/risk.md).
+    peak = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
+    peak_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["limit", "subject"]
+        constraints = [
+            models.UniqueConstraint(fields=["limit", "subject"], name="portfolio_state_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.limit_id}/{self.subject}: {self.utilisation:.0f}% {self.level}"
+
+
 class RiskEvent(models.Model):
     """A warning level crossed, a breach and its action, or a breach that cleared."""
 
@@ -262,8 +355,23 @@ class RiskEvent(models.Model):
         CLEARED = "cleared"
 
     limit = models.ForeignKey(RiskLimit, null=True, on_delete=models.SET_NULL, related_name="+")
+    # None for a portfolio limit's subject of several engines (a fleet, a tag, a pair).
     engine = models.ForeignKey(
-        "controlplane.Engine", on_delete=models.CASCADE, related_name="risk_events"
+        "controlplane.Engine",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="risk_events",
+    )
+    subject = models.CharField(
+        max_length=200, blank=True, help_text="A portfolio limit's subject: fleet, tag, pair."
+    )
+    portfolio_state = models.ForeignKey(
+        "PortfolioLimitState",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
     )
     kind = models.CharField(max_length=8, choices=Kind.choices)
     level = models.PositiveSmallIntegerField(help_text="% of the threshold crossed")

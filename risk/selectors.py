@@ -11,7 +11,14 @@ from django.db.models import Max
 
 from controlplane.models import Engine, Instrument, Position
 from controlplane.sqlscript import Script
-from risk.models import PRE_TRADE, LimitState, RiskLimit, RiskLimitChange, Scope
+from risk.models import (
+    PRE_TRADE,
+    LimitState,
+    PortfolioLimitState,
+    RiskLimit,
+    RiskLimitChange,
+    Scope,
+)
 
 
 def limits_revision() -> int:
@@ -40,11 +47,16 @@ def on_limits_wanted(sender: Any, *, engine: Engine, **kwargs: Any) -> tuple[int
 
 
 def limits_overview() -> list[dict[str, Any]]:
-    """Every limit with each engine's utilisation, for the risk page (three queries)."""
+    """Every limit with each engine's utilisation, and each portfolio limit's with each of its
+    subjects' (fleet, tag, engine, pair), for the risk page (three queries)."""
     limits = list(RiskLimit.objects.order_by("-enabled", "kind", "pk"))
-    states: dict[int, list[LimitState]] = {}
+    states: dict[int, list[Any]] = {}
     for state in LimitState.objects.select_related("engine").order_by("engine__name"):
+        state.label = state.engine.name
         states.setdefault(state.limit_id, []).append(state)
+    for portfolio_state in PortfolioLimitState.objects.order_by("subject"):
+        portfolio_state.label = portfolio_state.subject
+        states.setdefault(portfolio_state.limit_id, []).append(portfolio_state)
     return [{"limit": limit, "states": states.get(limit.pk, [])} for limit in limits]
 
 

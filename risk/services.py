@@ -17,7 +17,7 @@ from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine
 from risk import events, selectors
-from risk.models import Level, LimitState, RiskLimit, RiskLimitChange
+from risk.models import Level, LimitState, PortfolioLimitState, RiskLimit, RiskLimitChange
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ TRACKED = (
     "warning_levels",
     "action",
     "reduce_to_pct",
+    "window_days",
     "enabled",
     "description",
 )
@@ -77,6 +78,9 @@ def limit_save(
             # Switched off, it measures nothing: its states start afresh if it is switched on
             # again, and what it raised is over (the alerts side resolves it, after the commit).
             LimitState.objects.filter(limit=limit).update(
+                level=Level.OK, warned_at_level=0, breached_at=None, utilisation=0.0
+            )
+            PortfolioLimitState.objects.filter(limit=limit).update(
                 level=Level.OK, warned_at_level=0, breached_at=None, utilisation=0.0
             )
             announced = partial(

@@ -6,7 +6,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from risk import selectors
-from risk.models import RiskEvent
+from risk.models import PORTFOLIO, RiskEvent
 
 
 @require_GET
@@ -16,6 +16,7 @@ def limits(request: HttpRequest) -> HttpResponse:
     rows = selectors.limits_overview()
     for row in rows:
         row["pre_trade"] = row["limit"].pre_trade
+        row["portfolio"] = row["limit"].kind in PORTFOLIO
         for state in row["states"]:
             state.bar = min(max(state.utilisation, 0.0), 100.0)
             state.colour = {"ok": "green", "warning": "amber", "breached": "red"}[state.level]

@@ -55,6 +55,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": crontab(minute="10"),
         "expires": 3600,
     },
+    "risk: portfolio limits (correlation, portfolio drawdown and daily loss, value at risk)": {
+        "task": "risk.tasks.portfolio_limits",
+        "schedule": 60.0,
+        "expires": 60,
+    },
     "going live: yesterday in each engine's divergence log": {
         "task": "golive.tasks.divergence_log",
         "schedule": crontab(minute="20", hour="0"),
