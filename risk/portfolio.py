@@ -219,7 +219,7 @@ def drawdown(limit: RiskLimit, subject: Subject, state: PortfolioLimitState) -> 
         points = cursor.fetchall()
     total, peak = trading_math.combined_peak(start, points, state.peak if resume else None)
     last_at = points[-1][0] if points else since
-    if peak is not None and last_at is not None:
+    if peak is not None and last_at is not None and (points or not resume):
         # Not claimed: two runs fold the same snapshots into the same peak.
         PortfolioLimitState.objects.filter(pk=state.pk).update(
             peak=peak.quantize(_QUANTUM), peak_at=last_at, engine_ids=ids
@@ -257,6 +257,8 @@ def evaluate_limit(limit: RiskLimit, now: datetime) -> list[RiskEvent]:
     if limit.kind in (LimitKind.CORRELATION, LimitKind.VAR_95_PCT, LimitKind.VAR_99_PCT):
         key = (limit.pk, limit.version, now.astimezone(UTC).date())
         if key not in _daily:
+            for old in [k for k in _daily if k[0] == limit.pk]:
+                del _daily[old]  # yesterday's, or an older version's
             _daily[key] = _daily_measures(limit, found, key[2])
         measures: Iterable[Measure | None] = _daily[key]
     elif limit.kind == LimitKind.PORTFOLIO_DAILY_LOSS_PCT:
@@ -266,7 +268,10 @@ def evaluate_limit(limit: RiskLimit, now: datetime) -> list[RiskEvent]:
     for measure in measures:
         if measure is not None:
             state = _state(limit, measure.subject, states)
-            events.extend(_move(limit, state, measure))
+            # The claimed move, its events and its commands stand or fall together: a command
+            # that cannot be issued leaves the state where it was, to be tried again next run.
+            with transaction.atomic():
+                events.extend(_move(limit, state, measure))
     return events
 
 

@@ -360,3 +360,20 @@ def test_the_portfolio_limits_run_every_minute_and_the_page_shows_each_subject(
     assert '<span class="util-name">tag momentum</span>' in page
     assert 'class="util-fill util-amber" style="width: 80%"' in page
     assert "tag momentum: Portfolio daily loss" in page
+
+
+def test_two_workers_moving_the_same_state_act_once(make_engine, risk_manager):
+    alpha = make_engine("alpha")[0]
+    set_day(alpha, start="100000", pnl="-5000")
+    limit = save(risk_manager, kind="portfolio_daily_loss_pct", threshold=D(2), action="pause")
+    subject = portfolio.subjects(limit, portfolio.members(limit))[0]
+    measure = portfolio.daily_loss(subject)
+    assert measure is not None and measure.value == D(5)
+    state = portfolio._state(limit, subject, {})
+    # Both read the state before either moved it.
+    first, second = (PortfolioLimitState.objects.get(pk=state.pk) for _ in range(2))
+
+    raised = portfolio._move(limit, first, measure) + portfolio._move(limit, second, measure)
+
+    assert [e.kind for e in raised] == ["breach"]
+    assert Command.objects.filter(kind="pause", engine=alpha).count() == 1
