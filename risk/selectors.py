@@ -59,8 +59,11 @@ def engines_on_old_limits() -> list[Engine]:
 class PostTradeInputs:
     """What the post-trade limits of one engine are measured on, and where they stand."""
 
-    # symbol, sector, quantity, last price, average price of each open position
-    positions: list[tuple[str, str, Decimal, Decimal | None, Decimal]] = field(default_factory=list)
+    # symbol, sector, quantity, last price, average price, multiplier, currency of each open
+    # position
+    positions: list[tuple[str, str, Decimal, Decimal | None, Decimal, Decimal, str]] = field(
+        default_factory=list
+    )
     states: dict[int, LimitState] = field(default_factory=dict)  # by limit id
 
 
@@ -72,7 +75,7 @@ _STATE_SELECT = (
 
 
 _OPEN_POSITIONS_SQL = f"""
-    SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price
+    SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price, i.multiplier, i.currency
       FROM {Position._meta.db_table} p JOIN {Instrument._meta.db_table} i ON i.id = p.instrument_id
      WHERE p.engine_id = %s AND NOT p.quantity = 0"""
 

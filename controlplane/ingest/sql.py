@@ -58,6 +58,9 @@ _RETURNED = {
     "stage",
     "target_capital",
     "capital_pct",
+    # Exposures are converted into the account currency (controlplane.trading_math.exposure).
+    "account_currency",
+    "fx_rates",
 }
 ENGINE_FIELDS = tuple(f.attname for f in Engine._meta.concrete_fields if f.attname in _RETURNED)
 assert ENGINE_FIELDS[0] == "id"  # the engines' updates are matched to their batches by it

@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 from django.db import connection, transaction
+from django.db.models import JSONField
 from psycopg.errors import UniqueViolation
 
 from controlplane import partitions
@@ -361,8 +362,24 @@ def ingest_batches(
             raise RuntimeError(f"{fills} fills, {written['fills']} stored")
         rows = {row[0]: row for name in updates for row in written[name]}
         for engine_id, _, result, _ in projected:
-            result.engine = Engine.from_db(connection.alias, sql.ENGINE_FIELDS, rows[engine_id])
+            result.engine = _engine(rows[engine_id])
     return results
+
+
+# The JSON columns among the fields returned: a raw cursor gives their text, which the model's
+# field turns into values (Model.from_db takes values as they are).
+_JSON_FIELDS = {
+    at: Engine._meta.get_field(name)
+    for at, name in enumerate(sql.ENGINE_FIELDS)
+    if isinstance(Engine._meta.get_field(name), JSONField)
+}
+
+
+def _engine(row: tuple[Any, ...]) -> Engine:
+    values = list(row)
+    for at, json_field in _JSON_FIELDS.items():
+        values[at] = json_field.from_db_value(values[at], None, connection)
+    return Engine.from_db(connection.alias, sql.ENGINE_FIELDS, values)
 
 
 @dataclass
