@@ -42,6 +42,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AccountEvent",
     "Ack",
+    "AssetClass",
     "Command",
     "CommandAck",
     "CommandKind",
