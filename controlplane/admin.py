@@ -199,9 +199,23 @@ class EngineAdmin(admin.ModelAdmin):
 
 @admin.register(Instrument)
 class InstrumentAdmin(admin.ModelAdmin):
-    list_display = ("symbol", "sector", "asset_class", "multiplier", "currency")
+    list_display = (
+        "symbol",
+        "sector",
+        "asset_class",
+        "multiplier",
+        "currency",
+        "tick_size",
+        "described_by",
+    )
     list_filter = ("asset_class", "sector", "currency")
     search_fields = ("symbol", "sector")
+    readonly_fields = ("described_by",)
+
+    def save_model(self, request: Any, obj: Instrument, form: Any, change: bool) -> None:
+        # A person's description stands: no engine's declaration may contradict it after this.
+        obj.described_by = f"user {request.user.get_username()}"[:160]
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(Order)

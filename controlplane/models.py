@@ -133,6 +133,12 @@ class Engine(models.Model):
     # set at the real-money stages only (docs/going-live.md).
     target_capital = models.DecimalField(**MONEY, null=True, blank=True)
     capital_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The currency of the engine's account (its last account event) and the latest FX rate it
+    # reported for each other currency: units of the account currency per unit, as decimal
+    # strings ({"EUR": "1.1"}). Exposures of instruments in those currencies are converted with
+    # them (controlplane.trading_math.exposure).
+    account_currency = models.CharField(max_length=16, blank=True, default="")
+    fx_rates = models.JSONField(default=dict, blank=True)
     engine_build = models.CharField(max_length=128, blank=True)
     config_hash = models.CharField(max_length=128, blank=True)
     last_seq = models.BigIntegerField(default=0, help_text="Highest event seq durably stored.")
@@ -272,6 +278,13 @@ class Instrument(models.Model):
     )
     multiplier = models.DecimalField(max_digits=18, decimal_places=6, default=Decimal(1))
     currency = models.CharField(max_length=8, default="USD")
+    # The price's smallest step, when an engine declared it or a person entered it.
+    tick_size = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+    # Who described the instrument: "" for the bare row an engine's first order of the symbol
+    # created (its fields are defaults), else "engine <name>" or "user <username>". An engine's
+    # declaration fills in a bare row; it may not contradict a described one (docs/protocol.md,
+    # "Instruments and FX rates").
+    described_by = models.CharField(max_length=160, blank=True, default="")
 
     class Meta:
         ordering = ["symbol"]

@@ -204,3 +204,41 @@ def combined_peak(
     if pending_ts is not None and total is not None:
         peak = total if peak is None else max(peak, total)
     return total, peak
+
+
+# What an account event says when it names no currency (engine_sdk.protocol.AccountEvent).
+DEFAULT_ACCOUNT_CURRENCY = "USD"
+
+
+def exposure(
+    quantity: Decimal,
+    price: Decimal,
+    multiplier: Decimal,
+    currency: str,
+    account_currency: str,
+    fx_rates: dict[str, Any],
+) -> Decimal | None:
+    """A position's exposure in its engine's account currency: |quantity| x price x multiplier,
+    times the engine's latest rate for the instrument's currency when that is not the account's.
+
+    None when the instrument is in another currency and the engine never reported its rate:
+    the exposure is unknown, and is said to be rather than counted at a rate of 1 (a yen
+    position counted at 1 would be worth 150 times its dollars). An engine that never sent an
+    account event is taken to account in the protocol's default currency.
+    """
+    return in_account_currency(
+        abs(quantity) * price * multiplier, currency, account_currency, fx_rates
+    )
+
+
+def in_account_currency(
+    amount: Decimal, currency: str, account_currency: str, fx_rates: dict[str, Any]
+) -> Decimal | None:
+    """``amount`` of ``currency`` in the account's currency at the engine's latest rate; None
+    when the engine reported no rate for it (see ``exposure``)."""
+    if currency == (account_currency or DEFAULT_ACCOUNT_CURRENCY):
+        return amount
+    rate = fx_rates.get(currency)
+    if rate is None:
+        return None
+    return amount * Decimal(str(rate))

@@ -43,6 +43,7 @@ from controlplane.models import (
     Position,
     TradingState,
 )
+from controlplane.trading_math import in_account_currency
 
 ZERO = Decimal(0)
 
@@ -81,6 +82,9 @@ class FleetRow:
     rejection_rate: float | None
     latency_ms: float | None
     firing_alerts: int = 0
+    # Currencies of open positions the engine reported no FX rate for: their exposure is unknown
+    # and left out of gross_exposure (controlplane.trading_math.exposure).
+    unconverted: list[str] = field(default_factory=list)
     # The state's cause as the row shows it on one line: who or what set it ("alice", "limit #3
     # max_daily_loss", "alert rule <name>", "control plane (latched state)", or "engine" for the
     # engine's own reason, such as the SDK's dead-man pause), when and why; cause_title says all
@@ -242,20 +246,7 @@ def fleet_rows(
     if not engines:
         return []
     ids = [e.pk for e in engines]
-    exposure = ExpressionWrapper(
-        Abs(F("quantity")) * Coalesce(F("last_price"), F("avg_price")),
-        output_field=DecimalField(max_digits=36, decimal_places=8),
-    )
-    positions = {
-        row["engine_id"]: row
-        for row in Position.objects.filter(engine_id__in=ids)
-        .values("engine_id")
-        .annotate(
-            open=Count("pk", filter=~Q(quantity=0)),
-            gross=Sum(exposure),
-            mismatches=Count("pk", filter=Q(mismatch_since__isnull=False)),
-        )
-    }
+    positions = position_figures(engines)
     # Working orders and today's orders are counts the gateway keeps on the engine row
     # (Engine.counts_day): counting the day's orders here grew all day, on every live update.
     firing = dict(
@@ -283,6 +274,7 @@ def fleet_rows(
                 day_pnl=float(engine.day_pnl),
                 drawdown_pct=float(engine.drawdown_pct),
                 gross_exposure=float(pos.get("gross") or ZERO),
+                unconverted=pos.get("unconverted", []),
                 open_positions=pos.get("open", 0),
                 working_orders=engine.working_orders,
                 mismatches=pos.get("mismatches", 0),
@@ -295,6 +287,45 @@ def fleet_rows(
             )
         )
     return rows
+
+
+def position_figures(engines: list[Engine]) -> dict[int, dict[str, Any]]:
+    """Each engine's open positions, mismatches and gross exposure in its account currency
+    (|quantity| x price x multiplier, converted at its latest FX rates: docs/risk.md)."""
+    exposure = ExpressionWrapper(
+        Abs(F("quantity"))
+        * Coalesce(F("last_price"), F("avg_price"))
+        * F("instrument__multiplier"),
+        output_field=DecimalField(max_digits=48, decimal_places=14),
+    )
+    by_id = {engine.pk: engine for engine in engines}
+    figures: dict[int, dict[str, Any]] = {}
+    rows = (
+        Position.objects.filter(engine_id__in=list(by_id))
+        .values("engine_id", "instrument__currency")
+        .annotate(
+            open=Count("pk", filter=~Q(quantity=0)),
+            gross=Sum(exposure),
+            mismatches=Count("pk", filter=Q(mismatch_since__isnull=False)),
+        )
+    )
+    for row in rows:
+        engine = by_id[row["engine_id"]]
+        into = figures.setdefault(
+            engine.pk, {"open": 0, "gross": ZERO, "mismatches": 0, "unconverted": []}
+        )
+        into["open"] += row["open"]
+        into["mismatches"] += row["mismatches"]
+        currency = row["instrument__currency"]
+        gross = in_account_currency(
+            row["gross"] or ZERO, currency, engine.account_currency, engine.fx_rates or {}
+        )
+        if gross is None:
+            if row["open"]:
+                into["unconverted"].append(currency)
+        else:
+            into["gross"] += gross
+    return figures
 
 
 def fleet_totals(rows: Iterable[FleetRow]) -> FleetTotals:

@@ -7,8 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, DecimalField, ExpressionWrapper, F, Func, Q, QuerySet, Sum
-from django.db.models.functions import Abs, Coalesce
+from django.db.models import Count, F, Func, Q, QuerySet
 
 from controlplane.commands import issuing
 from controlplane.models import (
@@ -17,9 +16,9 @@ from controlplane.models import (
     CommandBatch,
     CommandKind,
     Engine,
-    Position,
     TradingState,
 )
+from dashboard import overview
 
 
 def audit_actions() -> list[str]:
@@ -123,14 +122,11 @@ def kill_scope(selector: str) -> KillScope:
     counts = engines.aggregate(
         n=Count("pk"), halted=Count("pk", filter=Q(desired_state=TradingState.HALTED))
     )
-    exposure = ExpressionWrapper(
-        Abs(F("quantity")) * Coalesce(F("last_price"), F("avg_price")),
-        output_field=DecimalField(max_digits=36, decimal_places=8),
-    )
-    gross = Position.objects.filter(engine__in=engines).aggregate(gross=Sum(exposure))["gross"]
+    figures = overview.position_figures(list(engines.only("pk", "account_currency", "fx_rates")))
+    gross = sum((row["gross"] for row in figures.values()), Decimal(0))
     return KillScope(
         selector=selector,
         engines=counts["n"],
-        gross_exposure=gross or Decimal(0),
+        gross_exposure=gross,
         halted_already=counts["halted"],
     )

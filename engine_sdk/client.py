@@ -49,7 +49,17 @@ from engine_sdk.errors import (
 from engine_sdk.gate import OrderRejected, StateChange, TradingGate
 from engine_sdk.journal import MAX_EVENT_BYTES, JournalWriter
 from engine_sdk.limits import LimitRejected, PreTradeLimits
-from engine_sdk.protocol import Event, PositionEvent, Side, Stage, TradingState, Welcome, utc_now
+from engine_sdk.protocol import (
+    AssetClass,
+    Event,
+    InstrumentEvent,
+    PositionEvent,
+    Side,
+    Stage,
+    TradingState,
+    Welcome,
+    utc_now,
+)
 from engine_sdk.state import StateStore
 
 __all__ = [
@@ -295,6 +305,34 @@ class EngineClient:
             # The capital ceiling is measured on the positions the engine reports.
             self.state.capital.track_position(event.symbol, event.quantity, event.avg_price)
         return seq
+
+    def declare_instrument(
+        self,
+        symbol: str,
+        *,
+        asset_class: AssetClass | None = None,
+        multiplier: Decimal | int | None = None,
+        currency: str | None = None,
+        tick_size: Decimal | None = None,
+        sector: str | None = None,
+    ) -> int:
+        """Tell the control plane what ``symbol`` is: its exposure, limits and P&L use the
+        multiplier and convert the currency (at the rates an account event's ``fx_rates``
+        reports). Declare before trading the symbol; a field left out is left as stored. A
+        declaration that contradicts what is stored is refused by the server
+        (``instrument_conflict``, docs/protocol.md). Returns the event's seq; raises ValueError
+        naming a field outside the protocol's bounds, as ``emit`` does."""
+        return self.emit(
+            InstrumentEvent(
+                ts=utc_now(),
+                symbol=symbol,
+                asset_class=asset_class,
+                multiplier=Decimal(multiplier) if multiplier is not None else None,
+                currency=currency,
+                tick_size=tick_size,
+                sector=sector,
+            )
+        )
 
     async def emit_wait(self, event: Event, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Like ``emit``, but wait for room instead of raising BackpressureError."""

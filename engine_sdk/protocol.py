@@ -42,6 +42,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AccountEvent",
     "Ack",
+    "AssetClass",
     "Command",
     "CommandAck",
     "CommandKind",
@@ -56,6 +57,7 @@ __all__ = [
     "FillEvent",
     "Heartbeat",
     "Hello",
+    "InstrumentEvent",
     "LogEvent",
     "LogLevel",
     "MetricEvent",
@@ -136,7 +138,8 @@ CommandKind = Literal[
     "pause", "resume", "reduce", "flatten", "cancel_all", "kill", "set_limits", "kill_drill"
 ]
 CommandResultStatus = Literal["succeeded", "partial", "failed"]
-EventKind = Literal["order", "fill", "position", "account", "metric", "log", "state"]
+EventKind = Literal["order", "fill", "position", "account", "metric", "log", "state", "instrument"]
+AssetClass = Literal["equity", "future", "option", "fx", "crypto", "bond", "other"]
 ErrorCode = Literal[
     "malformed_json",
     "unknown_type",
@@ -157,6 +160,7 @@ ErrorCode = Literal[
     "rate_limited",
     "event_refused",
     "stage_forbids_live",
+    "instrument_conflict",
 ]
 ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
 
@@ -191,6 +195,23 @@ BrokerOrderId = Annotated[str, msgspec.Meta(max_length=128, pattern=_NO_NUL)]
 Text64 = Annotated[str, msgspec.Meta(max_length=64, pattern=_NO_NUL)]
 Text32 = Annotated[str, msgspec.Meta(max_length=32, pattern=_NO_NUL)]
 Detail = Annotated[str, msgspec.Meta(max_length=8192, pattern=_NO_NUL)]
+# An ISO 4217 code: an instrument's currency and the currencies of the FX rates.
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+_CURRENCY_CODE: Final = re.compile(r"[A-Z]{3}")
+# An FX rate's key is checked in AccountEvent.__post_init__, which names the field.
+_FxKey = Annotated[str, msgspec.Meta(max_length=32)]
+# At most this many FX rates on one account event (a desk trades in a few currencies).
+MAX_FX_RATES: Final = 64
+# An instrument's multiplier and tick size, and an FX rate, are positive and bounded so that
+# they fit their columns (multiplier NUMERIC(18, 6), tick size NUMERIC(20, 10)) and so that a
+# position's exposure (quantity x price x multiplier x rate) stays a number Python and
+# PostgreSQL hold exactly enough. Places beyond what is stored are refused, not rounded away.
+MAX_MULTIPLIER: Final = Decimal(10) ** 9
+MULTIPLIER_PLACES: Final = 6
+MAX_TICK_SIZE: Final = Decimal(10) ** 6
+TICK_SIZE_PLACES: Final = 10
+MAX_FX_RATE: Final = Decimal(10) ** 6
+FX_RATE_PLACES: Final = 12
 
 _ZERO: Final = Decimal(0)
 _MIN_DECIMAL: Final = -MAX_DECIMAL_ABS
@@ -227,6 +248,16 @@ def _check_decimal(name: str, value: Decimal | None, *, low: str | None = None) 
         raise ValueError(f"Expected `decimal` >= 0.00000001 - at `$.{name}`")
     if low == ">=0" and value < _ZERO:
         raise ValueError(f"Expected `decimal` >= 0 - at `$.{name}`")
+
+
+def _check_positive(name: str, value: Decimal | None, *, below: Decimal, places: int) -> None:
+    """A positive decimal under ``below`` with at most ``places`` digits after the point."""
+    if value is None:
+        return
+    if not value.is_finite() or not Decimal(0) < value < below:
+        raise ValueError(f"Expected a finite `decimal` > 0 and < {below:f} - at `$.{name}`")
+    if -value.as_tuple().exponent > places:  # type: ignore[operator]
+        raise ValueError(f"Expected a `decimal` with at most {places} places - at `$.{name}`")
 
 
 def _check_text(name: str, value: str) -> None:
@@ -386,12 +417,22 @@ class AccountEvent(_EventBase, kw_only=True, tag="account"):
     cash: Decimal
     margin_used: Decimal = _ZERO
     currency: Currency = "USD"
+    # What one unit of each currency is worth in the account's currency (EUR 1.1: one euro is
+    # 1.1 of the account's currency), at ``ts``. Optional: an engine sends the rates of the
+    # currencies its instruments trade in; the control plane keeps each currency's latest and
+    # converts exposures with it (docs/protocol.md, "Instruments and FX rates").
+    fx_rates: Annotated[dict[_FxKey, Decimal], msgspec.Meta(max_length=MAX_FX_RATES)] = {}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_decimal("equity", self.equity)
         _check_decimal("cash", self.cash)
         _check_decimal("margin_used", self.margin_used, low=">=0")
+        for code, rate in self.fx_rates.items():
+            # Checked here rather than by the key's type: msgspec names no field for a key.
+            if _CURRENCY_CODE.fullmatch(code) is None:
+                raise ValueError("Expected an ISO 4217 currency code (EUR) - at `$.fx_rates`")
+            _check_positive(f"fx_rates.{code}", rate, below=MAX_FX_RATE, places=FX_RATE_PLACES)
 
 
 class MetricEvent(_EventBase, kw_only=True, tag="metric"):
@@ -421,7 +462,39 @@ class StateEvent(_EventBase, kw_only=True, tag="state"):
     reason: ShortText = ""
 
 
-Event = OrderEvent | FillEvent | PositionEvent | AccountEvent | MetricEvent | LogEvent | StateEvent
+class InstrumentEvent(_EventBase, kw_only=True, tag="instrument"):
+    """What an instrument is: the control plane's exposure, limits and P&L use its multiplier
+    and convert its currency. Every field but the symbol is optional: a field left out leaves
+    what is stored as it is. A declaration that contradicts what is already set is refused
+    (``instrument_conflict``, docs/protocol.md)."""
+
+    symbol: Symbol
+    asset_class: AssetClass | None = None
+    # Currency per point of price per unit held: 50 for an E-mini S&P 500 contract.
+    multiplier: Decimal | None = None
+    currency: CurrencyCode | None = None
+    tick_size: Decimal | None = None
+    sector: Text64 | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_text("symbol", self.symbol)
+        _check_positive(
+            "multiplier", self.multiplier, below=MAX_MULTIPLIER, places=MULTIPLIER_PLACES
+        )
+        _check_positive("tick_size", self.tick_size, below=MAX_TICK_SIZE, places=TICK_SIZE_PLACES)
+
+
+Event = (
+    OrderEvent
+    | FillEvent
+    | PositionEvent
+    | AccountEvent
+    | MetricEvent
+    | LogEvent
+    | StateEvent
+    | InstrumentEvent
+)
 
 _EVENT_TYPES: Final[dict[str, type[Event]]] = {
     "order": OrderEvent,
@@ -431,6 +504,7 @@ _EVENT_TYPES: Final[dict[str, type[Event]]] = {
     "metric": MetricEvent,
     "log": LogEvent,
     "state": StateEvent,
+    "instrument": InstrumentEvent,
 }
 
 

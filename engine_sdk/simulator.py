@@ -64,6 +64,10 @@ class Instrument:
     sector: str
     price: Decimal  # where the random walk starts
     volatility: float  # standard deviation of the log return per tick
+    # Currency per point per unit held (a future's contract size); declared to the control
+    # plane on the first tick with the rest of the instrument (an instrument event).
+    multiplier: Decimal = Decimal(1)
+    asset_class: p.AssetClass = "equity"
 
 
 UNIVERSE: Final = (
@@ -224,6 +228,7 @@ class PaperEngine:
         self._rng = random.Random(seed)
         self._clock = clock
         self._volatility = {i.symbol: i.volatility for i in self.universe}
+        self._multipliers = {i.symbol: i.multiplier for i in self.universe}
         # Its fills are simulated (paper, shadow): each says what a real order would have got, the
         # far side of the quote, for the control plane to hold against the modelled slippage.
         # The quote is the mid (its price) and a half-spread that grows with the instrument's
@@ -312,11 +317,13 @@ class PaperEngine:
 
     @property
     def market_value(self) -> Decimal:
-        return sum((q * self.prices[s] for s, q in self._positions.items()), ZERO)
+        mult = self._multipliers
+        return sum((q * self.prices[s] * mult[s] for s, q in self._positions.items()), ZERO)
 
     @property
     def gross_exposure(self) -> Decimal:
-        return sum((abs(q) * self.prices[s] for s, q in self._positions.items()), ZERO)
+        mult = self._multipliers
+        return sum((abs(q) * self.prices[s] * mult[s] for s, q in self._positions.items()), ZERO)
 
     @property
     def equity(self) -> Decimal:
@@ -344,6 +351,7 @@ class PaperEngine:
         self.ticks += 1
         if not self._started:
             self._started = True
+            self._declare_instruments(now)
             self._log(now, "info", f"paper engine started ({self.strategy})", equity=self.equity)
         self._move_prices()
         changed = self._work_orders(now)
@@ -614,6 +622,7 @@ class PaperEngine:
         position = self._positions.get(order.symbol, ZERO)
         after = position + _signed(order.side, order.quantity)
         added = (abs(after) - abs(position)) * self.prices[order.symbol]
+        added *= self._multipliers[order.symbol]
         if added > 0 and self.gross_exposure + added > self.equity * MAX_GROSS_LEVERAGE:
             return "insufficient buying power"
         if self._rng.random() < self.broker_reject_rate:
@@ -664,7 +673,7 @@ class PaperEngine:
         self, symbol: str, side: Side, quantity: Decimal, price: Decimal, fee: Decimal
     ) -> None:
         signed = _signed(side, quantity)
-        self.cash -= signed * price + fee
+        self.cash -= signed * price * self._multipliers[symbol] + fee
         old = self._positions.get(symbol, ZERO)
         new = old + signed
         avg = self._avg_prices.get(symbol, ZERO)
@@ -713,6 +722,21 @@ class PaperEngine:
                     quantity=quantity + self._position_skew.get(symbol, ZERO),
                     avg_price=self._avg_prices.get(symbol, ZERO),
                     source="engine",
+                )
+            )
+
+    def _declare_instruments(self, now: datetime) -> None:
+        # What the control plane's exposure, limits and P&L need to know of each symbol.
+        for instrument in self.universe:
+            self.client.emit(
+                p.InstrumentEvent(
+                    ts=now,
+                    symbol=instrument.symbol,
+                    asset_class=instrument.asset_class,
+                    multiplier=instrument.multiplier,
+                    currency="USD",
+                    tick_size=CENT,
+                    sector=instrument.sector,
                 )
             )
 

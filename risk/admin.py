@@ -11,7 +11,14 @@ from django.utils.html import format_html
 from controlplane.admin_dates import BoundedDateHierarchy
 from controlplane.audit import client_ip
 from risk import events, services
-from risk.models import RiskEvent, RiskLimit, RiskLimitChange
+from risk.models import (
+    Allocation,
+    AllocationChange,
+    DeskCapital,
+    RiskEvent,
+    RiskLimit,
+    RiskLimitChange,
+)
 
 NO_CHANNEL = "no notification channel"
 
@@ -137,3 +144,110 @@ class RiskEventAdmin(BoundedDateHierarchy, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class AllocationForm(forms.ModelForm):
+    change_reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Why this target is set or changed; kept in its history and the audit log.",
+    )
+
+    class Meta:
+        model = Allocation
+        fields = ("scope", "scope_value", "target_pct", "enabled")
+
+    def clean_change_reason(self) -> str:
+        reason = self.cleaned_data["change_reason"].strip()
+        if not reason:
+            raise ValidationError("Say why: every change of an allocation target needs a reason.")
+        return reason
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        # Said on the form; the service checks again under its lock when saving.
+        if data.get("target_pct") is not None:
+            error = services.engine_targets_error(
+                scope=data.get("scope", ""),
+                enabled=bool(data.get("enabled")),
+                target_pct=data["target_pct"],
+                pk=self.instance.pk,
+            )
+            if error:
+                self.add_error("target_pct", error)
+        return data
+
+
+class AllocationChangeInline(admin.TabularInline):
+    model = AllocationChange
+    fields = ("changed_at", "changed_by_label", "change", "changes", "reason")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("-changed_at",)
+    verbose_name_plural = "History (who changed what, from which value to which)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Allocation)
+class AllocationAdmin(admin.ModelAdmin):
+    """Target shares of the desk's capital (docs/risk.md, "Allocation"), saved through
+    risk.services.allocation_save: validated, versioned, kept in the history and the audit."""
+
+    form = AllocationForm
+    list_display = ("scope", "scope_value", "target_pct", "enabled", "version", "updated_at")
+    list_filter = ("scope", "enabled")
+    readonly_fields = ("version", "updated_by", "updated_at")
+    inlines = [AllocationChangeInline]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A target is switched off (enabled), never deleted, so its history stays whole.
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Allocation, form: Any, change: bool) -> None:
+        entry = services.allocation_save(
+            allocation=obj,
+            reason=form.cleaned_data["change_reason"],
+            actor=request.user,
+            ip_address=client_ip(request),
+        )
+        if entry is None:
+            messages.info(request, "Nothing changed: the target is as it was.")
+
+
+class DeskCapitalForm(forms.ModelForm):
+    change_reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Why the desk's capital is set or changed; kept in the audit log.",
+    )
+
+    class Meta:
+        model = DeskCapital
+        fields = ("amount",)
+
+
+@admin.register(DeskCapital)
+class DeskCapitalAdmin(admin.ModelAdmin):
+    """The desk's capital: one row, what allocation shares are shares of."""
+
+    form = DeskCapitalForm
+    list_display = ("amount", "updated_by", "updated_at")
+    readonly_fields = ("updated_by", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and not DeskCapital.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: DeskCapital, form: Any, change: bool) -> None:
+        obj.pk = 1  # the one row
+        entry = services.desk_capital_set(
+            amount=obj.amount,
+            reason=form.cleaned_data["change_reason"],
+            actor=request.user,
+            ip_address=client_ip(request),
+        )
+        if entry is None:
+            messages.info(request, "Nothing changed: the desk's capital is as it was.")

@@ -24,6 +24,7 @@ from django.db import transaction
 from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine, TradingState
+from controlplane.trading_math import DEFAULT_ACCOUNT_CURRENCY, exposure
 from risk import events as risk_events
 from risk import selectors
 from risk.models import POST_TRADE, Action, Level, LimitKind, LimitState, RiskEvent, RiskLimit
@@ -79,10 +80,15 @@ def forget_cached_limits() -> None:
     _evaluated.clear()
 
 
+# engine id -> the symbols whose exposure it last could not convert (logged once per change).
+_unknown_fx: dict[int, set[str]] = {}
+
+
 @dataclass
 class _Book:
     equity: Decimal | None
-    exposures: list[tuple[str, str, Decimal]]  # symbol, sector, |quantity x price|
+    # symbol, sector, |quantity x price x multiplier| x FX rate; None when the rate is unknown
+    exposures: list[tuple[str, str, Decimal | None]]
     day_pnl: Decimal
     session_equity: Decimal | None
     drawdown_pct: Decimal
@@ -101,10 +107,27 @@ def _book(engine: Engine, limits: list[RiskLimit]) -> tuple[_Book, dict[int, Lim
     )
     # Today's orders and fills: the counts the gateway keeps on the engine row.
     orders, rejected, fills = engine.day_counts()
+    # In the account currency, with each instrument's multiplier (docs/risk.md, "Exposure"); None
+    # for a position in a currency the engine reported no rate for.
+    account, rates = engine.account_currency, engine.fx_rates or {}
     exposures = [
-        (symbol, sector, abs(quantity) * (last if last is not None else avg))
-        for symbol, sector, quantity, last, avg in inputs.positions
+        (
+            symbol,
+            sector,
+            exposure(quantity, last if last is not None else avg, mult, currency, account, rates),
+        )
+        for symbol, sector, quantity, last, avg, mult, currency in inputs.positions
     ]
+    unknown = {symbol for symbol, _, value in exposures if value is None}
+    if unknown and _unknown_fx.get(engine.pk) != unknown:
+        _unknown_fx[engine.pk] = unknown
+        log.warning(
+            "risk: %s: no FX rate into %s for %s; the exposure limits that count them are not "
+            "measured until the engine reports one",
+            engine.name,
+            account or DEFAULT_ACCOUNT_CURRENCY,
+            ", ".join(sorted(unknown)),
+        )
     book = _Book(
         equity=engine.equity,
         exposures=exposures,
@@ -122,31 +145,36 @@ def measure(limit: RiskLimit, book: _Book) -> tuple[Decimal, str] | None:
     """The limit's value for this engine and what it is about; None when it cannot be known."""
     kind, scoped = limit.kind, limit.scope_value
     equity = book.equity if book.equity and book.equity > 0 else None
+    # A limit whose positions include one of unknown exposure (no FX rate) cannot be known.
     if kind == LimitKind.MAX_POSITION_PCT:
         rows = [(s, e) for s, _, e in book.exposures if limit.scope != "symbol" or s == scoped]
-        if equity is None:
+        if equity is None or any(e is None for _, e in rows):
             return None
-        symbol, exposure = max(rows, key=lambda r: r[1], default=(scoped or "-", Decimal(0)))
-        return exposure / equity * 100, symbol
+        symbol, value = max(rows, key=lambda r: r[1], default=(scoped or "-", Decimal(0)))
+        return value / equity * 100, symbol  # type: ignore[operator]
     if kind == LimitKind.MAX_SECTOR_PCT:
         if equity is None:
             return None
-        sectors: dict[str, Decimal] = {}
-        for _, sector, exposure in book.exposures:
-            sectors[sector] = sectors.get(sector, Decimal(0)) + exposure
+        sectors: dict[str, Decimal | None] = {}
+        for _, sector, value in book.exposures:
+            so_far = sectors.get(sector, Decimal(0))
+            sectors[sector] = None if so_far is None or value is None else so_far + value
         if limit.scope == "sector":
             sectors = {scoped: sectors.get(scoped, Decimal(0))}
-        sector, exposure = max(sectors.items(), key=lambda r: r[1], default=("-", Decimal(0)))
-        return exposure / equity * 100, f"sector {sector or '(none)'}"
-    if kind == LimitKind.MAX_GROSS_EXPOSURE_PCT:
-        if equity is None:
+        if any(value is None for value in sectors.values()):
             return None
-        return sum((e for _, _, e in book.exposures), Decimal(0)) / equity * 100, "gross"
-    if kind == LimitKind.CAPITAL_CEILING_PCT:
+        sector, value = max(sectors.items(), key=lambda r: r[1], default=("-", Decimal(0)))  # type: ignore[arg-type,return-value]
+        return value / equity * 100, f"sector {sector or '(none)'}"  # type: ignore[operator]
+    if kind in (LimitKind.MAX_GROSS_EXPOSURE_PCT, LimitKind.CAPITAL_CEILING_PCT):
+        values = [e for _, _, e in book.exposures]
+        if any(e is None for e in values):
+            return None
+        gross = sum(values, Decimal(0))  # type: ignore[arg-type]
+        if kind == LimitKind.MAX_GROSS_EXPOSURE_PCT:
+            return (gross / equity * 100, "gross") if equity is not None else None
         # Only engines the capital ramp gives a ceiling are measured.
         if book.capital_ceiling is None or book.capital_ceiling <= 0:
             return None
-        gross = sum((e for _, _, e in book.exposures), Decimal(0))
         return gross / book.capital_ceiling * 100, f"gross of {book.capital_ceiling:,.2f}"
     if kind == LimitKind.MAX_DAILY_LOSS_PCT:
         if not book.session_equity:

@@ -389,3 +389,114 @@ class RiskEvent(models.Model):
 
     def __str__(self) -> str:
         return self.message
+
+
+class AllocationScope(models.TextChoices):
+    ENGINE = "engine", "Engine"
+    TAG = "tag", "Strategy tag"
+
+
+class Allocation(models.Model):
+    """A target share of the desk's capital for one engine or one strategy tag (docs/risk.md,
+    "Allocation"). The fleet page sets it against the actual share: the engine's (or the tag's
+    engines') equity over the desk's capital. Enabled engine targets add up to at most 100 %;
+    tags may overlap, so theirs are not summed."""
+
+    scope = models.CharField(max_length=10, choices=AllocationScope.choices)
+    scope_value = models.CharField(max_length=64, help_text="The engine's name, or the tag.")
+    target_pct = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal("0.01"))],
+        help_text="Target share of the desk's capital, in % (more than 0, at most 100).",
+    )
+    enabled = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=0, editable=False)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "scope_value"]
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "scope_value"], name="allocation_unique"),
+            models.CheckConstraint(
+                condition=models.Q(target_pct__gt=0, target_pct__lte=100),
+                name="allocation_target_pct_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_scope_display()} {self.scope_value}: {self.target_pct} %"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.target_pct is not None and not Decimal(0) < self.target_pct <= 100:
+            errors["target_pct"] = "A target share is more than 0 and at most 100 %."
+        value = (self.scope_value or "").strip()
+        if not value or "\x00" in value:
+            errors["scope_value"] = "Name the engine or the tag (no NUL characters)."
+        elif (
+            self.scope == AllocationScope.ENGINE and not Engine.objects.filter(name=value).exists()
+        ):
+            errors["scope_value"] = f"No engine is named {value!r}."
+        if errors:
+            raise ValidationError(errors)
+
+
+class DeskCapital(models.Model):
+    """The desk's capital, one row (pk 1): what allocation shares are shares of. Without it,
+    shares are of the fleet's equity (the active engines' equity summed)."""
+
+    amount = models.DecimalField(
+        max_digits=24, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))]
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "desk capital"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(pk=1), name="desk_capital_single_row"),
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="desk_capital_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Desk capital {self.amount:,.2f}"
+
+
+class AllocationChange(models.Model):
+    """One change of an allocation target or of the desk's capital: who, when, why, and each
+    field from which value to which (as RiskLimitChange is for limits)."""
+
+    allocation = models.ForeignKey(
+        Allocation, null=True, blank=True, on_delete=models.SET_NULL, related_name="changes"
+    )
+    label = models.CharField(max_length=200)
+    change = models.CharField(max_length=10, default="changed")  # created / changed
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changed_by_label = models.CharField(max_length=150)
+    changed_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField()
+    changes = models.JSONField(default=dict, help_text="{field: [old, new]}")
+
+    class Meta:
+        ordering = ["-changed_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.label} by {self.changed_by_label}"

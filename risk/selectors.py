@@ -13,6 +13,9 @@ from controlplane.models import Engine, Instrument, Position
 from controlplane.sqlscript import Script
 from risk.models import (
     PRE_TRADE,
+    Allocation,
+    AllocationScope,
+    DeskCapital,
     LimitState,
     PortfolioLimitState,
     RiskLimit,
@@ -71,8 +74,11 @@ def engines_on_old_limits() -> list[Engine]:
 class PostTradeInputs:
     """What the post-trade limits of one engine are measured on, and where they stand."""
 
-    # symbol, sector, quantity, last price, average price of each open position
-    positions: list[tuple[str, str, Decimal, Decimal | None, Decimal]] = field(default_factory=list)
+    # symbol, sector, quantity, last price, average price, multiplier, currency of each open
+    # position
+    positions: list[tuple[str, str, Decimal, Decimal | None, Decimal, Decimal, str]] = field(
+        default_factory=list
+    )
     states: dict[int, LimitState] = field(default_factory=dict)  # by limit id
 
 
@@ -84,7 +90,7 @@ _STATE_SELECT = (
 
 
 _OPEN_POSITIONS_SQL = f"""
-    SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price
+    SELECT i.symbol, i.sector, p.quantity, p.last_price, p.avg_price, i.multiplier, i.currency
       FROM {Position._meta.db_table} p JOIN {Instrument._meta.db_table} i ON i.id = p.instrument_id
      WHERE p.engine_id = %s AND NOT p.quantity = 0"""
 
@@ -117,3 +123,80 @@ def post_trade_inputs(
         positions=rows.get("positions", []),  # type: ignore[arg-type]
         states={state.limit_id: state for state in states},
     )
+
+
+@dataclass
+class AllocationRow:
+    """One engine's or tag's target share of the desk's capital against its actual share."""
+
+    scope: str  # "engine" or "tag"
+    name: str
+    equity: Decimal | None
+    target_pct: Decimal | None
+    actual_pct: Decimal | None
+    # actual - target, in percentage points; None when either is unknown.
+    difference_pts: Decimal | None
+
+
+@dataclass
+class AllocationOverview:
+    # What the shares are shares of: the desk's capital when set, else the fleet's equity.
+    basis: str  # "desk capital" / "fleet equity"
+    capital: Decimal | None
+    engines: list[AllocationRow] = field(default_factory=list)
+    tags: list[AllocationRow] = field(default_factory=list)
+    engine_targets_pct: Decimal = Decimal(0)
+
+
+def _row(
+    scope: str, name: str, equity: Decimal | None, target: Decimal | None, capital: Decimal | None
+) -> AllocationRow:
+    actual = equity / capital * 100 if equity is not None and capital else None
+    difference = actual - target if actual is not None and target is not None else None
+    return AllocationRow(scope, name, equity, target, actual, difference)
+
+
+# One round trip, as the fleet page asks it on every load: the desk's capital, the active
+# engines' equity and tags, the enabled targets. Numbers travel as JSON text, exactly.
+_ALLOCATION_SQL = f"""
+    SELECT
+      (SELECT amount FROM {DeskCapital._meta.db_table} WHERE id = 1),
+      (SELECT json_agg(json_build_array(name, equity::text, strategy_tags) ORDER BY name)
+         FROM {Engine._meta.db_table} WHERE is_active),
+      (SELECT json_agg(json_build_array(scope, scope_value, target_pct::text))
+         FROM {Allocation._meta.db_table} WHERE enabled)"""
+
+
+def allocation_overview() -> AllocationOverview:
+    """Target against actual share for every active engine and every tag with a target.
+    Actual: the engine's equity (a tag's: its active engines' equity summed) over
+    the desk's capital, or over the fleet's equity when no desk capital is set. Equities are
+    summed as reported, in each engine's account currency: the desk is taken to account in one
+    currency (docs/risk.md, "Allocation"). One query."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ALLOCATION_SQL)
+        desk_amount, engine_rows, target_rows = cursor.fetchone()
+    engines = [
+        (name, Decimal(str(equity)) if equity is not None else None, tags)
+        for name, equity, tags in engine_rows or []
+    ]
+    targets = {(scope, value): Decimal(str(pct)) for scope, value, pct in target_rows or []}
+    fleet_equity = sum((equity for _, equity, _ in engines if equity is not None), Decimal(0))
+    if desk_amount is not None:
+        basis, capital = "desk capital", desk_amount
+    else:
+        basis, capital = "fleet equity", fleet_equity if fleet_equity > 0 else None
+    overview = AllocationOverview(basis=basis, capital=capital)
+    for name, equity, _ in engines:
+        target = targets.get((AllocationScope.ENGINE, name))
+        overview.engines.append(_row(AllocationScope.ENGINE, name, equity, target, capital))
+    overview.engine_targets_pct = sum(
+        (t for (scope, _), t in targets.items() if scope == AllocationScope.ENGINE), Decimal(0)
+    )
+    for (scope, tag), target in sorted(targets.items()):
+        if scope != AllocationScope.TAG:
+            continue
+        equities = [e for _, e, tags in engines if tag in (tags or []) and e is not None]
+        equity = sum(equities, Decimal(0)) if equities else None
+        overview.tags.append(_row(AllocationScope.TAG, tag, equity, target, capital))
+    return overview

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from controlplane.audit import audit_record
@@ -17,7 +18,17 @@ from controlplane.commands import issuing
 from controlplane.events import announce
 from controlplane.models import CommandKind, Engine
 from risk import events, selectors
-from risk.models import Level, LimitState, PortfolioLimitState, RiskLimit, RiskLimitChange
+from risk.models import (
+    Allocation,
+    AllocationChange,
+    AllocationScope,
+    DeskCapital,
+    Level,
+    LimitState,
+    PortfolioLimitState,
+    RiskLimit,
+    RiskLimitChange,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +143,140 @@ def limits_push() -> int:
         except Exception:  # one engine's trouble must not keep the others on old limits
             log.exception("set_limits to %s failed", engine.name)
     return pushed
+
+
+ALLOCATION_TRACKED = ("scope", "scope_value", "target_pct", "enabled")
+
+
+def _shown(value: Any) -> Any:
+    # As typed: 10, 12.5 (not 1E+1, which _plain gives a round Decimal).
+    return format(value.normalize(), "f") if isinstance(value, Decimal) else value
+
+
+def _targets_error(
+    scope: str, enabled: bool, target_pct: Decimal, pk: int | None, engine_targets: list[Allocation]
+) -> str | None:
+    if scope != AllocationScope.ENGINE or not enabled:
+        return None
+    others = sum((a.target_pct for a in engine_targets if a.enabled and a.pk != pk), Decimal(0))
+    if others + target_pct <= 100:
+        return None
+    return (
+        f"The engines' targets would add up to {others + target_pct} %: the other engines "
+        f"hold {others} %, so this one can have at most {100 - others} %."
+    )
+
+
+def engine_targets_error(
+    *, scope: str, enabled: bool, target_pct: Decimal, pk: int | None
+) -> str | None:
+    """Why a target would take the enabled engine targets over 100 %, or None (for forms)."""
+    targets = list(Allocation.objects.filter(scope=AllocationScope.ENGINE))
+    return _targets_error(scope, enabled, target_pct, pk, targets)
+
+
+def allocation_save(
+    *,
+    allocation: Allocation,
+    reason: str,
+    actor: AbstractBaseUser | None,
+    ip_address: str | None = None,
+) -> AllocationChange | None:
+    """Validate and save a target share (new or changed); None if nothing changed. Raises
+    ValidationError naming the field (a share outside (0, 100], an unknown engine, enabled
+    engine targets that would add up to more than 100 %), ReasonRequired without a reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired("Every change of an allocation target needs a reason.")
+    allocation.scope_value = (allocation.scope_value or "").strip()
+    allocation.full_clean()
+    label = actor.get_username() if actor is not None else "system"
+    with transaction.atomic():
+        # Every engine target locked: two saves at once cannot both pass the 100 % check.
+        engine_targets = list(
+            Allocation.objects.select_for_update().filter(scope=AllocationScope.ENGINE)
+        )
+        before = next((a for a in engine_targets if a.pk == allocation.pk), None)
+        if allocation.pk and before is None:
+            before = Allocation.objects.select_for_update().filter(pk=allocation.pk).first()
+        error = _targets_error(
+            allocation.scope,
+            allocation.enabled,
+            allocation.target_pct,
+            allocation.pk,
+            engine_targets,
+        )
+        if error:
+            raise ValidationError({"target_pct": error})
+        changes = {
+            name: [
+                _shown(getattr(before, name)) if before else None,
+                _shown(getattr(allocation, name)),
+            ]
+            for name in ALLOCATION_TRACKED
+            if before is None or _shown(getattr(before, name)) != _shown(getattr(allocation, name))
+        }
+        if before is not None and not changes:
+            return None
+        allocation.version = (before.version if before else 0) + 1
+        allocation.updated_by = actor if actor is not None and actor.pk else None
+        allocation.save()
+        entry = AllocationChange.objects.create(
+            allocation=allocation,
+            label=str(allocation)[:200],
+            change="created" if before is None else "changed",
+            changed_by=allocation.updated_by,
+            changed_by_label=label,
+            reason=reason,
+            changes=changes,
+        )
+        audit_record(
+            action="allocation.saved",
+            actor=actor,
+            target=allocation,
+            reason=reason,
+            data={"changes": changes},
+            ip_address=ip_address,
+        )
+    return entry
+
+
+def desk_capital_set(
+    *,
+    amount: Decimal,
+    reason: str,
+    actor: AbstractBaseUser | None,
+    ip_address: str | None = None,
+) -> AllocationChange | None:
+    """Set the desk's capital (the one DeskCapital row); None if it is unchanged."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired("Every change of the desk's capital needs a reason.")
+    desk = DeskCapital(pk=1, amount=amount)
+    desk.full_clean(validate_unique=False)
+    label = actor.get_username() if actor is not None else "system"
+    with transaction.atomic():
+        before = DeskCapital.objects.select_for_update().filter(pk=1).first()
+        old = _shown(before.amount) if before else None
+        if old == _shown(desk.amount):
+            return None
+        desk.updated_by = actor if actor is not None and actor.pk else None
+        desk.save()
+        changes = {"amount": [old, _shown(desk.amount)]}
+        entry = AllocationChange.objects.create(
+            label="desk capital",
+            change="created" if before is None else "changed",
+            changed_by=desk.updated_by,
+            changed_by_label=label,
+            reason=reason,
+            changes=changes,
+        )
+        audit_record(
+            action="desk_capital.set",
+            actor=actor,
+            target=desk,
+            reason=reason,
+            data={"changes": changes},
+            ip_address=ip_address,
+        )
+    return entry

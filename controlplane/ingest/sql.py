@@ -58,6 +58,9 @@ _RETURNED = {
     "stage",
     "target_capital",
     "capital_pct",
+    # Exposures are converted into the account currency (controlplane.trading_math.exposure).
+    "account_currency",
+    "fx_rates",
 }
 ENGINE_FIELDS = tuple(f.attname for f in Engine._meta.concrete_fields if f.attname in _RETURNED)
 assert ENGINE_FIELDS[0] == "id"  # the engines' updates are matched to their batches by it
@@ -120,12 +123,28 @@ def _default(field: str) -> str:
 
 # Symbols an engine trades before anyone described them get a bare instrument row, with the
 # model's defaults, that a risk manager can complete (sector, multiplier) in the admin.
-_BARE_INSTRUMENT = ", ".join(map(_default, ("sector", "asset_class", "multiplier", "currency")))
+_BARE_FIELDS = ("sector", "asset_class", "multiplier", "currency", "described_by")
+_BARE_INSTRUMENT = ", ".join(map(_default, _BARE_FIELDS))
 CREATE_INSTRUMENTS = f"""
-        INSERT INTO {INSTRUMENT} (symbol, sector, asset_class, multiplier, currency)
+        INSERT INTO {INSTRUMENT} (symbol, {", ".join(_BARE_FIELDS)})
         SELECT s, {_BARE_INSTRUMENT} FROM unnest(%s::text[]) AS s
         ON CONFLICT (symbol) DO NOTHING
         """
+# Instruments the engines declare (instrument events): locked in symbol order, so that two
+# engines declaring the same symbols queue, and the second is judged against the first's.
+DECLARED_FIELDS = ("asset_class", "multiplier", "currency", "tick_size", "sector")
+LOCK_DECLARED = f"""
+    SELECT symbol, id, {", ".join(DECLARED_FIELDS)}, described_by FROM {INSTRUMENT}
+    WHERE symbol = ANY(%s::text[]) ORDER BY symbol FOR UPDATE"""
+DECLARED_COLUMNS = (
+    "id bigint, asset_class text, multiplier numeric, currency text, tick_size numeric, "
+    "sector text, described_by text"
+)
+ENGINE_NAMES = f"SELECT id, name FROM {ENGINE} WHERE id = ANY(%s::bigint[])"
+UPDATE_DECLARED = f"""
+    UPDATE {INSTRUMENT} i SET {", ".join(f"{c} = r.{c}" for c in names(DECLARED_COLUMNS)[1:])}
+    FROM json_to_recordset(%s::json) AS r({DECLARED_COLUMNS}) WHERE i.id = r.id
+    RETURNING i.symbol, i.id, i.multiplier"""
 # Each (engine, key) pair is looked up on its own, in a unique index: LIMIT 1 keeps the planner
 # from joining the whole JSON document at once, which it takes for a hundred rows, by hashing a
 # scan of the table (seen on the positions, which a day's updates leave full of dead rows).
@@ -273,6 +292,18 @@ ENGINE_COLUMNS = {
     "reported_reason": "text",
     "reported_reason_state": "text",
     "reported_reason_at": "timestamptz",
+    "account_currency": "text",
+    "fx_rates": "jsonb",
+}
+
+
+_ENGINE_SETS = {
+    "last_seq": "last_seq = GREATEST(e.last_seq, v.last_seq)",
+    # Each currency's latest rate; rates into another account currency are forgotten.
+    "fx_rates": (
+        "fx_rates = CASE WHEN e.account_currency = v.account_currency "
+        "THEN e.fx_rates || v.fx_rates ELSE v.fx_rates END"
+    ),
 }
 
 
@@ -280,10 +311,7 @@ ENGINE_COLUMNS = {
 def update_engines(columns: tuple[str, ...]) -> str:
     """The engines' one update of the batches that set ``columns``: their watermarks, figures
     and reported states (last_seq never goes back); returns ENGINE_FIELDS."""
-    sets = ", ".join(
-        "last_seq = GREATEST(e.last_seq, v.last_seq)" if c == "last_seq" else f"{c} = v.{c}"
-        for c in columns
-    )
+    sets = ", ".join(_ENGINE_SETS.get(c, f"{c} = v.{c}") for c in columns)
     typed = ", ".join(f"{c} {ENGINE_COLUMNS[c]}" for c in columns)
     return (
         f"UPDATE {ENGINE} e SET {sets} "

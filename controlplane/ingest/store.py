@@ -54,11 +54,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 from django.db import connection, transaction
+from django.db.models import JSONField
 from psycopg.errors import UniqueViolation
 
 from controlplane import partitions
+from controlplane.audit import audit_record
 from controlplane.ingest import ledger, sql
-from controlplane.models import Engine, Order
+from controlplane.models import Engine, Instrument, Order
 from controlplane.sqlscript import Script, json_text, text_array
 from engine_sdk import protocol as p
 
@@ -318,6 +320,8 @@ def ingest_batches(
                 projected.append((engine_id, batch, result, _split(batch)))
         if not projected:
             return results  # taking the locks recorded last_seen_at: nothing else to write
+        if any(split.instruments for *_, split in projected):
+            _declare_instruments(cursor, group, projected)
         missing_symbols = {s for *_, split in projected for s in split.symbols}
         missing_symbols -= group.instruments.keys()
         if missing_symbols:
@@ -358,8 +362,24 @@ def ingest_batches(
             raise RuntimeError(f"{fills} fills, {written['fills']} stored")
         rows = {row[0]: row for name in updates for row in written[name]}
         for engine_id, _, result, _ in projected:
-            result.engine = Engine.from_db(connection.alias, sql.ENGINE_FIELDS, rows[engine_id])
+            result.engine = _engine(rows[engine_id])
     return results
+
+
+# The JSON columns among the fields returned: a raw cursor gives their text, which the model's
+# field turns into values (Model.from_db takes values as they are).
+_JSON_FIELDS = {
+    at: Engine._meta.get_field(name)
+    for at, name in enumerate(sql.ENGINE_FIELDS)
+    if isinstance(Engine._meta.get_field(name), JSONField)
+}
+
+
+def _engine(row: tuple[Any, ...]) -> Engine:
+    values = list(row)
+    for at, json_field in _JSON_FIELDS.items():
+        values[at] = json_field.from_db_value(values[at], None, connection)
+    return Engine.from_db(connection.alias, sql.ENGINE_FIELDS, values)
 
 
 @dataclass
@@ -373,6 +393,7 @@ class _Split:
     metrics: list[p.MetricEvent] = field(default_factory=list)
     logs: list[p.LogEvent] = field(default_factory=list)
     state: p.StateEvent | None = None
+    instruments: list[p.InstrumentEvent] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
     # The seqs of the events not stored: fills not counted, reports refused.
     rejected: set[int] = field(default_factory=set)
@@ -402,7 +423,100 @@ def _split(batch: list[p.Event]) -> _Split:
             split.logs.append(event)  # type: ignore[arg-type]
         elif kind is p.StateEvent:
             split.state = event  # type: ignore[assignment]
+        elif kind is p.InstrumentEvent:
+            split.instruments.append(event)  # type: ignore[arg-type]
     return split
+
+
+def _declare_instruments(
+    cursor: Any, group: _Group, projected: list[tuple[int, list[p.Event], IngestResult, _Split]]
+) -> None:
+    """Apply the batches' instrument declarations, before their orders and fills (which then
+    use the declared multiplier), under the instruments' row locks.
+
+    A declaration fills in a bare instrument row (one an engine's trading created, with
+    defaults) and any field still empty (sector, tick size) of a described one; it may not
+    contradict a field already described, by an engine or a person: such a declaration is
+    refused whole with ``instrument_conflict`` naming the field, and a line in the engine's log
+    says what is stored and by whom. Who described an instrument is kept on its row; each change
+    is audited ("instrument.declared").
+    """
+    symbols = sorted({e.symbol for *_, split in projected for e in split.instruments})
+    wanted = text_array(symbols)
+    script = Script(cursor)
+    script.add(sql.CREATE_INSTRUMENTS, [wanted])
+    script.add(sql.LOCK_DECLARED, [wanted], fetch="rows")
+    ids = [engine_id for engine_id, *_, split in projected if split.instruments]
+    script.add(sql.ENGINE_NAMES, ["{" + ",".join(map(str, ids)) + "}"], fetch="names")
+    found = script.run()
+    names = dict(found["names"])
+    rows: dict[str, dict[str, Any]] = {}
+    for symbol, pk, *values, described_by in found["rows"]:
+        row = dict(zip(sql.DECLARED_FIELDS, values, strict=True))
+        rows[symbol] = {"id": pk, **row, "described_by": described_by}
+    changes: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for engine_id, _, result, split in projected:
+        who = f"engine {names[engine_id]}"
+        for event in split.instruments:
+            row = rows[event.symbol]
+            changed, conflict = _declaration(row, event)
+            if conflict is not None:
+                split.rejected.add(event.seq)
+                field_name, stored = conflict
+                message = (
+                    f"instrument {event.symbol!r} has {field_name} {stored} (described by "
+                    f"{row['described_by']}); this declaration says {getattr(event, field_name)}: "
+                    f"refused, nothing changed. A risk manager changes it in the admin."
+                )
+                result.errors.append(_error("instrument_conflict", message, event, field_name))
+                context = {"code": "instrument_conflict", "field": field_name, "seq": event.seq}
+                group.logs.append((engine_id, group.now, "error", message, context, None))
+                continue
+            if not changed:
+                continue
+            before = {name: _plain(row[name]) for name in changed}
+            row.update(changed)
+            if not row["described_by"]:
+                row["described_by"] = who
+            diff = {name: [before[name], _plain(value)] for name, value in changed.items()}
+            changes.setdefault(event.symbol, []).append((who, diff))
+    if changes:
+        updated = [rows[symbol] for symbol in sorted(changes)]
+        script.add(sql.UPDATE_DECLARED, [json_text(updated)], fetch="updated")
+        for symbol, pk, multiplier in script.run()["updated"]:
+            group.instruments[symbol] = (pk, multiplier)
+            for who, diff in changes[symbol]:
+                audit_record(
+                    action="instrument.declared",
+                    actor_label=who,
+                    target=Instrument(pk=pk, symbol=symbol),
+                    data={"symbol": symbol, "changes": diff},
+                )
+    for symbol, row in rows.items():
+        group.instruments.setdefault(symbol, (row["id"], row["multiplier"]))
+
+
+def _plain(value: Any) -> Any:
+    return format(value.normalize(), "f") if isinstance(value, Decimal) else value
+
+
+def _declaration(
+    row: dict[str, Any], event: p.InstrumentEvent
+) -> tuple[dict[str, Any], tuple[str, Any] | None]:
+    """The fields ``event`` changes on ``row``, or the first field it contradicts and its stored
+    value. A bare row takes every field declared; a described one only its empty ones."""
+    bare = not row["described_by"]
+    changed: dict[str, Any] = {}
+    for name in sql.DECLARED_FIELDS:
+        value = getattr(event, name)
+        stored = row[name]
+        if value is None or value == stored:
+            continue
+        if bare or stored in (None, ""):
+            changed[name] = value
+        else:
+            return {}, (name, _plain(stored))
+    return changed, None
 
 
 def _project(
@@ -891,7 +1005,15 @@ def _store_accounts(
     for account in accounts:
         session = ledger.advance_session(session, account.ts, account.equity)
     last = accounts[-1]
+    # Each currency's latest rate in the batch; the update merges them into the stored ones.
+    rates: dict[str, str] = {}
+    for account in accounts:
+        if account.currency != last.currency:
+            rates = {}
+        rates |= {code: _plain(rate) for code, rate in account.fx_rates.items()}
     return {
+        "account_currency": last.currency,
+        "fx_rates": rates,
         "equity": last.equity,
         "cash": last.cash,
         "session_start_at": session.start_at,

@@ -96,3 +96,25 @@ def state(seq: int, trading_state: str = "PAUSED") -> p.StateEvent:
 
 def events_frame(*events: p.Event) -> bytes:
     return p.encode(p.Events(events=list(events)))
+
+
+def instrument(seq: int, symbol: str = "ES", **fields: str) -> p.InstrumentEvent:
+    """An instrument declaration; decimal fields (multiplier, tick_size) given as strings."""
+    values: dict[str, object] = dict(fields)
+    for name in ("multiplier", "tick_size"):
+        if name in values:
+            values[name] = Decimal(str(values[name]))
+    return p.InstrumentEvent(seq=seq, ts=at(seq), symbol=symbol, **values)  # type: ignore[arg-type]
+
+
+def account_fx(
+    seq: int, equity: str, rates: dict[str, str], currency: str = "USD"
+) -> p.AccountEvent:
+    return p.AccountEvent(
+        seq=seq,
+        ts=at(seq),
+        equity=Decimal(equity),
+        cash=Decimal(0),
+        currency=currency,
+        fx_rates={code: Decimal(rate) for code, rate in rates.items()},
+    )

@@ -396,3 +396,22 @@ async def test_an_engine_gone_between_two_heartbeats_leaves_no_error_on_the_task
     task = asyncio.create_task(consumer._heartbeats())
     await asyncio.wait_for(task, 5)
     assert task.exception() is None
+
+
+async def test_an_instrument_declared_over_the_socket_is_stored_and_a_conflict_named(
+    engine_and_token,
+):
+    from controlplane.models import Instrument
+
+    _, token = engine_and_token
+    ws, _ = await greeted(token)
+    declared = f.instrument(1, "CL", asset_class="future", multiplier="1000", currency="USD")
+    assert await send_events(ws, declared) == [{"type": "ack", "seq": 1}]
+    answers = await send_events(ws, f.instrument(2, "CL", multiplier="100"))
+    assert [(a["type"], a.get("code"), a.get("field")) for a in answers] == [
+        ("error", "instrument_conflict", "events[0].multiplier"),
+        ("ack", None, None),
+    ]
+    await ws.disconnect()
+    cl = await db(lambda: Instrument.objects.get(symbol="CL"))
+    assert (cl.asset_class, cl.multiplier) == ("future", 1000)

@@ -501,3 +501,31 @@ async def test_a_running_engine_obeys_a_kill_sent_by_the_server(
     for fill in control_plane.events_of(p.FillEvent):
         ledger[fill.symbol] += fill.quantity if fill.side == "buy" else -fill.quantity
     assert set(ledger.values()) == {Decimal(0)}
+
+
+def test_it_declares_its_instruments_first_and_books_a_future_by_its_multiplier() -> None:
+    from engine_sdk.simulator import Instrument
+
+    future = Instrument("ES", "Index", Decimal("5000.00"), 0.001, Decimal(50), "future")
+    engine, client = paper_engine(universe=(*UNIVERSE[:2], future), order_probability=0)
+    engine.tick()
+    declared = {e.symbol: e for e in client.of(p.InstrumentEvent)}
+    assert set(declared) == {"AAPL", "MSFT", "ES"}
+    es = declared["ES"]
+    assert (es.asset_class, es.multiplier, es.currency, es.sector) == (
+        "future",
+        Decimal(50),
+        "USD",
+        "Index",
+    )
+    assert declared["AAPL"].multiplier == 1
+    # Each declaration is within the protocol's bounds, and comes before any order.
+    for event in declared.values():
+        p.validate_event(msgspec.structs.replace(event, seq=1))
+    assert not client.of(p.OrderEvent)
+    # 2 contracts bought at 5,000: 500,000 of cash and of gross exposure, not 10,000.
+    engine._book_fill("ES", "buy", Decimal(2), Decimal(5000), Decimal(0))
+    engine.prices["ES"] = Decimal(5000)
+    assert engine.cash == Decimal(500_000)
+    assert engine.gross_exposure == Decimal(500_000)
+    assert engine.equity == Decimal(1_000_000)

@@ -53,5 +53,8 @@ def test_the_statements_name_the_models_tables():
 
 def test_a_new_symbol_gets_the_instrument_model_s_defaults():
     bare = Instrument(symbol="NEWCO")
-    values = f"'{bare.sector}', '{bare.asset_class}', {bare.multiplier}, '{bare.currency}'"
+    values = (
+        f"'{bare.sector}', '{bare.asset_class}', {bare.multiplier}, '{bare.currency}', "
+        f"'{bare.described_by}'"
+    )
     assert f"SELECT s, {values} FROM unnest" in sql.CREATE_INSTRUMENTS
