@@ -104,6 +104,11 @@ class Comparison:
     def figure(self, key: str) -> Figure:
         return next(f for f in self.figures if f.key == key)
 
+    @property
+    def by_key(self) -> dict[str, Figure]:
+        """The figures by key (for templates: ``c.by_key.return_pct.difference``)."""
+        return {f.key: f for f in self.figures}
+
 
 @dataclass(frozen=True)
 class Request:
