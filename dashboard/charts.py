@@ -127,3 +127,62 @@ def rejection_figure(series: dict[str, Any]) -> str:
         tickformatstops=MINUTE_TICKS,
     )
     return pio.to_json(fig)
+
+
+def divergence_figure(days: list[Any], threshold_pct: float) -> str:
+    """The divergence log (golive.models.DivergenceDay rows, any order), oldest day first: the
+    day's live and baseline returns on top, how far apart below, red beyond the alert threshold
+    (a dashed line)."""
+    days = sorted(days, key=lambda d: d.day)
+    x = [d.day.isoformat() for d in days]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.55, 0.45],
+        vertical_spacing=0.1,
+        subplot_titles=("Return of the day (%)", "Apart from the baseline (%)"),
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[d.live_return_pct for d in days],
+            name="live",
+            mode="lines+markers",
+            line={"color": BLUE, "width": 1.6},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[d.baseline_return_pct for d in days],
+            name="baseline",
+            mode="lines+markers",
+            line={"color": AMBER, "width": 1.2, "dash": "dot"},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=[d.divergence_pct for d in days],
+            name="apart",
+            marker={
+                "color": [
+                    RED
+                    if d.divergence_pct is not None and d.divergence_pct > threshold_pct
+                    else GREEN
+                    for d in days
+                ]
+            },
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_hline(y=threshold_pct, line={"color": RED, "dash": "dash", "width": 1}, row=2, col=1)
+    _layout(fig, height=340)
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": 1.12, "x": 0})
+    return pio.to_json(fig, validate=False)

@@ -40,7 +40,6 @@ from controlplane.models import (
 )
 from dashboard import charts, overview
 from dashboard.forms import AuditFilterForm, CommandForm, PromotionDecisionForm, ReasonForm
-from dashboard.reports import baselines
 from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
@@ -115,6 +114,38 @@ def _figure(text: str) -> Any:
     return json.loads(text)
 
 
+# The stages whose engines keep a record on live data: what a comparison may be made against.
+RECORDED_STAGES = (Stage.PAPER, Stage.SHADOW, Stage.SMALL_CAPITAL, Stage.FULL)
+
+
+def _comparing(
+    request: HttpRequest, engine: Engine, start: datetime, end: datetime
+) -> dict[str, Any]:
+    """The page's comparison (golive.comparison) of ``engine`` over [start, end): against its
+    backtest, or the engine named by ``?against=`` (an earlier stage of the same strategy, over
+    the same days); an unknown name says so and falls back to the backtest."""
+    wanted = (request.GET.get("against") or "backtest").replace("\x00", "")[:200]
+    choices = list(
+        Engine.objects.filter(stage__in=RECORDED_STAGES)
+        .exclude(pk=engine.pk)
+        .only("pk", "name", "stage")
+        .order_by("name")
+    )
+    ladder = list(Stage)
+    choices.sort(key=lambda other: ladder.index(other.stage))
+    against = None
+    if wanted != "backtest":
+        against = next((other for other in choices if other.name == wanted), None)
+        if against is None:
+            messages.error(
+                request, f"against: no other engine with a record is named {wanted[:80]!r}"
+            )
+    return {
+        "comparison": comparison.compare(engine, start, end, against),
+        "against_choices": choices,
+    }
+
+
 @require_GET
 @permission_required("controlplane.view_engine", raise_exception=True)
 def engine(request: HttpRequest, name: str) -> HttpResponse:
@@ -122,9 +153,9 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
     engine = get_object_or_404(Engine, name=name)
     snapshot = overview.engine_snapshot(engine)
     logs = snapshot["logs"]
-    # Live against its backtest baseline over the last 30 days, when it has one.
+    # Live against its baseline (its backtest, or ?against=ENGINE) over the last 30 days.
     now = timezone.now()
-    comparison = baselines.engine_comparison(engine, now - timedelta(days=30), now)
+    compared = _comparing(request, engine, now - timedelta(days=30), now)
     return render(
         request,
         "dashboard/engine.html",
@@ -147,9 +178,7 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
             "stale_after_s": settings.ENGINE_STALE_AFTER_S,
             "return_here": True,
             "now": now,
-            "report": {"compared": [{"engine": engine, "comparison": comparison}]}
-            if comparison is not None
-            else None,
+            **compared,
         },
     )
 
@@ -163,6 +192,13 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
     now = timezone.now()
     report = gates.report(engine, now)
     ladder = list(Stage)
+    days = divergence.days_of(engine)
+    # Live against its baseline over the stage's period, from paper on.
+    compared = (
+        _comparing(request, engine, report.period_start, now)
+        if report.period_start is not None and engine.stage != Stage.BACKTEST
+        else {"comparison": None}
+    )
     return render(
         request,
         "dashboard/golive.html",
@@ -187,14 +223,16 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             .exclude(status="pending")
             .order_by("-decided_at", "-pk")[:10],
             "drills": drills.drills_of(engine),
-            "divergence_days": divergence.days_of(engine),
+            "divergence_days": days,
+            "divergence_figure": _figure(
+                charts.divergence_figure(days, settings.DIVERGENCE_LOG_ALERT_PCT)
+            )
+            if days
+            else None,
             "root_causes": DivergenceDay.RootCause.choices,
             "divergence_alert_pct": settings.DIVERGENCE_LOG_ALERT_PCT,
             "drill_kind": drills.kind_for(engine),
-            # Live against its backtest over the stage's period, from paper on.
-            "comparison": comparison.compare(engine, report.period_start, now)
-            if report.period_start is not None and engine.stage != Stage.BACKTEST
-            else None,
+            **compared,
         },
     )
 

@@ -11,14 +11,14 @@ requester approving their own request; a failing pre-flight check).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import wraps
 from typing import Any, Literal
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest
 from django.utils import timezone
-from ninja import Field, Router, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ConfigDict
@@ -26,8 +26,8 @@ from pydantic import ConfigDict
 from controlplane.api import error_responses
 from controlplane.audit import client_ip
 from controlplane.models import Engine
-from golive import comparison, gates, preflight, services
-from golive.models import PromotionRequest
+from golive import comparison, divergence, gates, preflight, services
+from golive.models import DivergenceDay, PromotionRequest
 
 router = Router(tags=["promotions"])
 
@@ -166,7 +166,11 @@ class ComparisonOut(Schema):
     engine: str
     start: datetime
     end: datetime
-    baseline: str | None
+    against: str = Field(
+        ..., description="'backtest', or the reference engine compared against over the same days"
+    )
+    against_stage: str | None = Field(..., description="the reference engine's stage now")
+    baseline: str | None = Field(..., description="the backtest baseline's or reference's name")
     significant: bool | None
     threshold_pct: float
     figures: list[FigureOut]
@@ -183,11 +187,16 @@ def engine_comparison(
     name: str,
     start: datetime | None = None,
     end: datetime | None = None,
+    against: str = "backtest",
 ) -> Any:
-    """The engine's record against its backtest baseline over [start, end): by default from the
-    start of its current stage to now (docs/going-live.md, "Live against the baseline")."""
+    """The engine's record over [start, end) against its backtest baseline (``against=backtest``,
+    the default) or against the record of another engine over the same days (``against=NAME``:
+    the same strategy at an earlier stage, e.g. a shadow engine against its paper companion). By
+    default from the start of its current stage to now (docs/going-live.md, "Live against the
+    baseline")."""
     _require(request, "controlplane.view_engine")
     engine = _engine(name)
+    reference = reference_engine(engine, against)
     now = timezone.now()
     end = end or now
     if start is None:
@@ -200,17 +209,129 @@ def engine_comparison(
         raise HttpError(400, f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
     if end - start > timedelta(days=3660):
         raise HttpError(400, "a comparison covers at most ten years")
-    result = comparison.compare(engine, start, end)
+    result = comparison.compare(engine, start, end, reference)
     return {
         "engine": engine.name,
         "start": start,
         "end": end,
+        "against": reference.name if reference else "backtest",
+        "against_stage": reference.stage if reference else None,
         "baseline": result.baseline_name,
         "significant": result.significant,
         "threshold_pct": result.threshold_pct,
         "figures": result.figures,
         "causes": result.causes,
     }
+
+
+def reference_engine(engine: Engine, against: str) -> Engine | None:
+    """``against`` of a comparison: None for the backtest, else the engine it names (another
+    one). 400 naming the field otherwise."""
+    against = (against or "backtest").strip()
+    if against == "backtest":
+        return None
+    if against == engine.name:
+        raise HttpError(400, "against: an engine is not compared with itself")
+    found = Engine.objects.filter(name=against[:200]).first()
+    if found is None:
+        raise HttpError(400, f"against: no engine is named {against[:80]!r} (or 'backtest')")
+    return found
+
+
+class DivergenceDayOut(Schema):
+    day: date
+    stage: str
+    live_return_pct: float | None
+    baseline_return_pct: float | None
+    divergence_pct: float | None = Field(
+        ..., description="|live - baseline| / |baseline| x 100 of the day's return"
+    )
+    beyond_threshold: bool = Field(..., description="divergence above DIVERGENCE_LOG_ALERT_PCT")
+    figures: dict[str, dict[str, Any]] = Field(
+        ..., description="every figure of the day's comparison: live, baseline, difference, text"
+    )
+    note: str
+    root_cause: str
+    noted_by: str = Field(..., alias="noted_by_label")
+    noted_at: datetime | None
+
+
+class DivergenceLogOut(Schema):
+    engine: str
+    threshold_pct: float
+    rows: list[DivergenceDayOut] = Field(..., description="newest first")
+    more: bool = Field(..., description="older rows in the range beyond the limit")
+
+
+class DivergenceNoteIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(..., max_length=divergence.NOTE_MAX)
+    root_cause: str = Field("", description="infrastructure, market, strategy, or empty")
+
+
+def _day_row(row: DivergenceDay) -> DivergenceDay:
+    row.beyond_threshold = divergence.beyond(row)  # type: ignore[attr-defined]
+    return row
+
+
+@router.get(
+    "/engines/{name}/divergence",
+    response={200: DivergenceLogOut, **error_responses(403, 404)},
+    tags=["going live"],
+)
+def divergence_log(
+    request: HttpRequest,
+    name: str,
+    start: date | None = None,
+    end: date | None = None,
+    limit: int = Query(200, ge=1, le=1000, description="at most this many days"),
+) -> Any:
+    """The engine's divergence log, newest first: the days from ``start`` to ``end`` (both
+    included; by default all), at most ``limit`` of them (``more`` says whether older ones in
+    the range were left out: ask again with ``end`` before the oldest given)."""
+    _require(request, "controlplane.view_engine")
+    engine = _engine(name)
+    if start is not None and end is not None and start > end:
+        raise HttpError(400, f"start ({start}) must not be after end ({end})")
+    rows = divergence.days_between(engine, start, end, limit + 1)
+    return {
+        "engine": engine.name,
+        "threshold_pct": divergence.threshold_pct(),
+        "rows": [_day_row(row) for row in rows[:limit]],
+        "more": len(rows) > limit,
+    }
+
+
+@router.api_operation(
+    ["POST", "PUT"],
+    "/engines/{name}/divergence/{day}/note",
+    response={200: DivergenceDayOut, **error_responses(403, 404)},
+    tags=["going live"],
+)
+def divergence_note(request: HttpRequest, name: str, day: date, payload: DivergenceNoteIn) -> Any:
+    """Attach what was found to a day of the log, replacing its note: the note and its root
+    cause (infrastructure, market or strategy). Operators and risk managers may (the right
+    golive.request_promotion); audited."""
+    engine = _engine(name)
+    row = DivergenceDay.objects.filter(engine=engine, day=day).first()
+    if row is None:
+        raise HttpError(404, f"{engine.name} has no divergence log row for {day}")
+    try:
+        saved = divergence.note_set(
+            row=row,
+            actor=request.user,  # type: ignore[arg-type]
+            note=payload.note,
+            root_cause=payload.root_cause,
+            ip_address=client_ip(request),
+        )
+    except PermissionDenied as exc:
+        return Status(403, {"detail": str(exc)})
+    except ValidationError as exc:
+        errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
+        detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
+        return Status(400, {"detail": detail, "errors": errors})
+    return _day_row(saved)
 
 
 @router.get("/engines/{name}/gate", response={200: GateOut, **error_responses(403, 404)})

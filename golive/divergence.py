@@ -132,5 +132,35 @@ def note_set(
     return locked
 
 
+def threshold_pct() -> float:
+    return float(settings.DIVERGENCE_LOG_ALERT_PCT)
+
+
+def beyond(row: DivergenceDay) -> bool:
+    """The day diverged more than the alert threshold."""
+    return row.divergence_pct is not None and row.divergence_pct > threshold_pct()
+
+
 def days_of(engine: Engine, limit: int = 60) -> list[DivergenceDay]:
     return list(DivergenceDay.objects.filter(engine=engine).order_by("-day")[:limit])
+
+
+def days_between(
+    engine: Engine, start: date | None, end: date | None, limit: int
+) -> list[DivergenceDay]:
+    """The engine's days from ``start`` to ``end`` (both included, either open), newest first."""
+    rows = DivergenceDay.objects.filter(engine=engine)
+    if start is not None:
+        rows = rows.filter(day__gte=start)
+    if end is not None:
+        rows = rows.filter(day__lte=end)
+    return list(rows.order_by("-day")[:limit])
+
+
+def days_in(engine_ids: list[int], start: date, end: date) -> dict[int, list[DivergenceDay]]:
+    """Each engine's days in [start, end), oldest first: one query (the weekly report)."""
+    found: dict[int, list[DivergenceDay]] = {}
+    rows = DivergenceDay.objects.filter(engine_id__in=engine_ids, day__gte=start, day__lt=end)
+    for row in rows.order_by("engine_id", "day"):
+        found.setdefault(row.engine_id, []).append(row)
+    return found

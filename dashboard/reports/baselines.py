@@ -1,7 +1,6 @@
-"""Backtest baselines: the uploaded equity curve, and live figures compared against a baseline.
-
-Each comparison is a relative divergence in % (docs/analytics.md, "Live against baseline"); the
-largest of them is what the ``backtest_divergence_pct`` alert metric watches.
+"""Backtest baselines: the uploaded equity curve, what it expects, and the divergence the
+``backtest_divergence_pct`` alert metric watches (measured by golive.comparison, the one
+comparison of live against a baseline: docs/going-live.md, "Live against the baseline").
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
@@ -17,10 +15,11 @@ from zoneinfo import ZoneInfo
 from django.core.exceptions import ValidationError
 from django.utils.dateparse import parse_date, parse_datetime
 
-from controlplane.models import Engine
+from controlplane.models import AccountSnapshot, Engine, Fill
 from controlplane.trading_math import TRADING_DAYS_PER_YEAR
 from dashboard.models import Baseline
 from dashboard.reports import analytics
+from golive import comparison
 
 MAX_CURVE_ROWS = 50_000
 MAX_ERRORS_SHOWN = 10
@@ -135,131 +134,44 @@ def curve_annual_return_pct(curve: list[list[str]]) -> float | None:
 # --- Live against baseline -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Comparison:
-    baseline: Baseline
-    weekdays: int
-    live_return_pct: float | None
-    expected_return_pct: float | None
-    return_diff_pp: float | None
-    return_divergence_pct: float | None
-    live_trades: int
-    expected_trades: float | None
-    trade_ratio: float | None
-    trade_divergence_pct: float | None
-    live_win_rate_pct: float | None
-    expected_win_rate_pct: float | None
-    win_rate_diff_pp: float | None
-    win_rate_divergence_pct: float | None
-    live_sharpe: float | None
-    expected_sharpe: float | None
-
-    @property
-    def divergence_pct(self) -> float | None:
-        values = [
-            v
-            for v in (
-                self.return_divergence_pct,
-                self.trade_divergence_pct,
-                self.win_rate_divergence_pct,
-            )
-            if v is not None
-        ]
-        return max(values) if values else None
-
-    @property
-    def tolerance_pct(self) -> float:
-        return self.baseline.tolerance_pct
-
-    def over(self, value: float | None) -> bool:
-        return value is not None and value > self.baseline.tolerance_pct
-
-    @property
-    def flagged(self) -> bool:
-        return self.over(self.divergence_pct)
-
-    @property
-    def flags(self) -> list[str]:
-        names = {
-            "return": self.return_divergence_pct,
-            "trades": self.trade_divergence_pct,
-            "win rate": self.win_rate_divergence_pct,
-        }
-        return [name for name, value in names.items() if self.over(value)]
-
-
-def _relative(live: float | None, expected: float | None) -> float | None:
-    if live is None or expected is None or expected == 0:
-        return None
-    return abs(live - expected) / abs(expected) * 100
-
-
 def expected_annual_return_pct(baseline: Baseline) -> float | None:
     if baseline.expected_annual_return_pct is not None:
         return baseline.expected_annual_return_pct
     return curve_annual_return_pct(baseline.equity_curve)
 
 
-def compare(baseline: Baseline, live: analytics.Analytics, tz: ZoneInfo) -> Comparison:
-    """Live figures of [live.start, live.end) against what the baseline expects over it.
-
-    The expectation covers the weekdays from the later of the period's start and the engine's
-    first data, so an engine that started mid-period is not held to a whole period.
-    """
-    start = live.start
-    if live.first_data_at is not None:
-        start = max(start, live.first_data_at)
-    weekdays = analytics.weekdays_between(start, live.end, tz)
-    annual = expected_annual_return_pct(baseline)
-    expected_return = annual * weekdays / TRADING_DAYS_PER_YEAR if annual is not None else None
-    expected_trades = (
-        baseline.trades_per_day * weekdays if baseline.trades_per_day is not None else None
-    )
-    trade_ratio = live.trades / expected_trades if expected_trades else None
-    win_diff = (
-        live.win_rate_pct - baseline.win_rate_pct
-        if live.win_rate_pct is not None and baseline.win_rate_pct is not None
-        else None
-    )
-    return Comparison(
-        baseline=baseline,
-        weekdays=weekdays,
-        live_return_pct=live.return_pct,
-        expected_return_pct=expected_return,
-        return_diff_pp=(
-            live.return_pct - expected_return
-            if live.return_pct is not None and expected_return is not None
-            else None
-        ),
-        return_divergence_pct=_relative(live.return_pct, expected_return),
-        live_trades=live.trades,
-        expected_trades=expected_trades,
-        trade_ratio=trade_ratio,
-        trade_divergence_pct=abs(trade_ratio - 1) * 100 if trade_ratio is not None else None,
-        live_win_rate_pct=live.win_rate_pct,
-        expected_win_rate_pct=baseline.win_rate_pct,
-        win_rate_diff_pp=win_diff,
-        win_rate_divergence_pct=_relative(live.win_rate_pct, baseline.win_rate_pct),
-        live_sharpe=live.sharpe,
-        expected_sharpe=baseline.sharpe,
-    )
-
-
-def engine_comparison(
-    engine: Engine, start: datetime, end: datetime, *, tz: ZoneInfo | None = None
-) -> Comparison | None:
-    baseline = Baseline.objects.filter(engine=engine).first()
-    if baseline is None:
-        return None
-    tz = tz or ZoneInfo("UTC")
-    live = analytics.engine_analytics(engine, start, end, tz=tz, now=end)
-    return compare(baseline, live, tz)
-
-
 def divergence_pct(engine: Engine, now: datetime) -> float | None:
-    """The largest relative divergence (%) over the last 30 days; None without a baseline."""
-    comparison = engine_comparison(engine, now - DIVERGENCE_WINDOW, now)
-    if comparison is None:
+    """The largest relative divergence (%) from the backtest over the last 30 days, as
+    golive.comparison measures it: the return's |live - baseline| / |baseline| x 100, the trade
+    count's |ratio - 1| x 100, the win rate's |live - baseline| / baseline x 100. None without a
+    baseline or a figure to measure. The window starts at the engine's first data when that is
+    later, so an engine that began mid-window is not held to the whole of it."""
+    if not Baseline.objects.filter(engine=engine).exists():
         return None
-    value = comparison.divergence_pct
-    return value if value is not None and math.isfinite(value) else None
+    start = now - DIVERGENCE_WINDOW
+    firsts = [
+        model.objects.filter(engine=engine, ts__gte=start, ts__lt=now)
+        .order_by("ts")
+        .values_list("ts", flat=True)
+        .first()
+        for model in (Fill, AccountSnapshot)
+    ]
+    before = Fill.objects.filter(engine=engine, ts__lt=start).exists()
+    before = before or AccountSnapshot.objects.filter(engine=engine, ts__lt=start).exists()
+    if not before and any(firsts):
+        start = min(first for first in firsts if first is not None)
+    result = comparison.compare(engine, start, now)
+    if result.baseline_name is None:
+        return None
+    values = []
+    ret = result.figure("return_pct").difference
+    if ret is not None:
+        values.append(ret)
+    ratio = result.figure("trade_count_ratio").difference
+    if ratio is not None:
+        values.append(abs(ratio - 1) * 100)
+    win = result.figure("win_rate_pp")
+    if win.difference is not None and win.baseline:
+        values.append(abs(win.difference) / abs(win.baseline) * 100)
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else None

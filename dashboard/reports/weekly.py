@@ -25,7 +25,9 @@ from controlplane.models import Engine
 from dashboard.models import Baseline, Profile, ReportDelivery, profile_for
 from dashboard.reports import analytics, charts
 from dashboard.reports.analytics import Analytics, Period
-from dashboard.reports.baselines import Comparison, compare
+from golive import divergence
+from golive.comparison import Comparison, Request, compare_many
+from golive.models import DivergenceDay
 
 MAX_ATTEMPTS = 6
 # A "sending" claim older than this was left by a worker that died mid-send: take it over.
@@ -37,7 +39,18 @@ VIEW_PERMISSION = "controlplane.view_engine"
 class EngineRow:
     engine: Engine
     figures: Analytics
+    # Against its backtest over the week (golive.comparison); None without a baseline.
     comparison: Comparison | None
+    # The week's rows of its divergence log, oldest first.
+    divergence_days: tuple[DivergenceDay, ...] = ()
+
+    @property
+    def days_beyond(self) -> list[DivergenceDay]:
+        return [day for day in self.divergence_days if divergence.beyond(day)]
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.comparison and self.comparison.significant)
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,16 @@ class WeeklyReport:
 
     @property
     def flagged(self) -> list[EngineRow]:
-        return [row for row in self.engines if row.comparison and row.comparison.flagged]
+        return [row for row in self.engines if row.flagged]
+
+    @property
+    def logged(self) -> list[EngineRow]:
+        """Engines with divergence log rows this week."""
+        return [row for row in self.engines if row.divergence_days]
+
+    @property
+    def divergence_threshold_pct(self) -> float:
+        return divergence.threshold_pct()
 
 
 def weekly_report(week: str, tz: ZoneInfo, *, now: datetime | None = None) -> WeeklyReport:
@@ -69,17 +91,33 @@ def weekly_report(week: str, tz: ZoneInfo, *, now: datetime | None = None) -> We
     period = analytics.iso_week(week, tz)
     engines = list(Engine.objects.all())
     data = analytics.collect([e.pk for e in engines], period.start, period.end, now=now)
-    baselines = {b.engine_id: b for b in Baseline.objects.filter(engine__in=engines)}
-    rows = []
+    baselines = set(Baseline.objects.filter(engine__in=engines).values_list("engine_id", flat=True))
+    shown = []
     for engine in engines:
         item = data[engine.pk]
         expected = engine.pk in baselines and engine.is_active
         if not (item.points or item.has_trading or expected):
             continue  # nothing to say about an engine that neither ran nor is expected to
-        figures = analytics.summarise([item], period)
-        baseline = baselines.get(engine.pk)
-        comparison = compare(baseline, figures, tz) if baseline else None
-        rows.append(EngineRow(engine, figures, comparison))
+        shown.append(engine)
+    # Every comparison of the week at once (golive.comparison), and the week's logged days.
+    compared = [e for e in shown if e.pk in baselines]
+    comparisons = dict(
+        zip(
+            [e.pk for e in compared],
+            compare_many([Request(e, period.start, period.end) for e in compared]),
+            strict=True,
+        )
+    )
+    logged = divergence.days_in([e.pk for e in shown], period.start.date(), period.end.date())
+    rows = [
+        EngineRow(
+            engine,
+            analytics.summarise([data[engine.pk]], period),
+            comparisons.get(engine.pk),
+            tuple(logged.get(engine.pk, ())),
+        )
+        for engine in shown
+    ]
     tags = sorted({tag for row in rows for tag in row.engine.strategy_tags})
     by_tag = [
         (
@@ -116,13 +154,17 @@ CSV_COLUMNS = [
     ("alerts_fired", "alerts_fired"),
     ("commands_issued", "commands_issued"),
 ]
+# Per engine, against its backtest (golive.comparison): each figure's baseline and difference.
 COMPARISON_COLUMNS = [
-    "expected_return_pct",
-    "return_diff_pp",
-    "trade_ratio",
+    "baseline_return_pct",
+    "return_difference_pct",
+    "trade_count_ratio",
     "win_rate_diff_pp",
-    "divergence_pct",
-    "flagged",
+    "slippage_beyond_model_bps",
+    "sharpe_diff",
+    "max_drawdown_diff_pct",
+    "significant_divergence",
+    "divergence_days_beyond",
 ]
 
 
@@ -145,25 +187,31 @@ def report_csv(report: WeeklyReport) -> str:
     writer.writerow(["week", "scope", "name", *[c for c, _ in CSV_COLUMNS], *COMPARISON_COLUMNS])
     empty = [""] * len(COMPARISON_COLUMNS)
 
-    def row(scope: str, name: str, figures: Analytics, comparison: Comparison | None) -> None:
+    def row(scope: str, name: str, figures: Analytics, item: EngineRow | None) -> None:
         values = [_cell(getattr(figures, attr)) for _, attr in CSV_COLUMNS]
         extra = empty
-        if comparison is not None:
+        if item is not None and item.comparison is not None:
+            c = item.comparison
             extra = [
-                _cell(comparison.expected_return_pct),
-                _cell(comparison.return_diff_pp),
-                _cell(comparison.trade_ratio),
-                _cell(comparison.win_rate_diff_pp),
-                _cell(comparison.divergence_pct),
-                _cell(comparison.flagged),
+                _cell(c.figure("return_pct").baseline),
+                _cell(c.figure("return_pct").difference),
+                _cell(c.figure("trade_count_ratio").difference),
+                _cell(c.figure("win_rate_pp").difference),
+                _cell(c.figure("slippage_bps").difference),
+                _cell(c.figure("sharpe").difference),
+                _cell(c.figure("max_drawdown_pct").difference),
+                _cell(c.significant),
+                _cell(len(item.days_beyond)),
             ]
+        elif item is not None and item.divergence_days:
+            extra = [*empty[:-1], _cell(len(item.days_beyond))]
         writer.writerow([report.week, scope, name, *values, *extra])
 
     row("fleet", "fleet", report.fleet, None)
     for tag, figures in report.tags:
         row("tag", tag, figures, None)
     for item in report.engines:
-        row("engine", item.engine.name, item.figures, item.comparison)
+        row("engine", item.engine.name, item.figures, item)
     return out.getvalue()
 
 

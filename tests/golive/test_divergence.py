@@ -3,6 +3,7 @@ kept with a person's note, audited; the nightly task; the page's table and form.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -127,3 +128,89 @@ def test_a_day_beyond_the_threshold_raises_the_divergence_alert_and_a_day_within
     alert.refresh_from_db()
     assert alert.state == "resolved"
     assert "2026-12-03 within 10 % of the baseline" in alert.summary
+
+
+def _day(engine, day: date, apart: float | None) -> DivergenceDay:
+    return DivergenceDay.objects.create(
+        engine=engine,
+        day=day,
+        stage="paper",
+        live_return_pct=0.2,
+        baseline_return_pct=0.1,
+        divergence_pct=apart,
+        figures={"return_pct": {"live": 0.2, "baseline": 0.1, "difference": apart, "text": "t"}},
+    )
+
+
+def test_the_api_gives_the_log_newest_first_bounded_by_dates_and_a_limit(engine, viewer, outsider):
+    for n, apart in enumerate((5.0, 40.0, None, 9.0)):
+        _day(engine, DAY + timedelta(days=n), apart)
+    client = Client()
+    url = f"/api/v1/engines/{engine.name}/divergence"
+    client.force_login(outsider)
+    assert client.get(url).status_code == 403
+    client.force_login(viewer)
+    body = client.get(url).json()
+    assert body["threshold_pct"] == 10.0 and body["more"] is False
+    assert [r["day"] for r in body["rows"]] == [
+        "2026-12-05",
+        "2026-12-04",
+        "2026-12-03",
+        DAY.isoformat(),
+    ]
+    # Beyond 10 %: only the 40 % day; an unmeasured day is not.
+    assert [r["beyond_threshold"] for r in body["rows"]] == [False, False, True, False]
+    assert body["rows"][2]["figures"]["return_pct"]["difference"] == 40.0
+    bounded = client.get(url, {"start": "2026-12-03", "end": "2026-12-04", "limit": 1}).json()
+    assert [r["day"] for r in bounded["rows"]] == ["2026-12-04"] and bounded["more"] is True
+    backwards = client.get(url, {"start": "2026-12-04", "end": "2026-12-03"})
+    assert backwards.status_code == 400 and "must not be after end" in backwards.json()["detail"]
+    assert client.get(url, {"limit": 0}).status_code == 422
+    assert client.get("/api/v1/engines/nobody/divergence").status_code == 404
+
+
+def test_the_api_takes_a_note_from_an_operator_only_and_names_a_bad_field(engine, operator, viewer):
+    _day(engine, DAY, 40.0)
+    client = Client()
+    url = f"/api/v1/engines/{engine.name}/divergence/{DAY.isoformat()}/note"
+    payload = {"note": "a stale quote at the open", "root_cause": "infrastructure"}
+    client.force_login(viewer)
+    refused = client.post(url, payload, content_type="application/json")
+    assert refused.status_code == 403 and "may not annotate" in refused.json()["detail"]
+    assert DivergenceDay.objects.get().note == ""
+
+    client.force_login(operator)
+    done = client.post(url, payload, content_type="application/json")
+    assert done.status_code == 200, done.content
+    assert (done.json()["note"], done.json()["noted_by"]) == (payload["note"], "otto-operator")
+    replaced = client.put(
+        url,
+        {"note": "the strategy's stop", "root_cause": "strategy"},
+        content_type="application/json",
+    )
+    assert replaced.status_code == 200 and replaced.json()["root_cause"] == "strategy"
+    assert AuditEvent.objects.filter(action="divergence_note").count() == 2
+    bad = client.put(url, {"note": "x", "root_cause": "luck"}, content_type="application/json")
+    assert bad.status_code == 400 and "root_cause" in bad.json()["errors"]
+    empty = client.put(url, {"note": "  ", "root_cause": ""}, content_type="application/json")
+    assert empty.status_code == 400 and "note" in empty.json()["errors"]
+    assert DivergenceDay.objects.get().note == "the strategy's stop"
+    missing = f"/api/v1/engines/{engine.name}/divergence/2026-12-25/note"
+    assert client.put(missing, payload, content_type="application/json").status_code == 404
+
+
+def test_the_go_live_page_draws_the_log_as_a_chart_beside_its_table(engine, viewer):
+    _day(engine, DAY, 5.0)
+    _day(engine, DAY + timedelta(days=1), 40.0)
+    client = Client()
+    client.force_login(viewer)
+    page = client.get(f"/engines/{engine.name}/go-live/").content.decode()
+    assert 'id="divergence-chart"' in page and "vendor/plotly/plotly.min.js" in page
+    start = page.index('<script id="divergence-figure" type="application/json">')
+    figure = json.loads(page[page.index(">", start) + 1 : page.index("</script>", start)])
+    live, base, apart = figure["data"]
+    # Oldest day first: the live and baseline returns, then how far apart, red beyond 10 %.
+    assert live["x"] == ["2026-12-02", "2026-12-03"] and live["y"] == [0.2, 0.2]
+    assert base["y"] == [0.1, 0.1]
+    assert apart["y"] == [5.0, 40.0]
+    assert apart["marker"]["color"] == ["#3fb950", "#f85149"]

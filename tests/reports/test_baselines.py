@@ -18,8 +18,8 @@ from alerts.evaluation import evaluate_engine
 from alerts.models import Alert, AlertRule
 from alerts.rule_metrics import METRICS
 from dashboard.models import Baseline
-from dashboard.reports import analytics
-from dashboard.reports.baselines import compare, parse_equity_curve_csv
+from dashboard.reports.baselines import parse_equity_curve_csv
+from golive.comparison import compare
 from tests.reports.conftest import (
     ALPHA_RETURN_PCT,
     ALPHA_WIN_RATE_PCT,
@@ -171,28 +171,25 @@ def alpha_baseline(engine: Any, **extra: Any) -> Baseline:
 def test_live_is_compared_with_the_baseline_and_divergence_flagged(
     week_data: dict[str, Any],
 ) -> None:
-    baseline = alpha_baseline(week_data["alpha"])
-    live = analytics.engine_analytics(week_data["alpha"], WEEK_START, WEEK_END)
-    c = compare(baseline, live, UTC_ZONE)
+    alpha_baseline(week_data["alpha"])
+    c = compare(week_data["alpha"], WEEK_START, WEEK_END)
+    f = c.by_key
 
-    assert c.weekdays == 5
-    assert close(c.live_return_pct, ALPHA_RETURN_PCT)
-    assert close(c.expected_return_pct, BASELINE_EXPECTED_RETURN_PCT)
-    assert close(c.return_diff_pp, BASELINE_RETURN_DIFF_PP)
-    assert close(c.return_divergence_pct, BASELINE_RETURN_DIVERGENCE_PCT, rel=1e-7)
-    assert (c.live_trades, c.expected_trades) == (5, 10.0)
-    assert close(c.trade_ratio, BASELINE_TRADE_RATIO)
-    assert close(c.live_win_rate_pct, ALPHA_WIN_RATE_PCT)
-    assert close(c.win_rate_diff_pp, BASELINE_WIN_RATE_DIFF_PP)
-    assert close(c.divergence_pct, BASELINE_RETURN_DIVERGENCE_PCT, rel=1e-7)
-    assert c.flagged
-    assert c.flags == ["return", "trades"]  # the win rate is 11.1 % off: within 20 %
+    assert close(f["return_pct"].live, ALPHA_RETURN_PCT)
+    assert close(f["return_pct"].baseline, BASELINE_EXPECTED_RETURN_PCT)
+    assert close(f["return_pct"].live - f["return_pct"].baseline, BASELINE_RETURN_DIFF_PP)
+    assert close(f["return_pct"].difference, BASELINE_RETURN_DIVERGENCE_PCT, rel=1e-7)
+    assert (f["trade_count_ratio"].live, f["trade_count_ratio"].baseline) == (5.0, 10.0)
+    assert close(f["trade_count_ratio"].difference, BASELINE_TRADE_RATIO)
+    assert close(f["win_rate_pp"].live, ALPHA_WIN_RATE_PCT)
+    assert close(f["win_rate_pp"].difference, BASELINE_WIN_RATE_DIFF_PP)
+    assert c.significant is True  # 95.5 % apart, beyond 20 %
 
 
-def test_a_wider_tolerance_flags_nothing(week_data: dict[str, Any]) -> None:
-    baseline = alpha_baseline(week_data["alpha"], tolerance_pct=100.0)
-    live = analytics.engine_analytics(week_data["alpha"], WEEK_START, WEEK_END)
-    assert not compare(baseline, live, UTC_ZONE).flagged
+def test_a_wider_threshold_flags_nothing(week_data: dict[str, Any], settings: Any) -> None:
+    settings.DIVERGENCE_SIGNIFICANT_PCT = 100.0
+    alpha_baseline(week_data["alpha"])
+    assert compare(week_data["alpha"], WEEK_START, WEEK_END).significant is False
 
 
 def test_the_expected_return_comes_from_the_uploaded_curve_when_not_given(
@@ -201,12 +198,10 @@ def test_the_expected_return_comes_from_the_uploaded_curve_when_not_given(
     # 100000 -> 101000 from Mon 2 00:00 to Fri 13 00:00 Nov 2026: the weekdays of [first, last)
     # are Mon 2 to Thu 12 = 9 (as many as the daily returns); 1 % * 252 / 9 = 28 %/year.
     curve = [["2026-11-02T00:00:00+00:00", "100000"], ["2026-11-13T00:00:00+00:00", "101000"]]
-    baseline = alpha_baseline(
-        week_data["alpha"], expected_annual_return_pct=None, equity_curve=curve
-    )
-    live = analytics.engine_analytics(week_data["alpha"], WEEK_START, WEEK_END)
+    alpha_baseline(week_data["alpha"], expected_annual_return_pct=None, equity_curve=curve)
     # 28 * 5 / 252 = 0.5555... % expected over the week's 5 weekdays.
-    assert close(compare(baseline, live, UTC_ZONE).expected_return_pct, 5 / 9)
+    result = compare(week_data["alpha"], WEEK_START, WEEK_END)
+    assert close(result.by_key["return_pct"].baseline, 5 / 9)
 
 
 def test_divergence_is_the_largest_relative_gap_of_the_last_30_days(

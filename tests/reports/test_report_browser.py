@@ -44,7 +44,7 @@ def test_the_report_page_draws_its_charts(
     # Four daily P&L bars, one per day with data.
     expect(page.locator("#chart-pnl .bars .point")).to_have_count(4)
     expect(page.locator('#baseline-table tr[data-engine="alpha"]')).to_contain_text(
-        "diverged: return, trades"
+        "significant divergence"
     )
     expect(page.locator('#engine-table tr[data-engine="alpha"]')).to_contain_text("+0.97 %")
     ARTIFACTS_DIR.mkdir(exist_ok=True)

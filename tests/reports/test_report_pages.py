@@ -81,8 +81,8 @@ def test_the_report_page_shows_the_week_with_its_charts_and_tables(
     assert 'id="tag-table"' in html and 'data-tag="momentum"' in html
     assert "+0.97 %" in html  # alpha's return
     assert "+0.31 %" in html  # the fleet's
-    assert "diverged: return, trades" in html
-    assert "95.5 %" in html  # alpha's divergence from its baseline
+    assert "significant divergence" in html
+    assert "95.5 %" in html  # alpha's return apart from its baseline
     assert "No trading this week" not in html
 
 
@@ -135,8 +135,8 @@ def test_the_csv_has_the_hand_computed_figures(
     assert (alpha["trades"], alpha["round_trips"]) == ("5", "3")
     assert (alpha["rejection_rate_pct"], alpha["fill_rate_pct"]) == ("12.5", "71.42857143")
     assert (alpha["alerts_fired"], alpha["commands_issued"]) == ("2", "2")
-    assert close(float(alpha["divergence_pct"]), BASELINE_RETURN_DIVERGENCE_PCT, rel=1e-6)
-    assert (alpha["trade_ratio"], alpha["flagged"]) == ("0.5", "yes")
+    assert close(float(alpha["return_difference_pct"]), BASELINE_RETURN_DIVERGENCE_PCT, rel=1e-6)
+    assert (alpha["trade_count_ratio"], alpha["significant_divergence"]) == ("0.5", "yes")
 
     fleet = rows[("fleet", "fleet")]
     assert fleet["pnl"] == "469.902"
@@ -145,7 +145,7 @@ def test_the_csv_has_the_hand_computed_figures(
     assert (fleet["alerts_fired"], fleet["commands_issued"]) == ("3", "3")
     beta = rows[("engine", "beta")]
     assert (beta["trades"], beta["win_rate_pct"], beta["profit_factor"]) == ("0", "", "")
-    assert beta["divergence_pct"] == ""  # no baseline
+    assert beta["return_difference_pct"] == ""  # no baseline
 
 
 def test_a_week_without_trading_says_so_on_the_page(viewer: User, db: None) -> None:
@@ -214,3 +214,43 @@ def test_the_page_uses_the_viewers_timezone(viewer: User, week_data: dict[str, A
         "2026-11-19",
         "2026-11-20",
     ]
+
+
+def test_the_week_shows_each_engines_divergence_log_and_its_days_beyond(
+    viewer: User, week_data: dict[str, Any], baseline: Baseline
+) -> None:
+    from datetime import date
+
+    from golive.models import DivergenceDay
+
+    alpha = week_data["alpha"]
+    for day, apart, note in [
+        (date(2026, 11, 13), 50.0, ""),  # the week before: not in this week's report
+        (date(2026, 11, 16), 4.0, ""),
+        (date(2026, 11, 17), 30.0, "a late fill feed"),
+        (date(2026, 11, 18), 12.5, ""),
+    ]:
+        DivergenceDay.objects.create(
+            engine=alpha,
+            day=day,
+            stage="paper",
+            live_return_pct=1.0,
+            baseline_return_pct=0.1,
+            divergence_pct=apart,
+            note=note,
+            root_cause="infrastructure" if note else "",
+        )
+    html = logged_in(viewer).get(f"/reports/{WEEK}/").content.decode()
+    rows = re.findall(r'<tr data-engine="alpha" data-day="([0-9-]+)"( class="diverged-row")?', html)
+    # Beyond 10 % (DIVERGENCE_LOG_ALERT_PCT): the 17th and the 18th; the 13th is last week's.
+    assert rows == [
+        ("2026-11-16", ""),
+        ("2026-11-17", ' class="diverged-row"'),
+        ("2026-11-18", ' class="diverged-row"'),
+    ]
+    assert "Infrastructure: a late fill feed" in html
+    assert "beyond 10 %, nothing said yet" in html
+    assert "alpha 2 of 3" in html
+    body = logged_in(viewer).get(f"/reports/{WEEK}.csv").content.decode()
+    alpha_row = next(r for r in csv.DictReader(io.StringIO(body)) if r["name"] == "alpha")
+    assert alpha_row["divergence_days_beyond"] == "2"
