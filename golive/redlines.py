@@ -76,6 +76,10 @@ def _stamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds")
 
 
+def _words(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 _DRAWDOWN_SQL = f"""
     SELECT ts, equity, peak, (peak - equity) / peak * 100 AS drawdown
     FROM (
@@ -92,7 +96,7 @@ _DRAWDOWN_SQL = f"""
 def max_drawdown(engine: Engine, rule: RedLine, start: datetime, now: datetime) -> Figure:
     """The largest fall of the equity the engine reported (every account snapshot) from its
     running peak since the stage began, in % of that peak."""
-    window = f"since the stage began ({_stamp(start)})"
+    window = f"since the stage began ({_words(start)})"
     with connection.cursor() as cursor:
         cursor.execute(_DRAWDOWN_SQL, [engine.pk, start, now])
         row = cursor.fetchone()
@@ -163,7 +167,7 @@ def critical_errors(engine: Engine, rule: RedLine, start: datetime, now: datetim
     count = EngineLog.objects.filter(
         engine=engine, level="critical", ts__gte=begins, ts__lte=now
     ).count()
-    window = f"{hours} h from {_stamp(begins)}"
+    window = f"{hours} h from {_words(begins)}"
     data = {"latest": [[_stamp(ts), message[:200]] for ts, message in logs]}
     return Figure(float(count), window, data)
 
