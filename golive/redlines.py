@@ -26,6 +26,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from alerts import hooks
+from alerts.models import Alert
 from alerts.rule_metrics import RED_LINE_METRIC
 from controlplane.commands import issuing
 from controlplane.models import (
@@ -272,13 +273,14 @@ def _act(rule: RedLine, engine: Engine, figure: Figure, start: datetime) -> RedL
         change = stage_set(
             engine=engine, to_stage=target, reason=message, actor=None, actor_label=actor_label
         )
+    source = f"{SOURCE}:{rule.pk}"
     alert = hooks.event_alert(
-        metric=RED_LINE_METRIC,
-        source=f"{SOURCE}:{rule.pk}",
-        engine=engine,
-        summary=message,
-        value=figure.value,
+        metric=RED_LINE_METRIC, source=source, engine=engine, summary=message, value=figure.value
     )
+    if alert is None:
+        # One open per red line and engine: an earlier crossing's, still open, was brought up to
+        # date with this one.
+        alert = Alert.objects.filter(source=source, engine=engine, state__in=Alert.OPEN).first()
     event = RedLineEvent.objects.create(
         red_line=rule,
         kind=rule.kind,

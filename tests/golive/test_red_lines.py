@@ -234,9 +234,10 @@ def test_two_evaluations_at_once_act_once(shadow, monkeypatch):
 
 
 def test_pause_only_fires_again_after_the_figure_came_back_within(shadow):
+    red_lines_rule()
     crossing_drawdown(shadow)
     only(MAX_DRAWDOWN, action="pause")
-    assert len(redlines.evaluate(NOW)) == 1
+    (first,) = redlines.evaluate(NOW)
     shadow.refresh_from_db()
     assert shadow.stage == "shadow" and shadow.desired_state == "PAUSED"
     assert redlines.evaluate(NOW) == []
@@ -244,7 +245,11 @@ def test_pause_only_fires_again_after_the_figure_came_back_within(shadow):
     RedLine.objects.filter(kind=MAX_DRAWDOWN).update(threshold=20)
     assert redlines.evaluate(NOW) == []
     RedLine.objects.filter(kind=MAX_DRAWDOWN).update(threshold=10)
-    assert len(redlines.evaluate(NOW)) == 1
+    (second,) = redlines.evaluate(NOW)
+    # Its alert, still open, was brought up to date: one alert, both events point at it.
+    assert first.alert_id is not None and second.alert_id == first.alert_id
+    assert Alert.objects.filter(engine=shadow).count() == 1
+    assert "above 10%" in Alert.objects.get(engine=shadow).summary
 
 
 def test_kill_and_a_demotion_target_not_below_the_stage(shadow, make_engine):
