@@ -18,6 +18,7 @@ from alerts.models import Alert, AlertRule, Notification, NotificationChannel, S
 from alerts.rule_metrics import (
     DIVERGENCE_DAY_METRIC,
     METRICS,
+    RED_LINE_METRIC,
     RISK_LIMIT_METRIC,
     STAGE_VIOLATION_METRIC,
     STATEMENT_METRIC,
@@ -182,7 +183,8 @@ def metric_choices() -> list[tuple[str, str]]:
         DIVERGENCE_DAY_METRIC,
         f"{DIVERGENCE_DAY_METRIC}: a day of an engine's divergence log beyond its threshold",
     )
-    return [("", "---------"), *sorted(choices), risk, stage, statement, divergence]
+    red_line = (RED_LINE_METRIC, f"{RED_LINE_METRIC}: an engine crossed a red line (going live)")
+    return [("", "---------"), *sorted(choices), risk, stage, statement, divergence, red_line]
 
 
 class AlertRuleForm(forms.ModelForm):

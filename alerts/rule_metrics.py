@@ -348,8 +348,17 @@ STATEMENT_METRIC = "statement_difference"
 # A day of an engine's divergence log beyond its threshold (golive.divergence): an alert through
 # the rule with this metric, one per engine while its days stay beyond, resolved by a day within.
 DIVERGENCE_DAY_METRIC = "divergence_day"
+# A red line crossed by an engine (golive.redlines): a critical alert through the rule with this
+# metric, one per red line and engine, left open for a person to resolve.
+RED_LINE_METRIC = "red_line"
 # Rules raised by what happens, not measured: the sweeps never evaluate them.
-EVENT_METRICS = (RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC, STATEMENT_METRIC, DIVERGENCE_DAY_METRIC)
+EVENT_METRICS = (
+    RISK_LIMIT_METRIC,
+    STAGE_VIOLATION_METRIC,
+    STATEMENT_METRIC,
+    DIVERGENCE_DAY_METRIC,
+    RED_LINE_METRIC,
+)
 ENGINE_DOWN_METRIC = "heartbeat_age_s"
 # Raised when an engine is down or stopped: never kept quiet by an engine-down alert.
 ORPHANED_METRIC = "orphaned_exposure"

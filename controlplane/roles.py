@@ -33,6 +33,7 @@ _RISK = [
     "risk.add_*",
     "risk.change_*",
     "golive.change_promotioncriterion",  # the promotion policy
+    "golive.change_redline",  # the red lines that stop a strategy
     "golive.approve_promotion",  # the second person of a promotion; overrides a failing gate
     "controlplane.import_statement",  # a broker statement, reconciled against the ledger
 ]

@@ -18,7 +18,8 @@ from django.db import transaction
 from controlplane import events
 from controlplane.audit import audit_record
 from controlplane.capital import engine_limits_push_robust
-from controlplane.models import MODES_OF_STAGE, Engine, Stage, StageChange
+from controlplane.commands.delivery import close_live_sockets
+from controlplane.models import MODES_OF_STAGE, Engine, Mode, Stage, StageChange
 
 
 def stage_set(
@@ -43,7 +44,8 @@ def stage_set(
 
     An engine whose registered mode does not fit the new stage is given the stage's own mode
     (``MODES_OF_STAGE``): promoted to small capital, it must say ``hello`` in live mode; put
-    back to paper, a live hello is refused (gateway.session.hello).
+    back to paper, a live hello is refused (gateway.session.hello), and a socket on which it said
+    hello in live mode is closed at once with 4403 (delivery.close_live_sockets).
     """
     if to_stage not in Stage.values:
         raise ValidationError({"stage": f"{to_stage!r} is not a stage: one of {Stage.values}"})
@@ -86,6 +88,9 @@ def stage_set(
         transaction.on_commit(partial(events.announce, events.engines_changed, engine_ids=[row.pk]))
         told = f"capital ramp: {pct} %" if step else f"stage {to_stage}"
         transaction.on_commit(partial(engine_limits_push_robust, row, reason=told))
+        if row.mode == Mode.LIVE and mode != Mode.LIVE:
+            # Demoted out of real orders: a socket still live is closed now, not at its next hello.
+            transaction.on_commit(partial(close_live_sockets, row.pk))
     engine.stage, engine.mode, engine.capital_pct = to_stage, mode, pct
     return change
 

@@ -44,7 +44,7 @@ from dashboard.selectors import audit_actions, audit_event_list, strategy_tags
 from dashboard.selectors import kill_scope as selector_kill_scope
 from dashboard.templatetags.desk import money
 from golive import capital as golive_capital
-from golive import comparison, divergence, drills, gates, preflight
+from golive import comparison, divergence, drills, gates, preflight, redlines
 from golive import services as golive_services
 from golive.models import DivergenceDay, PromotionRequest
 from risk import selectors as risk_selectors
@@ -229,6 +229,7 @@ def engine_golive(request: HttpRequest, name: str) -> HttpResponse:
             )
             if days
             else None,
+            "red_line_events": redlines.events_of(engine),
             "root_causes": DivergenceDay.RootCause.choices,
             "divergence_alert_pct": settings.DIVERGENCE_LOG_ALERT_PCT,
             "drill_kind": drills.kind_for(engine),

@@ -26,8 +26,8 @@ from pydantic import ConfigDict
 from controlplane.api import error_responses
 from controlplane.audit import client_ip
 from controlplane.models import Engine
-from golive import comparison, divergence, gates, preflight, services
-from golive.models import DivergenceDay, PromotionRequest
+from golive import comparison, divergence, gates, preflight, redlines, services
+from golive.models import DivergenceDay, PromotionRequest, RedLineEvent
 
 router = Router(tags=["promotions"])
 
@@ -462,3 +462,55 @@ def promotion_request_cancel(
         ip_address=client_ip(request),
     )
     return _requests.get(pk=cancelled.pk)
+
+
+# --- red lines (docs/going-live.md, "Red lines") -----------------------------------------------
+
+
+class RedLineEventOut(Schema):
+    id: int
+    engine: str
+    kind: str = Field(..., description="max_drawdown, sharpe, divergence or critical_errors")
+    label: str
+    at: datetime
+    stage: str = Field(..., description="the stage the engine was at when it crossed")
+    action: Literal["demote", "pause", "kill"]
+    to_stage: str = Field(..., description="where it was demoted; empty when it was not")
+    value: float = Field(..., description="the figure that crossed")
+    threshold: float
+    threshold_text: str
+    window: int | None = Field(..., description="trading days or hours, for the rules with one")
+    period_start: datetime | None = Field(..., description="when its judged stage began")
+    figures: dict[str, Any] = Field(..., description="its window and data")
+    message: str
+    command_id: str | None = Field(..., description="the pause or the kill issued")
+    alert_id: int | None
+
+
+@router.get(
+    "/engines/{name}/red-lines",
+    response={200: list[RedLineEventOut], **error_responses(403, 404)},
+    tags=["going live"],
+)
+def red_line_events(request: HttpRequest, name: str) -> Any:
+    """The red lines the engine crossed, newest first (at most 200), each with the figures that
+    crossed and what was done."""
+    _require(request, "controlplane.view_engine")
+    events: list[RedLineEvent] = redlines.events_of(_engine(name), limit=200)
+    return [
+        {
+            **{f: getattr(e, f) for f in ("id", "kind", "label", "at", "stage", "action")},
+            "engine": e.engine.name,
+            "to_stage": e.to_stage,
+            "value": e.value,
+            "threshold": float(e.threshold),
+            "threshold_text": e.threshold_text,
+            "window": e.window,
+            "period_start": e.period_start,
+            "figures": e.figures,
+            "message": e.message,
+            "command_id": str(e.command_id) if e.command_id else None,
+            "alert_id": e.alert_id,
+        }
+        for e in events
+    ]

@@ -12,8 +12,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from controlplane.models import Engine, Stage
-from golive import policy
+from controlplane.models import Engine, Stage, StageChange
+from golive import policy, redline_specs
 
 
 class PromotionCriterion(models.Model):
@@ -260,3 +260,149 @@ class DivergenceDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.engine} {self.day}: {self.divergence_pct}"
+
+
+class RedLine(models.Model):
+    """A red line that stops a strategy (golive.redlines): one row per kind the code measures
+    (golive.redline_specs), its numbers and its action set by risk managers, each change with a
+    reason kept in its history and the audit log."""
+
+    kind = models.CharField(
+        max_length=20,
+        unique=True,
+        editable=False,
+        choices=[(s.kind, s.label) for s in redline_specs.SPECS],
+    )
+    enabled = models.BooleanField(default=True)
+    threshold = models.DecimalField(max_digits=18, decimal_places=6)
+    window = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Trading days or hours, for the rules that take one."
+    )
+    action = models.CharField(
+        max_length=10, choices=redline_specs.ACTIONS, default=redline_specs.DEMOTE
+    )
+    demote_to = models.CharField(
+        max_length=16,
+        choices=[(s.value, s.label) for s in Stage if s.value in redline_specs.DEMOTION_TARGETS],
+        default=Stage.PAPER,
+        help_text="Where a demotion sends the engine (an engine at or below it is only paused).",
+    )
+    version = models.PositiveIntegerField(default=0, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["pk"]
+        verbose_name = "red line"
+
+    def __str__(self) -> str:
+        return f"red line #{self.pk} {self.label}"
+
+    @property
+    def spec(self) -> redline_specs.RedLineSpec | None:
+        return redline_specs.CATALOG.get(self.kind)
+
+    @property
+    def label(self) -> str:
+        spec = self.spec
+        return spec.label if spec is not None else self.kind
+
+    @property
+    def threshold_text(self) -> str:
+        spec = self.spec
+        if spec is None:
+            return str(self.threshold)
+        return spec.threshold_text(self.threshold, self.window)
+
+    def clean(self) -> None:
+        spec = self.spec
+        if spec is None:
+            raise ValidationError({"kind": f"No red line {self.kind!r} is measured."})
+        errors = spec.errors(self.threshold, self.window)
+        if self.action not in dict(redline_specs.ACTIONS):
+            errors["action"] = f"{str(self.action)[:40]!r} is no action: demote, pause or kill."
+        if self.demote_to not in redline_specs.DEMOTION_TARGETS:
+            allowed = ", ".join(redline_specs.DEMOTION_TARGETS)
+            errors["demote_to"] = f"{str(self.demote_to)[:40]!r} is no target: one of {allowed}."
+        if errors:
+            raise ValidationError(errors)
+
+
+class RedLineChange(models.Model):
+    """One change of a red line: who, when, why, and each field from which value to which."""
+
+    red_line = models.ForeignKey(
+        RedLine, null=True, on_delete=models.SET_NULL, related_name="changes"
+    )
+    red_line_label = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    change = models.CharField(max_length=10, default="changed")  # created / changed
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changed_by_label = models.CharField(max_length=150)
+    changed_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField()
+    changes = models.JSONField(default=dict, help_text="{field: [old, new]}")
+
+    class Meta:
+        ordering = ["-changed_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.red_line_label} v{self.version} by {self.changed_by_label}"
+
+
+class RedLineState(models.Model):
+    """Where an engine stands against a red line in its current stage: crossed or not. The
+    evaluation that turns it to crossed (a conditional update) is the only one that acts."""
+
+    red_line = models.ForeignKey(RedLine, on_delete=models.CASCADE, related_name="states")
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="+")
+    crossed = models.BooleanField(default=False)
+    # The start of the stage period it was crossed in: a later period is a new crossing.
+    period_start = models.DateTimeField(null=True, blank=True)
+    value = models.FloatField(null=True, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["red_line", "engine"], name="red_line_state_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.engine} against red line #{self.red_line_id}: crossed={self.crossed}"
+
+
+class RedLineEvent(models.Model):
+    """A red line crossed: the figures that crossed, and what was done (kept for ever)."""
+
+    red_line = models.ForeignKey(
+        RedLine, null=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    kind = models.CharField(max_length=20)
+    label = models.CharField(max_length=200)
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="red_line_events")
+    at = models.DateTimeField(auto_now_add=True)
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    action = models.CharField(max_length=10, choices=redline_specs.ACTIONS)
+    to_stage = models.CharField(max_length=16, choices=Stage.choices, blank=True)
+    value = models.FloatField()
+    threshold = models.DecimalField(max_digits=18, decimal_places=6)
+    threshold_text = models.CharField(max_length=200)
+    window = models.PositiveIntegerField(null=True, blank=True)
+    period_start = models.DateTimeField(null=True, blank=True)
+    # What the figure was computed from: {"window": ..., "data": ...}.
+    figures = models.JSONField(default=dict)
+    message = models.TextField()
+    command_id = models.UUIDField(null=True, blank=True, help_text="The pause or the kill.")
+    stage_change = models.ForeignKey(
+        StageChange, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    alert_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["engine", "-at"], name="red_line_event_engine")]
+
+    def __str__(self) -> str:
+        return f"{self.label} crossed by {self.engine} ({self.action})"

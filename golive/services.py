@@ -24,7 +24,13 @@ from controlplane.audit import audit_record
 from controlplane.models import Engine, Stage
 from controlplane.stages import stage_set
 from golive import gates, policy, preflight
-from golive.models import PromotionCriterion, PromotionCriterionChange, PromotionRequest
+from golive.models import (
+    PromotionCriterion,
+    PromotionCriterionChange,
+    PromotionRequest,
+    RedLine,
+    RedLineChange,
+)
 
 TRACKED = ("enabled", "threshold", "threshold_high")
 
@@ -430,3 +436,60 @@ def promotion_cancel(
         action="promotion_cancel",
         ip_address=ip_address,
     )
+
+
+# --- Red lines -----------------------------------------------------------------------------------
+
+RED_LINE_TRACKED = ("enabled", "threshold", "window", "action", "demote_to")
+
+
+def red_line_save(
+    *,
+    red_line: RedLine,
+    reason: str,
+    actor: AbstractBaseUser,
+    ip_address: str | None = None,
+) -> RedLineChange | None:
+    """Validate and save a changed red line (golive.redlines). Only those with the right to change
+    red lines (risk managers) may. Returns the history entry, None if nothing changed. Raises
+    ValidationError naming each bad field, ReasonRequired without a reason."""
+    if not actor.has_perm("golive.change_redline"):  # type: ignore[attr-defined]
+        raise PromotionForbidden(f"{actor.get_username()} may not change the red lines")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired("Every change of a red line needs a reason.")
+    if "\x00" in reason:
+        raise ValidationError({"change_reason": "a reason cannot hold a NUL character"})
+    red_line.full_clean()
+    label = actor.get_username()
+    with transaction.atomic():
+        before = RedLine.objects.select_for_update().get(pk=red_line.pk)
+        changes = {
+            name: [_plain(getattr(before, name)), _plain(getattr(red_line, name))]
+            for name in RED_LINE_TRACKED
+            if _plain(getattr(before, name)) != _plain(getattr(red_line, name))
+        }
+        if not changes:
+            return None
+        red_line.version = before.version + 1
+        red_line.updated_by = label
+        red_line.save()
+        change = RedLineChange.objects.create(
+            red_line=red_line,
+            red_line_label=red_line.label,
+            version=red_line.version,
+            changed_by=actor,
+            changed_by_label=label,
+            reason=reason,
+            changes=changes,
+        )
+        audit_record(
+            action="red_line_change",
+            actor=actor,
+            actor_label=label,
+            target=red_line,
+            reason=reason,
+            ip_address=ip_address,
+            data={"version": red_line.version, "changes": changes},
+        )
+    return change

@@ -65,6 +65,19 @@ def close_sockets(engine_id: int) -> None:
         )
 
 
+def close_live_sockets(engine_id: int) -> None:
+    """The engine left the stages that send real orders (controlplane.stages.stage_set): a socket
+    on which it said hello in live mode is closed now, with 4403 as a refused live hello, in every
+    web process. Best effort: a socket the message misses keeps running until its next hello,
+    which is refused (its registered mode no longer fits)."""
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            engine_group(engine_id), {"type": "engine.live_forbidden"}
+        )
+    except Exception as exc:  # Redis away: its next hello is refused instead
+        log.warning("engine %s: closing its live sockets failed (%s)", engine_id, exc)
+
+
 def frames_for(
     targets: Iterable[tuple[int, uuid.UUID]],
     *,

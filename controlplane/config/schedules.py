@@ -65,6 +65,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": crontab(minute="20", hour="0"),
         "expires": 3600,
     },
+    "going live: red lines that stop a strategy": {
+        "task": "golive.tasks.red_lines",
+        "schedule": 60.0,
+        "expires": 60,
+    },
 }
 
 

@@ -58,6 +58,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     _hello_timer: asyncio.Task[None] | None = None
     # Set when the server closes the socket: nothing received after that is processed.
     _closing = False
+    # The mode the engine said in its hello (live: it may send real orders).
+    hello_mode: str | None = None
     # Set when a batch could not be stored: the connection stores no events after it.
     _unsynced = False
 
@@ -274,6 +276,7 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             await self.close(code=HELLO_REFUSAL_CLOSE.get(code, p.CLOSE_PROTOCOL_VIOLATION))
             return
         self.greeted = True
+        self.hello_mode = decoded.frame.mode
         events.announce(events.engines_changed, engine_ids=[self.engine_id])
         early, self._early_frames = self._early_frames or [], None
         for text in early:
@@ -288,6 +291,12 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
     async def engine_deactivated(self, message: dict[str, Any]) -> None:
         """The engine was deactivated (delivery.close_sockets): its token holds no more."""
         await self.close(code=p.CLOSE_UNAUTHORIZED, reason="engine deactivated")
+
+    async def engine_live_forbidden(self, message: dict[str, Any]) -> None:
+        """The engine was demoted out of the stages that send real orders
+        (delivery.close_live_sockets): a live socket closes as a refused live hello would."""
+        if self.hello_mode == "live":
+            await self.close(code=p.CLOSE_STAGE_FORBIDS, reason="stage forbids live orders")
 
     async def engine_replaced(self, message: dict[str, Any]) -> None:
         if not self.greeted or message["connection_id"] == str(self.connection_id):
