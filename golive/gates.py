@@ -128,7 +128,9 @@ class GateReport:
     from_stage: str
     to_stage: str | None  # None: full production, the last stage
     criteria: list[Criterion]
-    # When the engine's current stage began (None for an engine with no step ahead).
+    # When the engine's current stage began: known for every stage, the last (full production)
+    # and one whose step has no enabled criterion included, since its comparison with its
+    # baseline and its red lines are judged over it too.
     period_start: datetime | None = None
 
     @property
@@ -921,7 +923,7 @@ def reports(engines: Sequence[EngineModel], now: datetime) -> list[GateReport]:
         items.sort(key=lambda r: order[(r.from_stage, r.key)])
 
     stepping = [e for e in engines if e.stage in policy.NEXT_STAGE and rows.get(e.stage)]
-    starts, papers = _periods(stepping, now)
+    starts, papers = _periods(engines, now)
     baselines: Mapping[int, BaselineFigures] = {}
     if _baselines is not None and any(e.stage in (policy.BACKTEST, policy.PAPER) for e in stepping):
         baselines = _baselines(

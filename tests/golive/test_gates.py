@@ -20,6 +20,8 @@ from controlplane.models import (
     Fill,
     Instrument,
     Order,
+    Stage,
+    StageChange,
 )
 from dashboard.models import Baseline
 from golive import gates
@@ -431,3 +433,19 @@ def test_the_fleet_takes_the_same_number_of_queries_whatever_its_size(make_engin
     with CaptureQueriesContext(connection) as many:
         gates.reports(large, NOW)
     assert len(many.captured_queries) == len(few.captured_queries) <= 14
+
+
+def test_the_stage_start_is_known_at_the_last_stage_and_with_no_criterion(make_engine) -> None:
+    # Full production has no step ahead, and a flushed policy has no criterion: the period its
+    # comparison and red lines are judged over is still when its stage began.
+    full, _ = make_engine("full-1", stage=Stage.FULL)
+    began = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
+    StageChange.objects.filter(engine=full).update(at=began - timedelta(days=1))
+    StageChange.objects.filter(engine=full, to_stage=Stage.FULL).update(at=began)
+    now = began + timedelta(days=10)
+    assert gates.report(full, now).period_start == began
+    PromotionCriterion.objects.all().delete()
+    paper, _ = make_engine("paper-1")
+    StageChange.objects.filter(engine=paper).update(at=began)
+    report = gates.report(paper, now)
+    assert report.criteria == [] and report.period_start == began
