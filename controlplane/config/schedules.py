@@ -60,6 +60,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": crontab(minute="20", hour="0"),
         "expires": 3600,
     },
+    "journal: tick the open incidents' checklists from the data": {
+        "task": "journal.tasks.incident_checklists",
+        "schedule": 30.0,
+        "expires": 30,
+    },
 }
 
 
