@@ -40,6 +40,12 @@ batch_stored = DomainEvent("batch_stored")
 # a command issued. Sent from any thread or event loop; receivers must return at once.
 engines_changed = DomainEvent("engines_changed")
 
+# A batch of commands was issued (``batch_id``; ``kind``; ``engine_ids``: the engines it went to;
+# ``params``: the command's parameters as stored; ``actor_id``, ``actor_label``: who or what issued
+# it). Sent after the commit, in the thread that issued it, once the push to the engines is out:
+# the journal opens an incident on a kill and links what is issued to an open one.
+commands_issued = DomainEvent("commands_issued")
+
 # Engines' command results were stored (``answers``: (engine id, command id, result status) of
 # each, in arrival order; ``engine_ids``: the engines, once each). Sent from the event loop of the
 # engines' sockets; receivers must return at once.

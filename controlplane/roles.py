@@ -18,6 +18,7 @@ _VIEW = [
     "alerts.view_*",
     "golive.view_*",
     "dashboard.view_*",
+    "journal.view_*",
 ]
 _OPERATE = [
     "controlplane.issue_pause",  # pause, and resume from a pause
@@ -26,6 +27,8 @@ _OPERATE = [
     "alerts.add_silence",
     "alerts.change_silence",
     "golive.request_promotion",  # ask for an engine's next stage
+    "journal.open_incident",  # by hand, from an engine or an alert
+    "journal.tick_incident",  # the checklist's steps a person ticks
 ]
 _RISK = [
     "controlplane.issue_kill",  # kill, flatten the fleet
@@ -36,6 +39,10 @@ _RISK = [
     "golive.change_redline",  # the red lines that stop a strategy
     "golive.approve_promotion",  # the second person of a promotion; overrides a failing gate
     "controlplane.import_statement",  # a broker statement, reconciled against the ledger
+    "journal.add_postmortem",
+    "journal.change_postmortem",
+    "journal.close_incident",  # only with its post-mortem
+    "journal.*_emergencycontact",
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

@@ -311,6 +311,18 @@ def command_batch_issue(
             if offline:
                 announce = partial(events.announce, events.engines_changed, engine_ids=offline)
                 transaction.on_commit(announce)
+            # After the push (on_commit runs in order): whoever listens never delays an engine.
+            issued = partial(
+                events.announce,
+                events.commands_issued,
+                batch_id=batch.pk,
+                kind=str(kind),
+                engine_ids=[e.pk for e in engines],
+                params=clean,
+                actor_id=getattr(actor, "pk", None),
+                actor_label=label,
+            )
+            transaction.on_commit(issued)
     if refusal:
         command_refuse(refusal, **audit, data={"selector": selector})
     # Built once the push is out (on commit), not before it: a hundred model instances take a

@@ -70,6 +70,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": 60.0,
         "expires": 60,
     },
+    "journal: tick the open incidents' checklists from the data": {
+        "task": "journal.tasks.incident_checklists",
+        "schedule": 30.0,
+        "expires": 30,
+    },
 }
 
 

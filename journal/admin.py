@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+from journal import incident_admin  # noqa: F401  (registers incidents and emergency contacts)
