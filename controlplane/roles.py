@@ -18,6 +18,7 @@ _VIEW = [
     "alerts.view_*",
     "golive.view_*",
     "dashboard.view_*",
+    "journal.view_*",
 ]
 _OPERATE = [
     "controlplane.issue_pause",  # pause, and resume from a pause
@@ -26,6 +27,9 @@ _OPERATE = [
     "alerts.add_silence",
     "alerts.change_silence",
     "golive.request_promotion",  # ask for an engine's next stage
+    "journal.add_logentry",  # the trading log
+    "journal.change_logentry",
+    "journal.sign_review",  # a daily or weekly review
 ]
 _RISK = [
     "controlplane.issue_kill",  # kill, flatten the fleet
@@ -35,6 +39,10 @@ _RISK = [
     "golive.change_promotioncriterion",  # the promotion policy
     "golive.approve_promotion",  # the second person of a promotion; overrides a failing gate
     "controlplane.import_statement",  # a broker statement, reconciled against the ledger
+    "journal.add_runbook",  # the runbooks, and which alert rules and limits point at them
+    "journal.change_runbook",
+    "journal.change_runbooklink",
+    "journal.sign_period_review",  # a monthly or quarterly review
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

@@ -48,6 +48,7 @@ from golive import capital as golive_capital
 from golive import comparison, divergence, drills, gates, preflight
 from golive import services as golive_services
 from golive.models import DivergenceDay, PromotionRequest
+from journal import reviews as journal_reviews
 
 AUDIT_PAGE_SIZE = 50
 
@@ -104,6 +105,10 @@ def fleet(request: HttpRequest) -> HttpResponse:
             "can_pause": user.has_perm("controlplane.issue_pause"),
             "can_reduce": user.has_perm("controlplane.issue_reduce"),
             "can_kill": user.has_perm("controlplane.issue_kill"),
+            # The journal's reviews past due (templates/journal/_overdue_reviews.html).
+            "overdue_reviews": journal_reviews.overdue(now)
+            if user.has_perm("journal.view_review")
+            else [],
         },
     )
 

@@ -13,9 +13,12 @@ from controlplane.config import health
 from controlplane.gateway import http
 from dashboard import live_views
 from golive import api as golive_api
+from journal import api as journal_api
 
 # The promotions (golive) sit a layer above the core that holds the API: mounted here.
 api.api.add_router("/", golive_api.router)
+# The operations journal (trading log, runbooks, reviews), a layer above both.
+api.api.add_router("/", journal_api.router)
 
 # A request refused before any view (a body over the size limit) is named on the API too.
 handler400 = api.bad_request
@@ -45,6 +48,8 @@ urlpatterns = [
     path("risk/", include("risk.urls")),
     path("alerts/", include("alerts.urls")),
     path("reports/", include("dashboard.reports.urls")),
+    # The journal: log/, runbooks/, reviews/.
+    path("", include("journal.urls")),
     path("metrics", prometheus.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
