@@ -19,7 +19,7 @@ from django.utils import timezone
 from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StrictBool
 
 from controlplane.api import error_responses
 from controlplane.audit import client_ip
@@ -355,7 +355,7 @@ class ReviewOut(Schema):
 class SignOffIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    manual: dict[str, bool] = Field(
+    manual: dict[str, StrictBool] = Field(
         default_factory=dict, description="each manual item's key: ticked (all must be)"
     )
     note: str = Field("", max_length=20000, description="required when a computed check fails")
