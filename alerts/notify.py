@@ -28,6 +28,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from alerts.models import Alert, Notification, NotificationChannel
+from alerts.runbooks import runbook_of
 from alerts.transports import TransportError, transport_for
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ def render_alert(alert: Alert, event: str) -> tuple[str, str]:
         lines.append("Nobody has acknowledged this alert yet.")
     if rule is not None and rule.description:
         lines += ["", rule.description]
+    runbook = runbook_of(alert) if event != Notification.Event.RESOLVED else None
+    if runbook is not None:
+        lines += ["", f"Runbook: {runbook.title} ({runbook.url})"]
     lines += ["", f"Alert #{alert.pk}"]
     return subject, "\n".join(lines)
 

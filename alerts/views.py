@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from alerts import selectors, services
+from alerts import runbooks, selectors, services
 from alerts.models import Alert, AlertRule, Severity, Silence
 from controlplane.audit import client_ip
 from controlplane.models import Engine
@@ -43,9 +43,11 @@ def alert_list(request: HttpRequest) -> HttpResponse:
         # Critical first, then warning, then info; firing before pending; newest first.
         .order_by(SEVERITY_RANK, STATE_RANK, "-started_at")
     )
+    plans = runbooks.runbooks_of(open_alerts)
     for alert in open_alerts:
         # An alert without a rule (a risk limit's, with no risk-limit rule) reaches nobody.
         alert.no_channel = alert.rule_id is None or alert.rule_id in silent_ids
+        alert.runbook = plans.get(alert.pk)
     return render(
         request,
         "alerts/list.html",

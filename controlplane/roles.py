@@ -29,6 +29,9 @@ _OPERATE = [
     "golive.request_promotion",  # ask for an engine's next stage
     "journal.open_incident",  # by hand, from an engine or an alert
     "journal.tick_incident",  # the checklist's steps a person ticks
+    "journal.add_logentry",  # the trading log
+    "journal.change_logentry",
+    "journal.sign_review",  # a daily or weekly review
 ]
 _RISK = [
     "controlplane.issue_kill",  # kill, flatten the fleet
@@ -43,6 +46,10 @@ _RISK = [
     "journal.change_postmortem",
     "journal.close_incident",  # only with its post-mortem
     "journal.*_emergencycontact",
+    "journal.add_runbook",  # the runbooks, and which alert rules and limits point at them
+    "journal.change_runbook",
+    "journal.change_runbooklink",
+    "journal.sign_period_review",  # a monthly or quarterly review
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

@@ -32,6 +32,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections, transaction
 
+from alerts import runbooks
 from alerts.models import Alert
 from controlplane import hub
 from controlplane.loops import PerLoop
@@ -277,6 +279,7 @@ def alert_payload(alert: Alert) -> dict[str, object]:
         "summary": alert.summary,
         "engine": alert.engine.name if alert.engine else None,
         "acknowledged_by": alert.acknowledged_by_label or None,
+        "runbook": asdict(runbook) if (runbook := runbooks.runbook_of(alert)) else None,
     }
 
 

@@ -47,6 +47,7 @@ from golive import capital as golive_capital
 from golive import comparison, divergence, drills, gates, preflight, redlines
 from golive import services as golive_services
 from golive.models import DivergenceDay, PromotionRequest
+from journal import reviews as journal_reviews
 from risk import selectors as risk_selectors
 
 AUDIT_PAGE_SIZE = 50
@@ -105,6 +106,10 @@ def fleet(request: HttpRequest) -> HttpResponse:
             "can_reduce": user.has_perm("controlplane.issue_reduce"),
             "can_kill": user.has_perm("controlplane.issue_kill"),
             "allocation": risk_selectors.allocation_overview(),
+            # The journal's reviews past due (templates/journal/_overdue_reviews.html).
+            "overdue_reviews": journal_reviews.overdue(now)
+            if user.has_perm("journal.view_review")
+            else [],
         },
     )
 

@@ -1,160 +1,43 @@
-"""The journal through the HTTP API. The composition root mounts this router on the API
-(controlplane.config.urls).
+"""The journal through the HTTP API (docs/operations.md): the trading log, the runbooks with what
+points at them, and the reviews with their computed checks and sign-off. Every write is the
+service the pages call, so rights, history, audit entries and refusals are the same.
 
-Incidents (docs/operations.md, "Incidents"): list, read (with the snapshot taken at opening, the
-checklist, the linked commands and alerts, the post-mortem), open by hand, tick a step, write the
-post-mortem, close. Emergency contacts: list, create, change, delete.
-
-Errors: 400 names each bad field (a missing reason, a NUL byte, an unknown step), 403 a missing
-right, 404 an unknown incident or contact, 409 what the incident's state refuses (a closed one,
-a step already ticked or ticked from the data, closing without a post-mortem), 422 a field of
-the wrong type or length.
+Errors: 400 names each bad field, 403 a missing right, 404 an unknown day, engine, runbook or
+period, 409 a refusal (signing off a period not over, or signed already).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from functools import wraps
 from typing import Any, Literal
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest
-from ninja import Field, Router, Schema
+from django.utils import timezone
+from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StrictBool
 
 from controlplane.api import error_responses
 from controlplane.audit import client_ip
-from journal import contacts, incidents
-from journal.models import EmergencyContact, Incident, PostMortem, Step
+from controlplane.models import Engine
+from journal import figures, reviews, runbooks, tradinglog
+from journal.models import LogEntry, Runbook
 
-router = Router(tags=["incidents"])
-
-
-# --- schemas --------------------------------------------------------------------------------------
-
-
-class StepOut(Schema):
-    key: str
-    label: str
-    done: bool
-    done_at: datetime | None
-    by: Literal["data", "person"] | None = Field(..., description="who ticked it")
-    done_by: str = Field(..., description="the person's name, or the control plane")
-    note: str
-    verifiable: bool = Field(..., description="ticked from the data, not by hand")
-
-
-class FollowUpOut(Schema):
-    item: str
-    owner: str
-
-
-class PostMortemOut(Schema):
-    cause: str
-    what_went_wrong: str
-    failed_assumptions: str
-    improvements: str
-    follow_ups: list[FollowUpOut]
-    written_by: str
-    updated_at: datetime
-
-
-class IncidentSummaryOut(Schema):
-    id: int
-    title: str
-    state: str
-    trigger: str
-    opened_at: datetime
-    opened_by: str
-    engines: list[str]
-    steps_done: int
-    steps_total: int
-    lifted_at: datetime | None
-    closed_at: datetime | None
-
-
-class IncidentOut(IncidentSummaryOut):
-    reason: str
-    kill_batch: str | None
-    source_alert: int | None
-    snapshot: dict[str, Any] = Field(..., description="the engines as they were at opening")
-    steps: list[StepOut]
-    commands: list[str] = Field(..., description="the ids of the commands linked to it")
-    alerts: list[int] = Field(..., description="the ids of the alerts linked to it")
-    postmortem: PostMortemOut | None
-    closed_by: str
-
-
-class IncidentOpenIn(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    title: str = Field(..., max_length=200)
-    reason: str = Field(..., max_length=10_000)
-    engines: list[str] = Field(default_factory=list, max_length=500)
-    alert: int | None = Field(None, ge=1, le=2**63 - 1, description="open it from this alert")
-
-
-class StepTickIn(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    note: str = Field("", max_length=500)
-    decision: Literal["flatten", "hold"] | None = Field(None, description="for the decide step")
-
-
-class FollowUpIn(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    item: str = Field(..., max_length=500)
-    owner: str = Field(..., max_length=150)
-
-
-class PostMortemIn(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    cause: Literal["strategy", "execution", "market"]
-    what_went_wrong: str = Field(..., max_length=10_000)
-    failed_assumptions: str = Field(..., max_length=10_000)
-    improvements: str = Field(..., max_length=10_000)
-    follow_ups: list[FollowUpIn] = Field(..., max_length=50)
-
-
-class ContactOut(Schema):
-    id: int
-    name: str
-    role: str
-    phone: str
-    email: str
-    escalation_order: int
-    active: bool
-
-
-class ContactIn(Schema):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., max_length=150)
-    role: str = Field(..., max_length=100)
-    phone: str = Field(..., max_length=32)
-    email: str = Field(..., max_length=254)
-    escalation_order: int = Field(..., ge=1, le=99)
-    active: bool = True
-
-
-# --- errors ---------------------------------------------------------------------------------------
+router = Router(tags=["journal"])
 
 
 def _answers(view: Callable[..., Any]) -> Callable[..., Any]:
-    """The services' refusals as the API's errors: the same words as on the pages."""
-
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         try:
             return view(request, *args, **kwargs)
-        except incidents.IncidentForbidden as exc:
-            return Status(403, {"detail": str(exc)})
-        except incidents.IncidentConflict as exc:
+        except PermissionDenied as exc:
+            return Status(403, {"detail": str(exc) or "permission denied"})
+        except reviews.ReviewRefused as exc:
             return Status(409, {"detail": str(exc)})
         except ValidationError as exc:
             errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
@@ -169,226 +52,393 @@ def _require(request: HttpRequest, permission: str) -> None:
         raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
 
 
-def _incident(incident_id: int) -> Incident:
-    found = incidents.incident_get(incident_id)
-    if found is None:
-        raise HttpError(404, f"no incident has the id {incident_id}")
-    return found
-
-
-def _contact(contact_id: int) -> EmergencyContact:
-    found = EmergencyContact.objects.filter(pk=contact_id).first()
-    if found is None:
-        raise HttpError(404, f"no emergency contact has the id {contact_id}")
-    return found
-
-
-def _summary(incident: Incident) -> dict[str, Any]:
-    steps = list(incident.steps.all())
-    return {
-        "id": incident.pk,
-        "title": incident.title,
-        "state": incident.state,
-        "trigger": incident.trigger,
-        "opened_at": incident.opened_at,
-        "opened_by": incident.opened_by_label,
-        "engines": [e.name for e in incident.engines.all()],
-        "steps_done": sum(1 for s in steps if s.done_at),
-        "steps_total": len(steps),
-        "lifted_at": incident.lifted_at,
-        "closed_at": incident.closed_at,
-    }
-
-
-def _postmortem(incident: Incident) -> dict[str, Any] | None:
-    try:
-        postmortem: PostMortem = incident.postmortem
-    except PostMortem.DoesNotExist:
+def _engine(name: str | None) -> Engine | None:
+    if not name:
         return None
-    return {
-        "cause": postmortem.cause,
-        "what_went_wrong": postmortem.what_went_wrong,
-        "failed_assumptions": postmortem.failed_assumptions,
-        "improvements": postmortem.improvements,
-        "follow_ups": [{"item": f.item, "owner": f.owner} for f in postmortem.follow_ups.all()],
-        "written_by": postmortem.written_by_label,
-        "updated_at": postmortem.updated_at,
-    }
+    engine = Engine.objects.filter(name=name).first()
+    if engine is None:
+        raise HttpError(404, f"no engine is named {name!r}")
+    return engine
 
 
-def _detail(incident_id: int) -> dict[str, Any]:
-    incident = _incident(incident_id)
-    return _summary(incident) | {
-        "reason": incident.reason,
-        "kill_batch": str(incident.kill_batch_id) if incident.kill_batch_id else None,
-        "source_alert": incident.source_alert_id,
-        "snapshot": incident.snapshot,
-        "steps": [
-            {
-                "key": s.key,
-                "label": s.get_key_display(),
-                "done": s.done_at is not None,
-                "done_at": s.done_at,
-                "by": None if s.done_at is None else "data" if s.by_data else "person",
-                "done_by": s.done_by_label,
-                "note": s.note,
-                "verifiable": s.key in incidents.DATA_STEPS or s.key == Step.DECIDE,
-            }
-            for s in incident.steps.all()
-        ],
-        "commands": [str(c.pk) for c in incident.commands.all()],
-        "alerts": [a.pk for a in incident.alerts.all()],
-        "postmortem": _postmortem(incident),
-        "closed_by": incident.closed_by_label,
-    }
+def _in_range(day: date, field: str) -> date:
+    if not tradinglog.FIRST_DAY <= day <= tradinglog.LAST_DAY:
+        raise HttpError(400, f"{field} must fall between 1900 and 2999")
+    return day
 
 
-# --- incidents ------------------------------------------------------------------------------------
+# --- Trading log ---------------------------------------------------------------------------------
 
 
-@router.get("/incidents", response={200: list[IncidentSummaryOut], **error_responses(403)})
-def incident_list(request: HttpRequest, state: Literal["open", "closed"] | None = None) -> Any:
-    """Open and closed incidents, newest first (at most 200)."""
-    _require(request, "journal.view_incident")
-    return [_summary(i) for i in incidents.incidents_list(state=state)]
+class FiguresOut(Schema):
+    trades: int
+    pnl: float | None
+    pnl_pct: float | None = Field(..., description="null when no equity was reported that day")
+    rejects: int
+    alerts: int
+    errors: int
+    commands: int
 
 
-@router.get("/incidents/{incident_id}", response={200: IncidentOut, **error_responses(403, 404)})
-def incident_read(request: HttpRequest, incident_id: int) -> Any:
-    """One incident: its snapshot at opening, its checklist, its links and its post-mortem."""
-    _require(request, "journal.view_incident")
-    return _detail(incident_id)
+class LogEntryOut(Schema):
+    day: date
+    engine: str | None = Field(..., description="null: the desk's entry")
+    trend: str
+    volatility: str
+    key_events: str
+    notes: str = Field(..., description="Markdown, as written")
+    figures: FiguresOut | None = Field(..., description="the day's figures as of the last save")
+    version: int
+    updated_by: str = Field(..., alias="updated_by_label")
+    updated_at: datetime
+
+    @staticmethod
+    def resolve_engine(entry: LogEntry) -> str | None:
+        return entry.engine.name if entry.engine else None
+
+    @staticmethod
+    def resolve_figures(entry: LogEntry) -> dict[str, Any] | None:
+        return entry.figures or None
 
 
-@router.post("/incidents", response={201: IncidentOut, **error_responses(403, 404)})
-@_answers
-def incident_open(request: HttpRequest, payload: IncidentOpenIn) -> Any:
-    """Open an incident by hand from engines, or from an alert (operators and above)."""
-    incident = incidents.incident_open_by_hand(
-        actor=request.user,  # type: ignore[arg-type]
-        title=payload.title,
-        reason=payload.reason,
-        engine_names=payload.engines,
-        alert_id=payload.alert,
-        ip_address=client_ip(request),
+class LogDayOut(Schema):
+    day: date
+    engine: str | None
+    entry: LogEntryOut | None = Field(..., description="null until someone writes the day")
+    figures: FiguresOut = Field(..., description="what the data says of the day now")
+
+
+class LogEntryIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str | None = Field(None, max_length=64, description="omit for the desk's entry")
+    trend: Literal["", "up", "down", "sideways", "mixed"] = ""
+    volatility: Literal["", "low", "normal", "high", "extreme"] = ""
+    key_events: str = Field("", max_length=2000)
+    notes: str = Field("", max_length=20000, description="Markdown")
+    version: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="the version you edited; 400 if it has moved on"
     )
-    return Status(201, _detail(incident.pk))
 
 
-@router.post(
-    "/incidents/{incident_id}/steps/{step}",
-    response={200: IncidentOut, **error_responses(403, 404, 409)},
-)
-@_answers
-def incident_step_tick(
-    request: HttpRequest, incident_id: int, step: str, payload: StepTickIn
+class RevisionOut(Schema):
+    version: int
+    trend: str
+    volatility: str
+    key_events: str
+    notes: str
+    edited_by: str = Field(..., alias="edited_by_label")
+    edited_at: datetime
+
+
+@router.get("/log", response={200: list[LogEntryOut], **error_responses(403, 404)})
+def log_entries(
+    request: HttpRequest,
+    q: str = Query("", max_length=200),
+    engine: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
 ) -> Any:
-    """Tick a step the product cannot verify, as the person calling (operators and above).
-    409 for a step ticked from the data, one already ticked, or a closed incident."""
-    incidents.incident_step_tick(
-        incident=_incident(incident_id),
-        key=step,
+    """Search the trading log: entries whose notes or key events hold ``q`` (any case), of one
+    engine, between ``start`` and ``end``; newest first, at most 200."""
+    _require(request, "journal.view_logentry")
+    return list(
+        tradinglog.search(
+            text=q,
+            engine=_engine(engine),
+            start=_in_range(start, "start") if start else None,
+            end=_in_range(end, "end") if end else None,
+        )
+    )
+
+
+@router.get("/log/{day}", response={200: LogDayOut, **error_responses(403, 404)})
+def log_day(request: HttpRequest, day: date, engine: str | None = None) -> Any:
+    """The day's entry (the desk's, or ``engine``'s) and what the data says of the day now."""
+    _require(request, "journal.view_logentry")
+    _in_range(day, "day")
+    found = _engine(engine)
+    return {
+        "day": day,
+        "engine": found.name if found else None,
+        "entry": tradinglog.entry_of(day, found),
+        "figures": figures.day_figures(day, found.pk if found else None),
+    }
+
+
+@router.put("/log/{day}", response={200: LogEntryOut, **error_responses(403, 404)})
+@_answers
+def log_day_save(request: HttpRequest, day: date, payload: LogEntryIn) -> Any:
+    """Write the day's entry (operators); the day's figures are filled in from the data. Each
+    save that changes something is a new version in its history, and an audit entry."""
+    _in_range(day, "day")
+    saved = tradinglog.log_entry_save(
+        day=day,
+        engine=_engine(payload.engine),
         actor=request.user,  # type: ignore[arg-type]
-        note=payload.note,
-        decision=payload.decision,
+        trend=payload.trend,
+        volatility=payload.volatility,
+        key_events=payload.key_events,
+        notes=payload.notes,
+        version=payload.version,
         ip_address=client_ip(request),
     )
-    return _detail(incident_id)
+    return LogEntry.objects.select_related("engine").get(pk=saved.pk)
 
 
-@router.put(
-    "/incidents/{incident_id}/postmortem",
-    response={200: IncidentOut, **error_responses(403, 404, 409)},
-)
+@router.get("/log/{day}/history", response={200: list[RevisionOut], **error_responses(403, 404)})
+def log_day_history(request: HttpRequest, day: date, engine: str | None = None) -> Any:
+    """Every version of the day's entry, newest first."""
+    _require(request, "journal.view_logentry")
+    _in_range(day, "day")
+    entry = tradinglog.entry_of(day, _engine(engine))
+    if entry is None:
+        raise HttpError(404, f"nobody has written the log of {day}")
+    return list(tradinglog.history(entry))
+
+
+# --- Runbooks ------------------------------------------------------------------------------------
+
+
+class RunbookOut(Schema):
+    slug: str
+    title: str
+    scenario: str
+    body: str = Field(..., description="Markdown")
+    version: int
+    updated_by: str = Field(..., alias="updated_by_label")
+    updated_at: datetime
+    alert_rules: list[str] = Field(..., description="alert rules pointing at it")
+    limit_kinds: list[str] = Field(..., description="kinds of risk limit pointing at it")
+    url: str
+
+    @staticmethod
+    def resolve_alert_rules(runbook: Runbook) -> list[str]:
+        return runbooks.links_of(runbook).alert_rules
+
+    @staticmethod
+    def resolve_limit_kinds(runbook: Runbook) -> list[str]:
+        return runbooks.links_of(runbook).limit_kinds
+
+    @staticmethod
+    def resolve_url(runbook: Runbook) -> str:
+        return runbooks.url_of(runbook)
+
+
+class RunbookIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(..., max_length=120)
+    scenario: str = Field(..., max_length=300)
+    body: str = Field(..., max_length=50000, description="Markdown")
+    reason: str = Field("", max_length=2000)
+
+
+class RunbookCreateIn(RunbookIn):
+    slug: str = Field(..., max_length=64)
+
+
+class RunbookLinksIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    alert_rules: list[str] = Field(..., max_length=200)
+    limit_kinds: list[str] = Field(..., max_length=50)
+
+
+class RunbookRevisionOut(Schema):
+    version: int
+    title: str
+    scenario: str
+    body: str
+    reason: str
+    edited_by: str = Field(..., alias="edited_by_label")
+    edited_at: datetime
+
+
+def _runbook(slug: str) -> Runbook:
+    found = Runbook.objects.filter(slug=slug).first()
+    if found is None:
+        raise HttpError(404, f"no runbook is named {slug!r}")
+    return found
+
+
+@router.get("/runbooks", response={200: list[RunbookOut], **error_responses(403)})
+def runbook_list(request: HttpRequest) -> Any:
+    _require(request, "journal.view_runbook")
+    return list(Runbook.objects.all())
+
+
+@router.get("/runbooks/{slug}", response={200: RunbookOut, **error_responses(403, 404)})
+def runbook_detail(request: HttpRequest, slug: str) -> Any:
+    _require(request, "journal.view_runbook")
+    return _runbook(slug)
+
+
+@router.post("/runbooks", response={201: RunbookOut, **error_responses(403)})
 @_answers
-def incident_postmortem(request: HttpRequest, incident_id: int, payload: PostMortemIn) -> Any:
-    """Write or rewrite the post-mortem (risk managers): the cause (strategy, execution or
-    market), what went wrong, the failed assumptions, the improvements, follow-ups with owners."""
-    incidents.postmortem_write(
-        incident=_incident(incident_id),
-        actor=request.user,  # type: ignore[arg-type]
-        cause=payload.cause,
-        what_went_wrong=payload.what_went_wrong,
-        failed_assumptions=payload.failed_assumptions,
-        improvements=payload.improvements,
-        follow_ups=[f.dict() for f in payload.follow_ups],
-        ip_address=client_ip(request),
-    )
-    return _detail(incident_id)
-
-
-@router.post(
-    "/incidents/{incident_id}/close",
-    response={200: IncidentOut, **error_responses(403, 404, 409)},
-)
-@_answers
-def incident_close(request: HttpRequest, incident_id: int) -> Any:
-    """Close the incident (risk managers); 409 until its post-mortem is written."""
-    incidents.incident_close(
-        incident=_incident(incident_id),
+def runbook_create(request: HttpRequest, payload: RunbookCreateIn) -> Any:
+    """A new runbook (risk managers)."""
+    created = runbooks.runbook_save(
+        runbook=None,
         actor=request.user,  # type: ignore[arg-type]
         ip_address=client_ip(request),
-    )
-    return _detail(incident_id)
-
-
-# --- emergency contacts ---------------------------------------------------------------------------
-
-
-@router.get(
-    "/contacts",
-    response={200: list[ContactOut], **error_responses(403)},
-    tags=["emergency contacts"],
-)
-def contact_list(request: HttpRequest) -> Any:
-    """The emergency contacts, in escalation order (inactive ones last)."""
-    _require(request, "journal.view_emergencycontact")
-    return list(EmergencyContact.objects.order_by("-active", "escalation_order", "name"))
-
-
-@router.post(
-    "/contacts",
-    response={201: ContactOut, **error_responses(403)},
-    tags=["emergency contacts"],
-)
-@_answers
-def contact_create(request: HttpRequest, payload: ContactIn) -> Any:
-    """Add a contact (risk managers and admins); 400 for an escalation order already taken."""
-    created = contacts.contact_create(
-        actor=request.user,  # type: ignore[arg-type]
-        data=payload.dict(),
-        ip_address=client_ip(request),
+        **payload.dict(),
     )
     return Status(201, created)
 
 
-@router.put(
-    "/contacts/{contact_id}",
-    response={200: ContactOut, **error_responses(403, 404)},
-    tags=["emergency contacts"],
-)
+@router.put("/runbooks/{slug}", response={200: RunbookOut, **error_responses(403, 404)})
 @_answers
-def contact_update(request: HttpRequest, contact_id: int, payload: ContactIn) -> Any:
-    """Change a contact (risk managers and admins)."""
-    return contacts.contact_update(
-        contact=_contact(contact_id),
+def runbook_update(request: HttpRequest, slug: str, payload: RunbookIn) -> Any:
+    """Edit a runbook (risk managers): a new version in its history."""
+    return runbooks.runbook_save(
+        runbook=_runbook(slug),
         actor=request.user,  # type: ignore[arg-type]
-        data=payload.dict(),
         ip_address=client_ip(request),
+        **payload.dict(),
     )
 
 
-@router.delete(
-    "/contacts/{contact_id}",
-    response={204: None, **error_responses(403, 404)},
-    tags=["emergency contacts"],
-)
+@router.put("/runbooks/{slug}/links", response={200: RunbookOut, **error_responses(403, 404)})
 @_answers
-def contact_delete(request: HttpRequest, contact_id: int) -> Any:
-    """Remove a contact (risk managers and admins)."""
-    contacts.contact_delete(
-        contact=_contact(contact_id),
+def runbook_links(request: HttpRequest, slug: str, payload: RunbookLinksIn) -> Any:
+    """Exactly these alert rules (by name) and kinds of risk limit point at the runbook; one that
+    pointed at another runbook now points here (risk managers)."""
+    found = _runbook(slug)
+    runbooks.runbook_links_set(
+        runbook=found,
         actor=request.user,  # type: ignore[arg-type]
+        alert_rules=payload.alert_rules,
+        limit_kinds=payload.limit_kinds,
         ip_address=client_ip(request),
     )
-    return Status(204, None)
+    return found
+
+
+@router.get(
+    "/runbooks/{slug}/history",
+    response={200: list[RunbookRevisionOut], **error_responses(403, 404)},
+)
+def runbook_history(request: HttpRequest, slug: str) -> Any:
+    _require(request, "journal.view_runbook")
+    return list(_runbook(slug).revisions.all())
+
+
+# --- Reviews -------------------------------------------------------------------------------------
+
+PeriodName = Literal["daily", "weekly", "monthly", "quarterly"]
+
+
+class CheckOut(Schema):
+    key: str
+    label: str
+    computed: bool = Field(..., description="answered by the data; false: ticked by a person")
+    status: Literal["pass", "fail", "unknown", "done", "open"]
+    detail: str
+
+
+class ReviewOut(Schema):
+    period: str
+    start: date
+    end: date
+    label: str
+    due_at: datetime
+    overdue: bool
+    signed_off_by: str | None
+    signed_off_at: datetime | None
+    note: str
+    checks: list[CheckOut] = Field(
+        ..., description="as kept at the sign-off, or computed now when not signed off"
+    )
+
+
+class SignOffIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    manual: dict[str, StrictBool] = Field(
+        default_factory=dict, description="each manual item's key: ticked (all must be)"
+    )
+    note: str = Field("", max_length=20000, description="required when a computed check fails")
+
+
+def _review_out(owed: reviews.Owed, *, with_checks: bool, now: datetime) -> dict[str, Any]:
+    review = owed.review
+    if review is not None:
+        checks = review.results
+    elif with_checks:
+        checks = reviews.checklist(owed.period, owed.start)
+    else:
+        checks = []
+    return {
+        "period": owed.period,
+        "start": owed.start,
+        "end": owed.end,
+        "label": owed.label,
+        "due_at": owed.due_at,
+        "overdue": owed.overdue(now),
+        "signed_off_by": review.signed_off_by_label if review else None,
+        "signed_off_at": review.signed_off_at if review else None,
+        "note": review.note if review else "",
+        "checks": checks,
+    }
+
+
+def _owed(period: str, start: date) -> reviews.Owed:
+    if not reviews.is_period_start(period, start):
+        raise HttpError(404, f"{start} does not start a {period} period")
+    found = next((o for o in reviews.owed(period=period) if o.start == start), None)
+    if found is None:
+        raise HttpError(404, f"no {period} review of {start} is owed (not over, or not scheduled)")
+    return found
+
+
+@router.get("/reviews", response={200: list[ReviewOut], **error_responses(403)})
+def review_list(
+    request: HttpRequest,
+    period: PeriodName | None = None,
+    status: Literal["overdue", "signed", "all"] = "all",
+) -> Any:
+    """The reviews owed (their period is over), newest first, at most 200; without their checks
+    (ask for one review to have them computed)."""
+    _require(request, "journal.view_review")
+    now = timezone.now()
+    found = reviews.owed(now, period=period)
+    if status == "overdue":
+        found = [o for o in found if o.overdue(now)]
+    elif status == "signed":
+        found = [o for o in found if o.review is not None]
+    return [_review_out(o, with_checks=False, now=now) for o in found[:200]]
+
+
+@router.get("/reviews/{period}/{start}", response={200: ReviewOut, **error_responses(403, 404)})
+def review_detail(request: HttpRequest, period: PeriodName, start: date) -> Any:
+    """One review with its checklist: computed now until signed off, as kept after."""
+    _require(request, "journal.view_review")
+    return _review_out(
+        _owed(period, _in_range(start, "start")), with_checks=True, now=timezone.now()
+    )
+
+
+@router.post(
+    "/reviews/{period}/{start}/sign-off",
+    response={200: ReviewOut, **error_responses(403, 404, 409)},
+)
+@_answers
+def review_sign_off(
+    request: HttpRequest, period: PeriodName, start: date, payload: SignOffIn
+) -> Any:
+    """Sign the review off (daily and weekly: operators; monthly and quarterly: risk managers).
+    400 names each manual item not ticked, and asks for a note when a computed check fails;
+    409 when the period is not over or is signed off already."""
+    _in_range(start, "start")
+    if not reviews.is_period_start(period, start):
+        raise HttpError(404, f"{start} does not start a {period} period")
+    reviews.review_sign_off(
+        period=period,
+        start=start,
+        actor=request.user,  # type: ignore[arg-type]
+        manual=payload.manual,
+        note=payload.note,
+        ip_address=client_ip(request),
+    )
+    return _review_out(_owed(period, start), with_checks=True, now=timezone.now())

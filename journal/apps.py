@@ -15,8 +15,9 @@ class JournalConfig(AppConfig):
 
     def ready(self) -> None:
         from alerts import events as alert_events
+        from alerts import runbooks as alert_runbooks
         from controlplane import events
-        from journal import incidents
+        from journal import incidents, runbooks
 
         # Incidents: a kill opens one; what is issued to its engines, their answers and their
         # HALTED engines' batches tick its checklist; their alerts join it.
@@ -32,3 +33,6 @@ class JournalConfig(AppConfig):
         alert_events.alert_changed.connect(
             incidents.on_alert_changed, dispatch_uid="journal-incidents-alerts"
         )
+
+        # The alerts (a layer below) show each alert's runbook: the toast, the page, the message.
+        alert_runbooks.runbooks_from(runbooks.runbooks_for_alerts)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from journal import incident_views
+from journal import incident_views, views
 
 app_name = "journal"
 
@@ -28,4 +28,16 @@ urlpatterns = [
     path("contacts/add/", incident_views.contact_create, name="contact_add"),
     path("contacts/<int:contact_id>/", incident_views.contact_update, name="contact_update"),
     path("contacts/<int:contact_id>/delete/", incident_views.contact_delete, name="contact_delete"),
+    # The trading log, runbooks and reviews (journal.views).
+    path("log/", views.log_today, name="log"),
+    path("log/search/", views.log_search, name="log_search"),
+    path("log/export.csv", views.log_export, name="log_export"),
+    path("log/<str:day>/", views.log_day, name="log_day"),
+    path("runbooks/", views.runbook_list, name="runbooks"),
+    path("runbooks/new/", views.runbook_edit, name="runbook_new"),
+    path("runbooks/<slug:slug>/", views.runbook_detail, name="runbook"),
+    path("runbooks/<slug:slug>/edit/", views.runbook_edit, name="runbook_edit"),
+    path("runbooks/<slug:slug>/links/", views.runbook_links, name="runbook_links"),
+    path("reviews/", views.review_list, name="reviews"),
+    path("reviews/<str:period>/<str:start>/", views.review_detail, name="review"),
 ]

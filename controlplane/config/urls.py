@@ -14,10 +14,13 @@ from controlplane.gateway import http
 from dashboard import live_views
 from golive import api as golive_api
 from journal import api as journal_api
+from journal import incident_api
 
 # The promotions (golive) sit a layer above the core that holds the API: mounted here.
 api.api.add_router("/", golive_api.router)
-# The journal (incidents, emergency contacts) sits above going live: mounted here too.
+# The operations journal (incidents, contacts, trading log, runbooks, reviews) sits above going
+# live: mounted here too.
+api.api.add_router("/", incident_api.router)
 api.api.add_router("/", journal_api.router)
 
 # A request refused before any view (a body over the size limit) is named on the API too.
@@ -48,7 +51,8 @@ urlpatterns = [
     path("risk/", include("risk.urls")),
     path("alerts/", include("alerts.urls")),
     path("reports/", include("dashboard.reports.urls")),
-    path("journal/", include("journal.urls")),
+    # The journal: incidents/, contacts/, log/, runbooks/, reviews/.
+    path("", include("journal.urls")),
     path("metrics", prometheus.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),

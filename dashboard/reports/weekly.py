@@ -28,6 +28,7 @@ from dashboard.reports.analytics import Analytics, Period
 from golive import divergence
 from golive.comparison import Comparison, Request, compare_many
 from golive.models import DivergenceDay
+from journal import tradinglog
 
 MAX_ATTEMPTS = 6
 # A "sending" claim older than this was left by a worker that died mid-send: take it over.
@@ -59,6 +60,8 @@ class WeeklyReport:
     fleet: Analytics
     engines: list[EngineRow]
     tags: list[tuple[str, Analytics]]
+    # The desk's trading log of the week (journal.tradinglog.week_summary).
+    log: tradinglog.WeekSummary | None = None
 
     @property
     def week(self) -> str:
@@ -129,7 +132,8 @@ def weekly_report(week: str, tz: ZoneInfo, *, now: datetime | None = None) -> We
         for tag in tags
     ]
     fleet = analytics.with_unassigned_alerts(analytics.summarise(list(data.values()), period))
-    return WeeklyReport(period=period, fleet=fleet, engines=rows, tags=by_tag)
+    log = tradinglog.week_summary(period.days[0], period.days[-1])
+    return WeeklyReport(period=period, fleet=fleet, engines=rows, tags=by_tag, log=log)
 
 
 # --- CSV -----------------------------------------------------------------------------------------

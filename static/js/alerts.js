@@ -31,15 +31,26 @@
       box.setAttribute("aria-live", "assertive");
       document.body.appendChild(box);
     }
-    var item = document.createElement("a");
+    var item = document.createElement("div");
     item.className = "toast toast-" + (alert.state === "resolved" ? "resolved" : alert.severity);
-    item.href = badge.parentElement.getAttribute("href");
+    var main = document.createElement("a");
+    main.className = "toast-main";
+    main.href = badge.parentElement.getAttribute("href");
     var head = document.createElement("strong");
     head.textContent = alert.state === "resolved" ? "Resolved" : alert.state === "firing" ? "Alert (" + alert.severity + ")" : alert.state;
     var text = document.createElement("span");
     text.textContent = alert.summary;
-    item.appendChild(head);
-    item.appendChild(text);
+    main.appendChild(head);
+    main.appendChild(text);
+    item.appendChild(main);
+    // What to do about it (journal runbooks): its own link, so it is one click from the toast.
+    if (alert.runbook && alert.state !== "resolved") {
+      var plan = document.createElement("a");
+      plan.className = "toast-runbook";
+      plan.href = alert.runbook.url;
+      plan.textContent = "Runbook: " + alert.runbook.title;
+      item.appendChild(plan);
+    }
     box.appendChild(item);
     // Critical ones stay until clicked; the rest fade after a while.
     if (alert.severity !== "critical" || alert.state === "resolved") {

@@ -143,14 +143,14 @@ def test_a_kill_opens_an_incident_with_its_snapshot_and_the_checklist_ticks_itse
         dialog = page.locator("#kill-dialog")
         # The contacts are one click from the Kill dialog.
         contacts_link = dialog.get_by_role("link", name="Emergency contacts")
-        expect(contacts_link).to_have_attribute("href", "/journal/contacts/")
+        expect(contacts_link).to_have_attribute("href", "/contacts/")
         dialog.get_by_label("Reason").fill("runaway orders after the open")
         dialog.get_by_label("Type alpha to confirm").fill("alpha")
         dialog.get_by_role("button", name="Kill", exact=True).click()
 
         incident = _until("the incident opened", lambda: Incident.objects.first())
         assert incident.trigger == "person"
-        page.goto(f"{uvicorn_server.url}/journal/incidents/")
+        page.goto(f"{uvicorn_server.url}/incidents/")
         row = page.locator(f'tr[data-incident="{incident.pk}"]')
         expect(row).to_contain_text("Kill of alpha")
         expect(row).to_contain_text("rita-risk")
@@ -210,7 +210,7 @@ def test_the_post_mortem_is_required_to_close(
 
     # An operator ticks a step by hand, and may neither write the post-mortem nor close.
     _log_in(page, uvicorn_server, operator)
-    page.goto(f"{uvicorn_server.url}/journal/incidents/{incident.pk}/")
+    page.goto(f"{uvicorn_server.url}/incidents/{incident.pk}/")
     assess = page.locator('#checklist li[data-step="assess"]')
     assess.get_by_label("Note for Assess positions, P&L and system state").fill("no position")
     assess.get_by_role("button", name="Tick").click()
@@ -220,7 +220,7 @@ def test_the_post_mortem_is_required_to_close(
     page.get_by_role("button", name="Log out").click()
 
     _log_in(page, uvicorn_server, risk_manager)
-    page.goto(f"{uvicorn_server.url}/journal/incidents/{incident.pk}/")
+    page.goto(f"{uvicorn_server.url}/incidents/{incident.pk}/")
     expect(page.locator("#pm-missing")).to_be_visible()
     page.get_by_role("button", name="Close incident").click()
     expect(page.locator(".messages")).to_contain_text("closes only with its post-mortem")
@@ -243,7 +243,7 @@ def test_the_post_mortem_is_required_to_close(
     page.get_by_role("button", name="Close incident").click()
     expect(page.locator("#incident-state")).to_have_text("closed")
     expect(page.locator("#incident-meta")).to_contain_text("closed by rita-risk")
-    page.goto(f"{uvicorn_server.url}/journal/incidents/")
+    page.goto(f"{uvicorn_server.url}/incidents/")
     expect(page.locator(f'#closed-incidents tr[data-incident="{incident.pk}"]')).to_be_visible()
     _shots(page, "list")
 
@@ -252,7 +252,7 @@ def test_a_risk_manager_keeps_the_contacts_and_a_viewer_reads_them(
     page: Page, uvicorn_server: UvicornServer, risk_manager: User, viewer: User
 ) -> None:
     _log_in(page, uvicorn_server, risk_manager)
-    page.goto(f"{uvicorn_server.url}/journal/contacts/")
+    page.goto(f"{uvicorn_server.url}/contacts/")
     form = page.locator("#contact-add-form")
     form.get_by_label("Name").fill("Dana Duty")
     form.get_by_label("Role").fill("Head of trading")
@@ -272,12 +272,12 @@ def test_a_risk_manager_keeps_the_contacts_and_a_viewer_reads_them(
     # The Kill all dialog links here too.
     page.locator(".topbar").get_by_role("button", name="Kill all").click()
     link = page.locator("#kill-all-dialog").get_by_role("link", name="Emergency contacts")
-    expect(link).to_have_attribute("href", "/journal/contacts/")
+    expect(link).to_have_attribute("href", "/contacts/")
     page.locator("#kill-all-dialog").get_by_role("button", name="Cancel").click()
     page.get_by_role("button", name="Log out").click()
 
     _log_in(page, uvicorn_server, viewer)
-    page.goto(f"{uvicorn_server.url}/journal/contacts/")
+    page.goto(f"{uvicorn_server.url}/contacts/")
     expect(page.locator("#contacts")).to_contain_text("dana@example.com")
     expect(page.locator("#contact-add-form")).to_have_count(0)
     expect(page.get_by_role("button", name="Remove")).to_have_count(0)

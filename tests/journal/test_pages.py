@@ -1,80 +1,56 @@
-"""The incidents and contacts pages, server-rendered: who sees what, and the refusals."""
+"""Each journal page answers its readers, and a writer's form only those who may write."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 from django.test import Client
 
-from controlplane.models import Engine
-from journal.models import Incident
+from journal.models import ReviewSchedule
 
 pytestmark = pytest.mark.django_db
 
+PAGES = [
+    "/log/search/?q=x",
+    "/runbooks/",
+    "/runbooks/unexpected-loss/",
+    "/reviews/",
+    "/reviews/?period=weekly",
+    "/reviews/daily/2026-11-02/",
+    "/reviews/monthly/2026-10-01/",
+]
 
-@pytest.fixture
-def alpha(make_engine: Any) -> Engine:
-    engine, _ = make_engine("alpha", mode="paper")
-    return engine
+
+def test_every_page_answers_a_viewer_and_none_an_outsider(viewer, outsider):
+    ReviewSchedule.objects.update(starts_on="2026-11-02")
+    reader, stranger = Client(), Client()
+    reader.force_login(viewer)
+    stranger.force_login(outsider)
+
+    for path in PAGES:
+        assert reader.get(path).status_code == 200, path
+        assert stranger.get(path).status_code == 403, path
+    assert reader.get("/log/").status_code == 302
 
 
-def _client(user: Any) -> Client:
+def test_the_writers_forms_show_to_those_with_the_right(viewer, risk_manager):
+    reader, writer = Client(), Client()
+    reader.force_login(viewer)
+    writer.force_login(risk_manager)
+
+    assert 'id="edit-runbook"' not in reader.get("/runbooks/strategy-bug/").content.decode()
+    assert 'id="edit-runbook"' in writer.get("/runbooks/strategy-bug/").content.decode()
+    assert writer.get("/runbooks/strategy-bug/edit/").status_code == 200
+    assert writer.get("/runbooks/new/").status_code == 200
+    assert reader.get("/runbooks/new/").status_code == 403
+    page = writer.get("/reviews/quarterly/2026-07-01/").content.decode()
+    assert "Sign off" in page
+
+
+def test_an_unknown_period_or_a_day_that_starts_none_is_not_found(viewer):
     client = Client()
-    client.force_login(user)
-    return client
+    client.force_login(viewer)
 
-
-def test_the_pages_render_for_a_viewer(alpha, risk_manager, viewer, kill):
-    kill(alpha, actor=risk_manager)
-    incident = Incident.objects.get()
-    client = _client(viewer)
-    listed = client.get("/journal/incidents/")
-    assert listed.status_code == 200
-    assert b"Kill of alpha" in listed.content
-    detail = client.get(f"/journal/incidents/{incident.pk}/")
-    assert detail.status_code == 200
-    assert b"Rollback checklist" in detail.content
-    assert b"postmortem-form" not in detail.content
-    assert client.get("/journal/contacts/").status_code == 200
-    assert client.get("/journal/incidents/999999/").status_code == 404
-
-
-def test_an_outsider_is_refused_the_pages_and_the_writes(alpha, risk_manager, outsider, kill):
-    kill(alpha, actor=risk_manager)
-    incident = Incident.objects.get()
-    client = _client(outsider)
-    assert client.get("/journal/incidents/").status_code == 403
-    assert client.get("/journal/contacts/").status_code == 403
-    opened = client.post(
-        "/journal/incidents/open/", {"title": "t", "reason": "r", "engines": ["alpha"]}
-    )
-    assert opened.status_code == 403
-    assert client.post(f"/journal/incidents/{incident.pk}/steps/fix/").status_code == 403
-    assert client.post(f"/journal/incidents/{incident.pk}/close/").status_code == 403
-    added = client.post(
-        "/journal/contacts/add/",
-        {
-            "name": "x",
-            "role": "y",
-            "phone": "+1 212 555 0100",
-            "email": "x@example.com",
-            "escalation_order": "1",
-        },
-    )
-    assert added.status_code == 403
-    assert Incident.objects.count() == 1
-
-
-def test_an_operator_opens_an_incident_from_the_page(alpha, operator):
-    client = _client(operator)
-    page = client.get("/journal/incidents/?engine=alpha")
-    assert b'<option value="alpha" selected>' in page.content
-    response = client.post(
-        "/journal/incidents/open/",
-        {"title": "Odd fills", "reason": "fills 2 % off", "engines": ["alpha"]},
-    )
-    incident = Incident.objects.get()
-    assert response.status_code == 302
-    assert response["Location"] == f"/journal/incidents/{incident.pk}/"
-    assert incident.opened_by_label == "otto-operator"
+    assert client.get("/reviews/yearly/2026-01-01/").status_code == 404
+    assert client.get("/reviews/weekly/2026-11-03/").status_code == 404  # a Tuesday
+    assert client.get("/reviews/daily/not-a-day/").status_code == 404
+    assert client.get("/runbooks/nothing-here/").status_code == 404
