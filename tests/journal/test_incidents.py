@@ -69,6 +69,8 @@ def test_a_persons_kill_opens_an_incident_with_the_engines_snapshot(alpha, risk_
         ("limit #3 max_daily_loss", "limit"),
         ("alert rule Daily loss", "alert_rule"),
         (STAGE_ACTOR, "red_line"),
+        # As golive.redlines labels the kill of a red line whose action is "kill".
+        ("red line #4 max_drawdown", "red_line"),
     ],
 )
 def test_the_control_planes_kill_says_what_latched_it(alpha, kill, label, trigger):
