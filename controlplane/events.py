@@ -43,7 +43,8 @@ engines_changed = DomainEvent("engines_changed")
 # A batch of commands was issued (``batch_id``; ``kind``; ``engine_ids``: the engines it went to;
 # ``params``: the command's parameters as stored; ``actor_id``, ``actor_label``: who or what issued
 # it). Sent after the commit, in the thread that issued it, once the push to the engines is out:
-# the journal opens an incident on a kill and links what is issued to an open one.
+# the journal opens an incident on a kill and links what is issued to an open one. ``last_seqs``:
+# each engine's last stored event when the batch was written (what the engines had done by then).
 commands_issued = DomainEvent("commands_issued")
 
 # Engines' command results were stored (``answers``: (engine id, command id, result status) of

@@ -27,10 +27,12 @@ from alerts.models import Alert
 from controlplane.audit import audit_record
 from controlplane.gateway.session import STAGE_ACTOR
 from controlplane.models import (
+    AccountSnapshot,
     Command,
     CommandBatch,
     CommandKind,
     Engine,
+    Fill,
     Order,
     Position,
     Stage,
@@ -106,28 +108,84 @@ def _money(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
-def snapshot_take(engine_ids: list[int], now: datetime) -> dict[str, Any]:
-    """The engines as they are now: states, P&L, positions and working orders, as JSON."""
+def _after(as_of: dict[int, int]) -> Q:
+    """The events each engine stored after its seq in ``as_of``."""
+    q = Q(pk__in=[])
+    for engine_id, seq in as_of.items():
+        q |= Q(engine_id=engine_id, seq__gt=seq)
+    return q
+
+
+def snapshot_take(
+    engine_ids: list[int], now: datetime, as_of: dict[int, int] | None = None
+) -> dict[str, Any]:
+    """The engines' states, P&L, positions and working orders, as JSON.
+
+    ``as_of`` (engine id -> the last seq stored when a kill was written, the issuing held the
+    rows locked) gives them as the kill found them, not as the engine's first answers to it
+    left them: the fills stored since are taken back out of the positions and the orders' filled
+    quantities, an order they touched that was made before the kill counts as working, and the
+    equity is its last account snapshot up to then. A kill's cancels and fills often arrive
+    before the incident has read the tables."""
+    as_of = {k: v for k, v in (as_of or {}).items() if k in set(engine_ids)}
     engines = list(Engine.objects.filter(pk__in=engine_ids).order_by("name"))
+    later: dict[tuple[int, int], Decimal] = {}  # (engine, instrument) -> signed quantity since
+    later_by_order: dict[int, Decimal] = {}
+    if as_of:
+        for engine_id, instrument_id, order_id, side, quantity in Fill.objects.filter(
+            _after(as_of)
+        ).values_list("engine_id", "instrument_id", "order_id", "side", "quantity"):
+            signed = quantity if side == "buy" else -quantity
+            key = (engine_id, instrument_id)
+            later[key] = later.get(key, Decimal(0)) + signed
+            if order_id is not None:
+                later_by_order[order_id] = later_by_order.get(order_id, Decimal(0)) + quantity
     positions: dict[int, list[Position]] = {}
-    for position in (
-        Position.objects.filter(engine_id__in=engine_ids)
-        .exclude(quantity=0)
-        .select_related("instrument")
-        .order_by("engine_id", "instrument__symbol")
+    held_query = Position.objects.filter(engine_id__in=engine_ids)
+    if not later:
+        held_query = held_query.exclude(quantity=0)
+    for position in held_query.select_related("instrument").order_by(
+        "engine_id", "instrument__symbol"
     ):
-        positions.setdefault(position.engine_id, []).append(position)
+        position.quantity -= later.get((position.engine_id, position.instrument_id), Decimal(0))
+        if position.quantity != 0:
+            positions.setdefault(position.engine_id, []).append(position)
     orders: dict[int, list[Order]] = {}
+    working_then = Q(status__in=Order.WORKING)
+    if as_of:
+        # Working now and untouched since the kill, or touched since but made before it.
+        kill_at = now
+        working_then = (working_then & ~_after_orders(as_of)) | (
+            _after_orders(as_of) & Q(created_at__lte=kill_at)
+        )
     for order in (
-        Order.objects.filter(engine_id__in=engine_ids, status__in=Order.WORKING)
+        Order.objects.filter(Q(engine_id__in=engine_ids) & working_then)
         .select_related("instrument")
         .order_by("engine_id", "-updated_at")
     ):
+        if order.pk in later_by_order or order.status not in Order.WORKING:
+            if order.pk in later_by_order:
+                order.filled_quantity -= later_by_order[order.pk]
+            order.status = "working"  # its status then is not kept: it was open
         orders.setdefault(order.engine_id, []).append(order)
+    equity_then: dict[int, tuple[Decimal, Decimal]] = {}
+    for engine_id, seq in as_of.items():
+        last = (
+            AccountSnapshot.objects.filter(engine_id=engine_id, seq__lte=seq)
+            .order_by("-seq")
+            .values_list("equity", "cash")
+            .first()
+        )
+        if last is not None:
+            equity_then[engine_id] = last
     rows = []
     for engine in engines:
         held = positions.get(engine.pk, [])
         working = orders.get(engine.pk, [])
+        if engine.pk in equity_then:
+            engine.equity, engine.cash = equity_then[engine.pk]
+            if engine.session_start_equity:
+                engine.day_pnl = engine.equity - engine.session_start_equity
         rows.append(
             {
                 "id": engine.pk,
@@ -192,6 +250,14 @@ def trigger_of(actor_id: int | None, label: str) -> str:
     return Incident.Trigger.CONTROL_PLANE
 
 
+def _after_orders(as_of: dict[int, int]) -> Q:
+    """The orders each engine reported on after its seq in ``as_of``."""
+    q = Q(pk__in=[])
+    for engine_id, seq in as_of.items():
+        q |= Q(engine_id=engine_id, last_seq__gt=seq)
+    return q
+
+
 def _open(
     *,
     title: str,
@@ -203,6 +269,7 @@ def _open(
     kill_batch: CommandBatch | None = None,
     source_alert: Alert | None = None,
     ip_address: str | None = None,
+    as_of: dict[int, int] | None = None,
 ) -> Incident:
     now = timezone.now()
     with transaction.atomic():
@@ -215,7 +282,7 @@ def _open(
             opened_by_label=actor_label[:150],
             kill_batch=kill_batch,
             source_alert=source_alert,
-            snapshot=snapshot_take(engine_ids, now),
+            snapshot=snapshot_take(engine_ids, kill_batch.created_at if kill_batch else now, as_of),
         )
         incident.engines.set(engine_ids)
         IncidentStep.objects.bulk_create(
@@ -314,6 +381,7 @@ def on_commands_issued(
     params: dict[str, Any],
     actor_id: int | None,
     actor_label: str,
+    last_seqs: dict[int, int] | None = None,
     **kwargs: Any,
 ) -> None:
     """controlplane.events.commands_issued: a kill opens an incident (unless a drill's, or its
@@ -344,6 +412,7 @@ def on_commands_issued(
                 actor=batch.issued_by,
                 actor_label=actor_label,
                 kill_batch=batch,
+                as_of=last_seqs,
             )
     for incident in incidents_open_for(engine_ids):
         mine = [

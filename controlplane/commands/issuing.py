@@ -66,6 +66,9 @@ _ISSUE_FIELDS = (
     "desired_changed_at",
     "desired_set_by_right",
     "connected",
+    # The last event stored when the batch was written: the batch holds the engines' rows locked,
+    # so nothing the engine sends after it is counted in (the journal's snapshot of a kill).
+    "last_seq",
 )
 
 
@@ -318,6 +321,7 @@ def command_batch_issue(
                 batch_id=batch.pk,
                 kind=str(kind),
                 engine_ids=[e.pk for e in engines],
+                last_seqs={e.pk: e.last_seq for e in engines},
                 params=clean,
                 actor_id=getattr(actor, "pk", None),
                 actor_label=label,

@@ -29,31 +29,31 @@ def test_the_pages_render_for_a_viewer(alpha, risk_manager, viewer, kill):
     kill(alpha, actor=risk_manager)
     incident = Incident.objects.get()
     client = _client(viewer)
-    listed = client.get("/journal/incidents/")
+    listed = client.get("/incidents/")
     assert listed.status_code == 200
     assert b"Kill of alpha" in listed.content
-    detail = client.get(f"/journal/incidents/{incident.pk}/")
+    detail = client.get(f"/incidents/{incident.pk}/")
     assert detail.status_code == 200
     assert b"Rollback checklist" in detail.content
     assert b"postmortem-form" not in detail.content
-    assert client.get("/journal/contacts/").status_code == 200
-    assert client.get("/journal/incidents/999999/").status_code == 404
+    assert client.get("/contacts/").status_code == 200
+    assert client.get("/incidents/999999/").status_code == 404
 
 
 def test_an_outsider_is_refused_the_pages_and_the_writes(alpha, risk_manager, outsider, kill):
     kill(alpha, actor=risk_manager)
     incident = Incident.objects.get()
     client = _client(outsider)
-    assert client.get("/journal/incidents/").status_code == 403
-    assert client.get("/journal/contacts/").status_code == 403
+    assert client.get("/incidents/").status_code == 403
+    assert client.get("/contacts/").status_code == 403
     opened = client.post(
-        "/journal/incidents/open/", {"title": "t", "reason": "r", "engines": ["alpha"]}
+        "/incidents/open/", {"title": "t", "reason": "r", "engines": ["alpha"]}
     )
     assert opened.status_code == 403
-    assert client.post(f"/journal/incidents/{incident.pk}/steps/fix/").status_code == 403
-    assert client.post(f"/journal/incidents/{incident.pk}/close/").status_code == 403
+    assert client.post(f"/incidents/{incident.pk}/steps/fix/").status_code == 403
+    assert client.post(f"/incidents/{incident.pk}/close/").status_code == 403
     added = client.post(
-        "/journal/contacts/add/",
+        "/contacts/add/",
         {
             "name": "x",
             "role": "y",
@@ -68,13 +68,13 @@ def test_an_outsider_is_refused_the_pages_and_the_writes(alpha, risk_manager, ou
 
 def test_an_operator_opens_an_incident_from_the_page(alpha, operator):
     client = _client(operator)
-    page = client.get("/journal/incidents/?engine=alpha")
+    page = client.get("/incidents/?engine=alpha")
     assert b'<option value="alpha" selected>' in page.content
     response = client.post(
-        "/journal/incidents/open/",
+        "/incidents/open/",
         {"title": "Odd fills", "reason": "fills 2 % off", "engines": ["alpha"]},
     )
     incident = Incident.objects.get()
     assert response.status_code == 302
-    assert response["Location"] == f"/journal/incidents/{incident.pk}/"
+    assert response["Location"] == f"/incidents/{incident.pk}/"
     assert incident.opened_by_label == "otto-operator"

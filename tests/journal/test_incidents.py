@@ -334,3 +334,24 @@ def test_the_periodic_sweep_evaluates_every_open_incident(alpha, risk_manager, k
     assert incidents.incidents_evaluate() >= 1
     assert _steps(Incident.objects.get())[Step.KILL].done_at is not None
     assert timezone.now()
+
+
+def test_the_snapshot_is_the_book_as_the_kill_found_it_not_as_its_answers_left_it(alpha):
+    # The engine's cancel and flatten can be stored before the incident reads the tables: what
+    # it stored after the kill's seq is taken back out.
+    seq = book(alpha)
+    at_kill = seq - 1  # the last event stored when the kill was written
+    killed_at = timezone.now()
+    flattened(alpha, seq=seq)
+    alpha.refresh_from_db()
+    assert alpha.last_seq == seq + 2
+
+    now = incidents.snapshot_take([alpha.pk], timezone.now())["engines"][0]
+    assert now["positions"] == [] and now["orders"] == []
+
+    [then] = incidents.snapshot_take([alpha.pk], killed_at, {alpha.pk: at_kill})["engines"]
+    assert [(p["symbol"], p["quantity"]) for p in then["positions"]] == [("AAPL", "100.00000000")]
+    assert [(o["client_order_id"], o["status"], float(o["filled"])) for o in then["orders"]] == [
+        ("AAPL-rest", "working", 0.0)
+    ]
+    assert then["equity"] == "100500.00000000"
