@@ -332,9 +332,8 @@ def _raise(
         )
     else:
         message = f"{engine.name}: {what} back under its warning levels ({utilisation:.0f}%)"
-    command = None
-    if kind == RiskEvent.Kind.BREACH and limit.action != Action.ALERT:
-        command = _act(limit, engine, message)
+    # Stored before its action is issued: whoever sees the command (the engine's answer, an
+    # incident opened by a kill) finds the breach that issued it.
     event = RiskEvent.objects.create(
         limit=limit,
         engine=engine,
@@ -344,9 +343,12 @@ def _raise(
         value=value.quantize(Decimal("0.00000001")),
         utilisation=utilisation,
         message=message,
-        command=command,
     )
     log.warning("risk: %s", message)
+    if kind == RiskEvent.Kind.BREACH and limit.action != Action.ALERT:
+        event.command = _act(limit, engine, message)
+        if event.command is not None:
+            RiskEvent.objects.filter(pk=event.pk).update(command=event.command)
     transaction.on_commit(lambda: announce(risk_events.limit_event_raised, event_id=event.pk))
     return event
 
