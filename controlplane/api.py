@@ -6,6 +6,7 @@ token (``Authorization: Bearer cpu_...``). The engines' own endpoints are in gat
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from functools import cache, wraps
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils.datastructures import MultiValueDict
@@ -110,9 +112,42 @@ api = NinjaAPI(
 )
 
 
-def _require(request: HttpRequest, permission: str) -> None:
+def require_permission(request: HttpRequest, permission: str) -> None:
+    """403 naming the permission the caller lacks (the routers of every layer say it alike)."""
     if not request.user.has_perm(permission):  # type: ignore[union-attr]
         raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
+
+
+_require = require_permission
+
+
+def service_refusals(
+    *,
+    forbidden: tuple[type[Exception], ...] = (),
+    conflict: tuple[type[Exception], ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A view's service refusals as the API's errors, in the words the pages use: ``forbidden``
+    (a missing right) answers 403, ``conflict`` (what the record's state refuses) 409, and a
+    ValidationError 400 naming each bad field. ``forbidden`` is tried first, so a subclass of a
+    conflict may be a 403."""
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return view(request, *args, **kwargs)
+            except forbidden as exc:
+                return Status(403, {"detail": str(exc) or "permission denied"})
+            except conflict as exc:
+                return Status(409, {"detail": str(exc)})
+            except DjangoValidationError as exc:
+                errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
+                detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
+                return Status(400, {"detail": detail, "errors": errors})
+
+        return wrapper
+
+    return decorate
 
 
 @api.exception_handler(ValidationError)

@@ -10,9 +10,7 @@ requester approving their own request; a failing pre-flight check).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from functools import wraps
 from typing import Any, Literal
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -23,7 +21,7 @@ from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ConfigDict
 
-from controlplane.api import error_responses
+from controlplane.api import error_responses, require_permission, service_refusals
 from controlplane.audit import client_ip
 from controlplane.models import Engine
 from golive import comparison, divergence, gates, preflight, redlines, services
@@ -103,28 +101,12 @@ def _status(passed: bool | None) -> str:
     return "unknown" if passed is None else "pass" if passed else "fail"
 
 
-def _answers(view: Callable[..., Any]) -> Callable[..., Any]:
-    """The services' refusals as the API's errors: the same words as on the page."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(request, *args, **kwargs)
-        except services.PromotionForbidden as exc:
-            return Status(403, {"detail": str(exc)})
-        except services.PromotionRefused as exc:
-            return Status(409, {"detail": str(exc)})
-        except ValidationError as exc:
-            errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
-            detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
-            return Status(400, {"detail": detail, "errors": errors})
-
-    return wrapper
+_answers = service_refusals(
+    forbidden=(services.PromotionForbidden,), conflict=(services.PromotionRefused,)
+)
 
 
-def _require(request: HttpRequest, permission: str) -> None:
-    if not request.user.has_perm(permission):  # type: ignore[union-attr]
-        raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
+_require = require_permission
 
 
 def _engine(name: str) -> Engine:

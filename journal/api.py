@@ -8,12 +8,10 @@ period, 409 a refusal (signing off a period not over, or signed already).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date, datetime
-from functools import wraps
 from typing import Any, Literal
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema
@@ -21,7 +19,7 @@ from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ConfigDict, StrictBool
 
-from controlplane.api import error_responses
+from controlplane.api import error_responses, require_permission, service_refusals
 from controlplane.audit import client_ip
 from controlplane.models import Engine
 from journal import figures, reviews, runbooks, tradinglog
@@ -30,26 +28,10 @@ from journal.models import LogEntry, Runbook
 router = Router(tags=["journal"])
 
 
-def _answers(view: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(request, *args, **kwargs)
-        except PermissionDenied as exc:
-            return Status(403, {"detail": str(exc) or "permission denied"})
-        except reviews.ReviewRefused as exc:
-            return Status(409, {"detail": str(exc)})
-        except ValidationError as exc:
-            errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
-            detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
-            return Status(400, {"detail": detail, "errors": errors})
-
-    return wrapper
+_answers = service_refusals(forbidden=(PermissionDenied,), conflict=(reviews.ReviewRefused,))
 
 
-def _require(request: HttpRequest, permission: str) -> None:
-    if not request.user.has_perm(permission):  # type: ignore[union-attr]
-        raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
+_require = require_permission
 
 
 def _engine(name: str | None) -> Engine | None:

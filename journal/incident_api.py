@@ -13,19 +13,16 @@ the wrong type or length.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from functools import wraps
 from typing import Any, Literal
 
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ConfigDict
 
-from controlplane.api import error_responses
+from controlplane.api import error_responses, require_permission, service_refusals
 from controlplane.audit import client_ip
 from journal import contacts, incidents
 from journal.models import EmergencyContact, Incident, PostMortem, Step
@@ -145,28 +142,12 @@ class ContactIn(Schema):
 # --- errors ---------------------------------------------------------------------------------------
 
 
-def _answers(view: Callable[..., Any]) -> Callable[..., Any]:
-    """The services' refusals as the API's errors: the same words as on the pages."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return view(request, *args, **kwargs)
-        except incidents.IncidentForbidden as exc:
-            return Status(403, {"detail": str(exc)})
-        except incidents.IncidentConflict as exc:
-            return Status(409, {"detail": str(exc)})
-        except ValidationError as exc:
-            errors = {field: " ".join(messages) for field, messages in exc.message_dict.items()}
-            detail = "; ".join(f"{field}: {message}" for field, message in errors.items())
-            return Status(400, {"detail": detail, "errors": errors})
-
-    return wrapper
+_answers = service_refusals(
+    forbidden=(incidents.IncidentForbidden,), conflict=(incidents.IncidentConflict,)
+)
 
 
-def _require(request: HttpRequest, permission: str) -> None:
-    if not request.user.has_perm(permission):  # type: ignore[union-attr]
-        raise HttpError(403, f"{request.user.get_username()} lacks the {permission} permission")
+_require = require_permission
 
 
 def _incident(incident_id: int) -> Incident:
