@@ -219,7 +219,7 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=100)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--compare-days", type=int, default=90)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     began = time.monotonic()
 
