@@ -19,9 +19,11 @@ ENV CHROMIUM_PATH=/usr/bin/chromium
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
+# Dependencies first, in their own layer: it is rebuilt only when a pyproject.toml changes. The
+# engine SDK's own dependencies stand in for the SDK, which is on no index (installed below).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+COPY engine_sdk/pyproject.toml engine_sdk/
+RUN python -c "import tomllib; deps = [d for f in ('pyproject.toml', 'engine_sdk/pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies'] if not d.startswith('trading-controlplane-sdk')]; print('\n'.join(deps))" \
       > /tmp/requirements.txt \
  && pip install --requirement /tmp/requirements.txt \
  && rm /tmp/requirements.txt
@@ -29,7 +31,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 # Editable, so the code runs from /app: settings find templates/ and static/ beside the packages
 # (BASE_DIR), which a copy into site-packages would leave behind.
-RUN pip install --no-deps --editable . \
+RUN pip install --no-deps --editable ./engine_sdk --editable . \
  && CONTROLPLANE_ENV=production \
     SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 METRICS_PUBLIC=true \
     python manage.py collectstatic --noinput --verbosity 0 \

@@ -21,11 +21,13 @@ help:
 	@echo "make test   run the whole test suite"
 	@echo "make lint   ruff check + format check + the layers' import contracts"
 
-$(BIN)/.installed: pyproject.toml
+# One pip command for both: the control plane depends on the SDK (engine_sdk/pyproject.toml), which
+# is on no index, so pip must take it from ./engine_sdk.
+$(BIN)/.installed: pyproject.toml engine_sdk/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./engine_sdk -e '.[dev]'
 	@touch $@
 
 install: $(BIN)/.installed

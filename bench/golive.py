@@ -44,8 +44,9 @@ COMPARE_TARGET_MS = 2000.0
 STAGES = ["backtest", "paper", "shadow", "small_capital", "full"]
 
 SEED_SQL = """
-INSERT INTO controlplane_instrument (symbol, sector, asset_class, multiplier, currency)
-SELECT 'S' || i, 'tech', 'equity', 1, 'USD' FROM generate_series(1, 10) AS i;
+INSERT INTO controlplane_instrument (symbol, sector, asset_class, multiplier, currency,
+    described_by)
+SELECT 'S' || i, 'tech', 'equity', 1, 'USD', '' FROM generate_series(1, 10) AS i;
 
 -- 20 round trips a day: a buy at 100 then a sell 2 minutes later at 100.5 or 99.6.
 INSERT INTO controlplane_order (engine_id, client_order_id, broker_order_id, instrument_id, side,
@@ -218,7 +219,7 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=100)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--compare-days", type=int, default=90)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     began = time.monotonic()
 

@@ -95,7 +95,11 @@ class EngineClient:
         on_welcome: Callable[[Welcome], Any] | None = None,
         on_error: Callable[[protocol.Error], None] | None = None,
         config: ClientConfig | None = None,
+        enforces_limits: bool = True,
     ) -> None:
+        """``enforces_limits=False`` says that this engine's orders do not go through
+        ``check_order``: the client then answers every ``set_limits`` ``failed``, saying why,
+        rather than let the control plane believe the limits are in force."""
         config = config or ClientConfig()
         self.config = config
         self.url = url
@@ -119,6 +123,7 @@ class EngineClient:
             state=self.state,
             handler=on_command,
             deliver=self._deliver_result,
+            enforces_limits=enforces_limits,
         )
         self.connection = Connection(
             url,
@@ -228,6 +233,11 @@ class EngineClient:
     @property
     def limits(self) -> list[dict[str, Any]]:
         return self.state.limits
+
+    @property
+    def enforces_limits(self) -> bool:
+        """Whether this engine enforces pre-trade limits (``check_order``); see ``__init__``."""
+        return self.runner.enforces_limits
 
     @property
     def pretrade(self) -> PreTradeLimits | None:

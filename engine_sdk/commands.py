@@ -62,10 +62,13 @@ class CommandRunner:
         state: StateStore,
         handler: CommandHandler | None,
         deliver: Callable[[CommandResult], Awaitable[None]],
+        enforces_limits: bool = True,
     ) -> None:
         self.store = CommandStore(directory, fsync=fsync)
         self.state = state
         self.handler = handler
+        # False for an engine whose orders do not go through check_order: its set_limits fail.
+        self.enforces_limits = enforces_limits
         self._deliver = deliver
         self._queue: asyncio.Queue[Command] = asyncio.Queue()
         self._in_flight: set[uuid.UUID] = set()
@@ -114,7 +117,11 @@ class CommandRunner:
 
     async def run_command(self, command: Command) -> CommandResult:
         state = self.state
-        refusal = state.refuse_resume(command) or state.refuse_limits(command)
+        refusal = (
+            state.refuse_resume(command)
+            or state.refuse_limits(command)
+            or self.refuse_unenforceable(command)
+        )
         if expired(command):
             outcome = CommandOutcome(status="failed", detail="expired before it was handled")
         elif refusal is not None:
@@ -136,8 +143,12 @@ class CommandRunner:
                 log.exception("engine: command handler failed on %s", command.kind)
                 outcome = CommandOutcome(status="failed", detail=f"handler error: {exc!r}")
         if command.kind == "set_limits" and outcome.status != "failed":
-            version, note = state.apply_limits(command.params)
+            version, note, complete = state.apply_limits(command.params)
             detail = "; ".join(text for text in (outcome.detail, note) if text)
+            if not complete:
+                # Limits the engine does not enforce must not read as enforced on the server,
+                # which takes a succeeded set_limits as the version now in force.
+                outcome = dataclasses.replace(outcome, status="partial")
             # The ceiling it now enforces, so that the server can tell (docs/going-live.md).
             data = {
                 **outcome.data,
@@ -158,6 +169,16 @@ class CommandRunner:
             reason = f"{command.kind} by {command.issued_by}: {command.reason}".rstrip(": ")
             state.set_by_command(outcome.trading_state, reason=reason[:1024], until=until)
         return self.result_frame(command, outcome)
+
+    def refuse_unenforceable(self, command: Command) -> str | None:
+        """Why a set_limits fails on an engine that cannot enforce limits, or None."""
+        if command.kind != "set_limits" or self.enforces_limits:
+            return None
+        return (
+            "this engine cannot enforce pre-trade limits (its orders do not go through "
+            "check_order: EngineClient(enforces_limits=False)); "
+            f"limits version {str(command.params.get('limits_version'))[:32]} not applied"
+        )
 
     def result_frame(self, command: Command, outcome: CommandOutcome) -> CommandResult:
         """The result as the protocol bounds it (docs/protocol.md, section 2).

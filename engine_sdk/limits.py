@@ -181,7 +181,10 @@ class PreTradeLimits:
             raise TypeError(f"limits_version must be an integer, got {type(version).__name__}")
         self.version = version
         enforced: list[Limit] = []
+        # What is not enforced, and why: malformed limits (skipped) and kinds this SDK does not
+        # know (ignored). A set_limits carrying either is answered ``partial``, never succeeded.
         self.skipped: list[str] = []
+        self.ignored: list[str] = []
         for raw in limits:
             try:
                 limit = raw if isinstance(raw, Limit) else _parse_limit(raw)
@@ -193,6 +196,11 @@ class PreTradeLimits:
                 continue
             if limit is not None:
                 enforced.append(limit)
+            else:
+                self.ignored.append(
+                    f"{str(raw.get('kind'))[:64]} (#{str(raw.get('id'))[:32]}): a kind this SDK "
+                    "does not enforce"
+                )
         self.limits: tuple[Limit, ...] = tuple(enforced)
         windows = [RATE_WINDOW_S for lim in self.limits if lim.kind == "max_order_rate"]
         windows += [float(lim.threshold) for lim in self.limits if lim.kind == "duplicate_order"]
@@ -229,6 +237,11 @@ class PreTradeLimits:
     def to_wire(self) -> dict[str, Any]:
         """The enforced limits in the shape ``from_wire`` reads."""
         return {"limits_version": self.version, "limits": [lim.to_wire() for lim in self.limits]}
+
+    @property
+    def not_enforced(self) -> list[str]:
+        """Each limit of this version that ``check`` does not enforce, with why."""
+        return [*self.skipped, *self.ignored]
 
     def __len__(self) -> int:
         return len(self.limits)

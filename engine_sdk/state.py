@@ -362,8 +362,9 @@ class StateStore:
             return f"set_limits not applied: {exc}"
         return None
 
-    def apply_limits(self, params: Mapping[str, Any]) -> tuple[int, str]:
-        """Enforce the limits of a set_limits; return the version enforced and a note."""
+    def apply_limits(self, params: Mapping[str, Any]) -> tuple[int, str, bool]:
+        """Enforce the limits of a set_limits; return the version enforced, a note, and
+        whether every limit of it is enforced (the note then names those that are not)."""
         limits = PreTradeLimits.from_wire(params)
         current = self.pretrade
         if current is not None and limits.version < current.version:
@@ -371,7 +372,7 @@ class StateStore:
             # carried a newer version) must not roll the limits back.
             note = f"limits version {limits.version} is older than {current.version}; not applied"
             log.warning("engine: %s", note)
-            return current.version, note
+            return current.version, note, True
         self.limits_version = limits.version
         self.limits = list(params["limits"])
         # A set_limits from a server that predates stages says neither: both stay as they are.
@@ -384,7 +385,14 @@ class StateStore:
         elif stage is not None:
             log.warning("engine: ignoring unknown stage %r in set_limits", str(stage)[:32])
         self.enforce_limits(limits, self.limits)
-        return limits.version, ""
+        missing = limits.not_enforced
+        if missing:
+            shown = "; ".join(missing[:20]) + (
+                f"; and {len(missing) - 20} more" if len(missing) > 20 else ""
+            )
+            note = f"{len(missing)} of {len(missing) + len(limits)} limits not enforced: {shown}"
+            return limits.version, note, False
+        return limits.version, "", True
 
     @property
     def capital_ceiling(self) -> Decimal | None:

@@ -154,8 +154,7 @@ class _Side:
 
     @property
     def win_rate(self) -> float | None:
-        trips = self.m.trips
-        return sum(1 for pnl in trips if pnl > 0) / len(trips) * 100 if trips else None
+        return self.m.win_rate
 
     @property
     def drawdown(self) -> float | None:

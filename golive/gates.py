@@ -99,7 +99,7 @@ from controlplane.models import (
     StageChange,
 )
 from controlplane.models import Engine as EngineModel
-from controlplane.trading_math import TRADING_DAYS_PER_YEAR, round_trips, sharpe_ratio
+from controlplane.trading_math import TRADING_DAYS_PER_YEAR, sharpe_ratio
 from golive import drills, policy
 from golive.models import KillDrill, PromotionCriterion
 from risk.models import POST_TRADE, RiskLimit, Scope
@@ -217,7 +217,9 @@ class _Window:
 
 @dataclass
 class _Measures:
-    trips: list[float] = field(default_factory=list)
+    # Round trips closed in the period, and those with a P&L above 0.
+    round_trips: int = 0
+    winning_trips: int = 0
     fills: int = 0
     slippage_bps: float | None = None
     slipped_fills: int = 0
@@ -246,6 +248,13 @@ class _Measures:
     closes: list[tuple[date, Decimal]] = field(default_factory=list)
 
     @property
+    def win_rate(self) -> float | None:
+        """Round trips with P&L > 0 / round trips * 100; None without a round trip."""
+        if not self.round_trips:
+            return None
+        return 100.0 * self.winning_trips / self.round_trips
+
+    @property
     def return_pct(self) -> float | None:
         if not self.closes or not self.opening_equity:
             return None
@@ -269,25 +278,13 @@ def measure(engine_id: int, start: datetime, end: datetime) -> _Measures:
 
 
 def measure_many(periods: Sequence[tuple[int, datetime, datetime]]) -> list[_Measures]:
-    """``measure`` of each (engine id, start, end), in the order given, in three queries per
-    round whatever their number. The round trips are read per engine, so an engine asked about
-    over two periods takes two rounds."""
-    result: list[_Measures | None] = [None] * len(periods)
-    pending = list(enumerate(periods))
-    while pending:
-        seen: set[int] = set()
-        batch, later = [], []
-        for item in pending:
-            (batch if item[1][0] not in seen else later).append(item)
-            seen.add(item[1][0])
-        windows = [_Window(*period) for _, period in batch]
-        measures = _equity(windows)
-        _activity(windows, measures)
-        _round_trips(windows, measures)
-        for (index, _), item in zip(batch, measures, strict=True):
-            result[index] = item
-        pending = later
-    return [item for item in result if item is not None]
+    """``measure`` of each (engine id, start, end), in the order given, in three queries
+    whatever their number (an engine may be asked about over several periods)."""
+    windows = [_Window(*period) for period in periods]
+    measures = _equity(windows)
+    _activity(windows, measures)
+    _round_trips(windows, measures)
+    return measures
 
 
 def baselines_of(engine_ids: Sequence[int]) -> Mapping[int, BaselineFigures]:
@@ -343,11 +340,13 @@ def _first_data(ids: list[int]) -> dict[int, datetime]:
 
 def _equity(windows: Sequence[_Window]) -> list[_Measures]:
     """Per window: the opening equity (the last snapshot before it, else its first) and the
-    close of each UTC day in it."""
+    close of each UTC day in it (the day's last snapshot by ts, then seq)."""
     measures = [_Measures() for _ in windows]
     if not windows:
         return measures
     snapshots = AccountSnapshot._meta.db_table
+    # Each day's close is one probe, backwards, of snapshot_engine_ts_idx, which holds (ts, seq)
+    # and the equity: a day's other snapshots (48 a day at one every 30 minutes) are not read.
     sql = f"""
         SELECT w.n, NULL::date, COALESCE(
             (SELECT equity FROM {snapshots} a WHERE a.engine_id = w.engine_id AND a.ts < w.start
@@ -356,12 +355,20 @@ def _equity(windows: Sequence[_Window]) -> list[_Measures]:
                 AND a.ts < w.stop ORDER BY a.ts, a.seq LIMIT 1))
         FROM {_WINDOWS}
         UNION ALL
-        SELECT * FROM (
-            SELECT DISTINCT ON (w.n, day) w.n, (a.ts AT TIME ZONE 'UTC')::date AS day, a.equity
-            FROM {_WINDOWS}
-            JOIN {snapshots} a ON a.engine_id = w.engine_id AND a.ts >= w.start AND a.ts < w.stop
-            ORDER BY w.n, day, a.ts DESC, a.seq DESC
-        ) AS closes
+        SELECT w.n, d.day, c.equity
+        FROM {_WINDOWS}
+        CROSS JOIN LATERAL (
+            SELECT (w.start AT TIME ZONE 'UTC')::date + i AS day
+            FROM generate_series(0, ((w.stop - interval '1 microsecond') AT TIME ZONE 'UTC')::date
+                - (w.start AT TIME ZONE 'UTC')::date) AS i
+        ) AS d
+        CROSS JOIN LATERAL (
+            SELECT a.equity FROM {snapshots} a
+            WHERE a.engine_id = w.engine_id
+                AND a.ts >= GREATEST(w.start, d.day::timestamp AT TIME ZONE 'UTC')
+                AND a.ts < LEAST(w.stop, (d.day + 1)::timestamp AT TIME ZONE 'UTC')
+            ORDER BY a.ts DESC, a.seq DESC LIMIT 1
+        ) AS c
         ORDER BY 1, 2 NULLS FIRST
     """
     for n, day, equity in _rows(sql, _windows_sql(windows)):
@@ -374,37 +381,62 @@ def _equity(windows: Sequence[_Window]) -> list[_Measures]:
 
 
 def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
-    """Round trips closing in each window, from every fill before its end (a round trip closing
-    in the window may have opened before it)."""
+    """Round trips closing in each window (trading_math.round_trips, docs/analytics.md), counted
+    in the database from every fill before its end (a round trip closing in the window may have
+    opened before it), exactly (numeric: a trip at exactly 0 is no win).
+
+    Per instrument in (ts, seq) order, running sums of the position, of the fills' notional
+    (a sell's quantity x price in, a buy's out) and of their fees. A fill closes a trip where the
+    position is flat or across zero after it (a buy: 0 <= after < quantity); the part beyond
+    zero, |after| / quantity of the fill, opens the next trip. At each close, the sums up to its
+    closing part are its marks; a trip's P&L is the multiplier x the difference of the notional
+    marks less the difference of the fee marks, from the previous close (or the first fill).
+    """
     if not windows:
         return
-    by_engine = {w.engine_id: (w, m) for w, m in zip(windows, measures, strict=True)}
-    # Only the quantity is exact (a position must come back to exactly zero); prices, fees and
-    # times come as floats, several times cheaper to read, as only the trips' signs and counts
-    # are used here.
+    # The fills come from fill_trip_idx alone, already in the window's order (it holds every
+    # column read here); the multiplier, the same for a whole instrument, is applied per trip.
+    notional = "CASE WHEN f.side = 'sell' THEN f.quantity * f.price ELSE -f.quantity * f.price END"
     sql = f"""
-        SELECT f.engine_id, f.instrument_id, f.side, f.quantity, f.price::float8, f.fee::float8,
-            i.multiplier::float8, extract(epoch FROM f.ts)::float8
+        SELECT w.n, t.trips, t.wins
         FROM {_WINDOWS}
-        JOIN {Fill._meta.db_table} f ON f.engine_id = w.engine_id AND f.ts < w.stop
-        JOIN {Instrument._meta.db_table} i ON i.id = f.instrument_id
-        ORDER BY f.engine_id, f.instrument_id, f.ts, f.seq
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS trips,
+                count(*) FILTER (WHERE i.multiplier * trips.notional - trips.fees > 0) AS wins
+            FROM (
+                SELECT instrument_id, ts,
+                    notional - lag(notional, 1, 0) OVER closes AS notional,
+                    fees - lag(fees, 1, 0) OVER closes AS fees
+                FROM (
+                    SELECT instrument_id, ts, seq,
+                        CASE WHEN position = 0 THEN notional
+                            ELSE notional - flow * abs(position) / quantity END AS notional,
+                        CASE WHEN position = 0 THEN fees
+                            ELSE fees - fee * abs(position) / quantity END AS fees
+                    FROM (
+                        SELECT f.instrument_id, f.ts, f.seq, f.side, f.quantity, f.fee,
+                            {notional} AS flow,
+                            sum(CASE WHEN f.side = 'buy' THEN f.quantity ELSE -f.quantity END)
+                                OVER fills AS position,
+                            sum({notional}) OVER fills AS notional,
+                            sum(f.fee) OVER fills AS fees
+                        FROM {Fill._meta.db_table} f
+                        WHERE f.engine_id = w.engine_id AND f.ts < w.stop
+                        WINDOW fills AS (PARTITION BY f.instrument_id ORDER BY f.ts, f.seq
+                            ROWS UNBOUNDED PRECEDING)
+                    ) AS positions
+                    WHERE CASE WHEN side = 'buy' THEN position >= 0 AND position < quantity
+                        ELSE position <= 0 AND position > -quantity END
+                ) AS marks
+                WINDOW closes AS (PARTITION BY instrument_id ORDER BY ts, seq)
+            ) AS trips
+            JOIN {Instrument._meta.db_table} i ON i.id = trips.instrument_id
+            WHERE trips.ts >= w.start
+        ) AS t
     """
-    current: tuple[int, int] | None = None
-    fills: list[tuple] = []
-
-    def close() -> None:
-        if current is not None:
-            window, item = by_engine[current[0]]
-            start, end = window.start.timestamp(), window.end.timestamp()
-            item.trips.extend(round_trips(fills, start, end, cash=float, zero=0.0))
-
-    for engine_id, instrument_id, *fill in _rows(sql, _windows_sql(windows)):
-        if (engine_id, instrument_id) != current:
-            close()
-            current, fills = (engine_id, instrument_id), []
-        fills.append(fill)
-    close()
+    for n, trips, wins in _rows(sql, _windows_sql(windows)):
+        item = measures[n - 1]
+        item.round_trips, item.winning_trips = trips, wins
 
 
 def _activity(windows: Sequence[_Window], measures: list[_Measures]) -> None:
@@ -635,7 +667,7 @@ def _round_trip_count(ctx: _Context, row: PromotionCriterion, spec: policy.Spec)
     m = ctx.measures
     assert m is not None
     evidence = ctx.admin("fill", ts__gte=ctx.start.date().isoformat())
-    return float(len(m.trips)), f"{len(m.trips)} round trips", None, None, evidence, "fills"
+    return float(m.round_trips), f"{m.round_trips} round trips", None, None, evidence, "fills"
 
 
 def _return_vs_baseline(ctx: _Context, row: PromotionCriterion, spec: policy.Spec) -> Measure:
@@ -664,9 +696,9 @@ def _win_rate_vs_baseline(ctx: _Context, row: PromotionCriterion, spec: policy.S
     source = "fills (round trips), baseline"
     if ctx.baseline is None or ctx.baseline.win_rate_pct is None:
         return None, "the baseline has no win rate", None, None, evidence, source
-    if not m.trips:
+    live = m.win_rate
+    if live is None:
         return None, "no round trip closed in the period", None, None, evidence, source
-    live = 100.0 * sum(1 for t in m.trips if t > 0) / len(m.trips)
     diff = abs(live - ctx.baseline.win_rate_pct)
     text = f"{diff:.1f} pp (live {live:.1f} %, baseline {ctx.baseline.win_rate_pct:.1f} %)"
     return diff, text, None, None, evidence, source

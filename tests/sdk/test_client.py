@@ -21,7 +21,7 @@ from engine_sdk.client import EngineClient, EngineClientError
 from engine_sdk.gate import OrderRejected
 from engine_sdk.journal import Journal
 from engine_sdk.limits import LimitRejected
-from tests.sdk.conftest import FakeControlPlane, a_metric
+from tests.sdk.conftest import FakeControlPlane, a_command, a_metric
 
 MakeClient = Callable[..., EngineClient]
 
@@ -312,3 +312,89 @@ def test_order_ids_made_on_many_threads_are_all_different(make_client: MakeClien
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         ids = list(pool.map(lambda _: client.new_order_id(), range(THREADS * 500)))
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.asyncio
+async def test_threads_emitting_and_checking_orders_while_commands_change_limits_and_state(
+    control_plane: FakeControlPlane, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def rate(threshold: int) -> list[dict[str, Any]]:
+        return [{"id": 1, "kind": "max_order_rate", "threshold": str(threshold), "scope": "all"}]
+
+    control_plane.limits_version, control_plane.limits = 1, rate(200)
+    client = await connected_client(control_plane, make_client)
+    changes: list[tuple[str, str]] = []
+    client.on_state_change(lambda change: changes.append((change.old, change.new)))
+    # Every check at the same instant: every order that ever passed stays in the rate window,
+    # across each new version of the limits.
+    monkeypatch.setattr(state_module, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+    loop = asyncio.get_running_loop()
+    start, stop = threading.Barrier(THREADS + 1), threading.Event()
+
+    def work(thread: int) -> tuple[list[int], int]:
+        start.wait()
+        seqs: list[int] = []
+        passed = 0
+        # Until the commands are done, and at least a few rounds each.
+        while (not stop.is_set() or len(seqs) < 20) and len(seqs) < 5_000:
+            seqs.append(client.emit(a_metric(thread * 1_000_000 + len(seqs))))
+            try:
+                client.check_order("AAPL", "buy", 1, 0)
+                passed += 1
+            except OrderRejected:  # PAUSED, or a LimitRejected from the rate
+                pass
+        return seqs, passed
+
+    async def command(kind: p.CommandKind, **params: Any) -> p.CommandResult:
+        sent = a_command(kind, **params)
+        await control_plane.send(sent)
+        await control_plane.wait_for(
+            lambda: any(r.command_id == sent.command_id for r in control_plane.command_results)
+        )
+        return next(r for r in control_plane.command_results if r.command_id == sent.command_id)
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        futures = [loop.run_in_executor(pool, work, t) for t in range(THREADS)]
+        await asyncio.to_thread(start.wait)
+        thresholds = [300, 150, 600, 100, 450]
+        for version, threshold in enumerate(thresholds, start=2):
+            result = await command("set_limits", limits_version=version, limits=rate(threshold))
+            assert (result.status, result.data["limits_version"]) == ("succeeded", version)
+            assert (await command("pause")).status == "succeeded"
+            assert (await command("resume")).status == "succeeded"
+        stop.set()
+        done = await asyncio.gather(*futures)
+
+    by_thread = [seqs for seqs, _ in done]
+    passed = sum(count for _, count in done)
+    expected = sent_values(by_thread)
+    await client.flush(timeout=30)
+    stored = dict(control_plane.stored)
+    states = sorted((seq, e) for seq, e in stored.items() if isinstance(e, p.StateEvent))
+    # Each emit and each state change took a seq of its own, with no gap, and each thread's
+    # seqs follow its calls; the server got every event once, each under its own seq.
+    total = len(expected) + len(states)
+    assert sorted([*expected, *(seq for seq, _ in states)]) == list(range(1, total + 1))
+    assert all(seqs == sorted(seqs) for seqs in by_thread)
+    assert sorted(control_plane.received_seqs) == list(range(1, total + 1))
+    assert {s: e.value for s, e in stored.items() if isinstance(e, p.MetricEvent)} == expected
+    # The hook saw every change, in the order of the state events.
+    assert changes == [("ACTIVE", "PAUSED"), ("PAUSED", "ACTIVE")] * len(thresholds)
+    assert [(e.trading_state) for _, e in states] == [new for _, new in changes]
+    # Every order that passed was counted once in the rate window, whatever version was in
+    # force: a limit of exactly one more lets one order through, and no second.
+    assert 0 < passed <= max(200, *thresholds)
+    await command("set_limits", limits_version=10, limits=rate(passed + 1))
+    client.check_order("AAPL", "buy", 1, 0)
+    with pytest.raises(LimitRejected, match=f"{passed + 2} orders within 1 s"):
+        client.check_order("AAPL", "buy", 1, 0)
+    await client.close()
+
+
+async def connected_client(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> EngineClient:
+    client = make_client(control_plane.url, batch_max_events=64)
+    await client.start()
+    await client.wait_connected(timeout=5)
+    return client

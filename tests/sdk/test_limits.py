@@ -14,7 +14,7 @@ import pytest
 
 from engine_sdk import limits as limits_module
 from engine_sdk import protocol as p
-from engine_sdk.client import ClientConfig, EngineClient
+from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient
 from engine_sdk.gate import OrderRejected
 from engine_sdk.limits import LimitRejected, PreTradeLimits
 from engine_sdk.simulator import PaperEngine, SimOrder
@@ -568,4 +568,71 @@ async def test_a_limit_rejected_order_reaches_the_server_as_a_rejected_order(
     rejected = [o for o in control_plane.events_of(p.OrderEvent) if o.status == "rejected"]
     assert [o.reject_reason for o in rejected if o.quantity == 40_000] == [refused]
     assert refused == "pre-trade limit max_order_qty (#12): quantity 40000 exceeds 5000"
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_limits_the_sdk_does_not_enforce_make_the_set_limits_partial_naming_them(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    client = await connected(make_client, control_plane.url)
+    wire = [
+        limit("max_order_qty", "50", id=20),
+        limit("max_daily_turnover", "1000000", id=21),
+        limit("max_order_notional", "lots", id=22),
+    ]
+
+    result = await set_limits(control_plane, 9, wire)
+
+    # Not succeeded: the server takes only a succeeded set_limits as the version in force.
+    assert result.status == "partial"
+    assert result.data == {"limits_version": 9, "capital_ceiling": None}
+    assert result.detail.startswith("2 of 3 limits not enforced: ")
+    assert "max_order_notional (#22): threshold must be a decimal string >= 0" in result.detail
+    assert "max_daily_turnover (#21): a kind this SDK does not enforce" in result.detail
+    # What it can enforce, it does.
+    with pytest.raises(LimitRejected) as info:
+        client.check_order("AAPL", "buy", Decimal(51), Decimal(0))
+    assert info.value.limit_id == 20
+
+    complete = await set_limits(control_plane, 10, wire[:1])
+    assert (complete.status, complete.detail) == ("succeeded", "")
+    await client.close()
+
+
+@pytest.mark.asyncio
+async def test_an_engine_that_cannot_enforce_limits_fails_every_set_limits_saying_why(
+    control_plane: FakeControlPlane, make_client: MakeClient
+) -> None:
+    handled: list[p.Command] = []
+
+    async def handler(command: p.Command) -> CommandOutcome:
+        handled.append(command)
+        return CommandOutcome(status="succeeded")
+
+    control_plane.limits_version = 3
+    control_plane.limits = [limit("max_order_qty", "10", id=1)]
+    client = await connected(
+        make_client, control_plane.url, enforces_limits=False, on_command=handler
+    )
+    assert not client.enforces_limits
+
+    result = await set_limits(control_plane, 4, [limit("max_order_qty", "5", id=2)])
+
+    assert result.status == "failed"
+    assert result.detail == (
+        "this engine cannot enforce pre-trade limits (its orders do not go through "
+        "check_order: EngineClient(enforces_limits=False)); limits version 4 not applied"
+    )
+    # Neither the handler (which would answer succeeded) nor the SDK took the limits.
+    assert handled == []
+    assert "limits_version" not in result.data
+    assert client.pretrade is not None and client.pretrade.version == 3
+    # Other commands are handled as ever.
+    pause = a_command("pause")
+    await control_plane.send(pause)
+    await control_plane.wait_for(
+        lambda: any(r.command_id == pause.command_id for r in control_plane.command_results)
+    )
+    assert [c.kind for c in handled] == ["pause"]
     await client.close()
