@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
@@ -69,6 +70,11 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         "engine_build": frame.engine_build,
         "config_hash": frame.config_hash,
         "limits_version": frame.limits_version,
+        # The run its orders and fills are stored under from now on (docs/protocol.md, "Runs").
+        "run_id": frame.run_id,
+        "capabilities": None
+        if frame.capabilities is None
+        else msgspec.to_builtins(frame.capabilities),
         "last_seen_at": now,
         # Starting again: no longer stopped (a stop is said by the final heartbeat).
         "stopped_at": None,
