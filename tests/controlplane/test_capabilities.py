@@ -18,6 +18,7 @@ from controlplane.gateway import session
 from controlplane.models import Command, Engine, TradingState
 from engine_sdk import protocol as p
 from risk.models import LimitKind, RiskLimit, Scope
+from tests.controlplane.test_api import token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -221,3 +222,13 @@ def command_issue_kill(engine: Engine):
     return command_batch_issue(
         kind="kill", selector=f"engine:{engine.name}", reason="test", actor_label="test"
     )
+
+
+def test_the_engines_api_shows_the_run_and_capabilities(engine, viewer):
+    _hello(engine, p.Capabilities(commands=["kill"], limit_kinds=[]))
+    Engine.objects.filter(pk=engine.pk).update(run_id="bt-7")
+
+    (row,) = token_client(viewer).get("/api/v1/engines").json()
+
+    assert row["run_id"] == "bt-7"
+    assert row["capabilities"] == {"commands": ["kill"], "limit_kinds": []}
