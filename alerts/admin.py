@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from alerts import notify, selectors, services
 from alerts.models import Alert, AlertRule, Notification, NotificationChannel, Silence
 from alerts.rule_metrics import (
+    CAPABILITY_METRIC,
     DIVERGENCE_DAY_METRIC,
     METRICS,
     RED_LINE_METRIC,
@@ -184,7 +185,20 @@ def metric_choices() -> list[tuple[str, str]]:
         f"{DIVERGENCE_DAY_METRIC}: a day of an engine's divergence log beyond its threshold",
     )
     red_line = (RED_LINE_METRIC, f"{RED_LINE_METRIC}: an engine crossed a red line (going live)")
-    return [("", "---------"), *sorted(choices), risk, stage, statement, divergence, red_line]
+    capability = (
+        CAPABILITY_METRIC,
+        f"{CAPABILITY_METRIC}: an engine was asked what it said it cannot enforce",
+    )
+    return [
+        ("", "---------"),
+        *sorted(choices),
+        risk,
+        stage,
+        statement,
+        divergence,
+        red_line,
+        capability,
+    ]
 
 
 class AlertRuleForm(forms.ModelForm):

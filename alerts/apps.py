@@ -19,6 +19,9 @@ class AlertsConfig(AppConfig):
             hooks.on_limit_event_raised, dispatch_uid="alerts-limit-event"
         )
         events.stage_violated.connect(hooks.on_stage_violated, dispatch_uid="alerts-stage")
+        events.capability_missing.connect(
+            hooks.on_capability_missing, dispatch_uid="alerts-capability"
+        )
         events.statement_reconciled.connect(
             hooks.on_statement_reconciled, dispatch_uid="alerts-statement"
         )

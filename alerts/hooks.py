@@ -15,7 +15,12 @@ from django.db.models import Q
 
 from alerts import evaluation
 from alerts.models import Alert, AlertRule, Notification, Severity
-from alerts.rule_metrics import RISK_LIMIT_METRIC, STAGE_VIOLATION_METRIC, STATEMENT_METRIC
+from alerts.rule_metrics import (
+    CAPABILITY_METRIC,
+    RISK_LIMIT_METRIC,
+    STAGE_VIOLATION_METRIC,
+    STATEMENT_METRIC,
+)
 from alerts.selectors import risk_limit_channel_count
 from alerts.tasks import evaluate_engines_task
 from controlplane.models import BrokerStatement, Engine
@@ -193,6 +198,30 @@ def stage_violation(engine_id: int, *, stage: str, mode: str) -> Alert | None:
         "(docs/going-live.md)"
     )
     return _fire(rule, source=source, engine=engine, summary=summary, now=None)
+
+
+def on_capability_missing(sender: Any, *, engine_id: int, what: str, **kwargs: Any) -> None:
+    """controlplane.events.capability_missing."""
+    capability_missing(engine_id, what=what)
+
+
+def capability_missing(engine_id: int, *, what: str) -> Alert | None:
+    """An engine was asked what it said it cannot enforce (``what``): an alert through the
+    capability rule's channels, at its severity; none while the same one is open for the engine
+    (an engine that says hello again with the same capabilities adds nothing)."""
+    rule = AlertRule.objects.filter(metric=CAPABILITY_METRIC, enabled=True).first()
+    if rule is None:
+        return None
+    engine = Engine.objects.filter(pk=engine_id).first()
+    if engine is None:
+        return None
+    summary = f"{engine.name} was asked {what}: it said in its hello it cannot enforce it"
+    source = f"capability:{what}"[:64]
+    if Alert.objects.filter(source=source, engine=engine, rule=rule, state__in=Alert.OPEN).exists():
+        return None
+    return _fire(
+        rule, source=source, engine=engine, summary=summary, now=None, severity=rule.severity
+    )
 
 
 def _fire(

@@ -351,8 +351,13 @@ DIVERGENCE_DAY_METRIC = "divergence_day"
 # A red line crossed by an engine (golive.redlines): a critical alert through the rule with this
 # metric, one per red line and engine, left open for a person to resolve.
 RED_LINE_METRIC = "red_line"
+# An engine asked what it said it cannot do (controlplane.capabilities: a command of a kind it
+# does not handle, or pre-trade limits of kinds it cannot enforce): an alert through the rule with
+# this metric, one open per engine and what it was asked.
+CAPABILITY_METRIC = "capability_missing"
 # Rules raised by what happens, not measured: the sweeps never evaluate them.
 EVENT_METRICS = (
+    CAPABILITY_METRIC,
     RISK_LIMIT_METRIC,
     STAGE_VIOLATION_METRIC,
     STATEMENT_METRIC,

@@ -161,6 +161,11 @@ def error_responses(*codes: int) -> dict[int, type[ErrorOut]]:
     return {code: ErrorOut for code in sorted({400, 401, 422, *codes})}
 
 
+class CapabilitiesOut(Schema):
+    commands: list[str]
+    limit_kinds: list[str]
+
+
 class EngineOut(Schema):
     id: int
     name: str
@@ -173,6 +178,12 @@ class EngineOut(Schema):
     equity: float | None
     day_pnl: float
     drawdown_pct: float
+    run_id: str = Field(..., description="the run its last hello named (docs/protocol.md, Runs)")
+    capabilities: CapabilitiesOut | None = Field(
+        ...,
+        description="what its last hello said it can enforce; null: it said nothing, so "
+        "everything (docs/protocol.md, Capabilities)",
+    )
 
     @staticmethod
     def resolve_desired_state(engine: Engine) -> str:

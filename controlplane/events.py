@@ -57,6 +57,11 @@ command_answered = DomainEvent("command_answered")
 # (gateway.session.stage_violation). Sent after the commit; the alerts app raises a critical alert.
 stage_violated = DomainEvent("stage_violated")
 
+# An engine was asked what it said it cannot do (controlplane.capabilities: ``engine_id``;
+# ``what``: a sentence naming the command or limit kind). Sent after the commit; the alerts app
+# raises an alert.
+capability_missing = DomainEvent("capability_missing")
+
 # A broker statement of an engine was imported and reconciled against the ledger
 # (``statement_id``, ``engine_id``; ``differences``: how many). Sent after the commit; the alerts
 # app raises an alert when they differ (controlplane.statements).

@@ -143,6 +143,12 @@ class Engine(models.Model):
     config_hash = models.CharField(max_length=128, blank=True)
     last_seq = models.BigIntegerField(default=0, help_text="Highest event seq durably stored.")
     limits_version = models.IntegerField(null=True, blank=True)
+    # The run its last hello named: the orders and fills it reports are stored under it, their
+    # ids unique per (engine, run) (docs/protocol.md, "Runs"). "" for an engine with one run.
+    run_id = models.CharField(max_length=64, blank=True, default="", db_default="")
+    # What its last hello said it can enforce ({"commands": [...], "limit_kinds": [...]});
+    # None: it said nothing, so everything, as engines did before capabilities existed.
+    capabilities = models.JSONField(null=True, blank=True)
 
     # Running figures, kept by the gateway as events are stored.
     equity = models.DecimalField(**MONEY, null=True, blank=True)
@@ -271,7 +277,7 @@ class Instrument(models.Model):
         BOND = "bond"
         OTHER = "other"
 
-    symbol = models.CharField(max_length=32, unique=True)
+    symbol = models.CharField(max_length=p.MAX_SYMBOL_LENGTH, unique=True)
     sector = models.CharField(max_length=64, blank=True, db_index=True)
     asset_class = models.CharField(
         max_length=10, choices=AssetClass.choices, default=AssetClass.EQUITY
@@ -308,7 +314,11 @@ class Order(models.Model):
     engine = models.ForeignKey(
         Engine, on_delete=models.CASCADE, related_name="orders", db_index=False, db_constraint=False
     )
+    # The engine's run the order belongs to (Engine.run_id): its id is unique within it.
+    run_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     client_order_id = models.CharField(max_length=64)
+    # Which of the engine's strategies placed it ("" for an engine's only one).
+    strategy_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     broker_order_id = models.CharField(max_length=64, blank=True)
     # No index: only deleting an instrument reads orders by it (Django's PROTECT check, which
     # then scans), and every index is one more write for each order reported.
@@ -335,7 +345,9 @@ class Order(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["engine", "client_order_id"], name="order_unique_id"),
+            models.UniqueConstraint(
+                fields=["engine", "run_id", "client_order_id"], name="order_unique_id"
+            ),
             models.CheckConstraint(condition=Q(quantity__gt=0), name="order_quantity_gt_0"),
             models.CheckConstraint(
                 condition=Q(filled_quantity__gte=0), name="order_filled_quantity_gte_0"
@@ -367,7 +379,9 @@ class Fill(models.Model):
     engine = models.ForeignKey(
         Engine, on_delete=models.CASCADE, related_name="fills", db_index=False, db_constraint=False
     )
+    run_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     fill_id = models.CharField(max_length=64)
+    strategy_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     # Neither has an index: nothing reads fills by order or by instrument but Django's checks
     # when one is deleted (rare, and they then scan), where each index cost every fill stored
     # about 1.1 us of the database's time, a fifth of what storing a fill costs it.
@@ -387,6 +401,8 @@ class Fill(models.Model):
     quantity = models.DecimalField(**QTY)
     price = models.DecimalField(**MONEY)
     fee = models.DecimalField(**MONEY, default=Decimal(0))
+    # The fee's currency when the engine named it (ISO 4217), "" when it did not.
+    fee_currency = models.CharField(max_length=3, blank=True, default="", db_default="")
     expected_price = models.DecimalField(**MONEY, null=True, blank=True)
     # A simulated fill's price a real order would have got (protocol: fill.market_price).
     market_price = models.DecimalField(**MONEY, null=True, blank=True)
@@ -397,7 +413,7 @@ class Fill(models.Model):
     class Meta:
         constraints = [
             # A fill counted twice is money counted twice: the database refuses it.
-            models.UniqueConstraint(fields=["engine", "fill_id"], name="fill_unique_id"),
+            models.UniqueConstraint(fields=["engine", "run_id", "fill_id"], name="fill_unique_id"),
             models.CheckConstraint(condition=Q(quantity__gt=0), name="fill_quantity_gt_0"),
             models.CheckConstraint(condition=Q(price__gt=0), name="fill_price_gt_0"),
         ]
@@ -908,7 +924,7 @@ class StatementDifference(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices)
     # The statement's line (None for what only the ledger has).
     line = models.PositiveIntegerField(null=True, blank=True)
-    symbol = models.CharField(max_length=32, blank=True)
+    symbol = models.CharField(max_length=p.MAX_SYMBOL_LENGTH, blank=True)
     trade_id = models.CharField(max_length=64, blank=True)
     ledger_value = models.CharField(max_length=64, blank=True)
     broker_value = models.CharField(max_length=64, blank=True)

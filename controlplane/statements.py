@@ -39,6 +39,7 @@ from django.db.models import Sum
 from controlplane import events
 from controlplane.audit import audit_record
 from controlplane.models import BrokerStatement, Engine, Fill, StatementDifference
+from engine_sdk import protocol as p
 
 MAX_BYTES: Final = 5 * 1024 * 1024
 MAX_LINES: Final = 100_000
@@ -216,7 +217,7 @@ def _row(
             f"date {day} differs from {first_day} (line {first_line}): one statement is one day"
         )
     days.setdefault(day, line)
-    symbol = _text(row, "symbol", 32, required=True)
+    symbol = _text(row, "symbol", p.MAX_SYMBOL_LENGTH, required=True)
     if kind == "position":
         if symbol in seen_symbols:
             raise ValueError(

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from controlplane import selectors
+from controlplane import capabilities, selectors
 from controlplane.audit import client_ip
 from controlplane.commands import issuing, resume, rights
 from controlplane.commands.errors import CommandInvalid, CommandRefused, command_refuse
@@ -183,9 +183,33 @@ def engine(request: HttpRequest, name: str) -> HttpResponse:
             "stale_after_s": settings.ENGINE_STALE_AFTER_S,
             "return_here": True,
             "now": now,
+            "capabilities": _capabilities(engine),
             **compared,
         },
     )
+
+
+# Commands failed unsent because the engine said it does not handle their kind (issuing).
+_UNSENT = "not sent:"
+
+
+def _capabilities(engine: Engine) -> dict[str, Any]:
+    """What the engine said it can enforce, and what is asked of it that it cannot: flags of the
+    limits that apply to it, and its latest commands failed unsent."""
+    unsent = list(
+        Command.objects.filter(
+            engine=engine, status=Command.Status.FAILED, detail__startswith=_UNSENT
+        )
+        .order_by("-created_at")
+        .values("kind", "created_at")[:5]
+    )
+    flags = capabilities.flags(engine)
+    flags += [
+        f"a {c['kind']} command issued at {c['created_at']:%Y-%m-%d %H:%M} UTC failed unsent: "
+        "it does not handle it"
+        for c in unsent
+    ]
+    return {"said": engine.capabilities, "flags": flags}
 
 
 @require_GET

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from engine_sdk import protocol
-from engine_sdk.protocol import Mode
+from engine_sdk.protocol import Capabilities, Mode
 
 __all__ = ["ClientConfig", "HelloInfo"]
 
@@ -23,6 +23,11 @@ class HelloInfo:
     mode: Mode
     broker: str
     account: str
+    # This run's id (a backtest's, a paper run's): the server keeps order and fill ids per run,
+    # so a run may repeat the ids of the one before it. "" for an engine with one run.
+    run_id: str = ""
+    # What the engine enforces; None: every command and limit kind.
+    capabilities: Capabilities | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -212,6 +212,8 @@ class Connection:
             last_seq=self.writer.last_seq,
             limits_version=self.state.limits_version_enforced,
             sdk_version=__version__,
+            run_id=self.hello.run_id,
+            capabilities=self.hello.capabilities,
         )
         await ws.send(protocol.encode(hello), text=True)
         async with asyncio.timeout(self.config.welcome_timeout_s):

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_SEQ",
+    "MAX_SYMBOL_LENGTH",
     "MAX_TIMESTAMP",
     "METRIC_NAMES",
     "MIN_POSITIVE_DECIMAL",
@@ -43,6 +44,7 @@ __all__ = [
     "AccountEvent",
     "Ack",
     "AssetClass",
+    "Capabilities",
     "Command",
     "CommandAck",
     "CommandKind",
@@ -184,7 +186,10 @@ LimitsVersion = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT32)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 # Symbols and ids are in every order and fill: their structs check for U+0000 themselves, with
 # `in`, a fraction of what a regular expression costs per string (_check_text).
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+# 128: venues with long instrument ids (option series, perpetual swaps on some crypto venues)
+# exceed the 32 characters once allowed.
+MAX_SYMBOL_LENGTH: Final = 128
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SYMBOL_LENGTH)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 ShortText = Annotated[str, msgspec.Meta(max_length=1024, pattern=_NO_NUL)]
 Name = Annotated[str, msgspec.Meta(max_length=128, pattern=_NO_NUL)]
@@ -197,6 +202,10 @@ Text32 = Annotated[str, msgspec.Meta(max_length=32, pattern=_NO_NUL)]
 Detail = Annotated[str, msgspec.Meta(max_length=8192, pattern=_NO_NUL)]
 # An ISO 4217 code: an instrument's currency and the currencies of the FX rates.
 CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+# A strategy's id inside an engine that hosts several, and the id of one run of an engine (a
+# backtest, a restarted paper run) whose order and fill ids may repeat those of its previous run.
+StrategyId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
+RunId = Annotated[str, msgspec.Meta(max_length=64, pattern=_NO_NUL)]
 _CURRENCY_CODE: Final = re.compile(r"[A-Z]{3}")
 # An FX rate's key is checked in AccountEvent.__post_init__, which names the field.
 _FxKey = Annotated[str, msgspec.Meta(max_length=32)]
@@ -339,6 +348,8 @@ class OrderEvent(_EventBase, kw_only=True, tag="order"):
     expected_price: Decimal | None = None
     broker_order_id: BrokerOrderId | None = None
     reject_reason: ShortText | None = None
+    # Which of the engine's strategies placed the order (left out: the engine's only one).
+    strategy_id: StrategyId | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -366,6 +377,10 @@ class FillEvent(_EventBase, kw_only=True, tag="fill"):
     # the far side of the live quote (the ask for a buy, the bid for a sell). Left out for real
     # fills. The control plane compares the two: how well the engine models its slippage.
     market_price: Decimal | None = None
+    # The currency the fee is charged in, when not the instrument's (a crypto venue's fee in
+    # its own token, a rebate in the quote currency).
+    fee_currency: CurrencyCode | None = None
+    strategy_id: StrategyId | None = None
 
     def __post_init__(self) -> None:
         # The server decodes thousands of fills a second: the usual case (a UTC time, decimals
@@ -404,6 +419,7 @@ class PositionEvent(_EventBase, kw_only=True, tag="position"):
     quantity: Decimal
     avg_price: Decimal | None = None
     source: Literal["broker", "engine"] = "broker"
+    strategy_id: StrategyId | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -517,6 +533,19 @@ class _FrameBase(
 # --- engine -> server -------------------------------------------------------------------------
 
 
+# Limit kinds are the control plane's (its risk limits), not the protocol's: a bounded name each.
+LimitKindName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$")]
+
+
+class Capabilities(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """The commands an engine handles and the pre-trade limit kinds it enforces (a hello's
+    ``capabilities``). A command or limit outside them is not sent as if it would work: the
+    control plane fails the command and flags the limit (docs/protocol.md, "Capabilities")."""
+
+    commands: Annotated[list[CommandKind], msgspec.Meta(max_length=32)] = []
+    limit_kinds: Annotated[list[LimitKindName], msgspec.Meta(max_length=64)] = []
+
+
 class Hello(_FrameBase, kw_only=True, tag="hello"):
     # Always sent, never defaulted: a receiver must not assume its own version.
     protocol: int
@@ -531,6 +560,12 @@ class Hello(_FrameBase, kw_only=True, tag="hello"):
     # The version of the limits the engine currently enforces, None if it has none.
     limits_version: LimitsVersion | None = None
     sdk_version: Text32 = ""
+    # This run of the engine: order and fill ids are unique per (engine, run), so a backtest or
+    # a restarted paper run that repeats its previous run's ids (deterministic ids) is stored,
+    # not dropped as replays. "" (left out): the engine's one run, as before.
+    run_id: RunId = ""
+    # What the engine can enforce; None (left out): everything, as before.
+    capabilities: Capabilities | None = None
 
 
 class Events(_FrameBase, kw_only=True, tag="events"):
@@ -581,6 +616,13 @@ class Command(_FrameBase, kw_only=True, tag="command"):
     issued_at: Timestamp
     # None: the command never expires (kill never does).
     expires_at: Timestamp | None = None
+
+    @property
+    def strategy_id(self) -> str | None:
+        """The one strategy the command targets (its ``strategy_id`` param), None for all of the
+        engine's strategies."""
+        value = self.params.get("strategy_id")
+        return value if isinstance(value, str) and value else None
 
 
 class Welcome(_FrameBase, kw_only=True, tag="welcome"):

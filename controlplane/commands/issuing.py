@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from controlplane import events
+from controlplane import capabilities, events
 from controlplane.audit import audit_add, audit_event
 from controlplane.commands import delivery, lifecycle
 from controlplane.commands.desired_state import desired_states_set
@@ -69,6 +69,7 @@ _ISSUE_FIELDS = (
     # The last event stored when the batch was written: the batch holds the engines' rows locked,
     # so nothing the engine sends after it is counted in (the journal's snapshot of a kill).
     "last_seq",
+    "capabilities",
 )
 
 
@@ -280,7 +281,13 @@ def command_batch_issue(
                 now=now,
                 expires_at=expires_at,
             )
-            desired_states_set(script, kind, clean, engines, now)
+            # An engine that said it does not handle the kind is not sent it, and its desired
+            # state is left: the command fails at once instead (controlplane.capabilities).
+            unable = [e for e in engines if not capabilities.sent_to(e.capabilities, kind)]
+            able = [e for e in engines if e not in unable]
+            if "strategy_id" not in clean:
+                # A command for one strategy leaves the engine's own state as it is.
+                desired_states_set(script, kind, clean, able, now)
             event = audit_event(
                 target=batch,
                 outcome="ok",
@@ -290,15 +297,21 @@ def command_batch_issue(
                     "selector": selector,
                     "engines": [e.name for e in engines],
                     "expires_at": expires_at.isoformat() if expires_at else None,
+                    "not_sent": [e.name for e in unable],
                 },
                 **audit,
             )
             audit_add(script, event, now)
             script.run()
+            failed = _unable_fail(unable, ids, engines, kind, now)
             batch._state.adding = False
             batch._state.db = connection.alias
             frames = delivery.frames_for(
-                [(e.pk, command_id) for e, command_id in zip(engines, ids, strict=True)],
+                [
+                    (e.pk, command_id)
+                    for e, command_id in zip(engines, ids, strict=True)
+                    if command_id not in failed
+                ],
                 kind=kind,
                 params=clean,
                 reason=reason,
@@ -342,7 +355,8 @@ def command_batch_issue(
             reason=reason,
             issued_by=actor,
             issued_by_label=label,
-            status=Command.Status.PENDING,
+            status=Command.Status.FAILED if command_id in failed else Command.Status.PENDING,
+            detail=failed.get(command_id, ""),
             created_at=now,
             expires_at=expires_at,
         )
@@ -350,6 +364,28 @@ def command_batch_issue(
         command._state.db = batch._state.db
         commands.append(command)
     return batch, commands
+
+
+def _unable_fail(
+    unable: list[Engine], ids: list[uuid.UUID], engines: list[Engine], kind: str, now: datetime
+) -> dict[uuid.UUID, str]:
+    """Fail at once the commands of engines that said they do not handle ``kind``, and raise
+    an alert for each; returns their details by command id."""
+    if not unable:
+        return {}
+    failed: dict[uuid.UUID, str] = {}
+    for engine, command_id in zip(engines, ids, strict=True):
+        if engine in unable:
+            failed[command_id] = (
+                f"not sent: {engine.name} said in its hello that it does not handle {kind} "
+                "(its capabilities), so the command cannot be enforced"
+            )
+    for command_id, detail in failed.items():
+        commands = Command.objects.filter(pk=command_id)
+        lifecycle.transition(commands, Command.Event.FAIL, detail=detail, completed_at=now)
+    for engine in unable:
+        capabilities.announce_missing(engine.pk, f"a {kind} command, which it does not handle")
+    return failed
 
 
 def _drill_release_refusal(kill: Command, engines: list[Engine]) -> str:

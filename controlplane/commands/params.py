@@ -7,6 +7,7 @@ from typing import Any
 
 from controlplane.commands.errors import CommandInvalid
 from controlplane.models import CommandKind, Stage
+from engine_sdk import protocol as p
 
 MAX_PAUSE_S = 7 * 24 * 3600
 
@@ -14,9 +15,10 @@ MAX_PAUSE_S = 7 * 24 * 3600
 _ALLOWED = {
     CommandKind.PAUSE: {"duration", "cancel_open"},
     CommandKind.RESUME: set(),
-    CommandKind.REDUCE: {"target_pct", "symbols"},
-    CommandKind.FLATTEN: {"symbols"},
-    CommandKind.CANCEL_ALL: {"symbols"},
+    # strategy_id: the one strategy of the engine's they act on (docs/protocol.md, section 8).
+    CommandKind.REDUCE: {"target_pct", "symbols", "strategy_id"},
+    CommandKind.FLATTEN: {"symbols", "strategy_id"},
+    CommandKind.CANCEL_ALL: {"symbols", "strategy_id"},
     CommandKind.KILL: {"flatten"},
     CommandKind.SET_LIMITS: {"limits_version", "limits", "stage", "capital_ceiling"},
     CommandKind.KILL_DRILL: set(),
@@ -30,7 +32,9 @@ def _symbols(params: dict[str, Any], errors: dict[str, str]) -> list[str] | None
     if (
         not isinstance(symbols, list)
         or not symbols
-        or not all(isinstance(s, str) and s.strip() and len(s) <= 32 for s in symbols)
+        or not all(
+            isinstance(s, str) and s.strip() and len(s) <= p.MAX_SYMBOL_LENGTH for s in symbols
+        )
     ):
         errors["symbols"] = "symbols must be a non-empty list of instrument symbols"
         return None
@@ -107,6 +111,17 @@ def command_params_clean(kind: str, params: dict[str, Any] | None) -> dict[str, 
         symbols = _symbols(params, errors)
         if symbols is not None:
             clean["symbols"] = symbols
+        if "strategy_id" in params:
+            strategy = params["strategy_id"]
+            if (
+                not isinstance(strategy, str)
+                or not 1 <= len(strategy) <= 64
+                or "\x00" in strategy
+                or strategy != strategy.strip()
+            ):
+                errors["strategy_id"] = "strategy_id is the id of one strategy (1-64 characters)"
+            else:
+                clean["strategy_id"] = strategy
     if errors:
         raise CommandInvalid(errors)
     return clean

@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
-from controlplane import events
+from controlplane import capabilities, events
 from controlplane.capital import ceiling_text
 from controlplane.commands.delivery import pending_commands
 from controlplane.commands.desired_state import enforce_desired_state, timed_pauses_end
@@ -69,6 +70,11 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
         "engine_build": frame.engine_build,
         "config_hash": frame.config_hash,
         "limits_version": frame.limits_version,
+        # The run its orders and fills are stored under from now on (docs/protocol.md, "Runs").
+        "run_id": frame.run_id,
+        "capabilities": None
+        if frame.capabilities is None
+        else msgspec.to_builtins(frame.capabilities),
         "last_seen_at": now,
         # Starting again: no longer stopped (a stop is said by the final heartbeat).
         "stopped_at": None,
@@ -87,6 +93,13 @@ def hello(engine: Engine, frame: p.Hello, connection_id: uuid.UUID | None) -> li
     # The welcome carries the current limits: set_limits not yet acknowledged are obsolete.
     limits_replace(engine_id=engine.pk, now=now)
     limits_version, limits = limits_for(engine)
+    if frame.capabilities is not None:
+        caps = msgspec.to_builtins(frame.capabilities)
+        unenforced = capabilities.unenforced_limit_kinds(caps, (str(x["kind"]) for x in limits))
+        if unenforced:
+            # Still sent in the welcome (the engine may enforce some of it); flagged and alerted.
+            what = f"pre-trade limits it cannot enforce ({', '.join(unenforced)})"
+            capabilities.announce_missing(engine.pk, what)
     latched = enforce_desired_state(engine, frame.trading_state)
     commands = pending_commands(engine.pk)
     if latched is not None:

@@ -111,7 +111,7 @@ LOCK_ENGINES = f"""
         AS locked
     WHERE e.id = locked.id
     RETURNING e.id, e.last_seq, e.session_start_at, e.session_start_equity, e.high_water_mark,
-        e.counts_day, e.orders_today, e.rejected_today, e.fills_today, e.working_orders"""
+        e.run_id, e.counts_day, e.orders_today, e.rejected_today, e.fills_today, e.working_orders"""
 # Lists of symbols are text[] literals (text_array); (engine, key) pairs are JSON documents.
 READ_INSTRUMENTS = f"SELECT symbol, id, multiplier FROM {INSTRUMENT} WHERE symbol = ANY(%s::text[])"
 
@@ -156,10 +156,15 @@ READ_POSITIONS = f"""
         SELECT p.* FROM {POSITION} p
         JOIN {INSTRUMENT} i ON i.id = p.instrument_id
         WHERE p.engine_id = k.engine_id AND i.symbol = k.symbol LIMIT 1) AS p"""
+# Ids are unique per (engine, run): an engine's orders and fills are those of the run its last
+# hello named, read from its row, which the batch holds locked (LOCK_ENGINES) so that the run
+# cannot change under it.
 _ORDER_BY_PAIR = f"""
+    JOIN {ENGINE} e ON e.id = k.engine_id
     CROSS JOIN LATERAL (
         SELECT * FROM {ORDER} o
-        WHERE o.engine_id = k.engine_id AND o.client_order_id = k.client_order_id LIMIT 1) AS o"""
+        WHERE o.engine_id = k.engine_id AND o.run_id = e.run_id
+            AND o.client_order_id = k.client_order_id LIMIT 1) AS o"""
 READ_ORDERS = f"""
     SELECT o.engine_id, o.client_order_id, o.status, o.last_seq, o.created_at, o.updated_at,
            o.instrument_id, o.side, o.order_type, o.quantity
@@ -175,16 +180,18 @@ READ_FILL_IDS = f"""
     SELECT f.engine_id, f.fill_id, o.client_order_id, f.instrument_id, f.side, f.quantity,
            f.price, f.fee
     FROM json_to_recordset(%s::json) AS k(engine_id bigint, fill_id text)
+    JOIN {ENGINE} e ON e.id = k.engine_id
     CROSS JOIN LATERAL (
         SELECT * FROM {FILL} f
-        WHERE f.engine_id = k.engine_id AND f.fill_id = k.fill_id LIMIT 1) AS f
+        WHERE f.engine_id = k.engine_id AND f.run_id = e.run_id AND f.fill_id = k.fill_id
+        LIMIT 1) AS f
     JOIN {ORDER} o ON o.id = f.order_id"""
 
 ORDER_COLUMNS = """engine_id bigint, client_order_id text, broker_order_id text,
     instrument_id bigint, side text, order_type text, quantity numeric, limit_price numeric,
     stop_price numeric, expected_price numeric, status text, filled_quantity numeric,
     avg_fill_price numeric, reject_reason text, created_at timestamptz, updated_at timestamptz,
-    last_seq bigint"""
+    last_seq bigint, run_id text, strategy_id text"""
 # The temporary table that a group's orders are COPYed into when they are many.
 ORDER_STAGE = "cp_stage_order"
 
@@ -193,9 +200,9 @@ _UPSERT_ORDERS = f"""
     INSERT INTO {ORDER} AS o (
         engine_id, client_order_id, broker_order_id, instrument_id, side, order_type,
         quantity, limit_price, stop_price, expected_price, status, filled_quantity,
-        avg_fill_price, reject_reason, created_at, updated_at, last_seq)
+        avg_fill_price, reject_reason, created_at, updated_at, last_seq, run_id, strategy_id)
     {{rows}}
-    ON CONFLICT (engine_id, client_order_id) DO UPDATE SET
+    ON CONFLICT (engine_id, run_id, client_order_id) DO UPDATE SET
         broker_order_id = COALESCE(NULLIF(EXCLUDED.broker_order_id, ''), o.broker_order_id),
         quantity = EXCLUDED.quantity,
         limit_price = EXCLUDED.limit_price,
@@ -206,7 +213,8 @@ _UPSERT_ORDERS = f"""
         avg_fill_price = EXCLUDED.avg_fill_price,
         reject_reason = EXCLUDED.reject_reason,
         updated_at = EXCLUDED.updated_at,
-        last_seq = EXCLUDED.last_seq
+        last_seq = EXCLUDED.last_seq,
+        strategy_id = COALESCE(NULLIF(EXCLUDED.strategy_id, ''), o.strategy_id)
     WHERE o.last_seq < EXCLUDED.last_seq"""
 UPSERT_ORDERS_JSON = _UPSERT_ORDERS.replace("{rows}", rows(ORDER_COLUMNS))
 UPSERT_ORDERS_STAGED = _UPSERT_ORDERS.replace("{rows}", rows(ORDER_COLUMNS, staged=ORDER_STAGE))
@@ -215,13 +223,15 @@ UPSERT_ORDERS_STAGED = _UPSERT_ORDERS.replace("{rows}", rows(ORDER_COLUMNS, stag
 # batch, and takes the order's expected price as that upsert left it.
 INSERT_FILLS = f"""
     INSERT INTO {FILL} (engine_id, fill_id, order_id, instrument_id, side, quantity,
-        price, fee, expected_price, market_price, liquidity, ts, seq)
+        price, fee, expected_price, market_price, liquidity, ts, seq, run_id, strategy_id,
+        fee_currency)
     SELECT k.engine_id, k.fill_id, o.id, k.instrument_id, k.side, k.quantity, k.price, k.fee,
-        o.expected_price, k.market_price, k.liquidity, k.ts, k.seq
+        o.expected_price, k.market_price, k.liquidity, k.ts, k.seq, e.run_id, k.strategy_id,
+        k.fee_currency
     FROM json_to_recordset(%s::json) AS k(engine_id bigint, fill_id text,
         client_order_id text, instrument_id bigint, side text, quantity numeric,
         price numeric, fee numeric, market_price numeric, liquidity text, ts timestamptz,
-        seq bigint)
+        seq bigint, strategy_id text, fee_currency text)
     {_ORDER_BY_PAIR}"""
 # The fill table's columns as the COPY of many fills writes them.
 FILL_COLUMNS = (
@@ -238,6 +248,9 @@ FILL_COLUMNS = (
     "liquidity",
     "ts",
     "seq",
+    "run_id",
+    "strategy_id",
+    "fee_currency",
 )
 
 POSITION_COLUMNS = """engine_id bigint, instrument_id bigint, quantity numeric,

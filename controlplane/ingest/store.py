@@ -13,7 +13,9 @@ is in controlplane.ingest.ledger, and the statements' texts in controlplane.inge
 Idempotence: per engine, events are stored in seq order and the engine row keeps the highest
 seq processed (``Engine.last_seq``, updated under a row lock in the same transaction). An event at
 or below that watermark is a replay and changes nothing. Fills are also unique by
-(engine, fill_id) in the database, so a fill re-sent under a new seq is not counted twice either.
+(engine, run, fill_id) in the database, so a fill re-sent under a new seq is not counted twice
+either. Order and fill ids are an engine's run's (Engine.run_id, set by its hello): a new run
+that repeats the previous run's ids stores its own orders and fills.
 An id reused for another fill or order (by an engine that lost its ids) is not a replay: it is
 refused by name, and what is stored stands (_check_orders, _same_fill; docs/protocol.md, "Ids").
 
@@ -181,6 +183,8 @@ class _Read:
     session_at: datetime | None = None
     session_equity: Decimal | None = None
     high_water_mark: Decimal | None = None
+    # The engine's current run: its orders and fills are stored under it (Engine.run_id).
+    run_id: str = ""
     counts: ledger.Counts | None = None
     positions: dict[int, ledger.Position] = field(default_factory=dict)
     # The batch's orders stored before, by client_order_id.
@@ -256,12 +260,13 @@ def _read(cursor: Any, batches: list[tuple[int, list[p.Event]]], now: datetime) 
         pairs = _pairs("fill_id", fill_ids)
         script.add(sql.READ_FILL_IDS, [pairs], fetch="fill_ids", prepare=False)
     rows = script.run()
-    for engine_id, last_seq, session_at, session_equity, hwm, *counts in rows["engines"]:
+    for engine_id, last_seq, session_at, session_equity, hwm, run_id, *counts in rows["engines"]:
         group.reads[engine_id] = _Read(
             last_seq=last_seq,
             session_at=session_at,
             session_equity=session_equity,
             high_water_mark=hwm,
+            run_id=run_id,
             counts=ledger.Counts(*counts),
         )
     group.instruments = {s: (pk, mult) for s, pk, mult in rows.get("instruments", ())}
@@ -579,6 +584,7 @@ def _upsert_orders(
         latest[order.client_order_id] = order
         first_ts.setdefault(order.client_order_id, order.ts)
     instruments = group.instruments
+    run_id = group.reads[engine_id].run_id
     for o in latest.values():
         row = (
             engine_id,
@@ -598,6 +604,8 @@ def _upsert_orders(
             first_ts[o.client_order_id],
             o.ts,
             o.seq,
+            run_id,
+            o.strategy_id or "",
         )
         group.orders.append(row)
     return latest, first_ts
@@ -865,6 +873,8 @@ def _insert_fills(script: Script, group: _Group) -> None:
                 "liquidity": f.liquidity or "",
                 "ts": f.ts,
                 "seq": f.seq,
+                "strategy_id": f.strategy_id or "",
+                "fee_currency": f.fee_currency or "",
             }
             for engine_id, f, _, _ in fresh
         ]
@@ -897,6 +907,9 @@ def _insert_fills(script: Script, group: _Group) -> None:
             f.liquidity or "",
             f.ts,
             f.seq,
+            group.reads[engine_id].run_id,
+            f.strategy_id or "",
+            f.fee_currency or "",
         )
 
     def copy(fills: list[tuple[int, p.FillEvent, IngestResult, set[int]]]) -> None:

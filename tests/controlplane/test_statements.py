@@ -319,3 +319,15 @@ def test_a_statement_too_large_for_the_api_is_refused_by_name(engine: Engine, ri
     assert answer.status_code == 413
     assert "the request body is larger than this server takes" in answer.json()["detail"]
     assert not BrokerStatement.objects.exists()
+
+
+def test_a_symbol_at_the_protocols_bound_is_read_and_one_beyond_is_refused_by_line() -> None:
+    longest = "X" * p.MAX_SYMBOL_LENGTH
+    header = b"symbol,quantity,type,date\n"
+    statement = parse(header + f"{longest},5,position,2026-12-04\n".encode())
+    assert [h.symbol for h in statement.positions] == [longest]
+
+    with pytest.raises(StatementRefused) as info:
+        parse(header + f"{longest}X,5,position,2026-12-04\n".encode())
+    ((line, message),) = info.value.errors
+    assert line == 2 and "symbol" in message

@@ -121,7 +121,7 @@ def _raw_instrument(**fields: object) -> dict:
         ({"currency": "USDT"}, "currency"),
         ({"currency": "US\u0000"}, "currency"),
         ({"tick_size": "-0.25"}, "tick_size"),
-        ({"symbol": "X" * 33}, "symbol"),
+        ({"symbol": "X" * (p.MAX_SYMBOL_LENGTH + 1)}, "symbol"),
         ({"symbol": "E\u0000S"}, "symbol"),
         ({"sector": "s" * 65}, "sector"),
         ({"asset_class": "tulips"}, "asset_class"),

@@ -46,9 +46,7 @@ def test_an_outsider_is_refused_the_pages_and_the_writes(alpha, risk_manager, ou
     client = _client(outsider)
     assert client.get("/incidents/").status_code == 403
     assert client.get("/contacts/").status_code == 403
-    opened = client.post(
-        "/incidents/open/", {"title": "t", "reason": "r", "engines": ["alpha"]}
-    )
+    opened = client.post("/incidents/open/", {"title": "t", "reason": "r", "engines": ["alpha"]})
     assert opened.status_code == 403
     assert client.post(f"/incidents/{incident.pk}/steps/fix/").status_code == 403
     assert client.post(f"/incidents/{incident.pk}/close/").status_code == 403
