@@ -19,7 +19,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
@@ -250,6 +250,21 @@ def trigger_of(actor_id: int | None, label: str) -> str:
     return Incident.Trigger.CONTROL_PLANE
 
 
+def _snapshot_consistent(
+    engine_ids: list[int], at: datetime, as_of: dict[int, int] | None
+) -> dict[str, Any]:
+    """``snapshot_take`` with every read in one snapshot of the database (a read-only repeatable
+    read transaction): a batch of the engine committed between two reads (its fills read before
+    it, its positions after) would otherwise show a book that never was. Inside a transaction
+    already (tests), its own snapshot rules."""
+    if connection.in_atomic_block:
+        return snapshot_take(engine_ids, at, as_of)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return snapshot_take(engine_ids, at, as_of)
+
+
 def _after_orders(as_of: dict[int, int]) -> Q:
     """The orders each engine reported on after its seq in ``as_of``."""
     q = Q(pk__in=[])
@@ -272,6 +287,7 @@ def _open(
     as_of: dict[int, int] | None = None,
 ) -> Incident:
     now = timezone.now()
+    snapshot = _snapshot_consistent(engine_ids, kill_batch.created_at if kill_batch else now, as_of)
     with transaction.atomic():
         incident = Incident.objects.create(
             title=title[:MAX_TITLE],
@@ -282,7 +298,7 @@ def _open(
             opened_by_label=actor_label[:150],
             kill_batch=kill_batch,
             source_alert=source_alert,
-            snapshot=snapshot_take(engine_ids, kill_batch.created_at if kill_batch else now, as_of),
+            snapshot=snapshot,
         )
         incident.engines.set(engine_ids)
         IncidentStep.objects.bulk_create(
