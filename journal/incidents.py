@@ -108,11 +108,12 @@ def _money(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _after(as_of: dict[int, int]) -> Q:
-    """The events each engine stored after its seq in ``as_of``."""
+def _after(as_of: dict[int, int], field: str = "seq") -> Q:
+    """The rows each engine stored (``field``: an event's seq, an order's last_seq) after its seq
+    in ``as_of``."""
     q = Q(pk__in=[])
     for engine_id, seq in as_of.items():
-        q |= Q(engine_id=engine_id, seq__gt=seq)
+        q |= Q(engine_id=engine_id, **{f"{field}__gt": seq})
     return q
 
 
@@ -155,9 +156,8 @@ def snapshot_take(
     if as_of:
         # Working now and untouched since the kill, or touched since but made before it.
         kill_at = now
-        working_then = (working_then & ~_after_orders(as_of)) | (
-            _after_orders(as_of) & Q(created_at__lte=kill_at)
-        )
+        touched = _after(as_of, "last_seq")
+        working_then = (working_then & ~touched) | (touched & Q(created_at__lte=kill_at))
     for order in (
         Order.objects.filter(Q(engine_id__in=engine_ids) & working_then)
         .select_related("instrument")
@@ -263,14 +263,6 @@ def _snapshot_consistent(
         with connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         return snapshot_take(engine_ids, at, as_of)
-
-
-def _after_orders(as_of: dict[int, int]) -> Q:
-    """The orders each engine reported on after its seq in ``as_of``."""
-    q = Q(pk__in=[])
-    for engine_id, seq in as_of.items():
-        q |= Q(engine_id=engine_id, last_seq__gt=seq)
-    return q
 
 
 def _open(
