@@ -5,10 +5,11 @@ token (``Authorization: Bearer cpu_...``). The engines' own endpoints are in gat
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, datetime, timedelta
 from functools import cache, wraps
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -24,7 +25,7 @@ from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.responses import Status
 from ninja.security import HttpBearer, django_auth
-from pydantic import ConfigDict
+from pydantic import BeforeValidator, ConfigDict
 
 from controlplane import selectors, services
 from controlplane.audit import client_ip
@@ -159,6 +160,31 @@ def error_responses(*codes: int) -> dict[int, type[ErrorOut]]:
     NUL byte in a field or parameter, a body that is not JSON), 401 (no session or token) and
     422 (a parameter out of its range or given twice)."""
     return {code: ErrorOut for code in sorted({400, 401, 422, *codes})}
+
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _iso_day(value: Any) -> Any:
+    # Pydantic alone takes a number (or "+0.0") for a date, as seconds since 1970: a typo would
+    # silently read as 1970-01-01. Days are written as the schema says, or refused.
+    if not (isinstance(value, str) and _ISO_DAY.fullmatch(value)) and not isinstance(value, date):
+        raise ValueError("must be a day written YYYY-MM-DD")
+    return value
+
+
+def _rfc3339(value: Any) -> Any:
+    written = isinstance(value, str) and _RFC3339.fullmatch(value)
+    if not written and not isinstance(value, datetime):
+        raise ValueError("must be RFC 3339 with seconds and an offset, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_iso_day)]
+"""A day given to the API (a parameter or a field): YYYY-MM-DD only."""
+Moment = Annotated[datetime, BeforeValidator(_rfc3339)]
+"""A moment given to the API: RFC 3339 with seconds and an offset only."""
 
 
 class CapabilitiesOut(Schema):

@@ -23,7 +23,7 @@ from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ConfigDict
 
-from controlplane.api import error_responses
+from controlplane.api import Day, Moment, error_responses
 from controlplane.audit import client_ip
 from controlplane.models import Engine
 from golive import comparison, divergence, gates, preflight, redlines, services
@@ -185,8 +185,8 @@ class ComparisonOut(Schema):
 def engine_comparison(
     request: HttpRequest,
     name: str,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: Moment | None = None,
+    end: Moment | None = None,
     against: str = "backtest",
 ) -> Any:
     """The engine's record over [start, end) against its backtest baseline (``against=backtest``,
@@ -283,8 +283,8 @@ def _day_row(row: DivergenceDay) -> DivergenceDay:
 def divergence_log(
     request: HttpRequest,
     name: str,
-    start: date | None = None,
-    end: date | None = None,
+    start: Day | None = None,
+    end: Day | None = None,
     limit: int = Query(200, ge=1, le=1000, description="at most this many days"),
 ) -> Any:
     """The engine's divergence log, newest first: the days from ``start`` to ``end`` (both
@@ -309,7 +309,7 @@ def divergence_log(
     response={200: DivergenceDayOut, **error_responses(403, 404)},
     tags=["going live"],
 )
-def divergence_note(request: HttpRequest, name: str, day: date, payload: DivergenceNoteIn) -> Any:
+def divergence_note(request: HttpRequest, name: str, day: Day, payload: DivergenceNoteIn) -> Any:
     """Attach what was found to a day of the log, replacing its note: the note and its root
     cause (infrastructure, market or strategy). Operators and risk managers may (the right
     golive.request_promotion); audited."""

@@ -21,7 +21,7 @@ from ninja.errors import HttpError
 from ninja.responses import Status
 from pydantic import ConfigDict, StrictBool
 
-from controlplane.api import error_responses
+from controlplane.api import Day, error_responses
 from controlplane.audit import client_ip
 from controlplane.models import Engine
 from journal import figures, reviews, runbooks, tradinglog
@@ -136,8 +136,8 @@ def log_entries(
     request: HttpRequest,
     q: str = Query("", max_length=200),
     engine: str | None = None,
-    start: date | None = None,
-    end: date | None = None,
+    start: Day | None = None,
+    end: Day | None = None,
 ) -> Any:
     """Search the trading log: entries whose notes or key events hold ``q`` (any case), of one
     engine, between ``start`` and ``end``; newest first, at most 200."""
@@ -153,7 +153,7 @@ def log_entries(
 
 
 @router.get("/log/{day}", response={200: LogDayOut, **error_responses(403, 404)})
-def log_day(request: HttpRequest, day: date, engine: str | None = None) -> Any:
+def log_day(request: HttpRequest, day: Day, engine: str | None = None) -> Any:
     """The day's entry (the desk's, or ``engine``'s) and what the data says of the day now."""
     _require(request, "journal.view_logentry")
     _in_range(day, "day")
@@ -168,7 +168,7 @@ def log_day(request: HttpRequest, day: date, engine: str | None = None) -> Any:
 
 @router.put("/log/{day}", response={200: LogEntryOut, **error_responses(403, 404)})
 @_answers
-def log_day_save(request: HttpRequest, day: date, payload: LogEntryIn) -> Any:
+def log_day_save(request: HttpRequest, day: Day, payload: LogEntryIn) -> Any:
     """Write the day's entry (operators); the day's figures are filled in from the data. Each
     save that changes something is a new version in its history, and an audit entry."""
     _in_range(day, "day")
@@ -187,7 +187,7 @@ def log_day_save(request: HttpRequest, day: date, payload: LogEntryIn) -> Any:
 
 
 @router.get("/log/{day}/history", response={200: list[RevisionOut], **error_responses(403, 404)})
-def log_day_history(request: HttpRequest, day: date, engine: str | None = None) -> Any:
+def log_day_history(request: HttpRequest, day: Day, engine: str | None = None) -> Any:
     """Every version of the day's entry, newest first."""
     _require(request, "journal.view_logentry")
     _in_range(day, "day")
@@ -411,7 +411,7 @@ def review_list(
 
 
 @router.get("/reviews/{period}/{start}", response={200: ReviewOut, **error_responses(403, 404)})
-def review_detail(request: HttpRequest, period: PeriodName, start: date) -> Any:
+def review_detail(request: HttpRequest, period: PeriodName, start: Day) -> Any:
     """One review with its checklist: computed now until signed off, as kept after."""
     _require(request, "journal.view_review")
     return _review_out(
@@ -425,7 +425,7 @@ def review_detail(request: HttpRequest, period: PeriodName, start: date) -> Any:
 )
 @_answers
 def review_sign_off(
-    request: HttpRequest, period: PeriodName, start: date, payload: SignOffIn
+    request: HttpRequest, period: PeriodName, start: Day, payload: SignOffIn
 ) -> Any:
     """Sign the review off (daily and weekly: operators; monthly and quarterly: risk managers).
     400 names each manual item not ticked, and asks for a note when a computed check fails;

@@ -235,3 +235,37 @@ def test_the_weekly_report_summarises_the_desks_log(operator):
     assert report.log is not None
     assert (report.log.days_logged, report.log.days, report.log.trends) == (2, 7, {"Down": 2})
     assert [e.key_events for e in report.log.entries] == ["CPI", ""]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/log?start=%2B0.0", "start"),
+        ("/api/v1/log?end=0", "end"),
+        ("/api/v1/log?start=2026-12-7", "start"),
+        ("/api/v1/log/0", "day"),
+        ("/api/v1/log/1733529600/history", "day"),
+        ("/api/v1/engines/alpha/divergence?start=1.5", "start"),
+        ("/api/v1/engines/alpha/comparison?start=0", "start"),
+        ("/api/v1/engines/alpha/comparison?end=2026-12-01", "end"),
+        ("/api/v1/engines/alpha/comparison?start=2026-12-01T00:00:00", "start"),
+    ],
+)
+def test_a_day_or_moment_not_written_as_the_schema_says_is_refused_by_name(
+    alpha, viewer, path, field
+):
+    # A number would otherwise read as seconds since 1970 and list 1970's entries as if asked.
+    response = token_client(viewer).get(path)
+    assert response.status_code == 422, response.content
+    assert any(field in key for key in response.json()["errors"]), response.json()
+
+
+def test_days_and_moments_written_as_the_schema_says_are_taken(alpha, viewer):
+    client = token_client(viewer)
+    assert client.get("/api/v1/log?start=2026-12-01&end=2026-12-07").status_code == 200
+    assert client.get("/api/v1/engines/alpha/divergence?start=2026-12-01").status_code == 200
+    moment = (
+        "/api/v1/engines/alpha/comparison"
+        "?start=2026-11-01T00:00:00Z&end=2026-12-01T00:00:00%2B01:00"
+    )
+    assert client.get(moment).status_code == 200, client.get(moment).content
