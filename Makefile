@@ -30,12 +30,23 @@ $(BIN)/.installed: pyproject.toml engine_sdk/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ./engine_sdk -e '.[dev]'
 	@touch $@
 
-install: $(BIN)/.installed
+# The real trading frameworks the adapter tests drive (NautilusTrader, Freqtrade) live in a virtual
+# environment of their own, beside the SDK only: as an engine developer installs them, with no
+# Django, and without their pins moving the control plane's.
+ENGINES_VENV := .venv-engines
+$(ENGINES_VENV)/.installed: engine_sdk/pyproject.toml tests/engines/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(ENGINES_VENV)
+	$(ENGINES_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ENGINES_VENV)/bin/python -m pip install --quiet -e ./engine_sdk -r tests/engines/requirements.txt
+	@touch $@
+
+install: $(BIN)/.installed $(ENGINES_VENV)/.installed
 
 demo: $(BIN)/.installed
 	CONTROLPLANE_ENV=$${CONTROLPLANE_ENV:-demo} $(BIN)/python manage.py up --demo --port $(PORT) --engines $(ENGINES)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(ENGINES_VENV)/.installed
 	CONTROLPLANE_ENV=test CONTROLPLANE_DATA_DIR=$(TEST_DATA_DIR) EMBEDDED_PG_PORT=$(TEST_PG_PORT) \
 	EMBEDDED_REDIS_PORT=$(TEST_REDIS_PORT) $(BIN)/python -m controlplane.config.embedded run -- \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
