@@ -44,6 +44,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/engine/events", http.post_frame, name="engine-events"),
     path("api/v1/engine/commands", http.get_commands, name="engine-commands"),
+    path("api/v1/protocol.schema.json", http.protocol_schema_json, name="protocol-schema"),
     path("api/v1/", api.urls()),
     path("live/fleet.json", live_views.fleet_snapshot, name="live-fleet"),
     path("live/readiness.json", live_views.fleet_readiness, name="live-readiness"),

@@ -2,13 +2,16 @@
 
 POST /api/v1/engine/events takes one engine frame as the JSON body and answers a JSON array of
 server frames; GET /api/v1/engine/commands answers the pending command frames. Authentication
-is the engine's bearer token, as on the socket.
+is the engine's bearer token, as on the socket. GET /api/v1/protocol.schema.json answers the
+protocol's JSON Schema to anyone.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
+from functools import cache
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -24,6 +27,7 @@ from controlplane.gateway.ratelimit import TokenBucket
 from controlplane.input_guard import frames_checked_by_the_view
 from controlplane.models import Engine
 from engine_sdk import protocol as p
+from engine_sdk.schema import protocol_schema
 
 JSON = "application/json"
 # The status of a refused hello (docs/protocol.md, section 14); any other refusal is 400.
@@ -120,3 +124,18 @@ def get_commands(request: HttpRequest) -> HttpResponse:
     if refused := _rate_limited(engine):
         return refused
     return _frames(delivery.pending_commands(engine.pk))
+
+
+@cache
+def _schema_body() -> bytes:
+    return json.dumps(protocol_schema(), indent=2, sort_keys=True).encode() + b"\n"
+
+
+@login_not_required  # the protocol is public: engine developers read it before they have a token
+@require_GET
+def protocol_schema_json(request: HttpRequest) -> HttpResponse:
+    """GET /api/v1/protocol.schema.json: the JSON Schema of every frame, drawn from the running
+    code (the same document as docs/protocol.schema.json, which the suite checks)."""
+    response = HttpResponse(_schema_body(), content_type=JSON)
+    response["Cache-Control"] = "public, max-age=300"
+    return response

@@ -239,3 +239,12 @@ def test_an_event_the_database_will_not_store_is_refused_alone_over_http(client,
     assert (refused["code"], refused["field"], refused["seq"]) == ("event_refused", "events[2]", 3)
     assert ack == {"type": "ack", "seq": 4}
     assert list(Fill.objects.filter(engine=engine).values_list("seq", flat=True)) == [2]
+
+
+def test_the_protocol_schema_is_served_to_anyone_and_is_the_published_file(client, db):
+    from tests.sdk.test_schema import SCHEMA_FILE
+
+    response = client.get("/api/v1/protocol.schema.json")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert response.json() == json.loads(SCHEMA_FILE.read_text())
+    assert client.post("/api/v1/protocol.schema.json").status_code == 405
