@@ -25,7 +25,9 @@ help:
 # is on no index, so pip must take it from ./engine_sdk.
 $(BIN)/.installed: pyproject.toml engine_sdk/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
+	@echo "==> Environment: a virtual environment in $(VENV) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> Packages: installing the control plane and the SDK (the first time takes a few minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ./engine_sdk -e '.[dev]'
 	@touch $@
@@ -36,6 +38,7 @@ $(BIN)/.installed: pyproject.toml engine_sdk/pyproject.toml
 ENGINES_VENV := .venv-engines
 $(ENGINES_VENV)/.installed: engine_sdk/pyproject.toml tests/engines/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
+	@echo "==> Packages: NautilusTrader and Freqtrade for the adapter tests, in $(ENGINES_VENV)"
 	$(PYTHON) -m venv $(ENGINES_VENV)
 	$(ENGINES_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(ENGINES_VENV)/bin/python -m pip install --quiet -e ./engine_sdk -r tests/engines/requirements.txt

@@ -98,7 +98,10 @@ def test_up_serves_the_app_and_a_sigint_stops_every_process_it_started(
 ) -> None:
     port = free_port()
     log = tmp_path / "up.log"
-    env = server_env(DATABASE_URL=current_database_url(), REDIS_URL=settings.REDIS_URL)
+    # INFO: the worker's and beat's start lines are what this test waits for.
+    env = server_env(
+        DATABASE_URL=current_database_url(), REDIS_URL=settings.REDIS_URL, CELERY_LOG_LEVEL="INFO"
+    )
     with log.open("ab") as out:
         up = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--port", str(port), "--engines", "0"],
@@ -130,8 +133,8 @@ def test_up_serves_the_app_and_a_sigint_stops_every_process_it_started(
         started = psutil.Process(up.pid).children(recursive=True)
         commands = _describe(started)
         assert "uvicorn controlplane.config.asgi:application" in commands
-        assert "celery -A controlplane.config.celery worker" in commands
-        assert "celery -A controlplane.config.celery beat" in commands
+        assert "celery -A controlplane.config.celery --quiet worker" in commands
+        assert "celery -A controlplane.config.celery --quiet beat" in commands
 
         up.send_signal(signal.SIGINT)
         returncode = up.wait(UP_EXIT_TIMEOUT_S)
@@ -147,7 +150,16 @@ def test_up_serves_the_app_and_a_sigint_stops_every_process_it_started(
     assert left == [], f"left running after `up` exited:\n{_describe(left)}\n\n{output}"
 
 
-def test_up_refuses_a_port_that_is_already_in_use() -> None:
+@pytest.mark.parametrize(
+    "run",
+    [
+        pytest.param(["up"], id="up"),
+        # Run directly with no CONTROLPLANE_ENV, the demo takes the demo's settings (production's
+        # would stop at once for want of SECRET_KEY): it gets as far as the port check.
+        pytest.param(["up", "--demo"], id="up --demo without CONTROLPLANE_ENV"),
+    ],
+)
+def test_up_refuses_a_port_that_is_already_in_use(run: list[str]) -> None:
     # Nothing listens at these: if the port check ever went missing, `up` would fail on the
     # database instead of starting anything, and the message check below would say so.
     unreachable = free_port()
@@ -155,12 +167,15 @@ def test_up_refuses_a_port_that_is_already_in_use() -> None:
         DATABASE_URL=f"postgresql://postgres@127.0.0.1:{unreachable}/nothing",
         REDIS_URL=f"redis://127.0.0.1:{unreachable}/0",
     )
+    if "--demo" in run:
+        del env["CONTROLPLANE_ENV"]
+        env.pop("SECRET_KEY", None)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "manage.py", "up", "--port", str(port), "--engines", "0"],
+            [sys.executable, "manage.py", *run, "--port", str(port), "--engines", "0"],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

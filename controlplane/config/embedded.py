@@ -339,6 +339,9 @@ def embedded_services(*, quiet: bool = False) -> Iterator[dict[str, str]]:
     try:
         if not os.environ.get("DATABASE_URL"):
             postgres = EmbeddedPostgres(root, pg_port())
+            if not quiet:
+                # The first start initialises a cluster: seconds of silence otherwise.
+                print(f"==> PostgreSQL: starting the embedded server ({root})", flush=True)
             if postgres.start():
                 started.append(postgres)
             env["DATABASE_URL"] = embedded_database_url()
@@ -348,6 +351,8 @@ def embedded_services(*, quiet: bool = False) -> Iterator[dict[str, str]]:
                 )
         if not os.environ.get("REDIS_URL"):
             redis = EmbeddedRedis(root, redis_port())
+            if not quiet:
+                print("==> Redis: starting the embedded server", flush=True)
             if redis.start():
                 started.append(redis)
             env["REDIS_URL"] = embedded_redis_url()

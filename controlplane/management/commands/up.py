@@ -67,6 +67,7 @@ class Command(BaseCommand):
         env = {**os.environ, **service_env, "PYTHONUNBUFFERED": "1"}
         if options["demo"]:
             env.setdefault("CONTROLPLANE_ENV", "demo")
+        self.stdout.write("==> Migrations: bringing the database up to date")
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("Database migrated.")
         if options["demo"]:
@@ -74,6 +75,9 @@ class Command(BaseCommand):
         # Child processes open their own connections; do not hold ours open while they run.
         connections.close_all()
 
+        # Celery's routine lines (each task received and succeeded, every few seconds) drown what
+        # a person must see; warnings and errors still show. CELERY_LOG_LEVEL=INFO shows them all.
+        celery_level = shlex.quote(os.environ.get("CELERY_LOG_LEVEL", "WARNING"))
         python = shlex.quote(sys.executable)
         manage = shlex.quote(str(settings.BASE_DIR / "manage.py"))
         manager = Manager()
@@ -89,7 +93,8 @@ class Command(BaseCommand):
                 "worker",
                 # Threads: the tasks wait on PostgreSQL, SMTP and webhooks, not on the CPU, and
                 # eight threads cost what two processes would (alert latency, bench/).
-                f"{python} -m celery -A controlplane.config.celery worker --loglevel INFO "
+                f"{python} -m celery -A controlplane.config.celery --quiet worker "
+                f"--loglevel {celery_level} "
                 f"--pool threads "
                 f"--concurrency 8 --without-gossip --without-mingle",
                 env=env,
@@ -97,7 +102,8 @@ class Command(BaseCommand):
             )
             manager.add_process(
                 "beat",
-                f"{python} -m celery -A controlplane.config.celery beat --loglevel INFO",
+                f"{python} -m celery -A controlplane.config.celery --quiet beat "
+                f"--loglevel {celery_level}",
                 env=env,
                 cwd=str(settings.BASE_DIR),
             )
@@ -114,6 +120,12 @@ class Command(BaseCommand):
                 env=env,
                 cwd=str(settings.BASE_DIR),
             )
+        started = ", ".join(
+            ["web"]
+            + ([] if options["no_worker"] else ["worker", "beat"])
+            + ([f"{engines} simulated engines"] if engines > 0 else [])
+        )
+        self.stdout.write(f"==> Processes: starting {started}")
         shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "") else host
         self.stdout.write(
             self.style.SUCCESS(f"\n  Open http://{shown_host}:{port}/  (Ctrl+C stops everything)\n")
