@@ -50,6 +50,9 @@ demo: $(BIN)/.installed
 	CONTROLPLANE_ENV=$${CONTROLPLANE_ENV:-demo} $(BIN)/python manage.py up --demo --port $(PORT) --engines $(ENGINES)
 
 test: $(BIN)/.installed $(ENGINES_VENV)/.installed
+	@# The browser tests need Chromium: stop here, with one line saying what to install, rather
+	@# than fail a score of them after minutes.
+	@$(BIN)/python -m controlplane.chromium >/dev/null
 	CONTROLPLANE_ENV=test CONTROLPLANE_DATA_DIR=$(TEST_DATA_DIR) EMBEDDED_PG_PORT=$(TEST_PG_PORT) \
 	EMBEDDED_REDIS_PORT=$(TEST_REDIS_PORT) $(BIN)/python -m controlplane.config.embedded run -- \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

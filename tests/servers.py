@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
+from controlplane import chromium
 from controlplane.config.serving import UVICORN_OPTIONS
 
 if TYPE_CHECKING:
@@ -258,17 +258,15 @@ def uvicorn_server(transactional_db: None, tmp_path: Path) -> Iterator[UvicornSe
 
 
 def chromium_path() -> str:
-    path = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-    if not (Path(path).is_file() and os.access(path, os.X_OK)):
-        found = shutil.which(path)
-        if found is None:
-            pytest.fail(
-                f"Chromium is not installed at {path}. The browser tests drive Debian's Chromium: "
-                "install it with `apt-get install chromium` (or point CHROMIUM_PATH at a Chromium "
-                "executable).",
-                pytrace=False,
-            )
-        path = found
+    path = chromium.find()
+    if path is None:
+        configured = os.environ.get("CHROMIUM_PATH")
+        pytest.fail(
+            f"CHROMIUM_PATH={configured} is not a Chromium executable."
+            if configured
+            else chromium.MISSING,
+            pytrace=False,
+        )
     return path
 
 

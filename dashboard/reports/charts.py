@@ -1,9 +1,9 @@
 """Plotly figures of the weekly report, for the page (JSON for Plotly.js) and the e-mail (PNG).
 
-PNGs are rendered by kaleido driving the system Chromium at ``CHROMIUM_PATH`` (default
-/usr/bin/chromium), given to kaleido explicitly: it never looks for, nor downloads, a browser of
-its own. The page's Plotly.js comes from the plotly wheel, the same file the site serves, and
-MathJax is off, so rendering needs no network.
+PNGs are rendered by kaleido driving the Chromium that controlplane.chromium finds
+(``CHROMIUM_PATH``, else the system's), given to kaleido explicitly: it never looks for, nor
+downloads, a browser of its own. The page's Plotly.js comes from the plotly wheel, the same file
+the site serves, and MathJax is off, so rendering needs no network.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from plotly.subplots import make_subplots
 
+from controlplane import chromium
 from dashboard.reports.analytics import Analytics
 
 GREEN = "#2da44e"
@@ -166,11 +167,12 @@ def figure_json(fig: go.Figure) -> str:
 
 
 def chromium_path() -> str:
-    path = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-    if not (Path(path).is_file() and os.access(path, os.X_OK)):
+    path = chromium.find()
+    if path is None:
+        configured = os.environ.get("CHROMIUM_PATH")
+        problem = f"CHROMIUM_PATH={configured} is not a Chromium executable" if configured else ""
         raise ImproperlyConfigured(
-            f"Chromium is not installed at {path}: the report's PNG charts need it. Install it "
-            "(apt-get install chromium) or set CHROMIUM_PATH to a Chromium executable."
+            f"The report's PNG charts need Chromium. {problem or chromium.MISSING}"
         )
     return path
 
