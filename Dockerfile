@@ -34,6 +34,7 @@ COPY . .
 RUN pip install --no-deps --editable ./engine_sdk --editable . \
  && CONTROLPLANE_ENV=production \
     SECRET_KEY=build-time-only-collectstatic-needs-settings-0123456789 METRICS_PUBLIC=true \
+    DATABASE_URL=postgres://build-time-only/none REDIS_URL=redis://build-time-only:6379/0 \
     python manage.py collectstatic --noinput --verbosity 0 \
  && install --directory --owner=controlplane --group=controlplane /app/.data
 

@@ -29,8 +29,13 @@ IS_PRODUCTION = ENVIRONMENT == "production"
 
 if IS_PRODUCTION:
     SECRET_KEY = env_str("SECRET_KEY")
-    if len(SECRET_KEY) < 32:
-        raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long.")
+    # As Django's own deployment check wants it (security.W009): a short or repetitive key is
+    # refused at start rather than warned about by a check nobody runs.
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be at least 50 characters long, with at least 5 different ones: "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
 else:
     SECRET_KEY = env_str("SECRET_KEY", f"insecure-{ENVIRONMENT}-key-never-use-in-production-0123")
 
@@ -102,8 +107,28 @@ TEMPLATES = [
     },
 ]
 
+
 # --- PostgreSQL ----------------------------------------------------------------------------------
-DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.embedded_database_url()
+def _service_url(name: str, embedded_url: str, example: str) -> str:
+    """The server a variable names; outside production, the embedded one when it is unset.
+    Production never falls back on an embedded server: it would run on an empty database."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    if IS_PRODUCTION:
+        raise ImproperlyConfigured(
+            f"{name} is required in production (CONTROLPLANE_ENV=production), e.g. "
+            f"{name}={example}. The embedded servers are for the demo and the tests "
+            f"(CONTROLPLANE_ENV=demo or test)."
+        )
+    return embedded_url
+
+
+DATABASE_URL = _service_url(
+    "DATABASE_URL",
+    embedded.embedded_database_url(),
+    "postgres://controlplane:PASSWORD@db.example.com:5432/controlplane",
+)
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
@@ -142,7 +167,9 @@ if env_bool("DB_POOL_ENABLED", ENVIRONMENT != "test"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Channels layer, Celery broker, cache --------------------------------------------------
-REDIS_URL = os.environ.get("REDIS_URL") or embedded.embedded_redis_url()
+REDIS_URL = _service_url(
+    "REDIS_URL", embedded.embedded_redis_url(), "redis://redis.example.com:6379/0"
+)
 if ENVIRONMENT == "test" and os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel test workers each get their own Redis database, so their channel groups and
     # task queues cannot cross.
@@ -209,6 +236,20 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", IS_PRODUCTION)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", IS_PRODUCTION)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Production is served over HTTPS only (a TLS-terminating proxy): a browser's plain HTTP is
+# redirected. Not the probes and the scrape, which reach the web process directly inside its
+# network, nor the engines' HTTP endpoints: a redirect protects no token already sent, and an
+# engine's POST does not follow one.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/v1/engine/"]
+# A day by default: long enough to matter, short enough to undo a mistake (HSTS cannot be taken
+# back before it expires); raise it to a year (31536000) once the site's HTTPS is settled.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 86400 if IS_PRODUCTION else 0, minimum=0)
+# Both bind every subdomain of the site's domain, which only its owner can decide: off unless set.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# check --deploy's reminders of those two choices, which are the domain owner's, not ours.
+SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
 
 # The client's address (audit log, login throttling) is the TCP peer's, unless the site is behind
 # this many reverse proxies that each append the address they saw to X-Forwarded-For: then it is

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.config import env
+
+KEY = secrets.token_urlsafe(50)
 
 
 def _load_settings(**environ: str) -> subprocess.CompletedProcess[str]:
@@ -34,6 +38,13 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "SECRET_KEY is required" in done.stderr
 
 
+@pytest.mark.parametrize("key", ["s3cret-" * 4, "x" * 60], ids=["short", "repetitive"])
+def test_production_refuses_a_weak_secret_key(key):
+    done = _load_settings(CONTROLPLANE_ENV="production", SECRET_KEY=key, METRICS_TOKEN="m" * 32)
+    assert done.returncode != 0
+    assert "SECRET_KEY must be at least 50 characters long, with at least 5" in done.stderr
+
+
 def test_production_starts_with_a_secret_key_and_debug_off():
     done = subprocess.run(
         [
@@ -45,7 +56,7 @@ def test_production_starts_with_a_secret_key_and_debug_off():
         env={
             **os.environ,
             "CONTROLPLANE_ENV": "production",
-            "SECRET_KEY": "x" * 50,
+            "SECRET_KEY": KEY,
             "METRICS_TOKEN": "m" * 32,
         },
         capture_output=True,
@@ -57,7 +68,7 @@ def test_production_starts_with_a_secret_key_and_debug_off():
 
 
 def test_production_refuses_to_start_with_metrics_open_unless_told_so():
-    production = {"CONTROLPLANE_ENV": "production", "SECRET_KEY": "x" * 50}
+    production = {"CONTROLPLANE_ENV": "production", "SECRET_KEY": KEY}
 
     closed = _load_settings(**production)
     assert closed.returncode != 0
@@ -126,3 +137,56 @@ def test_outside_the_tests_each_process_keeps_its_connections_in_a_pool():
     assert done.returncode == 0, done.stderr
     # The pool's connections keep the generic plans the prepared statements rely on.
     assert done.stdout.split() == ["0", "7", "-c", "plan_cache_mode=force_generic_plan"]
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL"])
+def test_production_refuses_to_start_without_its_servers(missing):
+    # Never the embedded servers' addresses: production would run on an empty database.
+    production = {
+        "CONTROLPLANE_ENV": "production",
+        "SECRET_KEY": KEY,
+        "METRICS_TOKEN": "m" * 32,
+        "DATABASE_URL": "postgres://cp@db.example.com/cp",
+        "REDIS_URL": "redis://redis.example.com:6379/0",
+    }
+    del production[missing]
+    clean = {k: v for k, v in os.environ.items() if k != missing}
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={**clean, **production},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"{missing} is required in production" in done.stderr
+
+
+def test_check_deploy_is_clean_with_the_documented_production_environment():
+    documented = {
+        "CONTROLPLANE_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "METRICS_TOKEN": "m" * 32,
+        "ALLOWED_HOSTS": "cp.example.com",
+        "CSRF_TRUSTED_ORIGINS": "https://cp.example.com",
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or "postgres://cp@db.example.com/cp",
+        "REDIS_URL": os.environ.get("REDIS_URL") or "redis://redis.example.com:6379/0",
+    }
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=django_settings.BASE_DIR,
+        env={**os.environ, **documented},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+
+
+def test_production_redirects_plain_http_but_not_the_probes(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/login/").status_code == 301
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/api/v1/engine/commands").status_code == 401  # answered, not redirected
+    assert client.get("/login/", secure=True).status_code == 200
