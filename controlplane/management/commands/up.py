@@ -62,7 +62,14 @@ class Command(BaseCommand):
         options: dict[str, Any],
         service_env: dict[str, str],
     ) -> None:
-        from honcho.manager import Manager
+        try:
+            from honcho.manager import Manager
+        except ImportError:
+            raise CommandError(
+                "manage.py up runs its processes with honcho, of the `embedded` extra: "
+                "pip install -e '.[embedded]' (make demo installs it). A production deployment "
+                "runs web, worker and beat as processes of their own (docs/operations.md)."
+            ) from None
 
         env = {**os.environ, **service_env, "PYTHONUNBUFFERED": "1"}
         if options["demo"]:
