@@ -251,6 +251,7 @@ class ControlPlaneAdapter(Actor):
         self._loop_thread: _LoopThread | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._client_started = False
+        self._start_task: asyncio.Future[None] | None = None
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         # Set (on the client's loop) whenever the node reports something a command may wait for.
         self._progress: asyncio.Event | None = None
@@ -316,6 +317,11 @@ class ControlPlaneAdapter(Actor):
             self._loop_thread = _LoopThread()
             self._client_loop = self._loop_thread.loop
             self._loop_thread.call(self._start_client())
+        else:
+            # On the node's own loop, as soon as it runs (before the actor starts, so that the
+            # strategies' first events are journaled by a started client).
+            self._client_loop = kernel.loop
+            self._start_task = asyncio.ensure_future(self._start_client(), loop=kernel.loop)
 
     async def _start_client(self) -> None:
         self._progress = asyncio.Event()
@@ -328,8 +334,15 @@ class ControlPlaneAdapter(Actor):
     def wait_connected(self, timeout: float) -> None:
         """Block until the control plane welcomed the engine (backtest: from the engine thread)."""
         if self._loop_thread is None:
-            raise RuntimeError("wait_connected blocks: on a live node, await client.wait_connected")
+            raise RuntimeError("wait_connected blocks: on a live node, await connected()")
         self._loop_thread.call(self.client.wait_connected(timeout), timeout + 1)
+
+    async def connected(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Live node, on its loop: until the client started and the control plane welcomed it."""
+        if self._start_task is None:
+            raise RuntimeError("connected() is for a live node; a backtest uses wait_connected")
+        await self._start_task
+        await self.client.wait_connected(timeout)
 
     def flush(self, timeout: float) -> None:
         """Backtest: block until the server has acked every event emitted so far."""
@@ -361,10 +374,6 @@ class ControlPlaneAdapter(Actor):
             self.clock.set_timer(
                 "controlplane-pump", self.pump_interval, callback=lambda _event: self.pump()
             )
-        else:
-            loop = self._kernel.loop
-            self._client_loop = loop
-            loop.create_task(self._start_client())
 
     def on_stop(self) -> None:
         with contextlib.suppress(Exception):

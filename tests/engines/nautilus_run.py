@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -38,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
-from nautilus_trader.config import LoggingConfig, StrategyConfig
+from nautilus_trader.config import LoggingConfig, StrategyConfig, TradingNodeConfig
+from nautilus_trader.live.node import TradingNode
 from nautilus_trader.model.currencies import USD
 from nautilus_trader.model.data import QuoteTick
 from nautilus_trader.model.enums import AccountType, OmsType, OrderSide, PositionSide
@@ -342,18 +344,88 @@ def run_offline(args: argparse.Namespace) -> None:
     engine.dispose()
 
 
+def run_live(args: argparse.Namespace) -> None:
+    """A live TradingNode (no venue: nothing to trade) whose client runs on the node's loop:
+    it answers the control plane's commands there, and stops on purpose."""
+    out = Path(args.dir)
+    node = TradingNode(
+        config=TradingNodeConfig(
+            trader_id="NT-LIVE",
+            logging=LoggingConfig(log_level="ERROR"),
+            # No venue to wait for: stopping need not wait for one.
+            timeout_disconnection=1.0,
+            timeout_post_stop=0.5,
+        )
+    )
+    strategy = WalkTrader(WalkConfig(instrument_id="EUR/USD.SIM", scripted=True))
+    node.trader.add_strategy(strategy)
+    node.build()
+    adapter = ControlPlaneAdapter(
+        url=args.url,
+        token=args.token,
+        journal_dir=out / "journal-live",
+        engine_build="nautilus-live-1",
+        config_hash="live",
+        mode="paper",
+        broker="sim",
+        account="LIVE-001",
+        client_config=ClientConfig(fsync=False, batch_interval_s=0.005),
+    )
+    adapter.install(node)
+    loop = node.get_event_loop()
+    handled: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+    inner = adapter.client.on_command
+    assert inner is not None
+
+    async def counted(command: p.Command) -> Any:
+        outcome = await inner(command)
+        handled.put_nowait((command.kind, outcome.status, threading.current_thread().name))
+        return outcome
+
+    adapter.client.on_command = counted
+
+    async def main() -> None:
+        node_task = asyncio.ensure_future(node.run_async())
+        await adapter.connected(WAIT_S)
+        write(out / "ready.json", {"run_id": adapter.run_id})
+        answers = []
+        async with asyncio.timeout(WAIT_S):
+            while len(answers) < args.commands:
+                answers.append(await handled.get())
+        write(
+            out / "live.json",
+            {
+                "answers": answers,
+                "trading_state": adapter.client.trading_state,
+                "loop_thread": threading.current_thread().name,
+            },
+        )
+        await loop.run_in_executor(None, sys.stdin.readline)
+        await adapter.client.shutdown("test over")
+        await node.stop_async()
+        node_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await node_task
+
+    loop.run_until_complete(main())
+    node.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=("backtest", "offline"))
+    parser.add_argument("scenario", choices=("backtest", "offline", "live"))
     parser.add_argument("--url", default="ws://127.0.0.1:9/ws/engine/v1")
     parser.add_argument("--token", default="unreachable")
     parser.add_argument("--dir", required=True)
     parser.add_argument("--steps-before-kill", type=int, default=3)
     parser.add_argument("--steps-after-kill", type=int, default=2)
+    parser.add_argument("--commands", type=int, default=2)
     args = parser.parse_args()
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     if args.scenario == "backtest":
         run_backtest(args)
+    elif args.scenario == "live":
+        run_live(args)
     else:
         run_offline(args)
 

@@ -255,3 +255,66 @@ def test_offline_the_node_runs_and_the_gate_and_commands_hold(tmp_path: Path) ->
     assert kill["data"]["left"] == {} and kill["data"]["traded"] == {"EUR/USD.SIM": "17500"}
     position, denied = outcome("halted: buy 10000")
     assert position == "0" and "HALTED" in denied[0]
+
+
+@uses_database
+def test_live_node_answers_commands_on_its_own_loop_and_stops_on_purpose(
+    uvicorn_server: UvicornServer,
+    make_engine: Callable[..., tuple[Engine, str]],
+    tmp_path: Path,
+) -> None:
+    """A TradingNode (no venue): the client runs on the node's loop; a pause and a flatten of
+    a strategy the node does not have, issued by the control plane, are answered there."""
+    engine, token = make_engine("nautilus-live", mode="paper")
+    process, log = start(
+        tmp_path, "live", "--url", f"{uvicorn_server.ws_url}/ws/engine/v1", "--token", token
+    )
+    run = tmp_path / "run"
+    try:
+
+        def ready() -> bool:
+            engine.refresh_from_db()
+            return (run / "ready.json").exists() and engine.connected
+
+        wait_for(ready, "the live node connected", process, log)
+        issuing.command_issue(
+            kind="pause", selector="engine:nautilus-live", reason="news", actor_label="test"
+        )
+        issuing.command_issue(
+            kind="flatten",
+            selector="engine:nautilus-live",
+            reason="one strategy",
+            params={"strategy_id": "NoSuchStrategy-1"},
+            actor_label="test",
+        )
+        commands = Command.objects.filter(engine=engine)
+
+        def answered() -> bool:
+            return (run / "live.json").exists() and all(
+                c.completed_at is not None for c in commands.all()
+            )
+
+        wait_for(answered, "both commands answered", process, log)
+        assert process.stdin is not None
+        process.stdin.write(b"done\n")
+        process.stdin.flush()
+        assert process.wait(timeout=TIMEOUT_S) == 0, log.read_text(errors="replace")[-6000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    live = read_json(run / "live.json")
+    engine.refresh_from_db()
+    pause = commands.get(kind="pause")
+    flatten = commands.get(kind="flatten")
+    assert pause.status == Command.Status.SUCCEEDED and pause.state_after == "PAUSED"
+    assert flatten.status == Command.Status.FAILED
+    assert "NoSuchStrategy-1" in flatten.detail and "WalkTrader-000" in flatten.detail
+    # Handled on the node's own thread (its loop), not on a thread of the adapter's.
+    assert {thread for _, _, thread in live["answers"]} == {live["loop_thread"]}
+    assert live["trading_state"] == "PAUSED"
+    # A live node keeps the engine's one run; it said what it enforces; it stopped on purpose.
+    assert engine.run_id == ""
+    assert "flatten" in engine.capabilities["commands"]
+    assert engine.reported_state == "PAUSED"
+    assert engine.stopped_at is not None and not engine.connected
