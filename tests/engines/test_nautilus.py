@@ -176,6 +176,9 @@ def test_backtest_killed_by_the_control_plane_ends_flat_halted_and_reconciled(
         for f in record["fills"]
     )
     assert {(f.strategy_id, f.fee_currency) for f in stored} == {("WalkTrader-000", "USD")}
+    assert set(Order.objects.filter(engine=engine).values_list("strategy_id", flat=True)) == {
+        "WalkTrader-000"
+    }
     assert sum(f.fee for f in stored) == sum(Decimal(f["fee"]) for f in record["fills"])
 
     # Positions reconcile: the control plane's ledger (from the fills) and the engine's report.
