@@ -33,6 +33,8 @@ import engine_sdk
 from engine_sdk import protocol as p
 from engine_sdk.client import ClientConfig, EngineClient, HelloInfo
 import engine_sdk.schema, engine_sdk.simulator
+import engine_sdk.adapters
+import sys
 
 try:
     import django
@@ -63,6 +65,8 @@ print(json.dumps({
     "requires": md.requires(DIST) or [],
     "files": sorted(str(f) for f in md.files(DIST) or []),
     "seq": seq,
+    # Adapters are optional extras: importing the SDK never imports a framework.
+    "frameworks_loaded": sorted(m for m in ("nautilus_trader", "freqtrade") if m in sys.modules),
 }))
 """
 
@@ -104,6 +108,7 @@ def test_the_sdk_installs_and_runs_in_an_environment_without_django(
     assert not installed["django_found"]
     assert "django" not in installed["distributions"]
     assert installed["seq"] == 1
+    assert installed["frameworks_loaded"] == []
     assert installed["version"] == engine_sdk.__version__
 
 
@@ -127,7 +132,8 @@ def test_the_sdk_needs_only_msgspec_and_websockets_and_pins_neither(
 
 def test_the_distribution_ships_every_module_and_nothing_else(installed: dict[str, Any]) -> None:
     modules = {f for f in installed["files"] if f.startswith("engine_sdk/") and f.endswith(".py")}
-    assert modules == {f"engine_sdk/{path.name}" for path in SDK_DIR.glob("*.py")}
+    shipped = [*SDK_DIR.glob("*.py"), *SDK_DIR.glob("adapters/*.py")]
+    assert modules == {f"engine_sdk/{path.relative_to(SDK_DIR)}" for path in shipped}
     packaged = {f.split("/")[0] for f in installed["files"]}
     dist_info = f"{DIST.replace('-', '_')}-{engine_sdk.__version__}.dist-info"
     assert packaged <= {"engine_sdk", dist_info}
