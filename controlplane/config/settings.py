@@ -74,6 +74,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The request's id and user in every log line it writes (LOG_FORMAT=json).
+    "controlplane.logcontext.RequestContextMiddleware",
     # Every page needs a login; the few public views opt out with @login_not_required.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -367,12 +369,28 @@ DIVERGENCE_SIGNIFICANT_PCT = env_float("DIVERGENCE_SIGNIFICANT_PCT", 20.0, minim
 # A day of the divergence log this far apart is marked (golive.divergence).
 DIVERGENCE_LOG_ALERT_PCT = env_float("DIVERGENCE_LOG_ALERT_PCT", 10.0, minimum=0.1)
 
+# plain for a person at a terminal (demo, tests); json in production, one object per line with
+# the request id, the user and the engine (controlplane.logcontext) for a log pipeline.
+LOG_FORMAT = env_choice("LOG_FORMAT", "json" if IS_PRODUCTION else "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "controlplane.logcontext.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "controlplane.config.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # django-axes announces itself at INFO in every process it starts in.
     "loggers": {"django.channels.server": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
+# In JSON, the worker and beat log through the same handler (so in the same format), not Celery's
+# own; in plain, Celery's, which keeps to its --loglevel (manage.py up: CELERY_LOG_LEVEL).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "plain"

@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from controlplane import events
+from controlplane import events, logcontext
 from controlplane.commands import delivery
 from controlplane.gateway import batches, decoding, session
 from controlplane.gateway.ratelimit import TokenBucket
@@ -84,6 +84,15 @@ def post_frame(request: HttpRequest) -> HttpResponse:
         return engine
     if refused := _rate_limited(engine):
         return refused
+    # The request's log lines name the engine, as a socket connection's do.
+    named = logcontext.engine.set(engine.name)
+    try:
+        return _post_frame(request, engine)
+    finally:
+        logcontext.engine.reset(named)
+
+
+def _post_frame(request: HttpRequest, engine: Engine) -> HttpResponse:
     try:
         body = request.body
     except RequestDataTooBig:  # DATA_UPLOAD_MAX_MEMORY_SIZE, above the protocol's own limit

@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from controlplane import events
+from controlplane import events, logcontext
 from controlplane.commands import delivery, lifecycle
 from controlplane.gateway import batches, decoding, session
 from controlplane.gateway.ratelimit import TokenBucket
@@ -82,6 +82,8 @@ class EngineConsumer(DirectDispatch, AsyncWebsocketConsumer):
             return
         self.engine = engine
         self.engine_id = engine.pk
+        # Every log line of this connection (its task and the tasks it starts) names the engine.
+        logcontext.engine.set(engine.name)
         self.connection_id = uuid.uuid4()
         self._early_frames = []
         await self.channel_layer.group_add(engine_group(engine.pk), self.channel_name)
