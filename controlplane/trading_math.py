@@ -242,3 +242,27 @@ def in_account_currency(
     if rate is None:
         return None
     return amount * Decimal(str(rate))
+
+
+def convert(
+    amount: Decimal,
+    currency: str,
+    into: str,
+    account_currency: str,
+    fx_rates: Mapping[str, Any],
+) -> Decimal | None:
+    """``amount`` of ``currency`` in the currency ``into``, through the account's currency at
+    the engine's latest rates (each one unit of a currency in the account's currency); None when
+    either currency other than the account's has no rate: never counted at a rate of 1."""
+    if currency == into:
+        return amount
+    account = account_currency or DEFAULT_ACCOUNT_CURRENCY
+    in_account = in_account_currency(amount, currency, account, dict(fx_rates))
+    if in_account is None:
+        return None
+    if into == account:
+        return in_account
+    rate = fx_rates.get(into)
+    if rate is None:
+        return None
+    return in_account / Decimal(str(rate))
