@@ -4,6 +4,7 @@ named people; the lift links to it; it closes only with its post-mortem; every c
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,10 +16,12 @@ from alerts.models import Alert, Severity
 from controlplane import events
 from controlplane.commands import resume
 from controlplane.gateway.session import STAGE_ACTOR
-from controlplane.models import AuditEvent, Engine
+from controlplane.ingest.store import ingest_events
+from controlplane.models import AuditEvent, Engine, Position
 from journal import incidents
 from journal.incidents import IncidentConflict, IncidentForbidden
 from journal.models import Incident, Step
+from tests.gateway import factories as f
 from tests.journal.conftest import answer_kill, book, flattened
 
 pytestmark = pytest.mark.django_db
@@ -355,3 +358,46 @@ def test_the_snapshot_is_the_book_as_the_kill_found_it_not_as_its_answers_left_i
         ("AAPL-rest", "working", 0.0)
     ]
     assert then["equity"] == "100500.00000000"
+
+
+def _fx_book(engine: Engine, rates: dict[str, str]) -> None:
+    """A dollar account: a closed euro trade (+10 euros, less a 1.1 dollar fee: +9 euros), an
+    open yen position (+100 yen on 10 shares) and an open dollar one (+2 on 1)."""
+    ingest_events(
+        engine_id=engine.pk,
+        events=[
+            f.account_fx(1, "100000", rates),
+            f.instrument(2, "SX5E", currency="EUR"),
+            f.instrument(3, "7203.T", currency="JPY"),
+            f.order(4, "e-1", symbol="SX5E", qty="1"),
+            f.fill(5, "e-1", "e-1", symbol="SX5E", qty="1", price="100"),
+            f.order(6, "e-2", symbol="SX5E", side="sell", qty="1"),
+            f.fill(7, "e-2", "e-2", symbol="SX5E", side="sell", qty="1", price="110", fee="1.1"),
+            f.order(8, "j-1", symbol="7203.T", qty="10"),
+            f.fill(9, "j-1", "j-1", symbol="7203.T", qty="10", price="3000"),
+            f.order(10, "a-1", symbol="AAPL", qty="1"),
+            f.fill(11, "a-1", "a-1", symbol="AAPL", qty="1", price="200"),
+        ],
+    )
+    Position.objects.filter(engine=engine, instrument__symbol="7203.T").update(last_price=3100)
+    Position.objects.filter(engine=engine, instrument__symbol="AAPL").update(last_price=202)
+    engine.refresh_from_db()
+
+
+def test_the_snapshot_adds_the_pnl_up_in_the_account_currency_at_the_engines_rates(alpha):
+    _fx_book(alpha, {"EUR": "1.1", "JPY": "0.0067"})
+    [engine] = incidents.snapshot_take([alpha.pk], timezone.now())["engines"]
+    # The flat euro position's realised P&L counts: 9 euros at 1.1.
+    assert Decimal(engine["realized_pnl"]) == Decimal("9.9")
+    # 1000 yen at 0.0067, and 2 dollars.
+    assert Decimal(engine["unrealized_pnl"]) == Decimal("8.7")
+    assert (engine["currency"], engine["pnl_unconverted"]) == ("USD", [])
+    currencies = {p["symbol"]: p["currency"] for p in engine["positions"]}
+    assert currencies == {"7203.T": "JPY", "AAPL": "USD"}
+
+
+def test_a_snapshot_total_without_a_rate_is_unknown_never_counted_at_one(alpha):
+    _fx_book(alpha, {"EUR": "1.1"})
+    [engine] = incidents.snapshot_take([alpha.pk], timezone.now())["engines"]
+    assert Decimal(engine["realized_pnl"]) == Decimal("9.9")
+    assert engine["unrealized_pnl"] is None and engine["pnl_unconverted"] == ["JPY"]
