@@ -16,13 +16,11 @@ from alerts.models import Alert, Severity
 from controlplane import events
 from controlplane.commands import resume
 from controlplane.gateway.session import STAGE_ACTOR
-from controlplane.ingest.store import ingest_events
-from controlplane.models import AuditEvent, Engine, Position
+from controlplane.models import AuditEvent, Engine
 from journal import incidents
 from journal.incidents import IncidentConflict, IncidentForbidden
 from journal.models import Incident, Step
-from tests.gateway import factories as f
-from tests.journal.conftest import answer_kill, book, flattened
+from tests.journal.conftest import answer_kill, book, flattened, fx_book
 
 pytestmark = pytest.mark.django_db
 
@@ -360,32 +358,8 @@ def test_the_snapshot_is_the_book_as_the_kill_found_it_not_as_its_answers_left_i
     assert then["equity"] == "100500.00000000"
 
 
-def _fx_book(engine: Engine, rates: dict[str, str]) -> None:
-    """A dollar account: a closed euro trade (+10 euros, less a 1.1 dollar fee: +9 euros), an
-    open yen position (+100 yen on 10 shares) and an open dollar one (+2 on 1)."""
-    ingest_events(
-        engine_id=engine.pk,
-        events=[
-            f.account_fx(1, "100000", rates),
-            f.instrument(2, "SX5E", currency="EUR"),
-            f.instrument(3, "7203.T", currency="JPY"),
-            f.order(4, "e-1", symbol="SX5E", qty="1"),
-            f.fill(5, "e-1", "e-1", symbol="SX5E", qty="1", price="100"),
-            f.order(6, "e-2", symbol="SX5E", side="sell", qty="1"),
-            f.fill(7, "e-2", "e-2", symbol="SX5E", side="sell", qty="1", price="110", fee="1.1"),
-            f.order(8, "j-1", symbol="7203.T", qty="10"),
-            f.fill(9, "j-1", "j-1", symbol="7203.T", qty="10", price="3000"),
-            f.order(10, "a-1", symbol="AAPL", qty="1"),
-            f.fill(11, "a-1", "a-1", symbol="AAPL", qty="1", price="200"),
-        ],
-    )
-    Position.objects.filter(engine=engine, instrument__symbol="7203.T").update(last_price=3100)
-    Position.objects.filter(engine=engine, instrument__symbol="AAPL").update(last_price=202)
-    engine.refresh_from_db()
-
-
 def test_the_snapshot_adds_the_pnl_up_in_the_account_currency_at_the_engines_rates(alpha):
-    _fx_book(alpha, {"EUR": "1.1", "JPY": "0.0067"})
+    fx_book(alpha, {"EUR": "1.1", "JPY": "0.0067"})
     [engine] = incidents.snapshot_take([alpha.pk], timezone.now())["engines"]
     # The flat euro position's realised P&L counts: 9 euros at 1.1.
     assert Decimal(engine["realized_pnl"]) == Decimal("9.9")
@@ -397,7 +371,7 @@ def test_the_snapshot_adds_the_pnl_up_in_the_account_currency_at_the_engines_rat
 
 
 def test_a_snapshot_total_without_a_rate_is_unknown_never_counted_at_one(alpha):
-    _fx_book(alpha, {"EUR": "1.1"})
+    fx_book(alpha, {"EUR": "1.1"})
     [engine] = incidents.snapshot_take([alpha.pk], timezone.now())["engines"]
     assert Decimal(engine["realized_pnl"]) == Decimal("9.9")
     assert engine["unrealized_pnl"] is None and engine["pnl_unconverted"] == ["JPY"]
