@@ -12,6 +12,7 @@ from typing import Any, ClassVar, get_args
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -19,6 +20,12 @@ from engine_sdk import protocol as p
 
 MONEY = {"max_digits": 24, "decimal_places": 8}
 QTY = {"max_digits": 24, "decimal_places": 8}
+# A currency code (protocol: CurrencyCode): upper-case letters and digits, 2 to 16 of them.
+CURRENCY_CODE_LENGTH = 16
+currency_code = RegexValidator(
+    p.CURRENCY_CODE_PATTERN,
+    "A currency code is 2 to 16 upper-case letters and digits (EUR, USDT, 1INCH).",
+)
 TOKEN_PREFIX = "cpe_"
 
 
@@ -283,7 +290,11 @@ class Instrument(models.Model):
         max_length=10, choices=AssetClass.choices, default=AssetClass.EQUITY
     )
     multiplier = models.DecimalField(max_digits=18, decimal_places=6, default=Decimal(1))
-    currency = models.CharField(max_length=8, default="USD")
+    # A currency code as the protocol has it (EUR, USDT): a person's edit in the admin is held to
+    # it too, so that the engines' FX rates, keyed by such codes, find it.
+    currency = models.CharField(
+        max_length=CURRENCY_CODE_LENGTH, default="USD", validators=[currency_code]
+    )
     # The price's smallest step, when an engine declared it or a person entered it.
     tick_size = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
     # Who described the instrument: "" for the bare row an engine's first order of the symbol
@@ -401,8 +412,11 @@ class Fill(models.Model):
     quantity = models.DecimalField(**QTY)
     price = models.DecimalField(**MONEY)
     fee = models.DecimalField(**MONEY, default=Decimal(0))
-    # The fee's currency when the engine named it (ISO 4217), "" when it did not.
-    fee_currency = models.CharField(max_length=3, blank=True, default="", db_default="")
+    # The fee's currency when the engine named it (EUR, BNB), "" when it did not (the fee is then
+    # in the account's currency). Kept as reported; the ledger converts the fee.
+    fee_currency = models.CharField(
+        max_length=CURRENCY_CODE_LENGTH, blank=True, default="", db_default=""
+    )
     expected_price = models.DecimalField(**MONEY, null=True, blank=True)
     # A simulated fill's price a real order would have got (protocol: fill.market_price).
     market_price = models.DecimalField(**MONEY, null=True, blank=True)
@@ -476,7 +490,8 @@ class AccountSnapshot(models.Model):
     equity = models.DecimalField(**MONEY)
     cash = models.DecimalField(**MONEY)
     margin_used = models.DecimalField(**MONEY, default=Decimal(0))
-    currency = models.CharField(max_length=8, default="USD")
+    # The account event's currency: free text up to 16 characters (protocol: account.currency).
+    currency = models.CharField(max_length=16, default="USD")
     seq = models.BigIntegerField()
 
     class Meta:

@@ -232,7 +232,7 @@ def exposure(
 
 
 def in_account_currency(
-    amount: Decimal, currency: str, account_currency: str, fx_rates: dict[str, Any]
+    amount: Decimal, currency: str, account_currency: str, fx_rates: Mapping[str, Any]
 ) -> Decimal | None:
     """``amount`` of ``currency`` in the account's currency at the engine's latest rate; None
     when the engine reported no rate for it (see ``exposure``)."""
@@ -242,3 +242,47 @@ def in_account_currency(
     if rate is None:
         return None
     return amount * Decimal(str(rate))
+
+
+def sum_in_account_currency(
+    amounts: Iterable[tuple[Decimal, str]], account_currency: str, fx_rates: Mapping[str, Any]
+) -> tuple[Decimal | None, list[str]]:
+    """The sum of ``amounts``, each (amount, its currency), in the account's currency at the
+    engine's latest rates, and the currencies that have no rate (sorted). The sum is None, an
+    unknown, when a non-zero amount is in such a currency: it is never counted at a rate of 1,
+    nor left out of a total that would then look whole."""
+    total = ZERO
+    unconverted: set[str] = set()
+    for amount, currency in amounts:
+        if not amount:
+            continue
+        converted = in_account_currency(amount, currency, account_currency, fx_rates)
+        if converted is None:
+            unconverted.add(currency)
+        else:
+            total += converted
+    return (None if unconverted else total), sorted(unconverted)
+
+
+def convert(
+    amount: Decimal,
+    currency: str,
+    into: str,
+    account_currency: str,
+    fx_rates: Mapping[str, Any],
+) -> Decimal | None:
+    """``amount`` of ``currency`` in the currency ``into``, through the account's currency at
+    the engine's latest rates (each one unit of a currency in the account's currency); None when
+    either currency other than the account's has no rate: never counted at a rate of 1."""
+    if currency == into:
+        return amount
+    account = account_currency or DEFAULT_ACCOUNT_CURRENCY
+    in_account = in_account_currency(amount, currency, account, fx_rates)
+    if in_account is None:
+        return None
+    if into == account:
+        return in_account
+    rate = fx_rates.get(into)
+    if rate is None:
+        return None
+    return in_account / Decimal(str(rate))

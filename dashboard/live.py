@@ -101,6 +101,7 @@ def engine_delta(engine_id: int, cursor: _Cursor) -> dict[str, Any] | None:
         cursor.latency_ts = datetime.fromisoformat(latency["ts"][-1])
     return {
         "positions": overview.engine_positions(engine),
+        "pnl": overview.engine_pnl(engine),
         "orders": overview.engine_working_orders(engine),
         "fills": fills,
         "equity": equity,

@@ -43,7 +43,11 @@ from controlplane.models import (
     Position,
     TradingState,
 )
-from controlplane.trading_math import in_account_currency
+from controlplane.trading_math import (
+    DEFAULT_ACCOUNT_CURRENCY,
+    in_account_currency,
+    sum_in_account_currency,
+)
 
 ZERO = Decimal(0)
 
@@ -356,7 +360,43 @@ def slippage_bps(side: str, price: Decimal, expected: Decimal | None) -> float |
     return float(signed / expected * 10_000)
 
 
+def engine_pnl(engine: Engine) -> dict[str, Any]:
+    """The engine's realised P&L (of every position it has held) and unrealised P&L (of its open
+    ones, at the last price, with the multiplier), each added up in its account currency: every
+    position's P&L is in its instrument's currency, converted at the engine's latest FX rates.
+    A total that needs a rate the engine never reported is None, an unknown, with the currencies
+    named: never counted at a rate of 1. One query."""
+    unrealized = ExpressionWrapper(
+        (Coalesce(F("last_price"), F("avg_price")) - F("avg_price"))
+        * F("quantity")
+        * F("instrument__multiplier"),
+        output_field=DecimalField(max_digits=48, decimal_places=14),
+    )
+    rows = list(
+        Position.objects.filter(engine=engine)
+        .values("instrument__currency")
+        .annotate(realized=Sum("realized_pnl"), unrealized=Sum(unrealized))
+        .values_list("instrument__currency", "realized", "unrealized")
+    )
+    account = engine.account_currency or DEFAULT_ACCOUNT_CURRENCY
+    rates = engine.fx_rates or {}
+    realized, realized_unknown = sum_in_account_currency(
+        ((amount or ZERO, currency) for currency, amount, _ in rows), account, rates
+    )
+    open_pnl, open_unknown = sum_in_account_currency(
+        ((amount or ZERO, currency) for currency, _, amount in rows), account, rates
+    )
+    return {
+        "currency": account,
+        "realized": float(realized) if realized is not None else None,
+        "unrealized": float(open_pnl) if open_pnl is not None else None,
+        "unconverted": sorted(set(realized_unknown) | set(open_unknown)),
+    }
+
+
 def engine_positions(engine: Engine) -> list[dict[str, Any]]:
+    """The open (or reported) positions, each figure in its instrument's currency (shown with
+    it): the value and unrealised P&L count the multiplier, as the realised P&L does."""
     rows = []
     for pos in (
         Position.objects.filter(engine=engine)
@@ -365,15 +405,17 @@ def engine_positions(engine: Engine) -> list[dict[str, Any]]:
         .order_by("instrument__symbol")
     ):
         price = pos.last_price if pos.last_price is not None else pos.avg_price
+        multiplier = pos.instrument.multiplier
         rows.append(
             {
                 "symbol": pos.instrument.symbol,
                 "sector": pos.instrument.sector,
+                "currency": pos.instrument.currency,
                 "quantity": float(pos.quantity),
                 "avg_price": float(pos.avg_price),
                 "last_price": float(price),
-                "market_value": float(pos.quantity * price),
-                "unrealized_pnl": float((price - pos.avg_price) * pos.quantity),
+                "market_value": float(pos.quantity * price * multiplier),
+                "unrealized_pnl": float((price - pos.avg_price) * pos.quantity * multiplier),
                 "realized_pnl": float(pos.realized_pnl),
                 "reported_quantity": (
                     float(pos.reported_quantity) if pos.reported_quantity is not None else None
@@ -567,6 +609,7 @@ def engine_snapshot(engine: Engine) -> dict[str, Any]:
     return {
         "row": rows[0].as_dict() if rows else None,
         "positions": engine_positions(engine),
+        "pnl": engine_pnl(engine),
         "orders": engine_working_orders(engine),
         "fills": engine_fills(engine),
         "equity": {k: v for k, v in equity_series(engine).items() if k != "peak"},

@@ -200,13 +200,16 @@ BrokerOrderId = Annotated[str, msgspec.Meta(max_length=128, pattern=_NO_NUL)]
 Text64 = Annotated[str, msgspec.Meta(max_length=64, pattern=_NO_NUL)]
 Text32 = Annotated[str, msgspec.Meta(max_length=32, pattern=_NO_NUL)]
 Detail = Annotated[str, msgspec.Meta(max_length=8192, pattern=_NO_NUL)]
-# An ISO 4217 code: an instrument's currency and the currencies of the FX rates.
-CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+# A currency's code: an instrument's currency, a fee's, and the currencies of the FX rates. Every
+# ISO 4217 code (EUR), and the codes crypto venues use (USDT, BNB, 1INCH): upper-case letters and
+# digits, 2 to 16 of them, as the columns that keep them hold.
+CURRENCY_CODE_PATTERN: Final = r"^[A-Z0-9]{2,16}$"
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=CURRENCY_CODE_PATTERN)]
 # A strategy's id inside an engine that hosts several, and the id of one run of an engine (a
 # backtest, a restarted paper run) whose order and fill ids may repeat those of its previous run.
 StrategyId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
 RunId = Annotated[str, msgspec.Meta(max_length=64, pattern=_NO_NUL)]
-_CURRENCY_CODE: Final = re.compile(r"[A-Z]{3}")
+_CURRENCY_CODE: Final = re.compile(CURRENCY_CODE_PATTERN)
 # An FX rate's key is checked in AccountEvent.__post_init__, which names the field.
 _FxKey = Annotated[str, msgspec.Meta(max_length=32)]
 # At most this many FX rates on one account event (a desk trades in a few currencies).
@@ -377,8 +380,9 @@ class FillEvent(_EventBase, kw_only=True, tag="fill"):
     # the far side of the live quote (the ask for a buy, the bid for a sell). Left out for real
     # fills. The control plane compares the two: how well the engine models its slippage.
     market_price: Decimal | None = None
-    # The currency the fee is charged in, when not the instrument's (a crypto venue's fee in
-    # its own token, a rebate in the quote currency).
+    # The currency ``fee`` is in, when not the account's (a crypto venue's fee in its own token,
+    # BNB). Left out, the fee is in the account's currency. The control plane converts it with
+    # the engine's FX rates (docs/protocol.md, "fill").
     fee_currency: CurrencyCode | None = None
     strategy_id: StrategyId | None = None
 
@@ -447,7 +451,10 @@ class AccountEvent(_EventBase, kw_only=True, tag="account"):
         for code, rate in self.fx_rates.items():
             # Checked here rather than by the key's type: msgspec names no field for a key.
             if _CURRENCY_CODE.fullmatch(code) is None:
-                raise ValueError("Expected an ISO 4217 currency code (EUR) - at `$.fx_rates`")
+                raise ValueError(
+                    "Expected a currency code, 2-16 upper-case letters and digits (EUR, USDT)"
+                    " - at `$.fx_rates`"
+                )
             _check_positive(f"fx_rates.{code}", rate, below=MAX_FX_RATE, places=FX_RATE_PLACES)
 
 

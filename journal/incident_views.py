@@ -23,7 +23,7 @@ from journal import contacts, incidents
 from journal.models import EmergencyContact, Incident, PostMortem, Step
 
 MAX_FORM_FOLLOW_UPS = 10
-_SNAPSHOT_NUMBERS = ("equity", "cash", "day_pnl", "drawdown_pct")
+_SNAPSHOT_NUMBERS = ("equity", "cash", "day_pnl", "drawdown_pct", "realized_pnl", "unrealized_pnl")
 _ROW_NUMBERS = (
     "quantity",
     "avg_price",

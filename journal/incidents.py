@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
 from alerts.models import Alert
@@ -38,6 +38,7 @@ from controlplane.models import (
     Stage,
     TradingState,
 )
+from controlplane.trading_math import DEFAULT_ACCOUNT_CURRENCY, sum_in_account_currency
 from golive.models import KillDrill
 from journal.models import FollowUp, Incident, IncidentStep, PostMortem, Step
 
@@ -108,6 +109,32 @@ def _money(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
+def _unrealized(p: Position) -> Decimal | None:
+    if p.last_price is None:
+        return None
+    return (p.last_price - p.avg_price) * p.quantity * p.instrument.multiplier
+
+
+def _pnl_totals(
+    engine: Engine, held: list[Position], realized: list[tuple[Decimal, str]]
+) -> dict[str, Any]:
+    """The engine's P&L added up in its account currency at its latest FX rates: the realised
+    P&L of every position, the unrealised of those held. Each position's is in its instrument's
+    currency; a total that needs a rate the engine never reported is None (unknown), with the
+    currencies named, never counted at a rate of 1."""
+    account = engine.account_currency or DEFAULT_ACCOUNT_CURRENCY
+    rates = engine.fx_rates or {}
+    realized_total, unknown = sum_in_account_currency(realized, account, rates)
+    open_pnl = [(u, p.instrument.currency) for p in held if (u := _unrealized(p)) is not None]
+    unrealized_total, open_unknown = sum_in_account_currency(open_pnl, account, rates)
+    return {
+        "currency": account,
+        "realized_pnl": _money(realized_total),
+        "unrealized_pnl": _money(unrealized_total),
+        "pnl_unconverted": sorted(set(unknown) | set(open_unknown)),
+    }
+
+
 def _after(as_of: dict[int, int], field: str = "seq") -> Q:
     """The rows each engine stored (``field``: an event's seq, an order's last_seq) after its seq
     in ``as_of``."""
@@ -151,6 +178,15 @@ def snapshot_take(
         position.quantity -= later.get((position.engine_id, position.instrument_id), Decimal(0))
         if position.quantity != 0:
             positions.setdefault(position.engine_id, []).append(position)
+    # Every position's realised P&L, flat ones included, by its instrument's currency.
+    realized: dict[int, list[tuple[Decimal, str]]] = {}
+    for engine_id, currency, amount in (
+        Position.objects.filter(engine_id__in=engine_ids)
+        .values("engine_id", "instrument__currency")
+        .annotate(realized=Sum("realized_pnl"))
+        .values_list("engine_id", "instrument__currency", "realized")
+    ):
+        realized.setdefault(engine_id, []).append((amount or Decimal(0), currency))
     orders: dict[int, list[Order]] = {}
     working_then = Q(status__in=Order.WORKING)
     if as_of:
@@ -186,8 +222,10 @@ def snapshot_take(
             engine.equity, engine.cash = equity_then[engine.pk]
             if engine.session_start_equity:
                 engine.day_pnl = engine.equity - engine.session_start_equity
+        pnl = _pnl_totals(engine, held, realized.get(engine.pk, []))
         rows.append(
             {
+                **pnl,
                 "id": engine.pk,
                 "name": engine.name,
                 "mode": engine.mode,
@@ -202,15 +240,12 @@ def snapshot_take(
                 "positions": [
                     {
                         "symbol": p.instrument.symbol,
+                        "currency": p.instrument.currency,
                         "quantity": str(p.quantity),
                         "avg_price": str(p.avg_price),
                         "last_price": _money(p.last_price),
                         "realized_pnl": str(p.realized_pnl),
-                        "unrealized_pnl": _money(
-                            (p.last_price - p.avg_price) * p.quantity * p.instrument.multiplier
-                            if p.last_price is not None
-                            else None
-                        ),
+                        "unrealized_pnl": _money(_unrealized(p)),
                     }
                     for p in held[:SNAPSHOT_ROWS]
                 ],

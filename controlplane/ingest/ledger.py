@@ -8,15 +8,18 @@ database or Django, so each rule is tested on its own (tests/controlplane/ingest
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from controlplane.trading_math import DEFAULT_ACCOUNT_CURRENCY, convert
 
 ZERO = Decimal(0)
 # As the position table holds prices and the engine table the drawdown.
 PRICE_PLACES = Decimal("0.00000001")
+MONEY_PLACES = Decimal("0.00000001")
 DRAWDOWN_PLACES = Decimal("0.000001")
 
 
@@ -40,6 +43,31 @@ def signed_quantity(side: str, quantity: Decimal) -> Decimal:
     return quantity if side == "buy" else -quantity
 
 
+def fee_in_instrument_currency(
+    fee: Decimal,
+    *,
+    fee_currency: str | None,
+    currency: str,
+    account_currency: str,
+    fx_rates: Mapping[str, Any],
+) -> Decimal | None:
+    """A fill's fee in its instrument's currency, the currency of the position's realised P&L
+    (price x multiplier). The fee is in ``fee_currency`` when the engine named one, else in the
+    account's currency; it is converted at the engine's latest rates. None when a rate it needs
+    is unknown: the fee is then left out of the P&L rather than counted at a rate of 1 (a fee
+    of 0.01 BNB is not 0.01 dollars)."""
+    if not fee:
+        return ZERO
+    converted = convert(
+        fee,
+        fee_currency or account_currency or DEFAULT_ACCOUNT_CURRENCY,
+        currency,
+        account_currency,
+        fx_rates,
+    )
+    return None if converted is None else converted.quantize(MONEY_PLACES)
+
+
 def apply_fill(
     pos: Position,
     *,
@@ -50,7 +78,8 @@ def apply_fill(
     multiplier: Decimal,
 ) -> None:
     """Update a position ledger with one fill: weighted average on increase, realised P&L on
-    decrease, and a new average at the fill price when the position flips sign."""
+    decrease, and a new average at the fill price when the position flips sign. ``fee`` is in
+    the instrument's currency, as the P&L is (``fee_in_instrument_currency``)."""
     signed = signed_quantity(side, quantity)
     old = pos.quantity
     new = old + signed

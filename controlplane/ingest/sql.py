@@ -111,9 +111,12 @@ LOCK_ENGINES = f"""
         AS locked
     WHERE e.id = locked.id
     RETURNING e.id, e.last_seq, e.session_start_at, e.session_start_equity, e.high_water_mark,
-        e.run_id, e.counts_day, e.orders_today, e.rejected_today, e.fills_today, e.working_orders"""
+        e.run_id, e.account_currency, e.fx_rates::text, e.counts_day, e.orders_today,
+        e.rejected_today, e.fills_today, e.working_orders"""
 # Lists of symbols are text[] literals (text_array); (engine, key) pairs are JSON documents.
-READ_INSTRUMENTS = f"SELECT symbol, id, multiplier FROM {INSTRUMENT} WHERE symbol = ANY(%s::text[])"
+READ_INSTRUMENTS = (
+    f"SELECT symbol, id, multiplier, currency FROM {INSTRUMENT} WHERE symbol = ANY(%s::text[])"
+)
 
 
 def _default(field: str) -> str:
@@ -144,7 +147,7 @@ ENGINE_NAMES = f"SELECT id, name FROM {ENGINE} WHERE id = ANY(%s::bigint[])"
 UPDATE_DECLARED = f"""
     UPDATE {INSTRUMENT} i SET {", ".join(f"{c} = r.{c}" for c in names(DECLARED_COLUMNS)[1:])}
     FROM json_to_recordset(%s::json) AS r({DECLARED_COLUMNS}) WHERE i.id = r.id
-    RETURNING i.symbol, i.id, i.multiplier"""
+    RETURNING i.symbol, i.id, i.multiplier, i.currency"""
 # Each (engine, key) pair is looked up on its own, in a unique index: LIMIT 1 keeps the planner
 # from joining the whole JSON document at once, which it takes for a hundred rows, by hashing a
 # scan of the table (seen on the positions, which a day's updates leave full of dead rows).

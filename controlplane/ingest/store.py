@@ -47,6 +47,7 @@ of its own), whose format costs PostgreSQL less per row than JSON text.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ from controlplane.audit import audit_record
 from controlplane.ingest import ledger, sql
 from controlplane.models import Engine, Instrument, Order
 from controlplane.sqlscript import Script, json_text, text_array
+from controlplane.trading_math import DEFAULT_ACCOUNT_CURRENCY
 from engine_sdk import protocol as p
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,10 @@ class _Read:
     high_water_mark: Decimal | None = None
     # The engine's current run: its orders and fills are stored under it (Engine.run_id).
     run_id: str = ""
+    # The engine's account currency and latest FX rates as stored (Engine.fx_rates): a fill's
+    # fee is converted with them into its instrument's currency.
+    account_currency: str = ""
+    fx_rates: dict[str, Any] = field(default_factory=dict)
     counts: ledger.Counts | None = None
     positions: dict[int, ledger.Position] = field(default_factory=dict)
     # The batch's orders stored before, by client_order_id.
@@ -197,6 +203,14 @@ def _pairs(key: str, pairs: Iterable[tuple[int, str]]) -> str:
     return json_text([{"engine_id": engine_id, key: value} for engine_id, value in pairs])
 
 
+class _Instrument(NamedTuple):
+    """What the ledger needs of an instrument: its row, multiplier and currency."""
+
+    id: int
+    multiplier: Decimal
+    currency: str
+
+
 @dataclass
 class _Group:
     """The batches stored together in one transaction: what the read found, and what the
@@ -204,7 +218,7 @@ class _Group:
 
     now: datetime
     reads: dict[int, _Read] = field(default_factory=dict)
-    instruments: dict[str, tuple[int, Decimal]] = field(default_factory=dict)
+    instruments: dict[str, _Instrument] = field(default_factory=dict)
     # False when the batches have too many fills to look their ids up first (see _insert_fills).
     fill_ids_read: bool = True
     orders: list[tuple[Any, ...]] = field(default_factory=list)
@@ -260,16 +274,19 @@ def _read(cursor: Any, batches: list[tuple[int, list[p.Event]]], now: datetime) 
         pairs = _pairs("fill_id", fill_ids)
         script.add(sql.READ_FILL_IDS, [pairs], fetch="fill_ids", prepare=False)
     rows = script.run()
-    for engine_id, last_seq, session_at, session_equity, hwm, run_id, *counts in rows["engines"]:
+    for engine_id, last_seq, session_at, session_equity, hwm, run_id, *rest in rows["engines"]:
+        account_currency, fx_rates, *counts = rest
         group.reads[engine_id] = _Read(
             last_seq=last_seq,
             session_at=session_at,
             session_equity=session_equity,
             high_water_mark=hwm,
             run_id=run_id,
+            account_currency=account_currency,
+            fx_rates=json.loads(fx_rates) if fx_rates else {},
             counts=ledger.Counts(*counts),
         )
-    group.instruments = {s: (pk, mult) for s, pk, mult in rows.get("instruments", ())}
+    group.instruments = {s: _Instrument(*row) for s, *row in rows.get("instruments", ())}
     for engine_id, *row in rows.get("positions", ()):
         group.reads[engine_id].positions[row[0]] = ledger.Position(*row)
     for engine_id, coid, *row in rows.get("orders", ()):
@@ -488,8 +505,8 @@ def _declare_instruments(
     if changes:
         updated = [rows[symbol] for symbol in sorted(changes)]
         script.add(sql.UPDATE_DECLARED, [json_text(updated)], fetch="updated")
-        for symbol, pk, multiplier in script.run()["updated"]:
-            group.instruments[symbol] = (pk, multiplier)
+        for symbol, pk, multiplier, currency in script.run()["updated"]:
+            group.instruments[symbol] = _Instrument(pk, multiplier, currency)
             for who, diff in changes[symbol]:
                 audit_record(
                     action="instrument.declared",
@@ -498,7 +515,9 @@ def _declare_instruments(
                     data={"symbol": symbol, "changes": diff},
                 )
     for symbol, row in rows.items():
-        group.instruments.setdefault(symbol, (row["id"], row["multiplier"]))
+        group.instruments.setdefault(
+            symbol, _Instrument(row["id"], row["multiplier"], row["currency"])
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -539,10 +558,16 @@ def _project(
     if split.orders or fills:
         stored_fills = [f for f in fills if f.seq not in rejected]
         engine_update |= _count(read, split.latest, split.first_ts, stored_fills, group.now)
-    if fills or split.reports:
-        _update_positions(group, engine_id, fills, rejected, split.reports)
+    account_currency, fx_rates = read.account_currency, read.fx_rates
     if split.accounts:
         engine_update |= _store_accounts(group, engine_id, split.accounts)
+        # The rates as the engine's row will hold them after this batch (sql._ENGINE_SETS).
+        account_currency, batch_rates = engine_update["account_currency"], engine_update["fx_rates"]
+        same = account_currency == read.account_currency
+        fx_rates = {**read.fx_rates, **batch_rates} if same else batch_rates
+    if fills or split.reports:
+        rates = _Rates(account_currency, fx_rates)
+        _update_positions(group, engine_id, fills, rejected, split.reports, rates)
     group.metrics += [(engine_id, m.ts, m.name, m.value, m.seq) for m in split.metrics]
     group.logs += [(engine_id, e.ts, e.level, e.message, e.context, e.seq) for e in split.logs]
     if split.state is not None:
@@ -557,7 +582,7 @@ def _project(
     return [e for e in batch if e.seq not in rejected]
 
 
-def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[int, Decimal]]:
+def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, _Instrument]:
     # Symbols an engine trades before anyone described them get a bare instrument row that a
     # risk manager can complete (sector, multiplier) in the admin. Rare: one round trip more.
     # Sorted: engines that meet the same new symbols at once insert them in one order, so their
@@ -567,7 +592,7 @@ def _create_instruments(cursor: Any, symbols: Iterable[str]) -> dict[str, tuple[
     script.add(sql.CREATE_INSTRUMENTS, [wanted])
     script.add(sql.READ_INSTRUMENTS, [wanted], fetch="instruments")
     rows = script.run()["instruments"]
-    return {symbol: (pk, mult) for symbol, pk, mult in rows}
+    return {symbol: _Instrument(*row) for symbol, *row in rows}
 
 
 def _upsert_orders(
@@ -714,7 +739,7 @@ def _same_fill(
     if stored == content:
         result.replayed += 1
         return
-    symbols = {pk: symbol for symbol, (pk, _) in group.instruments.items()}
+    symbols = {pk: symbol for symbol, (pk, *_) in group.instruments.items()}
     differs = "; ".join(
         f"{name} {_shown(name, old, symbols)} stored, {_shown(name, new, symbols)} sent"
         for name, old, new in zip(_FillContent._fields, stored, content, strict=True)
@@ -953,6 +978,7 @@ def _update_positions(
     fills: list[p.FillEvent],
     skipped: set[int],
     reports: list[p.PositionEvent],
+    rates: _Rates,
 ) -> None:
     instruments = group.instruments
     touched = {instruments[f.symbol][0] for f in fills if f.seq not in skipped}
@@ -971,15 +997,24 @@ def _update_positions(
         [f for f in fills if f.seq not in skipped] + list(reports), key=lambda e: e.seq
     )
     for event in merged:
-        instrument_id, multiplier = instruments[event.symbol]
+        instrument_id, multiplier, currency = instruments[event.symbol]
         pos = positions[instrument_id]
         if isinstance(event, p.FillEvent):
+            fee = ledger.fee_in_instrument_currency(
+                event.fee,
+                fee_currency=event.fee_currency,
+                currency=currency,
+                account_currency=rates.account_currency,
+                fx_rates=rates.fx_rates,
+            )
+            if fee is None:
+                _fee_left_out(group, engine_id, event, currency, rates)
             ledger.apply_fill(
                 pos,
                 side=event.side,
                 quantity=event.quantity,
                 price=event.price,
-                fee=event.fee,
+                fee=ledger.ZERO if fee is None else fee,
                 multiplier=multiplier,
             )
         else:
@@ -989,6 +1024,41 @@ def _update_positions(
     for pos in positions.values():
         ledger.flag_mismatch(pos, group.now)
         group.positions.append({"engine_id": engine_id, **_position_row(pos)})
+
+
+class _Rates(NamedTuple):
+    """An engine's account currency and its latest FX rates, its batch's account events
+    included."""
+
+    account_currency: str
+    fx_rates: dict[str, Any]
+
+
+def _fee_left_out(
+    group: _Group, engine_id: int, fill: p.FillEvent, currency: str, rates: _Rates
+) -> None:
+    """A fee whose currency cannot be converted is left out of the realised P&L, never
+    counted at a rate of 1; a line in the engine's log says so, naming the fill and the
+    currency. The fill itself is stored as reported."""
+    account = rates.account_currency or DEFAULT_ACCOUNT_CURRENCY
+    fee_currency = fill.fee_currency or account
+    missing = sorted({fee_currency, currency} - {account} - rates.fx_rates.keys())
+    message = (
+        f"fill {fill.fill_id!r} ({fill.symbol}): its fee of {_plain(fill.fee)} {fee_currency} is "
+        f"left out of the realised P&L, in {currency}: no FX rate for "
+        f"{', '.join(missing)} into the account's {account}. Report it in an account event's "
+        f"fx_rates."
+    )
+    context = {
+        "code": "fee_not_converted",
+        "fill_id": fill.fill_id,
+        "seq": fill.seq,
+        "fee": _plain(fill.fee),
+        "fee_currency": fee_currency,
+        "currency": currency,
+        "missing_rates": missing,
+    }
+    group.logs.append((engine_id, group.now, "error", message, context, None))
 
 
 def _position_row(pos: ledger.Position) -> dict[str, Any]:

@@ -25,7 +25,10 @@ from django.utils import timezone
 from alerts.models import Alert
 from controlplane.models import AccountSnapshot, Command, Engine, Fill, MetricSample, Order
 from controlplane.trading_math import (
+    DEFAULT_ACCOUNT_CURRENCY,
     ZERO,
+    convert,
+    in_account_currency,
     round_trips,
     sharpe_ratio,
     sortino_ratio,
@@ -42,6 +45,8 @@ FILL_FIELDS = (
     "expected_price",
     "ts",
     "instrument__multiplier",
+    "fee_currency",
+    "instrument__currency",
 )
 FINAL_ORDER_STATUSES = ("filled", "cancelled", "rejected", "expired")
 _WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
@@ -125,7 +130,10 @@ class EngineData:
     engine_id: int
     start_equity: Decimal | None = None  # last equity before the period, if any
     points: list[tuple[datetime, Decimal]] = field(default_factory=list)  # in the period
-    trips: list[Decimal] = field(default_factory=list)  # round trips closed in the period
+    # Round trips closed in the period, in the account currency; None: unknown, a currency
+    # (the instrument's or a fee's) without an FX rate, named in ``unconverted``.
+    trips: list[Decimal | None] = field(default_factory=list)
+    unconverted: set[str] = field(default_factory=set)
     fills: int = 0
     slippages: list[float] = field(default_factory=list)
     orders: int = 0
@@ -184,23 +192,52 @@ def collect(
     ):
         data[engine_id].points.append((ts, equity))
 
+    # Each engine's account currency and latest FX rates: a fee is counted in its instrument's
+    # currency, a round trip in the account's (docs/analytics.md, "Currencies").
+    accounts = {
+        pk: (currency or DEFAULT_ACCOUNT_CURRENCY, rates or {})
+        for pk, currency, rates in Engine.objects.filter(pk__in=ids).values_list(
+            "pk", "account_currency", "fx_rates"
+        )
+    }
     # Every fill before the end: a round trip closing this week may have opened long before.
     by_instrument: dict[tuple[int, int], list[tuple]] = defaultdict(list)
-    for engine_id, instrument_id, side, qty, price, fee, expected, ts, multiplier in (
+    currencies: dict[tuple[int, int], str] = {}
+    unknown_fees: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for row in (
         Fill.objects.filter(engine_id__in=ids, ts__lt=end)
         .order_by("engine_id", "instrument_id", "ts", "seq")
         .values_list(*FILL_FIELDS)
         .iterator(chunk_size=5000)
     ):
-        by_instrument[(engine_id, instrument_id)].append((side, qty, price, fee, multiplier, ts))
+        engine_id, instrument_id, side, qty, price, fee, expected, ts, multiplier, *money = row
+        fee_currency, currency = money
+        key = (engine_id, instrument_id)
+        currencies[key] = currency
+        if fee:
+            account, rates = accounts[engine_id]
+            converted = convert(fee, fee_currency or account, currency, account, rates)
+            if converted is None:
+                unknown_fees[key].add(fee_currency or account)
+            fee = converted
+        by_instrument[key].append((side, qty, price, fee or ZERO, multiplier, ts))
         if ts >= start:
             item = data[engine_id]
             item.fills += 1
             slip = slippage_bps(side, price, expected)
             if slip is not None:
                 item.slippages.append(slip)
-    for (engine_id, _), fills in by_instrument.items():
-        data[engine_id].trips.extend(round_trips(fills, start, end))
+    for key, fills in by_instrument.items():
+        engine_id, currency = key[0], currencies[key]
+        account, rates = accounts[engine_id]
+        item = data[engine_id]
+        for trip in round_trips(fills, start, end):
+            converted = (
+                None if unknown_fees[key] else in_account_currency(trip, currency, account, rates)
+            )
+            if converted is None:
+                item.unconverted |= unknown_fees[key] or {currency}
+            item.trips.append(converted)
 
     for row in (
         Order.objects.filter(engine_id__in=ids, created_at__gte=start, created_at__lt=end)
@@ -274,7 +311,9 @@ class Analytics:
     losses: int
     win_rate_pct: float | None
     profit_factor: float | None
-    round_trip_pnl: Decimal
+    # None when a round trip's P&L is unknown: in a currency without an FX rate, named here.
+    round_trip_pnl: Decimal | None
+    unconverted_currencies: list[str]
     trades: int
     avg_slippage_bps: float | None
     worst_slippage_bps: float | None
@@ -347,7 +386,10 @@ def summarise(items: Sequence[EngineData], period: Period) -> Analytics:
     closing = curve[-1][1] if curve else opening
     pnl = closing - opening if opening is not None and closing is not None else None
     returns = [d.return_pct for d in days if d.return_pct is not None]
-    trips = [t for item in items for t in item.trips]
+    all_trips = [t for item in items for t in item.trips]
+    # Trips of unknown P&L count as trips, but neither as wins nor losses, and no sum holds them.
+    trips = [t for t in all_trips if t is not None]
+    unconverted = sorted({c for item in items for c in item.unconverted})
     wins = [t for t in trips if t > 0]
     losses = [t for t in trips if t < 0]
     gross_loss = -sum(losses, ZERO)
@@ -367,12 +409,15 @@ def summarise(items: Sequence[EngineData], period: Period) -> Analytics:
         sharpe=sharpe_ratio(returns),
         sortino=sortino_ratio(returns),
         max_drawdown_pct=-min((p[2] for p in curve), default=0.0) if curve else None,
-        round_trips=len(trips),
+        round_trips=len(all_trips),
         wins=len(wins),
         losses=len(losses),
         win_rate_pct=_pct(len(wins), len(trips)),
-        profit_factor=float(sum(wins, ZERO) / gross_loss) if gross_loss else None,
-        round_trip_pnl=sum(trips, ZERO),
+        profit_factor=(
+            float(sum(wins, ZERO) / gross_loss) if gross_loss and not unconverted else None
+        ),
+        round_trip_pnl=None if unconverted else sum(trips, ZERO),
+        unconverted_currencies=unconverted,
         trades=sum(i.fills for i in items),
         avg_slippage_bps=statistics.fmean(slippages) if slippages else None,
         worst_slippage_bps=max(slippages) if slippages else None,

@@ -247,7 +247,7 @@
       : badge("muted", "matches");
     if (pos.mismatch_since) recon.appendChild(Live.timeElement(pos.mismatch_since));
     var row = tr([
-      td(pos.symbol, "sticky-col"), td(pos.sector, "muted"),
+      td(pos.symbol, "sticky-col"), td(pos.sector, "muted"), td(pos.currency, "muted"),
       td(fmt.quantity(pos.quantity), "num"), td(fmt.quantity(pos.reported_quantity), "num"),
       td(fmt.money(pos.avg_price), "num"), td(fmt.money(pos.last_price), "num"),
       td(fmt.money(pos.market_value), "num"),
@@ -257,6 +257,17 @@
     ], { symbol: pos.symbol });
     if (pos.mismatch_since) row.className = "mismatch-row";
     return row;
+  }
+
+  // The totals in the account currency; null is an unknown (a currency without a rate).
+  function renderPnl(pnl) {
+    [["pnl-realized", pnl.realized], ["pnl-unrealized", pnl.unrealized]].forEach(function (pair) {
+      var el = document.getElementById(pair[0]);
+      el.textContent = pair[1] === null ? "unknown" : fmt.signed(pair[1]);
+      el.className = "num " + (pair[1] === null ? "" : fmt.signClass(pair[1]));
+    });
+    document.getElementById("pnl-unconverted").textContent = pnl.unconverted.length
+      ? "(no FX rate for " + pnl.unconverted.join(", ") + ")" : "";
   }
 
   function orderRow(o) {
@@ -292,7 +303,7 @@
   }
 
   function renderPositions(positions) {
-    fill(document.querySelector("#positions-table tbody"), positions.map(positionRow), 10, "No open positions.");
+    fill(document.querySelector("#positions-table tbody"), positions.map(positionRow), 11, "No open positions.");
     document.getElementById("positions-count").textContent = String(positions.length);
   }
 
@@ -405,6 +416,7 @@
     current.row = snapshot.row;
     renderRow(snapshot.row);
     renderPositions(snapshot.positions);
+    renderPnl(snapshot.pnl);
     renderOrders(snapshot.orders);
     replaceFills(snapshot.fills);
     fill(document.querySelector("#logs-table tbody"), snapshot.logs.map(logRow), 3, "No logs yet.");
@@ -422,6 +434,7 @@
       current.row = row;
       renderRow(row);
       if (update.positions) renderPositions(update.positions);
+      if (update.pnl) renderPnl(update.pnl);
       if (update.orders) renderOrders(update.orders);
       if (refetch) live.resync();
     }

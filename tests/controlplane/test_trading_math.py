@@ -55,3 +55,30 @@ def test_the_max_drawdown_is_the_largest_fall_from_the_running_peak():
     assert trading_math.max_drawdown_pct(equity) == 25.0
     assert trading_math.max_drawdown_pct([Decimal(100), Decimal(101)]) == 0.0
     assert trading_math.max_drawdown_pct([Decimal(100)]) is None
+
+
+def test_convert_goes_through_the_account_currency_and_never_guesses_a_rate():
+    D = Decimal
+    rates = {"EUR": "1.1", "JPY": "0.0067", "BNB": "600"}
+    assert trading_math.convert(D(2), "EUR", "EUR", "USD", {}) == D(2)
+    assert trading_math.convert(D(2), "EUR", "USD", "USD", rates) == D("2.2")
+    assert trading_math.convert(D("1.1"), "USD", "EUR", "USD", rates) == D(1)
+    assert trading_math.convert(D("0.0067"), "EUR", "JPY", "USD", rates) == D("1.1")
+    # No account event yet: the protocol's default, USD.
+    assert trading_math.convert(D("1.1"), "USD", "EUR", "", rates) == D(1)
+    assert trading_math.convert(D(1), "GBP", "USD", "USD", rates) is None
+    assert trading_math.convert(D(1), "USD", "GBP", "USD", rates) is None
+    assert trading_math.convert(D(1), "EUR", "GBP", "USD", rates) is None
+
+
+def test_a_sum_in_the_account_currency_is_unknown_when_a_non_zero_part_has_no_rate():
+    D = Decimal
+    rates = {"EUR": "1.1"}
+    total = trading_math.sum_in_account_currency(
+        [(D(10), "USD"), (D(10), "EUR"), (D(0), "JPY")], "USD", rates
+    )
+    assert total == (D(21), [])
+    total = trading_math.sum_in_account_currency(
+        [(D(10), "USD"), (D(5), "JPY"), (D(-1), "GBP")], "USD", rates
+    )
+    assert total == (None, ["GBP", "JPY"])

@@ -20,6 +20,7 @@ from controlplane import services
 from controlplane.commands import issuing
 from controlplane.ingest.store import ingest_events
 from controlplane.models import Engine, Instrument, Position
+from dashboard import overview
 from engine_sdk import protocol as p
 from tests.gateway import factories as f
 
@@ -385,3 +386,61 @@ def test_the_fleet_snapshot_of_50_engines_and_5000_positions_takes_a_fixed_numbe
     assert len(body["rows"]) == 50
     assert body["totals"]["open_positions"] == 5000
     assert body["totals"]["gross_exposure"] == 50 * 100 * 10 * 100
+
+
+def _pnl_book(engine: Engine, rates: dict[str, str]) -> None:
+    """A dollar account: a closed euro trade (+10 euro points x 2, less a 1.1 dollar fee) and an
+    open yen one (+100 yen a share on 10 shares), and a closed dollar trade (+5)."""
+    now_events(
+        engine,
+        f.account_fx(1, "100000", rates),
+        f.instrument(2, "SX5E", multiplier="2", currency="EUR"),
+        f.instrument(3, "7203.T", currency="JPY"),
+        f.order(4, "e-1", symbol="SX5E", qty="1"),
+        f.fill(5, "e-1", "e-1", symbol="SX5E", qty="1", price="100"),
+        f.order(6, "e-2", symbol="SX5E", side="sell", qty="1"),
+        f.fill(7, "e-2", "e-2", symbol="SX5E", side="sell", qty="1", price="110", fee="1.1"),
+        f.order(8, "j-1", symbol="7203.T", qty="10"),
+        f.fill(9, "j-1", "j-1", symbol="7203.T", qty="10", price="3000"),
+        f.position(10, "10", symbol="7203.T"),
+        f.order(11, "a-1", symbol="AAPL", qty="1"),
+        f.fill(12, "a-1", "a-1", symbol="AAPL", qty="1", price="200"),
+        f.order(13, "a-2", symbol="AAPL", side="sell", qty="1"),
+        f.fill(14, "a-2", "a-2", symbol="AAPL", side="sell", qty="1", price="205"),
+    )
+    # The yen instrument's last price moves up 100 yen.
+    Position.objects.filter(engine=engine, instrument__symbol="7203.T").update(
+        last_price=Decimal(3100)
+    )
+    engine.refresh_from_db()
+
+
+def test_the_engines_pnl_is_added_up_in_its_account_currency_at_its_rates(
+    make_engine: MakeEngine, viewer: User
+) -> None:
+    engine, _ = make_engine("fx")
+    _pnl_book(engine, {"EUR": "1.1", "JPY": "0.0067"})
+    pnl = overview.engine_pnl(engine)
+    # Realised: (20 euros less the 1.1 dollar fee, 1 euro) x 1.1 + 5 dollars.
+    assert pnl["realized"] == pytest.approx(19 * 1.1 + 5)
+    # Unrealised: 10 shares x 100 yen x 0.0067.
+    assert pnl["unrealized"] == pytest.approx(6.7)
+    assert (pnl["currency"], pnl["unconverted"]) == ("USD", [])
+    page = text(client_for(viewer).get("/engines/fx/"))
+    assert re.search(r'id="pnl-realized" class="num pos">\+25\.90<', page)
+    assert re.search(r'id="pnl-unrealized" class="num pos">\+6\.70<', page)
+    row = re.search(r'<tr data-symbol="7203.T">.*?</tr>', page, re.S).group(0)  # type: ignore[union-attr]
+    assert '<td class="muted">JPY</td>' in row
+
+
+def test_a_pnl_in_a_currency_without_a_rate_is_unknown_never_counted_at_one(
+    make_engine: MakeEngine, viewer: User
+) -> None:
+    engine, _ = make_engine("fx")
+    _pnl_book(engine, {"EUR": "1.1"})
+    pnl = overview.engine_pnl(engine)
+    assert pnl["realized"] == pytest.approx(19 * 1.1 + 5)
+    assert pnl["unrealized"] is None and pnl["unconverted"] == ["JPY"]
+    page = text(client_for(viewer).get("/engines/fx/"))
+    assert re.search(r'id="pnl-unrealized" class="num zero">unknown<', page)
+    assert "(no FX rate for JPY)" in page

@@ -50,6 +50,7 @@ def fill(
     qty: str = "10",
     price: str = "190.25",
     fee: str = "0",
+    fee_currency: str | None = None,
 ) -> p.FillEvent:
     return p.FillEvent(
         seq=seq,
@@ -61,6 +62,7 @@ def fill(
         quantity=Decimal(qty),
         price=Decimal(price),
         fee=Decimal(fee),
+        fee_currency=fee_currency,
     )
 
 

@@ -8,9 +8,10 @@ import json
 from decimal import Decimal
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from controlplane.audit import AuditEvent
-from controlplane.models import EngineLog, Instrument, Position
+from controlplane.models import AccountSnapshot, EngineLog, Fill, Instrument, Position
 from engine_sdk import protocol as p
 from tests.gateway import factories as f
 
@@ -118,7 +119,9 @@ def _raw_instrument(**fields: object) -> dict:
         ({"multiplier": "1e15"}, "multiplier"),
         ({"multiplier": "0.0000001"}, "multiplier"),
         ({"currency": "usd"}, "currency"),
-        ({"currency": "USDT"}, "currency"),
+        ({"currency": "U" * 17}, "currency"),
+        ({"currency": ""}, "currency"),
+        ({"currency": "US-D"}, "currency"),
         ({"currency": "US\u0000"}, "currency"),
         ({"tick_size": "-0.25"}, "tick_size"),
         ({"symbol": "X" * (p.MAX_SYMBOL_LENGTH + 1)}, "symbol"),
@@ -149,6 +152,8 @@ def test_a_hostile_declaration_is_refused_naming_the_field_and_nothing_changes(
         ({"EUR": "0"}, "fx_rates.EUR"),
         ({"EUR": "1e9"}, "fx_rates.EUR"),
         ({"eur": "1.1"}, "fx_rates"),
+        ({"": "1.1"}, "fx_rates"),
+        ({"U" * 17: "1.1"}, "fx_rates"),
         ({"E\u0000R": "1.1"}, "fx_rates"),
     ],
 )
@@ -174,3 +179,54 @@ def test_fx_rates_keep_each_currencys_latest_and_a_new_account_currency_starts_a
     post(client, token, f.events_frame(f.account_fx(4, "900", {"USD": "0.92"}, currency="EUR")))
     engine.refresh_from_db()
     assert (engine.account_currency, engine.fx_rates) == ("EUR", {"USD": "0.92"})
+
+
+def test_a_crypto_engine_declares_a_usdt_pair_reports_rates_and_pays_its_fee_in_bnb(
+    client, engine_and_token
+):
+    engine, token = engine_and_token
+    answers = post(
+        client,
+        token,
+        f.events_frame(
+            f.account_fx(1, "50000", {"BNB": "600.5", "1INCH": "0.25"}, currency="USDT"),
+            f.instrument(2, "BTC/USDT", asset_class="crypto", currency="USDT"),
+            f.order(3, "o-1", symbol="BTC/USDT", qty="0.5"),
+            f.fill(
+                4,
+                "f-1",
+                "o-1",
+                symbol="BTC/USDT",
+                qty="0.5",
+                price="60000",
+                fee="0.01",
+                fee_currency="BNB",
+            ),
+        ),
+    )
+    assert answers == [{"type": "ack", "seq": 4}]
+    assert Instrument.objects.get(symbol="BTC/USDT").currency == "USDT"
+    engine.refresh_from_db()
+    assert (engine.account_currency, engine.fx_rates) == (
+        "USDT",
+        {"BNB": "600.5", "1INCH": "0.25"},
+    )
+    # Kept exactly as reported.
+    fill = Fill.objects.get(engine=engine, fill_id="f-1")
+    assert (fill.fee, fill.fee_currency) == (Decimal("0.01"), "BNB")
+
+
+def test_an_account_currency_of_sixteen_characters_is_kept_whole(client, engine_and_token):
+    engine, token = engine_and_token
+    answers = post(client, token, f.events_frame(f.account_fx(1, "10", {}, currency="A" * 16)))
+    assert answers == [{"type": "ack", "seq": 1}]
+    assert AccountSnapshot.objects.get(engine=engine).currency == "A" * 16
+
+
+@pytest.mark.parametrize("code", ["usd", "U", "US-D", "", "U" * 17, "US\u0000"])
+def test_the_admin_holds_a_persons_currency_to_the_protocols_codes(code):
+    with pytest.raises(ValidationError) as refused:
+        Instrument(symbol="ES", currency=code).full_clean()
+    assert "currency" in refused.value.message_dict
+    for accepted in ("USD", "USDT", "1INCH"):
+        Instrument(symbol="ES", currency=accepted).full_clean()

@@ -13,8 +13,9 @@ from controlplane import events
 from controlplane.commands import issuing
 from controlplane.gateway import session
 from controlplane.ingest.store import ingest_events
-from controlplane.models import CommandBatch, Engine
+from controlplane.models import CommandBatch, Engine, Position
 from engine_sdk import protocol as p
+from tests.gateway import factories as f
 
 
 def book(engine: Engine, *, seq: int = 1, symbol: str = "AAPL", working: bool = True) -> int:
@@ -136,3 +137,27 @@ def kill(
             )
 
     return issue
+
+
+def fx_book(engine: Engine, rates: dict[str, str]) -> None:
+    """A dollar account: a closed euro trade (+10 euros, less a 1.1 dollar fee: +9 euros), an
+    open yen position (+100 yen on 10 shares) and an open dollar one (+2 on 1)."""
+    ingest_events(
+        engine_id=engine.pk,
+        events=[
+            f.account_fx(1, "100000", rates),
+            f.instrument(2, "SX5E", currency="EUR"),
+            f.instrument(3, "7203.T", currency="JPY"),
+            f.order(4, "e-1", symbol="SX5E", qty="1"),
+            f.fill(5, "e-1", "e-1", symbol="SX5E", qty="1", price="100"),
+            f.order(6, "e-2", symbol="SX5E", side="sell", qty="1"),
+            f.fill(7, "e-2", "e-2", symbol="SX5E", side="sell", qty="1", price="110", fee="1.1"),
+            f.order(8, "j-1", symbol="7203.T", qty="10"),
+            f.fill(9, "j-1", "j-1", symbol="7203.T", qty="10", price="3000"),
+            f.order(10, "a-1", symbol="AAPL", qty="1"),
+            f.fill(11, "a-1", "a-1", symbol="AAPL", qty="1", price="200"),
+        ],
+    )
+    Position.objects.filter(engine=engine, instrument__symbol="7203.T").update(last_price=3100)
+    Position.objects.filter(engine=engine, instrument__symbol="AAPL").update(last_price=202)
+    engine.refresh_from_db()

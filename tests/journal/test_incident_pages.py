@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from django.test import Client
 
 from controlplane.models import Engine
 from journal.models import Incident
+from tests.journal.conftest import fx_book
 
 pytestmark = pytest.mark.django_db
 
@@ -76,3 +78,15 @@ def test_an_operator_opens_an_incident_from_the_page(alpha, operator):
     assert response.status_code == 302
     assert response["Location"] == f"/incidents/{incident.pk}/"
     assert incident.opened_by_label == "otto-operator"
+
+
+def test_the_snapshot_shows_the_pnl_in_the_account_currency_and_names_a_missing_rate(
+    alpha, risk_manager, viewer, kill
+):
+    fx_book(alpha, {"EUR": "1.1"})
+    kill(alpha, actor=risk_manager)
+    incident = Incident.objects.get()
+    page = _client(viewer).get(f"/incidents/{incident.pk}/").content.decode()
+    assert re.search(r"Realized P&amp;L \(USD\)</dt><dd class=\"num pos\">\+9\.90<", page)
+    assert re.search(r"Unrealized P&amp;L \(USD\)</dt><dd class=\"num zero\">unknown<", page)
+    assert "<dt>No FX rate</dt><dd>JPY</dd>" in page

@@ -4,6 +4,7 @@ named people; the lift links to it; it closes only with its post-mortem; every c
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from controlplane.models import AuditEvent, Engine
 from journal import incidents
 from journal.incidents import IncidentConflict, IncidentForbidden
 from journal.models import Incident, Step
-from tests.journal.conftest import answer_kill, book, flattened
+from tests.journal.conftest import answer_kill, book, flattened, fx_book
 
 pytestmark = pytest.mark.django_db
 
@@ -355,3 +356,22 @@ def test_the_snapshot_is_the_book_as_the_kill_found_it_not_as_its_answers_left_i
         ("AAPL-rest", "working", 0.0)
     ]
     assert then["equity"] == "100500.00000000"
+
+
+def test_the_snapshot_adds_the_pnl_up_in_the_account_currency_at_the_engines_rates(alpha):
+    fx_book(alpha, {"EUR": "1.1", "JPY": "0.0067"})
+    [engine] = incidents.snapshot_take([alpha.pk], timezone.now())["engines"]
+    # The flat euro position's realised P&L counts: 9 euros at 1.1.
+    assert Decimal(engine["realized_pnl"]) == Decimal("9.9")
+    # 1000 yen at 0.0067, and 2 dollars.
+    assert Decimal(engine["unrealized_pnl"]) == Decimal("8.7")
+    assert (engine["currency"], engine["pnl_unconverted"]) == ("USD", [])
+    currencies = {p["symbol"]: p["currency"] for p in engine["positions"]}
+    assert currencies == {"7203.T": "JPY", "AAPL": "USD"}
+
+
+def test_a_snapshot_total_without_a_rate_is_unknown_never_counted_at_one(alpha):
+    fx_book(alpha, {"EUR": "1.1"})
+    [engine] = incidents.snapshot_take([alpha.pk], timezone.now())["engines"]
+    assert Decimal(engine["realized_pnl"]) == Decimal("9.9")
+    assert engine["unrealized_pnl"] is None and engine["pnl_unconverted"] == ["JPY"]

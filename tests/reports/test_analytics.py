@@ -11,7 +11,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from controlplane.ingest.store import ingest_events
 from dashboard.reports import analytics
+from tests.gateway import factories as f
 from tests.reports.conftest import (
     ALPHA_ALERTS,
     ALPHA_AVG_SLIPPAGE_BPS,
@@ -183,3 +185,67 @@ def test_the_previous_iso_week_is_the_last_complete_one() -> None:
         "2026-W46"
     )
     assert analytics.previous_iso_week(datetime(2027, 1, 4, 7, tzinfo=UTC), UTC_ZONE) == "2026-W53"
+
+
+def _crypto_week(make_engine: Any, rates: dict[str, str]) -> analytics.Analytics:
+    """A USDT account: a BTC/USDT trip (+10, fees 0.001 BNB each side) and a losing euro one
+    (-5 euros, a 0.5 USDT fee on the close)."""
+    engine, _ = make_engine("crypto")
+    ingest_events(
+        engine_id=engine.pk,
+        events=[
+            f.account_fx(1, "50000", rates, currency="USDT"),
+            f.instrument(2, "BTC/USDT", currency="USDT"),
+            f.instrument(3, "SX5E", currency="EUR"),
+            f.order(4, "b-1", symbol="BTC/USDT", qty="1"),
+            f.fill(
+                5,
+                "b-1",
+                "b-1",
+                symbol="BTC/USDT",
+                qty="1",
+                price="100",
+                fee="0.001",
+                fee_currency="BNB",
+            ),
+            f.order(6, "b-2", symbol="BTC/USDT", side="sell", qty="1"),
+            f.fill(
+                7,
+                "b-2",
+                "b-2",
+                symbol="BTC/USDT",
+                side="sell",
+                qty="1",
+                price="110",
+                fee="0.001",
+                fee_currency="BNB",
+            ),
+            f.order(8, "e-1", symbol="SX5E", qty="1"),
+            f.fill(9, "e-1", "e-1", symbol="SX5E", qty="1", price="100"),
+            f.order(10, "e-2", symbol="SX5E", side="sell", qty="1"),
+            f.fill(11, "e-2", "e-2", symbol="SX5E", side="sell", qty="1", price="95", fee="0.5"),
+        ],
+    )
+    return analytics.engine_analytics(engine, f.at(0), f.at(60))
+
+
+def test_round_trips_count_fees_in_their_currency_and_add_up_in_the_account_currency(
+    make_engine: Any,
+) -> None:
+    a = _crypto_week(make_engine, {"BNB": "600", "EUR": "1.25"})
+    # BTC: 10 less 2 x 0.6 USDT. Euro: (-5 euros less 0.5 / 1.25 euros) x 1.25.
+    assert (a.round_trips, a.wins, a.losses) == (2, 1, 1)
+    assert a.round_trip_pnl == Decimal("8.8") + Decimal("-5.4") * Decimal("1.25")
+    assert close(a.profit_factor, 8.8 / 6.75)
+    assert a.unconverted_currencies == []
+
+
+def test_a_round_trip_whose_currency_has_no_rate_is_unknown_never_counted_at_one(
+    make_engine: Any,
+) -> None:
+    a = _crypto_week(make_engine, {"EUR": "1.25"})
+    # The BTC trip's fees are in BNB, which has no rate: its P&L is unknown.
+    assert (a.round_trips, a.wins, a.losses) == (2, 0, 1)
+    assert a.round_trip_pnl is None and a.profit_factor is None
+    assert a.unconverted_currencies == ["BNB"]
+    assert a.win_rate_pct == 0.0

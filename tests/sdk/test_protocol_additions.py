@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -88,11 +89,11 @@ def test_strategy_ids_and_fee_currency_decode_and_are_bounded():
     assert [e.strategy_id for e in events] == ["trend"] * 3  # type: ignore[union-attr]
     assert events[1].fee_currency == "BNB"  # type: ignore[union-attr]
 
-    assert _refused({**_FILL, "fee_currency": "bnb"}) == ("invalid_event", "events[0].fee_currency")
-    assert _refused({**_FILL, "fee_currency": "BNBB"}) == (
-        "invalid_event",
-        "events[0].fee_currency",
-    )
+    for hostile in ("bnb", "", "B", "B" * 17, "BN\x00", "BNB ", "BN-B", "ÉUR"):
+        assert _refused({**_FILL, "fee_currency": hostile}) == (
+            "invalid_event",
+            "events[0].fee_currency",
+        ), hostile
     assert _refused({**_ORDER, "strategy_id": ""}) == ("invalid_event", "events[0].strategy_id")
     assert _refused({**_ORDER, "strategy_id": "s" * 65}) == (
         "invalid_event",
@@ -161,3 +162,18 @@ def test_a_command_exposes_the_strategy_it_targets():
     assert command({"strategy_id": "trend"}).strategy_id == "trend"
     assert command({}).strategy_id is None
     assert command({"strategy_id": 7}).strategy_id is None
+
+
+@pytest.mark.parametrize("code", ["EUR", "USD", "JPY", "USDT", "BNB", "1INCH", "XBT", "B" * 16])
+def test_currency_codes_crypto_venues_use_are_accepted_beside_iso_4217(code):
+    instrument = {"kind": "instrument", "seq": 1, "ts": "2026-11-23T14:00:00Z", "symbol": "X"}
+    account = {"kind": "account", "seq": 3, "ts": "2026-11-23T14:00:02Z", "equity": "1"}
+    events, errors = _events(
+        {**instrument, "currency": code},
+        {**_FILL, "fee_currency": code},
+        {**account, "cash": "1", "fx_rates": {code: "1.5"}},
+    )
+    assert not errors
+    assert events[0].currency == code  # type: ignore[union-attr]
+    assert events[1].fee_currency == code  # type: ignore[union-attr]
+    assert events[2].fx_rates == {code: Decimal("1.5")}  # type: ignore[union-attr]

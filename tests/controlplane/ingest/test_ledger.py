@@ -151,6 +151,61 @@ def test_a_fill_past_zero_closes_all_then_opens_at_its_price(held, through, mult
     assert pos.realized_pnl == held_qty * (price - held_price) * direction * multiplier - fee
 
 
+def _fee(fee: str, fee_currency: str | None, currency: str, account: str = "USD", **rates: str):
+    return ledger.fee_in_instrument_currency(
+        D(fee),
+        fee_currency=fee_currency,
+        currency=currency,
+        account_currency=account,
+        fx_rates=rates,
+    )
+
+
+def test_a_fee_in_the_account_currency_of_an_instrument_in_it_is_taken_as_it_is():
+    assert _fee("1.25", None, "USD") == D("1.25")
+    assert _fee("1.25", "USD", "USD") == D("1.25")
+    # An engine that never sent an account event accounts in the protocol's default, USD.
+    assert _fee("1.25", None, "USD", account="") == D("1.25")
+
+
+def test_a_fee_in_another_currency_is_converted_through_the_account_currency():
+    # 0.01 BNB at 600 USDT, on a USDT pair in a USDT account.
+    assert _fee("0.01", "BNB", "USDT", account="USDT", BNB="600") == D("6")
+    # 2 EUR at 1.1 USD, on a yen instrument at 0.0067 USD a yen: 2.2 / 0.0067 yen.
+    assert _fee("2", "EUR", "JPY", EUR="1.1", JPY="0.0067") == D("328.35820896")
+    # The instrument's own currency needs no rate at all.
+    assert _fee("3", "EUR", "EUR") == D(3)
+    # A rebate stays negative.
+    assert _fee("-0.5", "BNB", "USDT", account="USDT", BNB="600") == D(-300)
+
+
+def test_an_account_currency_fee_is_converted_into_the_instruments_currency():
+    # A dollar account trading a euro future: a 1.1 dollar fee is 1 euro off the euro P&L.
+    assert _fee("1.1", None, "EUR", EUR="1.1") == D(1)
+
+
+def test_a_fee_whose_rate_is_unknown_is_none_never_counted_at_one():
+    assert _fee("0.01", "BNB", "USDT", account="USDT") is None
+    assert _fee("1.1", None, "EUR") is None  # the instrument's currency has no rate
+    assert _fee("2", "EUR", "JPY", EUR="1.1") is None
+    # Nothing to convert: a zero fee needs no rate.
+    assert _fee("0", "BNB", "USDT", account="USDT") == D(0)
+
+
+@given(fills, st.sampled_from([D("0.5"), D("1.1"), D(600)]))
+def test_a_converted_fee_comes_off_the_pnl_as_the_fee_times_its_rate(fills, rate):
+    # A euro instrument in a euro account, fees in BNB: each comes off at its rate.
+    pos = Position(instrument_id=1)
+    for side, quantity, price, fee in fills:
+        converted = _fee(str(fee), "BNB", "EUR", account="EUR", BNB=str(rate))
+        assert converted == fee * rate
+        ledger.apply_fill(
+            pos, side=side, quantity=quantity, price=price, fee=converted, multiplier=D(1)
+        )
+    free = _apply([(s, q, p, D(0)) for s, q, p, _ in fills], D(1))
+    assert pos.realized_pnl == free.realized_pnl - sum(f for *_, f in fills) * rate
+
+
 def test_a_report_that_disagrees_is_flagged_from_when_first_seen_until_it_agrees():
     pos = Position(instrument_id=1, quantity=D(10))
     ledger.flag_mismatch(pos, NOW)
