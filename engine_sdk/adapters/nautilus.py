@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -123,15 +124,18 @@ def _dec(value: Any) -> Decimal:
     return as_decimal() if as_decimal is not None else Decimal(str(value))
 
 
+_CURRENCY_CODE = re.compile(p.CURRENCY_CODE_PATTERN)
+
+
 def _side(side: int) -> p.Side:
     return "buy" if side == OrderSide.BUY else "sell"
 
 
 def _currency_code(currency: Any) -> str | None:
-    """An ISO 4217-shaped code, or None (a crypto code such as USDT does not fit the protocol's
-    three letters, and is left out rather than refused)."""
+    """The currency's code when it is one the protocol takes (ISO 4217, or a crypto venue's code
+    such as USDT: 2 to 16 capitals and digits), else None: left out rather than refused."""
     code = getattr(currency, "code", None)
-    return code if isinstance(code, str) and len(code) == 3 and code.isupper() else None
+    return code if isinstance(code, str) and _CURRENCY_CODE.fullmatch(code) else None
 
 
 def _order_status(order: Any) -> p.OrderStatus:
