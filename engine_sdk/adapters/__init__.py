@@ -1,0 +1,1 @@
+"""Adapters that connect existing trading frameworks to the control plane."""

@@ -1,0 +1,279 @@
+"""The Freqtrade bridge's own logic, in-process and without a bot: fills from filled amounts,
+fee shares, replay after a crash, and hostile answers from the bot's API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine_sdk import protocol as p
+from engine_sdk.adapters.freqtrade import (
+    BadAnswer,
+    BotApiError,
+    BotUnreachable,
+    FillLedger,
+    FreqtradeApi,
+    load_ledger,
+    parse_trade,
+    positions,
+)
+from tests.servers import free_port
+
+D = Decimal
+
+
+def order(**over: Any) -> dict[str, Any]:
+    base = {
+        "order_id": "dry_run_buy_BTC/USDT_1",
+        "ft_order_side": "buy",
+        "order_type": "limit",
+        "amount": D("1.0"),
+        "filled": D("0"),
+        "cost": D("0"),
+        "safe_price": D("100"),
+        "status": "open",
+        "is_open": True,
+        "order_timestamp": 1_765_000_000_000,
+        "order_filled_timestamp": None,
+    }
+    return base | over
+
+
+def trade(*orders: dict[str, Any], **over: Any) -> dict[str, Any]:
+    base = {
+        "trade_id": 7,
+        "pair": "BTC/USDT",
+        "is_open": True,
+        "is_short": False,
+        "amount": D("1.0"),
+        "open_rate": D("100"),
+        "fee_open": D("0.001"),
+        "fee_close": D("0.001"),
+        "fee_open_currency": "USDT",
+        "fee_close_currency": "USDT",
+        "quote_currency": "USDT",
+        "orders": list(orders),
+    }
+    return base | over
+
+
+def derive(ledger: FillLedger, raw: dict[str, Any]) -> list[p.Event]:
+    events, marks = ledger.derive(parse_trade(raw), stake_currency="USDT")
+    ledger.apply(marks)
+    return events
+
+
+def fills(events: list[p.Event]) -> list[p.FillEvent]:
+    return [e for e in events if isinstance(e, p.FillEvent)]
+
+
+def test_each_growth_of_a_filled_amount_is_one_fill_priced_from_the_cost_with_its_fee_share():
+    ledger = FillLedger()
+
+    first = derive(ledger, trade(order(filled=D("0.3"), cost=D("30.0"))))
+    second = derive(
+        ledger, trade(order(filled=D("1.0"), cost=D("101.4"), status="closed", is_open=False))
+    )
+
+    [order_event, fill] = first
+    assert isinstance(order_event, p.OrderEvent)
+    assert (order_event.status, order_event.filled_quantity) == ("partially_filled", D("0.3"))
+    assert (fill.side, fill.quantity, fill.price, fill.fee) == ("buy", D("0.3"), D(100), D("0.03"))
+    assert fill.client_order_id == order_event.client_order_id
+    [order_event, fill] = second
+    assert (order_event.status, order_event.avg_fill_price) == ("filled", D("101.4"))
+    # 71.4 for 0.7 more: 102 each; the fee is what the order's fee grew by.
+    assert (fill.quantity, fill.price, fill.fee) == (D("0.7"), D(102), D("0.0714"))
+    assert fill.fill_id != fills(first)[0].fill_id
+    assert derive(ledger, trade(order(filled=D("1.0"), cost=D("101.4"), status="closed"))) == []
+
+
+def test_fee_shares_add_up_to_the_fee_of_the_whole_order_whatever_the_rounding():
+    ledger = FillLedger()
+    steps = [(D("0.33333"), D("33.3330001")), (D("0.66667"), D("66.87")), (D("1.0"), D("100.13"))]
+    shares = []
+    for filled, cost in steps:
+        raw = trade(order(filled=filled, cost=cost), fee_open=D("0.00075"))
+        shares += [f.fee for f in fills(derive(ledger, raw))]
+
+    assert len(shares) == 3
+    assert sum(shares) == (D("100.13") * D("0.00075")).quantize(D("0.00000001"))
+
+
+def test_a_replay_after_a_crash_gives_the_same_fills_under_the_same_ids(tmp_path: Path):
+    raw = trade(order(filled=D("0.5"), cost=D("50.5")))
+    ledger = FillLedger()
+    # Reported but the marks never saved (a crash in between): the next run derives the same.
+    crashed, _ = ledger.derive(parse_trade(raw), stake_currency="USDT")
+    again, marks = ledger.derive(parse_trade(raw), stake_currency="USDT")
+    assert [(f.fill_id, f.quantity, f.price, f.fee) for f in fills(crashed)] == [
+        (f.fill_id, f.quantity, f.price, f.fee) for f in fills(again)
+    ]
+    # Saved and read back by the next run: nothing to report again.
+    ledger.apply(marks)
+    path = tmp_path / "freqtrade-bridge.json"
+    path.write_text(json.dumps(ledger.to_json()))
+    assert load_ledger(path).derive(parse_trade(raw), stake_currency="USDT")[0] == []
+
+
+def test_an_unreadable_record_of_reported_fills_stops_the_bridge_rather_than_count_again(
+    tmp_path: Path,
+):
+    path = tmp_path / "freqtrade-bridge.json"
+    path.write_text('{"orders": {"7|x": {"filled": "nonsense"}}}')
+    with pytest.raises(SystemExit, match="record of reported fills cannot be read"):
+        load_ledger(path)
+    assert load_ledger(tmp_path / "absent.json").marks == {}
+
+
+def test_a_filled_amount_that_shrinks_is_refused_and_the_marks_stay():
+    ledger = FillLedger()
+    derive(ledger, trade(order(filled=D("0.5"), cost=D("50"))))
+    before = dict(ledger.marks)
+
+    with pytest.raises(BadAnswer, match=r"shows filled 0\.2, less than the 0\.5 already reported"):
+        ledger.derive(
+            parse_trade(trade(order(filled=D("0.2"), cost=D("20")))), stake_currency="USDT"
+        )
+    assert ledger.marks == before
+
+
+def test_a_short_enters_selling_and_exits_buying_and_its_position_is_negative():
+    raw = trade(
+        order(order_id="e", ft_order_side="sell", filled=D("1"), cost=D("100"), status="closed"),
+        order(order_id="x", ft_order_side="buy", filled=D("0.4"), cost=D("39.6")),
+        is_short=True,
+        amount=D("0.6"),
+    )
+    events = derive(FillLedger(), raw)
+    assert [(f.side, f.quantity) for f in fills(events)] == [("sell", D(1)), ("buy", D("0.4"))]
+    assert positions([parse_trade(raw)]) == {"BTC/USDT": (D("-0.6"), D("100"))}
+
+
+def test_a_fee_charged_in_another_currency_is_named_on_the_fill():
+    raw = trade(order(filled=D("1"), cost=D("100")), fee_open_currency="BNB")
+    [fill] = fills(derive(FillLedger(), raw))
+    assert (fill.fee, fill.fee_currency) == (D("0.1"), "BNB")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"trade_id": "7"}, "trade.trade_id is '7', expected a positive integer"),
+        ({"trade_id": True}, "trade.trade_id is True"),
+        ({"pair": ""}, "trade 7.pair is ''"),
+        ({"pair": "BTC\x00USDT"}, "trade 7.pair"),
+        ({"pair": "X" * 129}, "trade 7.pair"),
+        ({"is_open": "yes"}, "is_open / is_short are 'yes' / False, not bools"),
+        ({"fee_open": D("1.5")}, "trade 7.fee_open is 1.5, expected a fee rate"),
+        ({"fee_open": float("nan")}, "trade 7.fee_open is nan, expected a number"),
+        ({"amount": D("-1")}, "trade 7.amount is -1"),
+        ({"orders": {"0": {}}}, "trade 7.orders: expected a list, got dict"),
+        ({"orders": ["x"]}, "trade 7.orders[0]: expected an object, got str"),
+        ({"orders": [order(filled=D("-0.1"))]}, "orders[0].filled is -0.1, expected from 0"),
+        (
+            {"orders": [order(filled=D("2"))]},
+            "orders[0].filled is 2, expected from 0 to the amount",
+        ),
+        ({"orders": [order(amount=D("0"))]}, "orders[0].amount is 0, expected more than 0"),
+        ({"orders": [order(amount=True)]}, "orders[0].amount is True, expected a number"),
+        ({"orders": [order(amount="1")]}, "orders[0].amount is '1', expected a number"),
+        ({"orders": [order(amount=D("1e20"))]}, "expected a finite number"),
+        ({"orders": [order(cost=D("-5"))]}, "orders[0].cost is -5"),
+        (
+            {"orders": [order(filled=D("1"), cost=D("0"), safe_price=None)]},
+            "a filled amount of 1 with no cost and no price",
+        ),
+        ({"orders": [order(ft_order_side="long")]}, "ft_order_side is 'long'"),
+        ({"orders": [order(ft_is_entry=False)]}, "ft_is_entry contradicts ft_order_side 'buy'"),
+        ({"orders": [order(order_id="")]}, "orders[0].order_id is ''"),
+        ({"orders": [order(order_timestamp=-1)]}, "order_timestamp is -1"),
+    ],
+)
+def test_a_malformed_trade_is_refused_whole_naming_the_field(change, message):
+    ledger = FillLedger()
+    with pytest.raises(BadAnswer) as info:
+        ledger.derive(parse_trade(trade(order()) | change), stake_currency="USDT")
+    assert message in str(info.value)
+    assert ledger.marks == {}
+
+
+# --- the REST client against a bot that answers badly -----------------------------------------
+
+
+class HostileBot:
+    """A local HTTP server answering each path with a canned (status, body)."""
+
+    def __init__(self, answers: dict[str, tuple[int, bytes]]) -> None:
+        self.answers = answers
+        self.auth: list[str | None] = []
+        bot = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                bot.auth.append(self.headers.get("Authorization"))
+                status, body = bot.answers.get(self.path.split("?")[0], (404, b'{"detail":"x"}'))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileBot]:
+    bot = HostileBot({})
+    yield bot
+    bot.server.shutdown()
+    bot.server.server_close()
+
+
+def test_the_client_sends_basic_auth_and_reads_numbers_as_decimals(hostile: HostileBot):
+    hostile.answers["/api/v1/status"] = (200, json.dumps([trade(order())], default=float).encode())
+    [raw] = FreqtradeApi(hostile.url, "ft", "pw").open_trades()
+    assert hostile.auth == ["Basic ZnQ6cHc="]
+    assert isinstance(raw["orders"][0]["safe_price"], Decimal)
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "error", "message"),
+    [
+        ("/api/v1/status", (200, b"<html>proxy</html>"), BadAnswer, "the answer is not JSON"),
+        ("/api/v1/status", (200, b'{"trades": []}'), BadAnswer, "expected a list, got dict"),
+        ("/api/v1/status", (401, b'{"detail":"Unauthorized"}'), BotApiError, "HTTP 401"),
+        ("/api/v1/status", (500, b"boom"), BotApiError, "GET /status: HTTP 500 boom"),
+        ("/api/v1/trades", (200, b'{"trades": []}'), BadAnswer, "total_trades is None"),
+        ("/api/v1/trades", (200, b'{"trades": {}, "total_trades": 1}'), BadAnswer, "trades.trades"),
+    ],
+)
+def test_a_bad_answer_from_the_bot_is_a_clear_error(hostile, path, answer, error, message):
+    hostile.answers[path] = answer
+    api = FreqtradeApi(hostile.url, "ft", "pw")
+    call = (
+        api.open_trades
+        if path.endswith("status")
+        else lambda: api.closed_trades(limit=5, by_id=True)
+    )
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_a_bot_that_is_down_is_unreachable_not_wrong():
+    api = FreqtradeApi(f"http://127.0.0.1:{free_port()}", "ft", "pw", timeout=2)
+    with pytest.raises(BotUnreachable, match="GET /show_config: bot unreachable"):
+        api.show_config()
