@@ -873,16 +873,26 @@ class FreqtradeBridge:
             if command.kind == "pause":
                 await self._call(self.api.pause)
                 self._held = False
-                return CommandOutcome(
-                    status="succeeded",
-                    detail="bot paused (/pause): no new entries, open trades managed",
-                    trading_state="PAUSED",
-                )
+                current = self.client.trading_state
+                # An engine already REDUCING or HALTED stays so (protocol, section 8).
+                state: p.TradingState = current if current in ("REDUCING", "HALTED") else "PAUSED"
+                detail = "bot paused (/pause): no new entries, open trades managed"
+                if command.params.get("cancel_open"):
+                    # Freqtrade cancels an order only by replacing or timing it out (its
+                    # unfilledtimeout); the bridge does not reach into its orders.
+                    detail += "; cancel_open not done: open orders are left to the bot"
+                    return CommandOutcome(status="partial", detail=detail, trading_state=state)
+                return CommandOutcome(status="succeeded", detail=detail, trading_state=state)
             if command.kind == "resume":
                 await self._call(self.api.start)
                 return CommandOutcome(
                     status="succeeded", detail="bot started (/start)", trading_state="ACTIVE"
                 )
+            if command.kind == "flatten" and command.strategy_id is not None:
+                # A flatten of one strategy leaves the engine's state alone; the bridge can
+                # only pause and exit the whole bot.
+                detail = "the freqtrade bridge flattens the whole bot only, not one strategy"
+                return CommandOutcome(status="failed", detail=detail)
             if command.kind in ("kill", "flatten"):
                 return await self._exit_all(command)
             if command.kind == "cancel_all":  # the SDK's own, at shutdown: the bot keeps its orders
@@ -891,8 +901,11 @@ class FreqtradeBridge:
                     detail="open orders are the bot's: left to its unfilledtimeout",
                 )
         except BotApiError as exc:
-            state = "HALTED" if command.kind == "kill" else None
-            return CommandOutcome(status="failed", detail=f"freqtrade: {exc}", trading_state=state)
+            # A kill stays HALTED (the SDK halted on receipt): the poll loop pauses and exits
+            # the bot once it answers again.
+            halted: p.TradingState | None = "HALTED" if command.kind == "kill" else None
+            detail = f"freqtrade: {exc}"
+            return CommandOutcome(status="failed", detail=detail, trading_state=halted)
         return CommandOutcome(
             status="failed", detail=f"{command.kind} is not supported by the freqtrade bridge"
         )

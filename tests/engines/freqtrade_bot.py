@@ -1,7 +1,7 @@
 """A real Freqtrade dry-run bot on the synthetic exchange: its config, its strategy, its process.
 
-Test infrastructure: the bot trades one pair, enters at every loop it is allowed to and leaves at
-once (a minimal ROI of -100 %), so a test sees many trades within seconds.
+Test infrastructure: the bot trades three pairs, enters each as soon as it may and leaves one at
+once, so a test sees entries, an exit and open trades within seconds.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from freqtrade.strategy import IStrategy
 
 
 class Churn(IStrategy):
-    """Enters whenever it may, leaves at once: trades every few seconds on a synthetic feed."""
+    """Enters every pair whenever it may; leaves ETH/USDT at once and holds the others, so
+    that a kill finds open trades to force-exit. Freqtrade locks a pair for the rest of its
+    candle after an exit: ETH/USDT trades once a minute."""
 
     INTERFACE_VERSION = 3
     timeframe = "1m"
-    minimal_roi = {"0": -1}
+    minimal_roi = {"0": 100}
     stoploss = -0.99
     startup_candle_count = 0
     process_only_new_candles = False
@@ -43,7 +45,15 @@ class Churn(IStrategy):
     def populate_exit_trend(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
         dataframe["exit_long"] = 0
         return dataframe
+
+    def custom_exit(self, pair, trade, current_time, current_rate, current_profit, **kwargs):
+        return "churn" if pair == "ETH/USDT" else None
 '''
+
+
+PAIRS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+MARKETS = {"BTCUSDT": ("BTC", "USDT", 60_000.0), "ETHUSDT": ("ETH", "USDT", 3_000.0),
+           "SOLUSDT": ("SOL", "USDT", 150.0)}  # fmt: skip
 
 
 def bot_config(
@@ -55,7 +65,7 @@ def bot_config(
         "dry_run_wallet": 1000,
         "db_url": db_url,
         "initial_state": "running",
-        "max_open_trades": 1,
+        "max_open_trades": 3,
         "stake_currency": "USDT",
         "stake_amount": 50,
         "tradable_balance_ratio": 0.99,
@@ -78,7 +88,7 @@ def bot_config(
             "secret": "",
             "ccxt_config": ccxt,
             "ccxt_async_config": ccxt,
-            "pair_whitelist": ["BTC/USDT"],
+            "pair_whitelist": PAIRS,
             "pair_blacklist": [],
             "skip_pair_validation": True,
             "enable_ws": False,
@@ -141,7 +151,7 @@ if __name__ == "__main__":  # pragma: no cover - a manual run: python -m tests.e
 
     from tests.engines.synthetic_exchange import SyntheticExchange, SyntheticMarket
 
-    ex = SyntheticExchange(SyntheticMarket({"BTCUSDT": ("BTC", "USDT", 60000.0)})).start()
+    ex = SyntheticExchange(SyntheticMarket(MARKETS)).start()
     tmp = Path(tempfile.mkdtemp())
     cfg = bot_config(
         ccxt_urls=ex.ccxt_urls(),

@@ -30,6 +30,7 @@ from engine_sdk.adapters.freqtrade import client_order_id
 from tests.engines.freqtrade_bot import (
     ENGINES_PYTHON,
     FREQTRADE,
+    MARKETS,
     ROOT,
     bot_config,
     start_bot,
@@ -94,12 +95,48 @@ class Bot:
 
 @pytest.fixture
 def exchange() -> Iterator[SyntheticExchange]:
-    market = SyntheticMarket({"BTCUSDT": ("BTC", "USDT", 60_000.0)}, seed=7)
-    ex = SyntheticExchange(market).start()
+    ex = SyntheticExchange(SyntheticMarket(MARKETS, seed=7)).start()
     try:
         yield ex
     finally:
         ex.stop()
+
+
+class BotProcess:
+    """The bot's process, its files, and a way to crash and restart it on the same database."""
+
+    def __init__(self, exchange: SyntheticExchange, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.userdir = tmp_path / "bot"
+        config = bot_config(
+            ccxt_urls=exchange.ccxt_urls(),
+            api_port=self.port,
+            username=BOT_USER,
+            password=BOT_PASSWORD,
+            db_url=f"sqlite:///{self.userdir}/trades.sqlite",
+        )
+        self.config_path = write_bot(self.userdir, config)
+        self.log = tmp_path / "bot.log"
+        self.api = Bot(self.port)
+        self.process = start_bot(self.userdir, self.config_path, self.log)
+
+    def crash_and_restart(self) -> None:
+        self.process.kill()  # a crash, or a person's kill -9: the bot comes back as configured
+        self.process.wait()
+        self.process = start_bot(self.userdir, self.config_path, self.log)
+
+
+@pytest.fixture
+def ft_bot(exchange: SyntheticExchange, tmp_path: Path) -> Iterator[BotProcess]:
+    """Started before the control plane (a fixture listed before it): Freqtrade takes seconds
+    to start, and nothing of it needs the control plane."""
+    bot = BotProcess(exchange, tmp_path)
+    try:
+        yield bot
+    finally:
+        # Killed, not stopped: its graceful shutdown costs seconds and shows nothing here.
+        bot.process.kill()
+        bot.process.wait()
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -211,8 +248,9 @@ def exposure_after(engine: Engine, ack_ms: int, trades: list[dict[str, Any]]) ->
 
 
 def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restart(
-    uvicorn_server: UvicornServer,
+    ft_bot: BotProcess,
     exchange: SyntheticExchange,
+    uvicorn_server: UvicornServer,
     make_engine: Callable[..., tuple[Engine, str]],
     risk_manager: Any,
     tmp_path: Path,
@@ -230,30 +268,24 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
         scope_value=ENGINE,
     )
     _, api_token = services.api_token_create(user=risk_manager, name="test")
-    bot_port = free_port()
-    userdir = tmp_path / "bot"
-    config = bot_config(
-        ccxt_urls=exchange.ccxt_urls(),
-        api_port=bot_port,
-        username=BOT_USER,
-        password=BOT_PASSWORD,
-        db_url=f"sqlite:///{userdir}/trades.sqlite",
-    )
-    config_path = write_bot(userdir, config)
-    bot_log, bridge_log = tmp_path / "bot.log", tmp_path / "bridge.log"
+    bot_log, bridge_log = ft_bot.log, tmp_path / "bridge.log"
     logs = [bot_log, bridge_log, uvicorn_server.log_path]
-    bot = Bot(bot_port)
+    bot = ft_bot.api
+    bot_port = ft_bot.port
 
     t0 = time.monotonic()
-    bot_process = start_bot(userdir, config_path, bot_log)
     bridge = start_bridge(tmp_path, uvicorn_server, token, bot_port, bridge_log)
     try:
         wait_for(bot.up, timeout=START_TIMEOUT_S, what="the bot's API up", logs=logs)
         print(f"freqtrade answered its API after {time.monotonic() - t0:.1f} s")
 
-        # 1. Trades become fills in the control plane.
+        # 1. Trades become fills in the control plane: three entries and an exit, and two
+        # positions open for the kill to close.
         wait_for(
-            lambda: Fill.objects.filter(engine=engine).count() >= 4,
+            lambda: (
+                Fill.objects.filter(engine=engine).count() >= 4
+                and Position.objects.filter(engine=engine).exclude(quantity=0).count() >= 2
+            ),
             timeout=START_TIMEOUT_S,
             what="fills from the bot in the control plane",
             logs=logs,
@@ -261,7 +293,30 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
         engine.refresh_from_db()
         assert engine.connected and engine.reported_state == "ACTIVE"
 
-        # 2. A kill through the operators' API.
+        # 2. Pause and resume through the operators' API: /pause and /start.
+        def command(kind: str, **extra: Any) -> Command:
+            body = {"kind": kind, "selector": f"engine:{ENGINE}", "reason": f"test {kind}"}
+            batch = api_post(uvicorn_server, api_token, "/api/v1/commands", body | extra)
+            pk = batch["commands"][0]["id"]
+            wait_for(
+                lambda: Command.objects.get(pk=pk).status not in Command.OPEN,
+                timeout=TIMEOUT_S,
+                what=f"the {kind}'s result",
+                logs=logs,
+            )
+            return Command.objects.get(pk=pk)
+
+        pause = command("pause")
+        assert (pause.status, pause.state_after) == ("succeeded", "PAUSED"), pause.detail
+        assert bot.state() == "paused"
+        resume = command("resume")
+        assert (resume.status, resume.state_after) == ("succeeded", "ACTIVE"), resume.detail
+        assert bot.state() == "running"
+        # Not something the bridge can do: failed at once by the control plane, not sent.
+        reduce = command("reduce", params={"target_pct": 50})
+        assert reduce.status == "failed" and "does not handle" in reduce.detail, reduce.detail
+
+        # 3. A kill through the operators' API.
         kill_body = {
             "kind": "kill",
             "selector": f"engine:{ENGINE}",
@@ -277,8 +332,10 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
             logs=logs,
         )
         kill.refresh_from_db()
+        assert "bot paused (/pause)" in kill.detail and "force-exited" in kill.detail
         assert kill.status == Command.Status.SUCCEEDED, kill.detail
         assert kill.state_after == "HALTED"
+        assert len(kill.result["traded"]) >= 2, kill.result
         assert bot.state() == "paused"
         assert bot.get("/status") == []  # every trade force-exited
 
@@ -296,7 +353,9 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
         assert exposure_after(engine, ack_ms, trades) == []
         # Flat on both sides, and the ledger agrees with what the bridge reports of the bot.
         wait_for(
-            lambda: Position.objects.filter(engine=engine, reported_quantity=0).exists(),
+            lambda: (
+                not Position.objects.filter(engine=engine).exclude(reported_quantity=0).exists()
+            ),
             timeout=TIMEOUT_S,
             what="the bot's flat position reported",
             logs=logs,
@@ -306,10 +365,8 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
             assert position.mismatch_since is None
         count_at_kill = len(trades)
 
-        # 3. The bot restarted locally while killed: paused again at once, and an alert.
-        bot_process.kill()  # a crash, or a person's kill -9: the bot comes back as configured
-        bot_process.wait()
-        bot_process = start_bot(userdir, config_path, bot_log)
+        # 4. The bot restarted locally while killed: paused again at once, and an alert.
+        ft_bot.crash_and_restart()
         relatch = wait_for(
             lambda: EngineLog.objects.filter(
                 engine=engine, level="critical", context__relatched=True
@@ -346,5 +403,4 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
         assert exchange.unknown == [], "the bot asked the exchange for something it does not serve"
     finally:
         stop(bridge)
-        stop(bot_process)
     print(f"whole run {time.monotonic() - t0:.1f} s")

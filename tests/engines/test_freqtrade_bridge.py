@@ -3,6 +3,7 @@ fee shares, replay after a crash, and hostile answers from the bot's API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -18,12 +19,16 @@ from engine_sdk.adapters.freqtrade import (
     BadAnswer,
     BotApiError,
     BotUnreachable,
+    BridgeConfig,
     FillLedger,
     FreqtradeApi,
+    FreqtradeBridge,
     load_ledger,
     parse_trade,
     positions,
 )
+from engine_sdk.client import EngineClient
+from engine_sdk.config import ClientConfig, HelloInfo
 from tests.servers import free_port
 
 D = Decimal
@@ -277,3 +282,85 @@ def test_a_bot_that_is_down_is_unreachable_not_wrong():
     api = FreqtradeApi(f"http://127.0.0.1:{free_port()}", "ft", "pw", timeout=2)
     with pytest.raises(BotUnreachable, match="GET /show_config: bot unreachable"):
         api.show_config()
+
+
+# --- the bridge's loop against a bot that answers badly, then well ----------------------------
+
+
+def journaled(client: EngineClient) -> list[p.Event]:
+    return [p.decode_event(raw) for _, raw in client.writer.journal.unacked]
+
+
+async def run_until(bridge: FreqtradeBridge, condition: Any, within_s: float = 10.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        async with asyncio.timeout(within_s):
+            # What is awaited is written by the bridge's loop and an HTTP server's thread.
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+
+
+def test_the_bridge_reports_a_bad_answer_once_emits_nothing_of_it_and_recovers(
+    hostile: HostileBot, tmp_path: Path
+):
+    good = trade(order(filled=D("0.5"), cost=D("50.5")))
+    hostile.answers.update(
+        {
+            "/api/v1/show_config": (200, b'{"state": "running", "stake_currency": "USDT"}'),
+            "/api/v1/trades": (200, b'{"trades": [], "total_trades": 0}'),
+            "/api/v1/balance": (200, b'{"stake": "USDT", "total": 1000, "currencies": []}'),
+            # The filled amount is a string: refused, naming the field.
+            "/api/v1/status": (
+                200,
+                json.dumps([good | {"orders": [order(filled="0.5")]}], default=float).encode(),
+            ),
+        }
+    )
+
+    async def scenario() -> tuple[list[p.Event], list[p.Event]]:
+        client = EngineClient(
+            f"ws://127.0.0.1:{free_port()}/ws/engine/v1",  # no server: events stay journaled
+            "token",
+            journal_dir=tmp_path / "journal",
+            hello=HelloInfo(
+                engine_build="t", config_hash="t", mode="paper", broker="b", account="a"
+            ),
+            config=ClientConfig(fsync=False, backoff_max_s=0.5),
+            enforces_limits=False,
+        )
+        await client.start()
+        try:
+            bridge = FreqtradeBridge(
+                FreqtradeApi(hostile.url, "ft", "pw"),
+                client,
+                tmp_path / "journal",
+                config=BridgeConfig(poll_interval_s=0.05, fsync=False),
+            )
+            await run_until(
+                bridge, lambda: any(isinstance(e, p.LogEvent) for e in journaled(client))
+            )
+            await run_until(bridge, lambda: len(hostile.auth) > 12)  # more polls, same bad answer
+            bad = journaled(client)
+            hostile.answers["/api/v1/status"] = (200, json.dumps([good], default=float).encode())
+            await run_until(
+                bridge, lambda: any(isinstance(e, p.FillEvent) for e in journaled(client))
+            )
+            return bad, journaled(client)[len(bad) :]
+        finally:
+            await client.close()
+
+    bad, recovered = asyncio.run(scenario())
+
+    [error] = [e for e in bad if isinstance(e, p.LogEvent)]  # once, not once per poll
+    assert error.level == "error"
+    assert "trade 7.orders[0].filled is '0.5', expected a number" in error.message
+    assert not [e for e in bad if isinstance(e, (p.OrderEvent, p.FillEvent, p.PositionEvent))]
+    [fill] = [e for e in recovered if isinstance(e, p.FillEvent)]
+    assert (fill.quantity, fill.price, fill.fee) == (D("0.5"), D(101), D("0.0505"))
+    # What was reported is on disk for the next run.
+    saved = json.loads((tmp_path / "journal" / "freqtrade-bridge.json").read_text())
+    assert next(iter(saved["orders"].values()))["filled"] == "0.5"

@@ -33,6 +33,7 @@ import engine_sdk
 from engine_sdk import protocol as p
 from engine_sdk.client import ClientConfig, EngineClient, HelloInfo
 import engine_sdk.schema, engine_sdk.simulator
+import engine_sdk.adapters.freqtrade  # the bridge needs nothing but the SDK (no freqtrade)
 
 try:
     import django
@@ -127,7 +128,9 @@ def test_the_sdk_needs_only_msgspec_and_websockets_and_pins_neither(
 
 def test_the_distribution_ships_every_module_and_nothing_else(installed: dict[str, Any]) -> None:
     modules = {f for f in installed["files"] if f.startswith("engine_sdk/") and f.endswith(".py")}
-    assert modules == {f"engine_sdk/{path.name}" for path in SDK_DIR.glob("*.py")}
+    # The adapters subpackage too (engine_sdk/adapters/freqtrade.py...).
+    expected = {f"engine_sdk/{path.relative_to(SDK_DIR)}" for path in SDK_DIR.rglob("*.py")}
+    assert modules == expected
     packaged = {f.split("/")[0] for f in installed["files"]}
     dist_info = f"{DIST.replace('-', '_')}-{engine_sdk.__version__}.dist-info"
     assert packaged <= {"engine_sdk", dist_info}
