@@ -42,6 +42,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -419,9 +420,8 @@ class Mark:
         )
 
 
-def _ms(ts_ms: int | None, now: Callable[[], Any]) -> Any:
-    from datetime import UTC, datetime
-
+def _ms(ts_ms: int | None, now: Callable[[], datetime]) -> datetime:
+    """The bot's milliseconds as a time; when it gave none, when the bridge saw it."""
     if ts_ms is None:
         return now()
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
@@ -436,7 +436,11 @@ class FillLedger:
     symbols: set[str] = field(default_factory=set)
 
     def derive(
-        self, trade: BotTrade, *, stake_currency: str | None, now: Callable[[], Any] = p.utc_now
+        self,
+        trade: BotTrade,
+        *,
+        stake_currency: str | None,
+        now: Callable[[], datetime] = p.utc_now,
     ) -> tuple[list[p.Event], dict[str, Mark]]:
         """The events for what changed in ``trade`` since the marks, and the marks after them.
 

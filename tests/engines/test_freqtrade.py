@@ -27,6 +27,8 @@ from alerts.models import Alert, AlertRule
 from controlplane import services
 from controlplane.models import Command, Engine, EngineLog, Fill, MetricSample, Position
 from engine_sdk.adapters.freqtrade import client_order_id
+from risk import services as risk_services
+from risk.models import RiskLimit
 from tests.engines.freqtrade_bot import (
     ENGINES_PYTHON,
     FREQTRADE,
@@ -329,6 +331,27 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
         # Not something the bridge can do: failed at once by the control plane, not sent.
         reduce = command("reduce", params={"target_pct": 50})
         assert reduce.status == "failed" and "does not handle" in reduce.detail, reduce.detail
+        engine.refresh_from_db()
+        assert engine.capabilities["limit_kinds"] == []
+        # A pre-trade limit reaches the engine as set_limits, answered as not enforceable: the
+        # bot's orders never pass the SDK's check_order.
+        risk_services.limit_save(
+            limit=RiskLimit(kind="max_order_qty", threshold=Decimal(500)),
+            reason="desk policy",
+            actor=risk_manager,
+        )
+        set_limits = wait_for(
+            lambda: (
+                Command.objects.filter(engine=engine, kind="set_limits")
+                .exclude(status__in=Command.OPEN)
+                .first()
+            ),
+            timeout=TIMEOUT_S,
+            what="the set_limits answered",
+            logs=logs,
+        )
+        assert set_limits.status == "failed", set_limits.detail
+        assert "cannot enforce pre-trade limits" in set_limits.detail
 
         # 3. The bridge crashes and comes back: it reads every trade again (its first poll) and
         # reports none of the fills twice.
