@@ -751,8 +751,8 @@ class FreqtradeBridge:
         if self._held:
             level: p.LogLevel = "critical" if state == "HALTED" else "warning"
             message = (
-                f"freqtrade bot found {was} while the engine is {state}: it was started again "
-                "behind the bridge (restarted, or /start by hand); paused it again"
+                f"freqtrade bot found {was} while the engine is {state}: it was restarted or "
+                "started behind the bridge (a new process, or /start by hand); paused it again"
                 + (" and force-exited its open trades" if state == "HALTED" else "")
             )
             log.warning("%s", message)

@@ -98,7 +98,9 @@ class SyntheticExchange:
         handler = self._handler_class()
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, at every test's end.
+        serve = lambda: self.server.serve_forever(poll_interval=0.05)  # noqa: E731
+        self.thread = threading.Thread(target=serve, daemon=True)
 
     @property
     def base_url(self) -> str:

@@ -236,7 +236,9 @@ class HostileBot:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll interval: shutdown() waits for it, at every test's end.
+        serve = lambda: self.server.serve_forever(poll_interval=0.05)  # noqa: E731
+        threading.Thread(target=serve, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
