@@ -366,3 +366,111 @@ def test_the_bridge_reports_a_bad_answer_once_emits_nothing_of_it_and_recovers(
     # What was reported is on disk for the next run.
     saved = json.loads((tmp_path / "journal" / "freqtrade-bridge.json").read_text())
     assert next(iter(saved["orders"].values()))["filled"] == "0.5"
+
+
+# --- the trading state enforced on the bot ----------------------------------------------------
+
+
+class StatefulBot(HostileBot):
+    """A bot's state as its REST API changes it (/pause, /start), its one open trade, and the
+    calls it received, in order."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.state = "running"
+        self.calls: list[str] = []
+        self.open = [trade(order(filled=D("1"), cost=D("100"), status="closed", is_open=False))]
+        self.refresh()
+
+    def refresh(self) -> None:
+        config = {"state": self.state, "stake_currency": "USDT"}
+        self.answers.update(
+            {
+                "/api/v1/show_config": (200, json.dumps(config).encode()),
+                "/api/v1/status": (200, json.dumps(self.open, default=float).encode()),
+                "/api/v1/trades": (200, b'{"trades": [], "total_trades": 0}'),
+                "/api/v1/balance": (200, b'{"stake": "USDT", "total": 1000, "currencies": []}'),
+                "/api/v1/pause": (200, b'{"status": "paused"}'),
+                "/api/v1/start": (200, b'{"status": "starting"}'),
+                "/api/v1/forceexit": (200, b'{"result": "ok"}'),
+            }
+        )
+
+    def on_post(self, path: str) -> None:
+        self.calls.append(path.removeprefix("/api/v1"))
+        if path.endswith("/pause"):
+            self.state = "paused"
+        elif path.endswith("/start"):
+            self.state = "running"
+        self.refresh()
+
+
+@pytest.fixture
+def stateful() -> Iterator[StatefulBot]:
+    bot = StatefulBot()
+    handler = bot.server.RequestHandlerClass
+    get = handler.do_GET
+
+    def post(request: BaseHTTPRequestHandler) -> None:
+        bot.on_post(request.path)
+        get(request)
+
+    handler.do_POST = post  # type: ignore[attr-defined]
+    yield bot
+    bot.server.shutdown()
+    bot.server.server_close()
+
+
+def test_the_bridge_holds_the_bot_to_the_engines_state_and_says_when_the_latch_was_broken(
+    stateful: StatefulBot, tmp_path: Path
+):
+    async def scenario() -> list[p.Event]:
+        client = EngineClient(
+            f"ws://127.0.0.1:{free_port()}/ws/engine/v1",
+            "token",
+            journal_dir=tmp_path / "journal",
+            hello=HelloInfo(
+                engine_build="t", config_hash="t", mode="paper", broker="b", account="a"
+            ),
+            config=ClientConfig(fsync=False, backoff_max_s=0.5),
+            enforces_limits=False,
+        )
+        await client.start()
+        try:
+            bridge = FreqtradeBridge(
+                FreqtradeApi(stateful.url, "ft", "pw"),
+                client,
+                tmp_path / "journal",
+                config=BridgeConfig(poll_interval_s=0.05, fsync=False),
+            )
+            # A pause (a command's, the dead-man's): the next poll pauses the bot.
+            client.gate.pause(reason="dead-man: no server for 15 s")
+            await run_until(bridge, lambda: stateful.state == "paused")
+            # Its end starts the bot again.
+            client.gate.resume(reason="dead-man: server is back")
+            await run_until(bridge, lambda: stateful.state == "running")
+            assert stateful.calls == ["/pause", "/start"]
+
+            # A kill: the bot is paused while the SDK halts, before the kill could be acked.
+            stateful.calls.clear()
+            client.gate.halt(reason="kill by rita")
+            assert stateful.calls == ["/pause"]
+            await run_until(bridge, lambda: bridge._held)
+            assert not [e for e in journaled(client) if isinstance(e, p.LogEvent)]
+
+            # Started again behind the bridge: paused again, its trade exited, and said so.
+            stateful.state = "running"
+            stateful.refresh()
+            await run_until(bridge, lambda: "/forceexit" in stateful.calls)
+            assert stateful.calls == ["/pause", "/pause", "/forceexit"]
+            assert stateful.state == "paused"
+            await run_until(bridge, lambda: client.writer.journal.last_seq == client.last_seq)
+            return journaled(client)
+        finally:
+            await client.close()
+
+    events = asyncio.run(scenario())
+    [line] = [e for e in events if isinstance(e, p.LogEvent)]
+    assert line.level == "critical"
+    assert line.message.startswith("freqtrade bot found running while the engine is HALTED")
+    assert line.context == {"bot_state": "running", "trading_state": "HALTED", "relatched": True}
