@@ -639,6 +639,7 @@ class FreqtradeBridge:
         self._held = client.trading_state == "HALTED"
         self._start_wanted = False
         self._bot_up: bool | None = None
+        self._paused_by_hook = 0
         client.on_state_change(self._on_state_change)
 
     # -- the state hook: runs on the client's loop, must be quick
@@ -654,6 +655,7 @@ class FreqtradeBridge:
             try:
                 self.api.pause(timeout=2.0)
                 self.bot_state = "paused"
+                self._paused_by_hook += 1
             except BotApiError as exc:
                 log.error("kill: /pause before the ack failed: %s", exc)
         if change.new == "ACTIVE":
@@ -715,8 +717,12 @@ class FreqtradeBridge:
 
     async def poll_once(self) -> None:
         async with self._lock:
+            paused_before = self._paused_by_hook
             config = await self._call(self.api.show_config)
-            self.bot_state = str(config.get("state", "")).lower()
+            # A kill's hook that paused the bot while this read was under way makes the read
+            # stale: keep what the hook knows.
+            if self._paused_by_hook == paused_before:
+                self.bot_state = str(config.get("state", "")).lower()
             stake = config.get("stake_currency")
             self.stake_currency = stake if isinstance(stake, str) else None
             await self._enforce()
@@ -933,24 +939,28 @@ class FreqtradeBridge:
         # says what is left. An exit the bot cancelled is sent again.
         deadline = time.monotonic() + self.config.exit_timeout_s
         exited: dict[int, float] = {}
-        traded: dict[str, Decimal] = {}
+        # What there was to close, whoever sent the exit (the poll loop may have, for a kill).
+        closing: dict[int, BotTrade] = {}
         while True:
             async with self._lock:
                 opened = [parse_trade(t) for t in await self._call(self.api.open_trades)]
                 targets = [t for t in opened if not symbols or t.pair in symbols]
                 now = time.monotonic()
                 for trade in targets:
+                    closing.setdefault(trade.trade_id, trade)
                     if exitable(trade) and now - exited.get(trade.trade_id, -1e9) > 3.0:
                         await self._call(self.api.forceexit, trade.trade_id)
                         exited[trade.trade_id] = now
-                        signed = trade.amount if trade.is_short else -trade.amount
-                        traded[trade.pair] = traded.get(trade.pair, Decimal(0)) + signed
                 await self._sync_trades()
             left = {pair: qty for pair, (qty, _) in positions(targets).items() if qty}
             if not left or time.monotonic() > deadline:
                 break
             await asyncio.sleep(min(0.2, self.config.poll_interval_s))
-        data: dict[str, Any] = {"traded": {k: str(v) for k, v in traded.items()}}
+        traded: dict[str, Decimal] = {}
+        for trade in closing.values():
+            signed = trade.amount if trade.is_short else -trade.amount
+            traded[trade.pair] = traded.get(trade.pair, Decimal(0)) + signed
+        data: dict[str, Any] = {"traded": {k: str(v) for k, v in traded.items() if v}}
         if left:
             data["left"] = {k: str(v) for k, v in left.items()}
             detail = (
@@ -959,7 +969,7 @@ class FreqtradeBridge:
             )
             return CommandOutcome(status="partial", detail=detail, data=data, trading_state=state)
         what = "killed" if kill else "flattened"
-        detail = f"{what}: bot paused (/pause), {len(exited)} trades force-exited, flat"
+        detail = f"{what}: bot paused (/pause), {len(closing)} trades force-exited, flat"
         return CommandOutcome(status="succeeded", detail=detail, data=data, trading_state=state)
 
 
