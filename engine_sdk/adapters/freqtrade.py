@@ -751,9 +751,7 @@ class FreqtradeBridge:
         was = self.bot_state
         self.bot_state = "paused"
         if state == "HALTED":
-            for trade in [parse_trade(t) for t in await self._call(self.api.open_trades)]:
-                if exitable(trade):
-                    await self._call(self.api.forceexit, trade.trade_id)
+            await self._exit_open(None)
         if self._held:
             level: p.LogLevel = "critical" if state == "HALTED" else "warning"
             message = (
@@ -772,9 +770,20 @@ class FreqtradeBridge:
             )
         self._held = True
 
+    def _parse(self, raws: Sequence[Any], bad: list[str]) -> list[BotTrade]:
+        """Each trade checked alone: a malformed one is left out (its error in ``bad``), the
+        others are reported."""
+        out = []
+        for raw in raws:
+            try:
+                out.append(parse_trade(raw))
+            except BadAnswer as exc:
+                bad.append(str(exc))
+        return out
+
     async def _sync_trades(self) -> None:
-        open_raw = await self._call(self.api.open_trades)
-        trades = [parse_trade(t) for t in open_raw]
+        bad: list[str] = []
+        trades = self._parse(await self._call(self.api.open_trades), bad)
         open_ids = {t.trade_id for t in trades}
         seen = set(open_ids)
         recent, total = await self._call(
@@ -783,9 +792,9 @@ class FreqtradeBridge:
         if self._closed_total is None or total - self._closed_total > len(recent):
             # First poll of this run, or more trades closed than one page shows: read them all,
             # so that nothing that filled while the bridge was away is missed.
-            closed = await self._all_closed()
+            closed = await self._all_closed(bad)
         else:
-            closed = [parse_trade(t) for t in recent]
+            closed = self._parse(recent, bad)
         for trade in closed:
             if trade.trade_id not in seen:
                 trades.append(trade)
@@ -794,34 +803,43 @@ class FreqtradeBridge:
         # (deleted in the bot): read it alone, for its last fills.
         for trade_id in sorted(self._open_ids - seen):
             with contextlib.suppress(BotApiError):
-                trades.append(parse_trade(await self._call(self.api.trade, trade_id)))
-        await self._report(trades)
+                trades.extend(self._parse([await self._call(self.api.trade, trade_id)], bad))
+        await self._report(trades, bad)
         self._open_ids = open_ids
         self._closed_total = total
+        if bad:
+            # A position summed without an unreadable trade would be wrong: none is reported.
+            raise BadAnswer("; ".join(bad)[:4000])
         await self._report_positions([t for t in trades if t.is_open])
 
-    async def _all_closed(self) -> list[BotTrade]:
+    async def _all_closed(self, bad: list[str]) -> list[BotTrade]:
         out: list[BotTrade] = []
         offset = 0
         while True:
             page, total = await self._call(
                 lambda at=offset: self.api.closed_trades(limit=500, offset=at, by_id=True)
             )
-            out.extend(parse_trade(t) for t in page)
+            out.extend(self._parse(page, bad))
             offset += len(page)
             if not page or offset >= total:
                 return out
 
-    async def _report(self, trades: Sequence[BotTrade]) -> None:
+    async def _report(self, trades: Sequence[BotTrade], bad: list[str]) -> None:
         events: list[p.Event] = []
         updates: dict[str, Mark] = {}
         for trade in sorted(trades, key=lambda t: t.trade_id):
+            try:
+                new_events, new_marks = self.ledger.derive(
+                    trade, stake_currency=self.stake_currency
+                )
+            except BadAnswer as exc:  # this trade alone: the others are reported
+                bad.append(str(exc))
+                continue
             if trade.pair not in self.ledger.symbols:
                 events.append(
                     p.InstrumentEvent(ts=p.utc_now(), symbol=trade.pair, asset_class="crypto")
                 )
                 self.ledger.symbols.add(trade.pair)
-            new_events, new_marks = self.ledger.derive(trade, stake_currency=self.stake_currency)
             events.extend(new_events)
             updates.update(new_marks)
         if not updates:
@@ -875,6 +893,32 @@ class FreqtradeBridge:
         self.client.emit(
             p.AccountEvent(ts=p.utc_now(), equity=_q(total), cash=_q(cash), currency=stake)
         )
+
+    async def _exit_open(
+        self,
+        symbols: Sequence[str] | None,
+        exited: dict[int, float] | None = None,
+        bad: list[str] | None = None,
+    ) -> list[BotTrade]:
+        """Send /forceexit for the open trades (of ``symbols``) with no exit working, at most
+        every 3 s per trade; return the open trades. A trade the bridge cannot read (its error
+        in ``bad``) is exited all the same: /forceexit all, every 3 s."""
+        exited = {} if exited is None else exited
+        bad = [] if bad is None else bad
+        targets = [
+            t
+            for t in self._parse(await self._call(self.api.open_trades), bad)
+            if not symbols or t.pair in symbols
+        ]
+        now = time.monotonic()
+        if bad and not symbols and now - exited.get(0, -1e9) > 3.0:
+            await self._call(self.api.forceexit, "all")
+            exited[0] = now
+        for trade in targets:
+            if exitable(trade) and now - exited.get(trade.trade_id, -1e9) > 3.0:
+                await self._call(self.api.forceexit, trade.trade_id)
+                exited[trade.trade_id] = now
+        return targets
 
     # -- commands
 
@@ -942,18 +986,15 @@ class FreqtradeBridge:
         # What there was to close, whoever sent the exit (the poll loop may have, for a kill).
         closing: dict[int, BotTrade] = {}
         while True:
+            unreadable: list[str] = []
             async with self._lock:
-                opened = [parse_trade(t) for t in await self._call(self.api.open_trades)]
-                targets = [t for t in opened if not symbols or t.pair in symbols]
-                now = time.monotonic()
+                targets = await self._exit_open(symbols, exited, unreadable)
                 for trade in targets:
                     closing.setdefault(trade.trade_id, trade)
-                    if exitable(trade) and now - exited.get(trade.trade_id, -1e9) > 3.0:
-                        await self._call(self.api.forceexit, trade.trade_id)
-                        exited[trade.trade_id] = now
-                await self._sync_trades()
+                with contextlib.suppress(BadAnswer):  # reported by the poll loop
+                    await self._sync_trades()
             left = {pair: qty for pair, (qty, _) in positions(targets).items() if qty}
-            if not left or time.monotonic() > deadline:
+            if (not left and not unreadable) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(min(0.2, self.config.poll_interval_s))
         traded: dict[str, Decimal] = {}
@@ -961,12 +1002,14 @@ class FreqtradeBridge:
             signed = trade.amount if trade.is_short else -trade.amount
             traded[trade.pair] = traded.get(trade.pair, Decimal(0)) + signed
         data: dict[str, Any] = {"traded": {k: str(v) for k, v in traded.items() if v}}
-        if left:
+        if left or unreadable:
             data["left"] = {k: str(v) for k, v in left.items()}
             detail = (
                 f"bot paused (/pause), /forceexit sent; {len(left)} positions still open "
                 f"after {self.config.exit_timeout_s:g} s"
             )
+            if unreadable:
+                detail += f"; trades the bridge cannot read: {'; '.join(unreadable)}"[:4000]
             return CommandOutcome(status="partial", detail=detail, data=data, trading_state=state)
         what = "killed" if kill else "flattened"
         detail = f"{what}: bot paused (/pause), {len(closing)} trades force-exited, flat"

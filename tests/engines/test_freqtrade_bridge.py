@@ -474,3 +474,51 @@ def test_the_bridge_holds_the_bot_to_the_engines_state_and_says_when_the_latch_w
     assert line.level == "critical"
     assert line.message.startswith("freqtrade bot found running while the engine is HALTED")
     assert line.context == {"bot_state": "running", "trading_state": "HALTED", "relatched": True}
+
+
+def test_one_unreadable_trade_does_not_hold_back_the_others_fills_but_holds_back_positions(
+    hostile: HostileBot, tmp_path: Path
+):
+    good = trade(order(order_id="g", filled=D("1"), cost=D("100")), trade_id=8)
+    bad = trade(order(order_id="b", filled=D("1"), cost=D("-1")), trade_id=9)
+    hostile.answers.update(
+        {
+            "/api/v1/show_config": (200, b'{"state": "running", "stake_currency": "USDT"}'),
+            "/api/v1/trades": (200, b'{"trades": [], "total_trades": 0}'),
+            "/api/v1/balance": (200, b'{"stake": "USDT", "total": 1000, "currencies": []}'),
+            "/api/v1/status": (200, json.dumps([bad, good], default=float).encode()),
+        }
+    )
+
+    async def scenario() -> list[p.Event]:
+        client = EngineClient(
+            f"ws://127.0.0.1:{free_port()}/ws/engine/v1",
+            "token",
+            journal_dir=tmp_path / "journal",
+            hello=HelloInfo(
+                engine_build="t", config_hash="t", mode="paper", broker="b", account="a"
+            ),
+            config=ClientConfig(fsync=False, backoff_max_s=0.5),
+            enforces_limits=False,
+        )
+        await client.start()
+        try:
+            bridge = FreqtradeBridge(
+                FreqtradeApi(hostile.url, "ft", "pw"),
+                client,
+                tmp_path / "journal",
+                config=BridgeConfig(poll_interval_s=0.05, fsync=False),
+            )
+            await run_until(
+                bridge, lambda: any(isinstance(e, p.LogEvent) for e in journaled(client))
+            )
+            return journaled(client)
+        finally:
+            await client.close()
+
+    events = asyncio.run(scenario())
+    [fill] = [e for e in events if isinstance(e, p.FillEvent)]
+    assert fill.client_order_id.startswith("ft8-")
+    [error] = [e for e in events if isinstance(e, p.LogEvent)]
+    assert "trade 9.orders[0].cost is -1" in error.message
+    assert not [e for e in events if isinstance(e, p.PositionEvent)]
