@@ -123,7 +123,10 @@ def write_bot(userdir: Path, config: dict[str, Any]) -> Path:
 
 
 def start_bot(userdir: Path, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "DATABASE"))}
+    # Not PYTEST_*: Freqtrade sets up no logging at all (no --logfile) when it sees PYTEST_VERSION.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "DATABASE", "PYTEST"))
+    }
     # No proxy, no way out: the bot must reach only the synthetic exchange.
     env.update({"NO_PROXY": "*", "no_proxy": "*"})
     cmd = [

@@ -461,6 +461,10 @@ def test_a_freqtrade_bot_is_followed_killed_flat_and_paused_again_after_a_restar
         assert engine.reported_state == "HALTED"
         assert not Position.objects.filter(engine=engine).exclude(quantity=0).exists()
         assert exchange.unknown == [], "the bot asked the exchange for something it does not serve"
+        # And it tried no other host (a websocket stream, a price service): offline for real.
+        bot_output = bot_log.read_text(errors="replace")
+        for sign in ("Name or service not known", "Cannot connect to host", "NetworkError"):
+            assert sign not in bot_output
     finally:
         stop(bridge)
     print(f"whole run {time.monotonic() - t0:.1f} s")
