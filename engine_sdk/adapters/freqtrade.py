@@ -7,8 +7,9 @@ it sees into events, and it carries out commands with the bot's own controls:
 - trades become orders and fills: a fill for each growth of an order's filled amount, priced
   from the change in the order's cost and charged its share of the fee;
 - balances become account events, open trades position events;
-- pause is ``/pause``; kill is ``/pause`` then ``/forceexit all`` (never ``/stop``, which leaves
-  open trades unmanaged); flatten is the same without the latch; resume is ``/start``;
+- pause is ``/pause``; kill is ``/pause`` then ``/forceexit`` of every open trade (never
+  ``/stop``, which leaves open trades unmanaged); flatten is the same without the latch; resume
+  is ``/start``;
 - the kill's latch lives here: a bot found running while the engine is HALTED (restarted
   locally, or started by hand) is paused again at once, its trades force-exited, and a critical
   log line says so;
@@ -362,6 +363,8 @@ def client_order_id(trade_id: int, order_id: str) -> str:
 def fill_id(trade_id: int, order_id: str, cumulative: Decimal) -> str:
     """The fill that took an order's filled amount to ``cumulative``: the same growth always
     gets the same id, so a replay after a restart is counted once by the server."""
+    # Under 64 characters but for absurd trade ids or amounts; were two ids cut to the same
+    # prefix, the server would refuse the second (duplicate_id, an alert), never count it twice.
     return f"{client_order_id(trade_id, order_id)}-{_plain(cumulative)}"[:64]
 
 
