@@ -64,6 +64,16 @@ def error_count(engine: Engine, now: datetime) -> float | None:
     )
 
 
+def critical_count(engine: Engine, now: datetime) -> float | None:
+    # An engine writes a critical line for what a person must see at once (a bridge finding its
+    # bot trading again while killed): one is enough to page.
+    return float(
+        EngineLog.objects.filter(
+            engine=engine, level="critical", ts__gte=now - ERROR_WINDOW
+        ).count()
+    )
+
+
 _REFUSED_SQL = f"""
     SELECT count(*) FROM {partitions.PARENT}
     WHERE engine_id = %s AND refused IS NOT NULL AND received_at >= %s"""
@@ -239,6 +249,13 @@ METRICS: dict[str, Metric] = {
             "count",
             "Error and critical log lines in the last 5 minutes",
             error_count,
+            time_based=True,
+        ),
+        Metric(
+            "critical_count",
+            "count",
+            "Critical log lines in the last 5 minutes",
+            critical_count,
             time_based=True,
         ),
         Metric(
