@@ -168,6 +168,10 @@ if env_bool("DB_POOL_ENABLED", ENVIRONMENT != "test"):
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# manage.py backup (controlplane/backups.py): where its pg_dump files go, and how many are kept.
+BACKUP_DIR = env_str("BACKUP_DIR", str(embedded.data_dir() / "backups"))
+BACKUP_KEEP = env_int("BACKUP_KEEP", 14, minimum=1)
+
 # --- Redis: Channels layer, Celery broker, cache --------------------------------------------------
 REDIS_URL = _service_url(
     "REDIS_URL", embedded.embedded_redis_url(), "redis://redis.example.com:6379/0"
