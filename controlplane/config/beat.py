@@ -12,13 +12,13 @@ from controlplane.config.heartbeat import touch
 
 
 class HeartbeatScheduler(DatabaseScheduler):
-    """Touches settings.BEAT_HEARTBEAT_FILE (when set) after every pass that completed.
+    """Touches settings.BEAT_HEARTBEAT_PATH (when set) after every pass that completed.
 
     The database scheduler wakes at least every 5 s (beat_max_loop_interval), so a file older
     than a minute means the loop is stuck or failing."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval: float = super().tick(*args, **kwargs)
-        if settings.BEAT_HEARTBEAT_FILE:
-            touch(Path(settings.BEAT_HEARTBEAT_FILE))
+        if settings.BEAT_HEARTBEAT_PATH:
+            touch(Path(settings.BEAT_HEARTBEAT_PATH))
         return interval

@@ -238,7 +238,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "controlplane.config.beat:HeartbeatScheduler"
 # A file beat touches after each pass of its schedule, for a health check to look at
 # (python -m controlplane.config.heartbeat FILE); empty: none.
-BEAT_HEARTBEAT_FILE = env_str("BEAT_HEARTBEAT_FILE", "")
+BEAT_HEARTBEAT_PATH = env_str("BEAT_HEARTBEAT_PATH", "")
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 
 # --- Auth ----------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_beat_touches_its_heartbeat_file_and_the_check_sees_it(tmp_path):
     env = server_env(
         DATABASE_URL=current_database_url(),
         REDIS_URL=settings.REDIS_URL,
-        BEAT_HEARTBEAT_FILE=str(beat_file),
+        BEAT_HEARTBEAT_PATH=str(beat_file),
     )
     assert check(beat_file).returncode == 1  # not started yet: unhealthy
     # Only the loop is under test: no task is sent to a queue other tests' workers read.
