@@ -14,12 +14,13 @@ TEST_DATA_DIR ?= $(CURDIR)/.data/test
 TEST_PG_PORT ?= 54339
 TEST_REDIS_PORT ?= 63809
 
-.PHONY: demo test lint format install lock clean-data help
+.PHONY: demo test lint format install lock clean-data help secrets
 
 help:
 	@echo "make demo   run the control plane with 3 simulated engines (http://localhost:$(PORT)/)"
 	@echo "make test   run the whole test suite"
 	@echo "make lint   ruff check + format check + the layers' import contracts"
+	@echo "make secrets  random secrets into ./secrets/ for docker compose (docs/operations.md)"
 
 # Every package from the lockfile, each checked against its hashes; then the SDK (on no index) and
 # the control plane themselves, editable, with nothing more (--no-deps): the lock holds it all.
@@ -68,6 +69,10 @@ lint: $(BIN)/.installed
 # dependency pinned with its hashes (requirements/lock.py).
 lock: $(BIN)/.installed
 	$(BIN)/python requirements/lock.py
+
+# The files docker-compose.yml reads its secrets from; existing ones are kept.
+secrets:
+	$(PYTHON) deploy/make_secrets.py
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

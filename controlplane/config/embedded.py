@@ -346,7 +346,7 @@ def embedded_services(*, quiet: bool = False) -> Iterator[dict[str, str]]:
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     root = data_dir()
     try:
-        if not os.environ.get("DATABASE_URL"):
+        if not (os.environ.get("DATABASE_URL") or os.environ.get("DATABASE_URL_FILE")):
             postgres = EmbeddedPostgres(root, pg_port())
             if not quiet:
                 # The first start initialises a cluster: seconds of silence otherwise.
@@ -358,7 +358,7 @@ def embedded_services(*, quiet: bool = False) -> Iterator[dict[str, str]]:
                 print(
                     f"PostgreSQL (embedded, {postgres.pgdata}): {env['DATABASE_URL']}", flush=True
                 )
-        if not os.environ.get("REDIS_URL"):
+        if not (os.environ.get("REDIS_URL") or os.environ.get("REDIS_URL_FILE")):
             redis = EmbeddedRedis(root, redis_port())
             if not quiet:
                 print("==> Redis: starting the embedded server", flush=True)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -18,6 +19,7 @@ from controlplane.config.env import (
     env_int,
     env_list,
     env_ramp,
+    env_raw,
     env_str,
 )
 
@@ -114,9 +116,9 @@ TEMPLATES = [
 def _service_url(name: str, embedded_url: str, example: str) -> str:
     """The server a variable names; outside production, the embedded one when it is unset.
     Production never falls back on an embedded server: it would run on an empty database."""
-    value = os.environ.get(name)
+    value = env_raw(name)
     if value:
-        return value
+        return _with_password(value, name.replace("_URL", "_PASSWORD"))
     if IS_PRODUCTION:
         raise ImproperlyConfigured(
             f"{name} is required in production (CONTROLPLANE_ENV=production), e.g. "
@@ -124,6 +126,24 @@ def _service_url(name: str, embedded_url: str, example: str) -> str:
             f"(CONTROLPLANE_ENV=demo or test)."
         )
     return embedded_url
+
+
+def _with_password(url: str, name: str) -> str:
+    """The URL with the password that NAME (or the file NAME_FILE) holds, when it is set.
+
+    So a deployment keeps only the password in a secret file (the one the database server reads
+    too) and the rest of the address in plain configuration."""
+    password = env_raw(name)
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ImproperlyConfigured(
+            f"{name} is set and the URL it is for carries a password too: keep only one."
+        )
+    user, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 DATABASE_URL = _service_url(
@@ -179,16 +199,12 @@ REDIS_URL = _service_url(
 if ENVIRONMENT == "test" and os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel test workers each get their own Redis database, so their channel groups and
     # task queues cannot cross.
-    from urllib.parse import urlsplit, urlunsplit
-
     _worker = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw") or 0)
     _parts = urlsplit(REDIS_URL)
     REDIS_URL = urlunsplit(_parts._replace(path=f"/{1 + _worker % 15}"))
 
 
 def _redis_db(url: str) -> str:
-    from urllib.parse import urlsplit
-
     return urlsplit(url).path.strip("/") or "0"
 
 
@@ -223,7 +239,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "controlplane.config.beat:HeartbeatScheduler"
+# A file beat touches after each pass of its schedule, for a health check to look at
+# (python -m controlplane.config.heartbeat FILE); empty: none.
+BEAT_HEARTBEAT_PATH = env_str("BEAT_HEARTBEAT_PATH", "")
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 
 # --- Auth ----------------------------------------------------------------------------------------
@@ -328,7 +347,7 @@ MEMORY_TIDY_ENABLED = env_bool("MEMORY_TIDY_ENABLED", ENVIRONMENT != "test")
 # deployer says so, since the figures (engines, positions' count, alerts) are the desk's business.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", not IS_PRODUCTION)
-if METRICS_TOKEN and METRICS_PUBLIC and "METRICS_PUBLIC" in os.environ:
+if METRICS_TOKEN and METRICS_PUBLIC and env_raw("METRICS_PUBLIC") is not None:
     raise ImproperlyConfigured(
         "METRICS_TOKEN is set and METRICS_PUBLIC=true: choose one (a token, or /metrics open)."
     )

@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from controlplane.config import embedded
+from controlplane.config.env import env_raw
 from controlplane.config.serving import UVICORN_OPTIONS
 from controlplane.roles import ADMIN
 
@@ -153,10 +154,11 @@ class Command(BaseCommand):
                 f"reset it with: python manage.py changepassword {username})."
             )
             return
-        password = os.environ.get("DEMO_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        given = env_raw("DEMO_ADMIN_PASSWORD")  # or DEMO_ADMIN_PASSWORD_FILE
+        password = given or secrets.token_urlsafe(12)
         user = user_model.objects.create_superuser(username=username, password=password, email="")
         user.groups.add(Group.objects.get(name=ADMIN))
-        shown = "from DEMO_ADMIN_PASSWORD" if os.environ.get("DEMO_ADMIN_PASSWORD") else password
+        shown = "from DEMO_ADMIN_PASSWORD" if given else password
         self.stdout.write(
             self.style.WARNING(
                 f"\n  Demo admin created: username '{username}', password {shown}\n"

@@ -190,3 +190,124 @@ def test_production_redirects_plain_http_but_not_the_probes(client, settings):
     assert client.get("/healthz").status_code == 200
     assert client.get("/api/v1/engine/commands").status_code == 401  # answered, not redirected
     assert client.get("/login/", secure=True).status_code == 200
+
+
+# --- Secrets from files (NAME_FILE) ---------------------------------------------------------------
+
+
+def _print_settings(names: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SECRET_KEY", "DEBUG", "METRICS_TOKEN", "METRICS_PUBLIC")
+    }
+    clean.update(environ)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            f"print(*(getattr(settings, n) for n in {names.split()!r}), sep='\\n')",
+        ],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_production_reads_its_secrets_from_files(tmp_path):
+    key_file = tmp_path / "secret_key"
+    key_file.write_text(KEY + "\n")  # as `echo` leaves it: the newline is not part of the key
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text("t" * 32)
+    channel_file = tmp_path / "channel_key"
+    channel_file.write_text("c" * 40 + "\n")
+    done = _print_settings(
+        "SECRET_KEY METRICS_TOKEN CHANNEL_SECRET_KEY",
+        CONTROLPLANE_ENV="production",
+        SECRET_KEY_FILE=str(key_file),
+        METRICS_TOKEN_FILE=str(token_file),
+        CHANNEL_SECRET_KEY_FILE=str(channel_file),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [KEY, "t" * 32, "c" * 40]
+
+
+def test_the_servers_passwords_come_from_files_into_their_urls(tmp_path):
+    (tmp_path / "pg").write_text("p@ss/w:rd\n")
+    (tmp_path / "redis").write_text("r3dis\n")
+    done = _print_settings(
+        "DATABASE_URL REDIS_URL",
+        CONTROLPLANE_ENV="production",
+        SECRET_KEY=KEY,
+        METRICS_TOKEN="m" * 32,
+        DATABASE_URL="postgresql://controlplane@postgres:5432/controlplane",
+        DATABASE_PASSWORD_FILE=str(tmp_path / "pg"),
+        REDIS_URL="redis://redis:6379/0",
+        REDIS_PASSWORD_FILE=str(tmp_path / "redis"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        # Quoted, so a password with URL characters in it reaches the server whole.
+        "postgresql://controlplane:p%40ss%2Fw%3Ard@postgres:5432/controlplane",
+        "redis://:r3dis@redis:6379/0",
+    ]
+
+
+def test_a_password_given_twice_is_refused(tmp_path):
+    (tmp_path / "pg").write_text("other")
+    done = _print_settings(
+        "DATABASE_URL",
+        CONTROLPLANE_ENV="demo",
+        DATABASE_URL="postgresql://cp:inline@db.example.com/cp",
+        DATABASE_PASSWORD_FILE=str(tmp_path / "pg"),
+    )
+    assert done.returncode != 0
+    assert "DATABASE_PASSWORD is set and the URL it is for carries a password too" in done.stderr
+
+
+def test_a_secret_given_both_ways_is_refused(tmp_path):
+    (tmp_path / "key").write_text(KEY)
+    done = _load_settings(
+        CONTROLPLANE_ENV="production",
+        SECRET_KEY=KEY,
+        SECRET_KEY_FILE=str(tmp_path / "key"),
+        METRICS_TOKEN="m" * 32,
+    )
+    assert done.returncode != 0
+    assert "Both SECRET_KEY and SECRET_KEY_FILE are set" in done.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "a folder", "unreadable"])
+def test_a_secret_file_that_cannot_give_a_value_is_refused_by_name(tmp_path, problem):
+    path = tmp_path / "secret_key"
+    expected = "the file cannot be read"
+    if problem == "empty":
+        path.write_text("\n")  # a newline alone is no key
+        expected = "the file is empty"
+    elif problem == "a folder":
+        path.mkdir()
+    elif problem == "unreadable":
+        path.write_bytes(b"\xff\xfe not text")
+    done = _load_settings(
+        CONTROLPLANE_ENV="production", SECRET_KEY_FILE=str(path), METRICS_TOKEN="m" * 32
+    )
+    assert done.returncode != 0
+    assert f"SECRET_KEY_FILE={str(path)!r}: {expected}" in done.stderr
+
+
+def test_typed_readers_take_their_value_from_a_file(monkeypatch, tmp_path):
+    (tmp_path / "n").write_text("42\n")
+    (tmp_path / "flag").write_text("yes")
+    (tmp_path / "hosts").write_text("a.example.com, b.example.com\n")
+    monkeypatch.delenv("X_INT", raising=False)
+    monkeypatch.setenv("X_INT_FILE", str(tmp_path / "n"))
+    monkeypatch.setenv("X_BOOL_FILE", str(tmp_path / "flag"))
+    monkeypatch.setenv("X_LIST_FILE", str(tmp_path / "hosts"))
+    assert env.env_int("X_INT", 1) == 42
+    assert env.env_bool("X_BOOL", False) is True
+    assert env.env_list("X_LIST", []) == ["a.example.com", "b.example.com"]
+    (tmp_path / "n").write_text("ten")
+    with pytest.raises(ImproperlyConfigured, match="X_INT='ten' is not an integer"):
+        env.env_int("X_INT", 1)
