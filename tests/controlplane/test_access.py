@@ -9,7 +9,16 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 # /metrics is for Prometheus: a bearer token, no login (tests/alerts/test_metrics.py).
 # /favicon.ico redirects to the static icon, which the login page shows too.
-PUBLIC = {"/healthz", "/readyz", "/login/", "/admin/login/", "/metrics", "/favicon.ico"}
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/login/",
+    "/admin/login/",
+    "/metrics",
+    "/favicon.ico",
+    # The protocol's schema: engine developers read it before they hold a token.
+    "/api/v1/protocol.schema.json",
+}
 
 
 def _walk(patterns, prefix: str = ""):

@@ -279,7 +279,7 @@ def test_no_module_but_the_lifecycle_writes_a_command_status():
             orm_writes = re.findall(r"\.update\([^)]*\bstatus=Command\.", source)
             if any(re.search(r"\bstatus\s*=", sql) for sql in sql_writes) or orm_writes:
                 writers.append(str(path.relative_to(root)))
-            expires = re.search(r"\bEvent\.EXPIRE\b|Status\.EXPIRED\b", source)
+            expires = re.search(r"\bEvent\.EXPIRE\b|\bStatus\.EXPIRED\b", source)
             if expires and path.name != "models.py":
                 writers.append(f"{path.relative_to(root)} (expiry)")
     assert writers == []
