@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,6 +17,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from alerts.models import Alert, Notification, NotificationChannel
+from controlplane import events, heartbeats, hub, tasks
+from controlplane.ingest.store import IngestResult
 from controlplane.models import Command, Engine, Instrument, Position
 from risk.models import LimitKind, LimitState, PortfolioLimitState, RiskLimit
 
@@ -38,6 +44,7 @@ def bucket(name: str, kind: str, at_issue: str, le: str) -> tuple[str, Labels]:
     return (f"{name}_bucket", labels)
 
 
+HEARTBEAT = "controlplane.tasks.heartbeat"
 ACK = "cp_command_issued_to_acknowledged_seconds"
 DONE = "cp_command_issued_to_done_seconds"
 
@@ -124,6 +131,20 @@ def fleet(make_engine: Any) -> None:
         Notification.objects.create(
             key=str(i), channel=channel, event="firing", subject="s", body="b", status=status
         )
+
+
+@pytest.fixture
+def failing_receiver() -> Iterator[None]:
+    """A receiver of batch_stored that raises: counted in cp_event_receiver_failures_total."""
+
+    def explode(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver down")
+
+    hub.sync_client().delete(events.failures_key())
+    events.batch_stored.connect(explode, dispatch_uid="test-metrics-explode")
+    yield
+    events.batch_stored.disconnect(dispatch_uid="test-metrics-explode")
+    hub.sync_client().delete(events.failures_key())
 
 
 # engines, positions, commands, limits (three: the risk page's selector), alerts, notifications
@@ -254,3 +275,31 @@ def test_with_a_token_set_it_refuses_a_missing_or_wrong_token(
 
     samples = scrape(client, Authorization="Bearer scrape-me-please")
     assert ("cp_notifications_pending", ()) in samples
+
+
+def test_promtool_accepts_the_whole_output_with_every_family_holding_samples(
+    client: Client, fleet: None, failing_receiver: None
+) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (Debian's package has it)"
+    hub.sync_client().delete(heartbeats.last_runs_key())
+    tasks.heartbeat.apply()
+    events.announce(events.batch_stored, engine_id=1, result=IngestResult(ack_seq=0), refused=0)
+
+    response = client.get("/metrics")
+
+    text = response.content.decode()
+    empty = [
+        family.name
+        for family in text_string_to_metric_families(text)
+        if not family.samples and family.name.startswith("cp_")
+    ]
+    assert empty == []
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout + checked.stderr == ""  # no lint warning either
+    samples = scrape(client)
+    last_run = samples[("cp_task_last_run_timestamp_seconds", (("task", HEARTBEAT),))]
+    assert last_run == pytest.approx(time.time(), abs=30)
