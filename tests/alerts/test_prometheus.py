@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import django
@@ -303,3 +306,72 @@ def test_promtool_accepts_the_whole_output_with_every_family_holding_samples(
     samples = scrape(client)
     last_run = samples[("cp_task_last_run_timestamp_seconds", (("task", HEARTBEAT),))]
     assert last_run == pytest.approx(time.time(), abs=30)
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "fleet.json"
+# PromQL words that are not metric names (when not followed by a parenthesis).
+PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left once strings, label matchers,
+    ranges, grouping clauses and function calls are taken out."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        if expr[match.end() :].lstrip().startswith("(") or match.group() in PROMQL_WORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def test_the_name_extraction_finds_metrics_and_only_them() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, kind) (rate(a_bucket{engine_at_issue="x"}'
+        '[$__rate_interval]))) and on (kind) time() - b_seconds{engine=~"$engine"} > 5'
+    )
+    assert metric_names(expr) == {"a_bucket", "b_seconds"}
+
+
+def test_the_grafana_dashboard_reads_only_what_metrics_exports(
+    client: Client, fleet: None, failing_receiver: None
+) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    hub.sync_client().delete(heartbeats.last_runs_key())
+    tasks.heartbeat.apply()
+    events.announce(events.batch_stored, engine_id=1, result=IngestResult(ack_seq=0), refused=0)
+    labels_of: dict[str, set[str]] = {}
+    for name, labels in scrape(client):
+        labels_of.setdefault(name, set()).update(key for key, _ in labels)
+
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    exprs = [target["expr"] for panel in panels for target in panel["targets"]]
+    used = set().union(*map(metric_names, exprs))
+    variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    for variable in variables:
+        found = re.findall(r"label_values\((\w+),\s*(\w+)\)", variable["definition"])
+        [(metric, label)] = found
+        used.add(metric)
+        assert label in labels_of.get(metric, set()), variable["definition"]
+    exported = set(labels_of)
+
+    assert used - exported == set()
+    wanted = {
+        "cp_engines_connected",
+        "cp_engines",
+        "cp_command_issued_to_acknowledged_seconds_bucket",
+        "cp_command_issued_to_done_seconds_bucket",
+        "cp_engine_equity",
+        "cp_engine_day_pnl",
+        "cp_engine_drawdown_ratio",
+        "cp_engine_gross_exposure",
+        "cp_engine_limit_utilisation_ratio",
+        "cp_alerts_firing",
+        "cp_task_last_run_timestamp_seconds",
+    }
+    assert wanted <= used
+    assert any(e.startswith("histogram_quantile(0.99,") for e in exprs)
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
