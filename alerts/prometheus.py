@@ -47,8 +47,23 @@ from risk.selectors import limits_overview
 # Upper bounds of the command latency buckets, in seconds: a connected engine answers within
 # milliseconds; one that was offline when the command was issued answers when it comes back.
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+    3600.0,
+)
 
 # Whether the engine was connected when the command was issued (Command.engine_connected).
 CONNECTION_LABELS = {True: "connected", False: "offline", None: "unknown"}
