@@ -84,18 +84,21 @@ def _histogram_columns(seconds: str, where: str) -> str:
     return ", ".join([*buckets, total, sum_])
 
 
-# Every command kept, aggregated in the database: the counts only grow as commands are answered.
+# Every acknowledged command kept (commands are never deleted), aggregated in the database: the
+# counts only grow as commands are answered.
 # issued -> acknowledged: the engine's command_ack (or its result, which acknowledges too);
 # issued -> done: a command_result (succeeded, partial, failed) from the engine, so a command
 # failed at once by the control plane (an engine that cannot do the kind) is not counted.
+_DONE_WHERE = f"completed_at IS NOT NULL AND status IN ({_RESULTED})"
 _COMMAND_LATENCY_SQL = f"""
     SELECT kind, engine_connected,
-           {_histogram_columns(_ACK, "acknowledged_at IS NOT NULL")},
-           {_histogram_columns(_DONE, f"acknowledged_at IS NOT NULL AND completed_at IS NOT NULL AND status IN ({_RESULTED})")}
+           {_histogram_columns(_ACK, "TRUE")},
+           {_histogram_columns(_DONE, _DONE_WHERE)}
       FROM {Command._meta.db_table}
+     WHERE acknowledged_at IS NOT NULL
      GROUP BY kind, engine_connected
      ORDER BY kind, engine_connected
-"""  # noqa: E501
+"""
 
 
 class ControlPlaneCollector(Collector):
