@@ -686,6 +686,10 @@ class Command(models.Model):
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     delivery_attempts = models.PositiveIntegerField(default=0)
+    # Whether the engine had an open connection when the command was issued: the latency of a
+    # command that waited for its engine to come back says nothing of the delivery path, and
+    # /metrics keeps the two apart. Null for commands issued before it was recorded.
+    engine_connected = models.BooleanField(null=True, blank=True)
     result = models.JSONField(default=dict, blank=True)
     detail = models.TextField(blank=True)
     # The trading state the engine said it was in once the command was handled.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, QuerySet, Sum
+from django.db.models.functions import Abs, Coalesce
 
 from controlplane.models import (
     Command,
@@ -16,6 +19,7 @@ from controlplane.models import (
     ResumeRequest,
     TradingState,
 )
+from controlplane.trading_math import in_account_currency
 
 
 def engine_list(*, mode: str | None = None, tag: str | None = None) -> QuerySet[Engine]:
@@ -98,3 +102,42 @@ def command_list(
 
 def resume_requests_open() -> QuerySet[ResumeRequest]:
     return ResumeRequest.objects.filter(status=ResumeRequest.Status.OPEN).select_related("engine")
+
+
+def position_figures(engines: list[Engine]) -> dict[int, dict[str, Any]]:
+    """Each engine's open positions, mismatches and gross exposure in its account currency
+    (|quantity| x price x multiplier, converted at its latest FX rates: docs/risk.md)."""
+    exposure = ExpressionWrapper(
+        Abs(F("quantity"))
+        * Coalesce(F("last_price"), F("avg_price"))
+        * F("instrument__multiplier"),
+        output_field=DecimalField(max_digits=48, decimal_places=14),
+    )
+    by_id = {engine.pk: engine for engine in engines}
+    figures: dict[int, dict[str, Any]] = {}
+    rows = (
+        Position.objects.filter(engine_id__in=list(by_id))
+        .values("engine_id", "instrument__currency")
+        .annotate(
+            open=Count("pk", filter=~Q(quantity=0)),
+            gross=Sum(exposure),
+            mismatches=Count("pk", filter=Q(mismatch_since__isnull=False)),
+        )
+    )
+    for row in rows:
+        engine = by_id[row["engine_id"]]
+        into = figures.setdefault(
+            engine.pk, {"open": 0, "gross": Decimal(0), "mismatches": 0, "unconverted": []}
+        )
+        into["open"] += row["open"]
+        into["mismatches"] += row["mismatches"]
+        currency = row["instrument__currency"]
+        gross = in_account_currency(
+            row["gross"] or Decimal(0), currency, engine.account_currency, engine.fx_rates or {}
+        )
+        if gross is None:
+            if row["open"]:
+                into["unconverted"].append(currency)
+        else:
+            into["gross"] += gross
+    return figures

@@ -35,3 +35,9 @@ def expire_commands() -> int:
 def end_timed_pauses() -> int:
     """Write ACTIVE back for engines whose timed pause is over; returns how many."""
     return len(desired_state.timed_pauses_end())
+
+
+@shared_task
+def heartbeat() -> None:
+    """Does nothing: scheduled every few seconds, its recorded runs (controlplane.heartbeats) say
+    that beat is scheduling, the broker carrying and a worker running tasks, all three at once."""

@@ -18,17 +18,13 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Count,
-    DecimalField,
-    ExpressionWrapper,
-    F,
     JSONField,
     OuterRef,
     Q,
     QuerySet,
     Subquery,
-    Sum,
 )
-from django.db.models.functions import Abs, Coalesce, JSONObject, TruncMinute
+from django.db.models.functions import JSONObject, TruncMinute
 
 from alerts.models import Alert
 from controlplane.models import (
@@ -43,9 +39,9 @@ from controlplane.models import (
     Position,
     TradingState,
 )
+from controlplane.selectors import position_figures
 from controlplane.trading_math import (
     DEFAULT_ACCOUNT_CURRENCY,
-    in_account_currency,
     sum_in_account_currency,
 )
 
@@ -291,45 +287,6 @@ def fleet_rows(
             )
         )
     return rows
-
-
-def position_figures(engines: list[Engine]) -> dict[int, dict[str, Any]]:
-    """Each engine's open positions, mismatches and gross exposure in its account currency
-    (|quantity| x price x multiplier, converted at its latest FX rates: docs/risk.md)."""
-    exposure = ExpressionWrapper(
-        Abs(F("quantity"))
-        * Coalesce(F("last_price"), F("avg_price"))
-        * F("instrument__multiplier"),
-        output_field=DecimalField(max_digits=48, decimal_places=14),
-    )
-    by_id = {engine.pk: engine for engine in engines}
-    figures: dict[int, dict[str, Any]] = {}
-    rows = (
-        Position.objects.filter(engine_id__in=list(by_id))
-        .values("engine_id", "instrument__currency")
-        .annotate(
-            open=Count("pk", filter=~Q(quantity=0)),
-            gross=Sum(exposure),
-            mismatches=Count("pk", filter=Q(mismatch_since__isnull=False)),
-        )
-    )
-    for row in rows:
-        engine = by_id[row["engine_id"]]
-        into = figures.setdefault(
-            engine.pk, {"open": 0, "gross": ZERO, "mismatches": 0, "unconverted": []}
-        )
-        into["open"] += row["open"]
-        into["mismatches"] += row["mismatches"]
-        currency = row["instrument__currency"]
-        gross = in_account_currency(
-            row["gross"] or ZERO, currency, engine.account_currency, engine.fx_rates or {}
-        )
-        if gross is None:
-            if row["open"]:
-                into["unconverted"].append(currency)
-        else:
-            into["gross"] += gross
-    return figures
 
 
 def fleet_totals(rows: Iterable[FleetRow]) -> FleetTotals:

@@ -18,7 +18,7 @@ from controlplane.models import (
     Engine,
     TradingState,
 )
-from dashboard import overview
+from controlplane.selectors import position_figures
 
 
 def audit_actions() -> list[str]:
@@ -122,7 +122,7 @@ def kill_scope(selector: str) -> KillScope:
     counts = engines.aggregate(
         n=Count("pk"), halted=Count("pk", filter=Q(desired_state=TradingState.HALTED))
     )
-    figures = overview.position_figures(list(engines.only("pk", "account_currency", "fx_rates")))
+    figures = position_figures(list(engines.only("pk", "account_currency", "fx_rates")))
     gross = sum((row["gross"] for row in figures.values()), Decimal(0))
     return KillScope(
         selector=selector,

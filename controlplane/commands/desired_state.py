@@ -158,6 +158,8 @@ def enforce_desired_state(engine: Engine, reported: str) -> uuid.UUID | None:
             expires_at=expires_at,
             reason=f"the engine reported {reported} while the control plane wants it {desired}",
             issued_by_label=LATCH_LABEL,
+            # Sent again because the engine just said it is in another state: it is connected.
+            engine_connected=True,
         )
         audit_record(
             action=f"command_{kind}",

@@ -359,6 +359,7 @@ def command_batch_issue(
             detail=failed.get(command_id, ""),
             created_at=now,
             expires_at=expires_at,
+            engine_connected=engine.connected,
         )
         command._state.adding = False
         command._state.db = batch._state.db
@@ -417,10 +418,10 @@ _INSERT_BATCH = f"""
 _INSERT_COMMANDS = f"""
     INSERT INTO {Command._meta.db_table}
         (id, engine_id, batch_id, kind, params, reason, issued_by_id, issued_by_label, status,
-         created_at, expires_at, delivery_attempts, result, detail, state_after)
+         created_at, expires_at, delivery_attempts, engine_connected, result, detail, state_after)
     SELECT c.id, c.engine_id, %s::uuid, %s, %s::jsonb, %s, %s::integer, %s,
-           '{Command.Status.PENDING.value}', %s, %s::timestamptz, 0, '{{}}', '', ''
-      FROM unnest(%s::uuid[], %s::bigint[]) AS c(id, engine_id)
+           '{Command.Status.PENDING.value}', %s, %s::timestamptz, 0, c.connected, '{{}}', '', ''
+      FROM unnest(%s::uuid[], %s::bigint[], %s::boolean[]) AS c(id, engine_id, connected)
 """
 
 
@@ -444,7 +445,12 @@ def _commands_insert(
     """
     ids = [uuid.uuid4() for _ in engines]
     command = [str(batch.pk), str(kind), json.dumps(params), reason, getattr(actor, "pk", None)]
-    targets = [text_array(map(str, ids)), text_array(str(e.pk) for e in engines)]
+    targets = [
+        text_array(map(str, ids)),
+        text_array(str(e.pk) for e in engines),
+        # Read under the engines' row locks: the connection as it stood when the batch went in.
+        text_array("t" if e.connected else "f" for e in engines),
+    ]
     script.add(_INSERT_COMMANDS, [*command, label, now, expires_at, *targets])
     return ids
 

@@ -20,6 +20,13 @@ class PeriodicTaskSpec(TypedDict):
 
 
 PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
+    # Beat's own heartbeat: a task that does nothing, so that its last run (in /metrics) says
+    # beat, the broker and a worker were all alive then (docs/operations.md, metrics).
+    "beat: heartbeat": {
+        "task": "controlplane.tasks.heartbeat",
+        "schedule": 15.0,
+        "expires": 15,
+    },
     "event log: create the coming days' partitions": {
         "task": "controlplane.tasks.ensure_event_partitions",
         "schedule": crontab(minute="15", hour="*/6"),
@@ -76,6 +83,9 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "expires": 30,
     },
 }
+
+# The dotted names of the scheduled tasks: the ones whose last run is recorded.
+SCHEDULED_TASKS = frozenset(spec["task"] for spec in PERIODIC_TASKS.values())
 
 
 def _schedule_fields(schedule: float | crontab) -> dict[str, Any]:

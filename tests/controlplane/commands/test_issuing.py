@@ -31,6 +31,18 @@ def test_a_kill_of_the_fleet_is_one_batch_with_one_command_per_engine(fleet, ris
     assert event.data["engines"] == ["alpha", "beta", "gamma"]
 
 
+def test_each_command_records_whether_its_engine_was_connected_when_issued(fleet, risk_manager):
+    Engine.objects.filter(name="beta").update(connected=True)
+
+    batch, returned = issuing.command_batch_issue(
+        kind="pause", selector="all", reason="desk says wait", actor=risk_manager
+    )
+
+    stored = dict(batch.commands.values_list("engine__name", "engine_connected"))
+    assert stored == {"alpha": False, "beta": True, "gamma": False}
+    assert {c.engine.name: c.engine_connected for c in returned} == stored
+
+
 @pytest.mark.parametrize(
     ("selector", "names"),
     [
