@@ -18,13 +18,17 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Count,
+    DecimalField,
+    ExpressionWrapper,
+    F,
     JSONField,
     OuterRef,
     Q,
     QuerySet,
     Subquery,
+    Sum,
 )
-from django.db.models.functions import JSONObject, TruncMinute
+from django.db.models.functions import Coalesce, JSONObject, TruncMinute
 
 from alerts.models import Alert
 from controlplane.models import (
