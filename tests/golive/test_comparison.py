@@ -146,7 +146,8 @@ def test_the_api_answers_the_comparison_and_refuses_bad_periods(engine, viewer, 
     far = client.get(url, {"start": "9999-12-31T00:00:00Z", "end": "9999-12-31T23:00:00Z"})
     assert far.status_code == 400 and "between 1900 and 2999" in far.json()["detail"]
     naive = client.get(url, {"start": "2026-12-01T00:00:00", "end": END.isoformat()})
-    assert naive.status_code == 400 and "need a timezone" in naive.json()["detail"]
+    # Refused by the parameter's own format (RFC 3339 with its offset), naming it.
+    assert naive.status_code == 422 and "offset" in naive.json()["errors"]["start"]
     assert client.get("/api/v1/engines/nobody/comparison").status_code == 404
 
 
