@@ -12,7 +12,7 @@ from controlplane import roles, services, stages
 from controlplane.models import CREATION_STAGES, Engine, Mode, Stage
 
 # Fixtures that start real processes (uvicorn against the test database, browsers) live here.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.dbflush"]
 
 PASSWORD = "correct horse battery staple"
 # The stage an engine made in a mode is placed at (as migration 0016 placed those registered
