@@ -17,6 +17,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
+from django.utils.functional import empty
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 user: ContextVar[str | None] = ContextVar("user", default=None)
@@ -41,8 +42,14 @@ class ContextFilter(logging.Filter):
 
 
 def _username(request: Any) -> str | None:
-    who = getattr(request, "user", None)
-    return who.get_username() if who is not None and who.is_authenticated else None
+    """The request's user, if the authentication middleware already looked it up: never a
+    lookup here, which would be a database query in whatever context logs (an async one
+    refuses it)."""
+    lazy = getattr(request, "user", None)
+    who = getattr(lazy, "_wrapped", lazy)  # a SimpleLazyObject not evaluated yet holds `empty`
+    if who is None or who is empty or not hasattr(who, "is_authenticated"):
+        return None
+    return who.get_username() if who.is_authenticated else None
 
 
 def _request_id(request: HttpRequest) -> str:
@@ -63,9 +70,10 @@ class RequestContextMiddleware:
         if iscoroutinefunction(get_response):
             markcoroutinefunction(self)
 
-    def _enter(self, request: HttpRequest) -> tuple[str, list[Any]]:
+    @staticmethod
+    def _enter(request: HttpRequest, name: str | None) -> tuple[str, list[Any]]:
         rid = request.request_id = _request_id(request)  # type: ignore[attr-defined]
-        return rid, [request_id.set(rid), user.set(_username(request))]
+        return rid, [request_id.set(rid), user.set(name)]
 
     @staticmethod
     def _leave(tokens: list[Any]) -> None:
@@ -75,7 +83,8 @@ class RequestContextMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if iscoroutinefunction(self):
             return self._acall(request)
-        rid, tokens = self._enter(request)
+        who = request.user  # type: ignore[attr-defined]
+        rid, tokens = self._enter(request, who.get_username() if who.is_authenticated else None)
         try:
             response = self.get_response(request)
         finally:
@@ -84,7 +93,9 @@ class RequestContextMiddleware:
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
-        rid, tokens = self._enter(request)
+        # The async way: request.user would query the database from the event loop.
+        who = await request.auser()  # type: ignore[attr-defined]
+        rid, tokens = self._enter(request, who.get_username() if who.is_authenticated else None)
         try:
             response = await self.get_response(request)
         finally:

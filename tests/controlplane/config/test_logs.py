@@ -111,3 +111,26 @@ def test_production_logs_json_by_default_and_plain_when_asked():
     )
     assert plain.returncode == 0, plain.stderr
     assert plain.stderr.strip().splitlines()[-1].endswith("WARNING controlplane.check: hello there")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_an_async_request_has_its_id_and_user_without_a_query_on_the_loop(
+    async_client, operator
+):
+    # Under ASGI the middleware runs on the event loop, where looking request.user up the sync
+    # way is refused (a 500 on every page).
+    await async_client.aforce_login(operator)
+    response = await async_client.get("/", headers={"X-Request-ID": "async-7"})
+    assert response.status_code == 200 and response["X-Request-ID"] == "async-7"
+
+
+def test_the_filter_never_looks_a_user_up_itself():
+    from django.utils.functional import SimpleLazyObject
+
+    def lookup() -> None:
+        raise AssertionError("looked up")
+
+    record = _record(request=type("R", (), {"user": SimpleLazyObject(lookup)})())
+    logcontext.ContextFilter().filter(record)
+    assert record.user is None
