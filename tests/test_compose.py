@@ -84,7 +84,8 @@ def test_the_file_validates(resolved):
 
 def test_every_process_is_health_checked_and_restarted(compose):
     services = compose["services"]
-    assert {"caddy", "postgres", "redis", "web", "worker", "beat", "engines"} <= set(services)
+    expected = {"caddy", "postgres", "redis", "web", "worker", "beat", "engines", "backup"}
+    assert expected <= set(services)
     for name, service in services.items():
         if name in JOBS:
             assert service["restart"] == "no", name
@@ -106,6 +107,19 @@ def test_beat_is_checked_through_the_heartbeat_it_writes(compose):
     assert test[1:5] == ["python", "-m", "controlplane.config.heartbeat", heartbeat_file]
     worker_check = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
     assert "inspect ping" in worker_check and "celery@$$HOSTNAME" in worker_check
+
+
+def test_backups_are_made_by_the_servers_own_pg_dump_whole_or_not_at_all(compose):
+    backup, postgres = compose["services"]["backup"], compose["services"]["postgres"]
+    # The same image as the server: pg_dump refuses a server newer than itself.
+    assert backup["image"] == postgres["image"]
+    script = backup["command"][-1]
+    assert "pg_dump --format=custom" in script and ".partial" in script and "mv " in script
+    assert "cat /run/secrets/postgres_password" in script and "PGPASSWORD" not in str(
+        backup["environment"]
+    )
+    # On the host (./backups by default), to be copied off the machine.
+    assert any(":/backups" in volume for volume in backup["volumes"])
 
 
 def test_every_image_is_pinned_to_a_release(compose):
