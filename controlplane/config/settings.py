@@ -243,6 +243,9 @@ CELERY_BEAT_SCHEDULER = "controlplane.config.beat:HeartbeatScheduler"
 # A file beat touches after each pass of its schedule, for a health check to look at
 # (python -m controlplane.config.heartbeat FILE); empty: none.
 BEAT_HEARTBEAT_PATH = env_str("BEAT_HEARTBEAT_PATH", "")
+# Only one beat sends the schedule (controlplane.beat_lock): its lease in Redis lasts this long
+# unless renewed, which bounds how long the schedule stops when the beat holding it dies.
+BEAT_LOCK_TTL_S = env_float("BEAT_LOCK_TTL_S", 30.0, minimum=1.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 
 # --- Auth ----------------------------------------------------------------------------------------
