@@ -14,10 +14,16 @@ from controlplane.models import Engine
 # --- Rule evaluation -----------------------------------------------------------------------------
 
 
+# A sweep's per-engine task that waited longer than this in the queue is dropped: the next sweep
+# (every 5 s) queues a fresh one, so a worker that fell behind does not work through a backlog.
+SWEEP_ENGINE_EXPIRES_S = 5
+
+
 @shared_task(name="alerts.evaluate_engine", ignore_result=True)
 def evaluate_engine_task(engine_id: int) -> int:
-    # The web process queues evaluate_engines now; this one stays for tasks an older web process
-    # queued before an upgrade, which a new worker must still run.
+    """One engine's rules, as the sweep queues them: one task per engine, so that one engine's
+    failure or slowness holds no other up. Run twice, it moves no alert twice (the rules'
+    states). An engine deleted or deactivated meanwhile is skipped."""
     return len(evaluation.evaluate_engine(engine_id))
 
 
@@ -30,18 +36,20 @@ def evaluate_engines_task(engine_ids: list[int]) -> int:
 
 @shared_task(name="alerts.sweep", ignore_result=True)
 def sweep() -> int:
-    """Every few seconds: rules that time alone can trip (an engine gone quiet), then repeats
-    and escalations of firing alerts."""
+    """Every few seconds: rules that time alone can trip (an engine gone quiet), one task per
+    active engine, then repeats and escalations of firing alerts. Returns how many engines were
+    queued plus how many alerts the repeats and escalations moved."""
     time_based = any(
         METRICS[m].time_based
         for m in evaluation.AlertRule.objects.filter(enabled=True).values_list("metric", flat=True)
         if m in METRICS
     )
-    moved = 0
+    queued = 0
     if time_based:
         for engine_id in Engine.objects.filter(is_active=True).values_list("pk", flat=True):
-            moved += len(evaluation.evaluate_engine(engine_id))
-    return moved + evaluation.repeat_and_escalate()
+            evaluate_engine_task.apply_async((engine_id,), expires=SWEEP_ENGINE_EXPIRES_S)
+            queued += 1
+    return queued + evaluation.repeat_and_escalate()
 
 
 # --- Notification delivery -----------------------------------------------------------------------

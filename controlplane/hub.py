@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from channels.consumer import get_handler_name
 from django.conf import settings
 
+from controlplane import redis_clients
 from controlplane.loops import PerLoop
 
 log = logging.getLogger(__name__)
@@ -49,20 +49,19 @@ def client_name(name: str) -> str:
 
 
 _publisher_lock = threading.Lock()
-_publisher: tuple[str, redis.Redis] | None = None
+_publisher: tuple[redis_clients.RedisConfig, redis.Redis] | None = None
 
 
 def sync_client() -> redis.Redis:
     """A synchronous client for short commands (publish, counters), shared by the process."""
     global _publisher
     with _publisher_lock:
-        if _publisher is None or _publisher[0] != settings.REDIS_URL:
-            client = redis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=PUBLISH_TIMEOUT_S,
-                socket_connect_timeout=PUBLISH_TIMEOUT_S,
+        # Made again when the settings change (tests point the process at another Redis).
+        if _publisher is None or _publisher[0] is not settings.REDIS_CONFIG:
+            client = redis_clients.client(
+                socket_timeout=PUBLISH_TIMEOUT_S, socket_connect_timeout=PUBLISH_TIMEOUT_S
             )
-            _publisher = (settings.REDIS_URL, client)
+            _publisher = (settings.REDIS_CONFIG, client)
         return _publisher[1]
 
 
@@ -115,7 +114,7 @@ class Hub:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            client = aioredis.Redis.from_url(settings.REDIS_URL, client_name=client_name(self.name))
+            client = redis_clients.async_client(client_name=client_name(self.name))
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)

@@ -42,7 +42,7 @@ from django.db import close_old_connections, transaction
 
 from alerts import runbooks
 from alerts.models import Alert
-from controlplane import hub
+from controlplane import hub, redis_clients
 from controlplane.loops import PerLoop
 from controlplane.models import Engine
 from dashboard import overview
@@ -213,9 +213,7 @@ class Publisher:
 
 
 def _new_redis() -> Any:
-    from redis import asyncio as aioredis
-
-    return aioredis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    return redis_clients.async_client(socket_connect_timeout=1, socket_timeout=1)
 
 
 # One client per event loop: an asyncio Redis connection belongs to the loop that opened it.

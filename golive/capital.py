@@ -179,11 +179,22 @@ def _accrues(stage: str, key: str) -> bool:
     return spec is not None and spec.accrues
 
 
-def ramp_run(now: datetime) -> list[StageChange]:
-    """Step up every small-capital engine whose next step is due and whose gates still pass;
-    log each one held back with what fails. Returns the steps taken."""
+def _ramp_engines() -> Any:
+    return Engine.objects.filter(is_active=True, stage=Stage.SMALL_CAPITAL).order_by("pk")
+
+
+def ramp_engine_ids() -> list[int]:
+    """The engines the capital ramp looks at: the active ones in small capital."""
+    return list(_ramp_engines().values_list("pk", flat=True))
+
+
+def ramp_run(now: datetime, *, engine_ids: list[int] | None = None) -> list[StageChange]:
+    """Step up every small-capital engine (or those of ``engine_ids``) whose next step is due and
+    whose gates still pass; log each one held back with what fails. Returns the steps taken."""
     taken = []
-    engines = Engine.objects.filter(is_active=True, stage=Stage.SMALL_CAPITAL).order_by("pk")
+    engines = _ramp_engines()
+    if engine_ids is not None:
+        engines = engines.filter(pk__in=engine_ids)
     for engine in engines:
         try:
             status = ramp_status(engine, now)

@@ -191,6 +191,12 @@ def stage_starts(engines: list[Engine]) -> dict[int, datetime]:
     return starts
 
 
+def watched_engine_ids() -> list[int]:
+    """The active engines at a stage the red lines watch."""
+    watched = Engine.objects.filter(is_active=True, stage__in=redline_specs.WATCHED_STAGES)
+    return list(watched.order_by("pk").values_list("pk", flat=True))
+
+
 def evaluate(
     now: datetime | None = None,
     *,

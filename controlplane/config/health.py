@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-import redis
-from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from controlplane import redis_clients
 
 
 @login_not_required
@@ -31,7 +31,7 @@ def _check_database() -> tuple[bool, str]:
 
 
 def _check_redis() -> tuple[bool, str]:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    client = redis_clients.client(socket_connect_timeout=1, socket_timeout=1)
     try:
         client.ping()
     except Exception as exc:

@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from controlplane import redis_clients
 from controlplane.config import embedded
 from controlplane.config.env import (
     env_bool,
@@ -208,6 +209,17 @@ def _redis_db(url: str) -> str:
     return urlsplit(url).path.strip("/") or "0"
 
 
+# Redis Sentinel (optional): the sentinels (host:port, comma-separated) and the name of the master
+# they monitor; every connection then goes to the master they name and follows a failover.
+# REDIS_URL still gives the database number and the master's password (its host is not used).
+REDIS_CONFIG = redis_clients.make_config(
+    REDIS_URL,
+    env_list("REDIS_SENTINELS", []),
+    env_str("REDIS_SENTINEL_MASTER", ""),
+    env_str("REDIS_SENTINEL_PASSWORD", ""),
+)
+
+
 CHANNEL_LAYERS = {
     "default": {
         # Only "replaced by a newer connection" messages to engine sockets go through the layer;
@@ -217,20 +229,24 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         # Redis pub/sub channels ignore the database number: the prefix carries it, so parallel
         # test workers (each on its own database) and their servers cannot hear each other.
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"cp-{ENVIRONMENT}-{_redis_db(REDIS_URL)}"},
+        "CONFIG": {
+            "hosts": [redis_clients.channel_layer_host(REDIS_CONFIG)],
+            "prefix": f"cp-{ENVIRONMENT}-{_redis_db(REDIS_URL)}",
+        },
     }
 }
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's Redis cache, its connections made by controlplane.redis_clients (Sentinel too).
+        "BACKEND": "controlplane.redis_clients.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": f"cp-{ENVIRONMENT}",
         "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
     }
 }
 
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL, _broker_options = redis_clients.celery_broker(REDIS_CONFIG)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the task for another worker
@@ -243,7 +259,10 @@ CELERY_BEAT_SCHEDULER = "controlplane.config.beat:HeartbeatScheduler"
 # A file beat touches after each pass of its schedule, for a health check to look at
 # (python -m controlplane.config.heartbeat FILE); empty: none.
 BEAT_HEARTBEAT_PATH = env_str("BEAT_HEARTBEAT_PATH", "")
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
+# Only one beat sends the schedule (controlplane.beat_lock): its lease in Redis lasts this long
+# unless renewed, which bounds how long the schedule stops when the beat holding it dies.
+BEAT_LOCK_TTL_S = env_float("BEAT_LOCK_TTL_S", 30.0, minimum=1.0)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300, **_broker_options}
 
 # --- Auth ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

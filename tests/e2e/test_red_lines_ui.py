@@ -69,7 +69,7 @@ def test_a_simulated_shadow_engine_crosses_a_red_line_and_is_paused_and_demoted_
 
     sim: PaperEngine = loop.run(begin())
     try:
-        assert tasks.red_lines() == 0  # nothing crossed yet
+        assert tasks.red_lines_engine(engine.pk) == 0  # nothing crossed yet
 
         async def critical(n: int) -> None:
             now = datetime.now(UTC)
@@ -82,7 +82,7 @@ def test_a_simulated_shadow_engine_crosses_a_red_line_and_is_paused_and_demoted_
             "the three critical logs stored by the server",
         )
 
-        assert tasks.red_lines() == 1
+        assert tasks.red_lines_engine(engine.pk) == 1
         event = RedLineEvent.objects.get(engine=engine)
         assert event.kind == "critical_errors" and event.value == 3
         assert (event.stage, event.action, event.to_stage) == ("shadow", "demote", "paper")
@@ -104,7 +104,7 @@ def test_a_simulated_shadow_engine_crosses_a_red_line_and_is_paused_and_demoted_
         alert = Alert.objects.get(engine=engine, source__startswith="red_line")
         assert alert.severity == "critical" and alert.pk == event.alert_id
         # Once per crossing: the next minute's run does nothing more.
-        assert tasks.red_lines() == 0
+        assert tasks.red_lines_engine(engine.pk) == 0
         assert Command.objects.filter(engine=engine, kind="pause").count() == 1
 
         page.goto(f"{uvicorn_server.url}/login/")

@@ -28,14 +28,20 @@ from controlplane.models import (
 )
 from engine_sdk import protocol as p
 from golive import capital, gates
+from golive.capital import ramp_engine_ids
 from golive.models import KillDrill, PromotionCriterion
-from golive.tasks import capital_ramp
+from golive.tasks import capital_ramp_engine
 from risk import evaluation
 from risk import services as risk_services
 from risk.models import POST_TRADE, LimitKind, RiskEvent, RiskLimit
 from risk.selectors import limits_revision
 from tests.gateway.test_engine_socket import hello_frame, open_socket
 from tests.gateway.test_hub import next_command
+
+
+def ramp_every_engine() -> int:
+    """The hourly ramp's per-engine tasks, run here one after another as a worker would."""
+    return sum(capital_ramp_engine(engine_id) for engine_id in ramp_engine_ids())
 
 
 @pytest.fixture(autouse=True)
@@ -336,7 +342,7 @@ def test_the_ramp_steps_25_to_50_after_the_interval_and_tells_the_engine(
     assert [c.key for c in before.failed] == ["min_days"]  # time alone: it does not hold a step
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert capital_ramp() == 1
+        assert ramp_every_engine() == 1
 
     engine.refresh_from_db()
     assert engine.capital_pct == 50 and engine.capital_ceiling == Decimal("50000.00")
@@ -356,7 +362,7 @@ def test_the_ramp_steps_25_to_50_after_the_interval_and_tells_the_engine(
 
     # Stepped just now: the next step waits its 7 days.
     with django_capture_on_commit_callbacks(execute=True):
-        assert capital_ramp() == 0
+        assert ramp_every_engine() == 0
     status = capital.ramp_status(engine, timezone.now())
     assert status is not None and status.next_pct == 100 and not status.held
     assert status.due_at is not None and status.due_at > timezone.now() + timedelta(days=6)
@@ -367,7 +373,7 @@ def test_the_ramp_waits_for_its_interval(make_engine):
     engine, _ = make_engine("alpha", stage="small_capital")
     every_post_trade_kind_configured()
     ready_for_the_ramp(engine, days_ago=6)
-    assert capital_ramp() == 0
+    assert ramp_every_engine() == 0
     engine.refresh_from_db()
     assert engine.capital_pct == 25
 
@@ -379,7 +385,7 @@ def test_a_failing_criterion_holds_the_step_and_the_page_says_which(
     engine, _ = make_engine("alpha", stage="small_capital")
     # No post-trade limit of most kinds: the gate's criterion fails.
     ready_for_the_ramp(engine, days_ago=8)
-    assert capital_ramp() == 0
+    assert ramp_every_engine() == 0
     engine.refresh_from_db()
     assert engine.capital_pct == 25
     assert not StageChange.objects.filter(engine=engine, capital_pct=50).exists()
@@ -402,7 +408,7 @@ def test_a_failing_pre_flight_check_holds_the_step(make_engine):
     status = capital.ramp_status(Engine.objects.get(pk=engine.pk), timezone.now())
     assert status is not None and status.held
     assert any("Risk system active" in b for b in status.blocking)
-    assert capital_ramp() == 0
+    assert ramp_every_engine() == 0
 
 
 @pytest.mark.django_db
@@ -410,14 +416,14 @@ def test_a_disabled_criterion_and_the_last_step_end_the_ramp(make_engine):
     engine, _ = make_engine("alpha", stage="small_capital")
     PromotionCriterion.objects.filter(key="post_trade_limit_kinds_missing").update(enabled=False)
     ready_for_the_ramp(engine, days_ago=8)
-    assert capital_ramp() == 1
+    assert ramp_every_engine() == 1
     StageChange.objects.filter(engine=engine).update(at=timezone.now() - timedelta(days=8))
-    assert capital_ramp() == 1
+    assert ramp_every_engine() == 1
     engine.refresh_from_db()
     assert engine.capital_pct == 100
     status = capital.ramp_status(engine, timezone.now())
     assert status is not None and status.next_pct is None
-    assert capital_ramp() == 0
+    assert ramp_every_engine() == 0
 
 
 # --- the post-trade check -------------------------------------------------------------------------

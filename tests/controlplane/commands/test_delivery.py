@@ -24,6 +24,7 @@ from django.test import override_settings
 
 from controlplane.commands import delivery, issuing, resume
 from controlplane.models import AuditEvent, Command, Order
+from controlplane.redis_clients import make_config
 from engine_sdk import protocol as p
 from engine_sdk.client import ClientConfig, CommandOutcome, EngineClient, HelloInfo
 from engine_sdk.gate import OrderRejected
@@ -342,7 +343,8 @@ def test_with_redis_down_at_issue_time_the_kill_arrives_within_a_heartbeat(
         started(plain_client(fast_server, token, tmp_path / "j", on_command=handler))
     )
     # The issuing side's Redis is unreachable: the push fails, the issue must not.
-    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+    unreachable = "redis://127.0.0.1:1/0"
+    with override_settings(REDIS_URL=unreachable, REDIS_CONFIG=make_config(unreachable, [], "")):
         batch = issuing.command_issue(
             kind="kill", selector="all", reason="x", actor=risk_manager, confirmation="KILL ALL"
         )

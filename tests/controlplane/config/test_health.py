@@ -4,6 +4,8 @@ import socket
 
 import pytest
 
+from controlplane.redis_clients import make_config
+
 
 def test_healthz_answers_without_login(client):
     response = client.get("/healthz")
@@ -30,6 +32,7 @@ def _closed_port() -> int:
 @pytest.mark.django_db
 def test_readyz_answers_503_naming_redis_when_redis_is_down(client, settings):
     settings.REDIS_URL = f"redis://127.0.0.1:{_closed_port()}/0"
+    settings.REDIS_CONFIG = make_config(settings.REDIS_URL, [], "")
     response = client.get("/readyz")
     assert response.status_code == 503
     body = response.json()

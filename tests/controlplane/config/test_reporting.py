@@ -10,11 +10,13 @@ from django.test import Client, RequestFactory
 from django.views.debug import technical_500_response
 
 from controlplane.config.reporting import hide_url_passwords
+from controlplane.redis_clients import channel_layer_host, make_config
 
 DB_PASSWORD = "pg-s3cret-Zq9"
 REDIS_PASSWORD = "redis-s3cret-Xw4"
 DATABASE_URL = f"postgresql://controlplane:{DB_PASSWORD}@db.internal:5432/controlplane"
 REDIS_URL = f"redis://:{REDIS_PASSWORD}@redis.internal:6379/0"
+SENTINEL_PASSWORD = "sentinel-s3cret-Kp2"
 
 
 @pytest.fixture
@@ -23,8 +25,11 @@ def url_settings(settings: Any) -> Any:
     settings.DATABASE_URL = DATABASE_URL
     settings.REDIS_URL = REDIS_URL
     settings.CELERY_BROKER_URL = REDIS_URL
+    # Through Redis Sentinel: the configuration and the layer's host carry both passwords.
+    settings.REDIS_CONFIG = make_config(REDIS_URL, ["s1:26379"], "main", SENTINEL_PASSWORD)
+    sentinel_host = channel_layer_host(settings.REDIS_CONFIG)
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "x", "CONFIG": {"hosts": [REDIS_URL], "prefix": "cp"}}
+        "default": {"BACKEND": "x", "CONFIG": {"hosts": [REDIS_URL, sentinel_host], "prefix": "cp"}}
     }
     settings.CACHES = {**settings.CACHES, "spare": {"BACKEND": "x", "LOCATION": (REDIS_URL,)}}
     return settings
@@ -52,6 +57,7 @@ def test_the_500_debug_page_hides_every_url_password(url_settings: Any) -> None:
     assert "could not reach the broker" in page
     assert DB_PASSWORD not in page
     assert REDIS_PASSWORD not in page
+    assert SENTINEL_PASSWORD not in page
 
 
 def test_the_404_debug_page_hides_every_url_password(url_settings: Any, operator: Any) -> None:
@@ -63,6 +69,7 @@ def test_the_404_debug_page_hides_every_url_password(url_settings: Any, operator
     page = response.content.decode()
     assert response.status_code == 404 and "DEBUG = True" in page
     assert DB_PASSWORD not in page and REDIS_PASSWORD not in page
+    assert SENTINEL_PASSWORD not in page
 
 
 def test_url_passwords_and_secret_parameters_are_hidden_and_the_rest_kept() -> None:

@@ -311,3 +311,38 @@ def test_typed_readers_take_their_value_from_a_file(monkeypatch, tmp_path):
     (tmp_path / "n").write_text("ten")
     with pytest.raises(ImproperlyConfigured, match="X_INT='ten' is not an integer"):
         env.env_int("X_INT", 1)
+
+
+# --- Redis Sentinel -------------------------------------------------------------------------------
+
+
+def test_with_sentinels_the_broker_cache_and_layer_are_configured_for_them():
+    done = _print_settings(
+        "CELERY_BROKER_URL CELERY_BROKER_TRANSPORT_OPTIONS CACHES",
+        CONTROLPLANE_ENV="test",
+        REDIS_URL="redis://:pw@ignored.example.com:6379/4",
+        REDIS_SENTINELS="s1.example.com:26379,s2.example.com:26380",
+        REDIS_SENTINEL_MASTER="main",
+    )
+    assert done.returncode == 0, done.stderr
+    broker, options, caches = done.stdout.splitlines()
+    assert broker == "sentinel://:pw@s1.example.com:26379/4;sentinel://:pw@s2.example.com:26380/4"
+    assert options == "{'visibility_timeout': 300, 'master_name': 'main'}"
+    assert "controlplane.redis_clients.RedisCache" in caches
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        (
+            {"REDIS_SENTINELS": "s1.example.com"},
+            "REDIS_SENTINELS: 's1.example.com' is not host:port",
+        ),
+        ({"REDIS_SENTINELS": "s1.example.com:26379"}, "REDIS_SENTINEL_MASTER is not"),
+        ({"REDIS_SENTINEL_MASTER": "main"}, "REDIS_SENTINELS is not"),
+    ],
+)
+def test_a_half_or_bad_sentinel_setting_stops_the_process_naming_it(environ, named):
+    done = _print_settings("REDIS_CONFIG", CONTROLPLANE_ENV="test", **environ)
+    assert done.returncode != 0
+    assert named in done.stderr
