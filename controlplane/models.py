@@ -502,7 +502,8 @@ class AccountSnapshot(models.Model):
             )
         ]
         constraints = [
-            models.UniqueConstraint(fields=["engine", "seq"], name="snapshot_unique_seq")
+            # With ts: a partitioned table's unique keys hold its partition key (migration 0029).
+            models.UniqueConstraint(fields=["engine", "seq", "ts"], name="snapshot_unique_seq")
         ]
 
     def __str__(self) -> str:
@@ -522,7 +523,10 @@ class MetricSample(models.Model):
                 fields=["engine", "name", "ts"], name="metric_engine_name_ts_idx", include=["value"]
             )
         ]
-        constraints = [models.UniqueConstraint(fields=["engine", "seq"], name="metric_unique_seq")]
+        # With ts: a partitioned table's unique keys hold its partition key (migration 0029).
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "seq", "ts"], name="metric_unique_seq")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name}={self.value}"
@@ -549,7 +553,10 @@ class EngineLog(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["engine", "seq"], name="log_unique_seq", condition=Q(seq__isnull=False)
+                # With ts: a partitioned table's unique keys hold its partition key (0029).
+                fields=["engine", "seq", "ts"],
+                name="log_unique_seq",
+                condition=Q(seq__isnull=False),
             )
         ]
 
