@@ -9,6 +9,7 @@ fails, the transaction rolls back and nothing is dropped; a run later writes the
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from controlplane import partitions
+from controlplane.models import WORKING_ORDER, Fill, Order
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ def archive_path(table: str, day: date, *, suffix: str = "", root: Path | None =
     return (root or archive_root()) / table / f"{day:%Y-%m-%d}{suffix}.csv.gz"
 
 
+def _remove(path: Path) -> None:
+    # Whatever kept the file from being written may keep it from being removed (no directory).
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def write_archive(cursor: object, copy_sql: str, path: Path) -> None:
     """Stream ``copy_sql`` (a COPY .. TO STDOUT) into ``path``, gzip'd, under a temporary name,
     fsynced, then renamed; raises ArchiveError naming the file when it cannot be written."""
@@ -69,11 +77,11 @@ def write_archive(cursor: object, copy_sql: str, path: Path) -> None:
         finally:
             os.close(directory)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise ArchiveError(f"cannot write the archive {path}: {exc}") from exc
     except BaseException:
         # A COPY that failed half way: no partial file is left behind.
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise
 
 
@@ -136,4 +144,59 @@ def apply_retention(
         written += archive_and_delete_default(table, cutoff, root=root)
     except Exception:
         log.exception("%s: days before %s not archived; nothing of them was dropped", table, cutoff)
+    return written
+
+
+# --- Orders and fills: kept, archived on request -------------------------------------------------
+
+
+def archive_trades(
+    older_than_days: int,
+    *,
+    delete: bool = False,
+    today: date | None = None,
+    root: Path | None = None,
+) -> dict[str, list[Path]]:
+    """Archive the orders (by day of their latest report, updated_at) and fills (by day of ts)
+    older than ``older_than_days``, a file a day and table; with ``delete``, delete what was
+    archived: the fills, and the orders no longer working with no fill left. Returns the files
+    written by table.
+
+    One REPEATABLE READ transaction: the deletes see exactly the rows the files hold (a row
+    written meanwhile is neither), and a failure writes no row off."""
+    if older_than_days < 1:
+        raise ValueError(f"older_than_days must be 1 or more, not {older_than_days}")
+    cutoff = (today or datetime.now(UTC).date()) - timedelta(days=older_than_days)
+    end, _ = partitions.day_bounds(cutoff)
+    tables = ((Fill._meta.db_table, "ts"), (Order._meta.db_table, "updated_at"))
+    written: dict[str, list[Path]] = {table: [] for table, _ in tables}
+    # Inside a caller's transaction, its isolation stands (it has run queries already).
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        if outermost:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for table, column in tables:
+            cursor.execute(
+                f"SELECT DISTINCT ({column} AT TIME ZONE 'UTC')::date FROM {table}"
+                f" WHERE {column} < %s ORDER BY 1",
+                [end],
+            )
+            for (day,) in cursor.fetchall():
+                start, stop = partitions.day_bounds(day)
+                path = archive_path(table, day, root=root)
+                query = (
+                    f"COPY (SELECT * FROM {table} WHERE {column} >= '{start.isoformat()}'"
+                    f" AND {column} < '{stop.isoformat()}' ORDER BY id)"
+                    " TO STDOUT WITH (FORMAT csv, HEADER)"
+                )
+                write_archive(cursor.cursor, query, path)
+                written[table].append(path)
+        if delete:
+            fill, order = Fill._meta.db_table, Order._meta.db_table
+            cursor.execute(f"DELETE FROM {fill} WHERE ts < %s", [end])
+            cursor.execute(
+                f"DELETE FROM {order} o WHERE o.updated_at < %s AND NOT o.status = ANY(%s)"
+                f" AND NOT EXISTS (SELECT 1 FROM {fill} f WHERE f.order_id = o.id)",
+                [end, [str(status) for status in WORKING_ORDER]],
+            )
     return written

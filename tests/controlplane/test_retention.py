@@ -196,6 +196,7 @@ def test_an_archive_that_cannot_be_written_drops_nothing_and_logs_an_error(
     assert _exists(partitions.partition_name(expired, partitions.METRIC_SAMPLES))
     assert set(MetricSample.objects.filter(engine=engine)) == {row, in_default}
     assert "not archived; nothing of them was dropped" in caplog.text
+    assert "cannot write the archive" in caplog.text
     assert "not-a-directory" in caplog.text
 
 
