@@ -485,6 +485,10 @@ class Position(models.Model):
 
 
 class AccountSnapshot(models.Model):
+    """An engine's account (equity, cash) at a moment. Partitioned by UTC day of ts in the database
+    (migration 0029, controlplane.partitions): its primary key there is (id, ts); days past
+    ACCOUNT_SNAPSHOT_RETENTION_DAYS are archived, then dropped (controlplane.retention)."""
+
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="snapshots")
     ts = models.DateTimeField()
     equity = models.DecimalField(**MONEY)
@@ -511,6 +515,10 @@ class AccountSnapshot(models.Model):
 
 
 class MetricSample(models.Model):
+    """One value of a metric an engine reports. Partitioned by UTC day of ts in the database
+    (migration 0029, controlplane.partitions): its primary key there is (id, ts); days past
+    METRIC_RETENTION_DAYS are archived, then dropped (controlplane.retention)."""
+
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="metrics")
     ts = models.DateTimeField()
     name = models.CharField(max_length=64)
@@ -533,6 +541,10 @@ class MetricSample(models.Model):
 
 
 class EngineLog(models.Model):
+    """A log line an engine sent. Partitioned by UTC day of ts in the database (migration 0029,
+    controlplane.partitions): its primary key there is (id, ts); days past
+    ENGINE_LOG_RETENTION_DAYS are archived, then dropped (controlplane.retention)."""
+
     Level = wire_choices("Level", p.LogLevel)
 
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="logs")
