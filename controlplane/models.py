@@ -485,6 +485,10 @@ class Position(models.Model):
 
 
 class AccountSnapshot(models.Model):
+    """An engine's account (equity, cash) at a moment. Partitioned by UTC day of ts in the database
+    (migration 0029, controlplane.partitions): its primary key there is (id, ts); days past
+    ACCOUNT_SNAPSHOT_RETENTION_DAYS are archived, then dropped (controlplane.retention)."""
+
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="snapshots")
     ts = models.DateTimeField()
     equity = models.DecimalField(**MONEY)
@@ -502,7 +506,8 @@ class AccountSnapshot(models.Model):
             )
         ]
         constraints = [
-            models.UniqueConstraint(fields=["engine", "seq"], name="snapshot_unique_seq")
+            # With ts: a partitioned table's unique keys hold its partition key (migration 0029).
+            models.UniqueConstraint(fields=["engine", "seq", "ts"], name="snapshot_unique_seq")
         ]
 
     def __str__(self) -> str:
@@ -510,6 +515,10 @@ class AccountSnapshot(models.Model):
 
 
 class MetricSample(models.Model):
+    """One value of a metric an engine reports. Partitioned by UTC day of ts in the database
+    (migration 0029, controlplane.partitions): its primary key there is (id, ts); days past
+    METRIC_RETENTION_DAYS are archived, then dropped (controlplane.retention)."""
+
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="metrics")
     ts = models.DateTimeField()
     name = models.CharField(max_length=64)
@@ -522,13 +531,20 @@ class MetricSample(models.Model):
                 fields=["engine", "name", "ts"], name="metric_engine_name_ts_idx", include=["value"]
             )
         ]
-        constraints = [models.UniqueConstraint(fields=["engine", "seq"], name="metric_unique_seq")]
+        # With ts: a partitioned table's unique keys hold its partition key (migration 0029).
+        constraints = [
+            models.UniqueConstraint(fields=["engine", "seq", "ts"], name="metric_unique_seq")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name}={self.value}"
 
 
 class EngineLog(models.Model):
+    """A log line an engine sent. Partitioned by UTC day of ts in the database (migration 0029,
+    controlplane.partitions): its primary key there is (id, ts); days past
+    ENGINE_LOG_RETENTION_DAYS are archived, then dropped (controlplane.retention)."""
+
     Level = wire_choices("Level", p.LogLevel)
 
     engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="logs")
@@ -549,7 +565,10 @@ class EngineLog(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["engine", "seq"], name="log_unique_seq", condition=Q(seq__isnull=False)
+                # With ts: a partitioned table's unique keys hold its partition key (0029).
+                fields=["engine", "seq", "ts"],
+                name="log_unique_seq",
+                condition=Q(seq__isnull=False),
             )
         ]
 

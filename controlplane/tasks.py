@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 from celery import shared_task
 from django.conf import settings
 
-from controlplane import partitions
+from controlplane import partitions, retention
 from controlplane.commands import desired_state, lifecycle
 
 
 @shared_task
 def ensure_event_partitions() -> list[str]:
-    """Create today's and the next days' event log partitions before the first event needs them."""
+    """Create today's and the next days' partitions of the event log and of the engines' metric
+    samples, logs and account snapshots, before the first row needs them (its name is the one
+    beat's rows have always called)."""
     return partitions.ensure_partitions()
 
 
@@ -22,6 +24,16 @@ def drop_old_event_partitions() -> list[str]:
     """Drop the event log's days older than EVENT_LOG_RETENTION_DAYS; returns the tables dropped."""
     cutoff = datetime.now(UTC).date() - timedelta(days=settings.EVENT_LOG_RETENTION_DAYS)
     return partitions.drop_partitions_before(cutoff)
+
+
+@shared_task
+def archive_old_days() -> list[str]:
+    """Archive, then drop, the days of metric samples, engine logs and account snapshots older
+    than their retention settings; returns the files written."""
+    written = []
+    for table in partitions.ENGINE_TABLES:
+        written += [str(path) for path in retention.apply_retention(table)]
+    return written
 
 
 @shared_task

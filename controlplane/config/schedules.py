@@ -37,6 +37,11 @@ PERIODIC_TASKS: dict[str, PeriodicTaskSpec] = {
         "schedule": crontab(minute="30", hour="3"),
         "expires": 12 * 3600,
     },
+    "samples, logs, snapshots: archive and drop days past the retention": {
+        "task": "controlplane.tasks.archive_old_days",
+        "schedule": crontab(minute="45", hour="3"),
+        "expires": 12 * 3600,
+    },
     "alerts: time-based rules, repeats and escalations": {
         "task": "alerts.sweep",
         "schedule": 5.0,

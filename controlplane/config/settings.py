@@ -398,6 +398,17 @@ ENGINE_MAX_FRAMES_PER_S = env_float("ENGINE_MAX_FRAMES_PER_S", 100.0, minimum=0.
 ENGINE_FRAME_BURST = env_int("ENGINE_FRAME_BURST", 500, minimum=1)
 # Days of the raw event log kept; older days' partitions are dropped whole, once a day.
 EVENT_LOG_RETENTION_DAYS = env_int("EVENT_LOG_RETENTION_DAYS", 30, minimum=1)
+# Days of the engines' metric samples, logs and account snapshots kept (each table partitioned
+# by day of ts); a daily task archives each older day to ARCHIVE_DIR, then drops it
+# (controlplane.retention, docs/operations.md). Samples serve charts and alert rules of recent
+# hours; logs serve incident work, weeks later; snapshots give the equity history that reports
+# and going-live gates look back over, up to a year.
+METRIC_RETENTION_DAYS = env_int("METRIC_RETENTION_DAYS", 30, minimum=1)
+ENGINE_LOG_RETENTION_DAYS = env_int("ENGINE_LOG_RETENTION_DAYS", 90, minimum=1)
+ACCOUNT_SNAPSHOT_RETENTION_DAYS = env_int("ACCOUNT_SNAPSHOT_RETENTION_DAYS", 365, minimum=1)
+# Where the archived days go: <ARCHIVE_DIR>/<table>/<YYYY-MM-DD>.csv.gz (gzip'd CSV with a
+# header); manage.py archive_trades writes there too.
+ARCHIVE_DIR = env_str("ARCHIVE_DIR", str(embedded.data_dir() / "archive"))
 
 # --- Going live ----------------------------------------------------------------------------------
 # The capital ramp (docs/going-live.md): an engine entering small capital may use the first share

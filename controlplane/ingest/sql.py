@@ -33,6 +33,8 @@ METRIC_SAMPLE = MetricSample._meta.db_table
 ENGINE_LOG = EngineLog._meta.db_table
 # The raw event log has no model: it is partitioned by day (controlplane.partitions).
 EVENT_FRAME = partitions.PARENT
+# The engines' tables are partitioned by day too, under the names controlplane.partitions knows.
+assert (METRIC_SAMPLE, ENGINE_LOG, ACCOUNT_SNAPSHOT) == partitions.ENGINE_TABLES
 
 # The unique key that refuses a fill_id stored before (a COPY of fills may meet it).
 FILL_UNIQUE_ID = "fill_unique_id"

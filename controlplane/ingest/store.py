@@ -1113,11 +1113,22 @@ def _write(script: Script, group: _Group) -> list[str]:
     are fetched under the names returned."""
     if group.positions:
         script.add(sql.UPSERT_POSITIONS, [group.now, json_text(group.positions)])
+    # The engines' tables are partitioned by day of the engine's ts, which is today's for a live
+    # engine: today's partitions are made if missing (a set lookup once they are known). A row
+    # of another day without its partition goes to the DEFAULT one.
+    today = group.now.date()
+    for table, rows in (
+        (sql.ACCOUNT_SNAPSHOT, group.accounts),
+        (sql.METRIC_SAMPLE, group.metrics),
+        (sql.ENGINE_LOG, group.logs),
+    ):
+        if rows:
+            partitions.ensure_partition(today, table)
     _append(script, sql.ACCOUNT_SNAPSHOT, sql.ACCOUNT_COLUMNS, group.accounts)
     _append(script, sql.METRIC_SAMPLE, sql.METRIC_COLUMNS, group.metrics)
     _append(script, sql.ENGINE_LOG, sql.LOG_COLUMNS, group.logs, json_column="context")
     if group.frames:
-        partitions.ensure_partition(group.now.date())
+        partitions.ensure_partition(today)
     for frame in group.frames:
         # One row a batch: its events as one JSON array, encoded in one call in C (msgspec).
         events = json_text(frame["events"])

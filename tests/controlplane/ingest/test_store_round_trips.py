@@ -218,8 +218,9 @@ def _statements(run) -> list[str]:
     with connection.execute_wrapper(note):
         run()
     # The test runs in a transaction, so the ingest's own one is a savepoint here, and the day's
-    # partition, known to a process from the first commit of the day on, is looked up each time.
-    skip = ("SAVEPOINT", "RELEASE SAVEPOINT", "SELECT to_regclass")
+    # partition, known to a process from the first commit of the day on, is looked up each time;
+    # a partition of the day that the test database lacks is made (in use: ahead, by beat).
+    skip = ("SAVEPOINT", "RELEASE SAVEPOINT", "SELECT to_regclass", "CREATE TABLE IF NOT EXISTS")
     return [sql for sql in seen if not sql.startswith(skip)]
 
 
