@@ -230,7 +230,8 @@ def _trip_fills(
         FROM unnest(%(engines)s::bigint[], %(instruments)s::bigint[], %(ts)s::timestamptz[],
             %(seqs)s::bigint[]) AS o(engine_id, instrument_id, ts, seq)
         JOIN {fills} f ON f.engine_id = o.engine_id AND f.instrument_id = o.instrument_id
-            AND f.ts < %(start)s AND (o.ts IS NULL OR (f.ts, f.seq) >= (o.ts, o.seq))
+            AND f.ts < %(start)s
+            AND (f.ts, f.seq) >= (COALESCE(o.ts, '-infinity'), COALESCE(o.seq, 0))
         JOIN {instruments} i ON i.id = f.instrument_id
         ORDER BY 1, 2, 8, 12
     """
