@@ -382,8 +382,7 @@ def _equity(windows: Sequence[_Window]) -> list[_Measures]:
 
 def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     """Round trips closing in each window (trading_math.round_trips, docs/analytics.md), counted
-    in the database from every fill before its end (a round trip closing in the window may have
-    opened before it), exactly (numeric: a trip at exactly 0 is no win).
+    in the database, exactly (numeric: a trip at exactly 0 is no win).
 
     Per instrument in (ts, seq) order, running sums of the position, of the fills' notional
     (a sell's quantity x price in, a buy's out) and of their fees. A fill closes a trip where the
@@ -391,12 +390,20 @@ def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
     zero, |after| / quantity of the fill, opens the next trip. At each close, the sums up to its
     closing part are its marks; a trip's P&L is the multiplier x the difference of the notional
     marks less the difference of the fee marks, from the previous close (or the first fill).
+
+    A trip closing in the window may have opened before it, but no earlier than the last close
+    before the window: the sums run from that fill (its origin), the position starting from
+    what it was before it. The position at the window's start is the sum of the earlier fills'
+    quantities (an aggregate of fill_trip_idx); from it the fills before the start are walked
+    back, newest first, only as far as that close.
     """
     if not windows:
         return
     # The fills come from fill_trip_idx alone, already in the window's order (it holds every
     # column read here); the multiplier, the same for a whole instrument, is applied per trip.
     notional = "CASE WHEN f.side = 'sell' THEN f.quantity * f.price ELSE -f.quantity * f.price END"
+    signed = "CASE WHEN f.side = 'buy' THEN f.quantity ELSE -f.quantity END"
+    fills = Fill._meta.db_table
     sql = f"""
         SELECT w.n, t.trips, t.wins
         FROM {_WINDOWS}
@@ -408,25 +415,54 @@ def _round_trips(windows: Sequence[_Window], measures: list[_Measures]) -> None:
                     notional - lag(notional, 1, 0) OVER closes AS notional,
                     fees - lag(fees, 1, 0) OVER closes AS fees
                 FROM (
-                    SELECT instrument_id, ts, seq,
-                        CASE WHEN position = 0 THEN notional
-                            ELSE notional - flow * abs(position) / quantity END AS notional,
-                        CASE WHEN position = 0 THEN fees
-                            ELSE fees - fee * abs(position) / quantity END AS fees
+                    SELECT o.instrument_id, c.ts, c.seq,
+                        CASE WHEN c.position = 0 THEN c.notional
+                            ELSE c.notional - c.flow * abs(c.position) / c.quantity END
+                            AS notional,
+                        CASE WHEN c.position = 0 THEN c.fees
+                            ELSE c.fees - c.fee * abs(c.position) / c.quantity END AS fees
                     FROM (
-                        SELECT f.instrument_id, f.ts, f.seq, f.side, f.quantity, f.fee,
-                            {notional} AS flow,
-                            sum(CASE WHEN f.side = 'buy' THEN f.quantity ELSE -f.quantity END)
-                                OVER fills AS position,
-                            sum({notional}) OVER fills AS notional,
-                            sum(f.fee) OVER fills AS fees
-                        FROM {Fill._meta.db_table} f
-                        WHERE f.engine_id = w.engine_id AND f.ts < w.stop
-                        WINDOW fills AS (PARTITION BY f.instrument_id ORDER BY f.ts, f.seq
-                            ROWS UNBOUNDED PRECEDING)
-                    ) AS positions
-                    WHERE CASE WHEN side = 'buy' THEN position >= 0 AND position < quantity
-                        ELSE position <= 0 AND position > -quantity END
+                        SELECT a.instrument_id, m.ts, m.seq,
+                            COALESCE(m.after - m.signed, 0) AS before
+                        FROM (
+                            SELECT f.instrument_id,
+                                sum({signed}) FILTER (WHERE f.ts < w.start) AS position
+                            FROM {fills} f
+                            WHERE f.engine_id = w.engine_id AND f.ts < w.stop
+                            GROUP BY f.instrument_id
+                        ) AS a
+                        LEFT JOIN LATERAL (
+                            SELECT r.ts, r.seq, r.after, r.signed FROM (
+                                SELECT f.ts, f.seq, f.side, f.quantity, {signed} AS signed,
+                                    a.position - sum({signed}) OVER later + {signed} AS after
+                                FROM {fills} f
+                                WHERE f.engine_id = w.engine_id
+                                    AND f.instrument_id = a.instrument_id AND f.ts < w.start
+                                WINDOW later AS (ORDER BY f.ts DESC, f.seq DESC
+                                    ROWS UNBOUNDED PRECEDING)
+                            ) AS r
+                            WHERE CASE WHEN r.side = 'buy' THEN r.after >= 0
+                                    AND r.after < r.quantity
+                                ELSE r.after <= 0 AND r.after > -r.quantity END
+                            LIMIT 1
+                        ) AS m ON a.position IS NOT NULL
+                    ) AS o
+                    CROSS JOIN LATERAL (
+                        SELECT * FROM (
+                            SELECT f.ts, f.seq, f.side, f.quantity, f.fee, {notional} AS flow,
+                                o.before + sum({signed}) OVER fills AS position,
+                                sum({notional}) OVER fills AS notional,
+                                sum(f.fee) OVER fills AS fees
+                            FROM {fills} f
+                            WHERE f.engine_id = w.engine_id AND f.instrument_id = o.instrument_id
+                                AND f.ts < w.stop AND (f.ts, f.seq)
+                                    >= (COALESCE(o.ts, '-infinity'), COALESCE(o.seq, 0))
+                            WINDOW fills AS (ORDER BY f.ts, f.seq ROWS UNBOUNDED PRECEDING)
+                        ) AS x
+                        WHERE CASE WHEN x.side = 'buy' THEN x.position >= 0
+                                AND x.position < x.quantity
+                            ELSE x.position <= 0 AND x.position > -x.quantity END
+                    ) AS c
                 ) AS marks
                 WINDOW closes AS (PARTITION BY instrument_id ORDER BY ts, seq)
             ) AS trips

@@ -19,11 +19,19 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from alerts.models import Alert
-from controlplane.models import AccountSnapshot, Command, Engine, Fill, MetricSample, Order
+from controlplane.models import (
+    AccountSnapshot,
+    Command,
+    Engine,
+    Fill,
+    Instrument,
+    MetricSample,
+    Order,
+)
 from controlplane.trading_math import (
     DEFAULT_ACCOUNT_CURRENCY,
     ZERO,
@@ -35,19 +43,6 @@ from controlplane.trading_math import (
 )
 from dashboard.overview import slippage_bps
 
-FILL_FIELDS = (
-    "engine_id",
-    "instrument_id",
-    "side",
-    "quantity",
-    "price",
-    "fee",
-    "expected_price",
-    "ts",
-    "instrument__multiplier",
-    "fee_currency",
-    "instrument__currency",
-)
 FINAL_ORDER_STATUSES = ("filled", "cancelled", "rejected", "expired")
 _WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -168,6 +163,92 @@ def _uptime_minutes(engine_ids: list[int], start: datetime, end: datetime) -> di
         return dict(cursor.fetchall())
 
 
+# An instrument's trip open at a moment: the (ts, seq) of the fill that last closed a trip before
+# it (None: none ever did, the trip opened with the first fill) and the position that fill left
+# (beyond zero when it crossed zero; 0 when it closed exactly).
+OpenTrip = tuple[datetime | None, int | None, Decimal]
+
+
+def _open_trips(ids: list[int], start: datetime) -> dict[tuple[int, int], OpenTrip]:
+    """Per (engine, instrument) with a position open at ``start``: where its trip began.
+
+    The position at the start is the sum of every earlier fill, in the database from
+    fill_trip_idx alone. From it, the fills before the start are walked backwards (newest
+    first) only until the one after which the position was at or across zero, as
+    trading_math.round_trips closes a trip (a buy: 0 <= after < quantity): the trip open at
+    the start began there, and no earlier fill counts in the period's round trips.
+    """
+    fills = Fill._meta.db_table
+    signed = "CASE WHEN f.side = 'buy' THEN f.quantity ELSE -f.quantity END"
+    sql = f"""
+        SELECT p.engine_id, p.instrument_id, m.ts, m.seq, m.after
+        FROM (
+            SELECT f.engine_id, f.instrument_id, sum({signed}) AS position
+            FROM {fills} f WHERE f.engine_id = ANY(%(ids)s) AND f.ts < %(start)s
+            GROUP BY f.engine_id, f.instrument_id
+        ) AS p
+        LEFT JOIN LATERAL (
+            SELECT r.ts, r.seq, r.after FROM (
+                SELECT f.ts, f.seq, f.side, f.quantity,
+                    p.position - sum({signed}) OVER later + {signed} AS after
+                FROM {fills} f
+                WHERE f.engine_id = p.engine_id AND f.instrument_id = p.instrument_id
+                    AND f.ts < %(start)s
+                WINDOW later AS (ORDER BY f.ts DESC, f.seq DESC ROWS UNBOUNDED PRECEDING)
+            ) AS r
+            WHERE CASE WHEN r.side = 'buy' THEN r.after >= 0 AND r.after < r.quantity
+                ELSE r.after <= 0 AND r.after > -r.quantity END
+            LIMIT 1
+        ) AS m ON true
+        WHERE p.position <> 0
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"ids": ids, "start": start})
+        return {
+            (engine_id, instrument_id): (ts, seq, after if after is not None else ZERO)
+            for engine_id, instrument_id, ts, seq, after in cursor.fetchall()
+        }
+
+
+def _trip_fills(
+    ids: list[int], start: datetime, end: datetime, opened: dict[tuple[int, int], OpenTrip]
+) -> list[tuple]:
+    """The fills the period's round trips are made of, per (engine, instrument) in (ts, seq)
+    order: those of [start, end), and before them those of each trip open at the start, from
+    the fill that closed the trip before it (included, for the part of it beyond zero)."""
+    fills, instruments = Fill._meta.db_table, Instrument._meta.db_table
+    columns = (
+        "f.engine_id, f.instrument_id, f.side, f.quantity, f.price, f.fee, f.expected_price, "
+        "f.ts, i.multiplier, f.fee_currency, i.currency, f.seq"
+    )
+    keys = list(opened)
+    sql = f"""
+        SELECT {columns} FROM {fills} f JOIN {instruments} i ON i.id = f.instrument_id
+        WHERE f.engine_id = ANY(%(ids)s) AND f.ts >= %(start)s AND f.ts < %(end)s
+        UNION ALL
+        SELECT {columns}
+        FROM unnest(%(engines)s::bigint[], %(instruments)s::bigint[], %(ts)s::timestamptz[],
+            %(seqs)s::bigint[]) AS o(engine_id, instrument_id, ts, seq)
+        JOIN {fills} f ON f.engine_id = o.engine_id AND f.instrument_id = o.instrument_id
+            AND f.ts < %(start)s
+            AND (f.ts, f.seq) >= (COALESCE(o.ts, '-infinity'), COALESCE(o.seq, 0))
+        JOIN {instruments} i ON i.id = f.instrument_id
+        ORDER BY 1, 2, 8, 12
+    """
+    params = {
+        "ids": ids,
+        "start": start,
+        "end": end,
+        "engines": [k[0] for k in keys],
+        "instruments": [k[1] for k in keys],
+        "ts": [opened[k][0] for k in keys],
+        "seqs": [opened[k][1] for k in keys],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def collect(
     engine_ids: Sequence[int], start: datetime, end: datetime, *, now: datetime | None = None
 ) -> dict[int, EngineData]:
@@ -178,13 +259,18 @@ def collect(
     if not ids:
         return data
 
-    for engine_id, equity in (
-        AccountSnapshot.objects.filter(engine_id__in=ids, ts__lt=start)
-        .order_by("engine_id", "-ts", "-seq")
-        .distinct("engine_id")
-        .values_list("engine_id", "equity")
-    ):
-        data[engine_id].start_equity = equity
+    snapshots = AccountSnapshot._meta.db_table
+    # The last equity before the period: one backward probe of snapshot_engine_ts_idx per
+    # engine, not every snapshot since the engine began.
+    opening_sql = f"""
+        SELECT e.id, (SELECT a.equity FROM {snapshots} a
+            WHERE a.engine_id = e.id AND a.ts < %(start)s ORDER BY a.ts DESC, a.seq DESC LIMIT 1)
+        FROM unnest(%(ids)s::bigint[]) AS e(id)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(opening_sql, {"ids": ids, "start": start})
+        for engine_id, equity in cursor.fetchall():
+            data[engine_id].start_equity = equity
     for engine_id, ts, equity in (
         AccountSnapshot.objects.filter(engine_id__in=ids, ts__gte=start, ts__lt=end)
         .order_by("ts", "engine_id", "seq")
@@ -200,18 +286,15 @@ def collect(
             "pk", "account_currency", "fx_rates"
         )
     }
-    # Every fill before the end: a round trip closing this week may have opened long before.
+    # A round trip closing in the period may have opened long before it: the period's fills,
+    # and before them the fills of the trip each instrument has open at the start (_open_trips).
     by_instrument: dict[tuple[int, int], list[tuple]] = defaultdict(list)
     currencies: dict[tuple[int, int], str] = {}
     unknown_fees: dict[tuple[int, int], set[str]] = defaultdict(set)
-    for row in (
-        Fill.objects.filter(engine_id__in=ids, ts__lt=end)
-        .order_by("engine_id", "instrument_id", "ts", "seq")
-        .values_list(*FILL_FIELDS)
-        .iterator(chunk_size=5000)
-    ):
+    opened = _open_trips(ids, start)
+    for row in _trip_fills(ids, start, end, opened):
         engine_id, instrument_id, side, qty, price, fee, expected, ts, multiplier, *money = row
-        fee_currency, currency = money
+        fee_currency, currency, seq = money
         key = (engine_id, instrument_id)
         currencies[key] = currency
         if fee:
@@ -220,7 +303,18 @@ def collect(
             if converted is None:
                 unknown_fees[key].add(fee_currency or account)
             fee = converted
-        by_instrument[key].append((side, qty, price, fee or ZERO, multiplier, ts))
+        fee = fee or ZERO
+        mark = opened.get(key)
+        if mark is not None and (ts, seq) == (mark[0], mark[1]):
+            # The fill that last closed a trip before the period: only its part beyond zero,
+            # if any, opens the trip still open, with its share of the fee, as round_trips
+            # splits a fill that crosses zero.
+            beyond = abs(mark[2])
+            if not beyond:
+                continue
+            share = (qty - beyond) / qty
+            qty, fee = beyond, fee * (1 - share)
+        by_instrument[key].append((side, qty, price, fee, multiplier, ts))
         if ts >= start:
             item = data[engine_id]
             item.fills += 1
@@ -253,12 +347,16 @@ def collect(
         item.orders, item.orders_rejected = row["n"], row["rejected"]
         item.orders_final, item.orders_filled = row["final"], row["filled"]
 
-    firsts: dict[int, datetime] = {}
-    for model in (AccountSnapshot, Fill):
-        earliest = model.objects.filter(engine_id__in=ids).values("engine_id").annotate(t=Min("ts"))
-        for row in earliest:
-            seen = firsts.get(row["engine_id"])
-            firsts[row["engine_id"]] = row["t"] if seen is None else min(seen, row["t"])
+    # Each engine's first data: two forward probes of an index per engine.
+    first_sql = f"""
+        SELECT e.id, LEAST(
+            (SELECT min(ts) FROM {Fill._meta.db_table} WHERE engine_id = e.id),
+            (SELECT min(ts) FROM {snapshots} WHERE engine_id = e.id))
+        FROM unnest(%(ids)s::bigint[]) AS e(id)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(first_sql, {"ids": ids})
+        firsts = {engine_id: first for engine_id, first in cursor.fetchall() if first}
     up = _uptime_minutes(ids, start, end)
     horizon = min(end, now)
     for engine_id, first in firsts.items():

@@ -116,3 +116,48 @@ def test_random_fills_give_trading_maths_round_trips(make_engine):
         trips, wins = expected(engine, start, end)
         assert trips > 0
         assert (m.round_trips, m.winning_trips) == (trips, wins)
+
+
+def test_a_window_starting_on_any_fill_counts_the_trip_open_at_its_start(make_engine):
+    """The sums run from the last close before the window: windows that start on a fill, just
+    after one (a fill crossing zero the instant before), or before any fill."""
+    rng = random.Random(20261207)
+    engine, _ = make_engine("trips-starts")
+    instruments = [
+        Instrument.objects.create(symbol="CCC"),
+        Instrument.objects.create(symbol="FUT2", asset_class="future", multiplier=Decimal(50)),
+        Instrument.objects.create(symbol="MINI", multiplier=Decimal("0.1")),
+    ]
+    ts = START - timedelta(days=3)
+    stamps = []
+    positions = dict.fromkeys(instruments, Decimal(0))
+    for n in range(1, 181):
+        ts += timedelta(minutes=rng.choice([0, 1, 7, 45, 300]))
+        instrument = rng.choice(instruments)
+        quantity = rng.choice(["0.5", "1", "1.5", "2.5", "4"])
+        # Mostly back towards flat, so that trips close (and fills cross zero).
+        towards = "sell" if positions[instrument] > 0 else "buy"
+        side = towards if rng.random() < 0.7 else {"buy": "sell", "sell": "buy"}[towards]
+        positions[instrument] += Decimal(quantity) if side == "buy" else -Decimal(quantity)
+        fill(
+            engine,
+            instrument,
+            n,
+            side,
+            quantity,
+            f"{rng.uniform(99, 101):.2f}",
+            rng.choice(["0", "0.25", "1.1"]),
+            ts,
+        )
+        stamps.append(ts)
+    starts = rng.sample(stamps, 15)
+    starts += [s + timedelta(microseconds=1) for s in starts[:8]]
+    starts += [START - timedelta(days=4)]
+    windows = [(s, s + length) for s in starts for length in (timedelta(hours=5), END - START)]
+    measured = gates.measure_many([(engine.pk, start, end) for start, end in windows])
+    total = 0
+    for (start, end), m in zip(windows, measured, strict=True):
+        trips, wins = expected(engine, start, end)
+        assert (m.round_trips, m.winning_trips) == (trips, wins), start
+        total += trips
+    assert total > 100
