@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, transaction
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +136,22 @@ def drop_partitions_before(cutoff: date, parent: str = PARENT) -> list[str]:
                 forget(parent, day)
                 dropped.append(name)
     return dropped
+
+
+def ensure_partitions_after_migrate(
+    sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any
+) -> None:
+    """Today's and the coming days' partitions exist as soon as the schema does (post_migrate,
+    also after the test database is emptied): else the first batches of a day create them inside
+    their own transactions, where two engines' batches can deadlock on the parent's lock (a
+    batch refused, and sent again by its engine). Beat creates them daily after that."""
+    if using != DEFAULT_DB_ALIAS:
+        return
+    with connection.cursor() as cursor:
+        # Only the parents that are partitioned now (a migration run backwards leaves them plain).
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'p' AND relname = ANY(%s)",
+            [list(PARENTS)],
+        )
+        partitioned = {name for (name,) in cursor.fetchall()}
+    ensure_partitions(parents=tuple(p for p in PARENTS if p in partitioned))
