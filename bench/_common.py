@@ -269,3 +269,27 @@ def filled_order(ts: Any, n: int, symbol: str, side: str) -> list[Any]:
             ts=ts, status="filled", filled_quantity=Decimal(20), avg_fill_price=price, **order
         ),
     ]
+
+
+def migrated_django(env: dict[str, str], db_url: str) -> dict[str, str]:
+    """Migrate the bench's scratch database and set Django up on it in this process (demo
+    settings, quiet logs); returns the settings' environment, for the processes a bench starts."""
+    settings_env = {
+        "DATABASE_URL": db_url,
+        "REDIS_URL": env["REDIS_URL"],
+        "CONTROLPLANE_ENV": "demo",
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"],
+        cwd=ROOT,
+        env={**env, **settings_env},
+        check=True,
+    )
+    os.environ.update(settings_env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
+    import django
+
+    django.setup()
+    return settings_env

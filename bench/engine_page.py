@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,9 +25,9 @@ from decimal import Decimal
 from typing import Any
 
 from _common import (
-    ROOT,
     drop_database,
     free_port,
+    migrated_django,
     recreate_database,
     start_uvicorn,
     stop_process,
@@ -157,24 +156,7 @@ def main() -> int:
         recreate_database(admin_url, BENCH_DB)
         server = None
         try:
-            settings_env = {
-                "DATABASE_URL": db_url,
-                "REDIS_URL": env["REDIS_URL"],
-                "CONTROLPLANE_ENV": "demo",
-                "DEBUG": "0",
-                "LOG_LEVEL": "WARNING",
-            }
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"],
-                cwd=ROOT,
-                env={**env, **settings_env},
-                check=True,
-            )
-            os.environ.update(settings_env)
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
-            import django
-
-            django.setup()
+            settings_env = migrated_django(env, db_url)
             name, session_key = seed()
             port = free_port()
             server = start_uvicorn(port, {**env, **settings_env})

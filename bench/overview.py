@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import (  # noqa: E402 - bench/ is first on the path
     drop_database,
+    migrated_django,
     pct,
     recreate_database,
     with_database,
@@ -207,24 +207,7 @@ def main() -> int:
         db_url = with_database(admin_url, BENCH_DB)
         recreate_database(admin_url, BENCH_DB)
         try:
-            settings_env = {
-                "DATABASE_URL": db_url,
-                "REDIS_URL": env["REDIS_URL"],
-                "CONTROLPLANE_ENV": "demo",
-                "DEBUG": "0",
-                "LOG_LEVEL": "WARNING",
-            }
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"],
-                cwd=ROOT,
-                env={**env, **settings_env},
-                check=True,
-            )
-            os.environ.update(settings_env)
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
-            import django
-
-            django.setup()
+            migrated_django(env, db_url)
             from django.test import Client
 
             seeding = time.perf_counter()

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import drop_database, recreate_database, with_database  # noqa: E402
+from _common import (  # noqa: E402
+    drop_database,
+    migrated_django,
+    recreate_database,
+    with_database,
+)
 
 from controlplane.config import embedded  # noqa: E402
 
@@ -191,24 +195,7 @@ def main() -> int:
         db_url = with_database(admin_url, BENCH_DB)
         recreate_database(admin_url, BENCH_DB)
         try:
-            settings_env = {
-                "DATABASE_URL": db_url,
-                "REDIS_URL": env["REDIS_URL"],
-                "CONTROLPLANE_ENV": "demo",
-                "DEBUG": "0",
-                "LOG_LEVEL": "WARNING",
-            }
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "-v", "0"],
-                cwd=ROOT,
-                env={**env, **settings_env},
-                check=True,
-            )
-            os.environ.update(settings_env)
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.config.settings")
-            import django
-
-            django.setup()
+            migrated_django(env, db_url)
             from zoneinfo import ZoneInfo
 
             from django.db import connection
