@@ -69,12 +69,14 @@ def decode_frame(data: str | bytes) -> Decoded:
     return Decoded(frame, None, [])
 
 
-def frame_type(data: str | bytes) -> Any:
-    """The frame's ``type`` field (None if unreadable), its other fields skipped unchecked."""
+def frame_type(data: str | bytes) -> str | None:
+    """The frame's ``type`` field (None if unreadable or not a string: a hostile `{"type": []}`
+    would otherwise reach a set lookup as a list), its other fields skipped unchecked."""
     try:
-        return _probe.decode(data).type
+        value = _probe.decode(data).type
     except (msgspec.MsgspecError, RecursionError):
         return None
+    return value if isinstance(value, str) else None
 
 
 def bearer_token(headers: Any) -> str | None:

@@ -248,3 +248,12 @@ def test_the_protocol_schema_is_served_to_anyone_and_is_the_published_file(clien
     assert response.status_code == 200 and response["Content-Type"] == "application/json"
     assert response.json() == json.loads(SCHEMA_FILE.read_text())
     assert client.post("/api/v1/protocol.schema.json").status_code == 405
+
+
+@pytest.mark.parametrize("kind", ["[]", "{}", "1", "null", "true", '["events"]'])
+def test_a_type_that_is_not_a_string_is_refused_naming_the_field(client, engine_and_token, kind):
+    _, token = engine_and_token
+    response = post(client, token, f'{{"type": {kind}}}'.encode())
+    assert response.status_code == 400
+    [error] = response.json()
+    assert (error["code"], error["field"]) == ("invalid_frame", "type"), error
